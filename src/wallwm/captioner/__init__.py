@@ -1,0 +1,1 @@
+"""Event captioning with VLMs (vLLM engine, OpenAI-compatible servers, signal fallback)."""

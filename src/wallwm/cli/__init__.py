@@ -1,0 +1,1 @@
+"""The ``wallwm`` command line: thin typer commands over the library functions."""

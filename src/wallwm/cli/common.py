@@ -1,0 +1,26 @@
+"""Shared CLI helpers: options, console, JSON output."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", "-d", help="Dataset root directory (holds the Lance tables).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join a running Ray cluster instead of a local Ray."),
+]
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (no rich markup, so it pipes cleanly into jq)."""
+    typer.echo(json.dumps(obj, indent=2, default=str))

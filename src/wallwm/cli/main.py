@@ -1,0 +1,37 @@
+"""The root ``wallwm`` typer app. Sub-apps live next to it, one per part of the product.
+
+Heavy libraries (Ray, Lance, torch, PyAV) are imported inside command bodies so that ``--help``
+and shell completion stay instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from wallwm.cli import pipeline as pipeline_cli
+from wallwm.cli import sim as sim_cli
+
+app = typer.Typer(
+    name="wallwm",
+    help="Event-grounded robot data engine: ingest, segment, caption, cluster, train, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("ingest")(pipeline_cli.ingest)
+app.command("status")(pipeline_cli.status)
+app.command("failures")(pipeline_cli.failures)
+app.add_typer(sim_cli.app, name="sim", help="Record simulated robot episodes (folder format).")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the wallwm version (with the git commit in a source checkout)."""
+    from wallwm.pipeline.lineage import code_version
+
+    typer.echo(code_version())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,162 @@
+"""Pipeline commands: ``wallwm ingest``, ``wallwm status``, ``wallwm failures``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
+
+
+def ingest(
+    source: Annotated[
+        str, typer.Argument(help="LeRobot dataset dir, folder source, or HDF5 file/dir.")
+    ],
+    dataset: DatasetOpt,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
+    ] = "auto",
+    instruction: Annotated[
+        str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frame rate for sources that store none.")
+    ] = None,
+    frame_tolerance: Annotated[
+        int, typer.Option(help="Accepted |video frames - action rows| per camera.")
+    ] = 1,
+    batch_episodes: Annotated[int, typer.Option(help="Episodes per Lance commit.")] = 32,
+    force: Annotated[
+        bool, typer.Option(help="Re-read episodes whose files did not change.")
+    ] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any episode failed.")] = False,
+    local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Ingest recorded episodes into the dataset's ``episodes`` table (idempotent, incremental)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wallwm.pipeline.ingest import EpisodeOutcome, IngestConfig, run_ingest
+
+    try:
+        cfg = IngestConfig(
+            source=source,
+            dataset=dataset,
+            format=fmt,  # type: ignore[arg-type]
+            instruction=instruction,
+            fps=fps,
+            frame_tolerance=frame_tolerance,
+            batch_episodes=batch_episodes,
+            force=force,
+            strict=strict,
+            executor="local" if local else "ray",
+            ray_address=ray_address,
+        )
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid options:[/] {exc}")
+        raise typer.Exit(2) from exc
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:>8.0f} frames/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("ingest", total=None, fps=0.0)
+        frames = 0
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_outcome(o: EpisodeOutcome) -> None:
+            nonlocal frames
+            if o.ok:
+                frames += o.video_frames
+                elapsed = progress.tasks[0].elapsed or 1e-9
+                progress.update(task, advance=1, fps=frames / elapsed)
+            else:
+                assert o.error is not None
+                if o.episode_key and o.episode_key != o.error.file:
+                    progress.advance(task)
+                progress.console.print(
+                    f"[red]failed[/] {o.episode_key or source}: {o.error.file}: {o.error.problem}"
+                )
+
+        summary = run_ingest(cfg, on_start=on_start, on_outcome=on_outcome)
+    console.print(
+        f"[bold]ingest[/] {summary.source} ({summary.source_format}): "
+        f"[green]{summary.written} written[/], {summary.unchanged} unchanged, "
+        f"[red]{summary.failed} failed[/] of {summary.listed}; {summary.frames} frames "
+        f"({summary.video_frames} video frames) in {summary.seconds:.1f} s = "
+        f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}"
+    )
+    code = summary.exit_code(strict)
+    if code:
+        err_console.print(
+            "[red]nothing was ingested[/]" if not strict else "[red]--strict: failures[/]"
+        )
+    raise typer.Exit(code)
+
+
+def status(dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
+    """Show the dataset's tables, row counts, Lance versions, stage progress and failures."""
+    from rich.table import Table
+
+    from wallwm.pipeline.status import dataset_status
+    from wallwm.pipeline.store import LanceStore
+
+    info = dataset_status(LanceStore(dataset))
+    if as_json:
+        print_json(info)
+        return
+    tables = Table(title=f"dataset {info['dataset']}")
+    for col in ("table", "rows", "version"):
+        tables.add_column(col)
+    for t in info["tables"]:
+        tables.add_row(t["table"], str(t["rows"]) if t["exists"] else "-", str(t["version"] or "-"))
+    console.print(tables)
+    stages = Table(title="stages")
+    for col in ("stage", "done", "total", "last run", "open failures"):
+        stages.add_column(col)
+    for s in info["stages"]:
+        last = info["last_runs"].get(s["stage"], {})
+        stages.add_row(
+            s["stage"],
+            str(s["done"]),
+            f"{s['total']} {s['unit']}",
+            f"{last.get('finished_at', '-')[:19]} {last.get('code_version', '')}",
+            str(info["open_failures"].get(s["stage"], 0)),
+        )
+    console.print(stages)
+
+
+def failures(
+    dataset: DatasetOpt,
+    as_json: JsonOpt = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Include resolved failures.")] = False,
+) -> None:
+    """List recorded failures: which file, which stage, what went wrong."""
+    from rich.table import Table
+
+    from wallwm.pipeline import schemas
+    from wallwm.pipeline.store import LanceStore
+
+    store = LanceStore(dataset)
+    rows = store.read(schemas.FAILURES, where=None if show_all else "resolved = false").to_pylist()
+    rows.sort(key=lambda r: (r["stage"], r["episode_key"]))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no failures")
+        return
+    table = Table(title=f"{len(rows)} failures")
+    for col in ("stage", "episode", "error", "file", "message"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["stage"], r["episode_key"], r["error_class"], r["file"], r["message"])
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Embeddings, hierarchical k-means, dedup, cluster-balanced weights and curation."""

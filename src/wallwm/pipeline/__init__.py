@@ -1,0 +1,1 @@
+"""Sources, decoding, event segmentation, the Ray Data chain, Lance schemas and writers."""

@@ -1,0 +1,66 @@
+"""Arrow <-> numpy helpers for per-frame vector columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wallwm.pipeline.sources.base import BadSignalError, FloatArray
+
+
+def column_to_2d(column: pa.ChunkedArray | pa.Array, what: str, file: str) -> FloatArray:
+    """Turn a per-frame column (list, fixed-size list or scalar) into a (T, D) float32 array.
+
+    Raises:
+        BadSignalError: On null rows or rows of different lengths (names ``file`` and ``what``).
+    """
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        first = int(np.flatnonzero(np.asarray(arr.is_null()))[0])
+        raise BadSignalError(file, f"{what} is null at frame {first}", "NullValues")
+    if (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or pa.types.is_fixed_size_list(arr.type)
+    ):
+        lengths = np.asarray(pc.list_value_length(arr))
+        if len(lengths) and (lengths != lengths[0]).any():
+            frame = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise BadSignalError(
+                file,
+                f"{what} rows have different lengths ({lengths[0]} vs {lengths[frame]} at "
+                f"frame {frame})",
+                "RaggedValues",
+            )
+        width = int(lengths[0]) if len(lengths) else 0
+        values = arr.flatten()
+        if values.null_count:
+            raise BadSignalError(file, f"{what} contains null elements", "NullValues")
+        flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return np.asarray(flat.reshape(len(arr), width), dtype=np.float32)
+    if (
+        pa.types.is_integer(arr.type)
+        or pa.types.is_floating(arr.type)
+        or pa.types.is_boolean(arr.type)
+    ):
+        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, 1)
+    raise BadSignalError(file, f"{what} has unsupported type {arr.type}", "BadType")
+
+
+def to_vector_series(values: FloatArray, dim: int) -> pa.Array:
+    """(T, D) float32 -> one ``list<fixed_size_list<float32, dim>>`` value (a 1-row array)."""
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    frames = pa.FixedSizeListArray.from_arrays(flat, dim)
+    offsets = pa.array([0, len(frames)], type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, frames)
+
+
+def from_vector_series(value: pa.ListScalar | pa.Array) -> FloatArray:
+    """Inverse of :func:`to_vector_series` for one row."""
+    frames = value.values if isinstance(value, pa.ListScalar) else value
+    if frames is None or len(frames) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    dim = frames.type.list_size
+    flat = frames.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)

@@ -1,0 +1,474 @@
+"""The ingest stage: source -> ``episodes`` table (+ ``failures``, + lineage in ``runs``).
+
+Pure core: :func:`load_episode` (read, probe, validate one episode) and :func:`episode_row` (turn it
+into one Arrow row) run without Ray. The Ray Data chain in :func:`_iter_outcomes_ray` only fans them
+out; the driver commits batches with ``merge_insert`` so each batch is atomic and a re-run of an
+unchanged source writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from wallwm.pipeline import schemas
+from wallwm.pipeline.arrays import to_vector_series
+from wallwm.pipeline.ids import episode_id, failure_id
+from wallwm.pipeline.lineage import StageRun, code_version, utcnow
+from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
+from wallwm.pipeline.sources.registry import open_source
+from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
+from wallwm.pipeline.validate import validate_record
+from wallwm.pipeline.video import probe_camera
+
+STAGE = "ingest"
+VOLATILE = ("ingest_run_id", "ingested_at", "code_version", "config_hash")
+
+
+class IngestConfig(BaseModel):
+    """Options of one ingest run (``wallwm ingest``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="Source path (LeRobot dataset, folder source, HDF5 file/dir).")
+    dataset: str = Field(description="Dataset root where the Lance tables live.")
+    format: Literal["auto", "lerobot", "folder", "hdf5"] = "auto"
+    instruction: str | None = Field(None, description="Instruction for episodes that have none.")
+    fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
+    frame_tolerance: int = Field(1, ge=0, description="Accepted |video frames - action rows|.")
+    batch_episodes: int = Field(32, ge=1, description="Episodes per merge_insert commit.")
+    force: bool = Field(False, description="Re-read episodes whose files did not change.")
+    strict: bool = Field(False, description="Fail the run (exit 1) on any failed episode.")
+    executor: Literal["ray", "local"] = Field("ray", description="local: no Ray (debugging).")
+    ray_address: str | None = None
+
+    def lineage_config(self) -> dict[str, Any]:
+        """The options that determine the output (what the config hash covers)."""
+        return self.model_dump(include={"format", "instruction", "fps", "frame_tolerance"})
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeOutcome:
+    """What happened to one episode in a run."""
+
+    episode_key: str
+    ok: bool
+    num_frames: int = 0
+    video_frames: int = 0
+    error: EpisodeError | None = None
+
+
+@dataclasses.dataclass
+class IngestSummary:
+    """Closing numbers of an ingest run."""
+
+    run_id: str
+    source: str
+    source_format: str
+    listed: int = 0
+    unchanged: int = 0
+    written: int = 0
+    failed: int = 0
+    frames: int = 0
+    video_frames: int = 0
+    seconds: float = 0.0
+    episodes_version: int | None = None
+    failures: list[EpisodeError] = dataclasses.field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        """Ingested frames (all cameras) per wall-clock second."""
+        return self.video_frames / self.seconds if self.seconds > 0 else 0.0
+
+    def exit_code(self, strict: bool) -> int:
+        """0 unless nothing was ingested (and nothing was already there), or strict and failures."""
+        if strict and self.failed:
+            return 1
+        return 0 if (self.written or self.unchanged) else 1
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def load_episode(source: EpisodeSource, ref: EpisodeRef, frame_tolerance: int) -> EpisodeRecord:
+    """Read one episode, decode every camera once to validate it, and check the signals.
+
+    Raises:
+        EpisodeError: The first problem found (naming the file).
+    """
+    record = source.read(ref)
+    record.probed = [probe_camera(spec) for spec in record.cameras]
+    validate_record(record, frame_tolerance)
+    return record
+
+
+def content_hash(record: EpisodeRecord) -> str:
+    """Hash of everything an episode row is derived from (signals, text, camera refs)."""
+    h = hashlib.sha256()
+    for arr in (record.actions_TA, record.states_TS, record.gripper_TG, record.timestamps_s):
+        h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+    meta = [
+        record.fps,
+        record.instruction,
+        record.robot,
+        record.gt_events,
+        record.action_names,
+        record.state_names,
+        [dataclasses.astuple(c) for c in record.probed],
+    ]
+    h.update(json.dumps(meta, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLineage:
+    """Lineage columns stamped on every row a run writes."""
+
+    run_id: str
+    config_hash: str
+    code_version: str
+    ingested_at: datetime
+
+
+def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
+    """One ``episodes`` row (with the record's own action/state dims) as a 1-row table."""
+    ref = record.ref
+    num_frames, action_dim = record.actions_TA.shape
+    state_dim = 0 if record.states_TS is None else int(record.states_TS.shape[1])
+    schema = schemas.episodes_schema(int(action_dim), state_dim)
+    cameras = [dataclasses.asdict(c) for c in record.probed]
+    columns: dict[str, Any] = {
+        "episode_id": [episode_id(ref.source_uri, ref.episode_key)],
+        "source_uri": [ref.source_uri],
+        "source_format": [ref.source_format],
+        "episode_key": [ref.episode_key],
+        "robot": [record.robot],
+        "fps": [float(record.fps)],
+        "num_frames": [int(num_frames)],
+        "duration_s": [float(num_frames) / float(record.fps)],
+        "instruction": [str(record.instruction).strip()],
+        "cameras": [cameras],
+        "action_dim": [int(action_dim)],
+        "state_dim": [state_dim],
+        "actions": to_vector_series(record.actions_TA, int(action_dim)),
+        "states": (
+            pa.nulls(1, schema.field("states").type)
+            if record.states_TS is None
+            else to_vector_series(record.states_TS, state_dim)
+        ),
+        "action_names": [record.action_names],
+        "state_names": [record.state_names],
+        "gripper": [None if record.gripper_TG is None else record.gripper_TG.tolist()],
+        "timestamps_s": [None if record.timestamps_s is None else record.timestamps_s.tolist()],
+        "gt_events": [
+            None
+            if record.gt_events is None
+            else [{"start_frame": s, "name": n} for s, n in record.gt_events]
+        ],
+        "gt_events_source": [record.gt_events_source],
+        "source_fingerprint": [ref.fingerprint()],
+        "content_hash": [content_hash(record)],
+        "ingest_run_id": [lineage.run_id],
+        "code_version": [lineage.code_version],
+        "config_hash": [lineage.config_hash],
+        "ingested_at": [lineage.ingested_at],
+    }
+    arrays = [
+        col if isinstance(col, pa.Array) else pa.array(col, type=schema.field(name).type)
+        for name, col in columns.items()
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def failure_row(
+    error: EpisodeError, source_uri: str, stage: str, key: str, run_id: str
+) -> dict[str, Any]:
+    """One ``failures`` row for ``error``."""
+    return {
+        "failure_id": failure_id(source_uri, stage, key, error.file, error.error_class),
+        "source_uri": source_uri,
+        "stage": stage,
+        "episode_key": key,
+        "file": error.file,
+        "error_class": error.error_class,
+        "message": error.problem,
+        "run_id": run_id,
+        "failed_at": utcnow(),
+        "resolved": False,
+    }
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(payload).read_all()
+
+
+def process_one(
+    source: EpisodeSource, ref: EpisodeRef, frame_tolerance: int, lineage: RowLineage
+) -> dict[str, Any]:
+    """Worker body (1:1): an episode ref in, a serialised row or a failure out. Never raises."""
+    out: dict[str, Any] = {
+        "episode_key": ref.episode_key,
+        "ok": False,
+        "payload": b"",
+        "num_frames": 0,
+        "video_frames": 0,
+        "file": "",
+        "error_class": "",
+        "message": "",
+    }
+    try:
+        record = load_episode(source, ref, frame_tolerance)
+        out["payload"] = _to_ipc(episode_row(record, lineage))
+        out["ok"] = True
+        out["num_frames"] = int(record.actions_TA.shape[0])
+        out["video_frames"] = sum(c.num_frames for c in record.probed)
+    except EpisodeError as exc:
+        out.update(file=exc.file, error_class=exc.error_class, message=exc.problem)
+    except Exception as exc:  # noqa: BLE001 -- one bad episode must never kill the job
+        where = ref.files[0] if ref.files else ref.source_uri
+        out.update(file=where, error_class=type(exc).__name__, message=f"unexpected error: {exc}")
+    return out
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _iter_outcomes_local(
+    source: EpisodeSource, refs: list[EpisodeRef], tolerance: int, lineage: RowLineage
+) -> Iterator[dict[str, Any]]:
+    for ref in refs:
+        yield process_one(source, ref, tolerance, lineage)
+
+
+def _ray_process(
+    batch: dict[str, Any], source: EpisodeSource, tolerance: int, lineage: RowLineage
+) -> dict[str, Any]:
+    refs = [EpisodeRef(**json.loads(r)) for r in batch["ref"]]
+    rows = [process_one(source, ref, tolerance, lineage) for ref in refs]
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _iter_outcomes_ray(
+    source: EpisodeSource,
+    refs: list[EpisodeRef],
+    tolerance: int,
+    lineage: RowLineage,
+    address: str | None,
+) -> Iterator[dict[str, Any]]:
+    import ray
+    import ray.data
+
+    from wallwm.pipeline.runtime import ensure_ray
+
+    ensure_ray(address)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # 1. List (1 row per episode): refs travel as JSON rows; several blocks per CPU so the
+    #    decode step below load-balances episodes of very different lengths.
+    items = [{"ref": json.dumps(dataclasses.asdict(r))} for r in refs]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * cpus))
+    # 2. Read + probe + validate (1:1). Video decoding is CPU-bound and single-threaded per
+    #    episode, so each task takes one CPU; batch_size=1 keeps stragglers from piling up.
+    ds = ds.map_batches(
+        _ray_process,
+        fn_kwargs={"source": source, "tolerance": tolerance, "lineage": lineage},
+        batch_size=1,
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    # 3. Write (N:1) happens on the driver: merge_insert commits in batches keep a single
+    #    writer per table and make every commit atomic (see run_ingest).
+    for row in ds.iter_rows():
+        yield dict(row)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _unchanged_keys(store: TableStore, refs: list[EpisodeRef]) -> set[str]:
+    """Keys of episodes already stored with the same source fingerprint (skipped on re-run)."""
+    if not store.exists(schemas.EPISODES) or not refs:
+        return set()
+    ids = {episode_id(r.source_uri, r.episode_key): r for r in refs}
+    stored = store.read(
+        schemas.EPISODES,
+        columns=["episode_id", "source_fingerprint"],
+        where=sql_in("episode_id", list(ids)),
+    ).to_pylist()
+    return {
+        ids[row["episode_id"]].episode_key
+        for row in stored
+        if ids[row["episode_id"]].fingerprint() == row["source_fingerprint"]
+    }
+
+
+class _BatchWriter:
+    """Accumulates worker outputs and commits them to the store in batches."""
+
+    def __init__(self, store: TableStore, summary: IngestSummary, batch: int) -> None:
+        self.store, self.summary, self.batch = store, summary, batch
+        self.pending: list[pa.Table] = []
+        self.ok_keys: list[str] = []
+
+    def add(self, table: pa.Table) -> EpisodeError | None:
+        schema = self.store.schema(schemas.EPISODES) or (
+            self.pending[0].schema if self.pending else table.schema
+        )
+        if table.schema != schema:
+            key = table.column("episode_key")[0].as_py()
+            return EpisodeError(key, _dim_mismatch(table.schema, schema), "DimensionMismatch")
+        self.pending.append(table)
+        if len(self.pending) >= self.batch:
+            self.flush()
+        return None
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        rows = pa.concat_tables(self.pending)
+        self.pending = []
+        # Lineage columns alone changing (a --force re-read of identical content) is not a change.
+        result = self.store.upsert(schemas.EPISODES, rows, "episode_id", volatile=VOLATILE)
+        self.summary.written += result.inserted + result.updated
+        self.ok_keys.extend(rows.column("episode_key").to_pylist())
+
+
+def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
+    def dims(s: pa.Schema) -> tuple[int, int]:
+        return (
+            s.field("actions").type.value_type.list_size,
+            s.field("states").type.value_type.list_size,
+        )
+
+    (ga, gs), (wa, ws) = dims(got), dims(want)
+    return (
+        f"action/state dims ({ga}, {gs}) differ from the dataset's ({wa}, {ws}); "
+        "ingest each embodiment into its own --dataset"
+    )
+
+
+def run_ingest(
+    cfg: IngestConfig,
+    store: TableStore | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_outcome: Callable[[EpisodeOutcome], None] | None = None,
+) -> IngestSummary:
+    """Ingest a source into the dataset's ``episodes`` table.
+
+    Args:
+        cfg: The run's options.
+        store: Table store (defaults to Lance tables under ``cfg.dataset``).
+        on_start: Called once with the number of episodes to read.
+        on_outcome: Called for every episode as it finishes (progress, console lines).
+
+    Returns:
+        The run summary; failures are also stored in the ``failures`` table.
+    """
+    store = store or LanceStore(cfg.dataset)
+    run = StageRun(STAGE, cfg.lineage_config())
+    t0 = time.perf_counter()
+    summary = IngestSummary(run.run_id, cfg.source, cfg.format)
+    summary.episodes_version = store.version(schemas.EPISODES)
+    failure_rows: list[dict[str, Any]] = []
+
+    def fail(error: EpisodeError, key: str, source_uri: str) -> None:
+        summary.failed += 1
+        summary.failures.append(error)
+        failure_rows.append(failure_row(error, source_uri, STAGE, key, run.run_id))
+        if on_outcome:
+            on_outcome(EpisodeOutcome(key, False, error=error))
+
+    try:
+        source = open_source(cfg.source, cfg.format, instruction=cfg.instruction, fps=cfg.fps)
+        summary.source_format = source.format
+        refs, listing_errors = source.list_episodes()
+    except EpisodeError as exc:
+        fail(exc, "", cfg.source)
+        return _finish(store, run, summary, failure_rows, [], t0)
+    for err in listing_errors:
+        fail(err, err.file, source.uri)
+    summary.listed = len(refs) + len(listing_errors)
+    unchanged = set() if cfg.force else _unchanged_keys(store, refs)
+    todo = [r for r in refs if r.episode_key not in unchanged]
+    summary.unchanged = len(refs) - len(todo)
+    if on_start:
+        on_start(len(todo))
+    lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
+    outcomes = (
+        _iter_outcomes_ray(source, todo, cfg.frame_tolerance, lineage, cfg.ray_address)
+        if cfg.executor == "ray" and todo
+        else _iter_outcomes_local(source, todo, cfg.frame_tolerance, lineage)
+    )
+    writer = _BatchWriter(store, summary, cfg.batch_episodes)
+    for out in outcomes:
+        key = out["episode_key"]
+        if not out["ok"]:
+            fail(EpisodeError(out["file"], out["message"], out["error_class"]), key, source.uri)
+            continue
+        mismatch = writer.add(_from_ipc(out["payload"]))
+        if mismatch is not None:
+            fail(
+                EpisodeError(out["file"] or source.uri, mismatch.problem, mismatch.error_class),
+                key,
+                source.uri,
+            )
+            continue
+        summary.frames += int(out["num_frames"])
+        summary.video_frames += int(out["video_frames"])
+        if on_outcome:
+            on_outcome(EpisodeOutcome(key, True, int(out["num_frames"]), int(out["video_frames"])))
+    writer.flush()
+    return _finish(store, run, summary, failure_rows, writer.ok_keys, t0, source.uri)
+
+
+def _finish(
+    store: TableStore,
+    run: StageRun,
+    summary: IngestSummary,
+    failure_rows: list[dict[str, Any]],
+    ok_keys: list[str],
+    t0: float,
+    source_uri: str | None = None,
+) -> IngestSummary:
+    """Store failures, resolve old failures of now-good episodes, record lineage."""
+    if failure_rows:
+        table = pa.Table.from_pylist(failure_rows, schemas.failures_schema())
+        store.upsert(schemas.FAILURES, table, "failure_id", volatile=("run_id", "failed_at"))
+    if ok_keys and source_uri and store.exists(schemas.FAILURES):
+        store.update(
+            schemas.FAILURES,
+            f"stage = {sql_quote(STAGE)} AND source_uri = {sql_quote(source_uri)} AND "
+            f"resolved = false AND {sql_in('episode_key', ok_keys)}",
+            {"resolved": "true"},
+        )
+    summary.seconds = time.perf_counter() - t0
+    version_before = summary.episodes_version  # set when the run started
+    summary.episodes_version = store.version(schemas.EPISODES)
+    final = WriteResult(
+        schemas.EPISODES, summary.written, 0, 0, version_before, summary.episodes_version
+    )
+    run.record(
+        store,
+        schemas.EPISODES,
+        final,
+        summary.failed,
+        f"source={summary.source} listed={summary.listed} unchanged={summary.unchanged} "
+        f"written={summary.written} failed={summary.failed}",
+    )
+    return summary

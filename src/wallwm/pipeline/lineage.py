@@ -1,0 +1,86 @@
+"""Lineage: every stage run records what ran, with which config, and what it changed."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from wallwm import __version__
+from wallwm.pipeline import schemas
+from wallwm.pipeline.ids import new_run_id, stable_hash
+from wallwm.pipeline.store import TableStore, WriteResult
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version, plus the git commit when running from a source checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time (what every timestamp column stores)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class StageRun:
+    """One run of one stage: its id, config and the writes it made."""
+
+    stage: str
+    config: dict[str, Any]
+    run_id: str = ""
+    started_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            self.run_id = new_run_id(self.stage)
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of the config that determines the stage's output."""
+        return stable_hash(self.config)
+
+    def record(
+        self,
+        store: TableStore,
+        table: str,
+        result: WriteResult | None,
+        rows_failed: int,
+        message: str,
+    ) -> None:
+        """Append this run's lineage row to the ``runs`` table."""
+        row = {
+            "run_id": self.run_id,
+            "stage": self.stage,
+            "code_version": code_version(),
+            "config_hash": self.config_hash,
+            "config_json": json.dumps(self.config, sort_keys=True, default=str),
+            "started_at": self.started_at,
+            "finished_at": utcnow(),
+            "table": table,
+            "version_before": result.version_before if result else None,
+            "version_after": result.version_after if result else None,
+            "rows_written": (result.inserted + result.updated) if result else 0,
+            "rows_failed": rows_failed,
+            "message": message,
+        }
+        store.upsert(schemas.RUNS, pa.Table.from_pylist([row], schemas.runs_schema()), "run_id")

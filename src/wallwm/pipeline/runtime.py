@@ -1,0 +1,46 @@
+"""Starting (or joining) Ray, quietly. One local Ray per process; ``address`` joins a cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once: embedded local Ray by default, a real cluster with ``address``."""
+    import ray
+
+    # Lance warns at import that it is not fork-safe; Ray workers are spawned processes that
+    # open their own datasets, so the warning is noise here.
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
+    if ray.is_initialized():
+        return
+    # Ray >= 2.5x enables token auth for local clusters and warns about it; an embedded,
+    # loopback-only Ray started for one job does not need it.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs: dict[str, object] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
+    if address:
+        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)  # type: ignore[arg-type]
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Silence Ray Data's own progress bars and plan logs (we draw our own with rich)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)

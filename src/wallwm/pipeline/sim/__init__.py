@@ -1,0 +1,1 @@
+"""Simulators that record episodes in the folder format (built-in synthetic; MetaWorld)."""

@@ -1,0 +1,211 @@
+"""The plain folder format: one directory per episode.
+
+Layout::
+
+    SOURCE/<episode>/meta.json      {"instruction": str, "fps": number, "robot"?: str,
+                                     "events"?: [{"start_frame": int, "name": str}]}
+    SOURCE/<episode>/steps.parquet  one row per frame: action list<float> (required);
+                                    state list<float>, gripper float|list<float>, timestamp float
+    SOURCE/<episode>/<camera>.mp4   one video per camera, same frame count as steps.parquet
+
+Every episode is expected to have every camera seen in the source; an episode missing one is a
+recorded failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wallwm.pipeline.arrays import column_to_2d
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    CameraSpec,
+    EpisodeError,
+    EpisodeRecord,
+    EpisodeRef,
+    FloatArray,
+    MissingFieldError,
+)
+
+FORMAT = "folder"
+META = "meta.json"
+STEPS = "steps.parquet"
+VIDEO_EXT = ".mp4"
+
+
+def is_episode_dir(path: Path) -> bool:
+    """Whether ``path`` looks like one episode of the folder format."""
+    return path.is_dir() and (
+        (path / META).exists() or (path / STEPS).exists() or any(path.glob(f"*{VIDEO_EXT}"))
+    )
+
+
+def looks_like(root: Path) -> bool:
+    """Whether ``root`` holds at least one folder-format episode."""
+    return root.is_dir() and any(
+        (p / META).exists() and (p / STEPS).exists() for p in root.iterdir() if p.is_dir()
+    )
+
+
+class FolderSource:
+    """Reader of the plain folder format."""
+
+    format = FORMAT
+
+    def __init__(self, root: str | Path) -> None:
+        """Open a folder source rooted at ``root``."""
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+
+    def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
+        """One ref per episode directory; the camera set is the union over all episodes."""
+        dirs = sorted(p for p in self.root.iterdir() if is_episode_dir(p))
+        cameras = sorted({v.stem for d in dirs for v in d.glob(f"*{VIDEO_EXT}")})
+        refs: list[EpisodeRef] = []
+        errors: list[EpisodeError] = []
+        for d in dirs:
+            missing = [name for name in (META, STEPS) if not (d / name).exists()]
+            if missing:
+                errors.append(
+                    MissingFieldError(str(d / missing[0]), f"episode {d.name!r} lacks {missing[0]}")
+                )
+                continue
+            files = [str(d / STEPS), str(d / META)] + [str(d / f"{c}{VIDEO_EXT}") for c in cameras]
+            refs.append(EpisodeRef(self.uri, FORMAT, d.name, tuple(files), {"cameras": cameras}))
+        return refs, errors
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode directory."""
+        d = self.root / ref.episode_key
+        meta = _read_meta(d / META)
+        steps_path = str(d / STEPS)
+        table = _read_parquet(steps_path)
+        if "action" not in table.column_names:
+            raise MissingFieldError(steps_path, "required column 'action' is missing")
+        actions = column_to_2d(table.column("action"), "action", steps_path)
+        states = _optional_2d(table, "state", steps_path)
+        gripper = _optional_2d(table, "gripper", steps_path)
+        timestamps = (
+            table.column("timestamp").to_numpy().astype(np.float64)
+            if "timestamp" in table.column_names
+            else None
+        )
+        cameras = []
+        expected = [str(c) for c in _as_list(ref.locator.get("cameras"))]
+        for cam in expected:
+            path = d / f"{cam}{VIDEO_EXT}"
+            if not path.exists():
+                raise MissingFieldError(
+                    str(path),
+                    f"camera {cam!r} is missing in this episode "
+                    f"(the source has cameras {expected})",
+                    "MissingCamera",
+                )
+            cameras.append(CameraSpec(cam, str(path)))
+        fps = meta.get("fps")
+        if not isinstance(fps, int | float):
+            raise MissingFieldError(str(d / META), "'fps' is missing or not a number", "MissingFps")
+        return EpisodeRecord(
+            ref=ref,
+            fps=float(fps),
+            instruction=meta.get("instruction"),
+            robot=meta.get("robot"),
+            actions_TA=actions,
+            cameras=cameras,
+            states_TS=states,
+            gripper_TG=gripper,
+            timestamps_s=timestamps,
+            action_names=meta.get("action_names"),
+            state_names=meta.get("state_names"),
+            gt_events=_gt_events(meta, d / META),
+            gt_events_source="meta.json events" if meta.get("events") else None,
+        )
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadSignalError(str(path), f"unreadable meta.json: {exc}", "BadMetadata") from exc
+    if not isinstance(meta, dict):
+        raise BadSignalError(str(path), "meta.json must hold a JSON object", "BadMetadata")
+    return meta
+
+
+def _read_parquet(path: str) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadSignalError(path, f"unreadable parquet: {exc}", "BadParquet") from exc
+
+
+def _optional_2d(table: pa.Table, name: str, file: str) -> FloatArray | None:
+    if name not in table.column_names:
+        return None
+    return column_to_2d(table.column(name), name, file)
+
+
+def _gt_events(meta: dict[str, Any], path: Path) -> list[tuple[int, str | None]] | None:
+    events = meta.get("events")
+    if not events:
+        return None
+    try:
+        return [(int(e["start_frame"]), e.get("name")) for e in events]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise BadSignalError(
+            str(path), f"'events' must be a list of {{start_frame, name}}: {exc}", "BadGroundTruth"
+        ) from exc
+
+
+def write_folder_episode(
+    out_dir: str | Path,
+    key: str,
+    *,
+    instruction: str,
+    fps: float,
+    actions_TA: FloatArray,
+    frames_by_camera: dict[str, np.ndarray],
+    states_TS: FloatArray | None = None,
+    gripper_T: FloatArray | None = None,
+    robot: str | None = None,
+    events: list[dict[str, Any]] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    codec: str = "libx264",
+) -> Path:
+    """Write one episode in the folder format (used by the simulators and test factories)."""
+    from wallwm.pipeline.video import write_video
+
+    d = Path(out_dir) / key
+    d.mkdir(parents=True, exist_ok=True)
+    num_frames = len(actions_TA)
+    columns: dict[str, Any] = {
+        "frame_index": np.arange(num_frames, dtype=np.int64),
+        "timestamp": np.arange(num_frames, dtype=np.float64) / fps,
+        "action": [row.tolist() for row in np.asarray(actions_TA, dtype=np.float32)],
+    }
+    if states_TS is not None:
+        columns["state"] = [row.tolist() for row in np.asarray(states_TS, dtype=np.float32)]
+    if gripper_T is not None:
+        columns["gripper"] = np.asarray(gripper_T, dtype=np.float32).reshape(-1)
+    pq.write_table(pa.table(columns), str(d / STEPS))
+    meta: dict[str, Any] = {"instruction": instruction, "fps": fps}
+    if robot:
+        meta["robot"] = robot
+    if events:
+        meta["events"] = events
+    meta.update(extra_meta or {})
+    (d / META).write_text(json.dumps(meta, indent=1))
+    for cam, frames in frames_by_camera.items():
+        write_video(os.fspath(d / f"{cam}{VIDEO_EXT}"), frames, fps, codec=codec)
+    return d

@@ -1,0 +1,209 @@
+"""HDF5 episodes in the ALOHA and robomimic layouts (via h5py).
+
+ALOHA (one episode per file)::
+
+    /action                          (T, A)
+    /observations/qpos               (T, S)
+    /observations/images/<camera>    (T, H, W, 3) uint8, or (T, N) padded JPEG bytes if compressed
+
+robomimic (many demos per file)::
+
+    /data/demo_<i>/actions           (T, A)
+    /data/demo_<i>/obs/<name>_image  (T, H, W, 3) uint8
+    /data/demo_<i>/obs/<low-dim>     (T, D)  -> concatenated (sorted by name) into the state
+
+Neither layout stores a language instruction or always an fps: they are read from attributes
+(``instruction``/``language_instruction``/``task``/``lang``, ``fps``/``control_freq``) on the
+episode group or the file, else from the ingest options (``--instruction``, ``--fps``), else fps
+defaults to the layout's usual control rate (ALOHA 50 Hz, robomimic 20 Hz).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    CameraSpec,
+    CorruptVideoError,
+    EpisodeError,
+    EpisodeRecord,
+    EpisodeRef,
+    FloatArray,
+    MissingFieldError,
+)
+from wallwm.pipeline.video import HDF5_SEPARATOR
+
+FORMAT = "hdf5"
+SUFFIXES = (".hdf5", ".h5")
+DEFAULT_FPS = {"aloha": 50.0, "robomimic": 20.0}
+_INSTRUCTION_ATTRS = ("instruction", "language_instruction", "task", "lang")
+
+
+def looks_like(root: Path) -> bool:
+    """Whether ``root`` is an HDF5 file or a directory holding some."""
+    if root.is_file():
+        return root.suffix in SUFFIXES
+    return root.is_dir() and any(p.suffix in SUFFIXES for p in root.rglob("*") if p.is_file())
+
+
+def _attr_text(attrs: Any, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if name in attrs:
+            value = attrs[name]
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _array(f: Any, key: str, file: str) -> FloatArray:
+    try:
+        values = np.asarray(f[key], dtype=np.float32)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadSignalError(file, f"{key}: unreadable dataset: {exc}") from exc
+    return values.reshape(len(values), -1)
+
+
+class HDF5Source:
+    """Reader of ALOHA / robomimic HDF5 episodes."""
+
+    format = FORMAT
+
+    def __init__(
+        self, root: str | Path, instruction: str | None = None, fps: float | None = None
+    ) -> None:
+        """Open an HDF5 file or a directory of them.
+
+        Args:
+            root: A ``.hdf5`` file or a directory searched recursively.
+            instruction: Instruction for episodes whose files carry none.
+            fps: Frame rate for episodes whose files carry none.
+        """
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+        self.instruction = instruction
+        self.fps = fps
+
+    def _files(self) -> list[Path]:
+        if self.root.is_file():
+            return [self.root]
+        return sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+
+    def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
+        """One ref per ALOHA file or per robomimic demo."""
+        import h5py
+
+        refs: list[EpisodeRef] = []
+        errors: list[EpisodeError] = []
+        for path in self._files():
+            rel = str(path.relative_to(self.root)) if self.root.is_dir() else path.name
+            try:
+                with h5py.File(path, "r") as f:
+                    if "data" in f and isinstance(f["data"], h5py.Group):
+                        demos = sorted(f["data"].keys(), key=lambda k: (len(k), k))
+                        refs.extend(
+                            EpisodeRef(
+                                self.uri,
+                                FORMAT,
+                                f"{rel}:{demo}",
+                                (str(path),),
+                                {
+                                    "file": str(path),
+                                    "group": f"/data/{demo}",
+                                    "layout": "robomimic",
+                                },
+                            )
+                            for demo in demos
+                        )
+                    elif "action" in f:
+                        refs.append(
+                            EpisodeRef(
+                                self.uri,
+                                FORMAT,
+                                rel,
+                                (str(path),),
+                                {"file": str(path), "group": "/", "layout": "aloha"},
+                            )
+                        )
+                    else:
+                        errors.append(
+                            MissingFieldError(
+                                str(path),
+                                "neither /action (ALOHA) nor /data/demo_* (robomimic) found",
+                                "UnknownLayout",
+                            )
+                        )
+            except OSError as exc:
+                errors.append(
+                    CorruptVideoError(str(path), f"unreadable HDF5 file: {exc}", "BadHDF5")
+                )
+        return refs, errors
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode (signals now; frames are probed lazily by camera URI)."""
+        import h5py
+
+        file = str(ref.locator["file"])
+        group_path = str(ref.locator["group"])
+        layout = str(ref.locator["layout"])
+        try:
+            with h5py.File(file, "r") as f:
+                group = f[group_path]
+                if layout == "aloha":
+                    actions = _array(group, "action", file)
+                    states = (
+                        _array(group, "observations/qpos", file)
+                        if "observations/qpos" in group
+                        else None
+                    )
+                    image_group = "observations/images"
+                    gripper = None
+                else:
+                    actions = _array(group, "actions", file)
+                    states, gripper = self._robomimic_state(group, file)
+                    image_group = "obs"
+                cams = []
+                if image_group in group:
+                    for name, dset in sorted(group[image_group].items()):
+                        if layout == "robomimic" and not name.endswith("image"):
+                            continue
+                        if isinstance(dset, h5py.Dataset):
+                            key = f"{group_path.rstrip('/')}/{image_group}/{name}"
+                            cams.append(CameraSpec(name, f"{file}{HDF5_SEPARATOR}{key}"))
+                instruction = (
+                    _attr_text(group.attrs, _INSTRUCTION_ATTRS)
+                    or _attr_text(f.attrs, _INSTRUCTION_ATTRS)
+                    or self.instruction
+                )
+                fps_attr = _attr_text(group.attrs, ("fps", "control_freq")) or _attr_text(
+                    f.attrs, ("fps", "control_freq")
+                )
+        except OSError as exc:
+            raise CorruptVideoError(file, f"unreadable HDF5 file: {exc}", "BadHDF5") from exc
+        except KeyError as exc:
+            raise MissingFieldError(file, f"{group_path}: missing dataset {exc}") from exc
+        fps = float(fps_attr) if fps_attr else (self.fps or DEFAULT_FPS[layout])
+        return EpisodeRecord(
+            ref=ref,
+            fps=fps,
+            instruction=instruction,
+            robot=None,
+            actions_TA=actions,
+            cameras=cams,
+            states_TS=states,
+            gripper_TG=gripper,
+        )
+
+    @staticmethod
+    def _robomimic_state(group: Any, file: str) -> tuple[FloatArray | None, FloatArray | None]:
+        obs = group.get("obs")
+        if obs is None:
+            return None, None
+        keys = sorted(k for k, v in obs.items() if not k.endswith("image") and v.ndim <= 2)
+        if not keys:
+            return None, None
+        states = np.concatenate([_array(obs, k, file) for k in keys], axis=1)
+        gripper = _array(obs, "robot0_gripper_qpos", file) if "robot0_gripper_qpos" in obs else None
+        return states, gripper

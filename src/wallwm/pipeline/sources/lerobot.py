@@ -1,0 +1,297 @@
+"""LeRobot datasets on local disk, codebase versions v2.0/v2.1 and v3.0 (no ``lerobot`` import).
+
+v2.x: ``meta/info.json``, ``meta/episodes.jsonl``, ``meta/tasks.jsonl``, one parquet per episode at
+``info["data_path"]`` and one video per camera and episode at ``info["video_path"]``.
+
+v3.0: ``meta/info.json``, ``meta/tasks.parquet``, ``meta/episodes/chunk-*/file-*.parquet`` (one row
+per episode with its data file, its row range and, per camera, its video file and
+``[from_timestamp, to_timestamp)`` window), data and videos packing many episodes per file.
+
+Language annotations are kept as ground-truth events: a per-frame ``subtask_index`` (names from
+``meta/subtasks.parquet``/``.jsonl``) or ``subtask`` string column, else changes of ``task_index``
+inside an episode.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wallwm.pipeline.arrays import column_to_2d
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    CameraSpec,
+    EpisodeError,
+    EpisodeRecord,
+    EpisodeRef,
+    MissingFieldError,
+    UnknownFormatError,
+)
+
+FORMAT = "lerobot"
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+
+
+def looks_like(root: Path) -> bool:
+    """Whether ``root`` is a LeRobot dataset (has ``meta/info.json``)."""
+    return (root / "meta" / "info.json").is_file()
+
+
+def _flat_names(feature: dict[str, Any] | None) -> list[str] | None:
+    """Feature names may be a list, a nested list, or ``{"motors": [...]}``."""
+    names = (feature or {}).get("names")
+    if isinstance(names, dict):
+        names = [
+            n for group in names.values() for n in (group if isinstance(group, list) else [group])
+        ]
+    if isinstance(names, list):
+        flat: list[str] = []
+        for n in names:
+            flat.extend(str(x) for x in n) if isinstance(n, list) else flat.append(str(n))
+        return flat
+    return None
+
+
+def _index_table(path: Path, index_col: str, text_col: str) -> dict[int, str]:
+    """Read ``tasks``/``subtasks`` (jsonl, or parquet with the text as a column or the index)."""
+    if path.with_suffix(".jsonl").is_file():
+        rows = [
+            json.loads(line)
+            for line in path.with_suffix(".jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        return {int(r[index_col]): str(r[text_col]) for r in rows}
+    if path.with_suffix(".parquet").is_file():
+        table = pq.read_table(path.with_suffix(".parquet"))
+        text_cols = [c for c in table.column_names if c != index_col]
+        col = text_col if text_col in table.column_names else (text_cols[0] if text_cols else None)
+        if col is None or index_col not in table.column_names:
+            raise BadSignalError(
+                str(path.with_suffix(".parquet")), f"needs {index_col} and {text_col}"
+            )
+        return dict(
+            zip(
+                (int(i) for i in table.column(index_col).to_pylist()),
+                (str(t) for t in table.column(col).to_pylist()),
+                strict=True,
+            )
+        )
+    return {}
+
+
+class LeRobotSource:
+    """Reader of local LeRobot datasets (v2.0, v2.1, v3.0)."""
+
+    format = FORMAT
+
+    def __init__(self, root: str | Path) -> None:
+        """Open the dataset at ``root`` and load its metadata.
+
+        Raises:
+            EpisodeError: If ``meta/info.json`` is missing, unreadable, or of an unknown version.
+        """
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+        info_path = self.root / "meta" / "info.json"
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BadSignalError(
+                str(info_path), f"unreadable info.json: {exc}", "BadMetadata"
+            ) from exc
+        self.version = str(info.get("codebase_version", ""))
+        if self.version not in SUPPORTED_VERSIONS:
+            raise UnknownFormatError(
+                str(info_path),
+                f"unsupported LeRobot codebase_version {self.version!r} "
+                f"(supported: {SUPPORTED_VERSIONS})",
+            )
+        self.info = info
+        self.fps = float(info["fps"])
+        self.robot = info.get("robot_type")
+        features: dict[str, Any] = info.get("features", {})
+        self.video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
+        action_keys = [k for k in features if k == "action"] or [
+            k for k in features if k.startswith("action")
+        ]
+        if not action_keys:
+            raise MissingFieldError(str(info_path), "no 'action' feature in info.json features")
+        self.action_key = action_keys[0]
+        self.state_key = "observation.state" if "observation.state" in features else None
+        self.action_names = _flat_names(features.get(self.action_key))
+        self.state_names = _flat_names(features.get(self.state_key)) if self.state_key else None
+        self.tasks = _index_table(self.root / "meta" / "tasks", "task_index", "task")
+        self.subtasks = _index_table(self.root / "meta" / "subtasks", "subtask_index", "subtask")
+        self.episodes = self._load_episodes()
+
+    def _load_episodes(self) -> list[dict[str, Any]]:
+        meta = self.root / "meta"
+        if self.version.startswith("v2"):
+            path = meta / "episodes.jsonl"
+            if not path.is_file():
+                raise MissingFieldError(str(path), "episodes.jsonl is missing")
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise MissingFieldError(
+                str(meta / "episodes"), "no meta/episodes/chunk-*/file-*.parquet"
+            )
+        tables = []
+        for f in files:
+            schema = pq.read_schema(f)
+            tables.append(
+                pq.read_table(f, columns=[n for n in schema.names if not n.startswith("stats/")])
+            )
+        rows: list[dict[str, Any]] = pa.concat_tables(tables, promote_options="default").to_pylist()
+        return rows
+
+    def _episode_files(self, ep: dict[str, Any]) -> tuple[str, list[CameraSpec]]:
+        idx = int(ep["episode_index"])
+        if self.version.startswith("v2"):
+            chunk = idx // int(self.info.get("chunks_size", 1000))
+            data = self.info["data_path"].format(episode_chunk=chunk, episode_index=idx)
+            cams = [
+                CameraSpec(
+                    k,
+                    str(
+                        self.root
+                        / self.info["video_path"].format(
+                            episode_chunk=chunk, video_key=k, episode_index=idx
+                        )
+                    ),
+                )
+                for k in self.video_keys
+            ]
+            return str(self.root / data), cams
+        data = self.info["data_path"].format(
+            chunk_index=int(ep["data/chunk_index"]), file_index=int(ep["data/file_index"])
+        )
+        cams = []
+        for k in self.video_keys:
+            path = self.info["video_path"].format(
+                video_key=k,
+                chunk_index=int(ep[f"videos/{k}/chunk_index"]),
+                file_index=int(ep[f"videos/{k}/file_index"]),
+            )
+            to_s = ep.get(f"videos/{k}/to_timestamp")
+            cams.append(
+                CameraSpec(
+                    k,
+                    str(self.root / path),
+                    float(ep[f"videos/{k}/from_timestamp"]),
+                    None if to_s is None else float(to_s),
+                )
+            )
+        return str(self.root / data), cams
+
+    def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
+        """One ref per row of the episodes metadata."""
+        refs: list[EpisodeRef] = []
+        errors: list[EpisodeError] = []
+        for ep in self.episodes:
+            try:
+                data, cams = self._episode_files(ep)
+            except (KeyError, ValueError) as exc:
+                errors.append(
+                    BadSignalError(
+                        str(self.root / "meta"),
+                        f"episode entry {ep.get('episode_index')!r} lacks {exc}",
+                        "BadMetadata",
+                    )
+                )
+                continue
+            idx = int(ep["episode_index"])
+            locator = {
+                "episode_index": idx,
+                "tasks": list(ep.get("tasks") or []),
+                "data": data,
+                "cameras": [[c.name, c.uri, c.from_timestamp_s, c.to_timestamp_s] for c in cams],
+            }
+            refs.append(
+                EpisodeRef(
+                    self.uri, FORMAT, f"episode_{idx:06d}", (data, *(c.uri for c in cams)), locator
+                )
+            )
+        return refs, errors
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode's rows from its (possibly shared) parquet file."""
+        loc = ref.locator
+        data = str(loc["data"])
+        idx = int(loc["episode_index"])  # type: ignore[call-overload]
+        if not Path(data).is_file():
+            raise MissingFieldError(data, "episode data parquet is missing", "MissingData")
+        try:
+            table = pq.read_table(data, filters=[("episode_index", "=", idx)])
+        except (OSError, pa.ArrowException) as exc:
+            raise BadSignalError(data, f"unreadable parquet: {exc}", "BadParquet") from exc
+        if "frame_index" in table.column_names:
+            table = table.sort_by("frame_index")
+        if self.action_key not in table.column_names:
+            raise MissingFieldError(data, f"column {self.action_key!r} is missing")
+        actions = column_to_2d(table.column(self.action_key), self.action_key, data)
+        states = (
+            column_to_2d(table.column(self.state_key), self.state_key, data)
+            if self.state_key and self.state_key in table.column_names
+            else None
+        )
+        gripper = None
+        if self.action_names and len(self.action_names) == actions.shape[1]:
+            cols = [i for i, n in enumerate(self.action_names) if "gripper" in n.lower()]
+            gripper = actions[:, cols] if cols else None
+        tasks = [str(t) for t in loc.get("tasks") or []]  # type: ignore[attr-defined]
+        task_ids = (
+            table.column("task_index").to_pylist() if "task_index" in table.column_names else []
+        )
+        instruction = (
+            tasks[0] if tasks else (self.tasks.get(int(task_ids[0])) if task_ids else None)
+        )
+        gt, gt_source = self._ground_truth(table, task_ids)
+        return EpisodeRecord(
+            ref=ref,
+            fps=self.fps,
+            instruction=instruction,
+            robot=self.robot,
+            actions_TA=actions,
+            cameras=[CameraSpec(n, u, f, t) for n, u, f, t in loc["cameras"]],  # type: ignore[attr-defined]
+            states_TS=states,
+            gripper_TG=gripper,
+            timestamps_s=(
+                table.column("timestamp").to_numpy().astype(np.float64)
+                if "timestamp" in table.column_names
+                else None
+            ),
+            action_names=self.action_names,
+            state_names=self.state_names,
+            gt_events=gt,
+            gt_events_source=gt_source,
+        )
+
+    def _ground_truth(
+        self, table: pa.Table, task_ids: list[Any]
+    ) -> tuple[list[tuple[int, str | None]] | None, str | None]:
+        """Event starts from language annotation columns, if the dataset has them."""
+        labels: list[str | None] | None = None
+        source = None
+        for col in table.column_names:
+            if "subtask" not in col.lower():
+                continue
+            values = table.column(col).to_pylist()
+            if pa.types.is_integer(table.schema.field(col).type):
+                labels = [None if v is None else self.subtasks.get(int(v), str(v)) for v in values]
+            else:
+                labels = [None if v is None else str(v) for v in values]
+            source = f"column {col}"
+            break
+        if labels is None and len(set(task_ids)) > 1:
+            labels = [self.tasks.get(int(t), str(t)) for t in task_ids]
+            source = "task_index changes"
+        if not labels:
+            return None, None
+        starts = [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+        return [(i, labels[i]) for i in starts], source

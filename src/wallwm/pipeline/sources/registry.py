@@ -1,0 +1,66 @@
+"""Format registry: detect a source's format and open the matching reader.
+
+``open_source(path, "auto")`` detects the format: a LeRobot dataset has ``meta/info.json``, a folder
+source has ``<episode>/meta.json`` + ``steps.parquet``, an HDF5 source is a ``.hdf5`` file or a
+directory of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+from wallwm.pipeline.sources import folder, hdf5, lerobot
+from wallwm.pipeline.sources.base import EpisodeSource, UnknownFormatError
+
+SourceFormat = Literal["auto", "lerobot", "folder", "hdf5"]
+FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5")
+
+
+def detect_format(path: str | Path) -> str:
+    """Name the format of the source at ``path``.
+
+    Raises:
+        UnknownFormatError: If the path does not exist or matches no known layout.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise UnknownFormatError(str(path), "source path does not exist", "MissingSource")
+    if lerobot.looks_like(root):
+        return lerobot.FORMAT
+    if folder.looks_like(root):
+        return folder.FORMAT
+    if hdf5.looks_like(root):
+        return hdf5.FORMAT
+    raise UnknownFormatError(
+        str(path),
+        "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
+        "<episode>/meta.json + steps.parquet (folder), or .hdf5 files (ALOHA/robomimic)",
+    )
+
+
+def open_source(
+    path: str | Path,
+    fmt: str = "auto",
+    *,
+    instruction: str | None = None,
+    fps: float | None = None,
+) -> EpisodeSource:
+    """Open a source, detecting its format when ``fmt`` is ``"auto"``.
+
+    Raises:
+        UnknownFormatError: Unknown format name or undetectable layout.
+        EpisodeError: The source's metadata is unreadable.
+    """
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == lerobot.FORMAT:
+        return lerobot.LeRobotSource(path)
+    if fmt == folder.FORMAT:
+        return folder.FolderSource(path)
+    if fmt == hdf5.FORMAT:
+        return hdf5.HDF5Source(path, instruction=instruction, fps=fps)
+    close = difflib.get_close_matches(fmt, FORMATS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UnknownFormatError(str(path), f"unknown format {fmt!r} (choose from {FORMATS}){hint}")

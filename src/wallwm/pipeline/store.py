@@ -1,0 +1,389 @@
+"""The table store: every write of every stage goes through here.
+
+:class:`TableStore` is the small protocol the stages depend on; :class:`LanceStore` is the real
+implementation (one Lance dataset per table under a root URI) and :class:`MemoryStore` an
+in-memory double with the same semantics for pure unit tests.
+
+Writes are keyed upserts (Lance ``merge_insert``): re-writing identical rows is skipped *before*
+touching Lance, so an idempotent re-run leaves every table version unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class StoreError(RuntimeError):
+    """A table could not be read or written (names the table and the problem)."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did to one table."""
+
+    table: str
+    inserted: int
+    updated: int
+    deleted: int
+    version_before: int | None
+    version_after: int | None
+
+    @property
+    def changed(self) -> bool:
+        """Whether the write created a new table version."""
+        return self.version_before != self.version_after
+
+
+@runtime_checkable
+class TableStore(Protocol):
+    """Keyed, versioned tables under one dataset root."""
+
+    root: str
+
+    def exists(self, table: str) -> bool:
+        """Whether ``table`` has been created."""
+        ...
+
+    def version(self, table: str) -> int | None:
+        """Current version of ``table`` (None if it does not exist)."""
+        ...
+
+    def schema(self, table: str) -> pa.Schema | None:
+        """Schema of ``table`` (None if it does not exist)."""
+        ...
+
+    def read(
+        self, table: str, columns: list[str] | None = None, where: str | None = None
+    ) -> pa.Table:
+        """Rows of ``table`` (optionally a column subset and a SQL filter)."""
+        ...
+
+    def count(self, table: str, where: str | None = None) -> int:
+        """Number of rows of ``table`` matching ``where`` (0 if it does not exist)."""
+        ...
+
+    def upsert(
+        self, table: str, rows: pa.Table, key: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
+        """Insert new rows and update changed rows, matched on ``key``; create if missing.
+
+        Columns named in ``volatile`` (run ids, timestamps) are ignored when deciding whether an
+        existing row is unchanged, so re-recording the same content writes nothing.
+        """
+        ...
+
+    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+        """Atomically make the rows matching the SQL filter ``scope`` equal to ``rows``."""
+        ...
+
+    def update(self, table: str, where: str, values: dict[str, str]) -> WriteResult:
+        """Set columns (SQL expressions) on the rows matching ``where``."""
+        ...
+
+
+def _align(rows: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
+    """Reorder and cast ``rows`` to ``schema``; a clear error names what does not fit."""
+    missing = [f.name for f in schema if f.name not in rows.column_names]
+    if missing:
+        raise StoreError(f"table {table!r}: rows lack columns {missing}")
+    try:
+        return rows.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise StoreError(f"table {table!r}: rows do not match the table schema: {exc}") from exc
+
+
+def _unchanged_mask(
+    existing: pa.Table, rows: pa.Table, key: str, volatile: tuple[str, ...]
+) -> list[bool]:
+    """For each row of ``rows``: does an equal row (ignoring ``volatile``) with its key exist?"""
+    if existing.num_rows == 0:
+        return [False] * rows.num_rows
+    names = [n for n in rows.column_names if n not in volatile]
+    by_key = {r[key]: r for r in existing.select(names).to_pylist()}
+    return [by_key.get(r[key]) == r for r in rows.select(names).to_pylist()]
+
+
+def sql_quote(value: str) -> str:
+    """Quote a string literal for a Lance SQL filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    """``column IN ('a', 'b')`` with proper quoting."""
+    quoted = ", ".join(sql_quote(v) for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _drop_unchanged(
+    store: TableStore, table: str, rows: pa.Table, key: str, volatile: tuple[str, ...] = ()
+) -> pa.Table:
+    """Rows that would actually change the table (new keys, or different content)."""
+    if not store.exists(table) or rows.num_rows == 0:
+        return rows
+    keys = [str(k) for k in rows.column(key).to_pylist()]
+    existing = store.read(table, where=sql_in(key, keys))
+    mask = _unchanged_mask(existing.select(rows.column_names), rows, key, volatile)
+    return rows.filter(pa.array([not m for m in mask]))
+
+
+class LanceStore:
+    """One Lance dataset per table under ``root`` (``<root>/<table>.lance``)."""
+
+    def __init__(self, root: str) -> None:
+        """Open (or prepare to create) the dataset root ``root``."""
+        self.root = str(root).rstrip("/")
+        if "://" not in self.root:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def uri(self, table: str) -> str:
+        """URI of one table's Lance dataset."""
+        return f"{self.root}/{table}.lance"
+
+    def _open(self, table: str, version: int | str | None = None) -> Any:
+        import lance
+
+        try:
+            return lance.dataset(self.uri(table), version=version)
+        except ValueError as exc:
+            raise StoreError(f"table {table!r} at {self.uri(table)}: {exc}") from exc
+
+    def exists(self, table: str) -> bool:
+        """Whether ``table`` has been created."""
+        if "://" in self.root:
+            try:
+                self._open(table)
+            except StoreError:
+                return False
+            return True
+        return (Path(self.uri(table)) / "_versions").is_dir()
+
+    def version(self, table: str) -> int | None:
+        """Current version of ``table`` (None if it does not exist)."""
+        return int(self._open(table).version) if self.exists(table) else None
+
+    def schema(self, table: str) -> pa.Schema | None:
+        """Schema of ``table`` (None if it does not exist)."""
+        return self._open(table).schema if self.exists(table) else None
+
+    def read(
+        self, table: str, columns: list[str] | None = None, where: str | None = None
+    ) -> pa.Table:
+        """Rows of ``table`` (optionally a column subset and a SQL filter)."""
+        if not self.exists(table):
+            return pa.table({})
+        return self._open(table).to_table(columns=columns, filter=where)
+
+    def count(self, table: str, where: str | None = None) -> int:
+        """Number of rows of ``table`` matching ``where`` (0 if it does not exist)."""
+        if not self.exists(table):
+            return 0
+        return int(self._open(table).count_rows(filter=where))
+
+    def upsert(
+        self, table: str, rows: pa.Table, key: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
+        """Insert new rows and update changed rows, matched on ``key``; create if missing."""
+        import lance
+
+        before = self.version(table)
+        if before is None:
+            if rows.num_rows == 0:
+                return WriteResult(table, 0, 0, 0, None, None)
+            lance.write_dataset(rows, self.uri(table), mode="create")
+            return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+        rows = _align(rows, self._open(table).schema, table)
+        rows = _drop_unchanged(self, table, rows, key, volatile)
+        if rows.num_rows == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        stats = (
+            self._open(table)
+            .merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+        return WriteResult(
+            table,
+            int(stats["num_inserted_rows"]),
+            int(stats["num_updated_rows"]),
+            int(stats["num_deleted_rows"]),
+            before,
+            self.version(table),
+        )
+
+    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+        """Atomically make the rows matching the SQL filter ``scope`` equal to ``rows``.
+
+        One ``merge_insert`` commit inserts/updates ``rows`` and deletes the rows in ``scope``
+        that ``rows`` does not contain, so readers never see a half-replaced scope.
+        """
+        before = self.version(table)
+        if before is None:
+            return self.upsert(table, rows, key)
+        rows = _align(rows, self._open(table).schema, table)
+        existing = self.read(table, columns=rows.column_names, where=scope)
+        if existing.num_rows == rows.num_rows and sorted(
+            existing.to_pylist(), key=lambda r: str(r[key])
+        ) == sorted(rows.to_pylist(), key=lambda r: str(r[key])):
+            return WriteResult(table, 0, 0, 0, before, before)
+        stats = (
+            self._open(table)
+            .merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(scope)
+            .execute(rows)
+        )
+        return WriteResult(
+            table,
+            int(stats["num_inserted_rows"]),
+            int(stats["num_updated_rows"]),
+            int(stats["num_deleted_rows"]),
+            before,
+            self.version(table),
+        )
+
+    def update(self, table: str, where: str, values: dict[str, str]) -> WriteResult:
+        """Set columns (SQL expressions) on the rows matching ``where``."""
+        before = self.version(table)
+        if before is None or self.count(table, where) == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        stats = self._open(table).update(values, where=where)
+        return WriteResult(table, 0, int(stats["num_rows_updated"]), 0, before, self.version(table))
+
+
+class MemoryStore:
+    """In-memory :class:`TableStore` double with the same keyed, versioned semantics.
+
+    Supports the SQL subset the stages use in ``where`` filters through pyarrow: ``col = 'v'``,
+    ``col IN (...)`` joined by ``AND``. Meant for pure unit tests of stage logic.
+    """
+
+    def __init__(self, root: str = "memory://") -> None:
+        """Create an empty store."""
+        self.root = root
+        self._tables: dict[str, list[pa.Table]] = {}
+
+    def exists(self, table: str) -> bool:
+        """Whether ``table`` has been created."""
+        return table in self._tables
+
+    def version(self, table: str) -> int | None:
+        """Current version of ``table`` (None if it does not exist)."""
+        return len(self._tables[table]) if table in self._tables else None
+
+    def schema(self, table: str) -> pa.Schema | None:
+        """Schema of ``table`` (None if it does not exist)."""
+        return self._tables[table][-1].schema if table in self._tables else None
+
+    def read(
+        self, table: str, columns: list[str] | None = None, where: str | None = None
+    ) -> pa.Table:
+        """Rows of ``table`` (optionally a column subset and a filter)."""
+        if table not in self._tables:
+            return pa.table({})
+        data = self._tables[table][-1]
+        if where:
+            data = data.filter(_memory_filter(data, where))
+        return data.select(columns) if columns else data
+
+    def count(self, table: str, where: str | None = None) -> int:
+        """Number of rows of ``table`` matching ``where``."""
+        return int(self.read(table, where=where).num_rows)
+
+    def _commit(self, table: str, data: pa.Table) -> None:
+        self._tables.setdefault(table, []).append(data)
+
+    def upsert(
+        self, table: str, rows: pa.Table, key: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
+        """Insert new rows and update changed rows, matched on ``key``."""
+        before = self.version(table)
+        if before is None:
+            if rows.num_rows:
+                self._commit(table, rows)
+            return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+        current = self._tables[table][-1]
+        rows = _drop_unchanged(self, table, _align(rows, current.schema, table), key, volatile)
+        if rows.num_rows == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        new_keys = pa.array(rows.column(key).to_pylist())
+        kept = current.filter(pc.invert(pc.is_in(current.column(key), value_set=new_keys)))
+        updated = current.num_rows - kept.num_rows
+        self._commit(table, pa.concat_tables([kept, rows]))
+        return WriteResult(table, rows.num_rows - updated, updated, 0, before, self.version(table))
+
+    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+        """Atomically make the rows matching ``scope`` equal to ``rows``."""
+        before = self.version(table)
+        if before is None:
+            return self.upsert(table, rows, key)
+        current = self._tables[table][-1]
+        rows = _align(rows, current.schema, table)
+        in_scope = _memory_filter(current, scope)
+        old = current.filter(in_scope)
+        if sorted(old.to_pylist(), key=lambda r: str(r[key])) == sorted(
+            rows.to_pylist(), key=lambda r: str(r[key])
+        ):
+            return WriteResult(table, 0, 0, 0, before, before)
+        kept = current.filter(pc.invert(in_scope))
+        kept = kept.filter(pc.invert(pc.is_in(kept.column(key), value_set=rows.column(key))))
+        self._commit(table, pa.concat_tables([kept, rows]))
+        old_keys = set(old.column(key).to_pylist())
+        new_keys = set(rows.column(key).to_pylist())
+        return WriteResult(
+            table,
+            len(new_keys - old_keys),
+            len(new_keys & old_keys),
+            len(old_keys - new_keys),
+            before,
+            self.version(table),
+        )
+
+    def update(self, table: str, where: str, values: dict[str, str]) -> WriteResult:
+        """Set columns to SQL literals (``'text'``, ``true``/``false``, numbers)."""
+        before = self.version(table)
+        if before is None:
+            return WriteResult(table, 0, 0, 0, None, None)
+        current = self._tables[table][-1]
+        mask = _memory_filter(current, where)
+        n = int(pc.sum(mask).as_py() or 0)
+        if n == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        for name, expr in values.items():
+            idx = current.schema.get_field_index(name)
+            literal = pa.scalar(_parse_literal(expr), type=current.schema.field(name).type)
+            column = pc.if_else(mask, literal, current.column(name))
+            current = current.set_column(idx, current.schema.field(name), column)
+        self._commit(table, current)
+        return WriteResult(table, 0, n, 0, before, self.version(table))
+
+
+def _parse_literal(expr: str) -> object:
+    expr = expr.strip()
+    if expr.lower() in ("true", "false"):
+        return expr.lower() == "true"
+    if expr.startswith("'") and expr.endswith("'"):
+        return expr[1:-1].replace("''", "'")
+    return float(expr) if "." in expr else int(expr)
+
+
+def _memory_filter(data: pa.Table, where: str) -> pa.ChunkedArray:
+    """Evaluate ``a = 'x' AND b IN ('y', 'z')`` style filters with pyarrow."""
+    mask = pc.equal(pa.array([True] * data.num_rows), True)
+    for raw_clause in where.split(" AND "):
+        clause = raw_clause.strip()
+        if " IN (" in clause:
+            column, _, rest = clause.partition(" IN (")
+            values = [_parse_literal(v) for v in rest.rstrip(")").split(",") if v.strip()]
+            term = pc.is_in(data.column(column.strip()), value_set=pa.array(values))
+        else:
+            column, _, value = clause.partition("=")
+            term = pc.equal(data.column(column.strip()), _parse_literal(value))
+        mask = pc.and_(mask, term)
+    return mask

@@ -1,0 +1,239 @@
+"""Video probing and decoding (PyAV), plus frames stored inside HDF5 files.
+
+A camera URI is either a video file path, or ``<file.hdf5>#<dataset path>`` for frames stored as
+arrays (raw uint8 ``(T, H, W, 3)`` or JPEG/PNG bytes per frame) in HDF5 episodes. Episodes that
+share one video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_timestamp_s)`` window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wallwm.pipeline.sources.base import (
+    CameraInfo,
+    CameraSpec,
+    CorruptVideoError,
+    MissingFieldError,
+)
+
+UInt8Array = npt.NDArray[np.uint8]
+HDF5_SEPARATOR = "#"
+
+
+def split_hdf5_uri(uri: str) -> tuple[str, str] | None:
+    """``("file.hdf5", "/observations/images/cam")`` for an HDF5 frame URI, else None."""
+    path, sep, key = uri.partition(HDF5_SEPARATOR)
+    if sep and path.endswith((".hdf5", ".h5")):
+        return path, key
+    return None
+
+
+def _open_container(path: str) -> Any:
+    import av
+
+    if not Path(path).exists():
+        raise MissingFieldError(path, "video file is missing", "MissingVideo")
+    if Path(path).stat().st_size == 0:
+        raise CorruptVideoError(path, "video file is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        raise CorruptVideoError(path, f"corrupt or truncated video: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise CorruptVideoError(
+            path, "video has zero frames (the file holds no video stream)", "EmptyVideo"
+        )
+    return container
+
+
+def iter_video_frames(
+    path: str,
+    from_s: float = 0.0,
+    to_s: float | None = None,
+    fmt: str | None = "rgb24",
+) -> Iterator[tuple[float, object]]:
+    """Yield ``(time_s, frame)`` for each frame of ``path`` inside ``[from_s, to_s)``.
+
+    Args:
+        path: Video file.
+        from_s: Window start (seconds, as stored in the file's timeline).
+        to_s: Window end, exclusive; None for the end of the file.
+        fmt: Convert frames to ``ndarray`` in this pixel format; None yields the raw
+            ``av.VideoFrame`` (the cheapest path when only counting or validating).
+
+    Raises:
+        CorruptVideoError: If the file cannot be opened or decoding fails midway.
+    """
+    import av
+
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 30.0)
+        half_frame_s = 0.5 / rate
+        if from_s > half_frame_s and stream.time_base is not None:
+            container.seek(int(from_s / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            t = float(frame.time) if frame.time is not None else 0.0
+            if t < from_s - half_frame_s:
+                continue
+            if to_s is not None and t >= to_s - half_frame_s:
+                break
+            yield t, (frame.to_ndarray(format=fmt) if fmt else frame)
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        raise CorruptVideoError(
+            path, f"decoding failed (corrupt or truncated video): {exc}"
+        ) from exc
+    finally:
+        container.close()
+
+
+def probe_camera(spec: CameraSpec) -> CameraInfo:
+    """Decode a camera stream once to validate it and count its frames (no re-encoding).
+
+    Raises:
+        CorruptVideoError: Unreadable, truncated or empty stream.
+        MissingFieldError: The file or HDF5 dataset does not exist.
+    """
+    h5 = split_hdf5_uri(spec.uri)
+    if h5 is not None:
+        return _probe_hdf5(spec, *h5)
+    import av
+
+    container = _open_container(spec.uri)
+    try:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.codec.canonical_name  # "h264", "av1" (not the decoder)
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        raise CorruptVideoError(spec.uri, f"unreadable video stream: {exc}") from exc
+    finally:
+        container.close()
+    num_frames = 0
+    for _t, frame in iter_video_frames(spec.uri, spec.from_timestamp_s, spec.to_timestamp_s, None):
+        num_frames += 1
+        width, height = frame.width, frame.height  # type: ignore[attr-defined]
+    if num_frames == 0:
+        window = (
+            ""
+            if spec.to_timestamp_s is None
+            else (f" in [{spec.from_timestamp_s:.3f}s, {spec.to_timestamp_s:.3f}s)")
+        )
+        raise CorruptVideoError(spec.uri, f"video has zero frames{window}", "EmptyVideo")
+    return CameraInfo(
+        name=spec.name,
+        uri=spec.uri,
+        byte_length=Path(spec.uri).stat().st_size,
+        codec=codec,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        from_timestamp_s=spec.from_timestamp_s,
+        to_timestamp_s=spec.to_timestamp_s,
+    )
+
+
+def _decode_image_bytes(buf: npt.NDArray[np.uint8], where: str) -> UInt8Array:
+    import cv2
+
+    img = cv2.imdecode(np.asarray(buf, dtype=np.uint8).reshape(-1), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CorruptVideoError(where, "an encoded image frame could not be decoded")
+    return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
+    """Yield RGB frames stored in an HDF5 dataset (raw ``(T, H, W, 3)`` or encoded bytes)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
+            dset = f[key]
+            encoded = dset.ndim <= 2  # (T,) vlen bytes or (T, max_len) padded JPEG (ALOHA)
+            for i in range(dset.shape[0]):
+                frame = np.asarray(dset[i])
+                yield (
+                    _decode_image_bytes(frame, f"{path}{HDF5_SEPARATOR}{key}") if encoded else frame
+                )
+    except OSError as exc:
+        raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+
+
+def _probe_hdf5(spec: CameraSpec, path: str, key: str) -> CameraInfo:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
+            dset = f[key]
+            byte_length = int(dset.id.get_storage_size())
+            raw = dset.ndim == 4
+    except OSError as exc:
+        raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+    num_frames, height, width = 0, 0, 0
+    for frame in iter_hdf5_frames(path, key):
+        if frame.ndim != 3:
+            raise CorruptVideoError(path, f"{key}: frames must be (H, W, C), got {frame.shape}")
+        height, width = int(frame.shape[0]), int(frame.shape[1])
+        num_frames += 1
+    if num_frames == 0:
+        raise CorruptVideoError(path, f"{key}: zero frames", "EmptyVideo")
+    return CameraInfo(
+        name=spec.name,
+        uri=spec.uri,
+        byte_length=byte_length,
+        codec="raw-rgb24" if raw else "jpeg",
+        width=width,
+        height=height,
+        num_frames=num_frames,
+    )
+
+
+def read_frames(info: CameraInfo, fmt: str = "rgb24") -> Iterator[UInt8Array]:
+    """Yield every frame of a probed camera stream as an ``(H, W, C)`` uint8 array."""
+    h5 = split_hdf5_uri(info.uri)
+    if h5 is not None:
+        yield from iter_hdf5_frames(*h5)
+        return
+    for _t, frame in iter_video_frames(info.uri, info.from_timestamp_s, info.to_timestamp_s, fmt):
+        yield np.asarray(frame, dtype=np.uint8)
+
+
+def write_video(
+    path: str, frames_THWC: UInt8Array, fps: float, codec: str = "libx264", crf: int = 23
+) -> None:
+    """Encode RGB frames to a video file with PyAV (H.264 by default; ``libsvtav1`` for AV1).
+
+    Used by the simulators and the test factories; ingest itself never re-encodes.
+    """
+    from fractions import Fraction
+
+    import av
+
+    num_frames, height, width = frames_THWC.shape[:3]
+    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = int(width), int(height)
+        stream.pix_fmt = "yuv420p"
+        if codec in ("libx264", "libsvtav1"):
+            stream.options = (
+                {"crf": str(crf)} if codec == "libx264" else {"crf": "35", "preset": "12"}
+            )
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[i]), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,1 @@
+"""Training from the curated Lance tables, checkpoints, evaluation and the policy server."""
