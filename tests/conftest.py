@@ -8,6 +8,7 @@ simulator, so every episode has consistent video, actions, states and ground-tru
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -38,7 +39,9 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-def _episodes(n: int, seed: int, size: int = 64, cameras: tuple[str, ...] = ("top",)) -> list[dict[str, Any]]:
+def _episodes(
+    n: int, seed: int, size: int = 64, cameras: tuple[str, ...] = ("top",)
+) -> list[dict[str, Any]]:
     cfg = SynthConfig(episodes=n, size=size, seed=seed, cameras=cameras)
     rng = np.random.default_rng(seed)
     return [simulate_episode(cfg.tasks[i % len(cfg.tasks)], rng, cfg) for i in range(n)]
@@ -54,7 +57,9 @@ def synth_episodes() -> Callable[..., list[dict[str, Any]]]:
 def folder_source(tmp_path: Path) -> Callable[..., Path]:
     """Factory: a folder-format source with ``n`` episodes (two cameras by default)."""
 
-    def make(n: int = 4, seed: int = 0, name: str = "folder", cameras: tuple[str, ...] = ("top", "side")) -> Path:
+    def make(
+        n: int = 4, seed: int = 0, name: str = "folder", cameras: tuple[str, ...] = ("top", "side")
+    ) -> Path:
         root = tmp_path / name
         record_synthetic(root, SynthConfig(episodes=n, size=64, seed=seed, cameras=cameras))
         return root
@@ -62,10 +67,20 @@ def folder_source(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def _features(action_dim: int, state_dim: int, cameras: tuple[str, ...], size: int, fps: float) -> dict[str, Any]:
+def _features(
+    action_dim: int, state_dim: int, cameras: tuple[str, ...], size: int, fps: float
+) -> dict[str, Any]:
     feats: dict[str, Any] = {
-        "action": {"dtype": "float32", "shape": [action_dim], "names": ["vx", "vy", "vz", "gripper"]},
-        "observation.state": {"dtype": "float32", "shape": [state_dim], "names": ["x", "y", "z", "opening"]},
+        "action": {
+            "dtype": "float32",
+            "shape": [action_dim],
+            "names": ["vx", "vy", "vz", "gripper"],
+        },
+        "observation.state": {
+            "dtype": "float32",
+            "shape": [state_dim],
+            "names": ["x", "y", "z", "opening"],
+        },
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
         "episode_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -74,18 +89,28 @@ def _features(action_dim: int, state_dim: int, cameras: tuple[str, ...], size: i
     }
     for cam in cameras:
         feats[f"observation.images.{cam}"] = {
-            "dtype": "video", "shape": [size, size, 3], "names": ["height", "width", "channels"],
+            "dtype": "video",
+            "shape": [size, size, 3],
+            "names": ["height", "width", "channels"],
             "info": {"video.fps": fps, "video.codec": "av1", "video.pix_fmt": "yuv420p"},
         }
     return feats
 
 
-def _frame_rows(ep: dict[str, Any], ep_idx: int, task_idx: int, start_index: int, fps: float,
-                subtasks: dict[str, int] | None) -> dict[str, Any]:
+def _frame_rows(
+    ep: dict[str, Any],
+    ep_idx: int,
+    task_idx: int,
+    start_index: int,
+    fps: float,
+    subtasks: dict[str, int] | None,
+) -> dict[str, Any]:
     n = len(ep["actions"])
     rows: dict[str, Any] = {
         "action": pa.array([r.tolist() for r in ep["actions"]], type=pa.list_(pa.float32())),
-        "observation.state": pa.array([r.tolist() for r in ep["states"]], type=pa.list_(pa.float32())),
+        "observation.state": pa.array(
+            [r.tolist() for r in ep["states"]], type=pa.list_(pa.float32())
+        ),
         "timestamp": pa.array(np.arange(n) / fps, type=pa.float32()),
         "frame_index": pa.array(np.arange(n), type=pa.int64()),
         "episode_index": pa.array([ep_idx] * n, type=pa.int64()),
@@ -95,7 +120,7 @@ def _frame_rows(ep: dict[str, Any], ep_idx: int, task_idx: int, start_index: int
     if subtasks is not None:
         starts = [e["start_frame"] for e in ep["events"]] + [n]
         labels = np.zeros(n, dtype=np.int64)
-        for e, (a, b) in zip(ep["events"], zip(starts[:-1], starts[1:], strict=True), strict=True):
+        for e, (a, b) in zip(ep["events"], itertools.pairwise(starts), strict=False):
             labels[a:b] = subtasks[e["name"]]
         rows["subtask_index"] = pa.array(labels, type=pa.int64())
     return rows
@@ -110,8 +135,13 @@ def lerobot_v3(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]
     ``subtasks=True`` a ``subtask_index`` column and ``meta/subtasks.parquet`` are written.
     """
 
-    def make(n: int = 4, seed: int = 0, cameras: tuple[str, ...] = ("top", "side"),
-             subtasks: bool = True, fps: float = 20.0) -> tuple[Path, list[dict[str, Any]]]:
+    def make(
+        n: int = 4,
+        seed: int = 0,
+        cameras: tuple[str, ...] = ("top", "side"),
+        subtasks: bool = True,
+        fps: float = 20.0,
+    ) -> tuple[Path, list[dict[str, Any]]]:
         root = tmp_path / "lerobot_v3"
         eps = _episodes(n, seed, cameras=cameras)
         tasks = sorted({e["instruction"] for e in eps})
@@ -119,43 +149,62 @@ def lerobot_v3(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]
         sub_ids = {name: i for i, name in enumerate(names)} if subtasks else None
         split = max(1, n // 2)  # episodes [0, split) in file-000, the rest in file-001
         info = {
-            "codebase_version": "v3.0", "robot_type": "wallwm-synthetic-gripper",
-            "total_episodes": n, "total_frames": int(sum(len(e["actions"]) for e in eps)),
-            "total_tasks": len(tasks), "chunks_size": 1000, "data_files_size_in_mb": 100,
-            "video_files_size_in_mb": 500, "fps": fps, "splits": {"train": f"0:{n}"},
+            "codebase_version": "v3.0",
+            "robot_type": "wallwm-synthetic-gripper",
+            "total_episodes": n,
+            "total_frames": int(sum(len(e["actions"]) for e in eps)),
+            "total_tasks": len(tasks),
+            "chunks_size": 1000,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 500,
+            "fps": fps,
+            "splits": {"train": f"0:{n}"},
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
             "features": _features(4, 4, cameras, 64, fps),
         }
         (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
         (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-        pd.DataFrame({"task_index": range(len(tasks))}, index=pd.Index(tasks, name="task")).to_parquet(
-            root / "meta" / "tasks.parquet"
-        )
+        pd.DataFrame(
+            {"task_index": range(len(tasks))}, index=pd.Index(tasks, name="task")
+        ).to_parquet(root / "meta" / "tasks.parquet")
         if sub_ids is not None:
-            pd.DataFrame({"subtask_index": list(sub_ids.values())},
-                         index=pd.Index(list(sub_ids), name="subtask")).to_parquet(
-                root / "meta" / "subtasks.parquet")
+            pd.DataFrame(
+                {"subtask_index": list(sub_ids.values())},
+                index=pd.Index(list(sub_ids), name="subtask"),
+            ).to_parquet(root / "meta" / "subtasks.parquet")
         meta_rows, index = [], 0
         for file_idx, group in enumerate((range(split), range(split, n))):
             if not len(group):
                 continue
             tables = []
-            t_s = {cam: 0.0 for cam in cameras}
+            t_s = dict.fromkeys(cameras, 0.0)
             for i in group:
                 ep = eps[i]
                 length = len(ep["actions"])
-                tables.append(pa.table(_frame_rows(ep, i, tasks.index(ep["instruction"]), index, fps, sub_ids)))
+                tables.append(
+                    pa.table(
+                        _frame_rows(ep, i, tasks.index(ep["instruction"]), index, fps, sub_ids)
+                    )
+                )
                 row: dict[str, Any] = {
-                    "episode_index": i, "tasks": [ep["instruction"]], "length": length,
-                    "data/chunk_index": 0, "data/file_index": file_idx,
-                    "dataset_from_index": index, "dataset_to_index": index + length,
+                    "episode_index": i,
+                    "tasks": [ep["instruction"]],
+                    "length": length,
+                    "data/chunk_index": 0,
+                    "data/file_index": file_idx,
+                    "dataset_from_index": index,
+                    "dataset_to_index": index + length,
                     "stats/action/mean": [0.0] * 4,
                 }
                 for cam in cameras:
                     # camera "top" keeps all episodes in one video file; others split like data
                     vfile = 0 if cam == "top" else file_idx
-                    start = sum(len(eps[j]["actions"]) for j in range(i)) / fps if cam == "top" else t_s[cam]
+                    start = (
+                        sum(len(eps[j]["actions"]) for j in range(i)) / fps
+                        if cam == "top"
+                        else t_s[cam]
+                    )
                     row[f"videos/observation.images.{cam}/chunk_index"] = 0
                     row[f"videos/observation.images.{cam}/file_index"] = vfile
                     row[f"videos/observation.images.{cam}/from_timestamp"] = start
@@ -164,18 +213,40 @@ def lerobot_v3(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]
                 meta_rows.append(row)
                 index += length
             (root / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables(tables), root / "data" / "chunk-000" / f"file-{file_idx:03d}.parquet")
+            pq.write_table(
+                pa.concat_tables(tables),
+                root / "data" / "chunk-000" / f"file-{file_idx:03d}.parquet",
+            )
             for cam in cameras:
                 if cam == "top":
                     continue
-                frames = np.concatenate([eps[i]["frames"]["top" if cam not in eps[i]["frames"] else cam] for i in group])
-                write_video(str(root / "videos" / f"observation.images.{cam}" / "chunk-000" / f"file-{file_idx:03d}.mp4"),
-                            frames, fps, codec="libsvtav1")
+                frames = np.concatenate(
+                    [eps[i]["frames"]["top" if cam not in eps[i]["frames"] else cam] for i in group]
+                )
+                write_video(
+                    str(
+                        root
+                        / "videos"
+                        / f"observation.images.{cam}"
+                        / "chunk-000"
+                        / f"file-{file_idx:03d}.mp4"
+                    ),
+                    frames,
+                    fps,
+                    codec="libsvtav1",
+                )
         if "top" in cameras:
             frames = np.concatenate([e["frames"]["top"] for e in eps])
-            write_video(str(root / "videos" / "observation.images.top" / "chunk-000" / "file-000.mp4"),
-                        frames, fps, codec="libsvtav1")
-        pq.write_table(pa.Table.from_pylist(meta_rows), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+            write_video(
+                str(root / "videos" / "observation.images.top" / "chunk-000" / "file-000.mp4"),
+                frames,
+                fps,
+                codec="libsvtav1",
+            )
+        pq.write_table(
+            pa.Table.from_pylist(meta_rows),
+            root / "meta" / "episodes" / "chunk-000" / "file-000.parquet",
+        )
         return root, eps
 
     return make
@@ -185,33 +256,58 @@ def lerobot_v3(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]
 def lerobot_v21(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]]]:
     """Factory: a LeRobot v2.1 dataset (one parquet and one mp4 per camera per episode)."""
 
-    def make(n: int = 3, seed: int = 1, cameras: tuple[str, ...] = ("top",), fps: float = 20.0) -> tuple[Path, list[dict[str, Any]]]:
+    def make(
+        n: int = 3, seed: int = 1, cameras: tuple[str, ...] = ("top",), fps: float = 20.0
+    ) -> tuple[Path, list[dict[str, Any]]]:
         root = tmp_path / "lerobot_v21"
         eps = _episodes(n, seed, cameras=cameras)
         tasks = sorted({e["instruction"] for e in eps})
         info = {
-            "codebase_version": "v2.1", "robot_type": "wallwm-synthetic-gripper",
-            "total_episodes": n, "total_frames": int(sum(len(e["actions"]) for e in eps)),
-            "total_tasks": len(tasks), "total_videos": n * len(cameras), "total_chunks": 1,
-            "chunks_size": 1000, "fps": fps, "splits": {"train": f"0:{n}"},
+            "codebase_version": "v2.1",
+            "robot_type": "wallwm-synthetic-gripper",
+            "total_episodes": n,
+            "total_frames": int(sum(len(e["actions"]) for e in eps)),
+            "total_tasks": len(tasks),
+            "total_videos": n * len(cameras),
+            "total_chunks": 1,
+            "chunks_size": 1000,
+            "fps": fps,
+            "splits": {"train": f"0:{n}"},
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-            "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+            "video_path": (
+                "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+            ),
             "features": _features(4, 4, cameras, 64, fps),
         }
         (root / "meta").mkdir(parents=True)
         (root / "data" / "chunk-000").mkdir(parents=True)
         (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
         (root / "meta" / "tasks.jsonl").write_text(
-            "".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks)))
+            "".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks))
+        )
         lines, index = [], 0
         for i, ep in enumerate(eps):
             length = len(ep["actions"])
-            lines.append(json.dumps({"episode_index": i, "tasks": [ep["instruction"]], "length": length}) + "\n")
-            pq.write_table(pa.table(_frame_rows(ep, i, tasks.index(ep["instruction"]), index, fps, None)),
-                           root / "data" / "chunk-000" / f"episode_{i:06d}.parquet")
+            lines.append(
+                json.dumps({"episode_index": i, "tasks": [ep["instruction"]], "length": length})
+                + "\n"
+            )
+            pq.write_table(
+                pa.table(_frame_rows(ep, i, tasks.index(ep["instruction"]), index, fps, None)),
+                root / "data" / "chunk-000" / f"episode_{i:06d}.parquet",
+            )
             for cam in cameras:
-                write_video(str(root / "videos" / "chunk-000" / f"observation.images.{cam}" / f"episode_{i:06d}.mp4"),
-                            ep["frames"][cam], fps)
+                write_video(
+                    str(
+                        root
+                        / "videos"
+                        / "chunk-000"
+                        / f"observation.images.{cam}"
+                        / f"episode_{i:06d}.mp4"
+                    ),
+                    ep["frames"][cam],
+                    fps,
+                )
             index += length
         (root / "meta" / "episodes.jsonl").write_text("".join(lines))
         return root, eps

@@ -76,8 +76,10 @@ def test_lerobot_v3_video_window_frames_match_source(lerobot_v3):
     frames = np.stack(list(read_frames(rec.probed[0])))
     want = eps[2]["frames"]["top"].astype(np.float32)
     err_own = np.abs(frames.astype(np.float32) - want).mean()
-    err_prev = np.abs(frames[: len(eps[1]["frames"]["top"])].astype(np.float32)
-                      - eps[1]["frames"]["top"][: len(frames)].astype(np.float32)).mean()
+    err_prev = np.abs(
+        frames[: len(eps[1]["frames"]["top"])].astype(np.float32)
+        - eps[1]["frames"]["top"][: len(frames)].astype(np.float32)
+    ).mean()
     assert err_own < 12 and err_own < err_prev
 
 
@@ -98,7 +100,11 @@ def test_hdf5_aloha_and_robomimic(hdf5_source):
     refs, errors = source.list_episodes()
     assert errors == []
     assert sorted(r.episode_key for r in refs) == [
-        "episode_0.hdf5", "episode_1.hdf5", "robomimic.hdf5:demo_0", "robomimic.hdf5:demo_1"]
+        "episode_0.hdf5",
+        "episode_1.hdf5",
+        "robomimic.hdf5:demo_0",
+        "robomimic.hdf5:demo_1",
+    ]
     by_key = {r.episode_key: r for r in refs}
     raw = load_episode(source, by_key["episode_0.hdf5"], 0)
     jpeg = load_episode(source, by_key["episode_1.hdf5"], 0)
@@ -108,4 +114,6 @@ def test_hdf5_aloha_and_robomimic(hdf5_source):
     np.testing.assert_allclose(demo.actions_TA, eps[3]["actions"])
     assert demo.states_TS.shape[1] == 4 and demo.gripper_TG.shape[1] == 1
     assert demo.instruction == eps[3]["instruction"]
-    assert demo.probed[0].name == "agentview_image" and demo.probed[0].num_frames == len(eps[3]["actions"])
+    assert demo.probed[0].name == "agentview_image" and demo.probed[0].num_frames == len(
+        eps[3]["actions"]
+    )

@@ -82,8 +82,11 @@ def ingest(
                 assert o.error is not None
                 if o.episode_key and o.episode_key != o.error.file:
                     progress.advance(task)
+                # One unwrapped line per failure, so logs can be grepped by file name.
                 progress.console.print(
-                    f"[red]failed[/] {o.episode_key or source}: {o.error.file}: {o.error.problem}"
+                    f"[red]failed[/] {o.episode_key or source}: {o.error.file}: {o.error.problem}",
+                    soft_wrap=True,
+                    markup=True,
                 )
 
         summary = run_ingest(cfg, on_start=on_start, on_outcome=on_outcome)
@@ -92,7 +95,8 @@ def ingest(
         f"[green]{summary.written} written[/], {summary.unchanged} unchanged, "
         f"[red]{summary.failed} failed[/] of {summary.listed}; {summary.frames} frames "
         f"({summary.video_frames} video frames) in {summary.seconds:.1f} s = "
-        f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}"
+        f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}",
+        soft_wrap=True,
     )
     code = summary.exit_code(strict)
     if code:

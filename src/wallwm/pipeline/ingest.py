@@ -288,7 +288,7 @@ def _iter_outcomes_ray(
     ds = ds.map_batches(
         _ray_process,
         fn_kwargs={"source": source, "tolerance": tolerance, "lineage": lineage},
-        batch_size=1,
+        batch_size=None,
         num_cpus=1,
         batch_format="numpy",
     )

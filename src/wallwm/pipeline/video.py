@@ -70,12 +70,22 @@ def iter_video_frames(
     Raises:
         CorruptVideoError: If the file cannot be opened or decoding fails midway.
     """
-    import av
-
     container = _open_container(path)
     try:
+        yield from _decode_window(container, path, from_s, to_s, fmt)
+    finally:
+        container.close()
+
+
+def _decode_window(
+    container: Any, path: str, from_s: float, to_s: float | None, fmt: str | None
+) -> Iterator[tuple[float, object]]:
+    import av
+
+    try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Parallelism comes from decoding many episodes at once; codec threads on top of that
+        # measured no faster on 2 cores and would oversubscribe them under Ray.
         rate = float(stream.average_rate or stream.guessed_rate or 30.0)
         half_frame_s = 0.5 / rate
         if from_s > half_frame_s and stream.time_base is not None:
@@ -91,8 +101,6 @@ def iter_video_frames(
         raise CorruptVideoError(
             path, f"decoding failed (corrupt or truncated video): {exc}"
         ) from exc
-    finally:
-        container.close()
 
 
 def probe_camera(spec: CameraSpec) -> CameraInfo:
@@ -105,28 +113,27 @@ def probe_camera(spec: CameraSpec) -> CameraInfo:
     h5 = split_hdf5_uri(spec.uri)
     if h5 is not None:
         return _probe_hdf5(spec, *h5)
-    import av
-
     container = _open_container(spec.uri)
     try:
-        stream = container.streams.video[0]
-        codec = stream.codec_context.codec.canonical_name  # "h264", "av1" (not the decoder)
-        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-        raise CorruptVideoError(spec.uri, f"unreadable video stream: {exc}") from exc
+        ctx = container.streams.video[0].codec_context
+        codec = ctx.codec.canonical_name  # "h264", "av1" (not the decoder's name)
+        width, height = int(ctx.width), int(ctx.height)
+        num_frames = 0
+        window = _decode_window(
+            container, spec.uri, spec.from_timestamp_s, spec.to_timestamp_s, None
+        )
+        for _t, frame in window:
+            num_frames += 1
+            width, height = frame.width, frame.height  # type: ignore[attr-defined]
     finally:
         container.close()
-    num_frames = 0
-    for _t, frame in iter_video_frames(spec.uri, spec.from_timestamp_s, spec.to_timestamp_s, None):
-        num_frames += 1
-        width, height = frame.width, frame.height  # type: ignore[attr-defined]
     if num_frames == 0:
-        window = (
+        where = (
             ""
             if spec.to_timestamp_s is None
-            else (f" in [{spec.from_timestamp_s:.3f}s, {spec.to_timestamp_s:.3f}s)")
+            else f" in [{spec.from_timestamp_s:.3f}s, {spec.to_timestamp_s:.3f}s)"
         )
-        raise CorruptVideoError(spec.uri, f"video has zero frames{window}", "EmptyVideo")
+        raise CorruptVideoError(spec.uri, f"video has zero frames{where}", "EmptyVideo")
     return CameraInfo(
         name=spec.name,
         uri=spec.uri,

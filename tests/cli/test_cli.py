@@ -1,0 +1,92 @@
+"""The CLI through typer's CliRunner: exit codes, console lines, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_is_instant_and_lists_commands():
+    # heavy libraries stay out of CLI start-up
+    code = (
+        "import sys, wallwm.cli.main; "
+        "print(sorted(m for m in ('ray', 'lance', 'torch', 'av') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for cmd in ("ingest", "status", "failures", "sim"):
+        assert cmd in result.output
+    for sub in (
+        ["ingest", "--help"],
+        ["status", "--help"],
+        ["failures", "--help"],
+        ["sim", "synth", "--help"],
+    ):
+        assert invoke(*sub).exit_code == 0
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_ingest_status_failures(folder_source, tmp_path):
+    src, ds = folder_source(4), tmp_path / "ds"
+    bad = sorted(src.iterdir())[1]
+    (bad / "top.mp4").write_bytes(b"\x00" * 100)
+    result = invoke("ingest", src, "--dataset", ds)
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.output and "1 failed" in result.output
+    assert f"failed {bad.name}: {bad / 'top.mp4'}: corrupt or truncated video" in result.output
+
+    status = json.loads(invoke("status", "--dataset", ds, "--json").output)
+    tables = {t["table"]: t for t in status["tables"]}
+    assert tables["episodes"]["rows"] == 3 and tables["failures"]["rows"] == 1
+    assert status["open_failures"] == {"ingest": 1}
+    assert status["stages"][0] == {"stage": "ingest", "done": 3, "total": 3, "unit": "episodes"}
+    assert status["last_runs"]["ingest"]["rows_written"] == 3
+    assert "episodes" in invoke("status", "--dataset", ds).output
+
+    failures = json.loads(invoke("failures", "--dataset", ds, "--json").output)
+    assert [f["episode_key"] for f in failures] == [bad.name]
+    assert "1 failures" in invoke("failures", "--dataset", ds).output
+
+    assert invoke("ingest", src, "--dataset", ds, "--strict").exit_code == 1
+    again = invoke("ingest", src, "--dataset", ds)
+    assert again.exit_code == 0 and "0 written, 3 unchanged" in again.output
+
+
+def test_nothing_ingested_exits_1(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.txt").write_text("x")
+    result = invoke("ingest", tmp_path / "empty", "--dataset", tmp_path / "ds", "--local")
+    assert result.exit_code == 1
+    assert "unknown source format" in result.output
+
+
+def test_bad_option_is_a_clear_error(tmp_path):
+    result = invoke("ingest", tmp_path, "--dataset", tmp_path / "ds", "--format", "parquet")
+    assert result.exit_code == 2 and "format" in result.output
+
+
+def test_sim_synth_writes_folder_source(tmp_path):
+    result = invoke(
+        "sim", "synth", "--out", tmp_path / "src", "--episodes", 2, "--size", 32, "--task", "reach"
+    )
+    assert result.exit_code == 0
+    eps = sorted((tmp_path / "src").iterdir())
+    assert len(eps) == 2 and (eps[0] / "top.mp4").exists()
+    meta = json.loads((eps[0] / "meta.json").read_text())
+    assert meta["instruction"] == "reach the goal marker" and meta["events"][0]["start_frame"] == 0
+    bad = invoke("sim", "synth", "--out", tmp_path / "x", "--task", "pick-plac")
+    assert bad.exit_code != 0 and "did you mean 'pick-place'" in bad.output

@@ -1,0 +1,71 @@
+"""The table-store contract, run against the real Lance store and the in-memory double."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from wallwm.pipeline.store import LanceStore, MemoryStore, StoreError
+
+
+@pytest.fixture(params=["lance", "memory"])
+def store(request, tmp_path):
+    return LanceStore(str(tmp_path / "ds")) if request.param == "lance" else MemoryStore()
+
+
+def rows(ids, values, run="r1"):
+    return pa.table(
+        {
+            "id": ids,
+            "value": pa.array(values, pa.int64()),
+            "run": [run] * len(ids),
+            "scope": ["a" if i < "c" else "b" for i in ids],
+        }
+    )
+
+
+def test_upsert_creates_inserts_updates_and_skips_identical(store):
+    assert store.version("t") is None and store.count("t") == 0
+    r = store.upsert("t", rows(["a", "b"], [1, 2]), "id")
+    assert r.inserted == 2 and store.count("t") == 2
+    v = store.version("t")
+    same = store.upsert("t", rows(["a", "b"], [1, 2]), "id")
+    assert not same.changed and store.version("t") == v
+    r = store.upsert("t", rows(["b", "c"], [20, 3]), "id")
+    assert (r.inserted, r.updated) == (1, 1) and store.version("t") == v + 1
+    got = {x["id"]: x["value"] for x in store.read("t").to_pylist()}
+    assert got == {"a": 1, "b": 20, "c": 3}
+
+
+def test_volatile_columns_do_not_count_as_changes(store):
+    store.upsert("t", rows(["a"], [1], run="r1"), "id")
+    v = store.version("t")
+    assert not store.upsert("t", rows(["a"], [1], run="r2"), "id", volatile=("run",)).changed
+    assert store.version("t") == v
+    assert store.upsert("t", rows(["a"], [1], run="r2"), "id").changed
+
+
+def test_replace_scope_is_atomic(store):
+    store.upsert("t", rows(["a", "b", "c", "d"], [1, 2, 3, 4]), "id")
+    r = store.replace("t", rows(["a", "bb"], [10, 5]), "id", "scope = 'a'")
+    assert (r.inserted, r.updated, r.deleted) == (1, 1, 1)
+    got = {x["id"]: x["value"] for x in store.read("t").to_pylist()}
+    assert got == {"a": 10, "bb": 5, "c": 3, "d": 4}
+    v = store.version("t")
+    assert not store.replace("t", rows(["a", "bb"], [10, 5]), "id", "scope = 'a'").changed
+    assert store.version("t") == v
+
+
+def test_update_where(store):
+    store.upsert("t", rows(["a", "b", "c"], [1, 2, 3]), "id")
+    r = store.update("t", "scope = 'a'", {"value": "0"})
+    assert r.updated == 2
+    assert store.count("t", "value = 0") == 2
+    v = store.version("t")
+    assert not store.update("t", "id = 'zzz'", {"value": "1"}).changed and store.version("t") == v
+
+
+def test_schema_mismatch_names_the_table(store):
+    store.upsert("t", rows(["a"], [1]), "id")
+    with pytest.raises(StoreError, match="table 't'"):
+        store.upsert("t", pa.table({"id": ["x"]}), "id")

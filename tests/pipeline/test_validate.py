@@ -1,0 +1,79 @@
+"""Pure validation rules (no I/O)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    CameraInfo,
+    EpisodeRecord,
+    EpisodeRef,
+    FrameCountError,
+    MissingFieldError,
+)
+from wallwm.pipeline.validate import validate_record
+
+
+def record(t=10, **kw):
+    ref = EpisodeRef("src", "folder", "ep0", ("/data/ep0/steps.parquet",))
+    base = {
+        "ref": ref,
+        "fps": 10.0,
+        "instruction": "do it",
+        "robot": None,
+        "actions_TA": np.zeros((t, 3), np.float32),
+        "cameras": [],
+        "states_TS": np.zeros((t, 2), np.float32),
+        "probed": [CameraInfo("top", "/data/ep0/top.mp4", 1, "h264", 8, 8, t)],
+    }
+    base.update(kw)
+    return EpisodeRecord(**base)
+
+
+def test_valid_record_passes():
+    validate_record(record(), frame_tolerance=0)
+
+
+@pytest.mark.parametrize(
+    "frames,tol,ok", [(10, 0, True), (11, 0, False), (11, 1, True), (8, 1, False)]
+)
+def test_frame_count_tolerance(frames, tol, ok):
+    rec = record(probed=[CameraInfo("top", "/data/ep0/top.mp4", 1, "h264", 8, 8, frames)])
+    if ok:
+        validate_record(rec, tol)
+    else:
+        with pytest.raises(FrameCountError, match=f"{frames} frames but the episode has 10"):
+            validate_record(rec, tol)
+
+
+def test_non_finite_actions_name_frame_and_dim():
+    actions = np.zeros((10, 3), np.float32)
+    actions[4, 1] = np.inf
+    with pytest.raises(BadSignalError, match="first at frame 4, dimension 1") as err:
+        validate_record(record(actions_TA=actions), 0)
+    assert err.value.file == "/data/ep0/steps.parquet"
+
+
+@pytest.mark.parametrize("instruction", [None, "", "   "])
+def test_missing_instruction(instruction):
+    with pytest.raises(MissingFieldError, match="missing instruction"):
+        validate_record(record(instruction=instruction), 0)
+
+
+def test_state_rows_must_match_actions():
+    with pytest.raises(BadSignalError, match="states have 9 rows"):
+        validate_record(record(states_TS=np.zeros((9, 2), np.float32)), 0)
+
+
+def test_empty_episode_and_bad_fps():
+    with pytest.raises(BadSignalError, match="no action rows"):
+        validate_record(record(t=0, states_TS=None, probed=[]), 0)
+    with pytest.raises(BadSignalError, match="fps"):
+        validate_record(record(fps=0.0), 0)
+
+
+def test_ground_truth_must_be_sorted_and_inside():
+    with pytest.raises(BadSignalError, match="ground-truth"):
+        validate_record(record(gt_events=[(0, "a"), (12, "b")]), 0)
