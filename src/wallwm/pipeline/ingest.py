@@ -1,9 +1,9 @@
 """The ingest stage: source -> ``episodes`` table (+ ``failures``, + lineage in ``runs``).
 
 Pure core: :func:`load_episode` (read, probe, validate one episode) and :func:`episode_row` (turn it
-into one Arrow row) run without Ray. The Ray Data chain in :func:`_iter_outcomes_ray` only fans them
-out; the driver commits batches with ``merge_insert`` so each batch is atomic and a re-run of an
-unchanged source writes nothing.
+into one Arrow row) run without Ray. The Ray Data chain (:func:`wallwm.pipeline.chain.fan_out`)
+only fans them out; the driver commits batches with ``merge_insert`` so each batch is atomic
+and a re-run of an unchanged source writes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import to_vector_series
+from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import episode_id, failure_id
 from wallwm.pipeline.lineage import StageRun, code_version, utcnow
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
@@ -247,55 +248,11 @@ def process_one(
     return out
 
 
-# --------------------------------------------------------------------------- executors
-
-
-def _iter_outcomes_local(
-    source: EpisodeSource, refs: list[EpisodeRef], tolerance: int, lineage: RowLineage
-) -> Iterator[dict[str, Any]]:
-    for ref in refs:
-        yield process_one(source, ref, tolerance, lineage)
-
-
-def _ray_process(
-    batch: dict[str, Any], source: EpisodeSource, tolerance: int, lineage: RowLineage
+def _ingest_item(
+    item: dict[str, Any], source: EpisodeSource, tolerance: int, lineage: RowLineage
 ) -> dict[str, Any]:
-    refs = [EpisodeRef(**json.loads(r)) for r in batch["ref"]]
-    rows = [process_one(source, ref, tolerance, lineage) for ref in refs]
-    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-
-
-def _iter_outcomes_ray(
-    source: EpisodeSource,
-    refs: list[EpisodeRef],
-    tolerance: int,
-    lineage: RowLineage,
-    address: str | None,
-) -> Iterator[dict[str, Any]]:
-    import ray
-    import ray.data
-
-    from wallwm.pipeline.runtime import ensure_ray
-
-    ensure_ray(address)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # 1. List (1 row per episode): refs travel as JSON rows; several blocks per CPU so the
-    #    decode step below load-balances episodes of very different lengths.
-    items = [{"ref": json.dumps(dataclasses.asdict(r))} for r in refs]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * cpus))
-    # 2. Read + probe + validate (1:1). Video decoding is CPU-bound and single-threaded per
-    #    episode, so each task takes one CPU; batch_size=1 keeps stragglers from piling up.
-    ds = ds.map_batches(
-        _ray_process,
-        fn_kwargs={"source": source, "tolerance": tolerance, "lineage": lineage},
-        batch_size=None,
-        num_cpus=1,
-        batch_format="numpy",
-    )
-    # 3. Write (N:1) happens on the driver: merge_insert commits in batches keep a single
-    #    writer per table and make every commit atomic (see run_ingest).
-    for row in ds.iter_rows():
-        yield dict(row)
+    ref = EpisodeRef(**{**item, "files": tuple(item["files"])})
+    return process_one(source, ref, tolerance, lineage)
 
 
 # --------------------------------------------------------------------------- driver
@@ -410,10 +367,12 @@ def run_ingest(
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
-    outcomes = (
-        _iter_outcomes_ray(source, todo, cfg.frame_tolerance, lineage, cfg.ray_address)
-        if cfg.executor == "ray" and todo
-        else _iter_outcomes_local(source, todo, cfg.frame_tolerance, lineage)
+    outcomes = fan_out(
+        [dataclasses.asdict(r) for r in todo],
+        _ingest_item,
+        {"source": source, "tolerance": cfg.frame_tolerance, "lineage": lineage},
+        cfg.executor,
+        cfg.ray_address,
     )
     writer = _BatchWriter(store, summary, cfg.batch_episodes)
     for out in outcomes:

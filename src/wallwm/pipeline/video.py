@@ -244,3 +244,68 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def motion_energy(info: CameraInfo, side: int = 32) -> npt.NDArray[np.float32]:
+    """Per-frame visible motion: mean |difference| of consecutive downscaled grey frames.
+
+    Frames are shrunk to ``side`` x ``side`` grey by the decoder's scaler (one pass, no RGB
+    conversion), which keeps this cue at a small fraction of the decoding cost.
+    Frame 0 copies frame 1's value so that the series has one value per frame.
+    """
+    import cv2
+
+    values: list[float] = []
+    prev: npt.NDArray[np.float32] | None = None
+    h5 = split_hdf5_uri(info.uri)
+    if h5 is not None:
+        frames: Iterator[npt.NDArray[np.float32]] = (
+            cv2.resize(
+                cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (side, side), interpolation=cv2.INTER_AREA
+            ).astype(np.float32)
+            for f in iter_hdf5_frames(*h5)
+        )
+    else:
+        frames = (
+            frame.reformat(width=side, height=side, format="gray").to_ndarray().astype(np.float32)  # type: ignore[attr-defined]
+            for _t, frame in iter_video_frames(
+                info.uri, info.from_timestamp_s, info.to_timestamp_s, None
+            )
+        )
+    for cur in frames:
+        values.append(0.0 if prev is None else float(np.abs(cur - prev).mean()))
+        prev = cur
+    if len(values) > 1:
+        values[0] = values[1]
+    return np.asarray(values, dtype=np.float32)
+
+
+def shrink(frame: UInt8Array, max_side: int) -> UInt8Array:
+    """Downscale so the longer side is at most ``max_side`` (area interpolation)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return frame
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def keyframes_jpeg(
+    info: CameraInfo, indices: list[int], max_side: int = 128, quality: int = 80
+) -> dict[int, bytes]:
+    """JPEG bytes of the frames at ``indices`` (downscaled to ``max_side``), one decode pass."""
+    import cv2
+
+    wanted = set(indices)
+    out: dict[int, bytes] = {}
+    for i, full in enumerate(read_frames(info)):
+        if i in wanted:
+            small = shrink(full, max_side)
+            ok, buf = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                out[i] = buf.tobytes()
+            if len(out) == len(wanted):
+                break
+    return out

@@ -1,0 +1,60 @@
+"""The Ray Data fan-out shared by every per-episode stage (and its Ray-free twin).
+
+A stage hands in JSON-serialisable work items and a pure worker function; results stream back to
+the driver, which alone writes to Lance (one writer per table, atomic batch commits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+Worker = Callable[..., dict[str, Any]]
+
+
+def _apply(batch: dict[str, Any], fn: Worker, kwargs: dict[str, Any]) -> dict[str, list[Any]]:
+    rows = [fn(json.loads(item), **kwargs) for item in batch["item"]]
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def fan_out(
+    items: list[dict[str, Any]],
+    fn: Worker,
+    kwargs: dict[str, Any],
+    executor: Literal["ray", "local"] = "ray",
+    ray_address: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``fn(item, **kwargs)`` for every item, in completion order.
+
+    ``fn`` must never raise (turn errors into result fields): one bad episode must not stop the
+    job. With ``executor="local"`` everything runs in this process (debugging, tiny inputs).
+    """
+    if executor == "local" or not items:
+        for item in items:
+            yield fn(item, **kwargs)
+        return
+    import ray
+    import ray.data
+
+    from wallwm.pipeline.runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # 1. List (1 row per item): items travel as JSON rows; several blocks per CPU so the next
+    #    step load-balances episodes of very different lengths.
+    ds = ray.data.from_items(
+        [{"item": json.dumps(i)} for i in items], override_num_blocks=min(len(items), 4 * cpus)
+    )
+    # 2. Work (1:1, one result row per item). Decoding video is CPU-bound and single-threaded
+    #    per episode, so each task takes one CPU and parallelism comes from many tasks.
+    ds = ds.map_batches(
+        _apply,
+        fn_kwargs={"fn": fn, "kwargs": kwargs},
+        batch_size=None,
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    # 3. Write (N:1) happens in the caller, on the driver, in batched atomic commits.
+    for row in ds.iter_rows():
+        yield dict(row)

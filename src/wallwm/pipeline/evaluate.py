@@ -1,0 +1,88 @@
+"""Boundary-quality metrics: precision, recall, F1 within a tolerance, and mean offset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BoundaryScore:
+    """Matched counts for one or more episodes (add them up across episodes)."""
+
+    true_positives: int
+    predicted: int
+    actual: int
+    offset_sum: float
+
+    @property
+    def precision(self) -> float:
+        """Matched predictions over all predictions (1.0 when nothing was predicted or due)."""
+        return self.true_positives / self.predicted if self.predicted else float(self.actual == 0)
+
+    @property
+    def recall(self) -> float:
+        """Matched ground-truth boundaries over all of them."""
+        return self.true_positives / self.actual if self.actual else 1.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall."""
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def mean_offset(self) -> float:
+        """Mean |predicted - true| frames over matched boundaries."""
+        return self.offset_sum / self.true_positives if self.true_positives else float("nan")
+
+    def __add__(self, other: BoundaryScore) -> BoundaryScore:
+        return BoundaryScore(
+            self.true_positives + other.true_positives,
+            self.predicted + other.predicted,
+            self.actual + other.actual,
+            self.offset_sum + other.offset_sum,
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready numbers."""
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "mean_offset_frames": self.mean_offset,
+            "true_positives": self.true_positives,
+            "predicted": self.predicted,
+            "actual": self.actual,
+        }
+
+
+EMPTY = BoundaryScore(0, 0, 0, 0.0)
+
+
+def match_boundaries(
+    predicted: Iterable[int], actual: Iterable[int], num_frames: int, tolerance: int
+) -> BoundaryScore:
+    """Match predicted to ground-truth boundaries, each at most once, within ``tolerance`` frames.
+
+    Episode start (frame 0) and end (``num_frames``) are not boundaries and are dropped from
+    both sides. Pairs are matched closest first, so one prediction cannot claim two truths.
+    """
+    pred = sorted({int(p) for p in predicted if 0 < int(p) < num_frames})
+    true = sorted({int(a) for a in actual if 0 < int(a) < num_frames})
+    pairs = sorted(
+        (abs(p - a), i, j)
+        for i, p in enumerate(pred)
+        for j, a in enumerate(true)
+        if abs(p - a) <= tolerance
+    )
+    used_p: set[int] = set()
+    used_a: set[int] = set()
+    offset = 0.0
+    for dist, i, j in pairs:
+        if i in used_p or j in used_a:
+            continue
+        used_p.add(i)
+        used_a.add(j)
+        offset += dist
+    return BoundaryScore(len(used_p), len(pred), len(true), offset)

@@ -1,0 +1,349 @@
+"""Event segmentation at the event joints: pure functions, no I/O, no Ray.
+
+The episode's signals are grouped into cue channels, each scaled to unit noise using noise
+estimated from the episode itself (robust spread of first differences, ignoring held/clipped
+values), so the same defaults carry over to other robots, rates and tasks:
+
+- ``action_change``: the (non-gripper) action stream -- a controller switching sub-goal;
+- ``gripper``: gripper command dims of the action and the measured gripper opening;
+- ``state_motion``: end-effector/joint velocity from the proprio states;
+- ``visual``: how much the camera sees moving (downscaled frame differences).
+
+Boundaries are the optimal multiple change points of a piecewise-*linear* Gaussian model of the
+weighted channels (PELT, exact and linear-time in practice): a new event costs a BIC-style
+penalty ``penalty * (2D + 1) * log T`` and pays for itself only if it explains the signals
+better. A linear rather than constant model is used because a closed-loop controller's actions
+drift within a phase (it decelerates as it nears its sub-goal) without that being a new event.
+Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
+channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
+end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
+construction; events longer than ``max_event_s`` are split at their strongest interior point.
+
+``method="fixed"`` cuts every ``chunk_len`` frames through the same code path (the chunk baseline).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+FloatArray = npt.NDArray[np.float64]
+CUES = ("action_change", "gripper", "state_motion", "visual", "speed_min", "direction")
+
+
+class SegmentConfig(BaseModel):
+    """Segmenter parameters (``wallwm segment`` options)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["events", "fixed"] = "events"
+    chunk_len: int = Field(16, ge=1, description="Frames per chunk for method=fixed.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "action_change": 1.0,
+            "gripper": 0.5,
+            "state_motion": 0.0,
+            "visual": 0.0,
+        },
+        description="Weight of each channel group in the change-point cost (0 disables it).",
+    )
+    penalty: float = Field(0.5, gt=0, description="Multiplier of the BIC penalty per event.")
+    min_event_s: float = Field(0.0, ge=0, description="Shortest event (at least one frame).")
+    max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
+    window_s: float = Field(0.1, gt=0, description="Half-window of the pause/turn cues.")
+    resolution: float = Field(
+        0.2, gt=0, description="Smallest change that matters, as a fraction of a channel's range."
+    )
+
+
+@dataclass
+class Signals:
+    """The per-frame signals of one episode that the cues are computed from.
+
+    Shapes: ``actions_TA`` (T, A); ``states_TS`` (T, S) or None; ``gripper_TG`` (T, G) or None;
+    ``motion_T`` (T,) mean absolute frame difference of the downscaled video, or None.
+    """
+
+    actions_TA: npt.NDArray[np.floating]
+    fps: float
+    states_TS: npt.NDArray[np.floating] | None = None
+    gripper_TG: npt.NDArray[np.floating] | None = None
+    motion_T: npt.NDArray[np.floating] | None = None
+    #: Indices of action dims that are gripper commands (grouped with the gripper cue).
+    gripper_action_dims: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """One chosen boundary: the frame where a new event starts."""
+
+    frame: int
+    confidence: float
+    cues: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The result for one episode: events as half-open frame ranges, and the cue traces.
+
+    ``score_T`` is the local boundary strength at every frame (cost reduction of a split in a
+    window around it, in penalty units, squashed to [0, 1)); ``cues_CT`` the per-group traces.
+    """
+
+    starts: list[int]
+    ends: list[int]
+    boundaries: list[Boundary]
+    score_T: FloatArray
+    cues_CT: dict[str, FloatArray]
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
+    """Per-dimension noise level from first differences.
+
+    Exact repeats (values held, clipped at a limit, or quantised) carry no information about
+    the noise and are ignored; each dimension is floored at a quarter of the pooled level so a
+    nearly noiseless dimension (a binary command) cannot dominate with tiny steps, and at
+    ``resolution`` times its range so that the curvature of a smooth signal (a gripper opening
+    ramp) is not mistaken for a change.
+    """
+    d = np.diff(x_TD, axis=0)
+    out = np.zeros(x_TD.shape[1])
+    for j in range(x_TD.shape[1]):
+        dj = d[:, j][np.abs(d[:, j]) > 1e-9]
+        if len(dj) >= max(5, 0.2 * len(d)):
+            out[j] = 1.4826 * np.median(np.abs(dj - np.median(dj))) / np.sqrt(2.0)
+    positive = out[out > 0]
+    pooled = float(np.median(positive)) if positive.size else 1.0
+    sigma = np.where(out > 0, np.maximum(out, 0.25 * pooled), pooled)
+    return np.asarray(np.maximum(sigma, resolution * np.ptp(x_TD, axis=0)), dtype=np.float64)
+
+
+def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, FloatArray]:
+    """The (T, D) channel matrix of every enabled group that has signal, unit-noise scaled."""
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
+    motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
+    raw: dict[str, FloatArray | None] = {
+        "action_change": actions[:, motion_dims] if motion_dims else None,
+        "gripper": _concat(
+            actions[:, grip_dims] if grip_dims else None,
+            None if s.gripper_TG is None else np.asarray(s.gripper_TG, dtype=np.float64),
+        ),
+        "state_motion": (
+            np.diff(np.asarray(s.states_TS, dtype=np.float64), axis=0, prepend=s.states_TS[:1])
+            if s.states_TS is not None and s.states_TS.size
+            else None
+        ),
+        "visual": (
+            np.asarray(s.motion_T, dtype=np.float64).reshape(-1, 1)
+            if s.motion_T is not None and len(s.motion_T) == len(actions)
+            else None
+        ),
+    }
+    groups = {}
+    for name, values in raw.items():
+        weight = cfg.weights.get(name, 0.0)
+        if values is None or weight <= 0 or values.shape[1] == 0:
+            continue
+        x = values[:, np.ptp(values, axis=0) > 1e-9]  # constant dims carry no information
+        if x.shape[1]:
+            groups[name] = np.sqrt(weight) * x / noise_sigma(x, cfg.resolution)
+    return groups
+
+
+def _concat(*parts: FloatArray | None) -> FloatArray | None:
+    present = [p.reshape(len(p), -1) for p in parts if p is not None]
+    return np.concatenate(present, axis=1) if present else None
+
+
+# --------------------------------------------------------------------------- change points
+
+
+class LinearCost:
+    """Residual sum of squares of a per-dimension straight-line fit on ``[a, b)``.
+
+    O(1) per query from prefix sums, vectorised over many starts ``a``.
+    """
+
+    def __init__(self, y_TD: FloatArray) -> None:
+        """Precompute prefix sums of ``y_TD``."""
+        t = np.arange(len(y_TD), dtype=np.float64)
+
+        def prefix(v: FloatArray) -> FloatArray:
+            return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
+
+        self.st, self.stt = prefix(t), prefix(t * t)
+        self.sy, self.sty = prefix(y_TD), prefix(t[:, None] * y_TD)
+        self.syy = prefix((y_TD * y_TD).sum(axis=1))
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
+        n = (b - a).astype(np.float64)
+        st, stt = self.st[b] - self.st[a], self.stt[b] - self.stt[a]
+        sy, sty = self.sy[b] - self.sy[a], self.sty[b] - self.sty[a]
+        syy = self.syy[b] - self.syy[a]
+        det = n * stt - st * st
+        ok = det > 1e-9
+        safe = np.where(ok, det, 1.0)
+        line = stt[:, None] * sy * sy - 2 * st[:, None] * sy * sty + n[:, None] * sty * sty
+        fitted = np.where(ok, line.sum(axis=1) / safe, (sy * sy).sum(axis=1) / np.maximum(n, 1))
+        return np.asarray(np.maximum(syy - fitted, 0.0), dtype=np.float64)
+
+
+def pelt(cost: LinearCost, num_frames: int, penalty: float, min_len: int) -> list[int]:
+    """Optimal change points under ``cost`` + ``penalty`` per segment (Killick et al. 2012)."""
+    best = np.full(num_frames + 1, np.inf)
+    best[0] = -penalty
+    prev = np.zeros(num_frames + 1, dtype=np.int64)
+    candidates = np.array([0], dtype=np.int64)
+    for b in range(min_len, num_frames + 1):
+        usable = candidates[b - candidates >= min_len]
+        if usable.size:
+            seg = cost(usable, b)
+            total = best[usable] + seg + penalty
+            i = int(np.argmin(total))
+            best[b], prev[b] = total[i], usable[i]
+            # Pruning: a start that is already worse than the optimum by more than the penalty
+            # can never become optimal later.
+            keep = best[usable] + seg <= best[b]
+            candidates = np.concatenate([candidates[b - candidates < min_len], usable[keep]])
+        candidates = np.append(candidates, b - min_len + 1)
+    points, b = [], num_frames
+    while b > 0:
+        b = prev[b]
+        points.append(b)
+    return sorted(set(points) - {0})
+
+
+def split_gain(cost: LinearCost, a: int, b: int, c: int) -> float:
+    """How much cheaper ``[a, c)`` becomes when split at ``b``."""
+    arr = np.array
+    return float(cost(arr([a]), c)[0] - cost(arr([a]), b)[0] - cost(arr([b]), c)[0])
+
+
+def local_strength(cost: LinearCost, num_frames: int, w: int) -> FloatArray:
+    """Split gain at every frame inside a +-w window (the trace the plot and splits use)."""
+    t = np.arange(1, num_frames, dtype=np.int64)
+    a, c = np.maximum(t - w, 0), np.minimum(t + w, num_frames)
+    gain = np.zeros(num_frames)
+    gain[1:] = cost(a, c) - cost(a, t) - cost(t, c)
+    return gain
+
+
+# --------------------------------------------------------------------------- auxiliary cues
+
+
+def _speed(s: Signals) -> FloatArray:
+    if s.states_TS is not None and s.states_TS.size:
+        x = np.asarray(s.states_TS, dtype=np.float64)
+        v = np.diff(x, axis=0, prepend=x[:1]) / noise_sigma(x)
+    else:
+        v = np.asarray(s.actions_TA, dtype=np.float64)
+        v = v / noise_sigma(v)
+    return v
+
+
+def speed_min_cue(s: Signals, w: int) -> FloatArray:
+    """Pauses: the smoothed speed dips well below the speed on both sides (0..1)."""
+    v = _speed(s)
+    kernel = np.ones(max(1, w)) / max(1, w)
+    speed = np.convolve(np.linalg.norm(v, axis=1), kernel, mode="same")
+    t_len = len(speed)
+    out = np.zeros(t_len)
+    for t in range(1, t_len - 1):
+        a, b = max(0, t - 2 * w), min(t_len, t + 2 * w + 1)
+        if speed[t] <= speed[a:b].min() + 1e-12:
+            side = min(speed[a:t].max(initial=0.0), speed[t + 1 : b].max(initial=0.0))
+            out[t] = (side - speed[t]) / (side + 1e-9)
+    return np.clip(out, 0.0, 1.0)
+
+
+def direction_cue(s: Signals, w: int) -> FloatArray:
+    """Sharp turns: (1 - cos angle)/2 between mean motion before and after ``t`` (0..1)."""
+    v = _speed(s)
+    csum = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])
+    out = np.zeros(len(v))
+    for t in range(1, len(v) - 1):
+        a, b = max(0, t - w), min(len(v), t + w)
+        before, after = csum[t] - csum[a], csum[b] - csum[t]
+        norm = np.linalg.norm(before) * np.linalg.norm(after)
+        if norm > 1e-9:
+            out[t] = (1.0 - float(before @ after) / norm) / 2.0
+    return out
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
+    """Interior split points so that no piece of ``[a, b)`` is longer than ``max_len``."""
+    if b - a <= max_len:
+        return []
+    lo, hi = a + min_len, b - min_len
+    mid = lo + int(np.argmax(strength[lo:hi])) if hi > lo else (a + b) // 2
+    return [
+        *_split_long(a, mid, strength, min_len, max_len),
+        mid,
+        *_split_long(mid, b, strength, min_len, max_len),
+    ]
+
+
+def _fixed(t_len: int, chunk_len: int) -> Segmentation:
+    starts = list(range(0, t_len, chunk_len))
+    bounds = [Boundary(b, 1.0, ("fixed",)) for b in starts[1:]]
+    return Segmentation(starts, [*starts[1:], t_len], bounds, np.zeros(t_len), {})
+
+
+def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
+    """Cut one episode into events.
+
+    Always returns at least one event covering the episode: a single frame, constant signals
+    or no usable channel give exactly one event.
+    """
+    t_len = len(s.actions_TA)
+    if t_len == 0:
+        return Segmentation([], [], [], np.zeros(0), {})
+    if cfg.method == "fixed":
+        return _fixed(t_len, cfg.chunk_len)
+    min_len = max(1, round(cfg.min_event_s * s.fps))
+    max_len = max(min_len, round(cfg.max_event_s * s.fps))
+    w = max(2, round(cfg.window_s * s.fps))
+    groups = channel_groups(s, cfg) if t_len >= 3 else {}
+    if not groups:
+        return Segmentation([0], [t_len], [], np.zeros(t_len), {})
+    y = np.concatenate(list(groups.values()), axis=1)
+    penalty = cfg.penalty * (2 * y.shape[1] + 1) * np.log(max(t_len, 2))
+    cost = LinearCost(y)
+    points = pelt(cost, t_len, penalty, min_len)
+    strength = local_strength(cost, t_len, w)
+    edges = [0, *points, t_len]
+    for a, b in itertools.pairwise(edges):
+        points.extend(_split_long(a, b, strength, min_len, max_len))
+    starts = sorted({0, *points})
+    group_costs = {name: LinearCost(g) for name, g in groups.items()}
+    aux = {"speed_min": speed_min_cue(s, w), "direction": direction_cue(s, w)}
+    boundaries = []
+    edges = [*starts, t_len]
+    for i in range(1, len(starts)):
+        a, b, c = edges[i - 1], edges[i], edges[i + 1]
+        gain = split_gain(cost, a, b, c)
+        fired = [n for n, gc in group_costs.items() if split_gain(gc, a, b, c) >= 0.25 * penalty]
+        near = slice(max(0, b - w // 2), b + w // 2 + 1)
+        fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
+        confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
+        boundaries.append(Boundary(b, confidence, tuple(fired)))
+    traces = {
+        n: 1.0 - np.exp(-np.maximum(local_strength(gc, t_len, w), 0) / penalty)
+        for n, gc in group_costs.items()
+    }
+    traces.update(aux)
+    score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
+    return Segmentation(starts, [*starts[1:], t_len], boundaries, score, traces)

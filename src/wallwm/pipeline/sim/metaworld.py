@@ -1,0 +1,302 @@
+"""MetaWorld recorder (extra ``sim``): scripted expert episodes with ground-truth event boundaries.
+
+MetaWorld's scripted policies pick their sub-goal with an if/elif/else chain (``_desired_pos`` in
+most v3 policies, ``get_action`` in a few), each branch carrying a comment by the MetaWorld
+authors ("drop end effector down on top of puck"). We trace which branch executes at every control
+step with ``sys.settrace`` -- the package is not modified -- and every change of branch is a
+ground-truth event start, named after the branch's comment.
+
+Flicker (a branch taken for one step between two steps of the same other branch, when the hand
+hovers at a threshold) is merged away; a genuine one-step phase between two different phases is
+kept. The raw per-step phase labels are stored too (``meta.json: raw_phases``).
+
+Rendering runs offscreen on the CPU (``MUJOCO_GL=egl``, Mesa); shadows, reflections and
+multisampling are turned off, which makes CPU rendering ~20x faster. The ``corner`` cameras render
+upside down and are rotated by 180 degrees. MetaWorld ships no language instructions: the ones
+below are our own wording, written per task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
+
+import numpy as np
+
+from wallwm.pipeline.sources.folder import write_folder_episode
+
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+
+#: Our own instructions (MetaWorld has none); tasks not listed get one built from their name.
+INSTRUCTIONS = {
+    "reach-v3": "reach the red goal position",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "door-open-v3": "open the door by pulling its handle",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+    "assembly-v3": "put the ring onto the peg",
+    "basketball-v3": "dunk the ball into the basket",
+    "bin-picking-v3": "move the block from one bin to the other",
+    "box-close-v3": "put the lid on the box",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "door-close-v3": "close the door",
+    "faucet-open-v3": "turn the faucet on",
+    "faucet-close-v3": "turn the faucet off",
+    "hammer-v3": "hammer the nail into the wall",
+    "lever-pull-v3": "pull the lever up",
+    "shelf-place-v3": "place the puck on the shelf",
+    "sweep-into-v3": "sweep the puck into the hole",
+}
+
+
+def instruction_for(task: str) -> str:
+    """Instruction for a MetaWorld task (ours; listed, or derived from the task name)."""
+    if task in INSTRUCTIONS:
+        return INSTRUCTIONS[task]
+    return "complete the task: " + task.removesuffix("-v3").replace("-", " ")
+
+
+@dataclass(frozen=True)
+class MetaWorldConfig:
+    """Options of ``wallwm sim record``."""
+
+    tasks: tuple[str, ...] = ("pick-place-v3",)
+    episodes: int = 5
+    camera: str = "corner"
+    size: int = 128
+    action_noise: float = 0.3
+    max_steps: int = 200
+    steps_after_success: int = 10
+    seed: int = 0
+    #: MetaWorld steps the controller at 80 Hz of simulated time; videos are written at this
+    #: rate so that seconds in the dataset are simulated seconds.
+    fps: float = 80.0
+
+
+class _FunctionTrace:
+    """Which branch one traced function took on its last call."""
+
+    def __init__(self, fn: Callable[..., Any], by_return: bool) -> None:
+        self.fn = fn
+        self.code: CodeType = fn.__code__
+        self.by_return = by_return
+        self.lines: list[int] = []
+        self.signature: tuple[int, ...] = ()
+
+    def local(self, frame: FrameType, event: str, _arg: object) -> Callable[..., Any]:
+        if event == "line":
+            self.lines.append(frame.f_lineno)
+        elif event == "return":
+            # A helper's branch is its return line; for get_action, the set of lines it ran.
+            self.signature = (frame.f_lineno,) if self.by_return else tuple(sorted(set(self.lines)))
+        return self.local
+
+
+class PhaseTracer:
+    """Records the scripted expert's discrete decisions at each step.
+
+    The decision state is the branch of its target function (``_desired_pos``, else
+    ``get_action``) together with the branch of its gripper function (``_grab_effort``, when it
+    has one): moving to a new sub-goal and closing/opening the gripper are both event joints.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        """Prepare traces for the policy's decision functions."""
+        cls = type(policy)
+        target = getattr(cls, "_desired_pos", None)
+        self.traces = [
+            _FunctionTrace(target, True) if target else _FunctionTrace(cls.get_action, False)
+        ]
+        grab = getattr(cls, "_grab_effort", None)
+        if grab is not None:
+            self.traces.append(_FunctionTrace(grab, True))
+        self._by_code = {t.code: t for t in self.traces}
+
+    def _global(self, frame: FrameType, event: str, _arg: object) -> Callable[..., Any] | None:
+        trace = self._by_code.get(frame.f_code) if event == "call" else None
+        if trace is None:
+            return None
+        trace.lines = []
+        return trace.local
+
+    def call(self, policy: Any, obs: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
+        """Run ``policy.get_action(obs)`` under the tracer; returns (action, decision state)."""
+        previous = sys.gettrace()
+        sys.settrace(self._global)
+        try:
+            action = policy.get_action(obs)
+        finally:
+            sys.settrace(previous)
+        return np.asarray(action, dtype=np.float32), tuple(t.signature for t in self.traces)
+
+    def name(self, state: tuple[tuple[int, ...], ...], index: int, grip_cmd: float) -> str:
+        """The MetaWorld authors' comment over the target branch, plus the gripper decision."""
+        target = self.traces[0]
+        text = _branch_comment(target.fn, state[0][0]) if target.by_return and state[0] else None
+        name = text or f"phase {index}"
+        if len(self.traces) > 1:
+            name += "; gripper closing" if grip_cmd > 0 else "; gripper open"
+        return name
+
+
+def _branch_comment(fn: Callable[..., Any], line: int) -> str | None:
+    """Comment lines above a return statement or above the if/elif/else holding it."""
+    lines, first = inspect.getsourcelines(fn)
+    comments: list[str] = []
+    i = line - first - 1
+    while i >= 0:
+        text = lines[i].strip()
+        if text.startswith("#"):
+            comments.insert(0, text.lstrip("# ").strip())
+        elif not (re.match(r"(if|elif|else)\b", text) and not comments):
+            break
+        i -= 1
+    return " ".join(comments) or None
+
+
+def phase_events(signatures: list[Any]) -> list[tuple[int, Any]]:
+    """Event starts from per-step branch signatures, with A-B-A one-step flicker removed."""
+    labels = list(signatures)
+    for t in range(1, len(labels) - 1):
+        if labels[t - 1] == labels[t + 1] != labels[t]:
+            labels[t] = labels[t - 1]
+    return [(t, labels[t]) for t in range(len(labels)) if t == 0 or labels[t] != labels[t - 1]]
+
+
+def _fast_render(env: Any) -> None:
+    model = env.model
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0
+    model.mat_reflectance[:] = 0
+
+
+def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> dict[str, Any]:
+    """Record one episode of ``task`` with the scripted expert; returns its summary."""
+    import metaworld
+    from metaworld.policies import ENV_POLICY_MAP
+
+    seed = cfg.seed * 100_003 + index
+    rng = np.random.default_rng(seed)
+    bench = metaworld.MT1(task, seed=seed)
+    env = bench.train_classes[task](
+        render_mode="rgb_array", camera_name=cfg.camera, width=cfg.size, height=cfg.size
+    )
+    env.set_task(bench.train_tasks[index % len(bench.train_tasks)])
+    _fast_render(env)
+    policy = ENV_POLICY_MAP[task]()
+    tracer = PhaseTracer(policy)
+    obs, _info = env.reset(seed=seed)
+    actions, states, frames, signatures = [], [], [], []
+    success_at = None
+    try:
+        for step in range(cfg.max_steps):
+            action, signature = tracer.call(policy, obs)
+            action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
+            action = np.clip(action, -1.0, 1.0)
+            img = env.render()
+            if cfg.camera.startswith("corner"):
+                img = img[::-1, ::-1]  # these cameras render upside down
+            frames.append(np.ascontiguousarray(img))
+            states.append(np.asarray(obs[:4], dtype=np.float32))
+            actions.append(action)
+            signatures.append(signature)
+            obs, _r, _term, _trunc, info = env.step(action)
+            if success_at is None and info.get("success"):
+                success_at = step
+            if success_at is not None and step >= success_at + cfg.steps_after_success:
+                break
+    finally:
+        env.close()
+    events = phase_events(signatures)
+    names: dict[Any, str] = {}
+    for t, sig in events:
+        names.setdefault(sig, tracer.name(sig, len(names), float(actions[t][3] - 0.0)))
+    states_TS = np.stack(states)
+    key = f"{task}-{cfg.seed:03d}-{index:04d}"
+    write_folder_episode(
+        out,
+        key,
+        instruction=instruction_for(task),
+        fps=cfg.fps,
+        actions_TA=np.stack(actions),
+        frames_by_camera={cfg.camera: np.stack(frames)},
+        states_TS=states_TS,
+        gripper_T=states_TS[:, 3],
+        robot="sawyer",
+        events=[{"start_frame": t, "name": names[s]} for t, s in events],
+        extra_meta={
+            "task": task,
+            "simulator": "metaworld",
+            "success": success_at is not None,
+            "success_step": success_at,
+            "action_names": ["dx", "dy", "dz", "gripper"],
+            "state_names": ["hand_x", "hand_y", "hand_z", "gripper_distance"],
+            "raw_phases": [names.get(sig, str(sig)) for sig in signatures],
+            "action_noise": cfg.action_noise,
+            "seed": seed,
+        },
+    )
+    return {
+        "key": key,
+        "task": task,
+        "frames": len(actions),
+        "success": success_at is not None,
+        "events": len(events),
+    }
+
+
+def record_metaworld(
+    out: str | Path,
+    cfg: MetaWorldConfig,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Record ``cfg.episodes`` episodes of every task in the folder format under ``out``."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    unknown = [t for t in cfg.tasks if not _known(t)]
+    if unknown:
+        import difflib
+
+        from metaworld.policies import ENV_POLICY_MAP
+
+        hints = {t: difflib.get_close_matches(t, list(ENV_POLICY_MAP), n=1) for t in unknown}
+        detail = ", ".join(
+            f"{t!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for t, h in hints.items()
+        )
+        raise ValueError(f"unknown MetaWorld task {detail}")
+    results = []
+    for task in cfg.tasks:
+        for i in range(cfg.episodes):
+            summary = record_episode(task, i, cfg, Path(out))
+            results.append(summary)
+            if on_episode:
+                on_episode(summary)
+    return results
+
+
+def _known(task: str) -> bool:
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return task in ENV_POLICY_MAP
