@@ -12,7 +12,8 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel
-	$(PIP_INSTALL) -e ".[dev]" "torch==2.13.0"
+	$(PIP_INSTALL) -e ".[dev,sim,bench]" "torch==2.13.0"
+	$(PIP_INSTALL) --no-deps "scenedetect==0.7.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/segmentation.py
 
 clean:
 	rm -rf $(VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache

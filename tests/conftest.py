@@ -25,6 +25,7 @@ from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic, simulat
 from wallwm.pipeline.video import write_video
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports MuJoCo
 
 
 @pytest.fixture(scope="session")

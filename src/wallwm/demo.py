@@ -1,7 +1,9 @@
 """``make demo``: the main job end to end on built-in defaults.
 
-Records simulated episodes, then runs every stage that exists on a local Ray and a local Lance
-dataset under ``./demo``. Each stage joins here as it lands.
+Records simulated robot episodes (MetaWorld's scripted experts: 3 tasks x 5 episodes), then runs
+every stage that exists on a local Ray and a local Lance dataset under ``./demo``, shows the
+status table and the segmentation quality against the recorder's ground truth, and writes an
+episode plot and an event keyframe grid. Each stage joins here as it lands.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import typer
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
+from wallwm.pipeline.inspect import list_events
+from wallwm.pipeline.store import LanceStore
+
+TASKS = ("pick-place", "drawer-open", "button-press-topdown")
 
 
 def _run(args: list[str]) -> str:
@@ -30,26 +36,31 @@ def main(root: str = "demo") -> None:
     base = Path(root)
     shutil.rmtree(base, ignore_errors=True)
     source, dataset = str(base / "source"), str(base / "dataset")
+    tasks = [arg for t in TASKS for arg in ("--task", t)]
+    _run(["sim", "record", "--out", source, *tasks, "--episodes", "5", "--size", "128"])
+    _run(["run", source, "--dataset", dataset])
+    typer.echo("\nre-running is a no-op (nothing changed, nothing written):")
+    _run(["run", source, "--dataset", dataset])
+    _run(["status", "--dataset", dataset])
+    _run(["eval", "segmentation", "--dataset", dataset, "--tolerance-frames", "3"])
+    events = list_events(LanceStore(dataset))
+    episode = events[0]["episode_id"]
+    _run(["events", "list", "--dataset", dataset, "--episode", episode])
+    _run(["episode", "plot", episode, "--dataset", dataset, "--out", str(base / "episode.png")])
     _run(
         [
-            "sim",
-            "synth",
+            "events",
+            "show",
+            events[1]["event_id"],
+            "--dataset",
+            dataset,
             "--out",
-            source,
-            "--episodes",
-            "15",
-            "--camera",
-            "top",
-            "--camera",
-            "side",
-            "--seed",
-            "7",
+            str(base / "event.png"),
         ]
     )
-    _run(["ingest", source, "--dataset", dataset])
-    typer.echo("\nre-running ingest on the same source is a no-op:")
-    _run(["ingest", source, "--dataset", dataset])
-    _run(["status", "--dataset", dataset])
+    typer.echo(
+        f"\ndemo done: dataset in {dataset}, pictures in {base}/episode.png and {base}/event.png"
+    )
 
 
 if __name__ == "__main__":

@@ -48,3 +48,52 @@ def synth(
     )
     paths = record_synthetic(out, cfg)
     console.print(f"recorded {len(paths)} episodes to {out}")
+
+
+@app.command("record")
+def record(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="MetaWorld v3 task, repeatable; 'mt10' for all ten."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
+    camera: Annotated[str, typer.Option(help="MetaWorld camera name.")] = "corner",
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    action_noise: Annotated[
+        float, typer.Option(help="Gaussian noise std on position deltas.")
+    ] = 0.3,
+    max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Record MetaWorld scripted-expert episodes with ground-truth events (extra ``sim``)."""
+    try:
+        from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise typer.BadParameter(
+            f"MetaWorld is not installed ({exc}); pip install 'wallwm[sim]'"
+        ) from exc
+    tasks: list[str] = []
+    for t in task or ["pick-place-v3"]:
+        tasks.extend(MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
+    cfg = MetaWorldConfig(
+        tasks=tuple(tasks),
+        episodes=episodes,
+        camera=camera,
+        size=size,
+        action_noise=action_noise,
+        max_steps=max_steps,
+        seed=seed,
+    )
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("recording", total=len(tasks) * episodes)
+        try:
+            results = record_metaworld(out, cfg, on_episode=lambda _s: progress.advance(bar))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    ok = sum(r["success"] for r in results)
+    console.print(
+        f"recorded {len(results)} episodes ({ok} successful) of {len(tasks)} tasks to {out}"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,3 +66,16 @@ def from_vector_series(value: pa.ListScalar | pa.Array) -> FloatArray:
     dim = frames.type.list_size
     flat = frames.flatten().to_numpy(zero_copy_only=False)
     return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """Serialise a table to Arrow IPC stream bytes (how workers hand rows to the driver)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_ipc(payload: bytes) -> pa.Table:
+    """Inverse of :func:`table_to_ipc`."""
+    return pa.ipc.open_stream(payload).read_all()

@@ -10,12 +10,17 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-Worker = Callable[..., dict[str, Any]]
+#: A worker returns one result row per item, or a list of rows (1:N items such as groups).
+Worker = Callable[..., dict[str, Any] | list[dict[str, Any]]]
 
 
 def _apply(batch: dict[str, Any], fn: Worker, kwargs: dict[str, Any]) -> dict[str, list[Any]]:
-    rows = [fn(json.loads(item), **kwargs) for item in batch["item"]]
+    rows = [r for item in batch["item"] for r in _as_rows(fn(json.loads(item), **kwargs))]
     return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _as_rows(result: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return result if isinstance(result, list) else [result]
 
 
 def fan_out(
@@ -25,14 +30,14 @@ def fan_out(
     executor: Literal["ray", "local"] = "ray",
     ray_address: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield ``fn(item, **kwargs)`` for every item, in completion order.
+    """Yield the result rows of ``fn(item, **kwargs)`` for every item, in completion order.
 
     ``fn`` must never raise (turn errors into result fields): one bad episode must not stop the
     job. With ``executor="local"`` everything runs in this process (debugging, tiny inputs).
     """
     if executor == "local" or not items:
         for item in items:
-            yield fn(item, **kwargs)
+            yield from _as_rows(fn(item, **kwargs))
         return
     import ray
     import ray.data
@@ -46,8 +51,9 @@ def fan_out(
     ds = ray.data.from_items(
         [{"item": json.dumps(i)} for i in items], override_num_blocks=min(len(items), 4 * cpus)
     )
-    # 2. Work (1:1, one result row per item). Decoding video is CPU-bound and single-threaded
-    #    per episode, so each task takes one CPU and parallelism comes from many tasks.
+    # 2. Work (1:1 per episode; a group item yields one row per episode it holds). Decoding
+    #    video is CPU-bound and single-threaded per episode, so each task takes one CPU and
+    #    parallelism comes from many tasks.
     ds = ds.map_batches(
         _apply,
         fn_kwargs={"fn": fn, "kwargs": kwargs},

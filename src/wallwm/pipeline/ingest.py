@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -22,10 +21,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import to_vector_series
+from wallwm.pipeline.arrays import table_from_ipc, table_to_ipc, to_vector_series
 from wallwm.pipeline.chain import fan_out
-from wallwm.pipeline.ids import episode_id, failure_id
-from wallwm.pipeline.lineage import StageRun, code_version, utcnow
+from wallwm.pipeline.ids import episode_id
+from wallwm.pipeline.lineage import StageRun, code_version, failure_row, utcnow
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
@@ -191,35 +190,6 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def failure_row(
-    error: EpisodeError, source_uri: str, stage: str, key: str, run_id: str
-) -> dict[str, Any]:
-    """One ``failures`` row for ``error``."""
-    return {
-        "failure_id": failure_id(source_uri, stage, key, error.file, error.error_class),
-        "source_uri": source_uri,
-        "stage": stage,
-        "episode_key": key,
-        "file": error.file,
-        "error_class": error.error_class,
-        "message": error.problem,
-        "run_id": run_id,
-        "failed_at": utcnow(),
-        "resolved": False,
-    }
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def _from_ipc(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(payload).read_all()
-
-
 def process_one(
     source: EpisodeSource, ref: EpisodeRef, frame_tolerance: int, lineage: RowLineage
 ) -> dict[str, Any]:
@@ -236,7 +206,7 @@ def process_one(
     }
     try:
         record = load_episode(source, ref, frame_tolerance)
-        out["payload"] = _to_ipc(episode_row(record, lineage))
+        out["payload"] = table_to_ipc(episode_row(record, lineage))
         out["ok"] = True
         out["num_frames"] = int(record.actions_TA.shape[0])
         out["video_frames"] = sum(c.num_frames for c in record.probed)
@@ -380,7 +350,7 @@ def run_ingest(
         if not out["ok"]:
             fail(EpisodeError(out["file"], out["message"], out["error_class"]), key, source.uri)
             continue
-        mismatch = writer.add(_from_ipc(out["payload"]))
+        mismatch = writer.add(table_from_ipc(out["payload"]))
         if mismatch is not None:
             fail(
                 EpisodeError(out["file"] or source.uri, mismatch.problem, mismatch.error_class),

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from wallwm import __version__
 from wallwm.pipeline import schemas
-from wallwm.pipeline.ids import new_run_id, stable_hash
+from wallwm.pipeline.ids import failure_id, new_run_id, stable_hash
+from wallwm.pipeline.sources.base import EpisodeError
 from wallwm.pipeline.store import TableStore, WriteResult
 
 
@@ -84,3 +85,21 @@ class StageRun:
             "message": message,
         }
         store.upsert(schemas.RUNS, pa.Table.from_pylist([row], schemas.runs_schema()), "run_id")
+
+
+def failure_row(
+    error: EpisodeError, source_uri: str, stage: str, key: str, run_id: str
+) -> dict[str, Any]:
+    """One ``failures`` row for ``error``."""
+    return {
+        "failure_id": failure_id(source_uri, stage, key, error.file, error.error_class),
+        "source_uri": source_uri,
+        "stage": stage,
+        "episode_key": key,
+        "file": error.file,
+        "error_class": error.error_class,
+        "message": error.problem,
+        "run_id": run_id,
+        "failed_at": utcnow(),
+        "resolved": False,
+    }

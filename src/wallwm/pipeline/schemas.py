@@ -139,6 +139,8 @@ def events_schema() -> pa.Schema:
             pa.field("segment_method", pa.string(), nullable=False),
             pa.field("segment_config_hash", pa.string(), nullable=False),
             pa.field("segment_run_id", pa.string(), nullable=False),
+            # The episode content the events were cut from (stale events are re-cut).
+            pa.field("episode_content_hash", pa.string(), nullable=False),
             # Captioning stage.
             pa.field("caption", pa.string(), nullable=True),
             pa.field("verb", pa.string(), nullable=True),

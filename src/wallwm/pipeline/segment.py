@@ -121,9 +121,13 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
         if len(dj) >= max(5, 0.2 * len(d)):
             out[j] = 1.4826 * np.median(np.abs(dj - np.median(dj))) / np.sqrt(2.0)
     positive = out[out > 0]
-    pooled = float(np.median(positive)) if positive.size else 1.0
-    sigma = np.where(out > 0, np.maximum(out, 0.25 * pooled), pooled)
-    return np.asarray(np.maximum(sigma, resolution * np.ptp(x_TD, axis=0)), dtype=np.float64)
+    floor = resolution * np.ptp(x_TD, axis=0)
+    if positive.size:
+        pooled = float(np.median(positive))
+        sigma = np.where(out > 0, np.maximum(out, 0.25 * pooled), pooled)
+    else:  # no dimension shows noise (clean commands): the resolution alone sets the scale
+        sigma = np.where(floor > 0, floor, 1.0)
+    return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
 
 
 def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, FloatArray]:
@@ -251,33 +255,42 @@ def _speed(s: Signals) -> FloatArray:
     return v
 
 
+def _sliding(x: FloatArray, lo: int, hi: int, reduce: str) -> FloatArray:
+    """Max or min of ``x[t+lo : t+hi]`` for every t (edge-padded, vectorised)."""
+    fill = -np.inf if reduce == "max" else np.inf
+    pad = np.concatenate([np.full(max(0, -lo), fill), x, np.full(max(0, hi), fill)])
+    windows = np.lib.stride_tricks.sliding_window_view(pad, hi - lo)[: len(x)]
+    out = windows.max(axis=1) if reduce == "max" else windows.min(axis=1)
+    return np.asarray(out, dtype=np.float64)
+
+
 def speed_min_cue(s: Signals, w: int) -> FloatArray:
     """Pauses: the smoothed speed dips well below the speed on both sides (0..1)."""
     v = _speed(s)
     kernel = np.ones(max(1, w)) / max(1, w)
     speed = np.convolve(np.linalg.norm(v, axis=1), kernel, mode="same")
-    t_len = len(speed)
-    out = np.zeros(t_len)
-    for t in range(1, t_len - 1):
-        a, b = max(0, t - 2 * w), min(t_len, t + 2 * w + 1)
-        if speed[t] <= speed[a:b].min() + 1e-12:
-            side = min(speed[a:t].max(initial=0.0), speed[t + 1 : b].max(initial=0.0))
-            out[t] = (side - speed[t]) / (side + 1e-9)
+    left = np.maximum(_sliding(speed, -2 * w, 0, "max"), 0.0)
+    right = np.maximum(_sliding(speed, 1, 2 * w + 1, "max"), 0.0)
+    lowest = _sliding(speed, -2 * w, 2 * w + 1, "min")
+    side = np.minimum(left, right)
+    out = np.where(speed <= lowest + 1e-12, (side - speed) / (side + 1e-9), 0.0)
+    out[[0, -1]] = 0.0
     return np.clip(out, 0.0, 1.0)
 
 
 def direction_cue(s: Signals, w: int) -> FloatArray:
     """Sharp turns: (1 - cos angle)/2 between mean motion before and after ``t`` (0..1)."""
     v = _speed(s)
+    t_len = len(v)
     csum = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])
-    out = np.zeros(len(v))
-    for t in range(1, len(v) - 1):
-        a, b = max(0, t - w), min(len(v), t + w)
-        before, after = csum[t] - csum[a], csum[b] - csum[t]
-        norm = np.linalg.norm(before) * np.linalg.norm(after)
-        if norm > 1e-9:
-            out[t] = (1.0 - float(before @ after) / norm) / 2.0
-    return out
+    t = np.arange(t_len)
+    a, b = np.maximum(t - w, 0), np.minimum(t + w, t_len)
+    before, after = csum[t] - csum[a], csum[b] - csum[t]
+    norm = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
+    dot = np.einsum("td,td->t", before, after)
+    out = np.where(norm > 1e-9, (1.0 - dot / np.where(norm > 1e-9, norm, 1.0)) / 2.0, 0.0)
+    out[[0, -1]] = 0.0
+    return np.asarray(out, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- segmentation

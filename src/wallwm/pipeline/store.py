@@ -77,7 +77,9 @@ class TableStore(Protocol):
         """
         ...
 
-    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+    def replace(
+        self, table: str, rows: pa.Table, key: str, scope: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
         """Atomically make the rows matching the SQL filter ``scope`` equal to ``rows``."""
         ...
 
@@ -106,6 +108,16 @@ def _unchanged_mask(
     names = [n for n in rows.column_names if n not in volatile]
     by_key = {r[key]: r for r in existing.select(names).to_pylist()}
     return [by_key.get(r[key]) == r for r in rows.select(names).to_pylist()]
+
+
+def _same_rows(old: pa.Table, new: pa.Table, key: str, volatile: tuple[str, ...]) -> bool:
+    """Whether two row sets are equal as sets keyed by ``key``, ignoring ``volatile`` columns."""
+    if old.num_rows != new.num_rows:
+        return False
+    names = [n for n in new.column_names if n not in volatile]
+    return sorted(old.select(names).to_pylist(), key=lambda r: str(r[key])) == sorted(
+        new.select(names).to_pylist(), key=lambda r: str(r[key])
+    )
 
 
 def sql_quote(value: str) -> str:
@@ -216,7 +228,9 @@ class LanceStore:
             self.version(table),
         )
 
-    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+    def replace(
+        self, table: str, rows: pa.Table, key: str, scope: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
         """Atomically make the rows matching the SQL filter ``scope`` equal to ``rows``.
 
         One ``merge_insert`` commit inserts/updates ``rows`` and deletes the rows in ``scope``
@@ -227,9 +241,7 @@ class LanceStore:
             return self.upsert(table, rows, key)
         rows = _align(rows, self._open(table).schema, table)
         existing = self.read(table, columns=rows.column_names, where=scope)
-        if existing.num_rows == rows.num_rows and sorted(
-            existing.to_pylist(), key=lambda r: str(r[key])
-        ) == sorted(rows.to_pylist(), key=lambda r: str(r[key])):
+        if _same_rows(existing, rows, key, volatile):
             return WriteResult(table, 0, 0, 0, before, before)
         stats = (
             self._open(table)
@@ -318,7 +330,9 @@ class MemoryStore:
         self._commit(table, pa.concat_tables([kept, rows]))
         return WriteResult(table, rows.num_rows - updated, updated, 0, before, self.version(table))
 
-    def replace(self, table: str, rows: pa.Table, key: str, scope: str) -> WriteResult:
+    def replace(
+        self, table: str, rows: pa.Table, key: str, scope: str, volatile: tuple[str, ...] = ()
+    ) -> WriteResult:
         """Atomically make the rows matching ``scope`` equal to ``rows``."""
         before = self.version(table)
         if before is None:
@@ -327,9 +341,7 @@ class MemoryStore:
         rows = _align(rows, current.schema, table)
         in_scope = _memory_filter(current, scope)
         old = current.filter(in_scope)
-        if sorted(old.to_pylist(), key=lambda r: str(r[key])) == sorted(
-            rows.to_pylist(), key=lambda r: str(r[key])
-        ):
+        if _same_rows(old, rows, key, volatile):
             return WriteResult(table, 0, 0, 0, before, before)
         kept = current.filter(pc.invert(in_scope))
         kept = kept.filter(pc.invert(pc.is_in(kept.column(key), value_set=rows.column(key))))

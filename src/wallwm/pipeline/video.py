@@ -295,17 +295,40 @@ def shrink(frame: UInt8Array, max_side: int) -> UInt8Array:
 def keyframes_jpeg(
     info: CameraInfo, indices: list[int], max_side: int = 128, quality: int = 80
 ) -> dict[int, bytes]:
-    """JPEG bytes of the frames at ``indices`` (downscaled to ``max_side``), one decode pass."""
+    """JPEG bytes of the frames at ``indices``, downscaled to ``max_side``, in one decode pass.
+
+    Only the wanted frames are converted (the decoder's scaler resizes and converts to RGB in
+    one step); decoding stops after the last wanted frame.
+    """
     import cv2
 
     wanted = set(indices)
+    if not wanted:
+        return {}
+    last = max(wanted)
     out: dict[int, bytes] = {}
-    for i, full in enumerate(read_frames(info)):
-        if i in wanted:
-            small = shrink(full, max_side)
-            ok, buf = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                out[i] = buf.tobytes()
-            if len(out) == len(wanted):
+
+    def encode(i: int, rgb: UInt8Array) -> None:
+        ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out[i] = buf.tobytes()
+
+    h5 = split_hdf5_uri(info.uri)
+    if h5 is not None:
+        for i, full in enumerate(iter_hdf5_frames(*h5)):
+            if i in wanted:
+                encode(i, shrink(full, max_side))
+            if i >= last:
                 break
+        return out
+    scale = min(1.0, max_side / max(info.width, info.height, 1))
+    width = max(2, round(info.width * scale))
+    height = max(2, round(info.height * scale))
+    window = iter_video_frames(info.uri, info.from_timestamp_s, info.to_timestamp_s, None)
+    for i, (_t, frame) in enumerate(window):
+        if i in wanted:
+            small = frame.reformat(width=width, height=height, format="rgb24")  # type: ignore[attr-defined]
+            encode(i, small.to_ndarray())
+        if i >= last:
+            break
     return out

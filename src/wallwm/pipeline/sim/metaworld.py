@@ -32,6 +32,10 @@ import numpy as np
 
 from wallwm.pipeline.sources.folder import write_folder_episode
 
+# MuJoCo picks its GL backend when it is first imported: offscreen EGL (Mesa on CPU machines)
+# unless the user chose another one.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 MT10 = (
     "reach-v3",
     "push-v3",
@@ -274,7 +278,6 @@ def record_metaworld(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Record ``cfg.episodes`` episodes of every task in the folder format under ``out``."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
     unknown = [t for t in cfg.tasks if not _known(t)]
     if unknown:
         import difflib

@@ -1,0 +1,203 @@
+"""Segmentation quality and speed on MetaWorld MT10, side by side with two baselines.
+
+Records MT10 (``--episodes`` per task, Gaussian action noise 0.3 so that boundaries vary), ingests
+it, then scores on the same episodes in one run:
+
+- ``wallwm events``: our change-point segmenter on the robot signals (default config);
+- ``fixed (best H)``: fixed chunks, the chunk length in {4, 8, 16, 32} with the best overall F1@3;
+- ``PySceneDetect``: ContentDetector (the visual-shot peer) on the episode videos, at its default
+  threshold and at the best of a small threshold sweep (so the peer is not judged on a bad
+  setting).
+
+Boundary F1 within 3 frames and within 1 frame (episode start/end excluded, each ground-truth
+boundary matched at most once), per task and overall, plus frames/s of each method. A second
+table times ``wallwm ingest`` + ``wallwm segment`` against decoding the same videos alone.
+
+Usage: ``python benchmarks/segmentation.py [--episodes 10] [--size 128] [--reuse]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from wallwm.pipeline import schemas
+from wallwm.pipeline.arrays import from_vector_series
+from wallwm.pipeline.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.runtime import ensure_ray
+from wallwm.pipeline.segment import SegmentConfig, segment
+from wallwm.pipeline.segment_stage import SegmentStageConfig, episode_signals, run_segment
+from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
+from wallwm.pipeline.store import LanceStore
+
+
+def load_episodes(store: LanceStore) -> list[dict]:
+    table = store.read(schemas.EPISODES)
+    out = []
+    for i in range(table.num_rows):
+        row = table.slice(i, 1).drop_columns(["actions", "states"]).to_pylist()[0]
+        row["actions_TA"] = from_vector_series(table.column("actions")[i])
+        states = table.column("states")[i]
+        row["states_TS"] = (
+            from_vector_series(states) if states.is_valid and row["state_dim"] else None
+        )
+        row["task"] = row["episode_key"].rsplit("-", 2)[0]
+        row["truth"] = [e["start_frame"] for e in row["gt_events"] or []]
+        out.append(row)
+    return out
+
+
+def score(episodes: list[dict], cuts: dict[str, list[int]], tol: int) -> dict[str, BoundaryScore]:
+    per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
+    for ep in episodes:
+        per[ep["task"]] += match_boundaries(
+            cuts[ep["episode_id"]], ep["truth"], ep["num_frames"], tol
+        )
+    per["overall"] = sum((v for k, v in per.items()), EMPTY)
+    return per
+
+
+def run_signal_method(
+    episodes: list[dict], cfg: SegmentConfig
+) -> tuple[dict[str, list[int]], float]:
+    t = time.perf_counter()
+    cuts = {
+        ep["episode_id"]: segment(
+            episode_signals(ep, ep["actions_TA"], ep["states_TS"], None), cfg
+        ).starts
+        for ep in episodes
+    }
+    return cuts, time.perf_counter() - t
+
+
+def run_scenedetect(episodes: list[dict], threshold: float) -> tuple[dict[str, list[int]], float]:
+    from scenedetect import ContentDetector, detect
+
+    t = time.perf_counter()
+    cuts = {}
+    for ep in episodes:
+        scenes = detect(
+            ep["cameras"][0]["uri"], ContentDetector(threshold=threshold, min_scene_len=1)
+        )
+        cuts[ep["episode_id"]] = [0, *(s[0].get_frames() for s in scenes[1:])]
+    return cuts, time.perf_counter() - t
+
+
+def decode_all(episodes: list[dict]) -> float:
+    import av
+
+    t = time.perf_counter()
+    for ep in episodes:
+        for cam in ep["cameras"]:
+            with av.open(cam["uri"]) as c:
+                for _ in c.decode(video=0):
+                    pass
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument("--root", default="bench-data/segmentation")
+    parser.add_argument("--reuse", action="store_true", help="reuse an existing recording")
+    args = parser.parse_args()
+    root = Path(args.root)
+    src = root / "source"
+    if not (args.reuse and src.exists()):
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        record_metaworld(
+            src,
+            MetaWorldConfig(
+                tasks=MT10, episodes=args.episodes, size=args.size, action_noise=args.action_noise
+            ),
+        )
+        print(f"recorded MT10 x {args.episodes} in {time.perf_counter() - t:.0f} s")
+    ensure_ray()
+
+    # Speed: decode only vs ingest + segment on fresh datasets (Ray already started).
+    shutil.rmtree(root / "dataset", ignore_errors=True)
+    t = time.perf_counter()
+    ing = run_ingest(IngestConfig(source=str(src), dataset=str(root / "dataset")))
+    ingest_s = time.perf_counter() - t
+    t = time.perf_counter()
+    seg = run_segment(SegmentStageConfig(dataset=str(root / "dataset")))
+    segment_s = time.perf_counter() - t
+    store = LanceStore(str(root / "dataset"))
+    episodes = load_episodes(store)
+    frames = sum(ep["num_frames"] for ep in episodes)
+    decode_s = decode_all(episodes)
+
+    methods: dict[str, tuple[dict[str, list[int]], float]] = {}
+    methods["wallwm events"] = run_signal_method(episodes, SegmentConfig())
+    fixed = {
+        h: run_signal_method(episodes, SegmentConfig(method="fixed", chunk_len=h))
+        for h in (4, 8, 16, 32)
+    }
+    best_h = max(fixed, key=lambda h: score(episodes, fixed[h][0], 3)["overall"].f1)
+    methods[f"fixed (best H={best_h})"] = fixed[best_h]
+    sweeps = {th: run_scenedetect(episodes, th) for th in (27.0, 15.0, 8.0, 4.0)}
+    best_th = max(sweeps, key=lambda th: score(episodes, sweeps[th][0], 3)["overall"].f1)
+    methods["PySceneDetect (default 27)"] = sweeps[27.0]
+    methods[f"PySceneDetect (best {best_th:g})"] = sweeps[best_th]
+
+    scores3 = {m: score(episodes, cuts, 3) for m, (cuts, _s) in methods.items()}
+    scores1 = {m: score(episodes, cuts, 1) for m, (cuts, _s) in methods.items()}
+    console = Console(width=200)
+    title = (
+        f"segmentation F1@3 frames per task: MetaWorld MT10, {len(episodes)} episodes, "
+        f"action noise {args.action_noise}, {args.size}px"
+    )
+    table = Table(title=title)
+    table.add_column("task")
+    for m in methods:
+        table.add_column(m, justify="right")
+    tasks = sorted(t for t in scores3["wallwm events"] if t != "overall")
+    for t in [*tasks, "overall"]:
+        table.add_row(t, *(f"{scores3[m][t].f1:.3f}" for m in methods))
+    table.add_row("overall F1@1", *(f"{scores1[m]['overall'].f1:.3f}" for m in methods))
+    table.add_row(
+        "overall precision@3", *(f"{scores3[m]['overall'].precision:.3f}" for m in methods)
+    )
+    table.add_row("overall recall@3", *(f"{scores3[m]['overall'].recall:.3f}" for m in methods))
+    table.add_row("frames/s", *(f"{frames / s:,.0f}" for _c, s in methods.values()))
+    console.print(table)
+    wins = [
+        t
+        for t in tasks
+        if all(
+            scores3["wallwm events"][t].f1 > scores3[m][t].f1
+            for m in methods
+            if m != "wallwm events"
+        )
+    ]
+    console.print(f"wallwm events beats every baseline on {len(wins)}/{len(tasks)} tasks")
+
+    speed = Table(
+        title=f"ingest + segment vs decode-only ({frames} frames, {len(episodes)} episodes)"
+    )
+    for col in ("path", "seconds", "frames/s", "vs decode-only"):
+        speed.add_column(col, justify="right")
+    base = frames / decode_s
+    for name, secs in (
+        ("decode only (1 proc)", decode_s),
+        ("wallwm ingest", ingest_s),
+        ("wallwm segment", segment_s),
+        ("ingest + segment", ingest_s + segment_s),
+    ):
+        speed.add_row(name, f"{secs:.2f}", f"{frames / secs:,.0f}", f"{frames / secs / base:.2f}x")
+    console.print(speed)
+    assert ing.failed == 0 and seg.failed == 0
+
+
+if __name__ == "__main__":
+    main()

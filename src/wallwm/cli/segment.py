@@ -1,0 +1,246 @@
+"""Segmentation commands: ``segment``, ``run``, ``events``, ``episode``, ``eval segmentation``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
+
+if TYPE_CHECKING:
+    from wallwm.pipeline.segment import SegmentConfig
+
+events_app = typer.Typer(no_args_is_help=True, help="Inspect events.")
+episode_app = typer.Typer(no_args_is_help=True, help="Inspect episodes.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure the pipeline against ground truth.")
+
+MethodOpt = Annotated[str, typer.Option(help="events (signal change points) | fixed (chunks)")]
+ChunkOpt = Annotated[int, typer.Option(help="Frames per chunk for --method fixed.")]
+PenaltyOpt = Annotated[float, typer.Option(help="Cost of one more event (higher: fewer events).")]
+MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
+MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
+
+
+def _segment_config(
+    method: str, chunk_len: int, penalty: float, min_event_s: float, max_event_s: float
+) -> SegmentConfig:
+    from pydantic import ValidationError
+
+    from wallwm.pipeline.segment import SegmentConfig
+
+    try:
+        return SegmentConfig(
+            method=method,
+            chunk_len=chunk_len,
+            penalty=penalty,  # type: ignore[arg-type]
+            min_event_s=min_event_s,
+            max_event_s=max_event_s,
+        )
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid segmenter options:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run_segment_with_progress(
+    dataset: str, seg: SegmentConfig, force: bool, local: bool, ray_address: str | None
+) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wallwm.pipeline.segment_stage import SegmentStageConfig, run_segment
+
+    cfg = SegmentStageConfig(
+        dataset=dataset,
+        segment=seg,
+        force=force,
+        executor="local" if local else "ray",
+        ray_address=ray_address,
+    )
+    with Progress(
+        TextColumn("[bold]segment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("segment", total=None)
+
+        def on_episode(res: dict[str, object]) -> None:
+            progress.advance(task)
+            if not res["ok"]:
+                progress.console.print(
+                    f"[red]failed[/] {res['episode_key']}: {res['file']}: {res['message']}",
+                    soft_wrap=True,
+                )
+            elif res["warning"]:
+                progress.console.print(
+                    f"[yellow]warning[/] {res['episode_key']}: "
+                    f"{res['warning_file']}: {res['warning']}",
+                    soft_wrap=True,
+                )
+
+        summary = run_segment(
+            cfg, on_start=lambda n: progress.update(task, total=n), on_episode=on_episode
+        )
+    console.print(
+        f"[bold]segment[/] ({seg.method}): {summary.segmented} episodes segmented into "
+        f"{summary.events} events, {summary.up_to_date} up to date, "
+        f"[red]{summary.failed} failed[/] in {summary.seconds:.1f} s; "
+        f"events table version {summary.events_version}",
+        soft_wrap=True,
+    )
+    return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
+
+
+def segment_cmd(
+    dataset: DatasetOpt,
+    method: MethodOpt = "events",
+    chunk_len: ChunkOpt = 16,
+    penalty: PenaltyOpt = 0.5,
+    min_event_s: MinEventOpt = 0.0,
+    max_event_s: MaxEventOpt = 30.0,
+    force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
+    local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Cut every episode into events at its event joints and write the ``events`` table."""
+    seg = _segment_config(method, chunk_len, penalty, min_event_s, max_event_s)
+    raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address))
+
+
+def run_cmd(
+    source: Annotated[str, typer.Argument(help="Source to ingest (any supported format).")],
+    dataset: DatasetOpt,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
+    ] = "auto",
+    instruction: Annotated[
+        str | None, typer.Option(help="Instruction for episodes with none.")
+    ] = None,
+    method: MethodOpt = "events",
+    chunk_len: ChunkOpt = 16,
+    penalty: PenaltyOpt = 0.5,
+    local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Run the pipeline end to end on a source: ingest, then segment (more stages as they land)."""
+    from wallwm.cli.pipeline import ingest
+
+    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0)
+    try:
+        ingest(
+            source, dataset, fmt=fmt, instruction=instruction, local=local, ray_address=ray_address
+        )
+    except typer.Exit as exc:
+        if exc.exit_code:
+            raise
+    raise typer.Exit(_run_segment_with_progress(dataset, seg, False, local, ray_address))
+
+
+@events_app.command("list")
+def events_list(
+    dataset: DatasetOpt,
+    episode: Annotated[str | None, typer.Option(help="Only this episode id.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List events (frame ranges, seconds, confidence, cues, captions when present)."""
+    from rich.table import Table
+
+    from wallwm.pipeline.inspect import list_events
+    from wallwm.pipeline.store import LanceStore
+
+    rows = list_events(LanceStore(dataset), episode)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} events")
+    for col in ("event_id", "episode", "#", "frames", "seconds", "conf", "cues", "caption"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["event_id"][:8],
+            r["episode_id"][:8],
+            f"{r['event_index'] + 1}/{r['num_events']}",
+            f"{r['start_frame']}-{r['end_frame']}",
+            f"{r['start_s']:.2f}-{r['end_s']:.2f}",
+            f"{r['confidence']:.2f}",
+            ",".join(r["cues"]),
+            r["caption"] or "",
+        )
+    console.print(table)
+
+
+@events_app.command("show")
+def events_show(
+    event_id: Annotated[str, typer.Argument(help="Event id (from `wallwm events list --json`).")],
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")] = "event.png",
+) -> None:
+    """Write a PNG grid of an event's keyframes (with its caption when present)."""
+    from wallwm.pipeline.inspect import event_grid, get_event
+    from wallwm.pipeline.store import LanceStore
+
+    try:
+        event = get_event(LanceStore(dataset), event_id)
+    except KeyError as exc:
+        err_console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {event_grid(event, out)}")
+
+
+@episode_app.command("plot")
+def episode_plot(
+    episode_id: Annotated[str, typer.Argument(help="Episode id.")],
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")] = "episode.png",
+) -> None:
+    """Plot an episode's signals, cue traces, chosen boundaries and ground truth."""
+    from wallwm.pipeline.inspect import plot_episode
+    from wallwm.pipeline.sources.base import EpisodeError
+    from wallwm.pipeline.store import LanceStore
+
+    try:
+        path = plot_episode(LanceStore(dataset), episode_id, out)
+    except EpisodeError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {path}")
+
+
+@eval_app.command("segmentation")
+def eval_segmentation(
+    dataset: DatasetOpt,
+    tolerance_frames: Annotated[int, typer.Option(help="Match window, frames.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boundary precision, recall, F1 and mean offset against the ground truth, per task."""
+    from rich.table import Table
+
+    from wallwm.pipeline.inspect import evaluate_segmentation
+    from wallwm.pipeline.store import LanceStore
+
+    result = evaluate_segmentation(LanceStore(dataset), tolerance_frames)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(
+        title=f"segmentation vs ground truth (tolerance {tolerance_frames} frames, "
+        f"{result['episodes']} episodes)"
+    )
+    for col in ("task", "episodes", "precision", "recall", "F1", "mean offset"):
+        table.add_column(col)
+    rows = [
+        *result["per_task"].items(),
+        ("overall", {**result["overall"], "episodes": result["episodes"]}),
+    ]
+    for task, m in rows:
+        table.add_row(
+            task,
+            str(m["episodes"]),
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{m['f1']:.3f}",
+            f"{m['mean_offset_frames']:.2f}",
+        )
+    console.print(table)

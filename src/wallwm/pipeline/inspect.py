@@ -1,0 +1,179 @@
+"""Looking at segmentation results: boundary-quality evaluation, event listings, pictures."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wallwm.pipeline import schemas
+from wallwm.pipeline.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segment import Segmentation, SegmentConfig, segment
+from wallwm.pipeline.store import TableStore, sql_quote
+
+
+def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[str, Any]:
+    """Boundary precision/recall/F1 and mean offset of the stored events, per task and overall.
+
+    The task of an episode is its instruction. Only episodes with ground-truth events count;
+    episode start and end are not boundaries.
+    """
+    episodes = store.read(
+        schemas.EPISODES, columns=["episode_id", "instruction", "num_frames", "gt_events"]
+    ).to_pylist()
+    starts: dict[str, list[int]] = defaultdict(list)
+    if store.exists(schemas.EVENTS):
+        for r in store.read(schemas.EVENTS, columns=["episode_id", "start_frame"]).to_pylist():
+            starts[r["episode_id"]].append(r["start_frame"])
+    per_task: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
+    counted: dict[str, int] = defaultdict(int)
+    skipped = 0
+    for ep in episodes:
+        if ep["gt_events"] is None or ep["episode_id"] not in starts:
+            skipped += 1
+            continue
+        truth = [e["start_frame"] for e in ep["gt_events"]]
+        score = match_boundaries(
+            starts[ep["episode_id"]], truth, ep["num_frames"], tolerance_frames
+        )
+        per_task[ep["instruction"]] += score
+        counted[ep["instruction"]] += 1
+    overall = sum(per_task.values(), EMPTY)
+    return {
+        "tolerance_frames": tolerance_frames,
+        "episodes": sum(counted.values()),
+        "episodes_without_ground_truth_or_events": skipped,
+        "overall": overall.as_dict(),
+        "per_task": {
+            t: {**s.as_dict(), "episodes": counted[t]} for t, s in sorted(per_task.items())
+        },
+    }
+
+
+def list_events(store: TableStore, episode_id: str | None = None) -> list[dict[str, Any]]:
+    """Events (without keyframe bytes), optionally of one episode, in episode/time order."""
+    columns = [f.name for f in schemas.events_schema() if f.name != "keyframes"]
+    where = None if episode_id is None else f"episode_id = {sql_quote(episode_id)}"
+    rows = store.read(schemas.EVENTS, columns=columns, where=where).to_pylist()
+    return sorted(rows, key=lambda r: (r["episode_id"], r["event_index"]))
+
+
+def get_event(store: TableStore, event_id: str) -> dict[str, Any]:
+    """One event with its keyframes; KeyError names the id if it does not exist."""
+    rows = store.read(schemas.EVENTS, where=f"event_id = {sql_quote(event_id)}").to_pylist()
+    if not rows:
+        raise KeyError(f"no event {event_id!r} in {store.root}")
+    event: dict[str, Any] = rows[0]
+    return event
+
+
+def event_grid(event: dict[str, Any], out: str | Path) -> Path:
+    """Write a PNG grid of an event's keyframes (cameras x first/middle/last) with its caption."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cams = sorted({k["camera"] for k in event["keyframes"]})
+    positions = ["first", "middle", "last"]
+    fig, axes = plt.subplots(
+        max(1, len(cams)), 3, figsize=(7.5, 2.6 * max(1, len(cams)) + 0.6), squeeze=False
+    )
+    frames = {(k["camera"], k["position"]): k for k in event["keyframes"]}
+    for r, cam in enumerate(cams or [""]):
+        for c, pos in enumerate(positions):
+            ax = axes[r][c]
+            ax.axis("off")
+            k = frames.get((cam, pos))
+            if k is None:
+                ax.text(0.5, 0.5, "no frame", ha="center", va="center")
+                continue
+            img = cv2.imdecode(np.frombuffer(k["jpeg"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            ax.imshow(img)
+            ax.set_title(f"{cam} {pos} (frame {k['frame_index']})", fontsize=8)
+    caption = event.get("caption") or "(no caption yet)"
+    fig.suptitle(
+        f"event {event['event_index'] + 1}/{event['num_events']}  frames "
+        f"[{event['start_frame']}, {event['end_frame']})  {event['duration_s']:.2f}s  "
+        f"confidence {event['confidence']:.2f}\n{caption}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _segment_config_of(store: TableStore, run_id: str | None) -> SegmentConfig:
+    """The segmenter config a run used (from lineage), else the defaults."""
+    if run_id and store.exists(schemas.RUNS):
+        rows = store.read(
+            schemas.RUNS, columns=["config_json"], where=f"run_id = {sql_quote(run_id)}"
+        ).to_pylist()
+        if rows:
+            return SegmentConfig(**json.loads(rows[0]["config_json"])["segment"])
+    return SegmentConfig()
+
+
+def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
+    """PNG timeline of an episode: signals, cue traces, chosen boundaries and ground truth.
+
+    The boundaries drawn are the stored events; the cue traces are recomputed with the config of
+    the run that produced those events (read from lineage), so the picture explains the cuts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wallwm.pipeline.segment_stage import _load_episode, episode_signals
+
+    row, actions, states = _load_episode(store.root, episode_id)
+    events = list_events(store, episode_id)
+    cfg = _segment_config_of(store, events[0]["segment_run_id"] if events else None)
+    seg: Segmentation = segment(episode_signals(row, actions, states, None), cfg)
+    gt = store.read(
+        schemas.EPISODES,
+        columns=["gt_events", "instruction"],
+        where=f"episode_id = {sql_quote(episode_id)}",
+    ).to_pylist()[0]
+    t = np.arange(len(actions))
+    fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    for j in range(actions.shape[1]):
+        name = (row.get("action_names") or [])[j] if j < len(row.get("action_names") or []) else j
+        axes[0].plot(t, actions[:, j], lw=0.9, label=f"action {name}")
+    axes[0].set_ylabel("actions")
+    if row.get("gripper"):
+        axes[1].plot(t, np.asarray(row["gripper"]), color="k", lw=1.2, label="gripper")
+    if states is not None:
+        for j in range(min(states.shape[1], 6)):
+            axes[1].plot(t, states[:, j], lw=0.7, alpha=0.7, label=f"state {j}")
+    axes[1].set_ylabel("states / gripper")
+    axes[2].plot(t, seg.score_T, color="k", lw=1.5, label="boundary strength")
+    for name, trace in seg.cues_CT.items():
+        axes[2].plot(t, trace, lw=0.8, alpha=0.8, label=name)
+    axes[2].set_ylabel("cues")
+    axes[2].set_xlabel("frame")
+    for ax in axes:
+        for e in events[1:]:
+            ax.axvline(e["start_frame"], color="tab:red", lw=1.2)
+        for g in (gt["gt_events"] or [])[1:]:
+            ax.axvline(g["start_frame"], color="tab:green", lw=1.2, ls="--")
+        ax.legend(fontsize=6, loc="upper right", ncol=3)
+    axes[0].set_title(
+        f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
+        f"({len(events)} events), green dashed: ground truth",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,386 @@
+"""The segment stage: ``episodes`` -> ``events`` (one row per event, with keyframes).
+
+Pure core: :func:`episode_signals` and :func:`event_rows` build an episode's events from its
+stored row; the shared Ray Data chain fans episodes out; the driver replaces each batch of
+episodes' events atomically (one ``merge_insert`` that inserts, updates and deletes), so a reader
+never sees half of a re-segmented episode. Episodes whose content and segmenter config are
+unchanged since their last segmentation are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from wallwm.pipeline import schemas
+from wallwm.pipeline.arrays import from_vector_series, table_from_ipc, table_to_ipc
+from wallwm.pipeline.chain import fan_out
+from wallwm.pipeline.ids import event_id
+from wallwm.pipeline.lineage import StageRun, failure_row
+from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.sources.base import CameraInfo, EpisodeError
+from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
+from wallwm.pipeline.video import keyframes_jpeg, motion_energy
+
+STAGE = "segment"
+GROUP = 8  # episodes per work item
+VOLATILE = ("segment_run_id",)
+#: Columns of the episodes table the segmenter reads.
+EPISODE_COLUMNS = [
+    "episode_id",
+    "episode_key",
+    "source_uri",
+    "fps",
+    "num_frames",
+    "actions",
+    "states",
+    "state_dim",
+    "gripper",
+    "timestamps_s",
+    "action_names",
+    "cameras",
+    "content_hash",
+]
+
+
+class SegmentStageConfig(BaseModel):
+    """Options of one ``wallwm segment`` run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    keyframe_side: int = Field(128, ge=16, description="Longer side of keyframe JPEGs (px).")
+    force: bool = Field(False, description="Re-segment episodes that are up to date.")
+    batch_episodes: int = Field(32, ge=1)
+    executor: Literal["ray", "local"] = "ray"
+    ray_address: str | None = None
+
+    def lineage_config(self) -> dict[str, Any]:
+        """What determines the events (hashed into ``segment_config_hash``)."""
+        return {"segment": self.segment.model_dump(), "keyframe_side": self.keyframe_side}
+
+
+@dataclasses.dataclass
+class SegmentSummary:
+    """Closing numbers of a segment run."""
+
+    run_id: str
+    episodes: int = 0
+    up_to_date: int = 0
+    segmented: int = 0
+    failed: int = 0
+    events: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    events_version: int | None = None
+    failures: list[EpisodeError] = dataclasses.field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def gripper_action_dims(action_names: list[str] | None) -> list[int]:
+    """Action dims that command a gripper (named ``*grip*``)."""
+    return [i for i, n in enumerate(action_names or []) if "grip" in str(n).lower()]
+
+
+def episode_signals(
+    row: dict[str, Any],
+    actions_TA: np.ndarray,
+    states_TS: np.ndarray | None,
+    motion_T: np.ndarray | None,
+) -> Signals:
+    """The segmenter's input for one stored episode."""
+    gripper = row.get("gripper")
+    return Signals(
+        actions_TA=actions_TA,
+        fps=float(row["fps"]),
+        states_TS=states_TS,
+        gripper_TG=None if not gripper else np.asarray(gripper, dtype=np.float32),
+        motion_T=motion_T,
+        gripper_action_dims=gripper_action_dims(row.get("action_names")),
+    )
+
+
+def _seconds(row: dict[str, Any], frame: int) -> float:
+    ts = row.get("timestamps_s")
+    fps = float(row["fps"])
+    if ts and len(ts) == int(row["num_frames"]):
+        return float(ts[frame] - ts[0]) if frame < len(ts) else float(ts[-1] - ts[0] + 1.0 / fps)
+    return frame / fps
+
+
+def keyframe_indices(seg: Segmentation) -> dict[int, list[tuple[str, int]]]:
+    """First, middle and last frame of every event: {event index: [(position, frame)]}."""
+    return {
+        i: [("first", s), ("middle", (s + e - 1) // 2), ("last", e - 1)]
+        for i, (s, e) in enumerate(zip(seg.starts, seg.ends, strict=True))
+    }
+
+
+def event_rows(
+    row: dict[str, Any],
+    seg: Segmentation,
+    keyframes: dict[str, dict[int, bytes]],
+    lineage: tuple[str, str, str],
+) -> pa.Table:
+    """The ``events`` rows of one segmented episode.
+
+    Args:
+        row: The episode's stored row (the columns in ``EPISODE_COLUMNS``).
+        seg: Its segmentation.
+        keyframes: ``{camera: {frame: jpeg}}`` (may be empty when video is unavailable).
+        lineage: ``(method, config hash, run id)``.
+    """
+    method, config_hash, run_id = lineage
+    n = len(seg.starts)
+    by_frame = {b.frame: b for b in seg.boundaries}
+    rows = []
+    for i, (start, end) in enumerate(zip(seg.starts, seg.ends, strict=True)):
+        b = by_frame.get(start)
+        frames = keyframe_indices(seg)[i]
+        rows.append(
+            {
+                "event_id": event_id(row["episode_id"], start, end),
+                "episode_id": row["episode_id"],
+                "event_index": i,
+                "num_events": n,
+                "start_frame": start,
+                "end_frame": end,
+                "start_s": _seconds(row, start),
+                "end_s": _seconds(row, end),
+                "duration_s": _seconds(row, end) - _seconds(row, start),
+                "confidence": 1.0 if b is None else b.confidence,
+                "cues": ["episode_start"] if b is None else list(b.cues),
+                "action_start": start,
+                "action_end": end,
+                "keyframes": [
+                    {"camera": cam, "position": pos, "frame_index": f, "jpeg": jpegs[f]}
+                    for cam, jpegs in keyframes.items()
+                    for pos, f in frames
+                    if f in jpegs
+                ],
+                "segment_method": method,
+                "segment_config_hash": config_hash,
+                "segment_run_id": run_id,
+                "episode_content_hash": row["content_hash"],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=schemas.events_schema())
+
+
+# --------------------------------------------------------------------------- worker
+
+
+Loaded = tuple[dict[str, Any], np.ndarray, np.ndarray | None]
+
+
+def load_episodes(dataset: str, episode_ids: list[str]) -> dict[str, Loaded]:
+    """Rows, actions (T, A) and states (T, S) of several episodes, in one filtered scan."""
+    table = LanceStore(dataset).read(
+        schemas.EPISODES, columns=EPISODE_COLUMNS, where=sql_in("episode_id", episode_ids)
+    )
+    out: dict[str, Loaded] = {}
+    for i, row in enumerate(table.drop_columns(["actions", "states"]).to_pylist()):
+        states = None
+        if row["state_dim"] and table.column("states")[i].is_valid:
+            states = from_vector_series(table.column("states")[i])
+        out[row["episode_id"]] = (row, from_vector_series(table.column("actions")[i]), states)
+    return out
+
+
+def _load_episode(dataset: str, episode_id: str) -> Loaded:
+    loaded = load_episodes(dataset, [episode_id])
+    if episode_id not in loaded:
+        uri = LanceStore(dataset).uri(schemas.EPISODES)
+        raise EpisodeError(uri, f"episode {episode_id} not found")
+    return loaded[episode_id]
+
+
+def _result(ep: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "episode_id": ep["episode_id"],
+        "episode_key": ep["episode_key"],
+        "ok": False,
+        "payload": b"",
+        "events": 0,
+        "frames": 0,
+        "warning_file": "",
+        "warning": "",
+        "file": "",
+        "error_class": "",
+        "message": "",
+    }
+
+
+def segment_group(
+    item: dict[str, Any], dataset: str, cfg: SegmentStageConfig, lineage: tuple[str, str, str]
+) -> list[dict[str, Any]]:
+    """Worker body (1:N): a group of episodes in (read in one scan), one result per episode."""
+    try:
+        loaded = load_episodes(dataset, [e["episode_id"] for e in item["episodes"]])
+        error = "episode not found in the episodes table"
+    except Exception as exc:  # noqa: BLE001 -- reported per episode below
+        loaded, error = {}, f"could not read the episodes table: {exc}"
+    results = []
+    for ep in item["episodes"]:
+        if ep["episode_id"] in loaded:
+            results.append(segment_one(ep, loaded[ep["episode_id"]], cfg, lineage))
+        else:
+            uri = LanceStore(dataset).uri(schemas.EPISODES)
+            results.append(
+                {**_result(ep), "file": uri, "error_class": "EpisodeNotReadable", "message": error}
+            )
+    return results
+
+
+def segment_one(
+    ep: dict[str, Any], loaded: Loaded, cfg: SegmentStageConfig, lineage: tuple[str, str, str]
+) -> dict[str, Any]:
+    """One episode's serialised events (or a failure); never raises."""
+    out = _result(ep)
+    row, actions, states = loaded
+    try:
+        cams = [CameraInfo(**c) for c in row["cameras"]]
+        motion = None
+        if cfg.segment.weights.get("visual", 0.0) > 0 and cams:
+            motion = motion_energy(cams[0])
+        seg = segment(episode_signals(row, actions, states, motion), cfg.segment)
+        wanted = sorted({f for frames in keyframe_indices(seg).values() for _p, f in frames})
+        keyframes: dict[str, dict[int, bytes]] = {}
+        for cam in cams:
+            try:
+                keyframes[cam.name] = keyframes_jpeg(cam, wanted, cfg.keyframe_side)
+            except EpisodeError as exc:  # events stand on signals alone; record the gap
+                out.update(warning_file=exc.file, warning=f"no keyframes: {exc.problem}")
+        out["payload"] = table_to_ipc(event_rows(row, seg, keyframes, lineage))
+        out.update(ok=True, events=len(seg.starts), frames=len(actions))
+    except EpisodeError as exc:
+        out.update(file=exc.file, error_class=exc.error_class, message=exc.problem)
+    except Exception as exc:  # noqa: BLE001 -- one bad episode must never kill the job
+        out.update(
+            file=str(row.get("source_uri", "")),
+            error_class=type(exc).__name__,
+            message=f"unexpected error: {exc}",
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _todo(store: TableStore, config_hash: str, force: bool) -> tuple[list[dict[str, Any]], int]:
+    episodes = store.read(
+        schemas.EPISODES, columns=["episode_id", "episode_key", "source_uri", "content_hash"]
+    ).to_pylist()
+    if force or not store.exists(schemas.EVENTS):
+        return episodes, 0
+    done = {
+        (r["episode_id"], r["episode_content_hash"])
+        for r in store.read(
+            schemas.EVENTS,
+            columns=["episode_id", "episode_content_hash"],
+            where=f"segment_config_hash = {sql_quote(config_hash)}",
+        ).to_pylist()
+    }
+    todo = [e for e in episodes if (e["episode_id"], e["content_hash"]) not in done]
+    return todo, len(episodes) - len(todo)
+
+
+def run_segment(
+    cfg: SegmentStageConfig,
+    store: TableStore | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> SegmentSummary:
+    """Segment every episode that needs it and write the ``events`` table."""
+    store = store or LanceStore(cfg.dataset)
+    run = StageRun(STAGE, cfg.lineage_config())
+    t0 = time.perf_counter()
+    summary = SegmentSummary(run.run_id)
+    before = store.version(schemas.EVENTS)
+    todo, summary.up_to_date = _todo(store, run.config_hash, cfg.force)
+    summary.episodes = len(todo) + summary.up_to_date
+    if on_start:
+        on_start(len(todo))
+    source_of = {e["episode_id"]: e["source_uri"] for e in todo}
+    lineage = (cfg.segment.method, run.config_hash, run.run_id)
+    # Groups of episodes per work item: one filtered Lance scan reads a whole group.
+    groups = [{"episodes": todo[i : i + GROUP]} for i in range(0, len(todo), GROUP)]
+    results = fan_out(
+        groups,
+        segment_group,
+        {"dataset": store.root, "cfg": cfg, "lineage": lineage},
+        cfg.executor,
+        cfg.ray_address,
+    )
+    pending: list[pa.Table] = []
+    pending_ids: list[str] = []
+    failures: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if pending_ids:
+            rows = pa.concat_tables(pending) if pending else schemas.events_schema().empty_table()
+            store.replace(
+                schemas.EVENTS,
+                rows,
+                "event_id",
+                sql_in("episode_id", pending_ids),
+                volatile=VOLATILE,
+            )
+            pending.clear()
+            pending_ids.clear()
+
+    for res in results:
+        src, key = source_of[res["episode_id"]], res["episode_key"]
+        if res["warning"]:
+            failures.append(
+                failure_row(
+                    EpisodeError(res["warning_file"], res["warning"], "KeyframesUnavailable"),
+                    src,
+                    STAGE,
+                    key,
+                    run.run_id,
+                )
+            )
+        if not res["ok"]:
+            err = EpisodeError(res["file"], res["message"], res["error_class"])
+            summary.failed += 1
+            summary.failures.append(err)
+            failures.append(failure_row(err, src, STAGE, key, run.run_id))
+        else:
+            pending.append(table_from_ipc(res["payload"]))
+            pending_ids.append(res["episode_id"])
+            summary.segmented += 1
+            summary.events += int(res["events"])
+            summary.frames += int(res["frames"])
+            if len(pending_ids) >= cfg.batch_episodes:
+                flush()
+        if on_episode:
+            on_episode(res)
+    flush()
+    if failures:
+        store.upsert(
+            schemas.FAILURES,
+            pa.Table.from_pylist(failures, schemas.failures_schema()),
+            "failure_id",
+            volatile=("run_id", "failed_at"),
+        )
+    summary.seconds = time.perf_counter() - t0
+    summary.events_version = store.version(schemas.EVENTS)
+    run.record(
+        store,
+        schemas.EVENTS,
+        WriteResult(schemas.EVENTS, summary.events, 0, 0, before, summary.events_version),
+        summary.failed,
+        f"episodes={summary.episodes} up_to_date={summary.up_to_date} "
+        f"segmented={summary.segmented} events={summary.events} failed={summary.failed}",
+    )
+    return summary

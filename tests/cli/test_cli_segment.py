@@ -1,0 +1,62 @@
+"""Segmentation commands through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_run_events_episode_eval(folder_source, tmp_path):
+    src, ds = folder_source(4), tmp_path / "ds"
+    result = invoke("run", src, "--dataset", ds)
+    assert result.exit_code == 0, result.output
+    assert "4 written" in result.output and "4 episodes segmented" in result.output
+
+    events = json.loads(invoke("events", "list", "--dataset", ds, "--json").output)
+    assert events and {"event_id", "start_frame", "cues", "confidence"} <= set(events[0])
+    assert all("keyframes" not in e for e in events)
+    one = events[0]["episode_id"]
+    only = json.loads(invoke("events", "list", "--dataset", ds, "--episode", one, "--json").output)
+    assert only and {e["episode_id"] for e in only} == {one}
+
+    grid = tmp_path / "grid.png"
+    assert (
+        invoke("events", "show", events[1]["event_id"], "--dataset", ds, "--out", grid).exit_code
+        == 0
+    )
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+    missing = invoke("events", "show", "nope", "--dataset", ds, "--out", grid)
+    assert missing.exit_code == 1 and "no event 'nope'" in missing.output
+
+    plot = tmp_path / "plot.png"
+    assert invoke("episode", "plot", one, "--dataset", ds, "--out", plot).exit_code == 0
+    assert plot.stat().st_size > 10_000
+
+    ev = json.loads(invoke("eval", "segmentation", "--dataset", ds, "--json").output)
+    assert ev["episodes"] == 4 and 0 <= ev["overall"]["f1"] <= 1
+    assert "overall" in invoke("eval", "segmentation", "--dataset", ds).output
+
+    status = json.loads(invoke("status", "--dataset", ds, "--json").output)
+    seg = next(s for s in status["stages"] if s["stage"] == "segment")
+    assert seg["done"] == 4 and seg["total"] == 4
+
+    again = invoke("segment", "--dataset", ds)
+    assert again.exit_code == 0 and "4 up to date" in again.output
+    fixed = invoke("segment", "--dataset", ds, "--method", "fixed", "--chunk-len", "8")
+    assert fixed.exit_code == 0 and "(fixed)" in fixed.output
+
+
+def test_segment_rejects_bad_options(tmp_path):
+    bad = invoke("segment", "--dataset", tmp_path, "--method", "shots")
+    assert bad.exit_code == 2 and "method" in bad.output

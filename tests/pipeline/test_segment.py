@@ -1,0 +1,120 @@
+"""The segmenter's pure core: cues, change points, durations, edge cases, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wallwm.pipeline.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segment import LinearCost, SegmentConfig, Signals, noise_sigma, pelt, segment
+from wallwm.pipeline.sim.synthetic import SynthConfig, simulate_episode
+
+
+def piecewise(levels, lengths, noise=0.05, seed=0, dims=3):
+    rng = np.random.default_rng(seed)
+    parts = [
+        np.tile(np.asarray(lv, float)[:dims], (n, 1)) for lv, n in zip(levels, lengths, strict=True)
+    ]
+    x = np.concatenate(parts)
+    return (x + rng.normal(0, noise, x.shape)).astype(np.float32)
+
+
+def test_pelt_finds_exact_step_changes():
+    x = piecewise([[0, 0, 0], [1, 0, 0], [1, 1, -1]], [30, 25, 40]).astype(np.float64)
+    y = x / noise_sigma(x)
+    points = pelt(LinearCost(y), len(y), penalty=(2 * 3 + 1) * np.log(len(y)), min_len=1)
+    assert points == [30, 55]
+
+
+def test_linear_cost_is_zero_on_lines_and_matches_numpy():
+    t = np.arange(20, dtype=np.float64)
+    y = np.stack([2 * t + 1, -t], axis=1)
+    cost = LinearCost(y)
+    assert cost(np.array([0, 5]), 20) == pytest.approx([0, 0], abs=1e-6)
+    z = np.random.default_rng(1).normal(size=(30, 2))
+    got = LinearCost(z)(np.array([4]), 25)[0]
+    ts = np.arange(4, 25, dtype=np.float64)
+    want = 0.0
+    for j in range(2):
+        slope, intercept = np.polyfit(ts, z[4:25, j], 1)
+        want += float(np.sum((z[4:25, j] - (slope * ts + intercept)) ** 2))
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_segment_recovers_phases_with_gripper_cue():
+    actions = piecewise(
+        [[0.5, 0, 0, -1], [0, 0, -0.5, -1], [0, 0, -0.5, 1], [0.5, 0.5, 0, 1]],
+        [40, 20, 15, 40],
+        noise=0.08,
+        dims=4,
+    )
+    actions[:, 3] = np.round(actions[:, 3])  # a clean gripper command
+    seg = segment(Signals(actions, fps=20.0, gripper_action_dims=[3]), SegmentConfig())
+    assert seg.starts[0] == 0 and seg.ends[-1] == len(actions)
+    score = match_boundaries(seg.starts, [0, 40, 60, 75], len(actions), tolerance=1)
+    assert score.f1 == 1.0
+    grip = next(b for b in seg.boundaries if b.frame == 60)
+    assert "gripper" in grip.cues and 0 < grip.confidence <= 1
+
+
+def test_noise_only_gives_one_event():
+    rng = np.random.default_rng(3)
+    seg = segment(
+        Signals(rng.normal(0, 0.3, (200, 4)).astype(np.float32), fps=30.0), SegmentConfig()
+    )
+    assert seg.starts == [0] and seg.ends == [200]
+
+
+@pytest.mark.parametrize("t_len", [0, 1, 2])
+def test_tiny_episodes(t_len):
+    seg = segment(Signals(np.zeros((t_len, 3), np.float32), fps=10.0), SegmentConfig())
+    assert seg.starts == ([0] if t_len else []) and seg.ends == ([t_len] if t_len else [])
+
+
+def test_constant_signals_and_no_usable_channel():
+    seg = segment(Signals(np.ones((50, 3), np.float32), fps=10.0), SegmentConfig())
+    assert (seg.starts, seg.ends) == ([0], [50])
+
+
+def test_max_duration_splits_and_min_duration_holds():
+    rng = np.random.default_rng(4)
+    actions = rng.normal(0, 0.1, (300, 2)).astype(np.float32)
+    seg = segment(Signals(actions, fps=10.0), SegmentConfig(max_event_s=8.0))
+    assert max(e - s for s, e in zip(seg.starts, seg.ends, strict=True)) <= 80
+    x = piecewise([[0, 0], [1, 1], [0, 0]], [40, 3, 40], noise=0.02, dims=2)
+    short = segment(Signals(x, fps=10.0), SegmentConfig(min_event_s=0.5))
+    assert min(e - s for s, e in zip(short.starts, short.ends, strict=True)) >= 5
+
+
+def test_fixed_method_is_the_chunk_baseline():
+    seg = segment(
+        Signals(np.zeros((50, 2), np.float32), fps=10.0),
+        SegmentConfig(method="fixed", chunk_len=16),
+    )
+    assert seg.starts == [0, 16, 32, 48] and seg.ends == [16, 32, 48, 50]
+
+
+def test_beats_fixed_chunks_on_simulated_episodes():
+    """On the built-in simulator, change points beat every fixed chunk length (F1 within 2)."""
+    cfg = SynthConfig(size=16, action_noise=0.2)
+    rng = np.random.default_rng(11)
+    ours, fixed = EMPTY, dict.fromkeys((4, 8, 16), EMPTY)
+    for i in range(24):
+        ep = simulate_episode(cfg.tasks[i % 3], rng, cfg)
+        sig = Signals(
+            ep["actions"], cfg.fps, ep["states"], ep["states"][:, 3:], gripper_action_dims=[3]
+        )
+        truth = [e["start_frame"] for e in ep["events"]]
+        ours += match_boundaries(segment(sig, SegmentConfig()).starts, truth, len(ep["actions"]), 2)
+        for n in fixed:
+            cut = segment(sig, SegmentConfig(method="fixed", chunk_len=n)).starts
+            fixed[n] += match_boundaries(cut, truth, len(ep["actions"]), 2)
+    assert ours.f1 > max(f.f1 for f in fixed.values()) + 0.1
+    assert ours.f1 > 0.65
+
+
+def test_match_boundaries_counts_each_truth_once():
+    s = match_boundaries([10, 11, 30], [0, 10, 50], num_frames=60, tolerance=3)
+    assert (s.true_positives, s.predicted, s.actual) == (1, 3, 2)
+    assert s.precision == pytest.approx(1 / 3) and s.recall == pytest.approx(0.5)
+    assert match_boundaries([], [0], 10, 3).f1 == 1.0  # nothing to find, nothing found
