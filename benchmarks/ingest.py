@@ -10,7 +10,9 @@ one run:
   freshly started local Ray (includes spawning Ray's worker processes and their imports);
 - ``wallwm ingest (warm)``: the same into a second dataset, workers already up (a long-lived
   cluster, or any job longer than a few seconds);
-- ``wallwm ingest (rerun)``: the idempotent no-op re-run.
+- ``wallwm ingest (rerun)``: the idempotent no-op re-run;
+- ``wallwm ingest (warm) + segment``: the fused ``wallwm run`` path (cut from the signals, keyframes
+  grabbed by the same validation decode).
 
 Usage: ``python benchmarks/ingest.py [--episodes 40] [--size 128]``
 """
@@ -29,6 +31,7 @@ from rich.table import Table
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.runtime import ensure_ray
+from wallwm.pipeline.segment import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 
 
@@ -72,9 +75,15 @@ def main() -> None:
 
     ensure_ray()
     timings = {}
-    for name, dataset in (("cold", root / "dataset-cold"), ("warm", ds), ("rerun, no-op", ds)):
+    runs = (
+        ("cold", root / "dataset-cold", None),
+        ("warm", ds, None),
+        ("rerun, no-op", ds, None),
+        ("warm) + segment (fused `wallwm run`", root / "dataset-run", SegmentConfig()),
+    )
+    for name, dataset, seg in runs:
         t = time.perf_counter()
-        summary = run_ingest(IngestConfig(source=str(src), dataset=str(dataset)))
+        summary = run_ingest(IngestConfig(source=str(src), dataset=str(dataset), segment=seg))
         timings[f"wallwm ingest ({name})"] = time.perf_counter() - t
         assert summary.failed == 0
         assert summary.video_frames == (0 if name.startswith("rerun") else frames)

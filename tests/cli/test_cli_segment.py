@@ -21,7 +21,8 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     src, ds = folder_source(4), tmp_path / "ds"
     result = invoke("run", src, "--dataset", ds)
     assert result.exit_code == 0, result.output
-    assert "4 written" in result.output and "4 episodes segmented" in result.output
+    assert "4 written" in result.output and "(fused with ingest)" in result.output
+    assert "4 up to date" in result.output  # the catch-up pass finds nothing left to do
 
     events = json.loads(invoke("events", "list", "--dataset", ds, "--json").output)
     assert events and {"event_id", "start_frame", "cues", "confidence"} <= set(events[0])

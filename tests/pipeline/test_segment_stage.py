@@ -106,3 +106,35 @@ def test_missing_video_still_gets_events_and_a_recorded_warning(ingested):
     )[0][0].as_py()
     events = list_events(store, ep_id)
     assert events and all(e["episode_id"] == ep_id for e in events)
+
+
+def test_fused_run_equals_ingest_then_segment(folder_source, tmp_path):
+    src = folder_source(5)
+    two, fused = tmp_path / "two", tmp_path / "fused"
+    run_ingest(IngestConfig(source=str(src), dataset=str(two)))
+    run_segment(SegmentStageConfig(dataset=str(two)))
+    summary = run_ingest(IngestConfig(source=str(src), dataset=str(fused), segment=SegmentConfig()))
+    assert summary.written == 5 and summary.events > 5
+
+    def events(ds):
+        cols = [
+            "event_id",
+            "start_frame",
+            "end_frame",
+            "confidence",
+            "cues",
+            "keyframes",
+            "segment_config_hash",
+            "episode_content_hash",
+        ]
+        return sorted(
+            LanceStore(str(ds)).read(schemas.EVENTS, columns=cols).to_pylist(),
+            key=lambda r: r["event_id"],
+        )
+
+    assert events(fused) == events(two)  # same cuts, keyframe bytes and lineage hash
+    # the separate stage sees the fused events as up to date
+    again = run_segment(SegmentStageConfig(dataset=str(fused)))
+    assert (again.segmented, again.up_to_date) == (0, 5)
+    stages = [r["stage"] for r in LanceStore(str(fused)).read(schemas.RUNS).to_pylist()]
+    assert sorted(stages) == ["ingest", "segment", "segment"]

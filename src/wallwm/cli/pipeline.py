@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
+
+if TYPE_CHECKING:
+    from wallwm.pipeline.ingest import IngestConfig
 
 
 def ingest(
@@ -36,9 +39,8 @@ def ingest(
 ) -> None:
     """Ingest recorded episodes into the dataset's ``episodes`` table (idempotent, incremental)."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from wallwm.pipeline.ingest import EpisodeOutcome, IngestConfig, run_ingest
+    from wallwm.pipeline.ingest import IngestConfig
 
     try:
         cfg = IngestConfig(
@@ -57,53 +59,7 @@ def ingest(
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {exc}")
         raise typer.Exit(2) from exc
-    with Progress(
-        TextColumn("[bold]ingest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:>8.0f} frames/s"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("ingest", total=None, fps=0.0)
-        frames = 0
-
-        def on_start(total: int) -> None:
-            progress.update(task, total=total)
-
-        def on_outcome(o: EpisodeOutcome) -> None:
-            nonlocal frames
-            if o.ok:
-                frames += o.video_frames
-                elapsed = progress.tasks[0].elapsed or 1e-9
-                progress.update(task, advance=1, fps=frames / elapsed)
-            else:
-                assert o.error is not None
-                if o.episode_key and o.episode_key != o.error.file:
-                    progress.advance(task)
-                # One unwrapped line per failure, so logs can be grepped by file name.
-                progress.console.print(
-                    f"[red]failed[/] {o.episode_key or source}: {o.error.file}: {o.error.problem}",
-                    soft_wrap=True,
-                    markup=True,
-                )
-
-        summary = run_ingest(cfg, on_start=on_start, on_outcome=on_outcome)
-    console.print(
-        f"[bold]ingest[/] {summary.source} ({summary.source_format}): "
-        f"[green]{summary.written} written[/], {summary.unchanged} unchanged, "
-        f"[red]{summary.failed} failed[/] of {summary.listed}; {summary.frames} frames "
-        f"({summary.video_frames} video frames) in {summary.seconds:.1f} s = "
-        f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}",
-        soft_wrap=True,
-    )
-    code = summary.exit_code(strict)
-    if code:
-        err_console.print(
-            "[red]nothing was ingested[/]" if not strict else "[red]--strict: failures[/]"
-        )
-    raise typer.Exit(code)
+    raise typer.Exit(ingest_with_progress(cfg))
 
 
 def status(dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
@@ -164,3 +120,61 @@ def failures(
     for r in rows:
         table.add_row(r["stage"], r["episode_key"], r["error_class"], r["file"], r["message"])
     console.print(table)
+
+
+def ingest_with_progress(cfg: IngestConfig) -> int:
+    """Run ingest with a progress bar and one console line per failure; returns the exit code."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wallwm.pipeline.ingest import EpisodeOutcome, run_ingest
+
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:>8.0f} frames/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("ingest", total=None, fps=0.0)
+        frames = 0
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_outcome(o: EpisodeOutcome) -> None:
+            nonlocal frames
+            if o.ok:
+                frames += o.video_frames
+                elapsed = progress.tasks[0].elapsed or 1e-9
+                progress.update(task, advance=1, fps=frames / elapsed)
+            else:
+                assert o.error is not None
+                if o.episode_key and o.episode_key != o.error.file:
+                    progress.advance(task)
+                # One unwrapped line per failure, so logs can be grepped by file name.
+                progress.console.print(
+                    f"[red]failed[/] {o.episode_key or cfg.source}: {o.error.file}: "
+                    f"{o.error.problem}",
+                    soft_wrap=True,
+                    markup=True,
+                )
+
+        summary = run_ingest(cfg, on_start=on_start, on_outcome=on_outcome)
+    console.print(
+        f"[bold]ingest[/] {summary.source} ({summary.source_format}): "
+        f"[green]{summary.written} written[/], {summary.unchanged} unchanged, "
+        f"[red]{summary.failed} failed[/] of {summary.listed}; {summary.frames} frames "
+        f"({summary.video_frames} video frames) in {summary.seconds:.1f} s = "
+        f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}",
+        soft_wrap=True,
+    )
+    if summary.events:
+        console.print(f"[bold]segment[/] (fused with ingest): {summary.events} events")
+    code = summary.exit_code(cfg.strict)
+    if code:
+        err_console.print(
+            "[red]--strict: failures[/]" if cfg.strict else "[red]nothing was ingested[/]"
+        )
+    return code

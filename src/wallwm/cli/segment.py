@@ -124,17 +124,26 @@ def run_cmd(
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Run the pipeline end to end on a source: ingest, then segment (more stages as they land)."""
-    from wallwm.cli.pipeline import ingest
+    """Run the pipeline end to end on a source: ingest + segment in one decode pass.
+
+    Later stages join as they land. Episodes already ingested are re-segmented only if needed.
+    """
+    from wallwm.cli.pipeline import ingest_with_progress
+    from wallwm.pipeline.ingest import IngestConfig
 
     seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0)
-    try:
-        ingest(
-            source, dataset, fmt=fmt, instruction=instruction, local=local, ray_address=ray_address
-        )
-    except typer.Exit as exc:
-        if exc.exit_code:
-            raise
+    cfg = IngestConfig(
+        source=source,
+        dataset=dataset,
+        format=fmt,  # type: ignore[arg-type]
+        instruction=instruction,
+        executor="local" if local else "ray",
+        ray_address=ray_address,
+        segment=seg,
+    )
+    code = ingest_with_progress(cfg)
+    if code:
+        raise typer.Exit(code)
     raise typer.Exit(_run_segment_with_progress(dataset, seg, False, local, ray_address))
 
 

@@ -25,11 +25,18 @@ from wallwm.pipeline.arrays import table_from_ipc, table_to_ipc, to_vector_serie
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import episode_id
 from wallwm.pipeline.lineage import StageRun, code_version, failure_row, utcnow
+from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segment_stage import (
+    SegmentStageConfig,
+    event_rows,
+    gripper_action_dims,
+    keyframe_indices,
+)
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.validate import validate_record
-from wallwm.pipeline.video import probe_camera
+from wallwm.pipeline.video import KeyframeGrabber, probe_camera
 
 STAGE = "ingest"
 VOLATILE = ("ingest_run_id", "ingested_at", "code_version", "config_hash")
@@ -51,6 +58,20 @@ class IngestConfig(BaseModel):
     strict: bool = Field(False, description="Fail the run (exit 1) on any failed episode.")
     executor: Literal["ray", "local"] = Field("ray", description="local: no Ray (debugging).")
     ray_address: str | None = None
+    segment: SegmentConfig | None = Field(
+        None,
+        description="Also segment each episode in the same pass (`wallwm run`): cut from the "
+        "signals, then grab the keyframes during the validation decode -- one decode in total.",
+    )
+    keyframe_side: int = Field(128, ge=16, description="Keyframe JPEG longer side (fused mode).")
+
+    def segment_stage_config(self) -> SegmentStageConfig | None:
+        """The equivalent ``wallwm segment`` config (same lineage hash) in fused mode."""
+        if self.segment is None:
+            return None
+        return SegmentStageConfig(
+            dataset=self.dataset, segment=self.segment, keyframe_side=self.keyframe_side
+        )
 
     def lineage_config(self) -> dict[str, Any]:
         """The options that determine the output (what the config hash covers)."""
@@ -83,6 +104,7 @@ class IngestSummary:
     video_frames: int = 0
     seconds: float = 0.0
     episodes_version: int | None = None
+    events: int = 0
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
 
     @property
@@ -106,10 +128,38 @@ def load_episode(source: EpisodeSource, ref: EpisodeRef, frame_tolerance: int) -
     Raises:
         EpisodeError: The first problem found (naming the file).
     """
+    return load_and_segment(source, ref, frame_tolerance, None)[0]
+
+
+def load_and_segment(
+    source: EpisodeSource,
+    ref: EpisodeRef,
+    frame_tolerance: int,
+    seg: SegmentConfig | None,
+    keyframe_side: int = 128,
+) -> tuple[EpisodeRecord, Segmentation | None, dict[str, dict[int, bytes]]]:
+    """:func:`load_episode`, optionally cutting the episode into events in the same pass.
+
+    Segmentation needs only the signals, so the cut happens before decoding and the keyframes
+    are grabbed by the validation decode itself: one decode per camera for both stages.
+    """
     record = source.read(ref)
-    record.probed = [probe_camera(spec) for spec in record.cameras]
+    segmentation = None
+    grabs: dict[str, KeyframeGrabber] = {}
+    if seg is not None and len(record.actions_TA):
+        signals = Signals(
+            actions_TA=record.actions_TA,
+            fps=record.fps,
+            states_TS=record.states_TS,
+            gripper_TG=record.gripper_TG,
+            gripper_action_dims=gripper_action_dims(record.action_names),
+        )
+        segmentation = segment(signals, seg)
+        wanted = sorted({f for fs in keyframe_indices(segmentation).values() for _p, f in fs})
+        grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
+    record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]
     validate_record(record, frame_tolerance)
-    return record
+    return record, segmentation, {name: g.jpegs for name, g in grabs.items()}
 
 
 def content_hash(record: EpisodeRecord) -> str:
@@ -190,11 +240,28 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedSegment:
+    """What a fused ingest worker needs to also segment: config and lineage of the events."""
+
+    config: SegmentConfig
+    keyframe_side: int
+    lineage: tuple[str, str, str]  # (method, segment config hash, segment run id)
+
+
 def process_one(
-    source: EpisodeSource, ref: EpisodeRef, frame_tolerance: int, lineage: RowLineage
+    source: EpisodeSource,
+    ref: EpisodeRef,
+    frame_tolerance: int,
+    lineage: RowLineage,
+    fused: FusedSegment | None = None,
 ) -> dict[str, Any]:
-    """Worker body (1:1): an episode ref in, a serialised row or a failure out. Never raises."""
+    """Worker body (1:1): one episode ref in, one result row out; never raises.
+
+    The result holds the serialised episode row (and, fused, its events) or the failure.
+    """
     out: dict[str, Any] = {
+        "events_payload": b"",
         "episode_key": ref.episode_key,
         "ok": False,
         "payload": b"",
@@ -205,8 +272,14 @@ def process_one(
         "message": "",
     }
     try:
-        record = load_episode(source, ref, frame_tolerance)
-        out["payload"] = table_to_ipc(episode_row(record, lineage))
+        seg_cfg, side = (fused.config, fused.keyframe_side) if fused else (None, 128)
+        record, cut, keyframes = load_and_segment(source, ref, frame_tolerance, seg_cfg, side)
+        row_table = episode_row(record, lineage)
+        out["payload"] = table_to_ipc(row_table)
+        if fused is not None and cut is not None:
+            keys = ["episode_id", "fps", "num_frames", "timestamps_s", "content_hash"]
+            row = row_table.select(keys).to_pylist()[0]
+            out["events_payload"] = table_to_ipc(event_rows(row, cut, keyframes, fused.lineage))
         out["ok"] = True
         out["num_frames"] = int(record.actions_TA.shape[0])
         out["video_frames"] = sum(c.num_frames for c in record.probed)
@@ -219,10 +292,14 @@ def process_one(
 
 
 def _ingest_item(
-    item: dict[str, Any], source: EpisodeSource, tolerance: int, lineage: RowLineage
+    item: dict[str, Any],
+    source: EpisodeSource,
+    tolerance: int,
+    lineage: RowLineage,
+    fused: FusedSegment | None,
 ) -> dict[str, Any]:
     ref = EpisodeRef(**{**item, "files": tuple(item["files"])})
-    return process_one(source, ref, tolerance, lineage)
+    return process_one(source, ref, tolerance, lineage, fused)
 
 
 # --------------------------------------------------------------------------- driver
@@ -251,9 +328,10 @@ class _BatchWriter:
     def __init__(self, store: TableStore, summary: IngestSummary, batch: int) -> None:
         self.store, self.summary, self.batch = store, summary, batch
         self.pending: list[pa.Table] = []
+        self.pending_events: list[pa.Table] = []
         self.ok_keys: list[str] = []
 
-    def add(self, table: pa.Table) -> EpisodeError | None:
+    def add(self, table: pa.Table, events: pa.Table | None = None) -> EpisodeError | None:
         schema = self.store.schema(schemas.EPISODES) or (
             self.pending[0].schema if self.pending else table.schema
         )
@@ -261,6 +339,8 @@ class _BatchWriter:
             key = table.column("episode_key")[0].as_py()
             return EpisodeError(key, _dim_mismatch(table.schema, schema), "DimensionMismatch")
         self.pending.append(table)
+        if events is not None:
+            self.pending_events.append(events)
         if len(self.pending) >= self.batch:
             self.flush()
         return None
@@ -274,6 +354,18 @@ class _BatchWriter:
         result = self.store.upsert(schemas.EPISODES, rows, "episode_id", volatile=VOLATILE)
         self.summary.written += result.inserted + result.updated
         self.ok_keys.extend(rows.column("episode_key").to_pylist())
+        if self.pending_events:  # fused mode: the batch's events, replaced atomically per episode
+            events = pa.concat_tables(self.pending_events)
+            self.pending_events = []
+            ids = [str(i) for i in rows.column("episode_id").to_pylist()]
+            self.store.replace(
+                schemas.EVENTS,
+                events,
+                "event_id",
+                sql_in("episode_id", ids),
+                volatile=("segment_run_id",),
+            )
+            self.summary.events += events.num_rows
 
 
 def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
@@ -337,10 +429,22 @@ def run_ingest(
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
+    stage_cfg = cfg.segment_stage_config()
+    seg_run = StageRun("segment", stage_cfg.lineage_config()) if stage_cfg else None
+    fused = (
+        FusedSegment(
+            stage_cfg.segment,
+            stage_cfg.keyframe_side,
+            (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id),
+        )
+        if stage_cfg and seg_run
+        else None
+    )
+    events_before = store.version(schemas.EVENTS)
     outcomes = fan_out(
         [dataclasses.asdict(r) for r in todo],
         _ingest_item,
-        {"source": source, "tolerance": cfg.frame_tolerance, "lineage": lineage},
+        {"source": source, "tolerance": cfg.frame_tolerance, "lineage": lineage, "fused": fused},
         cfg.executor,
         cfg.ray_address,
     )
@@ -350,7 +454,8 @@ def run_ingest(
         if not out["ok"]:
             fail(EpisodeError(out["file"], out["message"], out["error_class"]), key, source.uri)
             continue
-        mismatch = writer.add(table_from_ipc(out["payload"]))
+        events = table_from_ipc(out["events_payload"]) if out["events_payload"] else None
+        mismatch = writer.add(table_from_ipc(out["payload"]), events)
         if mismatch is not None:
             fail(
                 EpisodeError(out["file"] or source.uri, mismatch.problem, mismatch.error_class),
@@ -363,6 +468,17 @@ def run_ingest(
         if on_outcome:
             on_outcome(EpisodeOutcome(key, True, int(out["num_frames"]), int(out["video_frames"])))
     writer.flush()
+    if seg_run is not None:
+        seg_run.record(
+            store,
+            schemas.EVENTS,
+            WriteResult(
+                schemas.EVENTS, summary.events, 0, 0, events_before, store.version(schemas.EVENTS)
+            ),
+            0,
+            f"fused with ingest {run.run_id}: "
+            f"episodes={len(writer.ok_keys)} events={summary.events}",
+        )
     return _finish(store, run, summary, failure_rows, writer.ok_keys, t0, source.uri)
 
 

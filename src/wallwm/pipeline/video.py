@@ -103,8 +103,12 @@ def _decode_window(
         ) from exc
 
 
-def probe_camera(spec: CameraSpec) -> CameraInfo:
+def probe_camera(spec: CameraSpec, grab: KeyframeGrabber | None = None) -> CameraInfo:
     """Decode a camera stream once to validate it and count its frames (no re-encoding).
+
+    Args:
+        spec: Where the stream is.
+        grab: Collects keyframes from this same decode pass (fused ingest + segment), if given.
 
     Raises:
         CorruptVideoError: Unreadable, truncated or empty stream.
@@ -112,7 +116,7 @@ def probe_camera(spec: CameraSpec) -> CameraInfo:
     """
     h5 = split_hdf5_uri(spec.uri)
     if h5 is not None:
-        return _probe_hdf5(spec, *h5)
+        return _probe_hdf5(spec, *h5, grab)
     container = _open_container(spec.uri)
     try:
         ctx = container.streams.video[0].codec_context
@@ -123,6 +127,8 @@ def probe_camera(spec: CameraSpec) -> CameraInfo:
             container, spec.uri, spec.from_timestamp_s, spec.to_timestamp_s, None
         )
         for _t, frame in window:
+            if grab is not None:
+                grab.offer_video(num_frames, frame)
             num_frames += 1
             width, height = frame.width, frame.height  # type: ignore[attr-defined]
     finally:
@@ -175,7 +181,9 @@ def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
         raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
 
 
-def _probe_hdf5(spec: CameraSpec, path: str, key: str) -> CameraInfo:
+def _probe_hdf5(
+    spec: CameraSpec, path: str, key: str, grab: KeyframeGrabber | None = None
+) -> CameraInfo:
     import h5py
 
     try:
@@ -192,6 +200,8 @@ def _probe_hdf5(spec: CameraSpec, path: str, key: str) -> CameraInfo:
         if frame.ndim != 3:
             raise CorruptVideoError(path, f"{key}: frames must be (H, W, C), got {frame.shape}")
         height, width = int(frame.shape[0]), int(frame.shape[1])
+        if grab is not None:
+            grab.offer_array(num_frames, frame)
         num_frames += 1
     if num_frames == 0:
         raise CorruptVideoError(path, f"{key}: zero frames", "EmptyVideo")
@@ -292,43 +302,64 @@ def shrink(frame: UInt8Array, max_side: int) -> UInt8Array:
     return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
+class KeyframeGrabber:
+    """Collects small JPEGs of chosen frames while a stream is being decoded anyway.
+
+    Only the wanted frames are converted; for video the decoder's scaler resizes and converts to
+    RGB in one step.
+    """
+
+    def __init__(self, indices: list[int], max_side: int = 128, quality: int = 80) -> None:
+        """Grab the frames at ``indices`` (frame numbers within the episode)."""
+        self.wanted = set(indices)
+        self.last = max(self.wanted, default=-1)
+        self.max_side = max_side
+        self.quality = quality
+        self.jpegs: dict[int, bytes] = {}
+
+    def _encode(self, index: int, rgb: UInt8Array) -> None:
+        import cv2
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), params)
+        if ok:
+            self.jpegs[index] = buf.tobytes()
+
+    def offer_video(self, index: int, frame: Any) -> None:
+        """A decoded ``av.VideoFrame`` at ``index``."""
+        if index in self.wanted:
+            scale = min(1.0, self.max_side / max(frame.width, frame.height, 1))
+            small = frame.reformat(
+                width=max(2, round(frame.width * scale)),
+                height=max(2, round(frame.height * scale)),
+                format="rgb24",
+            )
+            self._encode(index, small.to_ndarray())
+
+    def offer_array(self, index: int, rgb: UInt8Array) -> None:
+        """An RGB array at ``index``."""
+        if index in self.wanted:
+            self._encode(index, shrink(rgb, self.max_side))
+
+
 def keyframes_jpeg(
     info: CameraInfo, indices: list[int], max_side: int = 128, quality: int = 80
 ) -> dict[int, bytes]:
-    """JPEG bytes of the frames at ``indices``, downscaled to ``max_side``, in one decode pass.
+    """JPEG bytes of the frames at ``indices``, downscaled to ``max_side``.
 
-    Only the wanted frames are converted (the decoder's scaler resizes and converts to RGB in
-    one step); decoding stops after the last wanted frame.
+    One decode pass, stopping after the last wanted frame.
     """
-    import cv2
-
-    wanted = set(indices)
-    if not wanted:
-        return {}
-    last = max(wanted)
-    out: dict[int, bytes] = {}
-
-    def encode(i: int, rgb: UInt8Array) -> None:
-        ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if ok:
-            out[i] = buf.tobytes()
-
+    grab = KeyframeGrabber(indices, max_side, quality)
     h5 = split_hdf5_uri(info.uri)
     if h5 is not None:
-        for i, full in enumerate(iter_hdf5_frames(*h5)):
-            if i in wanted:
-                encode(i, shrink(full, max_side))
-            if i >= last:
+        for i, rgb in enumerate(iter_hdf5_frames(*h5)):
+            grab.offer_array(i, rgb)
+            if i >= grab.last:
                 break
-        return out
-    scale = min(1.0, max_side / max(info.width, info.height, 1))
-    width = max(2, round(info.width * scale))
-    height = max(2, round(info.height * scale))
+        return grab.jpegs
     window = iter_video_frames(info.uri, info.from_timestamp_s, info.to_timestamp_s, None)
     for i, (_t, frame) in enumerate(window):
-        if i in wanted:
-            small = frame.reformat(width=width, height=height, format="rgb24")  # type: ignore[attr-defined]
-            encode(i, small.to_ndarray())
-        if i >= last:
+        grab.offer_video(i, frame)
+        if i >= grab.last:
             break
-    return out
+    return grab.jpegs
