@@ -69,3 +69,13 @@ def test_schema_mismatch_names_the_table(store):
     store.upsert("t", rows(["a"], [1]), "id")
     with pytest.raises(StoreError, match="table 't'"):
         store.upsert("t", pa.table({"id": ["x"]}), "id")
+
+
+def test_update_columns_touches_only_given_columns(store):
+    store.upsert("t", rows(["a", "b"], [1, 2]), "id")
+    v = store.version("t")
+    r = store.update_columns("t", pa.table({"id": ["b", "zz"], "run": ["r9", "r9"]}), "id")
+    assert r.updated == 1 and store.version("t") == v + 1
+    got = {x["id"]: (x["value"], x["run"]) for x in store.read("t").to_pylist()}
+    assert got == {"a": (1, "r1"), "b": (2, "r9")}
+    assert not store.update_columns("t", pa.table({"id": ["b"], "run": ["r9"]}), "id").changed

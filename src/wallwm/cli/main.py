@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from wallwm.cli import caption as caption_cli
 from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
@@ -25,6 +26,7 @@ app.command("status")(pipeline_cli.status)
 app.command("failures")(pipeline_cli.failures)
 app.command("segment")(segment_cli.segment_cmd)
 app.command("run")(segment_cli.run_cmd)
+app.command("caption")(caption_cli.caption_cmd)
 app.add_typer(segment_cli.events_app, name="events")
 app.add_typer(segment_cli.episode_app, name="episode")
 app.add_typer(segment_cli.eval_app, name="eval")

@@ -121,12 +121,15 @@ def run_cmd(
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
     penalty: PenaltyOpt = 0.5,
+    caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Run the pipeline end to end on a source: ingest + segment in one decode pass.
+    """Run the pipeline end to end on a source: ingest + segment (one decode pass), caption.
 
-    Later stages join as they land. Episodes already ingested are re-segmented only if needed.
+    Later stages join as they land. Every stage skips work that is already up to date.
     """
     from wallwm.cli.pipeline import ingest_with_progress
     from wallwm.pipeline.ingest import IngestConfig
@@ -141,10 +144,15 @@ def run_cmd(
         ray_address=ray_address,
         segment=seg,
     )
-    code = ingest_with_progress(cfg)
+    from wallwm.cli.caption import backend_config, caption_with_progress
+
+    backend = backend_config(caption_backend, base_url, model, 16, 128)
+    code = ingest_with_progress(cfg) or _run_segment_with_progress(
+        dataset, seg, False, local, ray_address
+    )
     if code:
         raise typer.Exit(code)
-    raise typer.Exit(_run_segment_with_progress(dataset, seg, False, local, ray_address))
+    raise typer.Exit(caption_with_progress(dataset, backend))
 
 
 @events_app.command("list")

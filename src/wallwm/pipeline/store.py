@@ -87,6 +87,13 @@ class TableStore(Protocol):
         """Set columns (SQL expressions) on the rows matching ``where``."""
         ...
 
+    def update_columns(self, table: str, rows: pa.Table, key: str) -> WriteResult:
+        """Overwrite the columns present in ``rows`` on existing rows matched on ``key``.
+
+        Other columns (e.g. keyframe bytes) are left untouched; unknown keys are ignored.
+        """
+        ...
+
 
 def _align(rows: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
     """Reorder and cast ``rows`` to ``schema``; a clear error names what does not fit."""
@@ -260,6 +267,19 @@ class LanceStore:
             self.version(table),
         )
 
+    def update_columns(self, table: str, rows: pa.Table, key: str) -> WriteResult:
+        """Overwrite the columns present in ``rows`` on existing rows matched on ``key``."""
+        before = self.version(table)
+        if before is None or rows.num_rows == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        schema = self._open(table).schema
+        rows = _align(rows, pa.schema([schema.field(n) for n in rows.column_names]), table)
+        rows = _drop_unchanged(self, table, rows, key)
+        if rows.num_rows == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        stats = self._open(table).merge_insert(key).when_matched_update_all().execute(rows)
+        return WriteResult(table, 0, int(stats["num_updated_rows"]), 0, before, self.version(table))
+
     def update(self, table: str, where: str, values: dict[str, str]) -> WriteResult:
         """Set columns (SQL expressions) on the rows matching ``where``."""
         before = self.version(table)
@@ -356,6 +376,22 @@ class MemoryStore:
             before,
             self.version(table),
         )
+
+    def update_columns(self, table: str, rows: pa.Table, key: str) -> WriteResult:
+        """Overwrite the columns present in ``rows`` on existing rows matched on ``key``."""
+        before = self.version(table)
+        if before is None or rows.num_rows == 0:
+            return WriteResult(table, 0, 0, 0, before, before)
+        current = self._tables[table][-1]
+        rows = _align(rows, pa.schema([current.schema.field(n) for n in rows.column_names]), table)
+        rows = _drop_unchanged(self, table, rows, key)
+        by_key = {r[key]: r for r in rows.to_pylist()}
+        merged = [{**r, **by_key.get(r[key], {})} for r in current.to_pylist()]
+        updated = sum(r[key] in by_key for r in current.to_pylist())
+        if not updated:
+            return WriteResult(table, 0, 0, 0, before, before)
+        self._commit(table, pa.Table.from_pylist(merged, current.schema))
+        return WriteResult(table, 0, updated, 0, before, self.version(table))
 
     def update(self, table: str, where: str, values: dict[str, str]) -> WriteResult:
         """Set columns to SQL literals (``'text'``, ``true``/``false``, numbers)."""

@@ -1,0 +1,109 @@
+"""Turning model output into a validated :class:`EventCaption` (pure).
+
+Models wrap JSON in code fences, surround it with prose, or stop mid-object at ``max_tokens``.
+:func:`parse_caption` extracts the first JSON object, repairs a truncated tail when what is left
+is still a complete set of fields, and validates against the schema. It never guesses a
+caption: anything it cannot read raises :class:`CaptionParseError` naming the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from wallwm.captioner.schema import EventCaption
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S | re.I)
+
+
+class CaptionParseError(ValueError):
+    """Model output that is not a valid caption (the message says why)."""
+
+
+def _first_object(text: str) -> tuple[str, bool]:
+    """The first ``{...}`` in ``text`` (string-aware), and whether it was closed."""
+    start = text.find("{")
+    if start < 0:
+        raise CaptionParseError("no JSON object in the output")
+    depth, in_str, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1], True
+    return text[start:], False
+
+
+def _repair_truncated(fragment: str) -> str:
+    """Close a JSON object cut off mid-way, dropping a trailing incomplete member."""
+    # Drop everything after the last complete "key": value pair (a comma at depth 1).
+    depth, in_str, escaped, last_comma = 0, False, False, -1
+    for i, ch in enumerate(fragment):
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == "," and depth == 1:
+            last_comma = i
+    if last_comma < 0:
+        raise CaptionParseError("output was truncated before the first field was complete")
+    return fragment[:last_comma] + "}"
+
+
+def parse_caption(text: str) -> EventCaption:
+    """Extract and validate a caption from raw model output.
+
+    Raises:
+        CaptionParseError: No JSON object, unrepairable truncation, or schema violations.
+    """
+    if not text or not text.strip():
+        raise CaptionParseError("empty output")
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    fragment, closed = _first_object(body)
+    candidate = fragment if closed else _repair_truncated(fragment)
+    try:
+        data: Any = json.loads(candidate, strict=False)
+    except json.JSONDecodeError as exc:
+        raise CaptionParseError(f"invalid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(data, dict):
+        raise CaptionParseError("the JSON value is not an object")
+    try:
+        return EventCaption.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CaptionParseError(f"schema violations: {problems}") from exc
+
+
+def reask_message(error: CaptionParseError) -> str:
+    """The follow-up user turn after invalid output (one re-ask, then a recorded failure)."""
+    return (
+        f"Your answer could not be used ({error}). Reply again with only the JSON object with "
+        'the fields "caption", "verb", "object", "target" and "done_state".'
+    )

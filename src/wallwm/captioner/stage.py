@@ -1,0 +1,423 @@
+"""The caption stage: ``events`` (+ episodes) -> caption columns of ``events``.
+
+Events are captioned in *waves*: wave k holds the k-th event of every episode, so each prompt can
+quote the caption just produced for the previous event of the same episode while requests of
+different episodes run concurrently. Every request, response and written row is keyed by
+``event_id``; results are matched by id, never by position, so shuffled, concurrent or partially
+failing responses cannot land on the wrong event.
+
+Each caption row stores backend, model, prompt version and a cache key (hash of backend, model,
+sampling parameters, prompt version and the exact prompt content including image bytes). An event
+whose stored key equals its current key is skipped, so changing the prompt, the model or an
+earlier caption recaptions exactly the affected events. Invalid output gets one re-ask; after
+that the event gets a recorded failure, never a guessed caption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from wallwm.captioner.backends import (
+    BackendConfig,
+    CaptionBackend,
+    CaptionJob,
+    CaptionResult,
+    SignalsBackendConfig,
+    make_backend,
+)
+from wallwm.captioner.parsing import CaptionParseError, parse_caption, reask_message
+from wallwm.captioner.prompting import (
+    DEFAULT_PROMPT,
+    CaptionRequest,
+    EventFacts,
+    PromptTemplate,
+    build_request,
+    load_prompt,
+)
+from wallwm.captioner.schema import EventCaption
+from wallwm.pipeline import schemas
+from wallwm.pipeline.ids import stable_hash
+from wallwm.pipeline.lineage import StageRun, failure_row
+from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
+
+STAGE = "caption"
+#: The previous-caption text when the previous event has no caption (failed or not yet done).
+UNAVAILABLE = "(unavailable)"
+CAPTION_COLUMNS = [
+    "caption",
+    "verb",
+    "object",
+    "target",
+    "done_state",
+    "caption_backend",
+    "caption_model",
+    "caption_prompt_version",
+    "caption_cache_key",
+]
+
+
+class CaptionStageConfig(BaseModel):
+    """Options of one ``wallwm caption`` run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    backend: BackendConfig = Field(default_factory=SignalsBackendConfig)
+    prompt: str = DEFAULT_PROMPT
+    max_images: int = Field(3, ge=0, description="Keyframes per prompt (first camera).")
+    grid: bool = Field(False, description="Send all keyframes tiled into one image instead.")
+    limit: int | None = Field(None, ge=1, description="Caption at most this many events.")
+
+
+@dataclasses.dataclass
+class CaptionSummary:
+    """Closing numbers of a caption run."""
+
+    run_id: str
+    events: int = 0
+    cached: int = 0
+    captioned: int = 0
+    reasked: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    failures: list[EpisodeError] = dataclasses.field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        """Captioned events per wall-clock second."""
+        return self.captioned / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Prompt + completion tokens per wall-clock second."""
+        return (self.prompt_tokens + self.completion_tokens) / self.seconds if self.seconds else 0.0
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def cache_key(backend: CaptionBackend, template: PromptTemplate, request: CaptionRequest) -> str:
+    """Everything that determines a caption: backend, model, sampling, prompt and its content."""
+    h = hashlib.sha256()
+    for img in request.images:
+        h.update(hashlib.sha256(img).digest())
+    return stable_hash(
+        {
+            "backend": backend.kind,
+            "model": backend.model,
+            "sampling": backend.sampling(),
+            "prompt": template.version,
+            "system": request.system,
+            "user": request.user,
+            "images": h.hexdigest(),
+        },
+        length=24,
+    )
+
+
+def gripper_notes(gripper_T: np.ndarray | None, start: int, end: int) -> tuple[str, ...]:
+    """What the measured gripper opening does over an event: closes / opens / nothing.
+
+    ``gripper_T`` is the opening (larger = more open) per frame; a change of a fifth of its
+    range within the event counts.
+    """
+    if gripper_T is None or gripper_T.size == 0 or end <= start:
+        return ()
+    span = float(np.ptp(gripper_T))
+    if span < 1e-6:
+        return ()
+    change = float(gripper_T[min(end, len(gripper_T)) - 1] - gripper_T[start])
+    if change < -0.2 * span:
+        return ("gripper closes",)
+    if change > 0.2 * span:
+        return ("gripper opens",)
+    return ()
+
+
+def caption_row(
+    event_id: str,
+    caption: EventCaption,
+    backend: CaptionBackend,
+    template: PromptTemplate,
+    key: str,
+) -> dict[str, Any]:
+    """The caption columns of one event."""
+    return {
+        "event_id": event_id,
+        "caption": caption.caption,
+        "verb": caption.verb,
+        "object": caption.object,
+        "target": caption.target,
+        "done_state": caption.done_state,
+        "caption_backend": backend.kind,
+        "caption_model": backend.model,
+        "caption_prompt_version": template.version,
+        "caption_cache_key": key,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass
+class _Episode:
+    episode_id: str
+    episode_key: str
+    source_uri: str
+    instruction: str
+    gripper_T: np.ndarray | None
+    events: list[dict[str, Any]]
+
+
+def _load(store: TableStore) -> list[_Episode]:
+    if not store.exists(schemas.EVENTS):
+        return []
+    events = store.read(
+        schemas.EVENTS,
+        columns=[
+            "event_id",
+            "episode_id",
+            "event_index",
+            "num_events",
+            "start_frame",
+            "end_frame",
+            "duration_s",
+            "cues",
+            "keyframes",
+            *CAPTION_COLUMNS,
+        ],
+    ).to_pylist()
+    by_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        by_episode[e["episode_id"]].append(e)
+    episodes = store.read(
+        schemas.EPISODES,
+        columns=["episode_id", "episode_key", "source_uri", "instruction", "gripper"],
+    ).to_pylist()
+    out = []
+    for ep in episodes:
+        if ep["episode_id"] not in by_episode:
+            continue
+        g = ep["gripper"]
+        gripper = np.asarray([row[0] for row in g], dtype=np.float64) if g and g[0] else None
+        out.append(
+            _Episode(
+                ep["episode_id"],
+                ep["episode_key"],
+                ep["source_uri"],
+                ep["instruction"],
+                gripper,
+                sorted(by_episode[ep["episode_id"]], key=lambda e: e["event_index"]),
+            )
+        )
+    return out
+
+
+def _facts(ep: _Episode, event: dict[str, Any], previous: str | None) -> EventFacts:
+    keyframes = tuple(
+        (k["camera"], k["position"], k["jpeg"])
+        for k in sorted(event["keyframes"], key=lambda k: (k["camera"], k["frame_index"]))
+    )
+    return EventFacts(
+        event_id=event["event_id"],
+        instruction=ep.instruction,
+        index=event["event_index"],
+        count=event["num_events"],
+        start_frame=event["start_frame"],
+        end_frame=event["end_frame"],
+        duration_s=event["duration_s"],
+        cues=tuple(event["cues"]),
+        previous_caption=previous,
+        signal_notes=gripper_notes(ep.gripper_T, event["start_frame"], event["end_frame"]),
+        keyframes=keyframes,
+    )
+
+
+class _Wave:
+    """One wave's jobs and bookkeeping."""
+
+    def __init__(self) -> None:
+        self.jobs: list[CaptionJob] = []
+        self.keys: dict[str, str] = {}
+        self.episode_of: dict[str, _Episode] = {}
+
+
+def run_caption(
+    cfg: CaptionStageConfig,
+    store: TableStore | None = None,
+    backend: CaptionBackend | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[CaptionResult], None] | None = None,
+) -> CaptionSummary:
+    """Caption every event whose cache key changed, wave by wave, and write the captions.
+
+    Args:
+        cfg: Options.
+        store: Table store (Lance under ``cfg.dataset`` by default).
+        backend: Backend instance (built from ``cfg.backend`` by default; tests pass doubles).
+        on_start: Called with the number of events in the dataset.
+        on_result: Called for every backend answer (progress).
+    """
+    store = store or LanceStore(cfg.dataset)
+    backend = backend or make_backend(cfg.backend)
+    template = load_prompt(cfg.prompt)
+    run = StageRun(
+        STAGE,
+        {
+            "backend": backend.kind,
+            "model": backend.model,
+            "sampling": backend.sampling(),
+            "prompt": template.version,
+            "max_images": cfg.max_images,
+            "grid": cfg.grid,
+        },
+    )
+    summary = CaptionSummary(run.run_id)
+    t0 = time.perf_counter()
+    before = store.version(schemas.EVENTS)
+    episodes = _load(store)
+    summary.events = sum(len(ep.events) for ep in episodes)
+    if on_start:
+        on_start(summary.events)
+    # The caption each event has now (stored, or produced in this run).
+    current = {e["event_id"]: e["caption"] for ep in episodes for e in ep.events}
+    failures: list[dict[str, Any]] = []
+    budget = cfg.limit
+    for k in range(max((len(ep.events) for ep in episodes), default=0)):
+        wave = _Wave()
+        for ep in episodes:
+            if k >= len(ep.events):
+                continue
+            event = ep.events[k]
+            previous = (
+                None if k == 0 else (current.get(ep.events[k - 1]["event_id"]) or UNAVAILABLE)
+            )
+            facts = _facts(ep, event, previous)
+            request = build_request(facts, template, cfg.max_images, cfg.grid)
+            key = cache_key(backend, template, request)
+            if event["caption_cache_key"] == key and event["caption"]:
+                summary.cached += 1
+                continue
+            if budget is not None and len(wave.jobs) >= budget:
+                current[event["event_id"]] = None  # not captioned this run
+                continue
+            wave.jobs.append(CaptionJob(facts, request))
+            wave.keys[event["event_id"]] = key
+            wave.episode_of[event["event_id"]] = ep
+        if budget is not None:
+            budget -= len(wave.jobs)
+        if wave.jobs:
+            rows = _run_wave(wave, backend, template, summary, failures, on_result, run.run_id)
+            for row in rows:
+                current[row["event_id"]] = row["caption"]
+            if rows:
+                store.update_columns(
+                    schemas.EVENTS, pa.Table.from_pylist(rows, _caption_schema()), "event_id"
+                )
+    if failures:
+        store.upsert(
+            schemas.FAILURES,
+            pa.Table.from_pylist(failures, schemas.failures_schema()),
+            "failure_id",
+            volatile=("run_id", "failed_at"),
+        )
+    summary.seconds = time.perf_counter() - t0
+    run.record(
+        store,
+        schemas.EVENTS,
+        WriteResult(schemas.EVENTS, 0, summary.captioned, 0, before, store.version(schemas.EVENTS)),
+        summary.failed,
+        f"events={summary.events} cached={summary.cached} captioned={summary.captioned} "
+        f"reasked={summary.reasked} failed={summary.failed}",
+    )
+    return summary
+
+
+def _caption_schema() -> pa.Schema:
+    full = schemas.events_schema()
+    return pa.schema([full.field("event_id"), *(full.field(c) for c in CAPTION_COLUMNS)])
+
+
+def _run_wave(
+    wave: _Wave,
+    backend: CaptionBackend,
+    template: PromptTemplate,
+    summary: CaptionSummary,
+    failures: list[dict[str, Any]],
+    on_result: Callable[[CaptionResult], None] | None,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """Generate, parse, re-ask once, and return caption rows (failures recorded)."""
+    by_id = {job.request.event_id: job for job in wave.jobs}
+    results = backend.generate(wave.jobs, on_result)
+    rows: list[dict[str, Any]] = []
+    retry: list[CaptionJob] = []
+    errors: dict[str, tuple[str, str]] = {}
+    for result in _count_tokens(results, summary):
+        job = by_id.get(result.event_id)
+        if job is None:  # a backend answered something nobody asked: never attach it anywhere
+            continue
+        if result.error:
+            errors[result.event_id] = ("BackendError", result.error)
+            continue
+        try:
+            rows.append(
+                caption_row(
+                    result.event_id,
+                    parse_caption(result.text),
+                    backend,
+                    template,
+                    wave.keys[result.event_id],
+                )
+            )
+        except CaptionParseError as exc:
+            followup = dataclasses.replace(
+                job.request, history=(("assistant", result.text), ("user", reask_message(exc)))
+            )
+            retry.append(CaptionJob(job.facts, followup))
+            errors[result.event_id] = ("CaptionInvalid", str(exc))
+    if retry:
+        summary.reasked += len(retry)
+        for result in _count_tokens(backend.generate(retry, on_result), summary):
+            if result.event_id not in errors or result.error:
+                continue
+            try:
+                caption = parse_caption(result.text)
+            except CaptionParseError as exc:
+                errors[result.event_id] = ("CaptionInvalid", f"after one re-ask: {exc}")
+                continue
+            rows.append(
+                caption_row(result.event_id, caption, backend, template, wave.keys[result.event_id])
+            )
+            errors.pop(result.event_id)
+    answered = {r["event_id"] for r in rows}
+    for event_id in by_id:
+        if event_id not in answered and event_id not in errors:
+            errors[event_id] = ("BackendError", "the backend returned no answer for this event")
+    for event_id, (error_class, message) in errors.items():
+        ep = wave.episode_of[event_id]
+        summary.failed += 1
+        err = EpisodeError(f"event {event_id}", message, error_class)
+        summary.failures.append(err)
+        failures.append(failure_row(err, ep.source_uri, STAGE, ep.episode_key, run_id))
+    summary.captioned += len(rows)
+    return rows
+
+
+def _count_tokens(results: list[CaptionResult], summary: CaptionSummary) -> list[CaptionResult]:
+    for r in results:
+        summary.prompt_tokens += r.prompt_tokens
+        summary.completion_tokens += r.completion_tokens
+    return results

@@ -1,0 +1,101 @@
+"""Build a tiny random-weight Qwen2-VL model directory for the real-vLLM tests.
+
+Runs inside the vLLM virtual environment (``.venv-vllm``): ``python build_tiny_qwen2vl.py OUT``.
+No model hub is reachable, so the byte-level BPE tokenizer is trained here on a small corpus
+(with Qwen's special tokens and chat template) and the weights are random but seeded, so the
+directory is identical on every build. vLLM's CPU attention needs head size 64 (text) and 32
+(vision); a small ``max_pixels`` keeps one image at <= 16 image tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    '{"caption": "grasp the red puck", "verb": "grasp", "object": "red puck", "target": null, '
+    '"done_state": "the puck is held"}',
+    "move the puck to the goal, open the drawer, press the button, reach the goal position",
+    "You caption short clips of a robot manipulation episode. Task instruction: event of lasting",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;!?'\"()[]{}-_/\\ \n",
+]
+
+
+def build(out: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL[1:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
+    vocab = len(tokenizer)
+
+    torch.manual_seed(0)
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": vocab, "hidden_size": 128, "intermediate_size": 256,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "max_position_embeddings": 2048, "rope_theta": 10000.0,
+            "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [8, 12, 12]},
+            "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"],
+            "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vocab_size=vocab, hidden_size=128, tie_word_embeddings=True,
+        eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112,
+                                            patch_size=14, merge_size=2, temporal_patch_size=2)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112,
+                                            patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    gen = {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+           "bos_token_id": ids["<|endoftext|>"]}
+    (out / "generation_config.json").write_text(json.dumps(gen))
+
+
+if __name__ == "__main__":
+    build(Path(sys.argv[1]))
+    print("built", sys.argv[1])
