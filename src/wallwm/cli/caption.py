@@ -111,7 +111,8 @@ def caption_with_progress(
     console.print(
         f"[bold]caption[/] ({backend.kind}): {summary.captioned} captioned, "
         f"{summary.cached} cached, {summary.reasked} re-asked, [red]{summary.failed} failed[/] "
-        f"of {summary.events} events in {summary.seconds:.1f} s = {summary.events_per_s:.1f} events/s, "
+        f"of {summary.events} events in {summary.seconds:.1f} s = "
+        f"{summary.events_per_s:.1f} events/s, "
         f"{summary.tokens_per_s:,.0f} tokens/s",
         soft_wrap=True,
     )
