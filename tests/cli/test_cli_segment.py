@@ -61,3 +61,21 @@ def test_run_events_episode_eval(folder_source, tmp_path):
 def test_segment_rejects_bad_options(tmp_path):
     bad = invoke("segment", "--dataset", tmp_path, "--method", "shots")
     assert bad.exit_code == 2 and "method" in bad.output
+
+
+def test_caption_command_and_run_include_captions(folder_source, tmp_path):
+    src, ds = folder_source(3, cameras=("top",)), tmp_path / "ds"
+    result = invoke("run", src, "--dataset", ds)
+    assert result.exit_code == 0, result.output
+    assert "caption (signals)" in result.output and "0 failed" in result.output
+    events = json.loads(invoke("events", "list", "--dataset", ds, "--json").output)
+    assert events and all(e["caption"] and e["caption_backend"] == "signals" for e in events)
+    again = invoke("caption", "--dataset", ds)
+    assert again.exit_code == 0 and "0 captioned" in again.output and "cached" in again.output
+    bad = invoke("caption", "--dataset", ds, "--backend", "opnai")
+    assert bad.exit_code == 2 and "did you mean 'openai'" in bad.output
+    missing = invoke("caption", "--dataset", ds, "--backend", "openai")
+    assert missing.exit_code == 2 and "--model is required" in missing.output
+    status = json.loads(invoke("status", "--dataset", ds, "--json").output)
+    cap = next(s for s in status["stages"] if s["stage"] == "caption")
+    assert cap["done"] == cap["total"] == len(events)

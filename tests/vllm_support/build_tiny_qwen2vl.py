@@ -13,8 +13,16 @@ import json
 import sys
 from pathlib import Path
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-           "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -50,11 +58,14 @@ def build(out: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS * 20, trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL[1:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -64,35 +75,71 @@ def build(out: Path) -> None:
     torch.manual_seed(0)
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": vocab, "hidden_size": 128, "intermediate_size": 256,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "max_position_embeddings": 2048, "rope_theta": 10000.0,
+            "vocab_size": vocab,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 2048,
+            "rope_theta": 10000.0,
             "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [8, 12, 12]},
-            "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"],
-            "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": True,
+            "eos_token_id": ids["<|im_end|>"],
+            "bos_token_id": ids["<|endoftext|>"],
+            "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 1, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+            "depth": 1,
+            "embed_dim": 64,
+            "hidden_size": 128,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
         },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        vocab_size=vocab, hidden_size=128, tie_word_embeddings=True,
-        eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|endoftext|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vocab_size=vocab,
+        hidden_size=128,
+        tie_word_embeddings=True,
+        eos_token_id=ids["<|im_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
     model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112,
-                                            patch_size=14, merge_size=2, temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=112 * 112,
-                                            patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=28 * 28 * 4,
+        max_pixels=112 * 112,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        min_pixels=28 * 28 * 4,
+        max_pixels=112 * 112,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    gen = {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-           "bos_token_id": ids["<|endoftext|>"]}
+    gen = {
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+    }
     (out / "generation_config.json").write_text(json.dumps(gen))
 
 

@@ -85,7 +85,7 @@ class OpenAIBackendConfig(BaseModel):
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = Field(..., description="Model name as the server knows it.")
     api_key: str = "EMPTY"
-    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    concurrency: int = Field(64, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
     max_tokens: int = Field(128, ge=8)

@@ -74,6 +74,21 @@ def _repair_truncated(fragment: str) -> str:
     return fragment[:last_comma] + "}"
 
 
+def _load(candidate: str) -> Any:
+    try:
+        return json.loads(candidate, strict=False)
+    except json.JSONDecodeError as exc:
+        raise CaptionParseError(f"invalid JSON: {exc.msg} at position {exc.pos}") from exc
+
+
+def _load_truncated(fragment: str) -> Any:
+    """A cut-off object: close it if its last value is complete, else drop that member."""
+    try:
+        return json.loads(fragment.rstrip().rstrip(",") + "}", strict=False)
+    except json.JSONDecodeError:
+        return _load(_repair_truncated(fragment))
+
+
 def parse_caption(text: str) -> EventCaption:
     """Extract and validate a caption from raw model output.
 
@@ -85,11 +100,7 @@ def parse_caption(text: str) -> EventCaption:
     fenced = _FENCE.search(text)
     body = fenced.group(1) if fenced else text
     fragment, closed = _first_object(body)
-    candidate = fragment if closed else _repair_truncated(fragment)
-    try:
-        data: Any = json.loads(candidate, strict=False)
-    except json.JSONDecodeError as exc:
-        raise CaptionParseError(f"invalid JSON: {exc.msg} at position {exc.pos}") from exc
+    data = _load(fragment) if closed else _load_truncated(fragment)
     if not isinstance(data, dict):
         raise CaptionParseError("the JSON value is not an object")
     try:

@@ -391,7 +391,10 @@ def _run_wave(
     if retry:
         summary.reasked += len(retry)
         for result in _count_tokens(backend.generate(retry, on_result), summary):
-            if result.event_id not in errors or result.error:
+            if result.event_id not in errors:
+                continue
+            if result.error:
+                errors[result.event_id] = ("BackendError", f"re-ask failed: {result.error}")
                 continue
             try:
                 caption = parse_caption(result.text)

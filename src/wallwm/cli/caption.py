@@ -125,7 +125,7 @@ def caption_cmd(
     base_url: BaseUrlOpt = None,
     model: ModelOpt = None,
     limit: Annotated[int | None, typer.Option(help="Caption at most N events.")] = None,
-    concurrency: ConcurrencyOpt = 16,
+    concurrency: ConcurrencyOpt = 64,
     max_tokens: MaxTokensOpt = 128,
     prompt: Annotated[
         str, typer.Option(help="Prompt template (captioner/prompts/*.txt).")

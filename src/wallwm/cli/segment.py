@@ -146,7 +146,7 @@ def run_cmd(
     )
     from wallwm.cli.caption import backend_config, caption_with_progress
 
-    backend = backend_config(caption_backend, base_url, model, 16, 128)
+    backend = backend_config(caption_backend, base_url, model, 64, 128)
     code = ingest_with_progress(cfg) or _run_segment_with_progress(
         dataset, seg, False, local, ray_address
     )
