@@ -106,6 +106,11 @@ class VllmBackendConfig(BaseModel):
     max_tokens: int = 128
     temperature: float = 0.0
     batch_size: int = Field(64, ge=1, description="Requests per generate call on an actor.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra vllm.LLM arguments, e.g. tensor_parallel_size, or enforce_eager and "
+        "kv_cache_memory_bytes for the CPU build.",
+    )
 
 
 BackendConfig = Annotated[
@@ -358,6 +363,7 @@ class VllmEngineActor:
             max_model_len=cfg.max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
+            **cfg.engine_kwargs,
         )
 
     def _sampling_params(self) -> Any:
