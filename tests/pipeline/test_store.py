@@ -67,8 +67,16 @@ def test_update_where(store):
 
 def test_schema_mismatch_names_the_table(store):
     store.upsert("t", rows(["a"], [1]), "id")
+    bad = pa.table({"id": ["x"], "value": ["not a number"], "run": ["r"], "scope": ["a"]})
     with pytest.raises(StoreError, match="table 't'"):
-        store.upsert("t", pa.table({"id": ["x"]}), "id")
+        store.upsert("t", bad, "id")
+
+
+def test_missing_nullable_columns_become_null(store):
+    store.upsert("t", rows(["a"], [1]), "id")
+    store.upsert("t", pa.table({"id": ["b"], "value": pa.array([2], pa.int64())}), "id")
+    got = {r["id"]: r for r in store.read("t").to_pylist()}
+    assert got["b"]["run"] is None and got["a"]["run"] == "r1"
 
 
 def test_update_columns_touches_only_given_columns(store):

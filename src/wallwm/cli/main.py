@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from wallwm.cli import caption as caption_cli
+from wallwm.cli import clustering as clustering_cli
 from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
@@ -27,6 +28,10 @@ app.command("failures")(pipeline_cli.failures)
 app.command("segment")(segment_cli.segment_cmd)
 app.command("run")(segment_cli.run_cmd)
 app.command("caption")(caption_cli.caption_cmd)
+app.command("embed")(clustering_cli.embed_cmd)
+app.command("cluster")(clustering_cli.cluster_cmd)
+app.add_typer(clustering_cli.clusters_app, name="clusters")
+segment_cli.events_app.command("similar")(clustering_cli.events_similar)
 app.add_typer(segment_cli.events_app, name="events")
 app.add_typer(segment_cli.episode_app, name="episode")
 app.add_typer(segment_cli.eval_app, name="eval")

@@ -20,6 +20,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # loopback-only Ray started for one job does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray's C++ core logs a scary-looking but harmless line for every Ray Data actor pool
+    # ("constructor arguments in the object store"); Python-level errors still raise. Set
+    # RAY_BACKEND_LOG_LEVEL yourself to see Ray's internal logs.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict[str, object] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,

@@ -24,7 +24,8 @@ EPISODES: Final = "episodes"
 EVENTS: Final = "events"
 FAILURES: Final = "failures"
 RUNS: Final = "runs"
-TABLES: Final = (EPISODES, EVENTS, FAILURES, RUNS)
+CLUSTERS: Final = "clusters"
+TABLES: Final = (EPISODES, EVENTS, CLUSTERS, FAILURES, RUNS)
 
 #: Used for a dataset whose first episodes carry no proprio state (Lance rejects size-0 vectors);
 #: ``state_dim`` in each row is the truth (0 means "no state").
@@ -162,6 +163,30 @@ def events_schema() -> pa.Schema:
 def embedding_field(name: str, dim: int) -> pa.Field:
     """A fixed-size float32 vector column (Lance builds vector indexes on these)."""
     return pa.field(name, pa.list_(pa.float32(), dim), nullable=True)
+
+
+def clusters_schema(dim: int) -> pa.Schema:
+    """Schema of the ``clusters`` table (hierarchical k-means over event embeddings).
+
+    Level 1 is the finest (events belong to level-1 clusters); each level-``l`` cluster has a
+    parent at level ``l + 1``. ``weight`` and ``excluded`` are the curated fields.
+    """
+    return pa.schema(
+        [
+            pa.field("cluster_id", pa.string(), nullable=False),
+            pa.field("level", pa.int32(), nullable=False),
+            pa.field("parent_id", pa.string(), nullable=True),
+            pa.field("centroid", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("representatives", pa.list_(pa.string()), nullable=False),
+            pa.field("duplicates", pa.int64(), nullable=False),
+            pa.field("weight", pa.float64(), nullable=False),
+            pa.field("excluded", pa.bool_(), nullable=False),
+            pa.field("notes", pa.string(), nullable=False),
+            pa.field("cluster_run_id", pa.string(), nullable=False),
+        ]
+    )
 
 
 def failures_schema() -> pa.Schema:

@@ -94,12 +94,23 @@ class TableStore(Protocol):
         """
         ...
 
+    def ensure_columns(self, table: str, fields: list[pa.Field]) -> None:
+        """Add the ``fields`` a table lacks, all null (schema evolution; no data rewrite)."""
+        ...
+
 
 def _align(rows: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
-    """Reorder and cast ``rows`` to ``schema``; a clear error names what does not fit."""
-    missing = [f.name for f in schema if f.name not in rows.column_names]
+    """Reorder and cast ``rows`` to ``schema``; a clear error names what does not fit.
+
+    Nullable columns the rows lack (added to the table by a later stage, e.g. embeddings) are
+    filled with nulls: a rewritten row carries no stale value from an older version of it.
+    """
+    missing = [f.name for f in schema if f.name not in rows.column_names and not f.nullable]
     if missing:
         raise StoreError(f"table {table!r}: rows lack columns {missing}")
+    for f in schema:
+        if f.name not in rows.column_names:
+            rows = rows.append_column(f, pa.nulls(rows.num_rows, f.type))
     try:
         return rows.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
@@ -267,6 +278,15 @@ class LanceStore:
             self.version(table),
         )
 
+    def ensure_columns(self, table: str, fields: list[pa.Field]) -> None:
+        """Add the ``fields`` a table lacks, all null (schema evolution; no data rewrite)."""
+        schema = self.schema(table)
+        if schema is None:
+            raise StoreError(f"table {table!r} does not exist")
+        missing = [f for f in fields if f.name not in schema.names]
+        if missing:
+            self._open(table).add_columns(missing)
+
     def update_columns(self, table: str, rows: pa.Table, key: str) -> WriteResult:
         """Overwrite the columns present in ``rows`` on existing rows matched on ``key``."""
         before = self.version(table)
@@ -376,6 +396,16 @@ class MemoryStore:
             before,
             self.version(table),
         )
+
+    def ensure_columns(self, table: str, fields: list[pa.Field]) -> None:
+        """Add the ``fields`` a table lacks, all null."""
+        if table not in self._tables:
+            raise StoreError(f"table {table!r} does not exist")
+        current = self._tables[table][-1]
+        for f in fields:
+            if f.name not in current.schema.names:
+                current = current.append_column(f, pa.nulls(current.num_rows, f.type))
+        self._commit(table, current)
 
     def update_columns(self, table: str, rows: pa.Table, key: str) -> WriteResult:
         """Overwrite the columns present in ``rows`` on existing rows matched on ``key``."""

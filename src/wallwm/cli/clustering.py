@@ -1,0 +1,281 @@
+"""Clustering commands: ``embed``, ``cluster``, ``clusters ...``, ``events similar``, ``report``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from wallwm.cli.common import DatasetOpt, JsonOpt, console, err_console, print_json
+
+clusters_app = typer.Typer(no_args_is_help=True, help="Inspect and curate clusters.")
+MessageOpt = Annotated[str, typer.Option("--message", "-m", help="Why (kept in lineage).")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err_console.print(f"[red]{exc}[/]")
+    return typer.Exit(1)
+
+
+def embed_cmd(
+    dataset: DatasetOpt,
+    text_model: Annotated[str | None, typer.Option(help="Local sentence-transformers dir.")] = None,
+    visual_weights: Annotated[str | None, typer.Option(help="TorchScript image encoder.")] = None,
+    text_weight: Annotated[float, typer.Option(help="Weight of the caption embedding.")] = 1.0,
+    traj_weight: Annotated[float, typer.Option(help="Weight of the trajectory features.")] = 0.5,
+    visual_weight: Annotated[float, typer.Option(help="Weight of the visual embedding.")] = 0.5,
+) -> None:
+    """Embed every event (caption text, trajectory, optional visual) and index the result."""
+    from wallwm.clustering.embed import EmbedConfig
+    from wallwm.clustering.stage import run_embed
+
+    cfg = EmbedConfig(
+        text_model=text_model,
+        visual_weights=visual_weights,
+        weights={"text": text_weight, "traj": traj_weight, "visual": visual_weight},
+    )
+    try:
+        with console.status("embedding events"):
+            s = run_embed(dataset, cfg)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"[bold]embed[/]: {s.embedded} events, dims {s.dims}, {s.seconds:.1f} s "
+        f"({s.captions_per_s:.0f} captions/s)",
+        soft_wrap=True,
+    )
+
+
+def cluster_cmd(
+    dataset: DatasetOpt,
+    levels: Annotated[int, typer.Option(help="Levels of the hierarchy.")] = 2,
+    k: Annotated[str, typer.Option(help="Clusters per level, finest first, e.g. 64,8.")] = "64,8",
+    assign_only: Annotated[bool, typer.Option(help="Place events in existing clusters.")] = False,
+    strategy: Annotated[str, typer.Option(help="uniform | power")] = "uniform",
+    alpha: Annotated[float, typer.Option(help="Exponent of --strategy power.")] = 0.5,
+    dedup_threshold: Annotated[float, typer.Option(help="Cosine similarity of duplicates.")] = 0.98,
+) -> None:
+    """Hierarchical k-means over event embeddings, dedup, and cluster-balanced weights."""
+    from pydantic import ValidationError
+
+    from wallwm.clustering.stage import ClusterConfig, run_cluster
+
+    try:
+        ks = [int(v) for v in k.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--k must be integers like 64,8, got {k!r}") from exc
+    if len(ks) != levels:
+        raise typer.BadParameter(f"--k gives {len(ks)} levels but --levels is {levels}")
+    try:
+        cfg = ClusterConfig(
+            ks=ks,
+            assign_only=assign_only,
+            strategy=strategy,  # type: ignore[arg-type]
+            alpha=alpha,
+            dedup_threshold=dedup_threshold,
+        )
+        with console.status("clustering"):
+            s = run_cluster(dataset, cfg)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    mode = "assigned to existing clusters" if assign_only else "clustered"
+    console.print(
+        f"[bold]cluster[/]: {s.events} events {mode}; clusters per level {s.clusters}; "
+        f"{s.duplicates} near-duplicates; {s.seconds:.1f} s",
+        soft_wrap=True,
+    )
+    if s.drift:
+        console.print(
+            f"drift of the {int(s.drift['new_events'])} new events: mean distance "
+            f"{s.drift['mean_distance_ratio']:.2f}x the clustered events', "
+            f"{s.drift['fraction_beyond_p95']:.0%} beyond their 95th percentile"
+        )
+    if s.replaced_curated:
+        console.print(
+            f"[yellow]note[/]: a full re-cluster replaced {s.replaced_curated} curated "
+            "clusters (use --assign-only to keep curation)"
+        )
+
+
+def _store(dataset: str) -> Any:
+    from wallwm.pipeline.store import LanceStore
+
+    return LanceStore(dataset)
+
+
+@clusters_app.command("list")
+def clusters_list(
+    dataset: DatasetOpt,
+    level: Annotated[int | None, typer.Option(help="Only this level (1 = finest).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Clusters with sizes, duplicates, labels and curated weights."""
+    from rich.table import Table
+
+    from wallwm.clustering.curation import CurationError, list_clusters
+
+    try:
+        rows = list_clusters(_store(dataset), level)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} clusters")
+    for col in ("cluster", "level", "parent", "size", "dups", "label", "weight", "excluded"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["cluster_id"],
+            str(r["level"]),
+            r["parent_id"] or "",
+            str(r["size"]),
+            str(r["duplicates"]),
+            r["label"],
+            f"{r['weight']:g}",
+            "yes" if r["excluded"] else "",
+        )
+    console.print(table)
+
+
+@clusters_app.command("show")
+def clusters_show(cluster_id: str, dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
+    """One cluster: children, representatives and example captions."""
+    from wallwm.clustering.curation import CurationError, show_cluster
+
+    try:
+        info = show_cluster(_store(dataset), cluster_id)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print_json(info)
+        return
+    console.print(
+        f"[bold]{info['cluster_id']}[/] level {info['level']} '{info['label']}': "
+        f"{info['size']} events, {info['duplicates']} duplicates, weight {info['weight']:g}"
+        f"{' (excluded)' if info['excluded'] else ''}"
+    )
+    for e in info.get("examples", []):
+        console.print(
+            f"  {e['event_id'][:8]} {e['caption'] or '(no caption)'}"
+            f"{'  [duplicate]' if e['is_duplicate'] else ''}"
+        )
+    if info["children"]:
+        console.print(f"  children: {', '.join(info['children'])}")
+
+
+@clusters_app.command("set-weight")
+def clusters_set_weight(
+    cluster_id: str, weight: float, dataset: DatasetOpt, message: MessageOpt = ""
+) -> None:
+    """Multiply a cluster's sampling mass by WEIGHT (0 drops it); events are reweighted."""
+    from wallwm.clustering.curation import CurationError, set_weight
+
+    try:
+        r = set_weight(_store(dataset), cluster_id, weight, message)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{cluster_id}: weight {weight:g} (clusters version {r.version_after})")
+
+
+@clusters_app.command("exclude")
+def clusters_exclude(
+    cluster_id: str,
+    dataset: DatasetOpt,
+    message: MessageOpt = "",
+    undo: Annotated[bool, typer.Option(help="Include it again.")] = False,
+) -> None:
+    """Exclude a cluster from sampling (or --undo)."""
+    from wallwm.clustering.curation import CurationError, exclude
+
+    try:
+        r = exclude(_store(dataset), cluster_id, message, excluded=not undo)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{cluster_id}: {'included' if undo else 'excluded'} (clusters version {r.version_after})"
+    )
+
+
+@clusters_app.command("export")
+def clusters_export(file: str, dataset: DatasetOpt) -> None:
+    """Write the curation state as JSON (edit it, then `clusters import`)."""
+    from wallwm.clustering.curation import CurationError, export_clusters
+
+    try:
+        n = export_clusters(_store(dataset), file)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote {n} clusters to {file}")
+
+
+@clusters_app.command("import")
+def clusters_import(file: str, dataset: DatasetOpt, message: MessageOpt = "") -> None:
+    """Apply weights, exclusions and notes from an exported JSON file."""
+    from wallwm.clustering.curation import CurationError, import_clusters
+
+    try:
+        n = import_clusters(_store(dataset), file, message)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(f"applied {n} clusters from {file}")
+
+
+@clusters_app.command("tag")
+def clusters_tag(name: str, dataset: DatasetOpt) -> None:
+    """Freeze the curated snapshot (episodes, events, clusters) under NAME for training."""
+    from wallwm.clustering.curation import CurationError, tag_snapshot
+
+    try:
+        versions = tag_snapshot(_store(dataset), name)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(f"tagged {name}: " + ", ".join(f"{t} v{v}" for t, v in versions.items()))
+
+
+@clusters_app.command("diff")
+def clusters_diff(a: str, b: str, dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
+    """What changed between two tags (or version numbers) of the clusters."""
+    from wallwm.clustering.curation import CurationError, diff_clusters
+
+    try:
+        d = diff_clusters(_store(dataset), a, b)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print_json(d)
+        return
+    console.print(
+        f"{a} -> {b}: {len(d['added'])} added, {len(d['removed'])} removed, "
+        f"{len(d['changed'])} changed"
+    )
+    for c in d["changed"]:
+        fields = ", ".join(
+            f"{k} {v['from']} -> {v['to']}" for k, v in c.items() if k != "cluster_id"
+        )
+        console.print(f"  {c['cluster_id']}: {fields}")
+
+
+def events_similar(
+    event_id: str,
+    dataset: DatasetOpt,
+    k: Annotated[int, typer.Option("-k", help="Neighbours.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Events nearest to EVENT_ID (cosine distance of the combined embedding)."""
+    from wallwm.clustering.stage import similar_events
+
+    try:
+        rows = similar_events(_store(dataset), event_id, k)
+    except KeyError as exc:
+        raise _fail(Exception(exc.args[0])) from exc
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        console.print(
+            f"{r['distance']:.3f}  {r['event_id'][:8]}  {r['cluster_id'] or '-'}  "
+            f"{r['caption'] or '(no caption)'}"
+        )

@@ -1,0 +1,165 @@
+"""Embed, cluster, curate on real Ray and Lance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.captioner.stage import CaptionStageConfig, run_caption
+from wallwm.cli.main import app
+from wallwm.clustering.curation import (
+    CurationError,
+    diff_clusters,
+    exclude,
+    list_clusters,
+    set_weight,
+    tag_snapshot,
+)
+from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
+from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed, similar_events
+from wallwm.pipeline import schemas
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
+from wallwm.pipeline.store import LanceStore
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def hashing():
+    return HashingEmbedder(48)
+
+
+def build(tmp_path, episodes=12, seed=0, src=None, ds=None):
+    src = src or tmp_path / "src"
+    ds = ds or tmp_path / "ds"
+    record_synthetic(src, SynthConfig(episodes=episodes, size=32, seed=seed))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    return src, ds
+
+
+def test_embed_cluster_curate_assign_only(tmp_path):
+    src, ds = build(tmp_path)
+    store = LanceStore(str(ds))
+    emb = run_embed(str(ds), EmbedConfig(), text_factory=hashing)
+    assert emb.embedded == store.count(schemas.EVENTS) and emb.dims["text_embedding"] == 48
+    schema = store.schema(schemas.EVENTS)
+    assert schema.field("embedding").type.list_size == emb.dims["embedding"]
+    summary = run_cluster(str(ds), ClusterConfig(ks=[8, 2]))
+    assert summary.clusters == {1: 8, 2: 2}
+    events = store.read(
+        schemas.EVENTS, columns=["event_id", "cluster_id", "weight", "is_duplicate"]
+    ).to_pylist()
+    assert all(e["cluster_id"] for e in events)
+    assert sum(e["weight"] for e in events) == pytest.approx(1.0, abs=1e-4)
+    leaves = list_clusters(store, level=1)
+    assert len(leaves) == 8 and all(c["parent_id"] for c in leaves)
+    assert sum(c["size"] for c in leaves) == len(events)
+    assert all(c["label"] != "unlabelled" for c in leaves)  # captions exist (signals backend)
+
+    # curation: weight and exclusion change event weights; each edit is a new version
+    v = store.version(schemas.CLUSTERS)
+    set_weight(store, leaves[0]["cluster_id"], 4.0, "more of these")
+    exclude(store, leaves[1]["cluster_id"])
+    assert store.version(schemas.CLUSTERS) == v + 2
+    mass = {}
+    for e in store.read(schemas.EVENTS, columns=["cluster_id", "weight"]).to_pylist():
+        mass[e["cluster_id"]] = mass.get(e["cluster_id"], 0.0) + e["weight"]
+    assert mass[leaves[1]["cluster_id"]] == 0
+    assert mass[leaves[0]["cluster_id"]] == pytest.approx(
+        4 * mass[leaves[2]["cluster_id"]], rel=1e-3
+    )
+    runs = [r for r in store.read(schemas.RUNS).to_pylist() if r["stage"] == "curate"]
+    assert (
+        next(r["message"] for r in sorted(runs, key=lambda r: r["finished_at"])) == "more of these"
+    )
+    with pytest.raises(CurationError, match="unknown cluster"):
+        set_weight(store, "L1-nope", 1.0)
+    with pytest.raises(CurationError, match="finite number"):
+        set_weight(store, leaves[0]["cluster_id"], -1.0)
+
+    # new episodes arrive: --assign-only places them, keeps curation, reports drift
+    tag_snapshot(store, "before")
+    record_synthetic(src, SynthConfig(episodes=4, size=32, seed=9))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    run_embed(str(ds), EmbedConfig(), text_factory=hashing)
+    assigned = run_cluster(str(ds), ClusterConfig(assign_only=True))
+    assert assigned.assigned > 0 and set(assigned.drift) == {
+        "new_events",
+        "mean_distance_ratio",
+        "fraction_beyond_p95",
+    }
+    after = {c["cluster_id"]: c for c in list_clusters(store, level=1)}
+    assert (
+        after[leaves[0]["cluster_id"]]["weight"] == 4.0
+        and after[leaves[1]["cluster_id"]]["excluded"]
+    )
+    events = store.read(schemas.EVENTS, columns=["cluster_id", "weight"]).to_pylist()
+    assert all(e["cluster_id"] for e in events)
+    assert sum(e["weight"] for e in events if e["cluster_id"] == leaves[1]["cluster_id"]) == 0
+    tag_snapshot(store, "after")
+    d = diff_clusters(store, "before", "after")
+    assert not d["added"] and not d["removed"]
+    assert any("size" in c for c in d["changed"])  # the new events landed somewhere
+    with pytest.raises(CurationError, match="already exists"):
+        tag_snapshot(store, "after")
+
+    near = similar_events(
+        store, events and store.read(schemas.EVENTS, columns=["event_id"])[0][0].as_py(), 3
+    )
+    assert len(near) == 3 and near == sorted(near, key=lambda r: r["distance"])
+
+
+def test_real_text_model_and_cli(tmp_path):
+    _src, ds = build(tmp_path, episodes=6)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    out = invoke("embed", "--dataset", ds)  # the packaged all-MiniLM-L6-v2
+    assert out.exit_code == 0 and "'text_embedding': 384" in out.output
+    out = invoke("cluster", "--dataset", ds, "--levels", "2", "--k", "6,2")
+    assert out.exit_code == 0 and "clusters per level {1: 6, 2: 2}" in out.output
+    rows = json.loads(invoke("clusters", "list", "--dataset", ds, "--json").output)
+    leaf = next(r for r in rows if r["level"] == 1)
+    shown = json.loads(
+        invoke("clusters", "show", leaf["cluster_id"], "--dataset", ds, "--json").output
+    )
+    assert shown["examples"] and shown["examples"][0]["event_id"] == shown["representatives"][0]
+    assert (
+        invoke(
+            "clusters", "set-weight", leaf["cluster_id"], "2.5", "--dataset", ds, "-m", "x"
+        ).exit_code
+        == 0
+    )
+    assert invoke("clusters", "tag", "curated-v1", "--dataset", ds).exit_code == 0
+    export = tmp_path / "clusters.json"
+    assert invoke("clusters", "export", export, "--dataset", ds).exit_code == 0
+    data = json.loads(export.read_text())
+    data["clusters"][0]["excluded"] = True
+    export.write_text(json.dumps(data))
+    assert invoke("clusters", "import", export, "--dataset", ds).exit_code == 0
+    assert invoke("clusters", "tag", "curated-v2", "--dataset", ds).exit_code == 0
+    diff = json.loads(
+        invoke("clusters", "diff", "curated-v1", "curated-v2", "--dataset", ds, "--json").output
+    )
+    assert diff["changed"] and "excluded" in diff["changed"][0]
+    event = json.loads(invoke("events", "list", "--dataset", ds, "--json").output)[0]["event_id"]
+    sim = json.loads(
+        invoke("events", "similar", event, "--dataset", ds, "-k", "2", "--json").output
+    )
+    assert len(sim) == 2 and all(0 <= s["distance"] <= 2 for s in sim)
+    bad = invoke("cluster", "--dataset", ds, "--levels", "2", "--k", "6")
+    assert bad.exit_code != 0 and "levels" in bad.output
+    assert invoke("clusters", "show", "L1-nope", "--dataset", ds).exit_code == 1
+    assert np.isfinite(sum(s["distance"] for s in sim))
