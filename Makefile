@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install demo test test-fast lint bench clean vllm-env
+.PHONY: install demo test test-fast lint bench clean vllm-env system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ demo: $(STAMP)
 vllm-env:
 	bash scripts/build_vllm_env.sh $(VLLM_VENV) || echo "WARNING: $(VLLM_VENV) could not be built; tests marked vllm will skip"
 
-test: $(STAMP) vllm-env
+# Debian's headless Chromium renders the cluster report in its test (root or sudo-less CI box).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "WARNING: chromium could not be installed; the report screenshot test will skip"
+
+test: $(STAMP) vllm-env system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

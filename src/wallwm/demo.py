@@ -58,8 +58,15 @@ def main(root: str = "demo") -> None:
             str(base / "event.png"),
         ]
     )
+    _run(["clusters", "list", "--dataset", dataset, "--level", "1"])
+    _run(["report", "--dataset", dataset, "--out", str(base / "report")])
     typer.echo(
-        f"\ndemo done: dataset in {dataset}, pictures in {base}/episode.png and {base}/event.png"
+        "\ncaptions here come from the signal-based fallback (no VLM on this machine); with a VLM "
+        "server: wallwm caption --dataset demo/dataset --backend openai --base-url URL --model NAME"
+    )
+    typer.echo(
+        f"\ndemo done: dataset in {dataset}, pictures in {base}/episode.png and "
+        f"{base}/event.png, cluster report in {base}/report/index.html"
     )
 
 

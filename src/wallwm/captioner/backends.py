@@ -163,7 +163,36 @@ class SignalsBackend:
 
 def _object_of(instruction: str) -> str:
     words = instruction.lower().replace(",", " ").split()
-    stop = {"the", "a", "an", "to", "into", "onto", "on", "at", "from", "and", "it", "in", "of"}
+    stop = {
+        "the",
+        "a",
+        "an",
+        "to",
+        "into",
+        "onto",
+        "on",
+        "at",
+        "from",
+        "and",
+        "it",
+        "in",
+        "of",
+        "by",
+        "with",
+        "its",
+        "for",
+        "toward",
+        "towards",
+        "above",
+        "under",
+        "off",
+        "up",
+        "down",
+        "out",
+        "over",
+        "then",
+        "while",
+    }
     for i, w in enumerate(words):
         if w == "the" and i + 1 < len(words):
             phrase = [words[i + 1]]

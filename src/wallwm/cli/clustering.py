@@ -279,3 +279,18 @@ def events_similar(
             f"{r['distance']:.3f}  {r['event_id'][:8]}  {r['cluster_id'] or '-'}  "
             f"{r['caption'] or '(no caption)'}"
         )
+
+
+def report_cmd(
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "report",
+) -> None:
+    """Write a static HTML report of the clusters (sizes, examples, balancing, dedup)."""
+    from wallwm.clustering.curation import CurationError
+    from wallwm.clustering.report import write_report
+
+    try:
+        path = write_report(_store(dataset), out)
+    except CurationError as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote {path}")

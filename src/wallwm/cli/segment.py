@@ -124,12 +124,14 @@ def run_cmd(
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
+    cluster: Annotated[bool, typer.Option(help="Also embed and cluster the events.")] = True,
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Run the pipeline end to end on a source: ingest + segment (one decode pass), caption.
+    """Run the pipeline end to end: ingest + segment (one decode pass), caption, embed, cluster.
 
-    Later stages join as they land. Every stage skips work that is already up to date.
+    Every stage skips work that is already up to date; once clusters exist, re-runs place new
+    events in them (--assign-only) so curated weights are kept.
     """
     from wallwm.cli.pipeline import ingest_with_progress
     from wallwm.pipeline.ingest import IngestConfig
@@ -152,7 +154,31 @@ def run_cmd(
     )
     if code:
         raise typer.Exit(code)
-    raise typer.Exit(caption_with_progress(dataset, backend))
+    code = caption_with_progress(dataset, backend)
+    if code or not cluster:
+        raise typer.Exit(code)
+    from wallwm.cli.clustering import cluster_cmd, embed_cmd
+
+    embed_cmd(dataset)
+    if _needs_recluster(dataset):
+        cluster_cmd(dataset)
+    else:  # keep the curated hierarchy: place new events, report drift
+        cluster_cmd(dataset, assign_only=True)
+
+
+def _needs_recluster(dataset: str) -> bool:
+    """A first clustering (or one whose embedding size changed); otherwise assign only."""
+    from wallwm.pipeline import schemas
+    from wallwm.pipeline.store import LanceStore
+
+    store = LanceStore(dataset)
+    if not store.exists(schemas.CLUSTERS):
+        return True
+    clusters_schema = store.schema(schemas.CLUSTERS)
+    events_schema = store.schema(schemas.EVENTS)
+    assert clusters_schema is not None and events_schema is not None
+    dim = clusters_schema.field("centroid").type.list_size
+    return bool(events_schema.field("embedding").type.list_size != dim)
 
 
 @events_app.command("list")

@@ -1,0 +1,142 @@
+"""A static HTML report of the clusters (one self-contained file; no server needed).
+
+Cluster table (sizes, duplicates, curated weights), keyframe thumbnails and example captions per
+cluster, plots of cluster sizes and of the sampled distribution before and after balancing, and
+dedup counts. Images are embedded as data URLs so the page can be mailed or archived as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wallwm.clustering.curation import list_clusters
+from wallwm.clustering.kmeans import normalised_entropy
+from wallwm.pipeline import schemas
+from wallwm.pipeline.store import TableStore
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;margin:12px 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f2f2}.thumbs img{height:72px;margin:2px;border:1px solid #ddd}
+.excluded{color:#999;text-decoration:line-through}
+.cluster{margin:18px 0;padding:8px;border-left:4px solid #4a7}
+.stats span{display:inline-block;margin-right:24px;font-size:18px}
+"""
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(
+    leaves: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> tuple[str, str, dict[str, float]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = [c["cluster_id"] for c in leaves]
+    sizes = [c["size"] for c in leaves]
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.bar(range(len(ids)), sorted(sizes, reverse=True), color="#4a7")
+    ax.set_xlabel("cluster (by size)")
+    ax.set_ylabel("events")
+    ax.set_title("cluster sizes")
+    sizes_png = _png(fig)
+    plt.close(fig)
+    by_id = {cid: i for i, cid in enumerate(ids)}
+    labels = np.array([by_id[e["cluster_id"]] for e in events if e["cluster_id"] in by_id])
+    weights = np.array(
+        [e["weight"] or 0.0 for e in events if e["cluster_id"] in by_id], dtype=np.float64
+    )
+    before = np.bincount(labels, minlength=len(ids)) / max(len(labels), 1)
+    after = np.bincount(labels, weights=weights, minlength=len(ids))
+    after = after / after.sum() if after.sum() > 0 else after
+    order = np.argsort(-before)
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.bar(np.arange(len(ids)) - 0.2, before[order], width=0.4, label="uniform over events")
+    ax.bar(np.arange(len(ids)) + 0.2, after[order], width=0.4, label="balanced (curated weights)")
+    ax.set_xlabel("cluster (by size)")
+    ax.set_ylabel("sampling share")
+    ax.legend()
+    ax.set_title("sampled distribution before and after balancing")
+    dist_png = _png(fig)
+    plt.close(fig)
+    stats = {
+        "entropy_before": normalised_entropy(before * 1e6),
+        "entropy_after": normalised_entropy(after * 1e6),
+    }
+    return sizes_png, dist_png, stats
+
+
+def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> Path:
+    """Write ``index.html`` under ``out_dir``; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clusters = list_clusters(store)
+    leaves = [c for c in clusters if c["level"] == 1]
+    events = store.read(
+        schemas.EVENTS,
+        columns=["event_id", "cluster_id", "caption", "weight", "is_duplicate", "keyframes"],
+    ).to_pylist()
+    sizes_png, dist_png, stats = _plots(leaves, events)
+    by_cluster: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_cluster.setdefault(e["cluster_id"], []).append(e)
+    dups = sum(bool(e["is_duplicate"]) for e in events)
+    esc = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>wallwm clusters</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Clusters of {esc(store.root)}</h1>",
+        f"<div class='stats'><span>{len(events)} events</span><span>{len(leaves)} clusters"
+        f"</span><span>{dups} near-duplicates</span><span>entropy of sampled clusters: "
+        f"{stats['entropy_before']:.3f} &rarr; {stats['entropy_after']:.3f}</span></div>",
+        f"<img alt='cluster sizes' src='{sizes_png}'><br><img alt='sampling' src='{dist_png}'>",
+        "<h2>All clusters</h2><table><tr><th>cluster</th><th>level</th><th>parent</th>"
+        "<th>size</th><th>duplicates</th><th>label</th><th>weight</th><th>sampling share</th></tr>",
+    ]
+    share: Counter[str] = Counter()
+    for e in events:
+        share[e["cluster_id"]] += float(e["weight"] or 0.0)  # type: ignore[assignment]
+    for c in clusters:
+        cls = " class='excluded'" if c["excluded"] else ""
+        s = f"{share.get(c['cluster_id'], 0.0):.3f}" if c["level"] == 1 else ""
+        parts.append(
+            f"<tr{cls}><td>{esc(c['cluster_id'])}</td><td>{c['level']}</td>"
+            f"<td>{esc(c['parent_id'] or '')}</td><td>{c['size']}</td><td>{c['duplicates']}</td>"
+            f"<td>{esc(c['label'])}</td><td>{c['weight']:g}</td><td>{s}</td></tr>"
+        )
+    parts.append("</table><h2>Examples per cluster</h2>")
+    for c in sorted(leaves, key=lambda c: -c["size"]):
+        members = [e for e in by_cluster.get(c["cluster_id"], []) if not e["is_duplicate"]][
+            :examples
+        ]
+        thumbs = "".join(
+            f"<img alt='{esc(e['caption'] or '')}' src='data:image/jpeg;base64,"
+            f"{base64.b64encode(k['jpeg']).decode()}'>"
+            for e in members
+            for k in e["keyframes"][:1]
+        )
+        captions = "".join(f"<li>{esc(e['caption'] or '(no caption)')}</li>" for e in members)
+        parts.append(
+            f"<div class='cluster'><b>{esc(c['cluster_id'])}</b> &mdash; {esc(c['label'])}"
+            f" ({c['size']} events, weight {c['weight']:g}"
+            f"{', excluded' if c['excluded'] else ''})<div class='thumbs'>{thumbs}</div>"
+            f"<ul>{captions}</ul></div>"
+        )
+    parts.append("</body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
