@@ -163,3 +163,30 @@ def test_real_text_model_and_cli(tmp_path):
     assert bad.exit_code != 0 and "levels" in bad.output
     assert invoke("clusters", "show", "L1-nope", "--dataset", ds).exit_code == 1
     assert np.isfinite(sum(s["distance"] for s in sim))
+
+
+def test_visual_encoder_from_a_local_torchscript_file(tmp_path):
+    import torch
+
+    _src, ds = build(tmp_path, episodes=3)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    weights = tmp_path / "encoder.pt"
+    torch.jit.save(torch.jit.script(encoder), str(weights))
+    cfg = EmbedConfig(
+        visual_weights=str(weights), weights={"text": 1.0, "traj": 0.5, "visual": 0.5}
+    )
+    summary = run_embed(str(ds), cfg, text_factory=hashing)
+    assert summary.dims["visual_embedding"] == 8
+    assert summary.dims["embedding"] == 48 + summary.dims["traj_embedding"] + 8
+    rows = (
+        LanceStore(str(ds))
+        .read(schemas.EVENTS, columns=["visual_embedding", "embedding"])
+        .to_pylist()
+    )
+    assert all(r["visual_embedding"] is not None for r in rows)
+    assert all(abs(np.linalg.norm(r["embedding"]) - 1) < 1e-4 for r in rows)

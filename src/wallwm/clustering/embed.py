@@ -178,6 +178,11 @@ class TextEmbedActor:
         self, model_path: str | None, factory: Callable[[], TextEmbedder] | None = None
     ) -> None:
         """Load the model (or build the test double from ``factory``)."""
+        import torch
+
+        # Ray limits a worker's OpenMP threads to its CPU share; the embedding actor is the only
+        # heavy work while this stage runs, so let torch use the machine's cores.
+        torch.set_num_threads(int(os.environ.get("WALLWM_EMBED_THREADS", os.cpu_count() or 1)))
         self.embedder = factory() if factory else SentenceTransformerEmbedder(model_path)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -222,13 +227,14 @@ def embed_texts_ray(
     ds = ray.data.from_items(
         [{"event_id": e, "text": t} for e, t in zip(event_ids, texts, strict=True)]
     )
-    # 2. Embed (1:1) in one long-lived actor: the model loads once; half a CPU so Ray's own
-    #    read tasks still get scheduled on a 2-core machine (a full-CPU actor pool starves them).
+    # 2. Embed (1:1) in one long-lived actor: the model loads once. One actor with one CPU
+    #    reserved leaves the other cores to Ray's read tasks (a pool holding every core starves
+    #    them on a 2-core machine); inside, torch uses all cores.
     ds = ds.map_batches(
         _bound_actor(model_path, factory),
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=1),
-        num_cpus=0.5,
+        num_cpus=1,
         batch_format="numpy",
     )
     # 3. Collect on the driver, keyed by id (the write happens with the other parts).
