@@ -13,6 +13,7 @@ from wallwm.cli import clustering as clustering_cli
 from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
+from wallwm.cli import trainer as trainer_cli
 
 app = typer.Typer(
     name="wallwm",
@@ -32,6 +33,7 @@ app.command("embed")(clustering_cli.embed_cmd)
 app.command("cluster")(clustering_cli.cluster_cmd)
 app.add_typer(clustering_cli.clusters_app, name="clusters")
 app.command("report")(clustering_cli.report_cmd)
+app.command("materialize")(trainer_cli.materialize_cmd)
 segment_cli.events_app.command("similar")(clustering_cli.events_similar)
 app.add_typer(segment_cli.events_app, name="events")
 app.add_typer(segment_cli.episode_app, name="episode")

@@ -1,0 +1,204 @@
+"""PyTorch data loading from a training view (see :mod:`wallwm.trainer.view`).
+
+A sample is a frame ``t`` drawn inside an event, with (shapes per sample; batches add ``B``):
+
+- ``image_CHW`` uint8 (3, S, S) at ``t`` and ``state_S`` at ``t``;
+- ``actions_HA`` from ``t`` to the end of the event, padded to ``h_max`` with ``action_mask_H``,
+  and ``end_of_event`` (1 when the event ends within ``h_max`` steps of ``t``);
+- ``chunk_CA`` the fixed-length chunk baseline: ``chunk_len`` actions from ``t`` regardless of
+  event boundaries (padded at the episode end, ``chunk_mask_C``);
+- ``caption``, ``next_caption`` (the following event's, or "" at the last event), ``instruction``.
+
+The cluster-balanced sampler draws events with the curated weights of the view's tag. Samples
+are deterministic functions of ``(seed, sample id)``, and the sampler's state is its epoch and
+position, so a resumed run sees exactly the samples an uninterrupted run would have.
+Lance is not fork-safe: the dataset opens its tables lazily in each worker, and
+:func:`make_loader` uses ``spawn`` workers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from wallwm.pipeline.arrays import from_vector_series
+
+
+class EventFrameDataset(Dataset[dict[str, Any]]):
+    """Samples of a training view; items are ``(event_index, sample_id)`` pairs."""
+
+    def __init__(
+        self, view: str | Path, h_max: int = 32, chunk_len: int = 16, seed: int = 0
+    ) -> None:
+        """Load the view's event index and per-episode signals (frames stay on disk)."""
+        import lance
+
+        self.view = Path(view)
+        self.meta = json.loads((self.view / "meta.json").read_text())
+        self.size = int(self.meta["size"])
+        self.h_max, self.chunk_len, self.seed = h_max, chunk_len, seed
+        events = lance.dataset(str(self.view / "events.lance")).to_table()
+        self.events = events.to_pylist()
+        episodes = lance.dataset(str(self.view / "episodes.lance")).to_table()
+        self.actions = [
+            from_vector_series(episodes.column("actions")[i]) for i in range(episodes.num_rows)
+        ]
+        self.states = [
+            from_vector_series(episodes.column("states")[i]) for i in range(episodes.num_rows)
+        ]
+        self.weights = np.array([e["weight"] for e in self.events], dtype=np.float64)
+        self._frames: Any = None  # opened lazily, per process
+
+    def __len__(self) -> int:
+        """Number of events."""
+        return len(self.events)
+
+    def _frame_table(self) -> Any:
+        if self._frames is None:
+            import lance
+
+            self._frames = lance.dataset(str(self.view / "frames.lance"))
+        return self._frames
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_frames"] = None  # never ship an open Lance handle to another process
+        return state
+
+    def _plan(self, item: tuple[int, int]) -> tuple[dict[str, Any], int]:
+        event_index, sample_id = item
+        event = self.events[event_index]
+        rng = np.random.default_rng([self.seed, sample_id])
+        t = int(rng.integers(event["start_frame"], event["end_frame"]))
+        return event, t
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        """One sample (see the module docstring)."""
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """A batch of samples with one positional ``take`` for all their frames."""
+        plans = [self._plan(tuple(i)) for i in items]  # type: ignore[arg-type]
+        rows = [e["frame_row"] + t for e, t in plans]
+        frames = self._frame_table().take(rows, columns=["frame"]).column("frame").to_pylist()
+        return [self._sample(e, t, frame) for (e, t), frame in zip(plans, frames, strict=True)]
+
+    def _sample(self, event: dict[str, Any], t: int, frame: bytes) -> dict[str, Any]:
+        actions = self.actions[event["episode_row"]]
+        states = self.states[event["episode_row"]]
+        a_dim = actions.shape[1]
+        span = actions[t : min(event["end_frame"], t + self.h_max)]
+        actions_HA = np.zeros((self.h_max, a_dim), np.float32)
+        actions_HA[: len(span)] = span
+        mask_H = np.zeros(self.h_max, bool)
+        mask_H[: len(span)] = True
+        chunk = actions[t : t + self.chunk_len]
+        chunk_CA = np.zeros((self.chunk_len, a_dim), np.float32)
+        chunk_CA[: len(chunk)] = chunk
+        chunk_mask = np.zeros(self.chunk_len, bool)
+        chunk_mask[: len(chunk)] = True
+        image = np.frombuffer(frame, np.uint8).reshape(self.size, self.size, 3)
+        return {
+            "image_CHW": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "state_S": torch.from_numpy(states[t].copy()),
+            "actions_HA": torch.from_numpy(actions_HA),
+            "action_mask_H": torch.from_numpy(mask_H),
+            "end_of_event": torch.tensor(float(event["end_frame"] - t <= self.h_max)),
+            "chunk_CA": torch.from_numpy(chunk_CA),
+            "chunk_mask_C": torch.from_numpy(chunk_mask),
+            "caption": event["caption"] or "",
+            "next_caption": event["next_caption"] or "",
+            "instruction": event["instruction"],
+            "event_id": event["event_id"],
+            "t": t,
+        }
+
+
+class ClusterBalancedSampler(Sampler[tuple[int, int]]):
+    """Draws events with probability proportional to their curated weights, with replacement.
+
+    Yields ``(event_index, sample_id)``; ``sample_id`` counts samples across epochs and seeds the
+    frame drawn inside the event. ``state_dict``/``load_state_dict`` resume mid-epoch exactly.
+    """
+
+    def __init__(
+        self, weights: np.ndarray, samples_per_epoch: int | None = None, seed: int = 0
+    ) -> None:
+        """Sample ``samples_per_epoch`` (default: number of events) per epoch."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.sum() <= 0:  # nothing curated (or everything excluded): fall back to uniform
+            w = np.ones_like(w)
+        self.probs = torch.as_tensor(w / w.sum())
+        self.samples_per_epoch = samples_per_epoch or len(w)
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        """Samples per epoch."""
+        return self.samples_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Remaining samples of the current epoch, then moves to the next epoch."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        picks = torch.multinomial(
+            self.probs, self.samples_per_epoch, replacement=True, generator=gen
+        )
+        base = self.epoch * self.samples_per_epoch
+        while self.position < self.samples_per_epoch:
+            k = self.position
+            self.position += 1
+            yield int(picks[k]), base + k
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the sampler is (save with the checkpoint)."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors (adding the batch dim ``B``); keep strings as lists."""
+    out: dict[str, Any] = {}
+    for key, value in samples[0].items():
+        values = [s[key] for s in samples]
+        if not isinstance(value, torch.Tensor):
+            out[key] = values
+            continue
+        prefix, _, shape = key.rpartition("_")
+        # "actions_HA" -> "actions_BHA"; unsuffixed per-sample scalars keep their name, shape (B,)
+        out[f"{prefix}_B{shape}" if prefix and shape.isupper() else key] = torch.stack(values)
+    return out
+
+
+def make_loader(
+    dataset: EventFrameDataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    sampler: ClusterBalancedSampler | None = None,
+) -> DataLoader[dict[str, Any]]:
+    """A DataLoader over the view.
+
+    Cluster-balanced by default; spawn workers (Lance is not fork-safe); each batch is fetched
+    with one ``take``.
+    """
+    sampler = sampler or ClusterBalancedSampler(dataset.weights, seed=dataset.seed)
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        sampler=sampler,  # type: ignore[arg-type]
+        num_workers=num_workers,
+        collate_fn=collate,
+        multiprocessing_context="spawn" if num_workers else None,
+        persistent_workers=num_workers > 0,
+    )

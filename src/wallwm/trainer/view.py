@@ -1,0 +1,256 @@
+"""The training view: a materialised, immutable snapshot that training reads instead of video.
+
+``wallwm materialize --dataset DIR --tag NAME --size 96`` writes ``DIR/train/<tag>-<size>/``:
+
+- ``frames.lance``: one row per frame of every episode (the first camera, resized to
+  ``size`` x ``size`` RGB uint8, raw bytes), episodes stored contiguously;
+- ``events.lance``: one row per event -- frame range, row of its episode's first frame,
+  caption, next event's caption, instruction, cluster, sampling weight;
+- ``episodes.lance``: actions and states per episode (loaded into memory by the dataset);
+- ``meta.json``: source dataset, tag, the Lance versions read, normalisation statistics.
+
+The view is written once in ``create`` mode and never merged into, so row positions are stable
+and a sample is one positional ``take``. Episodes are decoded once, with the decoder's scaler
+resizing each frame, so training never touches video.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from wallwm.pipeline import schemas
+from wallwm.pipeline.arrays import from_vector_series, to_vector_series
+from wallwm.pipeline.sources.base import CameraInfo
+from wallwm.pipeline.store import LanceStore, StoreError
+from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri
+
+
+@dataclass(frozen=True)
+class ViewSummary:
+    """What a materialisation wrote."""
+
+    path: str
+    episodes: int
+    events: int
+    frames: int
+    seconds: float
+
+
+def view_path(dataset: str, tag: str | None, size: int) -> Path:
+    """Where the view of ``tag`` (or of the current versions) at ``size`` lives."""
+    return Path(dataset) / "train" / f"{tag or 'latest'}-{size}"
+
+
+def _frames(cam: CameraInfo, size: int) -> np.ndarray:
+    """All frames of a camera stream, resized to size x size RGB uint8, in one decode pass."""
+    h5 = split_hdf5_uri(cam.uri)
+    if h5 is not None:
+        import cv2
+
+        out = [
+            cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in iter_hdf5_frames(*h5)
+        ]
+    else:
+        out = [
+            frame.reformat(width=size, height=size, format="rgb24").to_ndarray()  # type: ignore[attr-defined]
+            for _t, frame in iter_video_frames(
+                cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, None
+            )
+        ]
+    return np.stack(out).astype(np.uint8) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _read(
+    store: LanceStore, table: str, tag: str | None, columns: list[str] | None = None
+) -> tuple[pa.Table, int]:
+    try:
+        ds = store._open(table, tag)
+    except StoreError as exc:
+        raise ValueError(
+            f"no tag {tag!r} on {table} (create it with `wallwm clusters tag`)"
+        ) from exc
+    return ds.to_table(columns=columns), int(ds.version)
+
+
+class _ViewWriter:
+    """Accumulates a view episode by episode, then writes the small tables and meta.json."""
+
+    def __init__(self, tmp: Path, size: int) -> None:
+        self.tmp, self.size = tmp, size
+        self.frame_rows = 0
+        self.events: list[dict[str, Any]] = []
+        self.episode_ids: list[str] = []
+        self.instructions: list[str] = []
+        self.actions: list[np.ndarray] = []
+        self.states: list[np.ndarray] = []
+
+    def add_episode(
+        self,
+        row: dict[str, Any],
+        actions: np.ndarray,
+        states: np.ndarray,
+        events: list[dict[str, Any]],
+    ) -> None:
+        import lance
+
+        frames = _frames(CameraInfo(**row["cameras"][0]), self.size)[: len(actions)]
+        if len(frames) < len(actions):  # within the ingest tolerance: repeat the last frame
+            frames = np.concatenate([frames, np.repeat(frames[-1:], len(actions) - len(frames), 0)])
+        width = self.size * self.size * 3
+        table = pa.table({"frame": pa.array([f.tobytes() for f in frames], pa.binary(width))})
+        lance.write_dataset(
+            table, str(self.tmp / "frames.lance"), mode="append" if self.frame_rows else "create"
+        )
+        for k, e in enumerate(events):
+            weight = e["weight"] if e["weight"] is not None else 1.0
+            self.events.append(
+                {
+                    **{
+                        c: e[c]
+                        for c in (
+                            "event_id",
+                            "episode_id",
+                            "event_index",
+                            "num_events",
+                            "start_frame",
+                            "end_frame",
+                            "caption",
+                            "cluster_id",
+                        )
+                    },
+                    "next_caption": events[k + 1]["caption"] if k + 1 < len(events) else None,
+                    "instruction": row["instruction"],
+                    "weight": 0.0 if e["is_duplicate"] else float(weight),
+                    "frame_row": self.frame_rows,
+                    "episode_row": len(self.episode_ids),
+                }
+            )
+        self.episode_ids.append(row["episode_id"])
+        self.instructions.append(row["instruction"])
+        self.actions.append(actions)
+        self.states.append(states)
+        self.frame_rows += len(frames)
+
+    def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
+        import lance
+
+        lance.write_dataset(pa.Table.from_pylist(self.events), str(self.tmp / "events.lance"))
+        a_dim, s_dim = self.actions[0].shape[1], self.states[0].shape[1]
+        padded = [s if s_dim else np.zeros((len(s), 1), np.float32) for s in self.states]
+        lance.write_dataset(
+            pa.table(
+                {
+                    "episode_id": self.episode_ids,
+                    "instruction": self.instructions,
+                    "actions": pa.concat_arrays([to_vector_series(a, a_dim) for a in self.actions]),
+                    "states": pa.concat_arrays(
+                        [to_vector_series(s, max(s_dim, 1)) for s in padded]
+                    ),
+                }
+            ),
+            str(self.tmp / "episodes.lance"),
+        )
+        meta.update(
+            {
+                "episodes": len(self.episode_ids),
+                "events": len(self.events),
+                "frames": self.frame_rows,
+                "action_dim": int(a_dim),
+                "state_dim": int(s_dim),
+                "stats": norm_stats(np.concatenate(self.actions), np.concatenate(self.states)),
+            }
+        )
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        return meta
+
+
+def materialize(
+    dataset: str, tag: str | None = None, size: int = 96, force: bool = False
+) -> ViewSummary:
+    """Write the training view of ``dataset`` at ``tag`` (None: current versions)."""
+    t0 = time.perf_counter()
+    store = LanceStore(dataset)
+    out = view_path(dataset, tag, size)
+    if out.exists() and not force:  # views are immutable: reuse
+        meta = json.loads((out / "meta.json").read_text())
+        return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
+    shutil.rmtree(out, ignore_errors=True)
+    episodes, ep_version = _read(store, schemas.EPISODES, tag)
+    events, ev_version = _read(
+        store,
+        schemas.EVENTS,
+        tag,
+        [
+            "event_id",
+            "episode_id",
+            "event_index",
+            "num_events",
+            "start_frame",
+            "end_frame",
+            "caption",
+            "cluster_id",
+            "weight",
+            "is_duplicate",
+        ],
+    )
+    by_episode: dict[str, list[dict[str, Any]]] = {}
+    for e in events.to_pylist():
+        by_episode.setdefault(e["episode_id"], []).append(e)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    writer = _ViewWriter(tmp, size)
+    for i in range(episodes.num_rows):
+        row = episodes.slice(i, 1).drop_columns(["actions", "states"]).to_pylist()[0]
+        evs = sorted(by_episode.get(row["episode_id"], []), key=lambda e: e["event_index"])
+        if not evs or not row["cameras"]:
+            continue  # not segmented at this version, or no camera: nothing to train on
+        actions = from_vector_series(episodes.column("actions")[i])
+        cell = episodes.column("states")[i]
+        states = (
+            from_vector_series(cell)
+            if row["state_dim"] and cell.is_valid
+            else np.zeros((len(actions), 0), np.float32)
+        )
+        writer.add_episode(row, actions, states, evs)
+    if not writer.events:
+        shutil.rmtree(tmp)
+        raise ValueError(
+            f"{dataset}: no segmented episodes with video at {tag or 'the current version'}"
+        )
+    meta = writer.finish(
+        {
+            "dataset": str(Path(dataset).resolve()),
+            "tag": tag,
+            "size": size,
+            "versions": {"episodes": ep_version, "events": ev_version},
+        }
+    )
+    tmp.rename(out)  # the view appears whole or not at all
+    return ViewSummary(
+        str(out), meta["episodes"], meta["events"], meta["frames"], time.perf_counter() - t0
+    )
+
+
+def norm_stats(actions_NA: np.ndarray, states_NS: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """Mean/std/min/max per dimension (stored with the view and every checkpoint)."""
+
+    def one(x: np.ndarray) -> dict[str, list[float]]:
+        if x.size == 0:
+            return {"mean": [], "std": [], "min": [], "max": []}
+        return {
+            "mean": x.mean(0).tolist(),
+            "std": np.maximum(x.std(0), 1e-6).tolist(),
+            "min": x.min(0).tolist(),
+            "max": x.max(0).tolist(),
+        }
+
+    return {"actions": one(actions_NA), "states": one(states_NS)}

@@ -1,0 +1,128 @@
+"""The training view and the loader over it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wallwm.captioner.stage import CaptionStageConfig, run_caption
+from wallwm.cli.main import app
+from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
+from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
+from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed
+from wallwm.pipeline import schemas
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
+from wallwm.pipeline.sources.base import CameraInfo
+from wallwm.pipeline.store import LanceStore
+from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
+from wallwm.trainer.view import _frames, materialize
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def hashing():
+    return HashingEmbedder(32)
+
+
+@pytest.fixture
+def curated(tmp_path):
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    record_synthetic(src, SynthConfig(episodes=9, size=48, seed=4))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    run_embed(str(ds), EmbedConfig(), text_factory=hashing)
+    run_cluster(str(ds), ClusterConfig(ks=[6, 2]))
+    store = LanceStore(str(ds))
+    excluded = list_clusters(store, level=1)[0]["cluster_id"]
+    exclude(store, excluded)
+    tag_snapshot(store, "v1")
+    return ds, store, excluded
+
+
+def test_view_at_a_tag_and_sample_correctness(curated):
+    ds, store, excluded = curated
+    view = materialize(str(ds), "v1", size=32)
+    meta = json.loads((__import__("pathlib").Path(view.path) / "meta.json").read_text())
+    assert (
+        meta["tag"] == "v1"
+        and meta["versions"]["events"] == store._open(schemas.EVENTS, "v1").version
+    )
+    assert view.events == store.count(schemas.EVENTS) and view.episodes == 9
+    assert view.frames == sum(
+        r["num_frames"] for r in store.read(schemas.EPISODES, columns=["num_frames"]).to_pylist()
+    )
+    assert len(meta["stats"]["actions"]["mean"]) == 4 and all(
+        s > 0 for s in meta["stats"]["actions"]["std"]
+    )
+    # later edits do not change the frozen view
+    assert materialize(str(ds), "v1", size=32).seconds == 0.0
+    data = EventFrameDataset(view.path, h_max=8, chunk_len=12, seed=3)
+    episodes = {r["episode_id"]: r for r in store.read(schemas.EPISODES).to_pylist()}
+    for k in range(0, len(data), 7):
+        s = data[(k, 1000 + k)]
+        ev = data.events[k]
+        ep = episodes[ev["episode_id"]]
+        assert ev["start_frame"] <= s["t"] < ev["end_frame"]
+        actions = np.asarray(ep["actions"], np.float32)
+        n = min(ev["end_frame"], s["t"] + 8) - s["t"]
+        assert torch.equal(s["action_mask_H"], torch.arange(8) < n)
+        np.testing.assert_allclose(s["actions_HA"][:n].numpy(), actions[s["t"] : s["t"] + n])
+        assert s["end_of_event"].item() == float(ev["end_frame"] - s["t"] <= 8)
+        c = min(12, len(actions) - s["t"])  # the chunk crosses event boundaries
+        np.testing.assert_allclose(s["chunk_CA"][:c].numpy(), actions[s["t"] : s["t"] + c])
+        frames = _frames(CameraInfo(**ep["cameras"][0]), 32)
+        assert torch.equal(
+            s["image_CHW"], torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())
+        )
+        nxt = [
+            e
+            for e in data.events
+            if e["episode_id"] == ev["episode_id"] and e["event_index"] == ev["event_index"] + 1
+        ]
+        assert s["next_caption"] == (nxt[0]["caption"] if nxt else "")
+        again = data[(k, 1000 + k)]  # a sample is a pure function of (seed, sample id)
+        assert again["t"] == s["t"] and torch.equal(again["image_CHW"], s["image_CHW"])
+
+    # the excluded cluster is never sampled; the rest follow the curated weights
+    sampler = ClusterBalancedSampler(data.weights, samples_per_epoch=3000, seed=0)
+    clusters = [data.events[i]["cluster_id"] for i, _ in sampler]
+    assert excluded not in clusters and len(set(clusters)) == 5
+
+
+def test_sampler_resumes_exactly_and_spawn_workers(curated):
+    ds, _store, _ = curated
+    data = EventFrameDataset(materialize(str(ds), "v1", size=32).path)
+    full = ClusterBalancedSampler(data.weights, samples_per_epoch=50, seed=7)
+    uninterrupted = [x for _ in range(2) for x in full]  # two epochs
+    first = ClusterBalancedSampler(data.weights, samples_per_epoch=50, seed=7)
+    it = iter(first)
+    head = [next(it) for _ in range(70 % 50)]  # stop part-way through epoch 0
+    state = first.state_dict()
+    resumed = ClusterBalancedSampler(data.weights, samples_per_epoch=50, seed=1)
+    resumed.load_state_dict(state)
+    tail = list(resumed) + list(resumed)
+    assert head + tail[: 100 - len(head)] == uninterrupted
+    assert data.__getitems__(head[:4])[2]["t"] == data[head[2]]["t"]  # samples are pure functions
+    loader = make_loader(data, batch_size=16, num_workers=2)
+    batch = next(iter(loader))
+    assert batch["image_BCHW"].shape == (16, 3, 32, 32) and batch["actions_BHA"].shape[:2] == (
+        16,
+        32,
+    )
+
+
+def test_materialize_cli_and_errors(curated, tmp_path):
+    ds, _store, _ = curated
+    runner = CliRunner()
+    ok = runner.invoke(app, ["materialize", "--dataset", str(ds), "--tag", "v1", "--size", "24"])
+    assert ok.exit_code == 0 and "events" in ok.output
+    bad = runner.invoke(app, ["materialize", "--dataset", str(ds), "--tag", "nope"])
+    assert bad.exit_code == 1 and "no tag 'nope'" in bad.output
