@@ -1,0 +1,240 @@
+"""Optimisers for the trainer: Muon for 2-D hidden matrices, AdamW for the rest; schedule; EMA.
+
+``torch.optim.Muon`` always runs its Newton-Schulz orthogonalisation in bfloat16, which is
+2.7-15x slower than float32 on CPUs without bf16 matrix units (measured on an AVX2-only EPYC)
+but faster on CPUs that have them (2.8x on this project's AVX-512 Xeon, BENCHMARKS.md).
+:class:`Muon` here follows the same update rule (EMA momentum, Nesterov, the quintic
+Newton-Schulz iteration with coefficients (3.4445, -4.7750, 2.0315), learning-rate adjustment,
+decoupled weight decay) and orthogonalises in a chosen dtype; ``"auto"`` (the default) times both
+once per process on the parameters' device and keeps the faster.
+
+Which parameters get Muon (:func:`split_params`): 2-D weight matrices of hidden layers. Embedding
+tables, norms, biases, and input/output projections (heads) go to AdamW, as in the Muon recipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import AdamW, Optimizer
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(
+    grad_AB: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Approximately orthogonalise a matrix: U S' V^T with S' roughly in [0.5, 1.5]."""
+    a, b, c = NS_COEFFICIENTS
+    x = grad_AB.to(dtype)
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if transposed:
+        x = x.T
+    out: torch.Tensor = x.to(grad_AB.dtype)
+    return out
+
+
+@functools.cache
+def fastest_ns_dtype(device_type: str = "cpu") -> torch.dtype:
+    """bfloat16 on GPUs; on CPUs whichever of float32/bfloat16 runs Newton-Schulz faster here."""
+    if device_type != "cpu":
+        return torch.bfloat16
+    g = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        newton_schulz(g, dtype=dtype)  # warm-up
+        t = time.perf_counter()
+        for _ in range(3):
+            newton_schulz(g, dtype=dtype)
+        timings[dtype] = time.perf_counter() - t
+    return min(timings, key=lambda d: timings[d])
+
+
+def adjusted_lr(lr: float, shape: torch.Size, mode: str | None) -> float:
+    """Muon's per-matrix learning-rate scale.
+
+    ``match_rms_adamw`` (Moonlight): 0.2 * sqrt(max(A, B)), so AdamW learning rates carry over;
+    ``original``: sqrt(max(1, A / B)).
+    """
+    rows, cols = shape[:2]
+    if mode == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    if mode in (None, "original"):
+        return lr * math.sqrt(max(1.0, rows / cols))
+    return lr
+
+
+class Muon(Optimizer):
+    """Muon with a selectable orthogonalisation dtype (float32 for CPUs)."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        eps: float = 1e-7,
+        adjust_lr_fn: str | None = "match_rms_adamw",
+        ns_dtype: torch.dtype | str = "auto",
+    ) -> None:
+        """Create the optimiser (every parameter must be a 2-D matrix)."""
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "ns_steps": ns_steps,
+            "eps": eps,
+            "adjust_lr_fn": adjust_lr_fn,
+        }
+        super().__init__(params, defaults)
+        if ns_dtype == "auto":
+            first = next((p for g in self.param_groups for p in g["params"]), None)
+            ns_dtype = fastest_ns_dtype(first.device.type if first is not None else "cpu")
+        self.ns_dtype: torch.dtype = ns_dtype  # type: ignore[assignment]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon takes 2-D matrices only, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter with a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_steps"], group["eps"], self.ns_dtype)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-adjusted_lr(group["lr"], p.shape, group["adjust_lr_fn"]))
+        return loss
+
+
+def split_params(
+    model: nn.Module, head_names: tuple[str, ...] = ("head", "embed", "proj_in", "proj_out")
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(Muon params, AdamW params): hidden 2-D weights vs everything else."""
+    muon: list[nn.Parameter] = []
+    adamw: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        hidden = p.ndim == 2 and not any(h in name for h in head_names)
+        (muon if hidden else adamw).append(p)
+    return muon, adamw
+
+
+class MuonAdamW:
+    """Muon on hidden matrices + AdamW on the rest, stepped and checkpointed as one."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        ns_dtype: torch.dtype | str = "auto",
+    ) -> None:
+        """Build both optimisers over ``model``'s parameters.
+
+        Both use the same learning rate; Muon's is scaled per matrix (:func:`adjusted_lr`).
+        """
+        muon_params, adamw_params = split_params(model)
+        self.muon = (
+            Muon(muon_params, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
+            if muon_params
+            else None
+        )
+        self.adamw = AdamW(adamw_params, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.optimizers: list[Optimizer] = [o for o in (self.muon, self.adamw) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """All groups (schedulers set ``lr`` on these)."""
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        """Step both optimisers."""
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear gradients."""
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimisers' states."""
+        return {
+            "muon": self.muon.state_dict() if self.muon else None,
+            "adamw": self.adamw.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore both optimisers."""
+        if self.muon is not None:
+            self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (evaluation weights)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        """Start from the model's current weights."""
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend the model's current weights in."""
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into ``model``."""
+        model.load_state_dict(self.shadow)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights and the decay."""
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore."""
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
