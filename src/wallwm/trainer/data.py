@@ -2,7 +2,8 @@
 
 A sample is a frame ``t`` drawn inside an event, with (shapes per sample; batches add ``B``):
 
-- ``image_CHW`` uint8 (3, S, S) at ``t`` and ``state_S`` at ``t``;
+- ``image_CHW`` uint8 (3, S, S) at ``t``, ``end_image_CHW`` at the event's last frame (the
+  world-model target), and ``state_S`` at ``t``;
 - ``actions_HA`` from ``t`` to the end of the event, padded to ``h_max`` with ``action_mask_H``,
   and ``end_of_event`` (1 when the event ends within ``h_max`` steps of ``t``);
 - ``chunk_CA`` the fixed-length chunk baseline: ``chunk_len`` actions from ``t`` regardless of
@@ -85,11 +86,21 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
     def __getitems__(self, items: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """A batch of samples with one positional ``take`` for all their frames."""
         plans = [self._plan(tuple(i)) for i in items]  # type: ignore[arg-type]
-        rows = [e["frame_row"] + t for e, t in plans]
+        # the frame at t and the event's last frame (the world-model target), one take for all
+        rows = [e["frame_row"] + t for e, t in plans] + [
+            e["frame_row"] + e["end_frame"] - 1 for e, _ in plans
+        ]
         frames = self._frame_table().take(rows, columns=["frame"]).column("frame").to_pylist()
-        return [self._sample(e, t, frame) for (e, t), frame in zip(plans, frames, strict=True)]
+        n = len(plans)
+        return [self._sample(e, t, frames[i], frames[n + i]) for i, (e, t) in enumerate(plans)]
 
-    def _sample(self, event: dict[str, Any], t: int, frame: bytes) -> dict[str, Any]:
+    def _image(self, frame: bytes) -> torch.Tensor:
+        image = np.frombuffer(frame, np.uint8).reshape(self.size, self.size, 3)
+        return torch.from_numpy(image.transpose(2, 0, 1).copy())
+
+    def _sample(
+        self, event: dict[str, Any], t: int, frame: bytes, end_frame: bytes
+    ) -> dict[str, Any]:
         actions = self.actions[event["episode_row"]]
         states = self.states[event["episode_row"]]
         a_dim = actions.shape[1]
@@ -103,9 +114,9 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         chunk_CA[: len(chunk)] = chunk
         chunk_mask = np.zeros(self.chunk_len, bool)
         chunk_mask[: len(chunk)] = True
-        image = np.frombuffer(frame, np.uint8).reshape(self.size, self.size, 3)
         return {
-            "image_CHW": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "image_CHW": self._image(frame),
+            "end_image_CHW": self._image(end_frame),
             "state_S": torch.from_numpy(states[t].copy()),
             "actions_HA": torch.from_numpy(actions_HA),
             "action_mask_H": torch.from_numpy(mask_H),

@@ -1,0 +1,122 @@
+"""The model and the training run: shapes per mode, exact resume, CLI, Ray Train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
+from wallwm.trainer.data import EventFrameDataset, make_loader
+from wallwm.trainer.model import MODES, WorldActionModel, preset, tokenize
+from wallwm.trainer.train import Run, TrainConfig, train
+from wallwm.trainer.view import materialize
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    record_synthetic(src, SynthConfig(episodes=6, size=32, seed=5))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    return ds
+
+
+def test_presets_and_tokenizer():
+    assert (
+        4.5e6
+        < sum(p.numel() for p in WorldActionModel(preset("small"), "event").parameters())
+        < 6e6
+    )
+    with pytest.raises(ValueError, match="did you mean 'small'"):
+        preset("smal")
+    ids = tokenize(["Grasp the red puck!", ""], vocab=512, length=4)
+    assert ids.shape == (2, 4) and (ids[0] > 0).all() and (ids[1] == 0).all()
+    assert torch.equal(tokenize(["grasp"], 512, 4), tokenize(["GRASP"], 512, 4))
+
+
+def test_every_mode_trains_and_acts(dataset):
+    view = materialize(str(dataset), None, size=32)
+    data = EventFrameDataset(view.path, h_max=8, chunk_len=4)
+    batch = next(iter(make_loader(data, batch_size=4)))
+    for mode in MODES:
+        cfg = preset("debug", image_size=32, action_dim=4, state_dim=4, h_max=8, chunk_len=4)
+        model = WorldActionModel(cfg, mode, data.meta["stats"])
+        losses = model.losses(batch)
+        assert set(losses) >= {"flow", "planner", "world"} and ("end" in losses) == (
+            mode == "event"
+        )
+        sum(losses.values()).backward()
+        thoughts_grad = model.thoughts.grad
+        # unified: the action loss reaches the thought slots (nothing sampled in between)
+        assert (thoughts_grad is not None and thoughts_grad.abs().sum() > 0) == (mode == "unified")
+        out = model.act(batch, steps=3)
+        assert out["actions_BHA"].shape == (4, 8 if mode == "event" else 4, 4)
+        assert ("end_of_event_B" in out) == (mode == "event")
+
+
+def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
+    common = {
+        "dataset": str(dataset),
+        "size": 32,
+        "preset": "debug",
+        "batch_size": 8,
+        "h_max": 8,
+        "chunk_len": 4,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+        "log_every": 1,
+    }
+    straight = train(TrainConfig(**common, steps=12, checkpoint_every=100, out=str(tmp_path / "a")))
+    train(
+        TrainConfig(**common, steps=12, stop_after=6, checkpoint_every=100, out=str(tmp_path / "b"))
+    )
+    resumed = train(
+        TrainConfig(**common, steps=12, checkpoint_every=6, out=str(tmp_path / "b"), resume=True)
+    )
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[6:]]  # bit-exact
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 12 and state["dataset"]["versions"]["events"] >= 1
+    assert set(state) >= {"model", "optimizer", "ema", "sampler", "rng", "config", "stats"}
+    assert Run(TrainConfig(**common, steps=12, out=str(tmp_path / "b"), resume=True)).step == 12
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))
+    assert (tmp_path / "b" / "tensorboard").is_dir()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_cli_train_on_ray_train_and_plot(dataset, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            str(dataset),
+            "--preset",
+            "debug",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "step 3" in result.output and (out / "checkpoint.pt").exists()
+    png = tmp_path / "loss.png"
+    assert runner.invoke(app, ["train", "plot", str(out), "--out", str(png)]).exit_code == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["train", "--dataset", str(dataset), "--mode", "chunks", "--local"])
+    assert bad.exit_code != 0
