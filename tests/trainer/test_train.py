@@ -120,3 +120,66 @@ def test_cli_train_on_ray_train_and_plot(dataset, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["train", "--dataset", str(dataset), "--mode", "chunks", "--local"])
     assert bad.exit_code != 0
+
+
+def test_closed_loop_metaworld_eval(tmp_path):
+    pytest.importorskip("metaworld", reason="MetaWorld is the optional 'sim' extra")
+    from wallwm.pipeline.sim.metaworld import MetaWorldConfig, record_metaworld
+    from wallwm.trainer.evaluate import evaluate_metaworld
+    from wallwm.trainer.policy import LocalPolicy, wilson_interval
+
+    src, ds = tmp_path / "mw", tmp_path / "ds"
+    record_metaworld(src, MetaWorldConfig(tasks=("reach-v3",), episodes=2, size=32, max_steps=40))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    from wallwm.captioner.stage import CaptionStageConfig, run_caption
+
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    out = tmp_path / "run"
+    train(
+        TrainConfig(
+            dataset=str(ds),
+            size=32,
+            preset="debug",
+            steps=3,
+            batch_size=4,
+            h_max=8,
+            chunk_len=4,
+            out=str(out),
+        )
+    )
+    policy = LocalPolicy(out / "checkpoint.pt", replan_every=4)
+    assert policy.bank and policy.mode == "event"
+    result = evaluate_metaworld(policy, ["reach-v3"], episodes=1, image_size=32, max_steps=12)
+    r = result["per_task"]["reach-v3"]
+    assert r["episodes"] == 1 and r["successes"] in (0, 1)
+    assert r["ci95"] == list(wilson_interval(r["successes"], 1))
+    assert policy.plan is not None and policy.plan.history  # it planned events by caption
+    runner = CliRunner()
+    cli = runner.invoke(
+        app,
+        [
+            "eval",
+            "policy",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--task",
+            "reach",
+            "--episodes",
+            "1",
+            "--max-steps",
+            "5",
+            "--json",
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["overall"]["episodes"] == 1
+
+
+def test_wilson_interval():
+    from wallwm.trainer.policy import wilson_interval
+
+    low, high = wilson_interval(40, 50)
+    assert 0.66 < low < 0.8 < high < 0.9
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -287,3 +287,53 @@ def eval_segmentation(
             f"{m['mean_offset_frames']:.2f}",
         )
     console.print(table)
+
+
+@eval_app.command("policy")
+def eval_policy(
+    checkpoint: Annotated[str, typer.Option(help="Training checkpoint (checkpoint.pt).")],
+    task: Annotated[list[str], typer.Option("--task", help="MetaWorld task, repeatable; mt10.")],
+    sim: Annotated[str, typer.Option(help="Simulator (metaworld).")] = "metaworld",
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 50,
+    max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    camera: Annotated[str, typer.Option(help="Camera the model was trained on.")] = "corner",
+    replan_every: Annotated[int, typer.Option(help="Executed steps between replans.")] = 8,
+    seed: Annotated[int, typer.Option(help="Evaluation seed (held-out initial states).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Closed-loop success rate (95 % interval) of a checkpoint in MetaWorld (extra ``sim``)."""
+    if sim != "metaworld":
+        raise typer.BadParameter(f"unknown simulator {sim!r} (metaworld)")
+    from rich.table import Table
+
+    from wallwm.pipeline.sim.metaworld import MT10
+    from wallwm.trainer.evaluate import evaluate_metaworld
+    from wallwm.trainer.policy import LocalPolicy
+
+    tasks = [
+        t2
+        for t in task
+        for t2 in (MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
+    ]
+    try:
+        policy = LocalPolicy(checkpoint, replan_every=replan_every, seed=seed)
+    except (OSError, KeyError, RuntimeError) as exc:
+        err_console.print(f"[red]cannot load {checkpoint}: {exc}[/]")
+        raise typer.Exit(1) from exc
+    with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
+        result = evaluate_metaworld(
+            policy, tasks, episodes, policy.model.cfg.image_size, camera, max_steps, seed
+        )
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"closed-loop success ({policy.mode} mode, {episodes} episodes per task)")
+    for col in ("task", "success", "95% interval"):
+        table.add_column(col)
+    for name, r in [*result["per_task"].items(), ("overall", result["overall"])]:
+        table.add_row(
+            name,
+            f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%}",
+            f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]",
+        )
+    console.print(table)

@@ -120,6 +120,10 @@ class Run:
                 "view": str(self.data.view),
             },
             "stats": self.data.meta["stats"],
+            # what event mode may condition on at test time: the training captions per task
+            "caption_bank": sorted(
+                {(e["instruction"], e["caption"]) for e in self.data.events if e["caption"]}
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -197,19 +197,32 @@ def _fast_render(env: Any) -> None:
     model.mat_reflectance[:] = 0
 
 
+def make_env(task: str, seed: int, index: int, camera: str, size: int) -> Any:
+    """A MetaWorld v3 env for ``task`` rendering ``camera`` at ``size`` px, fast CPU settings."""
+    import metaworld
+
+    bench = metaworld.MT1(task, seed=seed)
+    env = bench.train_classes[task](
+        render_mode="rgb_array", camera_name=camera, width=size, height=size
+    )
+    env.set_task(bench.train_tasks[index % len(bench.train_tasks)])
+    _fast_render(env)
+    return env
+
+
+def render(env: Any, camera: str) -> np.ndarray:
+    """The current frame, upright (the corner cameras render upside down)."""
+    img = env.render()
+    return np.ascontiguousarray(img[::-1, ::-1] if camera.startswith("corner") else img)
+
+
 def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> dict[str, Any]:
     """Record one episode of ``task`` with the scripted expert; returns its summary."""
-    import metaworld
     from metaworld.policies import ENV_POLICY_MAP
 
     seed = cfg.seed * 100_003 + index
     rng = np.random.default_rng(seed)
-    bench = metaworld.MT1(task, seed=seed)
-    env = bench.train_classes[task](
-        render_mode="rgb_array", camera_name=cfg.camera, width=cfg.size, height=cfg.size
-    )
-    env.set_task(bench.train_tasks[index % len(bench.train_tasks)])
-    _fast_render(env)
+    env = make_env(task, seed, index, cfg.camera, cfg.size)
     policy = ENV_POLICY_MAP[task]()
     tracer = PhaseTracer(policy)
     obs, _info = env.reset(seed=seed)
@@ -220,10 +233,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             action, signature = tracer.call(policy, obs)
             action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
             action = np.clip(action, -1.0, 1.0)
-            img = env.render()
-            if cfg.camera.startswith("corner"):
-                img = img[::-1, ::-1]  # these cameras render upside down
-            frames.append(np.ascontiguousarray(img))
+            frames.append(render(env, cfg.camera))
             states.append(np.asarray(obs[:4], dtype=np.float32))
             actions.append(action)
             signatures.append(signature)
