@@ -1,9 +1,11 @@
 """``make demo``: the main job end to end on built-in defaults.
 
 Records simulated robot episodes (MetaWorld's scripted experts: 3 tasks x 5 episodes), then runs
-every stage that exists on a local Ray and a local Lance dataset under ``./demo``, shows the
-status table and the segmentation quality against the recorder's ground truth, and writes an
-episode plot and an event keyframe grid. Each stage joins here as it lands.
+every stage that exists on a local Ray and a local Lance dataset under ``./demo``: ingest +
+segment in one decode pass, captions (signal fallback), embeddings, clusters and the HTML report,
+a curated tag, the training view, a short training run and a closed-loop evaluation; it shows
+the status table and the segmentation quality against the recorder's ground truth. Each stage
+joins here as it lands.
 """
 
 from __future__ import annotations
@@ -60,13 +62,55 @@ def main(root: str = "demo") -> None:
     )
     _run(["clusters", "list", "--dataset", dataset, "--level", "1"])
     _run(["report", "--dataset", dataset, "--out", str(base / "report")])
+    _run(["clusters", "tag", "demo-v1", "--dataset", dataset])
+    _run(["materialize", "--dataset", dataset, "--tag", "demo-v1", "--size", "64"])
+    run_dir = str(base / "run")
+    _run(
+        [
+            "train",
+            "--dataset",
+            dataset,
+            "--tag",
+            "demo-v1",
+            "--size",
+            "64",
+            "--preset",
+            "debug",
+            "--steps",
+            "40",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--out",
+            run_dir,
+            "--local",
+        ]
+    )
+    _run(["train", "plot", run_dir, "--out", str(base / "loss.png")])
+    _run(
+        [
+            "eval",
+            "policy",
+            "--checkpoint",
+            f"{run_dir}/checkpoint.pt",
+            "--task",
+            "pick-place",
+            "--episodes",
+            "2",
+            "--max-steps",
+            "60",
+        ]
+    )
     typer.echo(
         "\ncaptions here come from the signal-based fallback (no VLM on this machine); with a VLM "
         "server: wallwm caption --dataset demo/dataset --backend openai --base-url URL --model NAME"
     )
     typer.echo(
         f"\ndemo done: dataset in {dataset}, pictures in {base}/episode.png and "
-        f"{base}/event.png, cluster report in {base}/report/index.html"
+        f"{base}/event.png, cluster report in {base}/report/index.html, training curves in "
+        f"{base}/loss.png (a 40-step debug model: the success rate shows the path works, "
+        "not what training for an hour reaches)"
     )
 
 

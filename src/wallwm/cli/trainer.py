@@ -39,7 +39,7 @@ def train_cmd(
     ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset root.")] = None,
     tag: Annotated[str | None, typer.Option(help="Curated snapshot (wallwm clusters tag).")] = None,
-    mode: Annotated[str, typer.Option(help="event | unified | chunk")] = "event",
+    mode: Annotated[str, typer.Option(help="event | unified | chunk | chunk_text")] = "event",
     preset: Annotated[str, typer.Option(help="debug | small | base")] = "small",
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
@@ -47,6 +47,9 @@ def train_cmd(
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     out: Annotated[str, typer.Option(help="Run directory.")] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop with a checkpoint after N steps (time-boxed jobs).")
+    ] = None,
     num_workers: Annotated[int, typer.Option(help="Ray Train workers (DDP).")] = 1,
     use_gpu: Annotated[bool, typer.Option(help="One GPU per worker.")] = False,
     local: Annotated[bool, typer.Option(help="Train in this process, without Ray Train.")] = False,
@@ -74,6 +77,7 @@ def train_cmd(
             out=out,
             resume=resume,
             seed=seed,
+            stop_after=stop_after,
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -17,6 +17,9 @@ description of the event being executed), the proprio state, and the image patch
 
 Modes: ``event`` conditions on the current event's description and emits actions to its end;
 ``chunk`` (the baseline) conditions on the instruction only and emits a fixed-length chunk;
+``chunk_text`` (the key control of the events-vs-chunks experiment) emits fixed-length chunks
+conditioned on the current event's description, separating "knowing the subtask" from "acting
+to the event's end";
 ``unified`` conditions on the instruction only and adds K learned thought slots that enter the
 top K trunk layers one layer apart (staircase): slot k joins at layer ``L - K + k``, nothing is
 sampled, so the action loss trains them too; a distillation loss pulls them toward the encoding
@@ -34,8 +37,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-Mode = Literal["event", "unified", "chunk"]
-MODES: tuple[str, ...] = ("event", "unified", "chunk")
+Mode = Literal["event", "unified", "chunk", "chunk_text"]
+MODES: tuple[str, ...] = ("event", "unified", "chunk", "chunk_text")
+#: Modes conditioned on the description of the event being executed.
+TEXT_CONDITIONED: tuple[str, ...] = ("event", "chunk_text")
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ class WorldActionModel(nn.Module):
         b = batch["image_BCHW"].shape[0]
         t = self.type_embed
         instr = self.text(batch["instruction"])[:, None] + t[0]
-        if self.mode == "event":
+        if self.mode in TEXT_CONDITIONED:
             cond = self.text(batch["caption"])[:, None] + t[1]
         else:
             cond = torch.zeros_like(instr) + t[1]

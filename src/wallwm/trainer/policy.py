@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from wallwm.trainer.model import ModelConfig, WorldActionModel
+from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
 
 
 @dataclass
@@ -103,7 +103,7 @@ class LocalPolicy:
 
     def _replan(self, obs: Observation) -> None:
         caption = ""
-        if self.mode == "event":
+        if self.mode in TEXT_CONDITIONED:
             previous = self.plan.caption if self.plan else ""
             caption = self._next_caption(obs, previous)
         out = self.model.act(self._batch(obs, caption), self.flow_steps, self.generator)

@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     dataset: str
     tag: str | None = None
     size: int = Field(96, ge=16)
-    mode: Literal["event", "unified", "chunk"] = "event"
+    mode: Literal["event", "unified", "chunk", "chunk_text"] = "event"
     preset: str = "small"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
