@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,11 +24,11 @@ class CaptionParseError(ValueError):
     """Model output that is not a valid caption (the message says why)."""
 
 
-def _first_object(text: str) -> tuple[str, bool]:
-    """The first ``{...}`` in ``text`` (string-aware), and whether it was closed."""
-    start = text.find("{")
-    if start < 0:
-        raise CaptionParseError("no JSON object in the output")
+def _structure(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """Yield ``(index, char, depth)`` for characters outside JSON strings (escape-aware).
+
+    ``depth`` is the object/array nesting after the character.
+    """
     depth, in_str, escaped = 0, False, False
     for i in range(start, len(text)):
         ch = text[i]
@@ -38,40 +39,32 @@ def _first_object(text: str) -> tuple[str, bool]:
                 escaped = True
             elif ch == '"':
                 in_str = False
-        elif ch == '"':
+            continue
+        if ch == '"':
             in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1], True
+            continue
+        depth += (ch in "{[") - (ch in "}]")
+        yield i, ch, depth
+
+
+def _first_object(text: str) -> tuple[str, bool]:
+    """The first ``{...}`` in ``text`` (string-aware), and whether it was closed."""
+    start = text.find("{")
+    if start < 0:
+        raise CaptionParseError("no JSON object in the output")
+    for i, ch, depth in _structure(text, start):
+        if ch == "}" and depth == 0:
+            return text[start : i + 1], True
     return text[start:], False
 
 
 def _repair_truncated(fragment: str) -> str:
     """Close a JSON object cut off mid-way, dropping a trailing incomplete member."""
-    # Drop everything after the last complete "key": value pair (a comma at depth 1).
-    depth, in_str, escaped, last_comma = 0, False, False, -1
-    for i, ch in enumerate(fragment):
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-        elif ch == "," and depth == 1:
-            last_comma = i
-    if last_comma < 0:
+    # Keep everything before the last complete "key": value pair (a comma at depth 1).
+    commas = [i for i, ch, depth in _structure(fragment) if ch == "," and depth == 1]
+    if not commas:
         raise CaptionParseError("output was truncated before the first field was complete")
-    return fragment[:last_comma] + "}"
+    return fragment[: commas[-1]] + "}"
 
 
 def _load(candidate: str) -> Any:

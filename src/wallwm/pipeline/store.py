@@ -170,6 +170,17 @@ class LanceStore:
         if "://" not in self.root:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
+    def _merged(self, table: str, stats: dict[str, Any], before: int | None) -> WriteResult:
+        """A ``merge_insert``'s counts as a :class:`WriteResult`."""
+        return WriteResult(
+            table,
+            int(stats["num_inserted_rows"]),
+            int(stats["num_updated_rows"]),
+            int(stats["num_deleted_rows"]),
+            before,
+            self.version(table),
+        )
+
     def uri(self, table: str) -> str:
         """URI of one table's Lance dataset."""
         return f"{self.root}/{table}.lance"
@@ -230,21 +241,8 @@ class LanceStore:
         rows = _drop_unchanged(self, table, rows, key, volatile)
         if rows.num_rows == 0:
             return WriteResult(table, 0, 0, 0, before, before)
-        stats = (
-            self._open(table)
-            .merge_insert(key)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
-        )
-        return WriteResult(
-            table,
-            int(stats["num_inserted_rows"]),
-            int(stats["num_updated_rows"]),
-            int(stats["num_deleted_rows"]),
-            before,
-            self.version(table),
-        )
+        builder = self._open(table).merge_insert(key).when_matched_update_all()
+        return self._merged(table, builder.when_not_matched_insert_all().execute(rows), before)
 
     def replace(
         self, table: str, rows: pa.Table, key: str, scope: str, volatile: tuple[str, ...] = ()
@@ -261,22 +259,9 @@ class LanceStore:
         existing = self.read(table, columns=rows.column_names, where=scope)
         if _same_rows(existing, rows, key, volatile):
             return WriteResult(table, 0, 0, 0, before, before)
-        stats = (
-            self._open(table)
-            .merge_insert(key)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(scope)
-            .execute(rows)
-        )
-        return WriteResult(
-            table,
-            int(stats["num_inserted_rows"]),
-            int(stats["num_updated_rows"]),
-            int(stats["num_deleted_rows"]),
-            before,
-            self.version(table),
-        )
+        builder = self._open(table).merge_insert(key).when_matched_update_all()
+        builder = builder.when_not_matched_insert_all().when_not_matched_by_source_delete(scope)
+        return self._merged(table, builder.execute(rows), before)
 
     def ensure_columns(self, table: str, fields: list[pa.Field]) -> None:
         """Add the ``fields`` a table lacks, all null (schema evolution; no data rewrite)."""
