@@ -127,3 +127,17 @@ def test_gripper_notes_and_signal_captions():
     assert cap["caption"] == "grasp the red puck" and cap["verb"] == "grasp"
     out = SignalsBackend().generate([])
     assert out == []
+
+
+def test_parse_respects_escapes_and_braces_inside_strings():
+    from wallwm.captioner.parsing import _first_object
+
+    body = (
+        '{"caption": "grasp the red puck", "verb": "grasp", "object": "a {puck}", '
+        '"target": null, "done_state": "it says \\"held\\" }"}'
+    )
+    assert _first_object("noise " + body + " trailing") == (body, True)
+    with pytest.raises(CaptionParseError, match="done_state"):  # quotes are outside the schema
+        parse_caption(body)
+    cap = parse_caption(body.replace('\\"held\\" ', "held "))
+    assert cap.object == "a {puck}" and cap.done_state == "it says held }"
