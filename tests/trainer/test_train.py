@@ -37,8 +37,15 @@ def test_presets_and_tokenizer():
     with pytest.raises(ValueError, match="did you mean 'small'"):
         preset("smal")
     ids = tokenize(["Grasp the red puck!", ""], vocab=512, length=4)
-    assert ids.shape == (2, 4) and (ids[0] > 0).all() and (ids[1] == 0).all()
+    assert ids.shape == (2, 4) and (ids[0] > 1).all() and ids[1].tolist() == [1, 0, 0, 0]
     assert torch.equal(tokenize(["grasp"], 512, 4), tokenize(["GRASP"], 512, 4))
+
+
+def test_empty_texts_are_finite_in_eval_mode():
+    model = WorldActionModel(preset("debug"), "event").eval()
+    with torch.no_grad():
+        out = model.text(["", "grasp the puck"])
+    assert torch.isfinite(out).all()
 
 
 def test_every_mode_trains_and_acts(dataset):
@@ -183,3 +190,47 @@ def test_wilson_interval():
     low, high = wilson_interval(40, 50)
     assert 0.66 < low < 0.8 < high < 0.9
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_holdout_is_excluded_from_training_and_evaluated_offline(dataset, tmp_path):
+    from wallwm.trainer.evaluate import evaluate_offline
+
+    out = tmp_path / "run"
+    run = Run(
+        TrainConfig(
+            dataset=str(dataset),
+            size=32,
+            preset="debug",
+            steps=2,
+            batch_size=8,
+            h_max=8,
+            chunk_len=4,
+            holdout=0.35,
+            out=str(out),
+        )
+    )
+    assert 0 < run.held_out.sum() < len(run.held_out)
+    held_ids = {e["event_id"] for e, h in zip(run.data.events, run.held_out, strict=True) if h}
+    seen = {run.data.events[i]["event_id"] for i, _ in run.sampler}
+    assert seen and not seen & held_ids  # training never samples a held-out episode
+    run.fit()
+    result = evaluate_offline(str(out / "checkpoint.pt"), batches=2, batch_size=4)
+    assert result["held_out_events"] == len(held_ids) and result["batches"] == 2
+    metrics = result["metrics"]
+    assert {"flow", "planner", "world", "end", "action_mse", "end_accuracy"} <= set(metrics)
+    assert all(v == v and v >= 0 for v in metrics.values()), metrics  # finite, no NaN
+    cli = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "offline",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--batches",
+            "1",
+            "--batch-size",
+            "4",
+            "--json",
+        ],
+    )
+    assert cli.exit_code == 0 and json.loads(cli.output)["batches"] == 1

@@ -337,3 +337,26 @@ def eval_policy(
             f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]",
         )
     console.print(table)
+
+
+@eval_app.command("offline")
+def eval_offline(
+    checkpoint: Annotated[str, typer.Option(help="Training checkpoint (checkpoint.pt).")],
+    batches: Annotated[int, typer.Option(help="Batches of held-out samples.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Losses, action error and next-event retrieval on the episodes held out of training."""
+    from wallwm.trainer.evaluate import evaluate_offline
+
+    try:
+        result = evaluate_offline(checkpoint, batches, batch_size)
+    except (ValueError, OSError, KeyError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"held-out events: {result['held_out_events']} ({result['batches']} batches)")
+    for key, value in result["metrics"].items():
+        console.print(f"  {key:>16}: {value:.4f}")

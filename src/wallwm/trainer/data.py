@@ -131,6 +131,16 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         }
 
 
+def holdout_mask(events: list[dict[str, Any]], fraction: float) -> np.ndarray:
+    """Events of held-out episodes (chosen by a hash of the episode id: stable across runs)."""
+    import zlib
+
+    cut = round(fraction * 10_000)
+    return np.array(
+        [zlib.crc32(e["episode_id"].encode()) % 10_000 < cut for e in events], dtype=bool
+    )
+
+
 class ClusterBalancedSampler(Sampler[tuple[int, int]]):
     """Draws events with probability proportional to their curated weights, with replacement.
 

@@ -80,13 +80,22 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**asdict(presets[name]), **overrides})
 
 
+PAD, EMPTY = 0, 1
+
+
 def tokenize(texts: list[str], vocab: int, length: int) -> torch.Tensor:
-    """Word-hashing tokenizer (id 0 = padding): deterministic, no vocabulary file."""
-    out = torch.zeros(len(texts), length, dtype=torch.long)
+    """Word-hashing tokenizer: deterministic, no vocabulary file.
+
+    Id 0 pads; id 1 stands for an empty text, so no row is ever all padding (attention over a
+    fully masked row is NaN in PyTorch's fast inference path); words hash to 2..vocab-1.
+    """
+    out = torch.full((len(texts), length), PAD, dtype=torch.long)
     for i, text in enumerate(texts):
         words = re.findall(r"[a-z0-9]+", text.lower())[:length]
         for j, w in enumerate(words):
-            out[i, j] = 1 + zlib.crc32(w.encode()) % (vocab - 1)
+            out[i, j] = 2 + zlib.crc32(w.encode()) % (vocab - 2)
+        if not words:
+            out[i, 0] = EMPTY
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
+from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
 from wallwm.trainer.model import ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
 from wallwm.trainer.view import materialize
@@ -57,6 +57,13 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(100, ge=1)
     out: str = "runs/latest"
     resume: bool = False
+    holdout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of episodes held out of training "
+        "(by a hash of their id) for offline evaluation.",
+    )
     stop_after: int | None = Field(
         None,
         ge=1,
@@ -90,7 +97,11 @@ class Run:
         self.ema = EMA(self.model, cfg.ema_decay)
         # whole batches per epoch, so "samples consumed = step x batch" holds across epochs
         per_epoch = cfg.batch_size * max(1, -(-len(self.data) // cfg.batch_size))
-        self.sampler = ClusterBalancedSampler(self.data.weights, per_epoch, seed=cfg.seed)
+        self.held_out = holdout_mask(self.data.events, cfg.holdout)
+        if self.held_out.all():  # tiny datasets: never hold out everything
+            self.held_out[:] = False
+        weights = np.where(self.held_out, 0.0, self.data.weights)
+        self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
         self.step = 0
         if cfg.resume and (self.out / CHECKPOINT).exists():
             self.load_state_dict(torch.load(self.out / CHECKPOINT, weights_only=False))
@@ -121,6 +132,9 @@ class Run:
             },
             "stats": self.data.meta["stats"],
             # what event mode may condition on at test time: the training captions per task
+            "held_out_events": [
+                e["event_id"] for e, h in zip(self.data.events, self.held_out, strict=True) if h
+            ],
             "caption_bank": sorted(
                 {(e["instruction"], e["caption"]) for e in self.data.events if e["caption"]}
             ),
