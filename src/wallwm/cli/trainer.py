@@ -47,6 +47,9 @@ def train_cmd(
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     out: Annotated[str, typer.Option(help="Run directory.")] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
+    holdout: Annotated[
+        float, typer.Option(help="Share of episodes held out for `wallwm eval offline`.")
+    ] = 0.1,
     stop_after: Annotated[
         int | None, typer.Option(help="Stop with a checkpoint after N steps (time-boxed jobs).")
     ] = None,
@@ -78,6 +81,7 @@ def train_cmd(
             resume=resume,
             seed=seed,
             stop_after=stop_after,
+            holdout=holdout,
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
