@@ -30,7 +30,7 @@ from wallwm.pipeline.segment_stage import (
     SegmentStageConfig,
     event_rows,
     gripper_action_dims,
-    keyframe_indices,
+    keyframe_frames,
 )
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
 from wallwm.pipeline.sources.registry import open_source
@@ -155,7 +155,7 @@ def load_and_segment(
             gripper_action_dims=gripper_action_dims(record.action_names),
         )
         segmentation = segment(signals, seg)
-        wanted = sorted({f for fs in keyframe_indices(segmentation).values() for _p, f in fs})
+        wanted = keyframe_frames(segmentation)
         grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
     record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]
     validate_record(record, frame_tolerance)

@@ -15,6 +15,17 @@ from wallwm.pipeline.segment import Segmentation, SegmentConfig, segment
 from wallwm.pipeline.store import TableStore, sql_quote
 
 
+def save_figure(fig: Any, out: str | Path, dpi: int = 100, **kwargs: Any) -> Path:
+    """Write a matplotlib figure to ``out`` (creating its folder) and release it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, **kwargs)
+    plt.close(fig)
+    return path
+
+
 def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[str, Any]:
     """Boundary precision/recall/F1 and mean offset of the stored events, per task and overall.
 
@@ -103,11 +114,7 @@ def event_grid(event: dict[str, Any], out: str | Path) -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def _segment_config_of(store: TableStore, run_id: str | None) -> SegmentConfig:
@@ -172,8 +179,4 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)

@@ -125,6 +125,11 @@ def keyframe_indices(seg: Segmentation) -> dict[int, list[tuple[str, int]]]:
     }
 
 
+def keyframe_frames(seg: Segmentation) -> list[int]:
+    """Every frame any event needs a keyframe of (sorted, unique): what one decode grabs."""
+    return sorted({f for frames in keyframe_indices(seg).values() for _p, f in frames})
+
+
 def event_rows(
     row: dict[str, Any],
     seg: Segmentation,
@@ -142,10 +147,11 @@ def event_rows(
     method, config_hash, run_id = lineage
     n = len(seg.starts)
     by_frame = {b.frame: b for b in seg.boundaries}
+    positions = keyframe_indices(seg)
     rows = []
     for i, (start, end) in enumerate(zip(seg.starts, seg.ends, strict=True)):
         b = by_frame.get(start)
-        frames = keyframe_indices(seg)[i]
+        frames = positions[i]
         rows.append(
             {
                 "event_id": event_id(row["episode_id"], start, end),
@@ -253,7 +259,7 @@ def segment_one(
         if cfg.segment.weights.get("visual", 0.0) > 0 and cams:
             motion = motion_energy(cams[0])
         seg = segment(episode_signals(row, actions, states, motion), cfg.segment)
-        wanted = sorted({f for frames in keyframe_indices(seg).values() for _p, f in frames})
+        wanted = keyframe_frames(seg)
         keyframes: dict[str, dict[int, bytes]] = {}
         for cam in cams:
             try:

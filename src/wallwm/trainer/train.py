@@ -279,6 +279,8 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from wallwm.pipeline.inspect import save_figure
+
     rows = [
         json.loads(line)
         for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
@@ -296,7 +298,4 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(str(run_dir))
-    out = Path(out)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100, bbox_inches="tight")

@@ -80,6 +80,19 @@ def _read(
     return ds.to_table(columns=columns), int(ds.version)
 
 
+#: Event columns the view carries over unchanged.
+_COPIED_EVENT_COLUMNS = (
+    "event_id",
+    "episode_id",
+    "event_index",
+    "num_events",
+    "start_frame",
+    "end_frame",
+    "caption",
+    "cluster_id",
+)
+
+
 class _ViewWriter:
     """Accumulates a view episode by episode, then writes the small tables and meta.json."""
 
@@ -113,19 +126,7 @@ class _ViewWriter:
             weight = e["weight"] if e["weight"] is not None else 1.0
             self.events.append(
                 {
-                    **{
-                        c: e[c]
-                        for c in (
-                            "event_id",
-                            "episode_id",
-                            "event_index",
-                            "num_events",
-                            "start_frame",
-                            "end_frame",
-                            "caption",
-                            "cluster_id",
-                        )
-                    },
+                    **{c: e[c] for c in _COPIED_EVENT_COLUMNS},
                     "next_caption": events[k + 1]["caption"] if k + 1 < len(events) else None,
                     "instruction": row["instruction"],
                     "weight": 0.0 if e["is_duplicate"] else float(weight),
@@ -185,21 +186,7 @@ def materialize(
     shutil.rmtree(out, ignore_errors=True)
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
     events, ev_version = _read(
-        store,
-        schemas.EVENTS,
-        tag,
-        [
-            "event_id",
-            "episode_id",
-            "event_index",
-            "num_events",
-            "start_frame",
-            "end_frame",
-            "caption",
-            "cluster_id",
-            "weight",
-            "is_duplicate",
-        ],
+        store, schemas.EVENTS, tag, [*_COPIED_EVENT_COLUMNS, "weight", "is_duplicate"]
     )
     by_episode: dict[str, list[dict[str, Any]]] = {}
     for e in events.to_pylist():
