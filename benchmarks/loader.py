@@ -56,7 +56,7 @@ class DecodeOnTheFly(Dataset):  # type: ignore[type-arg]
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         import av
 
-        event, t = self.view._plan(item)
+        event, t, _ = self.view._plan(item)
         ep_dir = self.source / self.view.meta_keys[event["episode_id"]]
         with av.open(str(ep_dir / "top.mp4")) as container:
             stream = container.streams.video[0]

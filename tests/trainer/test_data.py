@@ -75,7 +75,9 @@ def test_view_at_a_tag_and_sample_correctness(curated):
         n = min(ev["end_frame"], s["t"] + 8) - s["t"]
         assert torch.equal(s["action_mask_H"], torch.arange(8) < n)
         np.testing.assert_allclose(s["actions_HA"][:n].numpy(), actions[s["t"] : s["t"] + n])
-        assert s["end_of_event"].item() == float(ev["end_frame"] - s["t"] <= 8)
+        assert s["end_of_event"].item() == float(ev["end_frame"] - s["t"] < 8)
+        inside = min(ev["end_frame"] - s["t"], len(actions) - s["t"])
+        assert torch.equal(s["chunk_in_event_C"], torch.arange(12) < inside)
         c = min(12, len(actions) - s["t"])  # the chunk crosses event boundaries
         np.testing.assert_allclose(s["chunk_CA"][:c].numpy(), actions[s["t"] : s["t"] + c])
         frames = _frames(CameraInfo(**ep["cameras"][0]), 32)
@@ -90,6 +92,15 @@ def test_view_at_a_tag_and_sample_correctness(curated):
         assert s["next_caption"] == (nxt[0]["caption"] if nxt else "")
         again = data[(k, 1000 + k)]  # a sample is a pure function of (seed, sample id)
         assert again["t"] == s["t"] and torch.equal(again["image_CHW"], s["image_CHW"])
+
+    # caption dropout: blank text, and the planner's target becomes the current event
+    dropping = EventFrameDataset(view.path, h_max=8, chunk_len=12, seed=3, caption_dropout=0.5)
+    samples = [dropping[(k % len(data), k)] for k in range(200)]
+    dropped = [s for s in samples if s["caption"] == ""]
+    assert 60 < len(dropped) < 140
+    for s in dropped:
+        (ev,) = [e for e in data.events if e["event_id"] == s["event_id"]]
+        assert s["next_caption"] == ev["caption"]
 
     # the excluded cluster is never sampled; the rest follow the curated weights
     sampler = ClusterBalancedSampler(data.weights, samples_per_epoch=3000, seed=0)

@@ -56,16 +56,24 @@ def test_every_mode_trains_and_acts(dataset):
         cfg = preset("debug", image_size=32, action_dim=4, state_dim=4, h_max=8, chunk_len=4)
         model = WorldActionModel(cfg, mode, data.meta["stats"])
         losses = model.losses(batch)
-        assert set(losses) >= {"flow", "planner", "world"} and ("end" in losses) == (
-            mode == "event"
-        )
+        text_conditioned = mode in ("event", "chunk_text")
+        assert set(losses) >= {"flow", "planner", "world"}
+        assert ("end" in losses) == text_conditioned
         sum(losses.values()).backward()
         thoughts_grad = model.thoughts.grad
         # unified: the action loss reaches the thought slots (nothing sampled in between)
         assert (thoughts_grad is not None and thoughts_grad.abs().sum() > 0) == (mode == "unified")
         out = model.act(batch, steps=3)
         assert out["actions_BHA"].shape == (4, 8 if mode == "event" else 4, 4)
-        assert ("end_of_event_B" in out) == (mode == "event")
+        assert ("end_of_event_B" in out) == text_conditioned
+        if text_conditioned:
+            horizon = out["actions_BHA"].shape[1]
+            assert ((out["event_steps_B"] >= 1) & (out["event_steps_B"] <= horizon)).all()
+        # a given noise makes sampling a pure function of the inputs
+        noise = torch.randn(out["actions_BHA"].shape)
+        a = model.act(batch, steps=3, noise_BHA=noise)["actions_BHA"]
+        assert torch.equal(a, model.act(batch, steps=3, noise_BHA=noise)["actions_BHA"])
+        assert model.plan_next(batch).shape == out["next_event_BD"].shape
 
 
 def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
@@ -157,12 +165,12 @@ def test_closed_loop_metaworld_eval(tmp_path):
         )
     )
     policy = LocalPolicy(out / "checkpoint.pt", replan_every=4)
-    assert policy.bank and policy.mode == "event"
+    assert policy.engine.models["event"].bank and policy.mode == "event"
     result = evaluate_metaworld(policy, ["reach-v3"], episodes=1, image_size=32, max_steps=12)
     r = result["per_task"]["reach-v3"]
     assert r["episodes"] == 1 and r["successes"] in (0, 1)
     assert r["ci95"] == list(wilson_interval(r["successes"], 1))
-    assert policy.plan is not None and policy.plan.history  # it planned events by caption
+    assert policy.track.history  # it planned events by caption
     runner = CliRunner()
     cli = runner.invoke(
         app,

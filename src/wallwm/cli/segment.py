@@ -291,8 +291,18 @@ def eval_segmentation(
 
 @eval_app.command("policy")
 def eval_policy(
-    checkpoint: Annotated[str, typer.Option(help="Training checkpoint (checkpoint.pt).")],
     task: Annotated[list[str], typer.Option("--task", help="MetaWorld task, repeatable; mt10.")],
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Training checkpoint (checkpoint.pt), run in-process.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Policy server URL (wallwm serve), e.g. http://127.0.0.1:8000."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Server bearer token.", envvar="WALLWM_SERVE_TOKEN")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="Served mode (the server's default).")] = None,
     sim: Annotated[str, typer.Option(help="Simulator (metaworld).")] = "metaworld",
     episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 50,
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
@@ -301,28 +311,46 @@ def eval_policy(
     seed: Annotated[int, typer.Option(help="Evaluation seed (held-out initial states).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Closed-loop success rate (95 % interval) of a checkpoint in MetaWorld (extra ``sim``)."""
+    """Closed-loop success rate (95 % interval) in MetaWorld (extra ``sim``).
+
+    The policy runs in this process (``--checkpoint``) or on a policy server (``--server``):
+    both follow the same plan logic, so the served path can be checked against the local one.
+    """
     if sim != "metaworld":
         raise typer.BadParameter(f"unknown simulator {sim!r} (metaworld)")
+    if (checkpoint is None) == (server is None):
+        raise typer.BadParameter("give exactly one of --checkpoint or --server")
     from rich.table import Table
 
     from wallwm.pipeline.sim.metaworld import MT10
     from wallwm.trainer.evaluate import evaluate_metaworld
-    from wallwm.trainer.policy import LocalPolicy
+    from wallwm.trainer.policy import ChunkPolicy
 
     tasks = [
         t2
         for t in task
         for t2 in (MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
     ]
+    policy: ChunkPolicy
     try:
-        policy = LocalPolicy(checkpoint, replan_every=replan_every, seed=seed)
-    except (OSError, KeyError, RuntimeError) as exc:
-        err_console.print(f"[red]cannot load {checkpoint}: {exc}[/]")
+        if server is not None:
+            from wallwm.trainer.client import PolicyClient, RemotePolicy
+
+            client = PolicyClient(server, token)
+            policy = RemotePolicy(client, mode, replan_every=replan_every, seed=seed)
+        else:
+            from wallwm.trainer.policy import LocalPolicy
+
+            assert checkpoint is not None
+            policy = LocalPolicy(checkpoint, replan_every=replan_every, seed=seed)
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        err_console.print(
+            f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True
+        )
         raise typer.Exit(1) from exc
     with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
         result = evaluate_metaworld(
-            policy, tasks, episodes, policy.model.cfg.image_size, camera, max_steps, seed
+            policy, tasks, episodes, policy.spec.image_size, camera, max_steps, seed
         )
     if as_json:
         print_json(result)

@@ -1,12 +1,12 @@
-"""Trainer commands: ``wallwm materialize`` (more join as the trainer lands)."""
+"""Trainer commands: ``wallwm materialize``, ``wallwm train`` (+ ``plot``), ``wallwm serve``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, console, err_console
+from wallwm.cli.common import DatasetOpt, RayAddressOpt, console, err_console
 
 
 def materialize_cmd(
@@ -115,3 +115,78 @@ def train_plot(
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"wrote {path}")
+
+
+def serve_cmd(
+    checkpoint: Annotated[
+        list[str], typer.Option("--checkpoint", help="Checkpoint to serve; repeat: one per mode.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token for /metadata and /infer.", envvar="WALLWM_SERVE_TOKEN"),
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Largest micro-batch.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Extra wait for batch-mates (0: batch what queued meanwhile).")
+    ] = 0.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 4.0,
+    flow_steps: Annotated[int, typer.Option(help="Euler steps of the action flow.")] = 10,
+    replicas: Annotated[
+        int, typer.Option(help="0: serve from this process; N: a Ray Serve deployment.")
+    ] = 0,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Serve checkpoints as a policy server (HTTP; msgpack or JSON bodies)."""
+    from pydantic import ValidationError
+
+    from wallwm.trainer.server import ServeConfig, run_ray_serve, run_server, warn_if_exposed
+
+    try:
+        cfg = ServeConfig(
+            checkpoints=checkpoint,
+            host=host,
+            port=port,
+            token=token,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_body_bytes=int(max_body_mb * (1 << 20)),
+            flow_steps=flow_steps,
+            replicas=replicas,
+            ray_address=ray_address,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    warning = warn_if_exposed(cfg)
+    if warning:
+        err_console.print(f"[yellow]warning: {warning}[/]")
+
+    def ready(url: str, app: Any) -> None:
+        modes = ", ".join(app.metadata["modes"])
+        console.print(f"[bold]serve[/]: {modes} on {url} (Ctrl-C stops)", soft_wrap=True)
+
+    try:
+        if replicas:
+            url = run_ray_serve(cfg, block=False)
+            console.print(f"[bold]serve[/]: {replicas} Ray Serve replicas on {url} (Ctrl-C stops)")
+            _wait_forever()
+        else:
+            run_server(cfg, on_ready=ready)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]{exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from exc
+
+
+def _wait_forever() -> None:
+    import time
+
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()

@@ -5,10 +5,16 @@ A sample is a frame ``t`` drawn inside an event, with (shapes per sample; batche
 - ``image_CHW`` uint8 (3, S, S) at ``t``, ``end_image_CHW`` at the event's last frame (the
   world-model target), and ``state_S`` at ``t``;
 - ``actions_HA`` from ``t`` to the end of the event, padded to ``h_max`` with ``action_mask_H``,
-  and ``end_of_event`` (1 when the event ends within ``h_max`` steps of ``t``);
+  and ``end_of_event`` (1 when the event ends inside the horizon: fewer than ``h_max`` steps
+  remain);
 - ``chunk_CA`` the fixed-length chunk baseline: ``chunk_len`` actions from ``t`` regardless of
   event boundaries (padded at the episode end, ``chunk_mask_C``);
+- ``chunk_in_event_C``: which chunk steps are still inside the current event (the
+  end-of-event target of ``chunk_text`` mode);
 - ``caption``, ``next_caption`` (the following event's, or "" at the last event), ``instruction``.
+  With probability ``caption_dropout`` the caption is blanked and ``next_caption`` becomes the
+  current event's caption: the planner then learns "with no event given, the event to do now",
+  which is how a policy picks its first event (and re-identifies one when lost).
 
 The cluster-balanced sampler draws events with the curated weights of the view's tag. Samples
 are deterministic functions of ``(seed, sample id)``, and the sampler's state is its epoch and
@@ -35,7 +41,12 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
     """Samples of a training view; items are ``(event_index, sample_id)`` pairs."""
 
     def __init__(
-        self, view: str | Path, h_max: int = 32, chunk_len: int = 16, seed: int = 0
+        self,
+        view: str | Path,
+        h_max: int = 32,
+        chunk_len: int = 16,
+        seed: int = 0,
+        caption_dropout: float = 0.0,
     ) -> None:
         """Load the view's event index and per-episode signals (frames stay on disk)."""
         import lance
@@ -44,6 +55,7 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         self.meta = json.loads((self.view / "meta.json").read_text())
         self.size = int(self.meta["size"])
         self.h_max, self.chunk_len, self.seed = h_max, chunk_len, seed
+        self.caption_dropout = caption_dropout
         events = lance.dataset(str(self.view / "events.lance")).to_table()
         self.events = events.to_pylist()
         episodes = lance.dataset(str(self.view / "episodes.lance")).to_table()
@@ -72,12 +84,12 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         state["_frames"] = None  # never ship an open Lance handle to another process
         return state
 
-    def _plan(self, item: tuple[int, int]) -> tuple[dict[str, Any], int]:
+    def _plan(self, item: tuple[int, int]) -> tuple[dict[str, Any], int, bool]:
         event_index, sample_id = item
         event = self.events[event_index]
         rng = np.random.default_rng([self.seed, sample_id])
         t = int(rng.integers(event["start_frame"], event["end_frame"]))
-        return event, t
+        return event, t, bool(rng.random() < self.caption_dropout)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         """One sample (see the module docstring)."""
@@ -87,19 +99,22 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         """A batch of samples with one positional ``take`` for all their frames."""
         plans = [self._plan(tuple(i)) for i in items]  # type: ignore[arg-type]
         # the frame at t and the event's last frame (the world-model target), one take for all
-        rows = [e["frame_row"] + t for e, t in plans] + [
-            e["frame_row"] + e["end_frame"] - 1 for e, _ in plans
+        rows = [e["frame_row"] + t for e, t, _ in plans] + [
+            e["frame_row"] + e["end_frame"] - 1 for e, _, _ in plans
         ]
         frames = self._frame_table().take(rows, columns=["frame"]).column("frame").to_pylist()
         n = len(plans)
-        return [self._sample(e, t, frames[i], frames[n + i]) for i, (e, t) in enumerate(plans)]
+        return [
+            self._sample(e, t, frames[i], frames[n + i], drop)
+            for i, (e, t, drop) in enumerate(plans)
+        ]
 
     def _image(self, frame: bytes) -> torch.Tensor:
         image = np.frombuffer(frame, np.uint8).reshape(self.size, self.size, 3)
         return torch.from_numpy(image.transpose(2, 0, 1).copy())
 
     def _sample(
-        self, event: dict[str, Any], t: int, frame: bytes, end_frame: bytes
+        self, event: dict[str, Any], t: int, frame: bytes, end_frame: bytes, drop_caption: bool
     ) -> dict[str, Any]:
         actions = self.actions[event["episode_row"]]
         states = self.states[event["episode_row"]]
@@ -114,17 +129,22 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         chunk_CA[: len(chunk)] = chunk
         chunk_mask = np.zeros(self.chunk_len, bool)
         chunk_mask[: len(chunk)] = True
+        in_event_C = np.arange(self.chunk_len) < min(event["end_frame"] - t, len(chunk))
+        caption, next_caption = event["caption"] or "", event["next_caption"] or ""
+        if drop_caption:
+            caption, next_caption = "", caption
         return {
             "image_CHW": self._image(frame),
             "end_image_CHW": self._image(end_frame),
             "state_S": torch.from_numpy(states[t].copy()),
             "actions_HA": torch.from_numpy(actions_HA),
             "action_mask_H": torch.from_numpy(mask_H),
-            "end_of_event": torch.tensor(float(event["end_frame"] - t <= self.h_max)),
+            "end_of_event": torch.tensor(float(event["end_frame"] - t < self.h_max)),
             "chunk_CA": torch.from_numpy(chunk_CA),
             "chunk_mask_C": torch.from_numpy(chunk_mask),
-            "caption": event["caption"] or "",
-            "next_caption": event["next_caption"] or "",
+            "chunk_in_event_C": torch.from_numpy(in_event_C),
+            "caption": caption,
+            "next_caption": next_caption,
             "instruction": event["instruction"],
             "event_id": event["event_id"],
             "t": t,

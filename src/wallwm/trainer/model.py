@@ -10,7 +10,9 @@ description of the event being executed), the proprio state, and the image patch
 - action expert: flow matching over the (masked) action horizon -- a small transformer over H
   noisy action tokens that cross-attends to the trunk; trained on ``v = a - eps`` at
   ``x_tau = tau a + (1 - tau) eps`` with ``tau ~ Beta(1.5, 1)``, sampled with Euler steps;
-- end-of-event head (event mode): does the current event end within the horizon;
+- end-of-event head (text-conditioned modes): for every step of the horizon, is it still inside
+  the current event -- so event mode emits exactly the actions up to the event's end (the
+  leading run of in-event steps) and a policy knows when to move on to the next event;
 - planner: predicts the next event -- an embedding of its description (cosine loss against the
   text encoder's embedding of the true next caption) and a latent;
 - world-model head: predicts the (stop-gradient) visual features of the event's last frame.
@@ -190,7 +192,7 @@ class WorldActionModel(nn.Module):
         self.thoughts = nn.Parameter(torch.randn(cfg.thought_slots, d) * 0.02)
         self.horizon = cfg.h_max if mode == "event" else cfg.chunk_len
         self.expert = ActionExpert(cfg, self.horizon)
-        self.end_head = nn.Linear(d, 1)
+        self.end_head = nn.Linear(d, self.horizon)  # per step: still inside the event
         self.planner_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.world_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.norm = nn.LayerNorm(d)
@@ -266,34 +268,57 @@ class WorldActionModel(nn.Module):
         with torch.no_grad():
             end_features = self.image(batch["end_image_BCHW"]).mean(1)
         out["world"] = F.mse_loss(self.world_head(pooled), end_features)
-        if self.mode == "event":
+        if self.mode in TEXT_CONDITIONED:
+            inside = batch["action_mask_BH" if self.mode == "event" else "chunk_in_event_BC"]
             out["end"] = F.binary_cross_entropy_with_logits(
-                self.end_head(pooled)[:, 0], batch["end_of_event"]
+                self.end_head(pooled), inside.to(pooled.dtype)
             )
         return out
 
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def act(
-        self, batch: dict[str, Any], steps: int = 10, generator: torch.Generator | None = None
-    ) -> dict[str, Any]:
-        """Sample actions with Euler steps of the flow.
+    def plan_next(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The planner's next-event embedding (B, D), without sampling actions."""
+        tokens, slots = self.encode(batch)
+        planned: torch.Tensor = self.planner_head(
+            tokens.mean(1) if slots is None else slots.mean(1)
+        )
+        return planned
 
-        Event mode also says whether the event ends within the horizon; every mode returns its
-        planned next-event embedding.
+    @torch.no_grad()
+    def act(
+        self,
+        batch: dict[str, Any],
+        steps: int = 10,
+        generator: torch.Generator | None = None,
+        noise_BHA: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Sample actions with Euler steps of the flow (from ``noise_BHA`` when given).
+
+        Text-conditioned modes also return ``event_steps_B``: how many leading steps the end
+        head places inside the current event (at least 1), and ``end_of_event_B`` (1 when the
+        event ends within the horizon). Every mode returns its planned next-event embedding.
         """
         tokens, slots = self.encode(batch)
         context = tokens if slots is None else torch.cat([tokens, slots], 1)
         b = tokens.shape[0]
-        x = torch.randn((b, self.horizon, self.cfg.action_dim), generator=generator).to(tokens)
+        shape = (b, self.horizon, self.cfg.action_dim)
+        if noise_BHA is None:
+            noise_BHA = torch.randn(shape, generator=generator)
+        elif tuple(noise_BHA.shape) != shape:
+            raise ValueError(f"noise_BHA has shape {tuple(noise_BHA.shape)}, expected {shape}")
+        x = noise_BHA.to(tokens)
         for i in range(steps):
             tau = torch.full((b,), i / steps, device=x.device)
             x = x + self.expert(x, tau, context) / steps
         a_std, a_mean = self.get_buffer("a_std"), self.get_buffer("a_mean")
         out: dict[str, Any] = {"actions_BHA": x * a_std + a_mean}
         pooled = tokens.mean(1)
-        if self.mode == "event":
-            out["end_of_event_B"] = torch.sigmoid(self.end_head(pooled)[:, 0])
+        if self.mode in TEXT_CONDITIONED:
+            inside_BH = torch.sigmoid(self.end_head(pooled)) > 0.5
+            steps_B = inside_BH.long().cumprod(1).sum(1).clamp(min=1)
+            out["event_steps_B"] = steps_B
+            out["end_of_event_B"] = (steps_B < self.horizon).float()
         out["next_event_BD"] = self.planner_head(pooled if slots is None else slots.mean(1))
         return out

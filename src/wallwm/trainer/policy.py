@@ -1,27 +1,38 @@
-"""Policies: one small protocol for "observation in, actions out", and its in-process version.
+"""Policies: one small protocol for "observation in, actions out", and the plan follower.
 
-:class:`Policy` is what evaluation (and, later, the policy server) talks to, in the style of
-openpi's ``BasePolicy``. :class:`LocalPolicy` loads a checkpoint (EMA weights) and keeps a plan:
+:class:`Policy` is what evaluation talks to, in the style of openpi's ``BasePolicy``.
+:class:`ChunkPolicy` turns any ``infer`` function (one request in, an action chunk out) into a
+policy that keeps a plan -- the same code whether ``infer`` runs in this process
+(:class:`LocalPolicy`) or on a policy server (:class:`wallwm.trainer.client.RemotePolicy`), so
+the served path behaves exactly like the in-process one. This module imports no torch.
 
-- event mode conditions on a description of the event to execute. At test time that comes from
-  the model's own planner: its predicted next-event embedding is matched to the nearest caption
-  the model saw in training for this instruction (the checkpoint's caption bank). The policy
-  replans when the end-of-event head fires or after ``replan_every`` executed steps;
-- chunk and unified modes condition on the instruction only and replan every ``replan_every``.
+How the plan moves through events (text-conditioned modes, ``event`` and ``chunk_text``):
+
+- the first request names no event: the server's planner picks "the event to do now";
+- each answer says how many of its steps are still inside the event (``event_steps``);
+- at a replan (after ``replan_every`` executed steps, or when the chunk runs out) the policy
+  asks for the *same* event again from the new observation, unless the executed steps reached
+  the predicted end of the event -- then it asks for the event after it (``previous_event``);
+- an event that never ends (``event_timeout`` executed steps) is moved past, so a policy
+  cannot stall on one event forever.
+
+Chunk and unified modes condition on the instruction only and replan every ``replan_every``.
+Noise seeds are a pure function of ``(seed, episode, replan index)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812
 
-from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
+from wallwm.trainer.protocol import MAX_SEED, InferRequest, InferResult, ModelSpec
+
+if TYPE_CHECKING:
+    from wallwm.trainer.engine import PolicyEngine
 
 
 @dataclass
@@ -47,91 +58,102 @@ class Policy(Protocol):
 
 @dataclass
 class _Plan:
-    actions_HA: np.ndarray
+    result: InferResult
     executed: int = 0
-    caption: str = ""
-    ends: bool = False
+
+
+@dataclass
+class _EventTrack:
+    event: str = ""
+    steps: int = 0
     history: list[str] = field(default_factory=list)
 
 
-class LocalPolicy:
-    """A checkpoint evaluated in this process."""
+class ChunkPolicy:
+    """A policy over an ``infer`` function (see the module docstring)."""
 
     def __init__(
-        self, checkpoint: str | Path, replan_every: int = 8, flow_steps: int = 10, seed: int = 0
+        self,
+        infer: Callable[[InferRequest], InferResult],
+        spec: ModelSpec,
+        replan_every: int = 8,
+        seed: int = 0,
+        event_timeout: int | None = None,
     ) -> None:
-        """Load ``checkpoint`` (the EMA weights are used)."""
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        self.mode = state["mode"]
-        self.model = WorldActionModel(
-            ModelConfig(**state["model_config"]), self.mode, state["stats"]
-        )
-        self.model.load_state_dict(state["ema"]["shadow"])
-        self.model.eval()
-        self.bank: Sequence[tuple[str, str]] = [tuple(x) for x in state.get("caption_bank", [])]  # type: ignore[misc]
-        self.replan_every, self.flow_steps = replan_every, flow_steps
-        self.generator = torch.Generator().manual_seed(seed)
+        """Follow the chunks ``infer`` returns for the model described by ``spec``."""
+        self.infer, self.spec = infer, spec
+        self.mode = spec.mode
+        self.replan_every, self.seed = max(1, replan_every), seed
+        self.event_timeout = event_timeout or 4 * spec.horizon
+        self.episode, self.calls = -1, 0
         self.plan: _Plan | None = None
-        self._bank_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
+        self.track = _EventTrack()
+        self.reset()
 
     def reset(self) -> None:
-        """Forget the plan."""
+        """A new episode: forget the plan and the event."""
+        self.episode += 1
+        self.calls = 0
         self.plan = None
+        self.track = _EventTrack()
 
-    def _captions_for(self, instruction: str) -> tuple[list[str], torch.Tensor]:
-        if instruction not in self._bank_cache:
-            captions = sorted({c for i, c in self.bank if i == instruction}) or sorted(
-                {c for _, c in self.bank}
-            )
-            with torch.no_grad():
-                emb = (
-                    self.model.text(captions) if captions else torch.zeros(0, self.model.cfg.width)
-                )
-            self._bank_cache[instruction] = (captions, emb)
-        return self._bank_cache[instruction]
+    def _next_seed(self) -> int:
+        self.calls += 1
+        return ((self.seed * 1_000_003 + self.episode) * 1_000_003 + self.calls) % MAX_SEED
 
-    def _batch(self, obs: Observation, caption: str) -> dict[str, Any]:
-        return {
-            "image_BCHW": torch.from_numpy(np.ascontiguousarray(obs.image_HWC.transpose(2, 0, 1)))[
-                None
-            ],
-            "state_BS": torch.as_tensor(obs.state_S, dtype=torch.float32)[None],
-            "instruction": [obs.instruction],
-            "caption": [caption],
-            "next_caption": [""],
-        }
+    def _request(self, obs: Observation) -> InferRequest:
+        request = InferRequest(
+            obs.image_HWC, obs.state_S, obs.instruction, self.mode, seed=self._next_seed()
+        )
+        if self.spec.text_conditioned and self.plan is not None:
+            result = self.plan.result
+            reached_end = result.end_of_event and self.plan.executed >= result.event_steps
+            if reached_end or self.track.steps >= self.event_timeout:
+                request.previous_event = self.track.event
+            else:
+                request.event = self.track.event
+        return request
 
     def _replan(self, obs: Observation) -> None:
-        caption = ""
-        if self.mode in TEXT_CONDITIONED:
-            previous = self.plan.caption if self.plan else ""
-            caption = self._next_caption(obs, previous)
-        out = self.model.act(self._batch(obs, caption), self.flow_steps, self.generator)
-        ends = bool(out.get("end_of_event_B", torch.zeros(1))[0] > 0.5)
-        history = (self.plan.history if self.plan else []) + ([caption] if caption else [])
-        self.plan = _Plan(out["actions_BHA"][0].numpy(), 0, caption, ends, history)
-
-    def _next_caption(self, obs: Observation, current: str) -> str:
-        """The planner's next event, as the nearest known caption for this instruction."""
-        captions, emb = self._captions_for(obs.instruction)
-        if not captions:
-            return ""
-        if not current:  # the first event: plan from the instruction alone
-            probe = self.model.act(self._batch(obs, ""), 1, self.generator)["next_event_BD"]
-        else:
-            probe = self.model.act(self._batch(obs, current), 1, self.generator)["next_event_BD"]
-        scores = F.cosine_similarity(probe, emb)
-        return captions[int(scores.argmax())]
+        result = self.infer(self._request(obs))
+        if len(result.actions_HA) == 0:
+            raise RuntimeError("the policy returned no actions")
+        if result.event != self.track.event:
+            self.track.event, self.track.steps = result.event, 0
+            self.track.history.append(result.event)
+        self.plan = _Plan(result)
 
     def act(self, obs: Observation) -> np.ndarray:
-        """Next action: follow the plan, replanning at event ends or every ``replan_every``."""
+        """Next action: follow the plan, replanning every ``replan_every`` steps."""
         plan = self.plan
-        if plan is None or plan.executed >= min(self.replan_every, len(plan.actions_HA)):
+        if plan is None or plan.executed >= min(self.replan_every, len(plan.result.actions_HA)):
             self._replan(obs)
         assert self.plan is not None
-        action = self.plan.actions_HA[self.plan.executed]
+        action = self.plan.result.actions_HA[self.plan.executed]
         self.plan.executed += 1
+        self.track.steps += 1
         return np.asarray(action, dtype=np.float32)
+
+
+class LocalPolicy(ChunkPolicy):
+    """A checkpoint evaluated in this process (EMA weights), through :class:`PolicyEngine`."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        replan_every: int = 8,
+        flow_steps: int = 10,
+        seed: int = 0,
+        event_timeout: int | None = None,
+    ) -> None:
+        """Load ``checkpoint``."""
+        from wallwm.trainer.engine import PolicyEngine
+
+        self.engine: PolicyEngine = PolicyEngine([checkpoint], flow_steps, seed)
+        (spec,) = self.engine.specs.values()
+        super().__init__(
+            lambda r: self.engine.infer([r])[0], spec, replan_every, seed, event_timeout
+        )
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
-from wallwm.trainer.model import ModelConfig, WorldActionModel, preset
+from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
 from wallwm.trainer.view import materialize
 
@@ -51,6 +51,13 @@ class TrainConfig(BaseModel):
     ema_decay: float = 0.999
     h_max: int = 32
     chunk_len: int = 16
+    caption_dropout: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Share of samples whose event text is blanked (the planner then names the "
+        "current event: how a policy picks its first event).",
+    )
     seed: int = 0
     loader_workers: int = 0
     log_every: int = Field(10, ge=1)
@@ -81,7 +88,13 @@ class Run:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         view = materialize(cfg.dataset, cfg.tag, cfg.size)
-        self.data = EventFrameDataset(view.path, cfg.h_max, cfg.chunk_len, cfg.seed)
+        self.data = EventFrameDataset(
+            view.path,
+            cfg.h_max,
+            cfg.chunk_len,
+            cfg.seed,
+            cfg.caption_dropout if cfg.mode in TEXT_CONDITIONED else 0.0,
+        )
         meta = self.data.meta
         self.model_cfg: ModelConfig = preset(
             cfg.preset,

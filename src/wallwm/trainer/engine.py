@@ -1,0 +1,225 @@
+"""Batched inference over one or more checkpoints: what the policy server (and ``LocalPolicy``) run.
+
+A :class:`PolicyEngine` holds one model per mode (a server may serve an event-mode and a
+chunk-mode checkpoint side by side) and answers a list of :class:`InferRequest` at once:
+
+1. text-conditioned requests without an ``event`` are planned in one batch: the planner's
+   next-event embedding given ``previous_event`` (or, with none, given no event text: "the
+   event to do now") is matched to the nearest caption of the instruction in the checkpoint's
+   caption bank (the training captions; test-time conditioning never invents text);
+2. one batched flow-matching call samples every request's actions, each from its own noise
+   (seeded by the request's ``seed``, so a request's answer does not depend on which other
+   requests shared its micro-batch);
+3. event mode cuts the actions at the end-of-event head's predicted event end.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
+from wallwm.trainer.protocol import InferRequest, InferResult, ModelSpec
+
+#: What inference needs from a training checkpoint (the rest is optimiser and RNG state).
+INFERENCE_KEYS = ("mode", "model_config", "stats", "ema", "caption_bank", "dataset", "step")
+
+
+def load_checkpoint(source: str | Path | bytes) -> dict[str, Any]:
+    """A checkpoint from a path or its bytes, with a clear error when it is not one."""
+    try:
+        if isinstance(source, bytes):
+            state = torch.load(io.BytesIO(source), map_location="cpu", weights_only=False)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises pickle, zip and OS errors alike
+        name = "checkpoint bytes" if isinstance(source, bytes) else str(source)
+        raise ValueError(f"{name}: cannot load a checkpoint ({exc})") from exc
+    missing = [k for k in ("mode", "model_config", "ema") if k not in state]
+    if missing:
+        raise ValueError(f"{source!s:.200}: not a wallwm checkpoint (missing {missing})")
+    return dict(state)
+
+
+def slim_checkpoint(state: dict[str, Any]) -> bytes:
+    """The inference part of a checkpoint, serialised (what Ray Serve replicas receive)."""
+    buffer = io.BytesIO()
+    torch.save({k: state[k] for k in INFERENCE_KEYS if k in state}, buffer)
+    return buffer.getvalue()
+
+
+class _Served:
+    """One checkpoint ready to answer: the EMA model, its spec and its caption bank."""
+
+    def __init__(self, state: dict[str, Any], name: str) -> None:
+        self.name = name
+        self.mode = str(state["mode"])
+        cfg = ModelConfig(**state["model_config"])
+        self.model = WorldActionModel(cfg, self.mode, state.get("stats"))  # type: ignore[arg-type]
+        self.model.load_state_dict(state["ema"]["shadow"])
+        self.model.eval()
+        self.spec = ModelSpec(
+            mode=self.mode,
+            image_size=cfg.image_size,
+            state_dim=cfg.state_dim,
+            action_dim=cfg.action_dim,
+            horizon=self.model.horizon,
+            text_conditioned=self.mode in TEXT_CONDITIONED,
+        )
+        self.bank = [(str(i), str(c)) for i, c in state.get("caption_bank", [])]
+        self.lineage = {
+            "checkpoint": name,
+            "step": int(state.get("step", 0)),
+            "dataset": state.get("dataset", {}),
+            "model_config": asdict(cfg),
+        }
+        self._bank_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
+
+    def captions_for(self, instruction: str) -> tuple[list[str], torch.Tensor]:
+        """The bank's captions of this instruction (all captions for an unknown one)."""
+        if instruction not in self._bank_cache:
+            captions = sorted({c for i, c in self.bank if i == instruction}) or sorted(
+                {c for _, c in self.bank}
+            )
+            with torch.no_grad():
+                emb = self.model.text(captions) if captions else torch.zeros(0, 1)
+            self._bank_cache[instruction] = (captions, emb)
+        return self._bank_cache[instruction]
+
+    def nearest(self, instructions: Sequence[str], planned_BD: torch.Tensor) -> list[str]:
+        """The nearest bank caption to each planned embedding ("" with an empty bank)."""
+        out = []
+        for instruction, probe in zip(instructions, planned_BD, strict=True):
+            captions, emb = self.captions_for(instruction)
+            scores = F.cosine_similarity(probe[None], emb) if captions else None
+            out.append(captions[int(scores.argmax())] if scores is not None else "")
+        return out
+
+
+class PolicyEngine:
+    """Answers batches of ``infer`` requests for one model per mode (see the module docstring)."""
+
+    def __init__(
+        self, checkpoints: Sequence[str | Path | bytes], flow_steps: int = 10, seed: int = 0
+    ) -> None:
+        """Load each checkpoint (a path or serialised bytes); one per mode."""
+        if not checkpoints:
+            raise ValueError("no checkpoint given")
+        self.models: dict[str, _Served] = {}
+        for k, source in enumerate(checkpoints):
+            name = f"checkpoint-{k}" if isinstance(source, bytes) else str(source)
+            served = _Served(load_checkpoint(source), name)
+            if served.mode in self.models:
+                raise ValueError(
+                    f"{name}: a {served.mode}-mode checkpoint is already served "
+                    f"({self.models[served.mode].name}); serve one checkpoint per mode"
+                )
+            self.models[served.mode] = served
+        self.flow_steps = flow_steps
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def specs(self) -> dict[str, ModelSpec]:
+        """What each served mode expects (the first is the default)."""
+        return {mode: m.spec for mode, m in self.models.items()}
+
+    def metadata(self) -> dict[str, Any]:
+        """Modes, shapes and the lineage of every served checkpoint."""
+        return {
+            "modes": list(self.models),
+            "default_mode": next(iter(self.models)),
+            "flow_steps": self.flow_steps,
+            "models": {
+                mode: {**asdict(m.spec), **m.lineage, "captions": len(m.bank)}
+                for mode, m in self.models.items()
+            },
+        }
+
+    def infer(self, requests: Sequence[InferRequest]) -> list[InferResult]:
+        """Answer requests (validated by :func:`~wallwm.trainer.protocol.parse_infer`)."""
+        start = time.perf_counter()
+        results: list[InferResult | None] = [None] * len(requests)
+        default = next(iter(self.models))
+        for mode, served in self.models.items():
+            index = [i for i, r in enumerate(requests) if (r.mode or default) == mode]
+            if index:
+                for i, result in zip(
+                    index, self._infer_mode(served, [requests[i] for i in index]), strict=True
+                ):
+                    results[i] = result
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        out = [r for r in results if r is not None]
+        for r in out:
+            r.batch_size, r.server_ms = len(requests), elapsed_ms
+        return out
+
+    def _batch(self, requests: Sequence[InferRequest], texts: Sequence[str]) -> dict[str, Any]:
+        images = np.stack([r.image_HWC for r in requests]).transpose(0, 3, 1, 2)
+        return {
+            "image_BCHW": torch.from_numpy(np.ascontiguousarray(images)),
+            "state_BS": torch.from_numpy(np.stack([r.state_S for r in requests])).float(),
+            "instruction": [r.instruction for r in requests],
+            "caption": list(texts),
+            "next_caption": [""] * len(requests),
+        }
+
+    def _noise(self, requests: Sequence[InferRequest], shape: tuple[int, int]) -> torch.Tensor:
+        """Per-request noise: a seeded request's actions never depend on its batch-mates."""
+        return torch.stack(
+            [
+                torch.randn(
+                    shape,
+                    generator=(
+                        torch.Generator().manual_seed(r.seed)
+                        if r.seed is not None
+                        else self.generator
+                    ),
+                )
+                for r in requests
+            ]
+        )
+
+    def _infer_mode(self, served: _Served, requests: list[InferRequest]) -> list[InferResult]:
+        spec = served.spec
+        texts = [r.event or "" for r in requests]
+        if spec.text_conditioned:
+            todo = [i for i, r in enumerate(requests) if not r.event]
+            if todo:  # step 1: the planner names the event to execute
+                probe = self._batch(
+                    [requests[i] for i in todo], [requests[i].previous_event or "" for i in todo]
+                )
+                chosen = served.nearest(probe["instruction"], served.model.plan_next(probe))
+                for i, caption in zip(todo, chosen, strict=True):
+                    texts[i] = caption
+        batch = self._batch(requests, texts)
+        out = served.model.act(  # step 2: one flow-matching call for the whole batch
+            batch,
+            self.flow_steps,
+            noise_BHA=self._noise(requests, (spec.horizon, spec.action_dim)),
+        )
+        next_events = served.nearest(batch["instruction"], out["next_event_BD"])
+        steps = out.get("event_steps_B", torch.full((len(requests),), spec.horizon))
+        results = []
+        for i in range(len(requests)):
+            n = int(steps[i])
+            actions = out["actions_BHA"][i].numpy()
+            results.append(
+                InferResult(
+                    # step 3: event mode emits exactly the actions up to the event's end
+                    actions_HA=actions[:n] if spec.mode == "event" else actions,
+                    mode=spec.mode,
+                    event_steps=n,
+                    end_of_event=spec.text_conditioned and n < spec.horizon,
+                    event=texts[i],
+                    next_event=next_events[i],
+                )
+            )
+        return results

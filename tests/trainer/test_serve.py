@@ -1,0 +1,427 @@
+"""The policy server and client: protocol, micro-batching, round trips, auth, bad requests,
+concurrency, restart, the CLI, Ray Serve, and served == in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from wallwm.captioner.stage import CaptionStageConfig, run_caption
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
+from wallwm.trainer.client import PolicyClient, RemotePolicy, ServerError
+from wallwm.trainer.engine import PolicyEngine
+from wallwm.trainer.policy import LocalPolicy, Observation
+from wallwm.trainer.protocol import (
+    InferRequest,
+    ModelSpec,
+    RequestError,
+    decode_array,
+    encode_array,
+    parse_infer,
+)
+from wallwm.trainer.server import MicroBatcher, ServeConfig, start_in_thread
+from wallwm.trainer.train import TrainConfig, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny event- and chunk-mode checkpoints trained on synthetic episodes with captions."""
+    root = tmp_path_factory.mktemp("serve")
+    src, ds = root / "src", root / "ds"
+    record_synthetic(src, SynthConfig(episodes=6, size=SIZE, seed=5))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    out = {}
+    for mode in ("event", "chunk", "unified"):
+        run = root / mode
+        train(
+            TrainConfig(
+                dataset=str(ds),
+                size=SIZE,
+                preset="debug",
+                mode=mode,
+                steps=3,
+                batch_size=4,
+                h_max=8,
+                chunk_len=4,
+                out=str(run),
+            )
+        )
+        out[mode] = run / "checkpoint.pt"
+    return out
+
+
+def _observation(seed: int = 0) -> Observation:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    return Observation(image, rng.normal(size=4).astype(np.float32), "pick up the block")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    handle = start_in_thread(
+        ServeConfig(
+            checkpoints=[str(checkpoints["event"]), str(checkpoints["chunk"])],
+            port=0,
+            token="s3cret",
+            max_body_bytes=64 * 1024,
+        )
+    )
+    yield handle
+    handle.stop()
+
+
+# ---------------------------------------------------------------------- protocol (pure)
+
+SPECS = {"event": ModelSpec("event", SIZE, 4, 4, 8, True)}
+
+
+def _message(**changes):
+    obs = _observation()
+    message = InferRequest(obs.image_HWC, obs.state_S, obs.instruction).to_wire()
+    message.update(changes)
+    return {k: v for k, v in message.items() if v is not None}
+
+
+def test_arrays_round_trip_binary_and_json():
+    for array in (np.arange(12, dtype=np.uint8).reshape(2, 2, 3), np.ones(4, np.float32)):
+        np.testing.assert_array_equal(decode_array(encode_array(array), "x"), array)
+        np.testing.assert_array_equal(decode_array(encode_array(array, binary=False), "x"), array)
+    request = parse_infer(_message(seed=7, event="grasp"), SPECS)
+    assert request.mode == "event" and request.seed == 7 and request.event == "grasp"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"image": encode_array(np.zeros((16, 16, 3), np.uint8))}, "image", "expected [32, 32, 3]"),
+        ({"image": encode_array(np.zeros((SIZE, SIZE, 3), np.float32))}, "image", "uint8"),
+        ({"state": encode_array(np.zeros(7, np.float32))}, "state", "expected [4]"),
+        ({"state": encode_array(np.array([0, np.nan, 0, 0], np.float32))}, "state", "NaN"),
+        ({"state": [0.0, float("inf"), 0.0, 0.0]}, "state", "NaN or infinity"),
+        ({"mode": "dance"}, "mode", "served modes"),
+        ({"instruction": ""}, "instruction", "characters"),
+        ({"instruction": 5}, "instruction", "expected text"),
+        ({"seed": -1}, "seed", "integer"),
+        (
+            {"image": {"__ndarray__": b"abc", "dtype": "<u1", "shape": [32, 32, 3]}},
+            "image",
+            "bytes",
+        ),
+        ({"image": {"__ndarray__": b"", "dtype": "|O", "shape": [0]}}, "image", "dtype"),
+        ({"state": "fast"}, "state", "expected an array"),
+        ({"state": [[1, 2], [3]]}, "state", "ragged"),
+    ],
+)
+def test_each_bad_field_is_named(changes, field, words):
+    with pytest.raises(RequestError) as err:
+        parse_infer(_message(**changes), SPECS)
+    assert err.value.status == 422 and err.value.field == field and words in err.value.message
+
+
+def test_missing_and_unknown_fields():
+    message = _message()
+    del message["state"]
+    with pytest.raises(RequestError, match="state: required"):
+        parse_infer(message, SPECS)
+    with pytest.raises(RequestError, match="unknown fields \\['imgae'\\]"):
+        parse_infer(_message(imgae=1), SPECS)
+
+
+def test_micro_batcher_coalesces_queued_requests_and_survives_errors():
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        gate.wait(5)
+        sizes.append(len(items))
+        if -1 in items:
+            raise ValueError("bad item")
+        return [i * 10 for i in items]
+
+    async def scenario():
+        batcher = MicroBatcher(fn, max_batch_size=5)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the first batch (alone) is running and blocked on the gate
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        with pytest.raises(ValueError, match="bad item"):
+            await batcher.submit(-1)
+        return results, await batcher.submit(3)
+
+    results, after = asyncio.run(scenario())
+    assert results == [i * 10 for i in range(8)] and after == 30
+    assert sizes[:3] == [1, 5, 2]  # what queued meanwhile, capped at max_batch_size
+
+
+# ---------------------------------------------------------------------- over HTTP
+
+
+def test_round_trip_matches_the_engine(server, checkpoints):
+    client = PolicyClient(server.url, token="s3cret")
+    assert client.health()["status"] == "ok"
+    meta = client.metadata()
+    assert meta["modes"] == ["event", "chunk"] and meta["auth"] is True
+    event = meta["models"]["event"]
+    assert event["image_size"] == SIZE and event["state_dim"] == 4 and event["action_dim"] == 4
+    assert event["dataset"]["versions"]["events"] >= 1 and event["step"] == 3
+    engine = PolicyEngine([checkpoints["event"], checkpoints["chunk"]])
+    obs = _observation()
+    for mode in ("event", "chunk"):
+        for binary in (True, False):
+            client.binary = binary
+            served = client.infer(obs.image_HWC, obs.state_S, obs.instruction, mode=mode, seed=11)
+            (local,) = engine.infer(
+                [InferRequest(obs.image_HWC, obs.state_S, obs.instruction, mode, seed=11)]
+            )
+            np.testing.assert_allclose(served.actions_HA, local.actions_HA, rtol=0, atol=1e-6)
+            assert (served.event, served.next_event) == (local.event, local.next_event)
+            if mode == "event":  # actions end where the event does
+                assert len(served.actions_HA) == served.event_steps <= 8 and served.event
+                assert served.end_of_event == (served.event_steps < 8)
+            else:
+                assert served.actions_HA.shape == (4, 4) and served.event == ""
+    conditioned = client.infer(obs.image_HWC, obs.state_S, obs.instruction, event="reach", seed=1)
+    assert conditioned.event == "reach"
+
+
+def test_unified_mode_predicts_the_next_event(checkpoints):
+    engine = PolicyEngine([checkpoints["unified"]])
+    obs = _observation()
+    (result,) = engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, seed=0)])
+    assert result.mode == "unified" and result.next_event and result.actions_HA.shape == (4, 4)
+
+
+def test_auth(server):
+    obs = _observation()
+    for token in (None, "wrong"):
+        client = PolicyClient(server.url, token=token)
+        client.token = token
+        assert client.health()["status"] == "ok"  # liveness stays open for load balancers
+        with pytest.raises(ServerError) as err:
+            client.infer(obs.image_HWC, obs.state_S, obs.instruction)
+        assert err.value.status == 401
+        with pytest.raises(ServerError, match="401"):
+            client.metadata()
+
+
+def test_bad_requests_get_clear_errors_and_the_server_stays_up(server):
+    client = PolicyClient(server.url, token="s3cret")
+    obs = _observation()
+    before = client.health()["errors"]
+    cases = [
+        (msgpack.packb({"image": 1}), "application/msgpack", 422, "image"),
+        (b"\xc1\xc1 not msgpack", "application/msgpack", 400, "malformed_body"),
+        (b"[1, 2]", "application/json", 400, "map of fields"),
+        (b"{}", "text/plain", 415, "content type"),
+        (b"x" * (65 * 1024), "application/json", 413, "bytes"),
+        (
+            json.dumps({**_message(), "image": None}, default=str).encode(),
+            "application/json",
+            422,
+            "image",
+        ),
+    ]
+    for body, content_type, status, words in cases:
+        code, _, data = client.request("POST", "/infer", body, content_type)
+        assert code == status, data
+        assert words in data.decode("utf-8", "replace")
+    assert client.request("GET", "/nowhere")[0] == 404
+    assert client.request("GET", "/infer")[0] == 405
+    with pytest.raises(ServerError) as err:  # through the typed client: the field is named
+        client.infer(np.zeros((8, 8, 3), np.uint8), obs.state_S, obs.instruction)
+    assert err.value.status == 422 and err.value.field == "image"
+    # an abrupt client (half a request, then gone) does not disturb anyone
+    with socket.create_connection((client._host, client._port)) as raw:
+        raw.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
+    good = client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=3)
+    assert len(good.actions_HA) >= 1
+    assert client.health()["errors"] >= before + len(cases) + 3
+
+
+def test_concurrent_clients_are_batched_and_answered_exactly(server):
+    obs = [_observation(i) for i in range(8)]
+
+    def run(i: int) -> list[np.ndarray]:
+        with PolicyClient(server.url, token="s3cret") as client:
+            return [
+                client.infer(
+                    obs[i].image_HWC, obs[i].state_S, obs[i].instruction, mode="chunk", seed=k
+                ).actions_HA
+                for k in range(10)
+            ]
+
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(run, range(8)))
+    sequential = [run(i) for i in (0, 5)]
+    # a seeded request's answer does not depend on its batch-mates
+    for got, want in zip([concurrent[0], concurrent[5]], sequential, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert PolicyClient(server.url).health()["batches"] >= 1
+
+
+def test_served_closed_loop_matches_in_process(server, checkpoints):
+    pytest.importorskip("metaworld", reason="MetaWorld is the optional 'sim' extra")
+    from wallwm.trainer.evaluate import evaluate_metaworld
+
+    class Recording:
+        def __init__(self, policy):
+            self.policy, self.actions = policy, []
+
+        def reset(self):
+            self.policy.reset()
+
+        def act(self, o):
+            self.actions.append(self.policy.act(o))
+            return self.actions[-1]
+
+    local = Recording(LocalPolicy(checkpoints["event"], replan_every=3, seed=4))
+    remote = Recording(
+        RemotePolicy(PolicyClient(server.url, token="s3cret"), "event", replan_every=3, seed=4)
+    )
+    results = [
+        evaluate_metaworld(p, ["reach-v3"], episodes=1, image_size=SIZE, max_steps=12)
+        for p in (local, remote)
+    ]
+    assert results[0] == results[1] and len(local.actions) == 12
+    np.testing.assert_allclose(np.stack(local.actions), np.stack(remote.actions), atol=1e-5)
+    assert local.policy.track.history == remote.policy.track.history
+
+
+def test_client_imports_without_torch():
+    code = "import sys, wallwm.trainer.client; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ---------------------------------------------------------------------- CLI, restart, Ray Serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(client: PolicyClient, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "server exited")
+        try:
+            if client.health()["status"] == "ok":
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server did not become healthy")
+
+
+def test_cli_serve_restart_and_eval_through_the_server(checkpoints):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "wallwm.cli.main",
+        "serve",
+        "--checkpoint",
+        str(checkpoints["event"]),
+    ]
+    cmd += ["--port", str(port)]
+    env = {**os.environ, "WALLWM_SERVE_TOKEN": "tok"}
+    client = PolicyClient(url, token="tok")
+    obs = _observation()
+    answers = []
+    for _ in range(2):  # serve, kill, serve again: the same client carries on
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            _wait_healthy(client, proc)
+            answers.append(client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=2))
+            if not answers[1:]:
+                pytest.importorskip("metaworld", reason="MetaWorld is the optional 'sim' extra")
+                ev = subprocess.run(
+                    [
+                        *(sys.executable, "-m", "wallwm.cli.main", "eval", "policy"),
+                        *("--server", url, "--task", "reach", "--episodes", "1"),
+                        *("--max-steps", "4", "--json"),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                assert ev.returncode == 0, ev.stderr
+                assert json.loads(ev.stdout)["overall"]["episodes"] == 1
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    np.testing.assert_array_equal(answers[0].actions_HA, answers[1].actions_HA)
+
+
+def test_cli_serve_refuses_a_bad_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wallwm.cli.main", "serve", "--checkpoint", str(bad), "--port", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "bad.pt" in proc.stderr and "cannot load" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_ray_serve_replicas(checkpoints):
+    from ray import serve
+
+    from wallwm.trainer.server import run_ray_serve
+
+    port = _free_port()
+    url = run_ray_serve(
+        ServeConfig(
+            checkpoints=[str(checkpoints["event"])], port=port, replicas=2, cpus_per_replica=0.25
+        ),
+        block=False,
+    )
+    try:
+        client = PolicyClient(url)
+        _wait_healthy(client)
+        assert client.metadata()["modes"] == ["event"]
+        obs = _observation()
+        a = client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=5)
+        (b,) = PolicyEngine([checkpoints["event"]]).infer(
+            [InferRequest(obs.image_HWC, obs.state_S, obs.instruction, seed=5)]
+        )
+        np.testing.assert_allclose(a.actions_HA, b.actions_HA, atol=1e-6)
+        with pytest.raises(ServerError) as err:
+            client.infer(obs.image_HWC, np.zeros(9, np.float32), obs.instruction)
+        assert err.value.status == 422 and err.value.field == "state"
+        status = serve.status().applications["wallwm"].deployments["wallwm-policy"]
+        assert sum(status.replica_states.values()) == 2
+    finally:
+        serve.shutdown()
