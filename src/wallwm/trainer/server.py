@@ -77,17 +77,36 @@ class Reply:
     body: bytes
 
 
+def inference_thread() -> ThreadPoolExecutor:
+    """The one thread that builds and runs a model.
+
+    Every thread that calls into torch gets its own OpenMP thread team; two teams (say, the
+    main thread that loaded the model and an executor thread that runs it) fight over the
+    cores -- measured here: 22 ms per call from one thread, 55-60 ms once a second thread had
+    run torch. So the engine is loaded on the same single thread that later serves it.
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="wallwm-infer")
+
+
 class MicroBatcher(Generic[T, R]):
     """Coalesces concurrent ``submit`` calls into batched calls of ``fn`` (one at a time)."""
 
     def __init__(
-        self, fn: Callable[[list[T]], list[R]], max_batch_size: int = 32, max_wait_ms: float = 0
+        self,
+        fn: Callable[[list[T]], list[R]],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 0,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
-        """``fn`` maps a list of items to a list of results, in order; it runs in a thread."""
+        """``fn`` maps a list of items to a list of results, in order; it runs on ``executor``.
+
+        ``executor`` must have one thread; give the one the model was built on (see
+        :func:`inference_thread`).
+        """
         self.fn, self.max_batch_size, self.max_wait_s = fn, max_batch_size, max_wait_ms / 1000
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wallwm-infer")
+        self._executor = executor or inference_thread()
         self.batches = 0
         self.items = 0
 
@@ -149,11 +168,12 @@ class PolicyApp:
         specs: dict[str, ModelSpec],
         metadata: dict[str, Any],
         cfg: ServeConfig,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
-        """Serve ``infer`` for models described by ``specs``."""
+        """Serve ``infer`` (run on ``executor``) for models described by ``specs``."""
         self.specs, self.cfg = specs, cfg
         self.batcher: MicroBatcher[InferRequest, InferResult] = MicroBatcher(
-            infer, cfg.max_batch_size, cfg.max_wait_ms
+            infer, cfg.max_batch_size, cfg.max_wait_ms, executor
         )
         self.metadata = {
             **metadata,
@@ -295,8 +315,10 @@ def build_app(cfg: ServeConfig, checkpoints: Sequence[str | bytes] | None = None
     """Load the checkpoints into a :class:`PolicyApp`."""
     from wallwm.trainer.engine import PolicyEngine
 
-    engine = PolicyEngine(list(checkpoints or cfg.checkpoints), cfg.flow_steps)
-    return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg)
+    thread = inference_thread()
+    sources = list(checkpoints or cfg.checkpoints)
+    engine = thread.submit(PolicyEngine, sources, cfg.flow_steps).result()
+    return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg, thread)
 
 
 def _bind(host: str, port: int) -> socket.socket:
