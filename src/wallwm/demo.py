@@ -3,13 +3,15 @@
 Records simulated robot episodes (MetaWorld's scripted experts: 3 tasks x 5 episodes), then runs
 every stage that exists on a local Ray and a local Lance dataset under ``./demo``: ingest +
 segment in one decode pass, captions (signal fallback), embeddings, clusters and the HTML report,
-a curated tag, the training view, a short training run and a closed-loop evaluation; it shows
+a curated tag, the training view, a short training run and a closed-loop evaluation, in-process
+and through the policy server (on 127.0.0.1, a free port, with a token); it shows
 the status table and the segmentation quality against the recorder's ground truth. Each stage
 joins here as it lands.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -102,6 +104,7 @@ def main(root: str = "demo") -> None:
             "60",
         ]
     )
+    _serve_and_evaluate(f"{run_dir}/checkpoint.pt")
     typer.echo(
         "\ncaptions here come from the signal-based fallback (no VLM on this machine); with a VLM "
         "server: wallwm caption --dataset demo/dataset --backend openai --base-url URL --model NAME"
@@ -112,6 +115,33 @@ def main(root: str = "demo") -> None:
         f"{base}/loss.png (a 40-step debug model: the success rate shows the path works, "
         "not what training for an hour reaches)"
     )
+
+
+def _serve_and_evaluate(checkpoint: str) -> None:
+    """Serve the checkpoint, query it once, and run the same evaluation through the server."""
+    import secrets
+
+    from wallwm.trainer.client import PolicyClient
+    from wallwm.trainer.server import ServeConfig, start_in_thread
+
+    token = secrets.token_urlsafe(16)
+    typer.echo(f"\n$ wallwm serve --checkpoint {checkpoint} --port 0 --token ***  (in a thread)")
+    server = start_in_thread(ServeConfig(checkpoints=[checkpoint], port=0, token=token))
+    try:
+        client = PolicyClient(server.url, token=token)
+        meta = client.metadata()
+        typer.echo(f"serving {meta['modes']} on {server.url}; health: {client.health()}")
+        os.environ["WALLWM_SERVE_TOKEN"] = token  # read by --token; keeps it off the screen
+        _run(
+            [
+                *("eval", "policy", "--server", server.url),
+                *("--task", "pick-place", "--episodes", "2", "--max-steps", "60"),
+            ]
+        )
+        typer.echo("(the same plan follower as in-process: the same successes, through HTTP)")
+    finally:
+        os.environ.pop("WALLWM_SERVE_TOKEN", None)
+        server.stop()
 
 
 if __name__ == "__main__":
