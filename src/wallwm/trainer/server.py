@@ -207,6 +207,21 @@ class PolicyApp:
         given = headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.token}".encode())
 
+    def refuse(self, error: RequestError, answer_type: str = JSON) -> Reply:
+        """Count and answer a refused request."""
+        self.errors += 1
+        return Reply(error.status, answer_type, encode_body(error.to_dict(), answer_type))
+
+    def check_length(self, size: int | str) -> Reply | None:
+        """A 413 reply when ``size`` (declared, or read so far) exceeds the body limit."""
+        n = int(size) if str(size).isdigit() else 0
+        if n <= self.cfg.max_body_bytes:
+            return None
+        self.requests += 1
+        return self.refuse(
+            RequestError(413, "too_large", f"body of {n}+ bytes > {self.cfg.max_body_bytes}")
+        )
+
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         """Answer one request; never raises."""
         self.requests += 1
@@ -215,9 +230,8 @@ class PolicyApp:
         try:
             return await self._route(method, path, headers, body, content_type, answer_type)
         except RequestError as exc:
-            self.errors += 1
             log.warning("%s %s -> %d %s: %s", method, path, exc.status, exc.code, exc.message)
-            return Reply(exc.status, answer_type, encode_body(exc.to_dict(), answer_type))
+            return self.refuse(exc, answer_type)
         except Exception as exc:
             self.errors += 1
             log.exception("%s %s failed", method, path)
@@ -245,10 +259,8 @@ class PolicyApp:
             raise RequestError(401, "unauthorised", "missing or wrong bearer token")
         if path == "/metadata":
             return Reply(200, JSON, encode_body(self.metadata, JSON))
-        if len(body) > self.cfg.max_body_bytes:
-            raise RequestError(
-                413, "too_large", f"body of {len(body)} bytes > {self.cfg.max_body_bytes}"
-            )
+        if len(body) > self.cfg.max_body_bytes:  # transports that read the body first
+            raise RequestError(413, "too_large", f"body of {len(body)} bytes is over the limit")
         request = parse_infer(decode_body(body, content_type), self.specs)
         result = await self.batcher.submit(request)
         return Reply(
@@ -261,7 +273,6 @@ class PolicyApp:
 
 def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
     """A plain ASGI application over ``app`` (HTTP only), enforcing the body limit while reading."""
-    limit = app.cfg.max_body_bytes
 
     async def respond(send: Callable[..., Awaitable[None]], reply: Reply) -> None:
         await send(
@@ -285,12 +296,9 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        declared = headers.get("content-length", "0")
-        if declared.isdigit() and int(declared) > limit:
-            app.requests += 1
-            app.errors += 1
-            error = RequestError(413, "too_large", f"body of {declared} bytes > {limit}")
-            await respond(send, Reply(413, JSON, encode_body(error.to_dict(), JSON)))
+        refused = app.check_length(headers.get("content-length", "0"))
+        if refused is not None:  # declared too large: answer before reading the body
+            await respond(send, refused)
             return
         chunks, size = [], 0
         while True:
@@ -299,9 +307,9 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > limit:  # chunked bodies without a length: stop reading early
-                error = RequestError(413, "too_large", f"body larger than {limit} bytes")
-                await respond(send, Reply(413, JSON, encode_body(error.to_dict(), JSON)))
+            refused = app.check_length(size)  # chunked bodies without a length: stop early
+            if refused is not None:
+                await respond(send, refused)
                 return
             if not message.get("more_body", False):
                 break
@@ -404,12 +412,9 @@ class PolicyDeployment:
         from starlette.responses import Response
 
         headers = {k.lower(): v for k, v in request.headers.items()}
-        declared = headers.get("content-length", "0")
-        if declared.isdigit() and int(declared) > self.app.cfg.max_body_bytes:
-            self.app.requests += 1
-            self.app.errors += 1
-            error = RequestError(413, "too_large", f"body of {declared} bytes is too large")
-            reply = Reply(413, JSON, encode_body(error.to_dict(), JSON))
+        refused = self.app.check_length(headers.get("content-length", "0"))
+        if refused is not None:
+            reply = refused
         else:
             body = await request.body()
             reply = await self.app.handle(request.method, request.url.path, headers, body)
