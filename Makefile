@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 
 VLLM_VENV ?= .venv-vllm
+LEROBOT_VENV ?= .venv-lerobot
 
-.PHONY: install demo test test-fast lint bench clean vllm-env system-deps
+.PHONY: install demo test test-fast lint bench clean vllm-env lerobot-env system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ demo: $(STAMP)
 vllm-env:
 	bash scripts/build_vllm_env.sh $(VLLM_VENV) || echo "WARNING: $(VLLM_VENV) could not be built; tests marked vllm will skip"
 
+# The `lerobot` library itself writes the datasets of the LeRobot-compatibility tests (so we are
+# not only tested against our own fixtures); it lives in its own venv (it pins an older torch).
+lerobot-env:
+	bash scripts/build_lerobot_env.sh $(LEROBOT_VENV) || echo "WARNING: $(LEROBOT_VENV) could not be built; the lerobot-written dataset tests will skip"
+
 # Debian's headless Chromium renders the cluster report in its test (root or sudo-less CI box).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
@@ -35,7 +41,7 @@ system-deps:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "WARNING: chromium could not be installed; the report screenshot test will skip"
 
-test: $(STAMP) vllm-env system-deps
+test: $(STAMP) vllm-env lerobot-env system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -52,4 +58,4 @@ bench: $(STAMP) vllm-env
 	$(BIN)/python benchmarks/caption.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LEROBOT_VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds .venv-lerobot: the `lerobot` library in its own virtual environment, used by the tests
+# that ingest datasets written by LeRobot itself (not by our own fixtures). lerobot pins
+# torch<2.11 and pulls CUDA wheels from PyPI, so it is installed without dependencies next to
+# the local CPU torch, plus the few packages its dataset writer imports. Idempotent.
+set -euo pipefail
+VENV=${1:-.venv-lerobot}
+PY=${PYTHON:-python3.11}
+STAMP="$VENV/.wallwm-lerobot-ready"
+[ -f "$STAMP" ] && exit 0
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip install --quiet --disable-pip-version-check"
+$PIP --upgrade pip
+$PIP "torch==2.13.0" "torchvision==0.28.0"
+$PIP --no-deps "lerobot==0.4.4" accelerate safetensors
+$PIP "datasets>=4,<5" "huggingface-hub>=0.34.2,<0.36" "av>=15" jsonlines "packaging<26" \
+    "draccus==0.10.0" einops deepdiff termcolor gymnasium "imageio[ffmpeg]" \
+    opencv-python-headless pandas pillow psutil pyyaml
+"$VENV/bin/pip" uninstall --quiet -y torchcodec torchaudio triton 2>/dev/null || true
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# torchvision's fake-op registrations for nms/qnms fail without its C ops next to CPU torch;
+# guard them so its pure-Python parts import (lerobot's video utilities import torchvision).
+"$VENV/bin/python" - "$SITE/torchvision/_meta_registrations.py" <<'PYEOF'
+import re, sys
+path = sys.argv[1]
+src = open(path).read()
+if "wallwm-guard" not in src:
+    src = re.sub(
+        r'^(@register_meta\("(?:nms|qnms)"\)|@torch\.library\.register_fake\("torchvision::(?:nms|qnms)"\))',
+        r'@(lambda f: f)  # wallwm-guard\n# \1', src, flags=re.M)
+    open(path, "w").write(src)
+PYEOF
+"$VENV/bin/python" -c "import lerobot; from lerobot.datasets.lerobot_dataset import LeRobotDataset; print('lerobot', lerobot.__version__)"
+touch "$STAMP"
