@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from wallwm.trainer.policy import Observation, Policy, wilson_interval
+from wallwm.trainer.view import resize_frame
 
 HELD_OUT_SEED = 1_000_000
 
@@ -27,8 +28,6 @@ def evaluate_metaworld(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Success rates (with 95 % intervals) per task and overall."""
-    import cv2
-
     from wallwm.pipeline.sim.metaworld import instruction_for, make_env, render
 
     per_task: dict[str, dict[str, Any]] = {}
@@ -41,9 +40,7 @@ def evaluate_metaworld(
                 obs, _ = env.reset(seed=env_seed)
                 policy.reset()
                 for _ in range(max_steps):
-                    frame = cv2.resize(
-                        render(env, camera), (image_size, image_size), interpolation=cv2.INTER_AREA
-                    )
+                    frame = resize_frame(render(env, camera), image_size)
                     action = policy.act(
                         Observation(frame, np.asarray(obs[:4], np.float32), instruction_for(task))
                     )

@@ -49,18 +49,25 @@ def view_path(dataset: str, tag: str | None, size: int) -> Path:
     return Path(dataset) / "train" / f"{tag or 'latest'}-{size}"
 
 
+def resize_frame(frame_HWC: np.ndarray, size: int) -> np.ndarray:
+    """An RGB frame as the model sees it: size x size, area interpolation.
+
+    The one resize used for training frames, closed-loop evaluation and (documented for)
+    policy-server clients, so a policy never meets a different resampling at test time.
+    """
+    import cv2
+
+    return np.asarray(cv2.resize(frame_HWC, (size, size), interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def _frames(cam: CameraInfo, size: int) -> np.ndarray:
     """All frames of a camera stream, resized to size x size RGB uint8, in one decode pass."""
     h5 = split_hdf5_uri(cam.uri)
     if h5 is not None:
-        import cv2
-
-        out = [
-            cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in iter_hdf5_frames(*h5)
-        ]
+        out = [resize_frame(f, size) for f in iter_hdf5_frames(*h5)]
     else:
         out = [
-            frame.reformat(width=size, height=size, format="rgb24").to_ndarray()  # type: ignore[attr-defined]
+            resize_frame(frame.to_ndarray(format="rgb24"), size)  # type: ignore[attr-defined]
             for _t, frame in iter_video_frames(
                 cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, None
             )
