@@ -26,14 +26,15 @@ READY = VENV / ".wallwm-lerobot-ready"
 WRITER = ROOT / "tests" / "lerobot_support" / "write_dataset.py"
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> tuple[Path, dict]:
+@pytest.fixture(scope="module", params=["so100", "aloha"])
+def written(request, tmp_path_factory) -> tuple[Path, dict]:
+    """A single-arm SO-100 dataset and a bimanual ALOHA one (14-D, two grippers, 3 cameras)."""
     if not READY.exists():
         pytest.skip(f"{VENV} could not be built (see scripts/build_lerobot_env.sh in `make test`)")
-    out = tmp_path_factory.mktemp("lerobot-written")
+    out = tmp_path_factory.mktemp(f"lerobot-{request.param}")
     manifest = out / "manifest.json"
     subprocess.run(
-        [str(VENV / "bin" / "python"), str(WRITER), str(out / "ds"), str(manifest)],
+        [str(VENV / "bin" / "python"), str(WRITER), str(out / "ds"), str(manifest), request.param],
         check=True,
         capture_output=True,
         timeout=600,
@@ -52,10 +53,11 @@ def test_lerobot_written_v3_dataset_reads_exactly(written):
         np.testing.assert_allclose(rec.actions_TA, np.asarray(ep["actions"]), rtol=1e-6)
         assert rec.instruction == ep["task"] and rec.fps == manifest["fps"]
         assert {c.name: (c.num_frames, c.width, c.height) for c in rec.probed} == {
-            "observation.images.front": (ep["length"], 64, 64),
-            "observation.images.wrist": (ep["length"], 64, 48),
+            f"observation.images.{cam}": (ep["length"], w, h)
+            for cam, (h, w) in manifest["cameras"].items()
         }
-        assert rec.gripper_TG is not None  # the joint named "gripper.pos"
+        grippers = [n for n in manifest["names"] if "gripper" in n]
+        assert rec.gripper_TG is not None and rec.gripper_TG.shape[1] == len(grippers)
 
 
 def test_lerobot_written_dataset_runs_through_the_pipeline(written, tmp_path):
@@ -71,6 +73,8 @@ def test_lerobot_written_dataset_runs_through_the_pipeline(written, tmp_path):
         e["length"] for e in manifest["episodes"]
     )
     events = store.read(schemas.EVENTS).to_pylist()
+    closes = {"left": 1 / 3, "right": 2 / 3}  # when each gripper closes (see the writer)
+    grippers = [n for n in manifest["names"] if "gripper" in n]
     for e in episodes:
         mine = sorted(
             (v for v in events if v["episode_id"] == e["episode_id"]),
@@ -78,7 +82,8 @@ def test_lerobot_written_dataset_runs_through_the_pipeline(written, tmp_path):
         )
         assert mine[0]["start_frame"] == 0 and mine[-1]["end_frame"] == e["num_frames"]
         starts = [v["start_frame"] for v in mine]
-        # the gripper closes at frame length // 2 + 1: an event starts there
-        assert any(abs(s - (e["num_frames"] // 2 + 1)) <= 1 for s in starts), starts
+        for name in grippers:  # every gripper closing starts an event
+            at = int(e["num_frames"] * closes.get(name.split("_")[0], 1 / 2)) + 1
+            assert any(abs(s - at) <= 1 for s in starts), (name, at, starts)
     table = store.read(schemas.EPISODES)
-    assert from_vector_series(table.column("actions")[0]).shape[1] == 6
+    assert from_vector_series(table.column("actions")[0]).shape[1] == len(manifest["names"])
