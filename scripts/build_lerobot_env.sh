@@ -14,6 +14,8 @@ PIP="$VENV/bin/pip install --quiet --disable-pip-version-check"
 $PIP --upgrade pip
 $PIP "torch==2.13.0" "torchvision==0.28.0"
 $PIP --no-deps "lerobot==0.4.4" accelerate safetensors
+# lerobot 0.3 writes format v2.1: kept beside it, put first on PYTHONPATH by the tests.
+$PIP --no-deps --target "$VENV/lerobot-0.3" "lerobot==0.3.3"
 $PIP "datasets>=4,<5" "huggingface-hub>=0.34.2,<0.36" "av>=15" jsonlines "packaging<26" \
     "draccus==0.10.0" einops deepdiff termcolor gymnasium "imageio[ffmpeg]" \
     opencv-python-headless pandas pillow psutil pyyaml
@@ -32,4 +34,5 @@ if "wallwm-guard" not in src:
     open(path, "w").write(src)
 PYEOF
 "$VENV/bin/python" -c "import lerobot; from lerobot.datasets.lerobot_dataset import LeRobotDataset; print('lerobot', lerobot.__version__)"
+PYTHONPATH="$VENV/lerobot-0.3" "$VENV/bin/python" -c "from lerobot.datasets.lerobot_dataset import CODEBASE_VERSION as v; assert v == 'v2.1', v"
 touch "$STAMP"

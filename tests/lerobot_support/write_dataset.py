@@ -1,12 +1,14 @@
 """Writes a small dataset with the `lerobot` library itself (run inside .venv-lerobot).
 
 Usage: python write_dataset.py OUT_DIR MANIFEST_JSON [so100|aloha]
+With lerobot 0.4 it writes format v3.0; with lerobot 0.3 (on PYTHONPATH) format v2.1.
 so100: two cameras of different sizes, SO-100 joint names (gripper last); aloha: a bimanual
 robot, 14-D actions (two arms, two grippers that close at different times), three cameras.
 Three episodes of different lengths and two tasks; the manifest records what was written so
 the test can compare.
 """
 
+import inspect
 import json
 import shutil
 import sys
@@ -80,7 +82,10 @@ def main(out: Path, manifest: Path, robot: str = "so100") -> None:
                 image = np.full((h, w, 3), (t * 7 + 40 * k) % 255, np.uint8)
                 image[10:20, t % (w - 4) : t % (w - 4) + 4] = 255
                 frame[f"observation.images.{cam}"] = image
-            ds.add_frame(frame)
+            if "task" in inspect.signature(ds.add_frame).parameters:  # lerobot < 0.4 (v2.1)
+                ds.add_frame(frame, task=frame.pop("task"))
+            else:
+                ds.add_frame(frame)
         ds.save_episode()
         episodes.append({"length": length, "task": task, "actions": actions})
     if hasattr(ds, "finalize"):

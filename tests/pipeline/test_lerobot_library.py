@@ -7,6 +7,7 @@ the test skips, saying why, only where that environment could not be built.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -26,26 +27,32 @@ READY = VENV / ".wallwm-lerobot-ready"
 WRITER = ROOT / "tests" / "lerobot_support" / "write_dataset.py"
 
 
-@pytest.fixture(scope="module", params=["so100", "aloha"])
+@pytest.fixture(
+    scope="module", params=[("v3.0", "so100"), ("v3.0", "aloha"), ("v2.1", "aloha")], ids=str
+)
 def written(request, tmp_path_factory) -> tuple[Path, dict]:
-    """A single-arm SO-100 dataset and a bimanual ALOHA one (14-D, two grippers, 3 cameras)."""
+    """Single-arm SO-100 and bimanual ALOHA (14-D, two grippers, 3 cameras) datasets, written
+    by lerobot 0.4 (format v3.0) and lerobot 0.3 (format v2.1)."""
     if not READY.exists():
         pytest.skip(f"{VENV} could not be built (see scripts/build_lerobot_env.sh in `make test`)")
-    out = tmp_path_factory.mktemp(f"lerobot-{request.param}")
+    version, robot = request.param
+    out = tmp_path_factory.mktemp(f"lerobot-{version}-{robot}")
     manifest = out / "manifest.json"
+    env = {**os.environ, "PYTHONPATH": str(VENV / "lerobot-0.3")} if version == "v2.1" else None
     subprocess.run(
-        [str(VENV / "bin" / "python"), str(WRITER), str(out / "ds"), str(manifest), request.param],
+        [str(VENV / "bin" / "python"), str(WRITER), str(out / "ds"), str(manifest), robot],
+        env=env,
         check=True,
         capture_output=True,
         timeout=600,
     )
-    return out / "ds", json.loads(manifest.read_text())
+    return out / "ds", {**json.loads(manifest.read_text()), "version": version}
 
 
-def test_lerobot_written_v3_dataset_reads_exactly(written):
+def test_lerobot_written_dataset_reads_exactly(written):
     root, manifest = written
     source = open_source(root)
-    assert source.version == "v3.0"
+    assert source.version == manifest["version"]
     refs, errors = source.list_episodes()
     assert errors == [] and len(refs) == len(manifest["episodes"])
     for ref, ep in zip(refs, manifest["episodes"], strict=True):
