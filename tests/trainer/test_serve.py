@@ -175,6 +175,32 @@ def test_micro_batcher_coalesces_queued_requests_and_survives_errors():
     assert sizes[:3] == [1, 5, 2]  # what queued meanwhile, capped at max_batch_size
 
 
+def test_micro_batcher_waits_only_for_batch_mates_the_load_predicts():
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(fn, max_batch_size=8, max_wait_ms=2000)
+        start = time.monotonic()
+        for i in range(5):  # a lone client: recent batches of one, so no waiting at all
+            await batcher.submit(i)
+        lone_s = time.monotonic() - start
+        await asyncio.gather(*(batcher.submit(i) for i in range(4)))  # 4 at once
+        # now 4 clients whose requests arrive 20 ms apart: gathered into one batch of 4
+        staggered = []
+        for i in range(4):
+            staggered.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*staggered)
+        return lone_s
+
+    lone_s = asyncio.run(scenario())
+    assert lone_s < 1.0 and sizes == [1, 1, 1, 1, 1, 4, 4]
+
+
 # ---------------------------------------------------------------------- over HTTP
 
 

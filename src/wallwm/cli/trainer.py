@@ -129,8 +129,11 @@ def serve_cmd(
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Largest micro-batch.")] = 32,
     max_wait_ms: Annotated[
-        float, typer.Option(help="Extra wait for batch-mates (0: batch what queued meanwhile).")
-    ] = 0.0,
+        float,
+        typer.Option(
+            help="Longest wait for batch-mates the recent load says are coming (0: never)."
+        ),
+    ] = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 4.0,
     flow_steps: Annotated[int, typer.Option(help="Euler steps of the action flow.")] = 10,
     replicas: Annotated[

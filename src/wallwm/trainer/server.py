@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ class ServeConfig(BaseModel):
     token: str | None = Field(None, description="Bearer token required by /metadata and /infer.")
     max_batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(
-        0.0, ge=0, description="Extra wait for batch-mates; 0 = batch what queued meanwhile."
+        5.0,
+        ge=0,
+        description="Longest wait for batch-mates the recent load says are coming (0: never).",
     )
     max_body_bytes: int = Field(4 << 20, ge=1024)
     flow_steps: int = Field(10, ge=1)
@@ -89,13 +92,20 @@ def inference_thread() -> ThreadPoolExecutor:
 
 
 class MicroBatcher(Generic[T, R]):
-    """Coalesces concurrent ``submit`` calls into batched calls of ``fn`` (one at a time)."""
+    """Coalesces concurrent ``submit`` calls into batched calls of ``fn`` (one at a time).
+
+    A batch takes everything queued while the previous one ran. It then waits (at most
+    ``max_wait_ms``) for more only while it is smaller than the largest of the recent batches:
+    robots in a closed loop send their next request right after each answer, so under steady
+    load the batch fills up to the number of active clients, while a lone client (recent
+    batches of one) never waits.
+    """
 
     def __init__(
         self,
         fn: Callable[[list[T]], list[R]],
         max_batch_size: int = 32,
-        max_wait_ms: float = 0,
+        max_wait_ms: float = 5.0,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         """``fn`` maps a list of items to a list of results, in order; it runs on ``executor``.
@@ -109,6 +119,7 @@ class MicroBatcher(Generic[T, R]):
         self._executor = executor or inference_thread()
         self.batches = 0
         self.items = 0
+        self._recent: deque[int] = deque(maxlen=16)  # sizes of the last batches
 
     async def submit(self, item: T) -> R:
         """The result for ``item``, computed in a batch with whatever else is queued."""
@@ -123,11 +134,11 @@ class MicroBatcher(Generic[T, R]):
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
         assert self._queue is not None
         batch = [await self._queue.get()]
+        while len(batch) < self.max_batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        expected = min(self.max_batch_size, max(self._recent, default=1))
         deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
+        while len(batch) < expected:  # batch-mates the recent load says are on their way
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -135,6 +146,7 @@ class MicroBatcher(Generic[T, R]):
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
             except TimeoutError:
                 break
+        self._recent.append(len(batch))
         return [(item, f) for item, f in batch if not f.done()]  # drop cancelled callers
 
     async def _run(self) -> None:
