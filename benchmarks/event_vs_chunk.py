@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segment import SegmentConfig
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
 from wallwm.trainer.evaluate import evaluate_metaworld
+from wallwm.trainer.model import MODES
 from wallwm.trainer.policy import LocalPolicy, wilson_interval
 from wallwm.trainer.train import TrainConfig, train
 
@@ -50,19 +52,26 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--chunk-lens", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument(
+        "--arms", nargs="+", default=["chunk", "chunk_text", "event", "unified"], choices=MODES
+    )
     parser.add_argument("--root", default="bench-data/event_vs_chunk")
     args = parser.parse_args()
     root = Path(args.root)
     src, ds = root / "source", root / "dataset"
-    if not src.exists():
+    if not src.exists():  # record aside, then rename: an interrupted recording is never reused
+        partial = root / "source.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         record_metaworld(
-            src, MetaWorldConfig(tasks=tuple(args.tasks), episodes=args.demos, size=128)
+            partial, MetaWorldConfig(tasks=tuple(args.tasks), episodes=args.demos, size=128)
         )
+        partial.rename(src)
     run_ingest(IngestConfig(source=str(src), dataset=str(ds), segment=SegmentConfig()))
     run_caption(CaptionStageConfig(dataset=str(ds)))
     arms = [(f"chunk H={h}", "chunk", h) for h in args.chunk_lens]
     arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in args.chunk_lens]
     arms += [("event", "event", max(args.chunk_lens)), ("unified", "unified", max(args.chunk_lens))]
+    arms = [arm for arm in arms if arm[1] in args.arms]
     results: dict[str, dict[str, object]] = {}
     for name, mode, horizon in arms:
         per_task: dict[str, list[int]] = {t: [0, 0] for t in args.tasks}
@@ -107,7 +116,7 @@ def main() -> None:
             "train_seconds_per_seed": seconds / len(args.seeds),
         }
     chunk_arms = [k for k in results if results[k]["mode"] == "chunk"]
-    best = max(chunk_arms, key=lambda k: float(results[k]["rate"]))  # type: ignore[arg-type]
+    best = max(chunk_arms, key=lambda k: float(results[k]["rate"]), default="")  # type: ignore[arg-type]
     (root / "results.json").write_text(
         json.dumps({"args": vars(args), "best_chunk": best, "results": results}, indent=1)
     )
