@@ -81,10 +81,13 @@ class _Served:
             "dataset": state.get("dataset", {}),
             "model_config": asdict(cfg),
         }
+        self._instructions = {i for i, _ in self.bank}
         self._bank_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     def captions_for(self, instruction: str) -> tuple[list[str], torch.Tensor]:
         """The bank's captions of this instruction (all captions for an unknown one)."""
+        if instruction not in self._instructions:
+            instruction = "\x00unknown"  # one shared entry: clients cannot grow the cache
         if instruction not in self._bank_cache:
             captions = sorted({c for i, c in self.bank if i == instruction}) or sorted(
                 {c for _, c in self.bank}
