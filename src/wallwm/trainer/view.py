@@ -67,9 +67,9 @@ def _frames(cam: CameraInfo, size: int) -> np.ndarray:
         out = [resize_frame(f, size) for f in iter_hdf5_frames(*h5)]
     else:
         out = [
-            resize_frame(frame.to_ndarray(format="rgb24"), size)  # type: ignore[attr-defined]
+            resize_frame(frame, size)  # type: ignore[arg-type]
             for _t, frame in iter_video_frames(
-                cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, None
+                cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, "rgb24"
             )
         ]
     return np.stack(out).astype(np.uint8) if out else np.zeros((0, size, size, 3), np.uint8)
