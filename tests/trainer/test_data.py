@@ -137,3 +137,22 @@ def test_materialize_cli_and_errors(curated, tmp_path):
     assert ok.exit_code == 0 and "events" in ok.output
     bad = runner.invoke(app, ["materialize", "--dataset", str(ds), "--tag", "nope"])
     assert bad.exit_code == 1 and "no tag 'nope'" in bad.output
+
+
+def test_holdout_split_is_stable_and_never_empty_or_total():
+    from wallwm.trainer.data import holdout_mask
+
+    def events(n: int, prefix: str = "ep") -> list[dict]:
+        return [{"episode_id": f"{prefix}-{i}"} for i in range(n) for _ in range(2)]
+
+    for n in range(2, 9):
+        for fraction in (0.05, 0.1, 0.35, 0.5, 0.9):
+            mask = holdout_mask(events(n), fraction)
+            assert 1 <= mask.sum() // 2 <= n - 1  # whole episodes, never none or all
+            assert (mask[0::2] == mask[1::2]).all()
+    assert not holdout_mask(events(5), 0.0).any()
+    big = holdout_mask(events(2000), 0.1)
+    assert 0.08 < big.mean() < 0.12
+    # growing the dataset keeps every earlier decision (the hash threshold, not a ranking)
+    grown = holdout_mask(events(3000), 0.1)
+    assert (grown[: len(big)] == big).all()

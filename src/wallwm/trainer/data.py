@@ -152,13 +152,23 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
 
 
 def holdout_mask(events: list[dict[str, Any]], fraction: float) -> np.ndarray:
-    """Events of held-out episodes (chosen by a hash of the episode id: stable across runs)."""
+    """Events of held-out episodes, chosen by a hash of the episode id.
+
+    An episode is held out when its hash falls under ``fraction``: stable across runs and as
+    the dataset grows. On small datasets the threshold can hold out none or all of them; then
+    the episodes with the lowest hashes are taken instead, ``round(fraction * episodes)``
+    clamped to [1, episodes - 1], so asking for a held-out split always gives one (given at
+    least two episodes) and training always keeps data.
+    """
     import zlib
 
-    cut = round(fraction * 10_000)
-    return np.array(
-        [zlib.crc32(e["episode_id"].encode()) % 10_000 < cut for e in events], dtype=bool
-    )
+    episodes = sorted({e["episode_id"] for e in events})
+    key = {ep: zlib.crc32(ep.encode()) % 10_000 for ep in episodes}
+    held = {ep for ep in episodes if key[ep] < round(fraction * 10_000)}
+    if fraction > 0 and len(episodes) >= 2 and len(held) in (0, len(episodes)):
+        k = min(max(round(fraction * len(episodes)), 1), len(episodes) - 1)
+        held = set(sorted(episodes, key=lambda ep: (key[ep], ep))[:k])
+    return np.array([e["episode_id"] in held for e in events], dtype=bool)
 
 
 class ClusterBalancedSampler(Sampler[tuple[int, int]]):

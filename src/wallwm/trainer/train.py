@@ -111,7 +111,7 @@ class Run:
         # whole batches per epoch, so "samples consumed = step x batch" holds across epochs
         per_epoch = cfg.batch_size * max(1, -(-len(self.data) // cfg.batch_size))
         self.held_out = holdout_mask(self.data.events, cfg.holdout)
-        if self.held_out.all():  # tiny datasets: never hold out everything
+        if self.held_out.all():  # a single episode: train on it rather than on nothing
             self.held_out[:] = False
         weights = np.where(self.held_out, 0.0, self.data.weights)
         self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
