@@ -48,6 +48,44 @@ def _episodes(
     return [simulate_episode(cfg.tasks[i % len(cfg.tasks)], rng, cfg) for i in range(n)]
 
 
+def _synth_dataset(
+    root: Path,
+    episodes: int = 6,
+    size: int = 32,
+    seed: int = 0,
+    caption: bool = False,
+    cluster_ks: list[int] | None = None,
+) -> Path:
+    """``root/src`` recorded by the built-in simulator, ingested and segmented into ``root/ds``;
+    optionally captioned (signal fallback) and embedded (hashing text) + clustered."""
+    from wallwm.pipeline.ingest import IngestConfig, run_ingest
+    from wallwm.pipeline.segment import SegmentConfig
+
+    src, ds = root / "src", root / "ds"
+    record_synthetic(src, SynthConfig(episodes=episodes, size=size, seed=seed))
+    run_ingest(
+        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
+    )
+    if caption or cluster_ks:
+        from wallwm.captioner.stage import CaptionStageConfig, run_caption
+
+        run_caption(CaptionStageConfig(dataset=str(ds)))
+    if cluster_ks:
+        from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
+        from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed
+
+        run_embed(str(ds), EmbedConfig(), text_factory=lambda: HashingEmbedder(32))
+        run_cluster(str(ds), ClusterConfig(ks=cluster_ks))
+    return ds
+
+
+@pytest.fixture(scope="session")
+def synth_dataset() -> Callable[..., Path]:
+    """Factory: ``synth_dataset(root, episodes=6, size=32, seed=0, caption=False,
+    cluster_ks=None)`` -> a dataset built from simulated episodes (see ``_synth_dataset``)."""
+    return _synth_dataset
+
+
 @pytest.fixture
 def synth_episodes() -> Callable[..., list[dict[str, Any]]]:
     """Factory: ``synth_episodes(n, seed=0, size=64, cameras=("top",))`` -> simulated episodes."""

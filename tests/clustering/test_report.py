@@ -9,32 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from wallwm.captioner.stage import CaptionStageConfig, run_caption
 from wallwm.clustering.curation import exclude, list_clusters
-from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
 from wallwm.clustering.report import write_report
-from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed
-from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
-from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def hashing():
-    return HashingEmbedder(32)
-
-
-def test_report_renders_and_is_not_blank(tmp_path):
-    src, ds = tmp_path / "src", tmp_path / "ds"
-    record_synthetic(src, SynthConfig(episodes=9, size=32))
-    run_ingest(
-        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
-    )
-    run_caption(CaptionStageConfig(dataset=str(ds)))
-    run_embed(str(ds), EmbedConfig(), text_factory=hashing)
-    run_cluster(str(ds), ClusterConfig(ks=[6, 2]))
+def test_report_renders_and_is_not_blank(tmp_path, synth_dataset):
+    ds = synth_dataset(tmp_path, episodes=9, size=32, cluster_ks=[6, 2])
     store = LanceStore(str(ds))
     excluded = list_clusters(store, level=1)[0]["cluster_id"]
     exclude(store, excluded)

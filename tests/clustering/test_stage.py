@@ -33,19 +33,9 @@ def hashing():
     return HashingEmbedder(48)
 
 
-def build(tmp_path, episodes=12, seed=0, src=None, ds=None):
-    src = src or tmp_path / "src"
-    ds = ds or tmp_path / "ds"
-    record_synthetic(src, SynthConfig(episodes=episodes, size=32, seed=seed))
-    run_ingest(
-        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
-    )
-    run_caption(CaptionStageConfig(dataset=str(ds)))
-    return src, ds
-
-
-def test_embed_cluster_curate_assign_only(tmp_path):
-    src, ds = build(tmp_path)
+def test_embed_cluster_curate_assign_only(tmp_path, synth_dataset):
+    ds = synth_dataset(tmp_path, episodes=12, size=32, caption=True)
+    src = tmp_path / "src"
     store = LanceStore(str(ds))
     emb = run_embed(str(ds), EmbedConfig(), text_factory=hashing)
     assert emb.embedded == store.count(schemas.EVENTS) and emb.dims["text_embedding"] == 48
@@ -119,8 +109,8 @@ def test_embed_cluster_curate_assign_only(tmp_path):
     assert len(near) == 3 and near == sorted(near, key=lambda r: r["distance"])
 
 
-def test_real_text_model_and_cli(tmp_path):
-    _src, ds = build(tmp_path, episodes=6)
+def test_real_text_model_and_cli(tmp_path, synth_dataset):
+    ds = synth_dataset(tmp_path, episodes=6, size=32, caption=True)
     runner = CliRunner()
 
     def invoke(*args):
@@ -165,10 +155,10 @@ def test_real_text_model_and_cli(tmp_path):
     assert np.isfinite(sum(s["distance"] for s in sim))
 
 
-def test_visual_encoder_from_a_local_torchscript_file(tmp_path):
+def test_visual_encoder_from_a_local_torchscript_file(tmp_path, synth_dataset):
     import torch
 
-    _src, ds = build(tmp_path, episodes=3)
+    ds = synth_dataset(tmp_path, episodes=3, size=32, caption=True)
     encoder = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, stride=2),
         torch.nn.ReLU(),

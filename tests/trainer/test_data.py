@@ -9,15 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from wallwm.captioner.stage import CaptionStageConfig, run_caption
 from wallwm.cli.main import app
 from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
-from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
-from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed
 from wallwm.pipeline import schemas
-from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
-from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
@@ -26,20 +20,9 @@ from wallwm.trainer.view import _frames, materialize
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def hashing():
-    return HashingEmbedder(32)
-
-
 @pytest.fixture
-def curated(tmp_path):
-    src, ds = tmp_path / "src", tmp_path / "ds"
-    record_synthetic(src, SynthConfig(episodes=9, size=48, seed=4))
-    run_ingest(
-        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
-    )
-    run_caption(CaptionStageConfig(dataset=str(ds)))
-    run_embed(str(ds), EmbedConfig(), text_factory=hashing)
-    run_cluster(str(ds), ClusterConfig(ks=[6, 2]))
+def curated(tmp_path, synth_dataset):
+    ds = synth_dataset(tmp_path, episodes=9, size=48, seed=4, cluster_ks=[6, 2])
     store = LanceStore(str(ds))
     excluded = list_clusters(store, level=1)[0]["cluster_id"]
     exclude(store, excluded)

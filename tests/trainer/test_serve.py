@@ -19,10 +19,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from wallwm.captioner.stage import CaptionStageConfig, run_caption
-from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
-from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.trainer.client import PolicyClient, RemotePolicy, ServerError
 from wallwm.trainer.engine import PolicyEngine
 from wallwm.trainer.policy import LocalPolicy, Observation
@@ -41,15 +37,10 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny event- and chunk-mode checkpoints trained on synthetic episodes with captions."""
+def checkpoints(tmp_path_factory, synth_dataset) -> dict[str, Path]:
+    """Tiny event-, chunk- and unified-mode checkpoints trained on captioned synthetic episodes."""
     root = tmp_path_factory.mktemp("serve")
-    src, ds = root / "src", root / "ds"
-    record_synthetic(src, SynthConfig(episodes=6, size=SIZE, seed=5))
-    run_ingest(
-        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
-    )
-    run_caption(CaptionStageConfig(dataset=str(ds)))
+    ds = synth_dataset(root, episodes=6, size=SIZE, seed=5, caption=True)
     out = {}
     for mode in ("event", "chunk", "unified"):
         run = root / mode

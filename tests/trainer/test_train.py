@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from wallwm.cli.main import app
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segment import SegmentConfig
-from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.trainer.data import EventFrameDataset, make_loader
 from wallwm.trainer.model import MODES, WorldActionModel, preset, tokenize
 from wallwm.trainer.train import Run, TrainConfig, train
@@ -19,13 +18,8 @@ from wallwm.trainer.view import materialize
 
 
 @pytest.fixture
-def dataset(tmp_path):
-    src, ds = tmp_path / "src", tmp_path / "ds"
-    record_synthetic(src, SynthConfig(episodes=6, size=32, seed=5))
-    run_ingest(
-        IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
-    )
-    return ds
+def dataset(tmp_path, synth_dataset):
+    return synth_dataset(tmp_path, episodes=6, size=32, seed=5)
 
 
 def test_presets_and_tokenizer():
