@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.trainer.client import PolicyClient
+from wallwm.trainer.client import PolicyClient, ServerError
 from wallwm.trainer.engine import PolicyEngine
 from wallwm.trainer.model import WorldActionModel, preset
 from wallwm.trainer.protocol import InferRequest
@@ -95,7 +95,7 @@ def wait_healthy(client: PolicyClient, timeout_s: float = 120) -> None:
         try:
             client.health()
             return
-        except OSError:
+        except (OSError, ServerError):  # not listening yet, or not deployed yet
             time.sleep(0.2)
     raise RuntimeError("server did not start")
 

@@ -228,6 +228,8 @@ def test_unified_mode_predicts_the_next_event(checkpoints):
     obs = _observation()
     (result,) = engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, seed=0)])
     assert result.mode == "unified" and result.next_event and result.actions_HA.shape == (4, 4)
+    with pytest.raises(ValueError, match="not served"):  # never an answer silently dropped
+        engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, mode="event")])
 
 
 def test_auth(server):
@@ -327,6 +329,32 @@ def test_served_closed_loop_matches_in_process(server, checkpoints):
     assert local.policy.track.history == remote.policy.track.history
 
 
+def test_client_reports_a_plain_text_error_from_a_proxy():
+    """Before Ray Serve deploys the app its proxy answers plain text: a ServerError, not a crash."""
+    import http.server
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"Path '/health' not found."
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ServerError, match=r"404.*not found") as err:
+            PolicyClient(f"http://127.0.0.1:{httpd.server_address[1]}").health()
+        assert err.value.status == 404
+    finally:
+        httpd.shutdown()
+
+
 def test_client_imports_without_torch():
     code = "import sys, wallwm.trainer.client; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -349,7 +377,7 @@ def _wait_healthy(client: PolicyClient, proc: subprocess.Popen | None = None) ->
         try:
             if client.health()["status"] == "ok":
                 return
-        except OSError:
+        except (OSError, ServerError):  # not listening yet, or not deployed yet
             time.sleep(0.2)
     raise AssertionError("server did not become healthy")
 

@@ -171,25 +171,14 @@ def serve_cmd(
 
     try:
         if replicas:
-            url = run_ray_serve(cfg, block=False)
-            console.print(f"[bold]serve[/]: {replicas} Ray Serve replicas on {url} (Ctrl-C stops)")
-            _wait_forever()
+            run_ray_serve(
+                cfg,
+                on_ready=lambda url: console.print(
+                    f"[bold]serve[/]: {replicas} Ray Serve replicas on {url} (Ctrl-C stops)"
+                ),
+            )
         else:
             run_server(cfg, on_ready=ready)
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
-
-
-def _wait_forever() -> None:
-    import time
-
-    from ray import serve
-
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()

@@ -15,7 +15,6 @@ message and field.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import socket
 import urllib.parse
@@ -30,6 +29,7 @@ from wallwm.trainer.protocol import (
     InferRequest,
     InferResult,
     ModelSpec,
+    RequestError,
     decode_body,
     encode_body,
 )
@@ -121,15 +121,17 @@ class PolicyClient:
         content_type = MSGPACK if self.binary else JSON
         body = encode_body(message, content_type) if message is not None else b""
         status, answer_type, data = self.request(method, path, body, content_type)
-        decoded = decode_body(data, answer_type) if data else {}
         if status != 200:
-            error = decoded.get("error") or {"message": data[:200].decode("utf-8", "replace")}
-            raise ServerError(status, error)
-        return decoded
+            try:  # ours is a JSON/msgpack error; a proxy in front may answer plain text
+                error = decode_body(data, answer_type).get("error") if data else None
+            except RequestError:
+                error = None
+            raise ServerError(status, error or {"message": data[:200].decode("utf-8", "replace")})
+        return decode_body(data, answer_type) if data else {}
 
     def health(self) -> dict[str, Any]:
-        """Liveness and counters."""
-        return dict(json.loads(self.request("GET", "/health")[2]))
+        """Liveness and counters (raises :class:`ServerError` until the app answers)."""
+        return dict(self._call("GET", "/health"))
 
     def metadata(self) -> dict[str, Any]:
         """Modes, shapes and lineage of the served checkpoints."""

@@ -151,6 +151,11 @@ class PolicyEngine:
         start = time.perf_counter()
         results: list[InferResult | None] = [None] * len(requests)
         default = next(iter(self.models))
+        unknown = {r.mode for r in requests if (r.mode or default) not in self.models}
+        if unknown:  # answers stay aligned with requests: never drop one silently
+            raise ValueError(
+                f"modes {sorted(map(str, unknown))} are not served ({list(self.models)})"
+            )
         for mode, served in self.models.items():
             index = [i for i, r in enumerate(requests) if (r.mode or default) == mode]
             if index:

@@ -300,12 +300,7 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
         await send({"type": "http.response.body", "body": reply.body})
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # uvicorn runs with lifespan="off": HTTP is all there is
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refused = app.check_length(headers.get("content-length", "0"))
@@ -349,6 +344,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn(app: PolicyApp) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(
+        uvicorn.Config(asgi_app(app), log_level="warning", access_log=False, lifespan="off")
+    )
+
+
 def warn_if_exposed(cfg: ServeConfig) -> str | None:
     """A warning when the server listens beyond this machine without a token."""
     if cfg.host not in LOOPBACK and cfg.token is None:
@@ -374,14 +381,10 @@ class ServerHandle:
 
 def start_in_thread(cfg: ServeConfig, app: PolicyApp | None = None) -> ServerHandle:
     """Serve in a daemon thread; returns once the port accepts connections."""
-    import uvicorn
-
     app = app or build_app(cfg)
     sock = _bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(asgi_app(app), log_level="warning", access_log=False, lifespan="off")
-    )
+    server = _uvicorn(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -389,21 +392,16 @@ def start_in_thread(cfg: ServeConfig, app: PolicyApp | None = None) -> ServerHan
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError(f"the policy server did not start on {cfg.host}:{port}")
         time.sleep(0.01)
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    return ServerHandle(server, thread, f"http://{host}:{port}", app)
+    return ServerHandle(server, thread, _url(cfg.host, port), app)
 
 
 def run_server(cfg: ServeConfig, on_ready: Callable[[str, PolicyApp], None] | None = None) -> None:
     """Serve in this process until interrupted (``wallwm serve``)."""
-    import uvicorn
-
     app = build_app(cfg)
     sock = _bind(cfg.host, cfg.port)
     if on_ready is not None:
-        on_ready(f"http://{cfg.host}:{sock.getsockname()[1]}", app)
-    uvicorn.Server(
-        uvicorn.Config(asgi_app(app), log_level="warning", access_log=False, lifespan="off")
-    ).run(sockets=[sock])
+        on_ready(_url(cfg.host, sock.getsockname()[1]), app)
+    _uvicorn(app).run(sockets=[sock])
 
 
 # ---------------------------------------------------------------------- Ray Serve
@@ -433,8 +431,12 @@ class PolicyDeployment:
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
 
-def run_ray_serve(cfg: ServeConfig, block: bool = True) -> str:
-    """Deploy ``cfg.replicas`` replicas on Ray Serve; returns the URL (blocks unless told not to).
+def run_ray_serve(
+    cfg: ServeConfig, block: bool = True, on_ready: Callable[[str], None] | None = None
+) -> str:
+    """Deploy ``cfg.replicas`` replicas on Ray Serve and return the URL.
+
+    With ``block`` it serves until interrupted (Ctrl-C), then shuts Serve down.
 
     Checkpoints travel through the object store (their inference part only), so replicas on
     other nodes need no shared filesystem.
@@ -459,11 +461,15 @@ def run_ray_serve(cfg: ServeConfig, block: bool = True) -> str:
     serve.run(
         deployment.bind(refs, cfg.model_dump()), name="wallwm", route_prefix="/", blocking=False
     )
-    url = f"http://{cfg.host}:{cfg.port}"
+    url = _url(cfg.host, cfg.port)
+    if on_ready is not None:
+        on_ready(url)
     if block:
         try:
             while True:
                 time.sleep(1)
+        except KeyboardInterrupt:
+            pass
         finally:
             serve.shutdown()
     return url
