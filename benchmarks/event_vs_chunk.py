@@ -50,7 +50,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--max-steps", type=int, default=500, help="MetaWorld's own limit")
+    parser.add_argument(
+        "--action-labels",
+        choices=("executed", "expert"),
+        default="expert",
+        help="demos label the expert's clean commands while executing noisy ones (DART)",
+    )
+    parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument("--noise-scale", type=float, default=1.0, help="flow temperature")
+    parser.add_argument("--replan-every", type=int, default=8)
+    parser.add_argument("--record-workers", type=int, default=2)
     parser.add_argument("--chunk-lens", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument(
         "--arms", nargs="+", default=["chunk", "chunk_text", "event", "unified"], choices=MODES
@@ -63,7 +73,15 @@ def main() -> None:
         partial = root / "source.partial"
         shutil.rmtree(partial, ignore_errors=True)
         record_metaworld(
-            partial, MetaWorldConfig(tasks=tuple(args.tasks), episodes=args.demos, size=128)
+            partial,
+            MetaWorldConfig(
+                tasks=tuple(args.tasks),
+                episodes=args.demos,
+                size=128,
+                action_noise=args.action_noise,
+                action_labels=args.action_labels,
+                workers=args.record_workers,
+            ),
         )
         partial.rename(src)
     run_ingest(IngestConfig(source=str(src), dataset=str(ds), segment=SegmentConfig()))
@@ -96,7 +114,12 @@ def main() -> None:
                 )
             )
             seconds += time.perf_counter() - t
-            policy = LocalPolicy(out / "checkpoint.pt", replan_every=min(8, horizon), seed=seed)
+            policy = LocalPolicy(
+                out / "checkpoint.pt",
+                replan_every=min(args.replan_every, horizon),
+                seed=seed,
+                noise_scale=args.noise_scale,
+            )
             ev = evaluate_metaworld(
                 policy, args.tasks, args.episodes, args.size, max_steps=args.max_steps, seed=seed
             )

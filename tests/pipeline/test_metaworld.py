@@ -46,3 +46,29 @@ def test_record_pick_place(tmp_path):
 def test_unknown_task_suggests(tmp_path):
     with pytest.raises(ValueError, match="did you mean 'pick-place-v3'"):
         record_metaworld(tmp_path, MetaWorldConfig(tasks=("pick-plase-v3",), episodes=1))
+
+
+def test_expert_labels_and_parallel_recording_match_the_sequential_one(tmp_path):
+    """DART-style recording: the states follow the noisy execution, the labels are the expert's.
+
+    Two worker processes write the same episodes, in the same order, as one process.
+    """
+    base = MetaWorldConfig(tasks=("reach-v3", "push-v3"), episodes=2, size=32, max_steps=30)
+    executed = record_metaworld(tmp_path / "executed", base)
+    expert_cfg = MetaWorldConfig(**{**base.__dict__, "action_labels": "expert", "workers": 2})
+    expert = record_metaworld(tmp_path / "expert", expert_cfg)
+    assert [r["key"] for r in expert] == [r["key"] for r in executed]
+    for r in expert:
+        a = tmp_path / "executed" / r["key"]
+        b = tmp_path / "expert" / r["key"]
+        assert json.loads((b / "meta.json").read_text())["action_labels"] == "expert"
+        states_a = np.array(pq.read_table(a / "steps.parquet").column("state").to_pylist())
+        states_b = np.array(pq.read_table(b / "steps.parquet").column("state").to_pylist())
+        # same seed, same executed (noisy) actions: the same trajectory
+        np.testing.assert_allclose(states_a, states_b, atol=1e-6)
+        act_a = np.array(pq.read_table(a / "steps.parquet").column("action").to_pylist())
+        act_b = np.array(pq.read_table(b / "steps.parquet").column("action").to_pylist())
+        # labels differ from the executed commands by the injected noise (0.3 on x, y, z)
+        noise = act_a[:, :3] - act_b[:, :3]
+        assert 0.1 < noise.std() < 0.5 and np.abs(act_b).max() <= 1.0
+        np.testing.assert_allclose(act_a[:, 3], act_b[:, 3])  # the gripper is never noised

@@ -232,6 +232,22 @@ def test_unified_mode_predicts_the_next_event(checkpoints):
         engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, mode="event")])
 
 
+def test_noise_scale_is_the_flow_temperature(checkpoints):
+    """0 makes the answer deterministic (seed-independent); 1 keeps seeded sampling."""
+    obs = _observation()
+    requests = [
+        InferRequest(obs.image_HWC, obs.state_S, obs.instruction, "chunk", seed=s) for s in (1, 2)
+    ]
+    cold = PolicyEngine([checkpoints["chunk"]], noise_scale=0.0)
+    a, b = cold.infer(requests)
+    np.testing.assert_allclose(a.actions_HA, b.actions_HA, rtol=0, atol=1e-6)
+    assert cold.metadata()["noise_scale"] == 0.0
+    a, b = PolicyEngine([checkpoints["chunk"]]).infer(requests)
+    assert not np.allclose(a.actions_HA, b.actions_HA)
+    with pytest.raises(ValueError, match="noise_scale"):
+        PolicyEngine([checkpoints["chunk"]], noise_scale=-1.0)
+
+
 def test_auth(server):
     obs = _observation()
     for token in (None, "wrong"):

@@ -305,9 +305,17 @@ def eval_policy(
     mode: Annotated[str | None, typer.Option(help="Served mode (the server's default).")] = None,
     sim: Annotated[str, typer.Option(help="Simulator (metaworld).")] = "metaworld",
     episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 50,
-    max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    max_steps: Annotated[
+        int, typer.Option(help="Step limit per episode (MetaWorld's own limit is 500).")
+    ] = 500,
     camera: Annotated[str, typer.Option(help="Camera the model was trained on.")] = "corner",
     replan_every: Annotated[int, typer.Option(help="Executed steps between replans.")] = 8,
+    noise_scale: Annotated[
+        float,
+        typer.Option(
+            help="Temperature of the flow's starting noise, local checkpoints (0: deterministic)."
+        ),
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="Evaluation seed (held-out initial states).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -342,7 +350,9 @@ def eval_policy(
             from wallwm.trainer.policy import LocalPolicy
 
             assert checkpoint is not None
-            policy = LocalPolicy(checkpoint, replan_every=replan_every, seed=seed)
+            policy = LocalPolicy(
+                checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale
+            )
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         err_console.print(
             f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True

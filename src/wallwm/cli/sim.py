@@ -63,7 +63,15 @@ def record(
     action_noise: Annotated[
         float, typer.Option(help="Gaussian noise std on position deltas.")
     ] = 0.3,
+    action_labels: Annotated[
+        str,
+        typer.Option(
+            help="Record the 'executed' (noisy) actions, or the 'expert' clean commands while "
+            "executing the noisy ones (DART-style noise injection, for training data)."
+        ),
+    ] = "executed",
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Record MetaWorld scripted-expert episodes with ground-truth events (extra ``sim``)."""
@@ -73,6 +81,10 @@ def record(
         raise typer.BadParameter(
             f"MetaWorld is not installed ({exc}); pip install 'wallwm[sim]'"
         ) from exc
+    if action_labels not in ("executed", "expert"):
+        raise typer.BadParameter(
+            f"--action-labels must be 'executed' or 'expert', not {action_labels!r}"
+        )
     tasks: list[str] = []
     for t in task or ["pick-place-v3"]:
         tasks.extend(MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
@@ -82,7 +94,9 @@ def record(
         camera=camera,
         size=size,
         action_noise=action_noise,
+        action_labels=action_labels,  # type: ignore[arg-type]
         max_steps=max_steps,
+        workers=workers,
         seed=seed,
     )
     from rich.progress import Progress

@@ -136,6 +136,9 @@ def serve_cmd(
     ] = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 4.0,
     flow_steps: Annotated[int, typer.Option(help="Euler steps of the action flow.")] = 10,
+    noise_scale: Annotated[
+        float, typer.Option(help="Temperature of the flow's starting noise (0: deterministic).")
+    ] = 1.0,
     replicas: Annotated[
         int, typer.Option(help="0: serve from this process; N: a Ray Serve deployment.")
     ] = 0,
@@ -156,6 +159,7 @@ def serve_cmd(
             max_wait_ms=max_wait_ms,
             max_body_bytes=int(max_body_mb * (1 << 20)),
             flow_steps=flow_steps,
+            noise_scale=noise_scale,
             replicas=replicas,
             ray_address=ray_address,
         )

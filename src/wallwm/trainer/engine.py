@@ -111,9 +111,24 @@ class PolicyEngine:
     """Answers batches of ``infer`` requests for one model per mode (see the module docstring)."""
 
     def __init__(
-        self, checkpoints: Sequence[str | Path | bytes], flow_steps: int = 10, seed: int = 0
+        self,
+        checkpoints: Sequence[str | Path | bytes],
+        flow_steps: int = 10,
+        seed: int = 0,
+        noise_scale: float = 1.0,
     ) -> None:
-        """Load each checkpoint (a path or serialised bytes); one per mode."""
+        """Load each checkpoint (a path or serialised bytes); one per mode.
+
+        Args:
+            checkpoints: One checkpoint per served mode.
+            flow_steps: Euler steps of the action flow.
+            seed: Seed of the noise of requests that carry none.
+            noise_scale: Scale of the flow's starting noise (its temperature). 1 samples the
+                learned action distribution; below 1 moves toward its most likely actions,
+                which removes demonstration noise from precise moves (0: deterministic).
+        """
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         if not checkpoints:
             raise ValueError("no checkpoint given")
         self.models: dict[str, _Served] = {}
@@ -126,7 +141,7 @@ class PolicyEngine:
                     f"({self.models[served.mode].name}); serve one checkpoint per mode"
                 )
             self.models[served.mode] = served
-        self.flow_steps = flow_steps
+        self.flow_steps, self.noise_scale = flow_steps, noise_scale
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -140,6 +155,7 @@ class PolicyEngine:
             "modes": list(self.models),
             "default_mode": next(iter(self.models)),
             "flow_steps": self.flow_steps,
+            "noise_scale": self.noise_scale,
             "models": {
                 mode: {**asdict(m.spec), **m.lineage, "captions": len(m.bank)}
                 for mode, m in self.models.items()
@@ -181,7 +197,7 @@ class PolicyEngine:
 
     def _noise(self, requests: Sequence[InferRequest], shape: tuple[int, int]) -> torch.Tensor:
         """Per-request noise: a seeded request's actions never depend on its batch-mates."""
-        return torch.stack(
+        return self.noise_scale * torch.stack(
             [
                 torch.randn(
                     shape,

@@ -24,7 +24,7 @@ def evaluate_metaworld(
     episodes: int,
     image_size: int,
     camera: str = "corner",
-    max_steps: int = 200,
+    max_steps: int = 500,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Success rates (with 95 % intervals) per task and overall."""

@@ -145,11 +145,12 @@ class LocalPolicy(ChunkPolicy):
         flow_steps: int = 10,
         seed: int = 0,
         event_timeout: int | None = None,
+        noise_scale: float = 1.0,
     ) -> None:
-        """Load ``checkpoint``."""
+        """Load ``checkpoint`` (``noise_scale``: see :class:`PolicyEngine`)."""
         from wallwm.trainer.engine import PolicyEngine
 
-        self.engine: PolicyEngine = PolicyEngine([checkpoint], flow_steps, seed)
+        self.engine: PolicyEngine = PolicyEngine([checkpoint], flow_steps, seed, noise_scale)
         (spec,) = self.engine.specs.values()
         super().__init__(
             lambda r: self.engine.infer([r])[0], spec, replan_every, seed, event_timeout

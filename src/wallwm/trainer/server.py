@@ -66,6 +66,9 @@ class ServeConfig(BaseModel):
     )
     max_body_bytes: int = Field(4 << 20, ge=1024)
     flow_steps: int = Field(10, ge=1)
+    noise_scale: float = Field(
+        1.0, ge=0, description="Temperature of the action flow's starting noise (0: deterministic)."
+    )
     replicas: int = Field(0, ge=0, description="0: one process; N: a Ray Serve deployment.")
     ray_address: str | None = None
     cpus_per_replica: float = Field(1.0, gt=0)
@@ -332,7 +335,7 @@ def build_app(cfg: ServeConfig, checkpoints: Sequence[str | bytes] | None = None
 
     thread = inference_thread()
     sources = list(checkpoints or cfg.checkpoints)
-    engine = thread.submit(PolicyEngine, sources, cfg.flow_steps).result()
+    engine = thread.submit(PolicyEngine, sources, cfg.flow_steps, 0, cfg.noise_scale).result()
     return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg, thread)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,6 +92,13 @@ class MetaWorldConfig:
     camera: str = "corner"
     size: int = 128
     action_noise: float = 0.3
+    #: Which action each step records. ``executed``: the noisy command the robot ran (what a
+    #: real log holds). ``expert``: the expert's clean command, while the noisy one is executed
+    #: -- noise injection as in DART (Laskey et al. 2017): the states visit the disturbances a
+    #: learned policy will meet, the labels say how the expert recovers from them.
+    action_labels: Literal["executed", "expert"] = "executed"
+    #: Episodes recorded in parallel (one process each; MuJoCo rendering is single-threaded).
+    workers: int = 1
     max_steps: int = 200
     steps_after_success: int = 10
     seed: int = 0
@@ -230,12 +237,14 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
     success_at = None
     try:
         for step in range(cfg.max_steps):
-            action, signature = tracer.call(policy, obs)
+            expert, signature = tracer.call(policy, obs)
+            expert = np.clip(expert, -1.0, 1.0).astype(np.float32)
+            action = expert.copy()
             action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
             action = np.clip(action, -1.0, 1.0)
             frames.append(render(env, cfg.camera))
             states.append(np.asarray(obs[:4], dtype=np.float32))
-            actions.append(action)
+            actions.append(expert if cfg.action_labels == "expert" else action)
             signatures.append(signature)
             obs, _r, _term, _trunc, info = env.step(action)
             if success_at is None and info.get("success"):
@@ -270,6 +279,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             "state_names": ["hand_x", "hand_y", "hand_z", "gripper_distance"],
             "raw_phases": [names.get(sig, str(sig)) for sig in signatures],
             "action_noise": cfg.action_noise,
+            "action_labels": cfg.action_labels,
             "seed": seed,
         },
     )
@@ -299,14 +309,27 @@ def record_metaworld(
             f"{t!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for t, h in hints.items()
         )
         raise ValueError(f"unknown MetaWorld task {detail}")
-    results = []
-    for task in cfg.tasks:
-        for i in range(cfg.episodes):
-            summary = record_episode(task, i, cfg, Path(out))
-            results.append(summary)
+    jobs = [(task, i) for task in cfg.tasks for i in range(cfg.episodes)]
+    if cfg.workers <= 1:
+        results = []
+        for task, i in jobs:
+            results.append(record_episode(task, i, cfg, Path(out)))
             if on_episode:
-                on_episode(summary)
-    return results
+                on_episode(results[-1])
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # Spawned, not forked: MuJoCo's GL context and Ray's threads do not survive a fork.
+    ctx = multiprocessing.get_context("spawn")
+    by_job: dict[tuple[str, int], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        futures = {pool.submit(record_episode, t, i, cfg, Path(out)): (t, i) for t, i in jobs}
+        for future in as_completed(futures):
+            by_job[futures[future]] = future.result()
+            if on_episode:
+                on_episode(by_job[futures[future]])
+    return [by_job[job] for job in jobs]  # the order of the sequential path
 
 
 def _known(task: str) -> bool:
