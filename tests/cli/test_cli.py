@@ -90,3 +90,8 @@ def test_sim_synth_writes_folder_source(tmp_path):
     assert meta["instruction"] == "reach the goal marker" and meta["events"][0]["start_frame"] == 0
     bad = invoke("sim", "synth", "--out", tmp_path / "x", "--task", "pick-plac")
     assert bad.exit_code != 0 and "did you mean 'pick-place'" in bad.output
+
+
+def test_sim_record_rejects_unknown_action_labels(tmp_path):
+    bad = invoke("sim", "record", "--out", tmp_path / "x", "--action-labels", "noisy")
+    assert bad.exit_code == 2 and "--action-labels" in bad.output and "expert" in bad.output

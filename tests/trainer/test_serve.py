@@ -486,3 +486,18 @@ def test_ray_serve_replicas(checkpoints):
         assert sum(status.replica_states.values()) == 2
     finally:
         serve.shutdown()
+
+
+def test_ray_serve_ctrl_c_during_start_up_leaves_nothing_deployed(checkpoints):
+    from wallwm.trainer.server import run_ray_serve
+
+    def interrupt(_url: str) -> None:  # Ctrl-C arriving at the end of the start-up
+        raise KeyboardInterrupt
+
+    port = _free_port()
+    cfg = ServeConfig(
+        checkpoints=[str(checkpoints["event"])], port=port, replicas=1, cpus_per_replica=0.25
+    )
+    url = run_ray_serve(cfg, block=True, on_ready=interrupt)  # returns, like a Ctrl-C later
+    with pytest.raises(OSError):
+        PolicyClient(url, timeout_s=2).health()

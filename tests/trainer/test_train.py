@@ -164,6 +164,8 @@ def test_closed_loop_metaworld_eval(tmp_path):
     r = result["per_task"]["reach-v3"]
     assert r["episodes"] == 1 and r["successes"] in (0, 1)
     assert r["ci95"] == list(wilson_interval(r["successes"], 1))
+    assert len(r["steps_to_success"]) == r["successes"]
+    assert all(1 <= n <= 12 for n in r["steps_to_success"])
     assert policy.track.history  # it planned events by caption
     runner = CliRunner()
     cli = runner.invoke(

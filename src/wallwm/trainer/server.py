@@ -452,27 +452,30 @@ def run_ray_serve(
 
     ensure_ray(cfg.ray_address)
     refs = [ray.put(slim_checkpoint(load_checkpoint(path))) for path in cfg.checkpoints]
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    deployment = serve.deployment(
-        PolicyDeployment,
-        name="wallwm-policy",
-        num_replicas=cfg.replicas,
-        # room for a full micro-batch per replica (Serve's default of 5 would cap batching)
-        max_ongoing_requests=cfg.max_batch_size * 2,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica},
-    )
-    serve.run(
-        deployment.bind(refs, cfg.model_dump()), name="wallwm", route_prefix="/", blocking=False
-    )
     url = _url(cfg.host, cfg.port)
-    if on_ready is not None:
-        on_ready(url)
-    if block:
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        finally:
+    ready = False
+    try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        deployment = serve.deployment(
+            PolicyDeployment,
+            name="wallwm-policy",
+            num_replicas=cfg.replicas,
+            # room for a full micro-batch per replica (Serve's default of 5 would cap batching)
+            max_ongoing_requests=cfg.max_batch_size * 2,
+            ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+        )
+        serve.run(
+            deployment.bind(refs, cfg.model_dump()), name="wallwm", route_prefix="/", blocking=False
+        )
+        if on_ready is not None:
+            on_ready(url)
+        ready = True
+        while block:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        if not block:
+            raise
+    finally:
+        if block or not ready:  # Ctrl-C during start-up too: no half-deployed app left behind
             serve.shutdown()
     return url
