@@ -1,8 +1,9 @@
 """The experiment: learning from semantic events vs fixed-length chunks, same everything else.
 
-Same data (MetaWorld tasks recorded by ``wallwm sim record`` with action noise; by default MT10
-with 50 demos per task), same model size, steps, batch and optimiser; only the conditioning and
-the action horizon change. Arms:
+Same data (MetaWorld tasks recorded by ``wallwm sim record`` with action noise injected into
+execution and the expert's clean commands as labels -- DART, ``--action-labels expert``; by
+default MT10 with 50 demos per task), same model size, steps, batch and optimiser; only the
+conditioning and the action horizon change. Arms:
 
 - ``chunk H``: fixed chunks with the task instruction (every H in ``--chunk-lens``; the best is
   reported as the chunk arm);
@@ -14,6 +15,9 @@ the action horizon change. Arms:
 Each arm trains with every seed in ``--seeds`` and is evaluated closed-loop on held-out initial
 states; success rates with 95 % Wilson intervals per arm (pooled over seeds and tasks) and the
 per-task table are printed and written to ``<root>/results.json`` and ``results.png``.
+Arms may run in separate invocations on the same ``--root`` (e.g. ``--arms event`` today,
+``--arms chunk`` tomorrow): the results accumulate in ``results.json``, each arm with the settings
+it ran with; ``--report-only`` prints and plots them without running anything.
 Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look:
 ``python benchmarks/event_vs_chunk.py --tasks reach-v3 push-v3 --demos 10 --steps 300
 --seeds 0 --episodes 10 --chunk-lens 16``.
@@ -41,13 +45,33 @@ from wallwm.trainer.train import TrainConfig, train
 
 
 def main() -> None:
+    args = _parse()
+    root = Path(args.root)
+    saved = root / "results.json"
+    if args.report_only:  # the table and plot of the arms already run, nothing trained
+        _report(args, root, json.loads(saved.read_text())["results"])
+        return
+    ds = _prepare(args, root)
+    arms = [(f"chunk H={h}", "chunk", h) for h in args.chunk_lens]
+    arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in args.chunk_lens]
+    arms += [("event", "event", max(args.chunk_lens)), ("unified", "unified", max(args.chunk_lens))]
+    # Arms run in earlier invocations on the same root (e.g. ``--arms event`` then ``--arms
+    # chunk``) stay in the report: each entry keeps the settings it ran with.
+    results = json.loads(saved.read_text())["results"] if saved.exists() else {}
+    for name, mode, horizon in arms:
+        if mode in args.arms:
+            results[name] = _run_arm(args, root, ds, mode, horizon)
+    _report(args, root, results)
+
+
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", nargs="+", default=list(MT10))
     parser.add_argument("--demos", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=5000, help="event mode: ~1 h on 2 cores")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=500, help="MetaWorld's own limit")
@@ -66,8 +90,14 @@ def main() -> None:
         "--arms", nargs="+", default=["chunk", "chunk_text", "event", "unified"], choices=MODES
     )
     parser.add_argument("--root", default="bench-data/event_vs_chunk")
-    args = parser.parse_args()
-    root = Path(args.root)
+    parser.add_argument(
+        "--report-only", action="store_true", help="print and plot <root>/results.json, no runs"
+    )
+    return parser.parse_args()
+
+
+def _prepare(args: argparse.Namespace, root: Path) -> Path:
+    """Record (once), ingest, segment and caption; returns the dataset path."""
     src, ds = root / "source", root / "dataset"
     if not src.exists():  # record aside, then rename: an interrupted recording is never reused
         partial = root / "source.partial"
@@ -86,58 +116,67 @@ def main() -> None:
         partial.rename(src)
     run_ingest(IngestConfig(source=str(src), dataset=str(ds), segment=SegmentConfig()))
     run_caption(CaptionStageConfig(dataset=str(ds)))
-    arms = [(f"chunk H={h}", "chunk", h) for h in args.chunk_lens]
-    arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in args.chunk_lens]
-    arms += [("event", "event", max(args.chunk_lens)), ("unified", "unified", max(args.chunk_lens))]
-    arms = [arm for arm in arms if arm[1] in args.arms]
-    results: dict[str, dict[str, object]] = {}
-    for name, mode, horizon in arms:
-        per_task: dict[str, list[int]] = {t: [0, 0] for t in args.tasks}
-        seconds = 0.0
-        for seed in args.seeds:
-            out = root / "runs" / f"{mode}-H{horizon}-s{seed}"
-            t = time.perf_counter()
-            train(
-                TrainConfig(
-                    dataset=str(ds),
-                    size=args.size,
-                    mode=mode,
-                    preset=args.preset,  # type: ignore[arg-type]
-                    steps=args.steps,
-                    batch_size=args.batch_size,
-                    chunk_len=horizon,
-                    h_max=max(args.chunk_lens),
-                    seed=seed,
-                    out=str(out),
-                    resume=True,
-                    checkpoint_every=max(1, args.steps // 4),
-                )
-            )
-            seconds += time.perf_counter() - t
-            policy = LocalPolicy(
-                out / "checkpoint.pt",
-                replan_every=min(args.replan_every, horizon),
+    return ds
+
+
+def _run_arm(
+    args: argparse.Namespace, root: Path, ds: Path, mode: str, horizon: int
+) -> dict[str, object]:
+    """Train one arm with every seed, evaluate each closed loop; pooled results."""
+    per_task: dict[str, list[int]] = {t: [0, 0] for t in args.tasks}
+    steps_to_success: dict[str, list[int]] = {t: [] for t in args.tasks}
+    seconds = 0.0
+    for seed in args.seeds:
+        out = root / "runs" / f"{mode}-H{horizon}-s{seed}"
+        t = time.perf_counter()
+        train(
+            TrainConfig(
+                dataset=str(ds),
+                size=args.size,
+                mode=mode,  # type: ignore[arg-type]
+                preset=args.preset,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                chunk_len=horizon,
+                h_max=max(args.chunk_lens),
                 seed=seed,
-                noise_scale=args.noise_scale,
+                out=str(out),
+                resume=True,
+                checkpoint_every=max(1, args.steps // 4),
             )
-            ev = evaluate_metaworld(
-                policy, args.tasks, args.episodes, args.size, max_steps=args.max_steps, seed=seed
-            )
-            for task, r in ev["per_task"].items():
-                per_task[task][0] += r["successes"]
-                per_task[task][1] += r["episodes"]
-        wins = sum(s for s, _ in per_task.values())
-        trials = sum(n for _, n in per_task.values())
-        results[name] = {
-            "mode": mode,
-            "horizon": horizon,
-            "successes": wins,
-            "trials": trials,
-            "rate": wins / max(trials, 1),
-            "ci95": wilson_interval(wins, trials),
-            "per_task": {t: s / max(n, 1) for t, (s, n) in per_task.items()},
-            "train_seconds_per_seed": seconds / len(args.seeds),
-        }
+        )
+        seconds += time.perf_counter() - t
+        policy = LocalPolicy(
+            out / "checkpoint.pt",
+            replan_every=min(args.replan_every, horizon),
+            seed=seed,
+            noise_scale=args.noise_scale,
+        )
+        ev = evaluate_metaworld(
+            policy, args.tasks, args.episodes, args.size, max_steps=args.max_steps, seed=seed
+        )
+        for task, r in ev["per_task"].items():
+            per_task[task][0] += r["successes"]
+            per_task[task][1] += r["episodes"]
+            steps_to_success[task] += r["steps_to_success"]
+    wins = sum(s for s, _ in per_task.values())
+    trials = sum(n for _, n in per_task.values())
+    return {
+        "mode": mode,
+        "horizon": horizon,
+        "successes": wins,
+        "trials": trials,
+        "rate": wins / max(trials, 1),
+        "ci95": wilson_interval(wins, trials),
+        "per_task": {t: s / max(n, 1) for t, (s, n) in per_task.items()},
+        "steps_to_success": steps_to_success,
+        "train_seconds_per_seed": seconds / len(args.seeds),
+        "args": vars(args),
+    }
+
+
+def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, object]]) -> None:
+    """Write results.json and results.png, print the table."""
     chunk_arms = [k for k in results if results[k]["mode"] == "chunk"]
     best = max(chunk_arms, key=lambda k: float(results[k]["rate"]), default="")  # type: ignore[arg-type]
     (root / "results.json").write_text(
@@ -157,7 +196,7 @@ def main() -> None:
             name + mark,
             f"{r['rate']:.1%}",
             f"[{low:.0%}, {high:.0%}]",
-            *(f"{r['per_task'][t]:.0%}" for t in args.tasks),  # type: ignore[index]
+            *(f"{r['per_task'].get(t, float('nan')):.0%}" for t in args.tasks),  # type: ignore[attr-defined]
             f"{r['train_seconds_per_seed']:.0f}",
         )
     Console(width=200).print(table)
