@@ -95,3 +95,10 @@ def test_sim_synth_writes_folder_source(tmp_path):
 def test_sim_record_rejects_unknown_action_labels(tmp_path):
     bad = invoke("sim", "record", "--out", tmp_path / "x", "--action-labels", "noisy")
     assert bad.exit_code == 2 and "--action-labels" in bad.output and "expert" in bad.output
+
+
+def test_eval_policy_refuses_a_noise_scale_it_cannot_apply():
+    bad = invoke(
+        "eval", "policy", "--task", "reach", "--server", "http://127.0.0.1:9", "--noise-scale", "0"
+    )
+    assert bad.exit_code == 2 and "--noise-scale" in bad.output

@@ -328,6 +328,8 @@ def eval_policy(
         raise typer.BadParameter(f"unknown simulator {sim!r} (metaworld)")
     if (checkpoint is None) == (server is None):
         raise typer.BadParameter("give exactly one of --checkpoint or --server")
+    if server is not None and noise_scale != 1.0:  # never silently ignored
+        raise typer.BadParameter("--noise-scale applies to --checkpoint; a server has its own")
     from rich.table import Table
 
     from wallwm.pipeline.sim.metaworld import MT10

@@ -335,7 +335,9 @@ def build_app(cfg: ServeConfig, checkpoints: Sequence[str | bytes] | None = None
 
     thread = inference_thread()
     sources = list(checkpoints or cfg.checkpoints)
-    engine = thread.submit(PolicyEngine, sources, cfg.flow_steps, 0, cfg.noise_scale).result()
+    engine = thread.submit(
+        lambda: PolicyEngine(sources, cfg.flow_steps, noise_scale=cfg.noise_scale)
+    ).result()
     return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg, thread)
 
 
