@@ -3,7 +3,10 @@
 Records MT10 (``--episodes`` per task, Gaussian action noise 0.3 so that boundaries vary), ingests
 it, then scores on the same episodes in one run:
 
-- ``wallwm events``: our change-point segmenter on the robot signals (default config);
+- ``wallwm events``: our change-point segmenter on the robot signals (default config: actions
+  affine in the paired proprio state within an event);
+- ``wallwm events (line in time)``: the same with ``action_model="time"`` (the ablation: actions
+  a line in time within an event, the model before the state-feedback one);
 - ``fixed (best H)``: fixed chunks, the chunk length in {4, 8, 16, 32} with the best overall F1@3;
 - ``PySceneDetect``: ContentDetector (the visual-shot peer) on the episode videos, at its default
   threshold and at the best of a small threshold sweep (so the peer is not judged on a bad
@@ -13,7 +16,9 @@ Boundary F1 within 3 frames and within 1 frame (episode start/end excluded, each
 boundary matched at most once), per task and overall, plus frames/s of each method. A second
 table times ``wallwm ingest`` + ``wallwm segment`` against decoding the same videos alone.
 
-Usage: ``python benchmarks/segmentation.py [--episodes 10] [--size 128] [--reuse]``
+Usage: ``python benchmarks/segmentation.py [--episodes 10] [--size 128] [--reuse]
+[--task T ...] [--root DIR]`` (``--task`` repeatable, default the MT10 tasks: pass other
+MetaWorld tasks to check that the defaults carry over to tasks they were not chosen on).
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ def main() -> None:
     parser.add_argument("--action-noise", type=float, default=0.3)
     parser.add_argument("--root", default="bench-data/segmentation")
     parser.add_argument("--reuse", action="store_true", help="reuse an existing recording")
+    parser.add_argument("--task", action="append", help="MetaWorld task (default: MT10)")
     args = parser.parse_args()
     root = Path(args.root)
     src = root / "source"
@@ -120,10 +126,16 @@ def main() -> None:
         record_metaworld(
             src,
             MetaWorldConfig(
-                tasks=MT10, episodes=args.episodes, size=args.size, action_noise=args.action_noise
+                tasks=tuple(args.task or MT10),
+                episodes=args.episodes,
+                size=args.size,
+                action_noise=args.action_noise,
             ),
         )
-        print(f"recorded MT10 x {args.episodes} in {time.perf_counter() - t:.0f} s")
+        print(
+            f"recorded {len(args.task or MT10)} tasks x {args.episodes} "
+            f"in {time.perf_counter() - t:.0f} s"
+        )
     ensure_ray()
 
     # Speed: decode only vs ingest + segment on fresh datasets. A warm-up ingest first starts
@@ -160,6 +172,8 @@ def main() -> None:
 
     methods: dict[str, tuple[dict[str, list[int]], float]] = {}
     methods["wallwm events"] = run_signal_method(episodes, SegmentConfig())
+    ablation = "wallwm events (line in time)"
+    methods[ablation] = run_signal_method(episodes, SegmentConfig(action_model="time"))
     fixed = {
         h: run_signal_method(episodes, SegmentConfig(method="fixed", chunk_len=h))
         for h in (4, 8, 16, 32)
@@ -175,7 +189,7 @@ def main() -> None:
     scores1 = {m: score(episodes, cuts, 1) for m, (cuts, _s) in methods.items()}
     console = Console(width=200)
     title = (
-        f"segmentation F1@3 frames per task: MetaWorld MT10, {len(episodes)} episodes, "
+        f"segmentation F1@3 frames per task: MetaWorld, {len(episodes)} episodes, "
         f"action noise {args.action_noise}, {args.size}px"
     )
     table = Table(title=title)
@@ -198,7 +212,7 @@ def main() -> None:
         if all(
             scores3["wallwm events"][t].f1 > scores3[m][t].f1
             for m in methods
-            if m != "wallwm events"
+            if m not in ("wallwm events", ablation)
         )
     ]
     console.print(f"wallwm events beats every baseline on {len(wins)}/{len(tasks)} tasks")

@@ -56,11 +56,15 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     assert again.exit_code == 0 and "4 up to date" in again.output
     fixed = invoke("segment", "--dataset", ds, "--method", "fixed", "--chunk-len", "8")
     assert fixed.exit_code == 0 and "(fixed)" in fixed.output
+    in_time = invoke("segment", "--dataset", ds, "--action-model", "time")
+    assert in_time.exit_code == 0 and "4 episodes segmented" in in_time.output
 
 
 def test_segment_rejects_bad_options(tmp_path):
     bad = invoke("segment", "--dataset", tmp_path, "--method", "shots")
     assert bad.exit_code == 2 and "method" in bad.output
+    bad = invoke("segment", "--dataset", tmp_path, "--action-model", "joints")
+    assert bad.exit_code == 2 and "action_model" in bad.output
 
 
 def test_caption_command_and_run_include_captions(folder_source, tmp_path):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from wallwm.pipeline.evaluate import EMPTY, match_boundaries
-from wallwm.pipeline.segment import LinearCost, SegmentConfig, Signals, noise_sigma, pelt, segment
+from wallwm.pipeline.segment import (
+    LinearCost,
+    SegmentConfig,
+    Signals,
+    gripper_flips,
+    noise_sigma,
+    pelt,
+    segment,
+)
 from wallwm.pipeline.sim.synthetic import SynthConfig, simulate_episode
 
 
@@ -118,3 +126,70 @@ def test_match_boundaries_counts_each_truth_once():
     assert (s.true_positives, s.predicted, s.actual) == (1, 3, 2)
     assert s.precision == pytest.approx(1 / 3) and s.recall == pytest.approx(0.5)
     assert match_boundaries([], [0], 10, 3).f1 == 1.0  # nothing to find, nothing found
+
+
+def test_linear_cost_on_a_state_regressor_matches_numpy():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(30, 2))
+    y = 3.0 * z - 1.0
+    assert LinearCost(y, z)(np.array([0, 7]), 30) == pytest.approx([0, 0], abs=1e-6)
+    y = rng.normal(size=(30, 2))
+    want = 0.0
+    for j in range(2):
+        slope, intercept = np.polyfit(z[5:22, j], y[5:22, j], 1)
+        want += float(np.sum((y[5:22, j] - (slope * z[5:22, j] + intercept)) ** 2))
+    assert LinearCost(y, z)(np.array([5]), 22)[0] == pytest.approx(want, rel=1e-6)
+    flat = np.ones((10, 1))  # a regressor that does not move: the segment's mean
+    assert LinearCost(np.arange(10.0)[:, None], flat)(np.array([0]), 10)[0] == pytest.approx(82.5)
+
+
+def p_controller(goals, steps, wall=np.inf, gain=4.0, noise=0.05, seed=0):
+    """A proportional controller steering a 3-D point to each goal in turn (no saturation).
+
+    The point cannot pass ``wall`` in x: pressing against it, the commands stall at a constant
+    value while the goal stays the same -- a contact, not a new event.
+    """
+    rng = np.random.default_rng(seed)
+    x, states, actions = np.zeros(3), [], []
+    for goal, n in zip(goals, steps, strict=True):
+        for _ in range(n):
+            a = gain * (np.asarray(goal, float) - x) + rng.normal(0, noise, 3)
+            states.append(x.copy())
+            actions.append(a)
+            x = x + 0.05 * a
+            x[0] = min(x[0], wall)
+    return np.asarray(actions, np.float32), np.asarray(states, np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_state_feedback_cuts_at_new_goals_not_at_deceleration_or_contact(seed):
+    goals = [[0.2, 0.1, 0.0], [0.5, 0.1, 0.15]]
+    actions, states = p_controller(goals, [60, 80], wall=0.35, seed=seed)
+    sig = Signals(actions, fps=20.0, states_TS=states)
+    feedback = segment(sig, SegmentConfig())
+    assert match_boundaries(feedback.starts, [0, 60], len(actions), tolerance=2).f1 == 1.0
+    # A line in time cannot follow the exponential approach and the stall at the wall.
+    in_time = segment(sig, SegmentConfig(action_model="time"))
+    assert len(in_time.starts) > len(feedback.starts)
+    # Without states the default falls back to the line-in-time model, through the same path.
+    no_states = segment(Signals(actions, fps=20.0), SegmentConfig())
+    assert no_states.starts == in_time.starts
+
+
+def test_two_level_gripper_switches_always_start_events():
+    """A bimanual 14-D robot: smooth joint targets, each gripper closing at its own time."""
+    rng = np.random.default_rng(0)
+    t = np.arange(30)
+    actions = np.sin(np.arange(14)[None, :] + t[:, None] / 6.0)
+    actions[:, 6] = (t > 10).astype(float)  # left gripper closes
+    actions[:, 13] = (t > 20).astype(float)  # right gripper closes
+    actions[15, 13] = 1.0  # a one-step flicker is not an event
+    states = actions + rng.normal(0, 0.01, actions.shape)
+    sig = Signals(actions, 15.0, states, states[:, [6, 13]], gripper_action_dims=[6, 13])
+    assert gripper_flips(sig, min_len=1) == [11, 21]
+    seg = segment(sig, SegmentConfig())
+    assert seg.starts == [0, 11, 21]  # the smooth joint motion follows the states: no cut
+    assert all(b.cues[0] == "gripper" and b.confidence == 1.0 for b in seg.boundaries)
+    continuous = actions.copy()
+    continuous[:, 6] = np.linspace(0, 1, 30)  # a gripper position ramp is not two-level
+    assert gripper_flips(Signals(continuous, 15.0, gripper_action_dims=[6]), 1) == []

@@ -70,7 +70,8 @@ def test_every_mode_trains_and_acts(dataset):
         assert model.plan_next(batch).shape == out["next_event_BD"].shape
 
 
-def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
+@pytest.mark.parametrize("stop_after", [4, 6])  # one of them is mid-epoch (5 batches/epoch)
+def test_resume_matches_an_uninterrupted_run(dataset, tmp_path, stop_after):
     common = {
         "dataset": str(dataset),
         "size": 32,
@@ -84,12 +85,14 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
     }
     straight = train(TrainConfig(**common, steps=12, checkpoint_every=100, out=str(tmp_path / "a")))
     train(
-        TrainConfig(**common, steps=12, stop_after=6, checkpoint_every=100, out=str(tmp_path / "b"))
+        TrainConfig(
+            **common, steps=12, stop_after=stop_after, checkpoint_every=100, out=str(tmp_path / "b")
+        )
     )
     resumed = train(
         TrainConfig(**common, steps=12, checkpoint_every=6, out=str(tmp_path / "b"), resume=True)
     )
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[6:]]  # bit-exact
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[stop_after:]]  # bit-exact
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 12 and state["dataset"]["versions"]["events"] >= 1
     assert set(state) >= {"model", "optimizer", "ema", "sampler", "rng", "config", "stats"}

@@ -18,12 +18,24 @@ eval_app = typer.Typer(no_args_is_help=True, help="Measure the pipeline against 
 MethodOpt = Annotated[str, typer.Option(help="events (signal change points) | fixed (chunks)")]
 ChunkOpt = Annotated[int, typer.Option(help="Frames per chunk for --method fixed.")]
 PenaltyOpt = Annotated[float, typer.Option(help="Cost of one more event (higher: fewer events).")]
+ActionModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="Within an event, actions are affine in the paired proprio state (state_feedback) "
+        "or in time (time)."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
 
 def _segment_config(
-    method: str, chunk_len: int, penalty: float, min_event_s: float, max_event_s: float
+    method: str,
+    chunk_len: int,
+    penalty: float,
+    min_event_s: float,
+    max_event_s: float,
+    action_model: str = "state_feedback",
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -33,7 +45,8 @@ def _segment_config(
         return SegmentConfig(
             method=method,
             chunk_len=chunk_len,
-            penalty=penalty,  # type: ignore[arg-type]
+            penalty=penalty,
+            action_model=action_model,  # type: ignore[arg-type]
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -97,7 +110,8 @@ def segment_cmd(
     dataset: DatasetOpt,
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
-    penalty: PenaltyOpt = 0.5,
+    penalty: PenaltyOpt = 0.7,
+    action_model: ActionModelOpt = "state_feedback",
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -105,7 +119,7 @@ def segment_cmd(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Cut every episode into events at its event joints and write the ``events`` table."""
-    seg = _segment_config(method, chunk_len, penalty, min_event_s, max_event_s)
+    seg = _segment_config(method, chunk_len, penalty, min_event_s, max_event_s, action_model)
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address))
 
 
@@ -120,7 +134,8 @@ def run_cmd(
     ] = None,
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
-    penalty: PenaltyOpt = 0.5,
+    penalty: PenaltyOpt = 0.7,
+    action_model: ActionModelOpt = "state_feedback",
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -136,7 +151,7 @@ def run_cmd(
     from wallwm.cli.pipeline import ingest_with_progress
     from wallwm.pipeline.ingest import IngestConfig
 
-    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0)
+    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0, action_model)
     cfg = IngestConfig(
         source=source,
         dataset=dataset,

@@ -12,8 +12,13 @@ values), so the same defaults carry over to other robots, rates and tasks:
 Boundaries are the optimal multiple change points of a piecewise-*linear* Gaussian model of the
 weighted channels (PELT, exact and linear-time in practice): a new event costs a BIC-style
 penalty ``penalty * (2D + 1) * log T`` and pays for itself only if it explains the signals
-better. A linear rather than constant model is used because a closed-loop controller's actions
-drift within a phase (it decelerates as it nears its sub-goal) without that being a new event.
+better. Within an event each action dim is modelled as affine in its paired proprio state
+(``action_model="state_feedback"``, the default): a closed-loop controller steering to a fixed
+sub-goal commands ``gain * (goal - state)``, so its commands drift as it nears the goal, or
+stall when the robot is blocked at a contact, while the *line* relating command to state stays
+the same -- only a new sub-goal (an event) moves it. Without paired states, or with
+``action_model="time"``, the model is a line in time per dim, which also absorbs a controller's
+smooth deceleration.
 Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
 channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
 end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
@@ -25,6 +30,7 @@ construction; events longer than ``max_event_s`` are split at their strongest in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +39,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 FloatArray = npt.NDArray[np.float64]
+#: A segment cost: ``cost(starts, end)`` for the segments ``[starts_i, end)``.
+CostFn = Callable[[npt.NDArray[np.int64], "int | npt.NDArray[np.int64]"], FloatArray]
 CUES = ("action_change", "gripper", "state_motion", "visual", "speed_min", "direction")
 
 
@@ -46,13 +54,18 @@ class SegmentConfig(BaseModel):
     weights: dict[str, float] = Field(
         default_factory=lambda: {
             "action_change": 1.0,
-            "gripper": 0.5,
+            "gripper": 1.0,
             "state_motion": 0.0,
             "visual": 0.0,
         },
         description="Weight of each channel group in the change-point cost (0 disables it).",
     )
-    penalty: float = Field(0.5, gt=0, description="Multiplier of the BIC penalty per event.")
+    action_model: Literal["state_feedback", "time"] = Field(
+        "state_feedback",
+        description="Within an event, actions are affine in the paired proprio state "
+        "(state_feedback) or in time (time).",
+    )
+    penalty: float = Field(0.7, gt=0, description="Multiplier of the BIC penalty per event.")
     min_event_s: float = Field(0.0, ge=0, description="Shortest event (at least one frame).")
     max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
     window_s: float = Field(0.1, gt=0, description="Half-window of the pause/turn cues.")
@@ -130,11 +143,49 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
     return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
 
 
-def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, FloatArray]:
-    """The (T, D) channel matrix of every enabled group that has signal, unit-noise scaled."""
+@dataclass(frozen=True)
+class Channel:
+    """One cue group: unit-noise channels ``y_TD`` and the regressor ``z_TD`` each is fitted on.
+
+    ``z_TD`` is None for a straight line in time.
+    """
+
+    y_TD: FloatArray
+    z_TD: FloatArray | None = None
+
+    def cost(self) -> LinearCost:
+        """The segment cost of this group."""
+        return LinearCost(self.y_TD, self.z_TD)
+
+
+def feedback_regressors(s: Signals, motion_dims: list[int]) -> FloatArray | None:
+    """The proprio state paired with each motion action dim, for the state-feedback model.
+
+    Action dim ``j`` is paired with state dim ``j`` (end-effector deltas with end-effector
+    positions, joint targets with joint positions). A dim whose paired state is missing or
+    constant gets the frame index instead, so it keeps the line-in-time model.
+    """
+    if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or not motion_dims:
+        return None
+    states = np.asarray(s.states_TS, dtype=np.float64)
+    t_len = len(states)
+    time = np.linspace(-0.5, 0.5, t_len)
+    cols = []
+    for j in motion_dims:
+        x = states[:, j] if j < states.shape[1] else None
+        span = float(np.ptp(x)) if x is not None else 0.0
+        cols.append((x - x.mean()) / span if x is not None and span > 1e-9 else time)
+    return np.stack(cols, axis=1)
+
+
+def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
+    """The channels of every enabled group that has signal, unit-noise scaled."""
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
     motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
+    regressors: dict[str, FloatArray | None] = {}
+    if cfg.action_model == "state_feedback":
+        regressors["action_change"] = feedback_regressors(s, motion_dims)
     raw: dict[str, FloatArray | None] = {
         "action_change": actions[:, motion_dims] if motion_dims else None,
         "gripper": _concat(
@@ -157,9 +208,18 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, FloatArray]:
         weight = cfg.weights.get(name, 0.0)
         if values is None or weight <= 0 or values.shape[1] == 0:
             continue
-        x = values[:, np.ptp(values, axis=0) > 1e-9]  # constant dims carry no information
+        keep = np.ptp(values, axis=0) > 1e-9  # constant dims carry no information
+        x = values[:, keep]
         if x.shape[1]:
-            groups[name] = np.sqrt(weight) * x / noise_sigma(x, cfg.resolution)
+            z = regressors.get(name)
+            # A line in time must not chase the curvature of a smooth ramp, hence the full
+            # resolution floor; the state-feedback model explains a controller's deceleration
+            # by the state, so its channels may resolve changes half as large.
+            resolution = cfg.resolution * (0.5 if z is not None else 1.0)
+            groups[name] = Channel(
+                np.sqrt(weight) * x / noise_sigma(x, resolution),
+                None if z is None else z[:, keep],
+            )
     return groups
 
 
@@ -174,35 +234,42 @@ def _concat(*parts: FloatArray | None) -> FloatArray | None:
 class LinearCost:
     """Residual sum of squares of a per-dimension straight-line fit on ``[a, b)``.
 
-    O(1) per query from prefix sums, vectorised over many starts ``a``.
+    Column ``d`` of ``y_TD`` is fitted as ``c + b * z[:, d]``; the regressor ``z_TD`` defaults
+    to the frame index (a line in time). O(1) per query from prefix sums, vectorised over many
+    starts ``a``. Where the regressor is (nearly) constant on a segment the fit falls back to
+    the segment's mean.
     """
 
-    def __init__(self, y_TD: FloatArray) -> None:
-        """Precompute prefix sums of ``y_TD``."""
-        t = np.arange(len(y_TD), dtype=np.float64)
+    def __init__(self, y_TD: FloatArray, z_TD: FloatArray | None = None) -> None:
+        """Precompute prefix sums of ``y_TD`` and its regressor."""
+        t_len, dims = y_TD.shape
+        if z_TD is None:
+            z_TD = np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, dims))
 
         def prefix(v: FloatArray) -> FloatArray:
             return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
 
-        self.st, self.stt = prefix(t), prefix(t * t)
-        self.sy, self.sty = prefix(y_TD), prefix(t[:, None] * y_TD)
-        self.syy = prefix((y_TD * y_TD).sum(axis=1))
+        self.n = np.arange(t_len + 1, dtype=np.float64)
+        self.sz, self.szz = prefix(z_TD), prefix(z_TD * z_TD)
+        self.sy, self.szy = prefix(y_TD), prefix(z_TD * y_TD)
+        self.syy = prefix(y_TD * y_TD)
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
-        n = (b - a).astype(np.float64)
-        st, stt = self.st[b] - self.st[a], self.stt[b] - self.stt[a]
-        sy, sty = self.sy[b] - self.sy[a], self.sty[b] - self.sty[a]
+        n = (self.n[b] - self.n[a])[:, None]
+        sz, szz = self.sz[b] - self.sz[a], self.szz[b] - self.szz[a]
+        sy, szy = self.sy[b] - self.sy[a], self.szy[b] - self.szy[a]
         syy = self.syy[b] - self.syy[a]
-        det = n * stt - st * st
-        ok = det > 1e-9
+        det = n * szz - sz * sz
+        # Relative test: a regressor that barely moves on the segment cannot carry a slope.
+        ok = det > 1e-9 * np.maximum(n * szz, 1e-12)
         safe = np.where(ok, det, 1.0)
-        line = stt[:, None] * sy * sy - 2 * st[:, None] * sy * sty + n[:, None] * sty * sty
-        fitted = np.where(ok, line.sum(axis=1) / safe, (sy * sy).sum(axis=1) / np.maximum(n, 1))
-        return np.asarray(np.maximum(syy - fitted, 0.0), dtype=np.float64)
+        line = (szz * sy * sy - 2 * sz * sy * szy + n * szy * szy) / safe
+        fitted = np.where(ok, line, sy * sy / np.maximum(n, 1.0))
+        return np.asarray(np.maximum(syy - fitted, 0.0).sum(axis=1), dtype=np.float64)
 
 
-def pelt(cost: LinearCost, num_frames: int, penalty: float, min_len: int) -> list[int]:
+def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
     """Optimal change points under ``cost`` + ``penalty`` per segment (Killick et al. 2012)."""
     best = np.full(num_frames + 1, np.inf)
     best[0] = -penalty
@@ -225,6 +292,57 @@ def pelt(cost: LinearCost, num_frames: int, penalty: float, min_len: int) -> lis
         b = prev[b]
         points.append(b)
     return sorted(set(points) - {0})
+
+
+def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: int) -> list[int]:
+    """Optimal change points inside each ``[edges[i], edges[i+1])``, plus the inner edges."""
+    points: list[int] = []
+    for a, b in itertools.pairwise(edges):
+
+        def shifted(
+            starts: npt.NDArray[np.int64], end: int | npt.NDArray[np.int64], a: int = a
+        ) -> FloatArray:
+            return cost(starts + a, end + a)
+
+        points += [a + p for p in pelt(shifted, b - a, penalty, min_len)]
+    return sorted({*points, *edges[1:-1]})
+
+
+def gripper_flips(s: Signals, min_len: int) -> list[int]:
+    """Frames where a two-level gripper command switches level (open -> close or back).
+
+    A dim counts as a two-level command when nearly all its values sit within 10 % of its range
+    from its minimum or maximum (a binary open/close command; a continuous gripper position is
+    left to the change-point model). A switch counts when the new level holds for at least
+    ``max(2, min_len)`` frames, so a one-step flicker is not an event. Any robot's gripper
+    switching is an event start, however little else changes at that moment.
+    """
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    hold = max(2, min_len)
+    flips: set[int] = set()
+    for j in s.gripper_action_dims:
+        if j >= actions.shape[1]:
+            continue
+        v = actions[:, j]
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo < 1e-6:
+            continue
+        high, low = v >= hi - 0.1 * (hi - lo), v <= lo + 0.1 * (hi - lo)
+        if (high | low).mean() < 0.95:
+            continue
+        level = np.where(high, 1, np.where(low, 0, -1))
+        current = int(level[0])  # the established level (-1: not yet known)
+        for t in range(1, len(v) - hold + 1):
+            held = level[t : t + hold]
+            if held[0] >= 0 and held[0] != current and (held == held[0]).all():
+                if current >= 0:
+                    flips.add(t)
+                current = int(held[0])
+    kept: list[int] = []
+    for t in sorted(flips):  # keep the events between switches at least min_len long
+        if t >= min_len and len(v) - t >= min_len and (not kept or t - kept[-1] >= min_len):
+            kept.append(t)
+    return kept
 
 
 def split_gain(cost: LinearCost, a: int, b: int, c: int) -> float:
@@ -332,16 +450,23 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
     groups = channel_groups(s, cfg) if t_len >= 3 else {}
     if not groups:
         return Segmentation([0], [t_len], [], np.zeros(t_len), {})
-    y = np.concatenate(list(groups.values()), axis=1)
+    channels = list(groups.values())
+    y = np.concatenate([c.y_TD for c in channels], axis=1)
+    time = np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, 1))
+    z = np.concatenate(
+        [c.z_TD if c.z_TD is not None else time.repeat(c.y_TD.shape[1], 1) for c in channels],
+        axis=1,
+    )
     penalty = cfg.penalty * (2 * y.shape[1] + 1) * np.log(max(t_len, 2))
-    cost = LinearCost(y)
-    points = pelt(cost, t_len, penalty, min_len)
+    cost = LinearCost(y, z)
+    forced = gripper_flips(s, min_len)
+    points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
     strength = local_strength(cost, t_len, w)
     edges = [0, *points, t_len]
     for a, b in itertools.pairwise(edges):
         points.extend(_split_long(a, b, strength, min_len, max_len))
     starts = sorted({0, *points})
-    group_costs = {name: LinearCost(g) for name, g in groups.items()}
+    group_costs = {name: g.cost() for name, g in groups.items()}
     aux = {"speed_min": speed_min_cue(s, w), "direction": direction_cue(s, w)}
     boundaries = []
     edges = [*starts, t_len]
@@ -352,6 +477,8 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
         near = slice(max(0, b - w // 2), b + w // 2 + 1)
         fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
         confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
+        if b in forced:  # a gripper command switch is certain, however small its cost gain
+            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
         boundaries.append(Boundary(b, confidence, tuple(fired)))
     traces = {
         n: 1.0 - np.exp(-np.maximum(local_strength(gc, t_len, w), 0) / penalty)

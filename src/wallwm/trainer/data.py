@@ -252,4 +252,8 @@ def make_loader(
         collate_fn=collate,
         multiprocessing_context="spawn" if num_workers else None,
         persistent_workers=num_workers > 0,
+        # Each new iterator (every epoch) draws its workers' base seed from this generator; with
+        # none it would draw from the global torch RNG, so a run resumed mid-epoch would see the
+        # model's noise shifted by one draw against an uninterrupted run.
+        generator=torch.Generator().manual_seed(sampler.seed),
     )
