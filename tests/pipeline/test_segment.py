@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wallwm.pipeline import segment as segment_module
 from wallwm.pipeline.evaluate import EMPTY, match_boundaries
 from wallwm.pipeline.segment import (
     LinearCost,
@@ -12,6 +13,7 @@ from wallwm.pipeline.segment import (
     Signals,
     gripper_flips,
     noise_sigma,
+    optimal_partition,
     pelt,
     segment,
 )
@@ -193,3 +195,17 @@ def test_two_level_gripper_switches_always_start_events():
     continuous = actions.copy()
     continuous[:, 6] = np.linspace(0, 1, 30)  # a gripper position ramp is not two-level
     assert gripper_flips(Signals(continuous, 15.0, gripper_action_dims=[6]), 1) == []
+
+
+@pytest.mark.parametrize("min_len", [1, 4])
+def test_dense_partition_and_pelt_find_the_same_optimum(min_len, monkeypatch):
+    x = piecewise([[0, 0, 0], [1, 0, 0], [1, 1, -1], [0, 1, 0]], [30, 7, 40, 23], noise=0.3)
+    y = x.astype(np.float64) / noise_sigma(x.astype(np.float64))
+    cost, penalty = LinearCost(y), 7 * np.log(len(y))
+    dense = optimal_partition(cost.matrix(0, len(y)), penalty, min_len)
+    assert dense == pelt(cost, len(y), penalty, min_len) and dense
+    actions, states = p_controller([[0.2, 0.1, 0.0], [0.5, 0.1, 0.15]], [60, 80], wall=0.35)
+    sig = Signals(actions, fps=20.0, states_TS=states)
+    short = segment(sig, SegmentConfig(min_event_s=min_len / 20))
+    monkeypatch.setattr(segment_module, "DENSE_MAX_CELLS", 0)  # long episodes take PELT
+    assert segment(sig, SegmentConfig(min_event_s=min_len / 20)).starts == short.starts

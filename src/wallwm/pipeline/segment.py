@@ -10,7 +10,8 @@ values), so the same defaults carry over to other robots, rates and tasks:
 - ``visual``: how much the camera sees moving (downscaled frame differences).
 
 Boundaries are the optimal multiple change points of a piecewise-*linear* Gaussian model of the
-weighted channels (PELT, exact and linear-time in practice): a new event costs a BIC-style
+weighted channels (exact: optimal partitioning over a dense cost matrix for short episodes,
+PELT for long ones): a new event costs a BIC-style
 penalty ``penalty * (2D + 1) * log T`` and pays for itself only if it explains the signals
 better. Within an event each action dim is modelled as affine in its paired proprio state
 (``action_model="state_feedback"``, the default): a closed-loop controller steering to a fixed
@@ -256,7 +257,7 @@ class LinearCost:
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
-        n = (self.n[b] - self.n[a])[:, None]
+        n = (self.n[b] - self.n[a])[..., None]
         sz, szz = self.sz[b] - self.sz[a], self.szz[b] - self.szz[a]
         sy, szy = self.sy[b] - self.sy[a], self.szy[b] - self.szy[a]
         syy = self.syy[b] - self.syy[a]
@@ -266,7 +267,14 @@ class LinearCost:
         safe = np.where(ok, det, 1.0)
         line = (szz * sy * sy - 2 * sz * sy * szy + n * szy * szy) / safe
         fitted = np.where(ok, line, sy * sy / np.maximum(n, 1.0))
-        return np.asarray(np.maximum(syy - fitted, 0.0).sum(axis=1), dtype=np.float64)
+        return np.asarray(np.maximum(syy - fitted, 0.0).sum(axis=-1), dtype=np.float64)
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        idx = np.arange(first, last + 1, dtype=np.int64)
+        m = self(idx[:, None], idx[None, :])
+        m[np.tril_indices(len(idx))] = np.inf
+        return m
 
 
 def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
@@ -294,10 +302,39 @@ def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[in
     return sorted(set(points) - {0})
 
 
+def optimal_partition(cost_matrix: FloatArray, penalty: float, min_len: int) -> list[int]:
+    """The same optimum as :func:`pelt`, from a precomputed cost matrix (short episodes).
+
+    One vector operation per frame instead of one cost evaluation per frame: several times
+    faster where the ``(T+1)^2`` matrix is small.
+    """
+    num_frames = len(cost_matrix) - 1
+    best = np.full(num_frames + 1, np.inf)
+    best[0] = -penalty
+    prev = np.zeros(num_frames + 1, dtype=np.int64)
+    for b in range(min_len, num_frames + 1):
+        total = best[: b - min_len + 1] + cost_matrix[: b - min_len + 1, b]
+        i = int(np.argmin(total))
+        best[b], prev[b] = total[i] + penalty, i
+    points, b = [], num_frames
+    while b > 0:
+        b = int(prev[b])
+        points.append(b)
+    return sorted(set(points) - {0})
+
+
+#: Largest ``frames^2 x channels`` piece segmented through the dense cost matrix (each of its
+#: temporaries is then at most 16 MB); larger pieces use PELT.
+DENSE_MAX_CELLS = 2_000_000
+
+
 def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: int) -> list[int]:
     """Optimal change points inside each ``[edges[i], edges[i+1])``, plus the inner edges."""
     points: list[int] = []
     for a, b in itertools.pairwise(edges):
+        if (b - a + 1) ** 2 * cost.sy.shape[1] <= DENSE_MAX_CELLS:
+            points += [a + p for p in optimal_partition(cost.matrix(a, b), penalty, min_len)]
+            continue
 
         def shifted(
             starts: npt.NDArray[np.int64], end: int | npt.NDArray[np.int64], a: int = a
