@@ -73,7 +73,7 @@ class DecodeOnTheFly(Dataset):  # type: ignore[type-arg]
         chunk = np.zeros((self.chunk, actions.shape[1]), np.float32)
         chunk[: len(actions)] = actions
         return {
-            "image_CHW": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "images_NCHW": torch.from_numpy(image.transpose(2, 0, 1).copy())[None],
             "chunk_CA": torch.from_numpy(chunk),
             "t": t,
         }

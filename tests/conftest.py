@@ -55,6 +55,7 @@ def _synth_dataset(
     seed: int = 0,
     caption: bool = False,
     cluster_ks: list[int] | None = None,
+    cameras: tuple[str, ...] = ("top",),
 ) -> Path:
     """``root/src`` recorded by the built-in simulator, ingested and segmented into ``root/ds``;
     optionally captioned (signal fallback) and embedded (hashing text) + clustered."""
@@ -62,7 +63,7 @@ def _synth_dataset(
     from wallwm.pipeline.segment import SegmentConfig
 
     src, ds = root / "src", root / "ds"
-    record_synthetic(src, SynthConfig(episodes=episodes, size=size, seed=seed))
+    record_synthetic(src, SynthConfig(episodes=episodes, size=size, seed=seed, cameras=cameras))
     run_ingest(
         IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
     )
@@ -82,7 +83,8 @@ def _synth_dataset(
 @pytest.fixture(scope="session")
 def synth_dataset() -> Callable[..., Path]:
     """Factory: ``synth_dataset(root, episodes=6, size=32, seed=0, caption=False,
-    cluster_ks=None)`` -> a dataset built from simulated episodes (see ``_synth_dataset``)."""
+    cluster_ks=None, cameras=("top",))`` -> a dataset built from simulated episodes (see
+    ``_synth_dataset``)."""
     return _synth_dataset
 
 

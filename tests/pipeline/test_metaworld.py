@@ -72,3 +72,31 @@ def test_expert_labels_and_parallel_recording_match_the_sequential_one(tmp_path)
         noise = act_a[:, :3] - act_b[:, :3]
         assert 0.1 < noise.std() < 0.5 and np.abs(act_b).max() <= 1.0
         np.testing.assert_allclose(act_a[:, 3], act_b[:, 3])  # the gripper is never noised
+
+
+def test_several_cameras_are_recorded_and_rendered_for_evaluation(tmp_path):
+    import av
+
+    from wallwm.pipeline.sim.metaworld import make_env, render
+
+    cfg = MetaWorldConfig(
+        tasks=("reach-v3",), episodes=1, size=32, max_steps=6, cameras=("corner", "corner2")
+    )
+    (result,) = record_metaworld(tmp_path, cfg)
+    ep = tmp_path / result["key"]
+    videos = {}
+    for cam in cfg.cameras:
+        with av.open(str(ep / f"{cam}.mp4")) as c:
+            videos[cam] = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert {len(v) for v in videos.values()} == {result["frames"]}
+    assert np.abs(videos["corner"].astype(int) - videos["corner2"].astype(int)).mean() > 10
+    env = make_env("reach-v3", 0, 0, "corner", 32)
+    try:
+        env.reset(seed=0)
+        other = render(env, "corner2")  # another camera than the env was built with...
+        assert not np.array_equal(other, render(env, "corner"))
+        assert np.array_equal(env.render()[::-1, ::-1], render(env, "corner"))  # ...restored
+        with pytest.raises(ValueError, match="no camera 'wrist'"):
+            render(env, "wrist")
+    finally:
+        env.close()

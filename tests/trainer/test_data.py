@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def test_view_at_a_tag_and_sample_correctness(curated):
         np.testing.assert_allclose(s["chunk_CA"][:c].numpy(), actions[s["t"] : s["t"] + c])
         frames = _frames(CameraInfo(**ep["cameras"][0]), 32)
         assert torch.equal(
-            s["image_CHW"], torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())
+            s["images_NCHW"], torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())[None]
         )
         nxt = [
             e
@@ -74,7 +75,7 @@ def test_view_at_a_tag_and_sample_correctness(curated):
         ]
         assert s["next_caption"] == (nxt[0]["caption"] if nxt else "")
         again = data[(k, 1000 + k)]  # a sample is a pure function of (seed, sample id)
-        assert again["t"] == s["t"] and torch.equal(again["image_CHW"], s["image_CHW"])
+        assert again["t"] == s["t"] and torch.equal(again["images_NCHW"], s["images_NCHW"])
 
     # caption dropout: blank text, and the planner's target becomes the current event
     dropping = EventFrameDataset(view.path, h_max=8, chunk_len=12, seed=3, caption_dropout=0.5)
@@ -107,7 +108,7 @@ def test_sampler_resumes_exactly_and_spawn_workers(curated):
     assert data.__getitems__(head[:4])[2]["t"] == data[head[2]]["t"]  # samples are pure functions
     loader = make_loader(data, batch_size=16, num_workers=2)
     batch = next(iter(loader))
-    assert batch["image_BCHW"].shape == (16, 3, 32, 32) and batch["actions_BHA"].shape[:2] == (
+    assert batch["images_BNCHW"].shape == (16, 1, 3, 32, 32) and batch["actions_BHA"].shape[:2] == (
         16,
         32,
     )
@@ -139,3 +140,50 @@ def test_holdout_split_is_stable_and_never_empty_or_total():
     # growing the dataset keeps every earlier decision (the hash threshold, not a ranking)
     grown = holdout_mask(events(3000), 0.1)
     assert (grown[: len(big)] == big).all()
+
+
+def test_multi_camera_view_model_and_serving(tmp_path, synth_dataset):
+    """Every camera reaches the model; a served multi-camera model asks for all of them."""
+    from wallwm.trainer.engine import PolicyEngine
+    from wallwm.trainer.protocol import InferRequest, RequestError, parse_infer
+    from wallwm.trainer.train import TrainConfig, train
+
+    ds = synth_dataset(tmp_path, episodes=4, size=32, seed=2, cameras=("top", "side"))
+    store = LanceStore(str(ds))
+    view = materialize(str(ds), None, size=24)
+    meta = json.loads((Path(view.path) / "meta.json").read_text())
+    # every camera, in the dataset's own order (the folder source lists them by name)
+    assert meta["cameras"] == ["side", "top"] and meta["skipped_episodes"] == []
+    data = EventFrameDataset(view.path, h_max=8, chunk_len=4)
+    s = data[(0, 5)]
+    ep = next(
+        r
+        for r in store.read(schemas.EPISODES).to_pylist()
+        if r["episode_id"] == data.events[0]["episode_id"]
+    )
+    assert [c["name"] for c in ep["cameras"]] == meta["cameras"]
+    for n, cam in enumerate(ep["cameras"]):  # each view its own frames
+        frames = _frames(CameraInfo(**cam), 24)
+        want = torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())
+        assert torch.equal(s["images_NCHW"][n], want)
+    top = materialize(str(ds), None, size=24, cameras=["top"])
+    assert top.path != view.path
+    assert torch.equal(EventFrameDataset(top.path)[(0, 5)]["images_NCHW"], s["images_NCHW"][1:])
+    with pytest.raises(ValueError, match="cameras"):
+        materialize(str(ds), None, size=24, cameras=["wrist"])
+    cli = CliRunner().invoke(app, ["materialize", "-d", str(ds), "--size", "24", "--camera", "top"])
+    assert cli.exit_code == 0 and "-24-top" in cli.output
+
+    common = {"dataset": str(ds), "size": 24, "preset": "debug", "batch_size": 4, "h_max": 8}
+    history = train(TrainConfig(**common, chunk_len=4, steps=3, out=str(tmp_path / "run")))
+    assert all(np.isfinite(m["loss"]) for m in history)
+    engine = PolicyEngine([str(tmp_path / "run" / "checkpoint.pt")])
+    (spec,) = engine.specs.values()
+    assert spec.cameras == ("side", "top") and spec.image_shape == (2, 24, 24, 3)
+    state = np.zeros(4, np.float32)
+    two = np.zeros((2, 24, 24, 3), np.uint8)
+    request = parse_infer(InferRequest(two, state, "go").to_wire(), engine.specs)
+    (result,) = engine.infer([request])
+    assert result.actions_HA.shape[1] == 4
+    with pytest.raises(RequestError, match=r"cameras \['side', 'top'\]"):
+        parse_infer(InferRequest(two[0], state, "go").to_wire(), engine.specs)

@@ -88,7 +88,7 @@ SPECS = {"event": ModelSpec("event", SIZE, 4, 4, 8, True)}
 
 def _message(**changes):
     obs = _observation()
-    message = InferRequest(obs.image_HWC, obs.state_S, obs.instruction).to_wire()
+    message = InferRequest(obs.image, obs.state_S, obs.instruction).to_wire()
     message.update(changes)
     return {k: v for k, v in message.items() if v is not None}
 
@@ -208,9 +208,9 @@ def test_round_trip_matches_the_engine(server, checkpoints):
     for mode in ("event", "chunk"):
         for binary in (True, False):
             client.binary = binary
-            served = client.infer(obs.image_HWC, obs.state_S, obs.instruction, mode=mode, seed=11)
+            served = client.infer(obs.image, obs.state_S, obs.instruction, mode=mode, seed=11)
             (local,) = engine.infer(
-                [InferRequest(obs.image_HWC, obs.state_S, obs.instruction, mode, seed=11)]
+                [InferRequest(obs.image, obs.state_S, obs.instruction, mode, seed=11)]
             )
             np.testing.assert_allclose(served.actions_HA, local.actions_HA, rtol=0, atol=1e-6)
             assert (served.event, served.next_event) == (local.event, local.next_event)
@@ -219,24 +219,24 @@ def test_round_trip_matches_the_engine(server, checkpoints):
                 assert served.end_of_event == (served.event_steps < 8)
             else:
                 assert served.actions_HA.shape == (4, 4) and served.event == ""
-    conditioned = client.infer(obs.image_HWC, obs.state_S, obs.instruction, event="reach", seed=1)
+    conditioned = client.infer(obs.image, obs.state_S, obs.instruction, event="reach", seed=1)
     assert conditioned.event == "reach"
 
 
 def test_unified_mode_predicts_the_next_event(checkpoints):
     engine = PolicyEngine([checkpoints["unified"]])
     obs = _observation()
-    (result,) = engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, seed=0)])
+    (result,) = engine.infer([InferRequest(obs.image, obs.state_S, obs.instruction, seed=0)])
     assert result.mode == "unified" and result.next_event and result.actions_HA.shape == (4, 4)
     with pytest.raises(ValueError, match="not served"):  # never an answer silently dropped
-        engine.infer([InferRequest(obs.image_HWC, obs.state_S, obs.instruction, mode="event")])
+        engine.infer([InferRequest(obs.image, obs.state_S, obs.instruction, mode="event")])
 
 
 def test_noise_scale_is_the_flow_temperature(checkpoints):
     """0 makes the answer deterministic (seed-independent); 1 keeps seeded sampling."""
     obs = _observation()
     requests = [
-        InferRequest(obs.image_HWC, obs.state_S, obs.instruction, "chunk", seed=s) for s in (1, 2)
+        InferRequest(obs.image, obs.state_S, obs.instruction, "chunk", seed=s) for s in (1, 2)
     ]
     cold = PolicyEngine([checkpoints["chunk"]], noise_scale=0.0)
     a, b = cold.infer(requests)
@@ -255,7 +255,7 @@ def test_auth(server):
         client.token = token
         assert client.health()["status"] == "ok"  # liveness stays open for load balancers
         with pytest.raises(ServerError) as err:
-            client.infer(obs.image_HWC, obs.state_S, obs.instruction)
+            client.infer(obs.image, obs.state_S, obs.instruction)
         assert err.value.status == 401
         with pytest.raises(ServerError, match="401"):
             client.metadata()
@@ -290,7 +290,7 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(server):
     # an abrupt client (half a request, then gone) does not disturb anyone
     with socket.create_connection((client._host, client._port)) as raw:
         raw.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
-    good = client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=3)
+    good = client.infer(obs.image, obs.state_S, obs.instruction, seed=3)
     assert len(good.actions_HA) >= 1
     assert client.health()["errors"] >= before + len(cases) + 3
 
@@ -302,7 +302,7 @@ def test_concurrent_clients_are_batched_and_answered_exactly(server):
         with PolicyClient(server.url, token="s3cret") as client:
             return [
                 client.infer(
-                    obs[i].image_HWC, obs[i].state_S, obs[i].instruction, mode="chunk", seed=k
+                    obs[i].image, obs[i].state_S, obs[i].instruction, mode="chunk", seed=k
                 ).actions_HA
                 for k in range(10)
             ]
@@ -420,7 +420,7 @@ def test_cli_serve_restart_and_eval_through_the_server(checkpoints):
         )
         try:
             _wait_healthy(client, proc)
-            answers.append(client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=2))
+            answers.append(client.infer(obs.image, obs.state_S, obs.instruction, seed=2))
             if not answers[1:]:
                 pytest.importorskip("metaworld", reason="MetaWorld is the optional 'sim' extra")
                 ev = subprocess.run(
@@ -474,13 +474,13 @@ def test_ray_serve_replicas(checkpoints):
         _wait_healthy(client)
         assert client.metadata()["modes"] == ["event"]
         obs = _observation()
-        a = client.infer(obs.image_HWC, obs.state_S, obs.instruction, seed=5)
+        a = client.infer(obs.image, obs.state_S, obs.instruction, seed=5)
         (b,) = PolicyEngine([checkpoints["event"]]).infer(
-            [InferRequest(obs.image_HWC, obs.state_S, obs.instruction, seed=5)]
+            [InferRequest(obs.image, obs.state_S, obs.instruction, seed=5)]
         )
         np.testing.assert_allclose(a.actions_HA, b.actions_HA, atol=1e-6)
         with pytest.raises(ServerError) as err:
-            client.infer(obs.image_HWC, np.zeros(9, np.float32), obs.instruction)
+            client.infer(obs.image, np.zeros(9, np.float32), obs.instruction)
         assert err.value.status == 422 and err.value.field == "state"
         status = serve.status().applications["wallwm"].deployments["wallwm-policy"]
         assert sum(status.replica_states.values()) == 2

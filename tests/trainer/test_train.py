@@ -141,7 +141,11 @@ def test_closed_loop_metaworld_eval(tmp_path):
     from wallwm.trainer.policy import LocalPolicy, wilson_interval
 
     src, ds = tmp_path / "mw", tmp_path / "ds"
-    record_metaworld(src, MetaWorldConfig(tasks=("reach-v3",), episodes=2, size=32, max_steps=40))
+    two_views = ("corner", "corner2")  # a multi-camera model, rendered camera by camera
+    record_metaworld(
+        src,
+        MetaWorldConfig(tasks=("reach-v3",), episodes=2, size=32, max_steps=40, cameras=two_views),
+    )
     run_ingest(
         IngestConfig(source=str(src), dataset=str(ds), executor="local", segment=SegmentConfig())
     )
@@ -163,7 +167,12 @@ def test_closed_loop_metaworld_eval(tmp_path):
     )
     policy = LocalPolicy(out / "checkpoint.pt", replan_every=4)
     assert policy.engine.models["event"].bank and policy.mode == "event"
-    result = evaluate_metaworld(policy, ["reach-v3"], episodes=1, image_size=32, max_steps=12)
+    assert policy.spec.cameras == two_views
+    with pytest.raises(ValueError, match="cameras"):  # one view for a two-camera model
+        evaluate_metaworld(policy, ["reach-v3"], episodes=1, image_size=32, max_steps=2)
+    result = evaluate_metaworld(
+        policy, ["reach-v3"], 1, image_size=32, camera=two_views, max_steps=12
+    )
     r = result["per_task"]["reach-v3"]
     assert r["episodes"] == 1 and r["successes"] in (0, 1)
     assert r["ci95"] == list(wilson_interval(r["successes"], 1))

@@ -323,7 +323,13 @@ def eval_policy(
     max_steps: Annotated[
         int, typer.Option(help="Step limit per episode (MetaWorld's own limit is 500).")
     ] = 500,
-    camera: Annotated[str, typer.Option(help="Camera the model was trained on.")] = "corner",
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MetaWorld camera(s) to render, in the model's order (default: a multi-camera "
+            "model's own cameras, else corner)."
+        ),
+    ] = None,
     replan_every: Annotated[int, typer.Option(help="Executed steps between replans.")] = 8,
     noise_scale: Annotated[
         float,
@@ -376,8 +382,11 @@ def eval_policy(
         )
         raise typer.Exit(1) from exc
     with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
+        # a multi-camera model names the views it reads; one view is rendered from --camera
+        multi = list(policy.spec.cameras) if len(policy.spec.cameras) > 1 else None
+        cameras = camera or multi or ["corner"]
         result = evaluate_metaworld(
-            policy, tasks, episodes, policy.spec.image_size, camera, max_steps, seed
+            policy, tasks, episodes, policy.spec.image_size, cameras, max_steps, seed
         )
     if as_json:
         print_json(result)

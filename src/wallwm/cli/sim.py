@@ -58,7 +58,10 @@ def record(
         typer.Option("--task", help="MetaWorld v3 task, repeatable; 'mt10' for all ten."),
     ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
-    camera: Annotated[str, typer.Option(help="MetaWorld camera name.")] = "corner",
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(help="MetaWorld camera name, repeatable (e.g. corner, corner2, gripperPOV)."),
+    ] = None,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
     action_noise: Annotated[
         float, typer.Option(help="Gaussian noise std on position deltas.")
@@ -91,7 +94,7 @@ def record(
     cfg = MetaWorldConfig(
         tasks=tuple(tasks),
         episodes=episodes,
-        camera=camera,
+        cameras=tuple(camera or ["corner"]),
         size=size,
         action_noise=action_noise,
         action_labels=action_labels,  # type: ignore[arg-type]

@@ -8,19 +8,27 @@ import typer
 
 from wallwm.cli.common import DatasetOpt, RayAddressOpt, console, err_console
 
+CameraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--camera", help="Camera stream the model sees, repeatable (default: every camera)."
+    ),
+]
+
 
 def materialize_cmd(
     dataset: DatasetOpt,
     tag: Annotated[str | None, typer.Option(help="Curated snapshot (wallwm clusters tag).")] = None,
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 96,
     force: Annotated[bool, typer.Option(help="Rewrite an existing view.")] = False,
+    camera: CameraOpt = None,
 ) -> None:
     """Write the training view (resized frames, events, signals, norm stats) of a tag."""
     from wallwm.trainer.view import materialize
 
     try:
         with console.status("materialising"):
-            s = materialize(dataset, tag, size, force)
+            s = materialize(dataset, tag, size, force, camera)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -45,6 +53,7 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
+    camera: CameraOpt = None,
     out: Annotated[str, typer.Option(help="Run directory.")] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
     holdout: Annotated[
@@ -77,6 +86,7 @@ def train_cmd(
             batch_size=batch_size,
             lr=lr,
             size=size,
+            cameras=camera,
             out=out,
             resume=resume,
             seed=seed,

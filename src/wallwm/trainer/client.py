@@ -4,7 +4,7 @@
 
     client = PolicyClient("http://127.0.0.1:8000", token="...")
     client.metadata()["modes"]
-    result = client.infer(image_HWC, state_S, "pick up the puck")   # InferResult
+    result = client.infer(image, state_S, "pick up the puck")   # InferResult
     policy = RemotePolicy(client, replan_every=8)                      # a Policy
 
 One kept-alive HTTP connection per client (reconnects once if the server closed it); one
@@ -151,7 +151,7 @@ class PolicyClient:
 
     def infer(
         self,
-        image_HWC: np.ndarray,
+        image: np.ndarray,
         state_S: np.ndarray,
         instruction: str,
         mode: str | None = None,
@@ -161,7 +161,7 @@ class PolicyClient:
     ) -> InferResult:
         """Actions for one observation (see :mod:`wallwm.trainer.protocol`)."""
         return self.infer_request(
-            InferRequest(image_HWC, state_S, instruction, mode, event, previous_event, seed)
+            InferRequest(image, state_S, instruction, mode, event, previous_event, seed)
         )
 
 

@@ -2,8 +2,8 @@
 
 A sample is a frame ``t`` drawn inside an event, with (shapes per sample; batches add ``B``):
 
-- ``image_CHW`` uint8 (3, S, S) at ``t``, ``end_image_CHW`` at the event's last frame (the
-  world-model target), and ``state_S`` at ``t``;
+- ``images_NCHW`` uint8 (N, 3, S, S): every camera of the view at ``t``, ``end_images_NCHW``
+  at the event's last frame (the world-model target), and ``state_S`` at ``t``;
 - ``actions_HA`` from ``t`` to the end of the event, padded to ``h_max`` with ``action_mask_H``,
   and ``end_of_event`` (1 when the event ends inside the horizon: fewer than ``h_max`` steps
   remain);
@@ -54,6 +54,7 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         self.view = Path(view)
         self.meta = json.loads((self.view / "meta.json").read_text())
         self.size = int(self.meta["size"])
+        self.cameras = len(self.meta.get("cameras") or [None])  # views before cameras: one
         self.h_max, self.chunk_len, self.seed = h_max, chunk_len, seed
         self.caption_dropout = caption_dropout
         events = lance.dataset(str(self.view / "events.lance")).to_table()
@@ -110,8 +111,8 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         ]
 
     def _image(self, frame: bytes) -> torch.Tensor:
-        image = np.frombuffer(frame, np.uint8).reshape(self.size, self.size, 3)
-        return torch.from_numpy(image.transpose(2, 0, 1).copy())
+        images = np.frombuffer(frame, np.uint8).reshape(self.cameras, self.size, self.size, 3)
+        return torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
 
     def _sample(
         self, event: dict[str, Any], t: int, frame: bytes, end_frame: bytes, drop_caption: bool
@@ -134,8 +135,8 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         if drop_caption:
             caption, next_caption = "", caption
         return {
-            "image_CHW": self._image(frame),
-            "end_image_CHW": self._image(end_frame),
+            "images_NCHW": self._image(frame),
+            "end_images_NCHW": self._image(end_frame),
             "state_S": torch.from_numpy(states[t].copy()),
             "actions_HA": torch.from_numpy(actions_HA),
             "action_mask_H": torch.from_numpy(mask_H),

@@ -73,6 +73,7 @@ class _Served:
             action_dim=cfg.action_dim,
             horizon=self.model.horizon,
             text_conditioned=self.mode in TEXT_CONDITIONED,
+            cameras=tuple(state.get("cameras") or ()),
         )
         self.bank = [(str(i), str(c)) for i, c in state.get("caption_bank", [])]
         self.lineage = {
@@ -186,9 +187,10 @@ class PolicyEngine:
         return out
 
     def _batch(self, requests: Sequence[InferRequest], texts: Sequence[str]) -> dict[str, Any]:
-        images = np.stack([r.image_HWC for r in requests]).transpose(0, 3, 1, 2)
+        # (B, N, S, S, 3): a single-camera image is one view
+        views = np.stack([r.image.reshape(-1, *r.image.shape[-3:]) for r in requests])
         return {
-            "image_BCHW": torch.from_numpy(np.ascontiguousarray(images)),
+            "images_BNCHW": torch.from_numpy(np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3))),
             "state_BS": torch.from_numpy(np.stack([r.state_S for r in requests])).float(),
             "instruction": [r.instruction for r in requests],
             "caption": list(texts),
@@ -213,6 +215,12 @@ class PolicyEngine:
 
     def _infer_mode(self, served: _Served, requests: list[InferRequest]) -> list[InferResult]:
         spec = served.spec
+        for r in requests:  # the server validates; in-process callers get the same check
+            if r.image.shape != spec.image_shape:
+                raise ValueError(
+                    f"image of shape {list(r.image.shape)}; the {spec.mode} model reads "
+                    f"{list(spec.image_shape)} (cameras {list(spec.cameras) or ['one']})"
+                )
         texts = [r.event or "" for r in requests]
         if spec.text_conditioned:
             todo = [i for i, r in enumerate(requests) if not r.event]

@@ -9,6 +9,7 @@ overall.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,16 @@ def evaluate_metaworld(
     tasks: list[str],
     episodes: int,
     image_size: int,
-    camera: str = "corner",
+    camera: str | Sequence[str] = "corner",
     max_steps: int = 500,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Success rates (with 95 % intervals) per task and overall."""
+    """Success rates (with 95 % intervals) per task and overall.
+
+    ``camera`` names the MetaWorld camera, or the cameras of a multi-camera model in its order
+    (each rendered every step and stacked as the (N, S, S, 3) image).
+    """
+    cameras = [camera] if isinstance(camera, str) else list(camera)
     from wallwm.pipeline.sim.metaworld import instruction_for, make_env, render
 
     per_task: dict[str, dict[str, Any]] = {}
@@ -36,12 +42,13 @@ def evaluate_metaworld(
         successes, steps_to_success = 0, []
         for i in range(episodes):
             env_seed = HELD_OUT_SEED + seed * 100_003 + i
-            env = make_env(task, env_seed, i, camera, 128)
+            env = make_env(task, env_seed, i, cameras[0], 128)
             try:
                 obs, _ = env.reset(seed=env_seed)
                 policy.reset()
                 for step in range(max_steps):
-                    frame = resize_frame(render(env, camera), image_size)
+                    views = [resize_frame(render(env, c), image_size) for c in cameras]
+                    frame = views[0] if len(views) == 1 else np.stack(views)
                     action = policy.act(
                         Observation(frame, np.asarray(obs[:4], np.float32), instruction_for(task))
                     )

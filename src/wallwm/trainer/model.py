@@ -1,11 +1,13 @@
 """The event-grounded World Action Model (compact, CPU-trainable presets; scales to GPU).
 
-Shape legend: B batch, S image side, P image patches, D model width, H action horizon (event
+Shape legend: B batch, N cameras, S image side, P image patches per camera, D model width,
+H action horizon (event
 mode: up to ``h_max`` steps to the end of the event; chunk/unified: fixed ``chunk_len``),
 A action dim, K thought slots, L text tokens.
 
 Inputs become tokens of one trunk: the instruction (text), a conditioning text (event mode: the
-description of the event being executed), the proprio state, and the image patches. Heads:
+description of the event being executed), the proprio state, and the image patches of every
+camera (one shared patch encoder; a learned per-camera embedding tells the views apart). Heads:
 
 - action expert: flow matching over the (masked) action horizon -- a small transformer over H
   noisy action tokens that cross-attends to the trunk; trained on ``v = a - eps`` at
@@ -62,6 +64,7 @@ class ModelConfig:
     state_dim: int = 4
     h_max: int = 32
     chunk_len: int = 16
+    cameras: int = 1
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
@@ -124,17 +127,26 @@ class TextEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Patch convolution + positions: uint8 (B, 3, S, S) -> (B, P, D)."""
+    """Patch convolution + positions (+ camera): uint8 (B, N, 3, S, S) -> (B, N*P, D)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.proj_in = nn.Conv2d(3, cfg.width, cfg.patch, stride=cfg.patch)
         self.pos = nn.Parameter(torch.zeros((cfg.image_size // cfg.patch) ** 2, cfg.width))
+        # Only multi-camera models carry camera embeddings, so single-camera checkpoints keep
+        # the state dict they always had.
+        self.camera = (
+            nn.Parameter(torch.randn(cfg.cameras, 1, cfg.width) * 0.02) if cfg.cameras > 1 else None
+        )
 
-    def forward(self, image_BCHW: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, P, D) of uint8 images."""
-        x = self.proj_in(image_BCHW.float() / 127.5 - 1.0)
-        tokens: torch.Tensor = x.flatten(2).transpose(1, 2) + self.pos
+    def forward(self, images_BNCHW: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N*P, D) of uint8 images, camera after camera."""
+        b, n = images_BNCHW.shape[:2]
+        x = self.proj_in(images_BNCHW.flatten(0, 1).float() / 127.5 - 1.0)
+        tokens_BNPD = (x.flatten(2).transpose(1, 2) + self.pos).unflatten(0, (b, n))
+        if self.camera is not None:
+            tokens_BNPD = tokens_BNPD + self.camera
+        tokens: torch.Tensor = tokens_BNPD.flatten(1, 2)
         return tokens
 
 
@@ -214,7 +226,7 @@ class WorldActionModel(nn.Module):
 
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Trunk tokens (B, N, D) and, in unified mode, the thought slots (B, K, D)."""
-        b = batch["image_BCHW"].shape[0]
+        b = batch["images_BNCHW"].shape[0]
         t = self.type_embed
         instr = self.text(batch["instruction"])[:, None] + t[0]
         if self.mode in TEXT_CONDITIONED:
@@ -222,7 +234,7 @@ class WorldActionModel(nn.Module):
         else:
             cond = torch.zeros_like(instr) + t[1]
         state = self.state((batch["state_BS"] - self.s_mean) / self.s_std)[:, None] + t[2]
-        image = self.image(batch["image_BCHW"]) + t[3]
+        image = self.image(batch["images_BNCHW"]) + t[3]
         x = torch.cat([instr, cond, state, image], dim=1)
         k = self.cfg.thought_slots if self.mode == "unified" else 0
         first_slot_layer = self.cfg.depth - k
@@ -266,7 +278,7 @@ class WorldActionModel(nn.Module):
         cos = 1 - F.cosine_similarity(planned, next_text, dim=-1)
         out["planner"] = (cos * has_next).sum() / has_next.sum().clamp(min=1)
         with torch.no_grad():
-            end_features = self.image(batch["end_image_BCHW"]).mean(1)
+            end_features = self.image(batch["end_images_BNCHW"]).mean(1)
         out["world"] = F.mse_loss(self.world_head(pooled), end_features)
         if self.mode in TEXT_CONDITIONED:
             inside = batch["action_mask_BH" if self.mode == "event" else "chunk_in_event_BC"]

@@ -37,9 +37,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Observation:
-    """One robot observation: an RGB image (S, S, 3) uint8 at the model's size, and the state."""
+    """One robot observation: the RGB image and the proprio state.
 
-    image_HWC: np.ndarray
+    ``image`` is uint8 (S, S, 3) at the model's size, or (N, S, S, 3) for a model reading N
+    cameras (in the order of ``ModelSpec.cameras``).
+    """
+
+    image: np.ndarray
     state_S: np.ndarray
     instruction: str
 
@@ -103,7 +107,7 @@ class ChunkPolicy:
 
     def _request(self, obs: Observation) -> InferRequest:
         request = InferRequest(
-            obs.image_HWC, obs.state_S, obs.instruction, self.mode, seed=self._next_seed()
+            obs.image, obs.state_S, obs.instruction, self.mode, seed=self._next_seed()
         )
         if self.spec.text_conditioned and self.plan is not None:
             result = self.plan.result

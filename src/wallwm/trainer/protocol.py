@@ -14,6 +14,8 @@ a millisecond (``benchmarks/serve.py`` measures it).
 An ``infer`` request (``INFER_FIELDS``)::
 
     image        uint8 (S, S, 3) RGB at the model's image size      required
+                 (a model reading N cameras: (N, S, S, 3), in the order of its
+                 ``cameras`` in ``/metadata``)
     state        (state_dim,) finite numbers                         required
     instruction  the task instruction, 1..1000 characters             required
     mode         which served model (default: the server's first)
@@ -87,13 +89,21 @@ class ModelSpec:
     action_dim: int
     horizon: int
     text_conditioned: bool
+    #: The camera streams the model reads, in order (empty: one, unnamed).
+    cameras: tuple[str, ...] = ()
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The ``image`` an ``infer`` call must send."""
+        side = (self.image_size, self.image_size, 3)
+        return (len(self.cameras), *side) if len(self.cameras) > 1 else side
 
 
 @dataclass
 class InferRequest:
     """One ``infer`` call (see the module docstring)."""
 
-    image_HWC: np.ndarray
+    image: np.ndarray
     state_S: np.ndarray
     instruction: str
     mode: str | None = None
@@ -104,7 +114,7 @@ class InferRequest:
     def to_wire(self, binary: bool = True) -> dict[str, Any]:
         """The message dict (arrays as raw bytes when ``binary``, else lists)."""
         out: dict[str, Any] = {
-            "image": encode_array(self.image_HWC, binary),
+            "image": encode_array(self.image, binary),
             "state": encode_array(np.asarray(self.state_S, np.float32), binary),
             "instruction": self.instruction,
         }
@@ -261,12 +271,14 @@ def parse_infer(message: dict[str, Any], specs: dict[str, ModelSpec]) -> InferRe
     if "image" not in message:
         raise RequestError(422, "missing_field", "image: required", "image")
     image = decode_array(message["image"], "image")
-    expected = (spec.image_size, spec.image_size, 3)
+    expected = spec.image_shape
     if image.shape != expected:
+        views = f", cameras {list(spec.cameras)}" if len(spec.cameras) > 1 else ""
         raise RequestError(
             422,
             "bad_shape",
-            f"image: shape {list(image.shape)}, expected {list(expected)} (RGB, the model's size)",
+            f"image: shape {list(image.shape)}, expected {list(expected)} "
+            f"(RGB, the model's size{views})",
             "image",
         )
     if image.dtype != np.uint8:
@@ -295,7 +307,7 @@ def parse_infer(message: dict[str, Any], specs: dict[str, ModelSpec]) -> InferRe
     instruction = _text(message, "instruction", required=True)
     assert instruction is not None
     return InferRequest(
-        image_HWC=image,
+        image=image,
         state_S=state,
         instruction=instruction,
         mode=mode,

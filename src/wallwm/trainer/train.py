@@ -40,6 +40,9 @@ class TrainConfig(BaseModel):
     dataset: str
     tag: str | None = None
     size: int = Field(96, ge=16)
+    cameras: list[str] | None = Field(
+        None, description="Camera streams the model sees (None: every camera of the dataset)."
+    )
     mode: Literal["event", "unified", "chunk", "chunk_text"] = "event"
     preset: str = "small"
     steps: int = Field(1000, ge=1)
@@ -87,7 +90,7 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        view = materialize(cfg.dataset, cfg.tag, cfg.size)
+        view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras)
         self.data = EventFrameDataset(
             view.path,
             cfg.h_max,
@@ -103,6 +106,7 @@ class Run:
             state_dim=max(1, meta["state_dim"]),
             h_max=cfg.h_max,
             chunk_len=cfg.chunk_len,
+            cameras=self.data.cameras,
         )
         torch.manual_seed(cfg.seed)
         self.model = WorldActionModel(self.model_cfg, cfg.mode, meta["stats"])
@@ -143,6 +147,8 @@ class Run:
                 "versions": self.data.meta["versions"],
                 "view": str(self.data.view),
             },
+            # the camera streams, in the order the model reads them (what a client must send)
+            "cameras": self.data.meta.get("cameras") or [],
             "stats": self.data.meta["stats"],
             # what event mode may condition on at test time: the training captions per task
             "held_out_events": [

@@ -2,8 +2,11 @@
 
 ``wallwm materialize --dataset DIR --tag NAME --size 96`` writes ``DIR/train/<tag>-<size>/``:
 
-- ``frames.lance``: one row per frame of every episode (the first camera, resized to
-  ``size`` x ``size`` RGB uint8, raw bytes), episodes stored contiguously;
+- ``frames.lance``: one row per frame of every episode: every chosen camera at that frame,
+  each resized to ``size`` x ``size`` RGB uint8, as one raw (N, S, S, 3) byte string (one
+  positional ``take`` fetches all views), episodes stored contiguously. The cameras are chosen
+  by name (``--camera``, repeatable; default: every camera of the first episode); an episode
+  missing one of them is left out of the view and counted in ``meta.json``;
 - ``events.lance``: one row per event -- frame range, row of its episode's first frame,
   caption, next event's caption, instruction, cluster, sampling weight;
 - ``episodes.lance``: actions and states per episode (loaded into memory by the dataset);
@@ -44,9 +47,10 @@ class ViewSummary:
     seconds: float
 
 
-def view_path(dataset: str, tag: str | None, size: int) -> Path:
+def view_path(dataset: str, tag: str | None, size: int, cameras: list[str] | None = None) -> Path:
     """Where the view of ``tag`` (or of the current versions) at ``size`` lives."""
-    return Path(dataset) / "train" / f"{tag or 'latest'}-{size}"
+    suffix = "-" + "+".join(cameras) if cameras else ""
+    return Path(dataset) / "train" / f"{tag or 'latest'}-{size}{suffix}"
 
 
 def resize_frame(frame_HWC: np.ndarray, size: int) -> np.ndarray:
@@ -103,8 +107,10 @@ _COPIED_EVENT_COLUMNS = (
 class _ViewWriter:
     """Accumulates a view episode by episode, then writes the small tables and meta.json."""
 
-    def __init__(self, tmp: Path, size: int) -> None:
+    def __init__(self, tmp: Path, size: int, cameras: list[str] | None) -> None:
         self.tmp, self.size = tmp, size
+        self.cameras = cameras  # chosen by the first episode when None
+        self.skipped: list[str] = []
         self.frame_rows = 0
         self.events: list[dict[str, Any]] = []
         self.episode_ids: list[str] = []
@@ -121,10 +127,15 @@ class _ViewWriter:
     ) -> None:
         import lance
 
-        frames = _frames(CameraInfo(**row["cameras"][0]), self.size)[: len(actions)]
-        if len(frames) < len(actions):  # within the ingest tolerance: repeat the last frame
-            frames = np.concatenate([frames, np.repeat(frames[-1:], len(actions) - len(frames), 0)])
-        width = self.size * self.size * 3
+        by_name = {c["name"]: c for c in row["cameras"]}
+        if self.cameras is None:
+            self.cameras = list(by_name)
+        if any(name not in by_name for name in self.cameras):
+            self.skipped.append(row["episode_id"])
+            return
+        views = [self._camera(CameraInfo(**by_name[n]), len(actions)) for n in self.cameras]
+        frames = np.stack(views, axis=1)  # (T, N, S, S, 3)
+        width = len(self.cameras) * self.size * self.size * 3
         table = pa.table({"frame": pa.array([f.tobytes() for f in frames], pa.binary(width))})
         lance.write_dataset(
             table, str(self.tmp / "frames.lance"), mode="append" if self.frame_rows else "create"
@@ -146,6 +157,12 @@ class _ViewWriter:
         self.actions.append(actions)
         self.states.append(states)
         self.frame_rows += len(frames)
+
+    def _camera(self, cam: CameraInfo, num_frames: int) -> np.ndarray:
+        frames = _frames(cam, self.size)[:num_frames]
+        if len(frames) < num_frames:  # within the ingest tolerance: repeat the last frame
+            frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(frames), 0)])
+        return frames
 
     def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
         import lance
@@ -171,6 +188,8 @@ class _ViewWriter:
                 "episodes": len(self.episode_ids),
                 "events": len(self.events),
                 "frames": self.frame_rows,
+                "cameras": self.cameras,
+                "skipped_episodes": self.skipped,
                 "action_dim": int(a_dim),
                 "state_dim": int(s_dim),
                 "stats": norm_stats(np.concatenate(self.actions), np.concatenate(self.states)),
@@ -181,12 +200,19 @@ class _ViewWriter:
 
 
 def materialize(
-    dataset: str, tag: str | None = None, size: int = 96, force: bool = False
+    dataset: str,
+    tag: str | None = None,
+    size: int = 96,
+    force: bool = False,
+    cameras: list[str] | None = None,
 ) -> ViewSummary:
-    """Write the training view of ``dataset`` at ``tag`` (None: current versions)."""
+    """Write the training view of ``dataset`` at ``tag`` (None: current versions).
+
+    ``cameras`` names the camera streams to carry (None: every camera of the first episode).
+    """
     t0 = time.perf_counter()
     store = LanceStore(dataset)
-    out = view_path(dataset, tag, size)
+    out = view_path(dataset, tag, size, cameras)
     if out.exists() and not force:  # views are immutable: reuse
         meta = json.loads((out / "meta.json").read_text())
         return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
@@ -201,7 +227,7 @@ def materialize(
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    writer = _ViewWriter(tmp, size)
+    writer = _ViewWriter(tmp, size, cameras)
     for i in range(episodes.num_rows):
         row = episodes.slice(i, 1).drop_columns(["actions", "states"]).to_pylist()[0]
         evs = sorted(by_episode.get(row["episode_id"], []), key=lambda e: e["event_index"])
@@ -217,8 +243,9 @@ def materialize(
         writer.add_episode(row, actions, states, evs)
     if not writer.events:
         shutil.rmtree(tmp)
+        wanted = f" with cameras {cameras}" if cameras else " with video"
         raise ValueError(
-            f"{dataset}: no segmented episodes with video at {tag or 'the current version'}"
+            f"{dataset}: no segmented episodes{wanted} at {tag or 'the current version'}"
         )
     meta = writer.finish(
         {

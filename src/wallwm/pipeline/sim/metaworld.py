@@ -89,7 +89,9 @@ class MetaWorldConfig:
 
     tasks: tuple[str, ...] = ("pick-place-v3",)
     episodes: int = 5
-    camera: str = "corner"
+    #: MetaWorld camera names, each recorded as its own video (e.g. ``corner``, ``corner2``,
+    #: ``gripperPOV``: a second view resolves the depth a single corner view leaves open).
+    cameras: tuple[str, ...] = ("corner",)
     size: int = 128
     action_noise: float = 0.3
     #: Which action each step records. ``executed``: the noisy command the robot ran (what a
@@ -218,8 +220,22 @@ def make_env(task: str, seed: int, index: int, camera: str, size: int) -> Any:
 
 
 def render(env: Any, camera: str) -> np.ndarray:
-    """The current frame, upright (the corner cameras render upside down)."""
-    img = env.render()
+    """The current frame of the named camera, upright (the corner cameras render upside down).
+
+    The env renders the camera it was built with; any other camera of the model is rendered
+    by pointing the env's renderer at it for this one frame.
+    """
+    import mujoco
+
+    renderer = env.mujoco_renderer
+    camera_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if camera_id < 0:
+        raise ValueError(f"MetaWorld has no camera {camera!r}")
+    previous, renderer.camera_id = renderer.camera_id, camera_id
+    try:
+        img = env.render()
+    finally:
+        renderer.camera_id = previous
     return np.ascontiguousarray(img[::-1, ::-1] if camera.startswith("corner") else img)
 
 
@@ -229,11 +245,12 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
 
     seed = cfg.seed * 100_003 + index
     rng = np.random.default_rng(seed)
-    env = make_env(task, seed, index, cfg.camera, cfg.size)
+    env = make_env(task, seed, index, cfg.cameras[0], cfg.size)
     policy = ENV_POLICY_MAP[task]()
     tracer = PhaseTracer(policy)
     obs, _info = env.reset(seed=seed)
-    actions, states, frames, signatures = [], [], [], []
+    actions, states, signatures = [], [], []
+    frames: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
     success_at = None
     try:
         for step in range(cfg.max_steps):
@@ -242,7 +259,8 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             action = expert.copy()
             action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
             action = np.clip(action, -1.0, 1.0)
-            frames.append(render(env, cfg.camera))
+            for camera, views in frames.items():
+                views.append(render(env, camera))
             states.append(np.asarray(obs[:4], dtype=np.float32))
             actions.append(expert if cfg.action_labels == "expert" else action)
             signatures.append(signature)
@@ -265,7 +283,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
         instruction=instruction_for(task),
         fps=cfg.fps,
         actions_TA=np.stack(actions),
-        frames_by_camera={cfg.camera: np.stack(frames)},
+        frames_by_camera={c: np.stack(v) for c, v in frames.items()},
         states_TS=states_TS,
         gripper_T=states_TS[:, 3],
         robot="sawyer",
