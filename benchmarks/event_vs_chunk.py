@@ -72,6 +72,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument(
+        "--camera",
+        action="append",
+        help="MetaWorld camera recorded and seen by the model, repeatable (default: corner)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=500, help="MetaWorld's own limit")
@@ -108,6 +113,7 @@ def _prepare(args: argparse.Namespace, root: Path) -> Path:
                 tasks=tuple(args.tasks),
                 episodes=args.demos,
                 size=128,
+                cameras=tuple(args.camera or ["corner"]),
                 action_noise=args.action_noise,
                 action_labels=args.action_labels,
                 workers=args.record_workers,
@@ -153,7 +159,13 @@ def _run_arm(
             noise_scale=args.noise_scale,
         )
         ev = evaluate_metaworld(
-            policy, args.tasks, args.episodes, args.size, max_steps=args.max_steps, seed=seed
+            policy,
+            args.tasks,
+            args.episodes,
+            args.size,
+            camera=list(policy.spec.cameras) or args.camera or ["corner"],
+            max_steps=args.max_steps,
+            seed=seed,
         )
         for task, r in ev["per_task"].items():
             per_task[task][0] += r["successes"]
