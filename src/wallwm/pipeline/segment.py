@@ -154,9 +154,18 @@ class Channel:
     y_TD: FloatArray
     z_TD: FloatArray | None = None
 
+    def regressor(self) -> FloatArray:
+        """``z_TD``, or the frame index of every channel (a line in time)."""
+        return self.z_TD if self.z_TD is not None else frame_index(*self.y_TD.shape)
+
     def cost(self) -> LinearCost:
         """The segment cost of this group."""
         return LinearCost(self.y_TD, self.z_TD)
+
+
+def frame_index(t_len: int, dims: int) -> FloatArray:
+    """The frame index as the regressor of ``dims`` channels (a line in time)."""
+    return np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, dims))
 
 
 def feedback_regressors(s: Signals, motion_dims: list[int]) -> FloatArray | None:
@@ -243,9 +252,9 @@ class LinearCost:
 
     def __init__(self, y_TD: FloatArray, z_TD: FloatArray | None = None) -> None:
         """Precompute prefix sums of ``y_TD`` and its regressor."""
-        t_len, dims = y_TD.shape
+        t_len, self.dims = y_TD.shape
         if z_TD is None:
-            z_TD = np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, dims))
+            z_TD = frame_index(t_len, self.dims)
 
         def prefix(v: FloatArray) -> FloatArray:
             return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
@@ -295,11 +304,7 @@ def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[in
             keep = best[usable] + seg <= best[b]
             candidates = np.concatenate([candidates[b - candidates < min_len], usable[keep]])
         candidates = np.append(candidates, b - min_len + 1)
-    points, b = [], num_frames
-    while b > 0:
-        b = prev[b]
-        points.append(b)
-    return sorted(set(points) - {0})
+    return _trace_back(prev)
 
 
 def optimal_partition(cost_matrix: FloatArray, penalty: float, min_len: int) -> list[int]:
@@ -316,7 +321,12 @@ def optimal_partition(cost_matrix: FloatArray, penalty: float, min_len: int) -> 
         total = best[: b - min_len + 1] + cost_matrix[: b - min_len + 1, b]
         i = int(np.argmin(total))
         best[b], prev[b] = total[i] + penalty, i
-    points, b = [], num_frames
+    return _trace_back(prev)
+
+
+def _trace_back(prev: npt.NDArray[np.int64]) -> list[int]:
+    """Change points from each end frame's best previous start (the last is the episode end)."""
+    points, b = [], len(prev) - 1
     while b > 0:
         b = int(prev[b])
         points.append(b)
@@ -332,7 +342,7 @@ def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: in
     """Optimal change points inside each ``[edges[i], edges[i+1])``, plus the inner edges."""
     points: list[int] = []
     for a, b in itertools.pairwise(edges):
-        if (b - a + 1) ** 2 * cost.sy.shape[1] <= DENSE_MAX_CELLS:
+        if (b - a + 1) ** 2 * cost.dims <= DENSE_MAX_CELLS:
             points += [a + p for p in optimal_partition(cost.matrix(a, b), penalty, min_len)]
             continue
 
@@ -368,16 +378,18 @@ def gripper_flips(s: Signals, min_len: int) -> list[int]:
         if (high | low).mean() < 0.95:
             continue
         level = np.where(high, 1, np.where(low, 0, -1))
+        run_starts = [int(r) for r in np.flatnonzero(np.diff(level)) + 1]
+        run_ends = [*run_starts[1:], len(level)]
         current = int(level[0])  # the established level (-1: not yet known)
-        for t in range(1, len(v) - hold + 1):
-            held = level[t : t + hold]
-            if held[0] >= 0 and held[0] != current and (held == held[0]).all():
+        for start, end in zip(run_starts, run_ends, strict=True):  # a switch starts a long run
+            if level[start] >= 0 and level[start] != current and end - start >= hold:
                 if current >= 0:
-                    flips.add(t)
-                current = int(held[0])
+                    flips.add(start)
+                current = int(level[start])
     kept: list[int] = []
+    t_len = len(actions)
     for t in sorted(flips):  # keep the events between switches at least min_len long
-        if t >= min_len and len(v) - t >= min_len and (not kept or t - kept[-1] >= min_len):
+        if t >= min_len and t_len - t >= min_len and (not kept or t - kept[-1] >= min_len):
             kept.append(t)
     return kept
 
@@ -489,11 +501,7 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
         return Segmentation([0], [t_len], [], np.zeros(t_len), {})
     channels = list(groups.values())
     y = np.concatenate([c.y_TD for c in channels], axis=1)
-    time = np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, 1))
-    z = np.concatenate(
-        [c.z_TD if c.z_TD is not None else time.repeat(c.y_TD.shape[1], 1) for c in channels],
-        axis=1,
-    )
+    z = np.concatenate([c.regressor() for c in channels], axis=1)
     penalty = cfg.penalty * (2 * y.shape[1] + 1) * np.log(max(t_len, 2))
     cost = LinearCost(y, z)
     forced = gripper_flips(s, min_len)

@@ -54,7 +54,7 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         self.view = Path(view)
         self.meta = json.loads((self.view / "meta.json").read_text())
         self.size = int(self.meta["size"])
-        self.cameras = len(self.meta.get("cameras") or [None])  # views before cameras: one
+        self.num_cameras = len(self.meta.get("cameras") or [None])  # views before cameras: one
         self.h_max, self.chunk_len, self.seed = h_max, chunk_len, seed
         self.caption_dropout = caption_dropout
         events = lance.dataset(str(self.view / "events.lance")).to_table()
@@ -111,7 +111,7 @@ class EventFrameDataset(Dataset[dict[str, Any]]):
         ]
 
     def _image(self, frame: bytes) -> torch.Tensor:
-        images = np.frombuffer(frame, np.uint8).reshape(self.cameras, self.size, self.size, 3)
+        images = np.frombuffer(frame, np.uint8).reshape(self.num_cameras, self.size, self.size, 3)
         return torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
 
     def _sample(

@@ -64,7 +64,7 @@ class ModelConfig:
     state_dim: int = 4
     h_max: int = 32
     chunk_len: int = 16
-    cameras: int = 1
+    num_cameras: int = 1
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
@@ -136,7 +136,9 @@ class ImageEncoder(nn.Module):
         # Only multi-camera models carry camera embeddings, so single-camera checkpoints keep
         # the state dict they always had.
         self.camera = (
-            nn.Parameter(torch.randn(cfg.cameras, 1, cfg.width) * 0.02) if cfg.cameras > 1 else None
+            nn.Parameter(torch.randn(cfg.num_cameras, 1, cfg.width) * 0.02)
+            if cfg.num_cameras > 1
+            else None
         )
 
     def forward(self, images_BNCHW: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ class Run:
             state_dim=max(1, meta["state_dim"]),
             h_max=cfg.h_max,
             chunk_len=cfg.chunk_len,
-            cameras=self.data.cameras,
+            num_cameras=self.data.num_cameras,
         )
         torch.manual_seed(cfg.seed)
         self.model = WorldActionModel(self.model_cfg, cfg.mode, meta["stats"])
