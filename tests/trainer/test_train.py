@@ -198,6 +198,10 @@ def test_closed_loop_metaworld_eval(tmp_path):
     )
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.output)["overall"]["episodes"] == 1
+    ckpt = str(out / "checkpoint.pt")
+    args = ["eval", "policy", "--checkpoint", ckpt, "--task", "reach", "--episodes", "1"]
+    bad = runner.invoke(app, [*args, "--camera", "corner", "--camera", "wrist"])
+    assert bad.exit_code == 1 and "no camera 'wrist'" in bad.output
 
 
 def test_wilson_interval():

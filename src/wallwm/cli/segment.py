@@ -381,13 +381,17 @@ def eval_policy(
             f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True
         )
         raise typer.Exit(1) from exc
-    with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
-        # a multi-camera model names the views it reads; one view is rendered from --camera
-        multi = list(policy.spec.cameras) if len(policy.spec.cameras) > 1 else None
-        cameras = camera or multi or ["corner"]
-        result = evaluate_metaworld(
-            policy, tasks, episodes, policy.spec.image_size, cameras, max_steps, seed
-        )
+    # a multi-camera model names the views it reads; one view is rendered from --camera
+    multi = list(policy.spec.cameras) if len(policy.spec.cameras) > 1 else None
+    cameras = camera or multi or ["corner"]
+    try:
+        with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
+            result = evaluate_metaworld(
+                policy, tasks, episodes, policy.spec.image_size, cameras, max_steps, seed
+            )
+    except ValueError as exc:  # an unknown camera, or views that do not fit the model
+        err_console.print(f"[red]cannot evaluate with cameras {cameras}: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from exc
     if as_json:
         print_json(result)
         return
