@@ -87,6 +87,13 @@ def _parse() -> argparse.Namespace:
         help="demos label the expert's clean commands while executing noisy ones (DART)",
     )
     parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument(
+        "--state",
+        choices=("proprio", "observation"),
+        default="proprio",
+        help="robot state recorded and seen by the model: hand + gripper, or MetaWorld's "
+        "whole observation (object poses and goal: privileged)",
+    )
     parser.add_argument("--noise-scale", type=float, default=1.0, help="flow temperature")
     parser.add_argument("--replan-every", type=int, default=8)
     parser.add_argument("--record-workers", type=int, default=2)
@@ -116,6 +123,7 @@ def _prepare(args: argparse.Namespace, root: Path) -> Path:
                 cameras=tuple(args.camera or ["corner"]),
                 action_noise=args.action_noise,
                 action_labels=args.action_labels,
+                state=args.state,
                 workers=args.record_workers,
             ),
         )
@@ -166,6 +174,7 @@ def _run_arm(
             camera=list(policy.spec.cameras) or args.camera or ["corner"],
             max_steps=args.max_steps,
             seed=seed,
+            state_dim=policy.spec.state_dim,
         )
         for task, r in ev["per_task"].items():
             per_task[task][0] += r["successes"]

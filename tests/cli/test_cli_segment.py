@@ -58,6 +58,21 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     assert fixed.exit_code == 0 and "(fixed)" in fixed.output
     in_time = invoke("segment", "--dataset", ds, "--action-model", "time")
     assert in_time.exit_code == 0 and "4 episodes segmented" in in_time.output
+    unmerged = invoke("segment", "--dataset", ds, "--no-merge-bends")
+    assert unmerged.exit_code == 0 and "4 episodes segmented" in unmerged.output
+
+
+def test_segment_option_defaults_are_the_segmenter_defaults():
+    import inspect
+
+    from wallwm.cli.segment import run_cmd, segment_cmd
+    from wallwm.pipeline.segment import SegmentConfig
+
+    want = SegmentConfig()
+    for cmd in (segment_cmd, run_cmd):
+        params = inspect.signature(cmd).parameters
+        for name in ("method", "penalty", "action_model", "merge_bends"):
+            assert params[name].default == getattr(want, name), (cmd.__name__, name)
 
 
 def test_segment_rejects_bad_options(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -100,3 +101,53 @@ def test_several_cameras_are_recorded_and_rendered_for_evaluation(tmp_path):
             render(env, "wrist")
     finally:
         env.close()
+
+
+def test_observation_state_records_and_evaluates_metaworlds_whole_observation(tmp_path):
+    """``state="observation"``: the 39-D observation (object poses, goal) as the robot state."""
+    from wallwm.pipeline.sim.metaworld import make_env, state_names
+    from wallwm.trainer.evaluate import evaluate_metaworld
+
+    cfg = MetaWorldConfig(tasks=("reach-v3",), episodes=1, size=32, max_steps=5)
+    (result,) = record_metaworld(tmp_path / "obs", dataclasses.replace(cfg, state="observation"))
+    (plain,) = record_metaworld(tmp_path / "proprio", cfg)
+    meta = json.loads((tmp_path / "obs" / result["key"] / "meta.json").read_text())
+    names = meta["state_names"]
+    assert names == state_names("observation") and len(names) == 39 and names[-1] == "goal_z"
+    states = np.array(
+        pq.read_table(tmp_path / "obs" / result["key"] / "steps.parquet")
+        .column("state")
+        .to_pylist()
+    )
+    proprio = np.array(
+        pq.read_table(tmp_path / "proprio" / plain["key"] / "steps.parquet")
+        .column("state")
+        .to_pylist()
+    )
+    assert states.shape == (result["frames"], 39)
+    np.testing.assert_allclose(states[:, :4], proprio)  # the same episode, more of it
+    env = make_env("reach-v3", 0, 0, "corner", 32)
+    try:
+        env.reset(seed=0)
+        goal = np.asarray(env._target_pos)  # the task's goal
+    finally:
+        env.close()
+    np.testing.assert_allclose(states[0, 36:39], goal, atol=1e-5)  # observed, not zeroed
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.dims: set[int] = set()
+
+        def reset(self) -> None:
+            pass
+
+        def act(self, obs):
+            self.dims.add(obs.state_S.shape[0])
+            return np.zeros(4, np.float32)
+
+    policy = Recorder()
+    evaluate_metaworld(policy, ["reach-v3"], 1, image_size=32, max_steps=2, state_dim=39)
+    evaluate_metaworld(policy, ["reach-v3"], 1, image_size=32, max_steps=2)
+    assert policy.dims == {39, 4}
+    with pytest.raises(ValueError, match="4-D or 39-D"):
+        evaluate_metaworld(policy, ["reach-v3"], 1, image_size=32, max_steps=2, state_dim=7)

@@ -11,6 +11,7 @@ from wallwm.pipeline.segment import (
     LinearCost,
     SegmentConfig,
     Signals,
+    bent_line_cost,
     gripper_flips,
     noise_sigma,
     optimal_partition,
@@ -145,17 +146,19 @@ def test_linear_cost_on_a_state_regressor_matches_numpy():
     assert LinearCost(np.arange(10.0)[:, None], flat)(np.array([0]), 10)[0] == pytest.approx(82.5)
 
 
-def p_controller(goals, steps, wall=np.inf, gain=4.0, noise=0.05, seed=0):
-    """A proportional controller steering a 3-D point to each goal in turn (no saturation).
+def p_controller(goals, steps, wall=np.inf, gain=4.0, noise=0.05, seed=0, limit=np.inf):
+    """A proportional controller steering a 3-D point to each goal in turn.
 
     The point cannot pass ``wall`` in x: pressing against it, the commands stall at a constant
-    value while the goal stays the same -- a contact, not a new event.
+    value while the goal stays the same -- a contact, not a new event. Commands are clipped at
+    ``+-limit`` before and after the noise (a saturating actuator, as MetaWorld's experts).
     """
     rng = np.random.default_rng(seed)
     x, states, actions = np.zeros(3), [], []
     for goal, n in zip(goals, steps, strict=True):
         for _ in range(n):
-            a = gain * (np.asarray(goal, float) - x) + rng.normal(0, noise, 3)
+            a = np.clip(gain * (np.asarray(goal, float) - x), -limit, limit)
+            a = np.clip(a + rng.normal(0, noise, 3), -limit, limit)
             states.append(x.copy())
             actions.append(a)
             x = x + 0.05 * a
@@ -168,14 +171,52 @@ def test_state_feedback_cuts_at_new_goals_not_at_deceleration_or_contact(seed):
     goals = [[0.2, 0.1, 0.0], [0.5, 0.1, 0.15]]
     actions, states = p_controller(goals, [60, 80], wall=0.35, seed=seed)
     sig = Signals(actions, fps=20.0, states_TS=states)
-    feedback = segment(sig, SegmentConfig())
+    feedback = segment(sig, SegmentConfig(penalty=0.7))
     assert match_boundaries(feedback.starts, [0, 60], len(actions), tolerance=2).f1 == 1.0
     # A line in time cannot follow the exponential approach and the stall at the wall.
-    in_time = segment(sig, SegmentConfig(action_model="time"))
+    in_time = segment(sig, SegmentConfig(action_model="time", penalty=0.7))
     assert len(in_time.starts) > len(feedback.starts)
     # Without states the default falls back to the line-in-time model, through the same path.
-    no_states = segment(Signals(actions, fps=20.0), SegmentConfig())
+    no_states = segment(Signals(actions, fps=20.0), SegmentConfig(penalty=0.7))
     assert no_states.starts == in_time.starts
+
+
+def test_bent_line_cost_fits_a_bend_but_not_a_jump():
+    z = np.linspace(0.0, 1.0, 40)[:, None]
+    knot, zk = 20, z[20, 0]
+    bend = np.where(z < zk, 1.0, 1.0 - 3.0 * (z - zk))  # saturated, then following the state
+    assert bent_line_cost(bend, z, knot) == pytest.approx(0.0, abs=1e-9)
+    jump = np.where(z < zk, 1.0, -0.5 - 3.0 * (z - zk))
+    assert bent_line_cost(jump, z, knot) > 1.0
+    assert LinearCost(jump, z)(np.array([0]), knot)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_saturation_knees_are_not_events(seed):
+    """Far goals saturate the commands at the limit; leaving the limit is a bend, not a cut."""
+    goals = [[1.2, 0.1, 0.05], [1.0, 0.35, 0.2]]
+    actions, states = p_controller(goals, [70, 90], gain=6.0, noise=0.1, seed=seed, limit=1.0)
+    assert (actions[:15, 0] == 1.0).mean() > 0.3  # the controller starts saturated
+    sig = Signals(actions, fps=20.0, states_TS=states)
+    seg = segment(sig, SegmentConfig())
+    assert match_boundaries(seg.starts, [0, 70], len(actions), tolerance=2).f1 == 1.0
+    unmerged = segment(sig, SegmentConfig(merge_bends=False))
+    assert len(unmerged.starts) > len(seg.starts)
+
+
+def test_measured_gripper_is_ignored_when_the_action_commands_the_gripper():
+    """The opening settling under a constant command is no event; with no command it counts."""
+    rng = np.random.default_rng(0)
+    t_len = 80
+    actions = np.concatenate(
+        [rng.normal(0, 0.1, (t_len, 3)), np.ones((t_len, 1))], axis=1
+    )  # a constant 'close' command
+    opening = np.concatenate([np.linspace(1.0, 0.2, 20), np.full(t_len - 20, 0.2)])[:, None]
+    with_command = Signals(actions, 20.0, gripper_TG=opening, gripper_action_dims=[3])
+    assert segment(with_command, SegmentConfig()).starts == [0]
+    measured_only = Signals(actions[:, :3], 20.0, gripper_TG=opening)
+    cut = segment(measured_only, SegmentConfig()).starts
+    assert match_boundaries(cut, [0, 20], t_len, tolerance=3).f1 == 1.0
 
 
 def test_two_level_gripper_switches_always_start_events():

@@ -25,6 +25,13 @@ ActionModelOpt = Annotated[
         "or in time (time)."
     ),
 ]
+MergeBendsOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Drop boundaries where the command only bends against the state (an actuator "
+        "leaving or entering its limit) instead of jumping."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
@@ -36,6 +43,7 @@ def _segment_config(
     min_event_s: float,
     max_event_s: float,
     action_model: str = "state_feedback",
+    merge_bends: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -47,6 +55,7 @@ def _segment_config(
             chunk_len=chunk_len,
             penalty=penalty,
             action_model=action_model,  # type: ignore[arg-type]
+            merge_bends=merge_bends,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -110,8 +119,9 @@ def segment_cmd(
     dataset: DatasetOpt,
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
-    penalty: PenaltyOpt = 0.7,
+    penalty: PenaltyOpt = 0.9,
     action_model: ActionModelOpt = "state_feedback",
+    merge_bends: MergeBendsOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -119,7 +129,9 @@ def segment_cmd(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Cut every episode into events at its event joints and write the ``events`` table."""
-    seg = _segment_config(method, chunk_len, penalty, min_event_s, max_event_s, action_model)
+    seg = _segment_config(
+        method, chunk_len, penalty, min_event_s, max_event_s, action_model, merge_bends
+    )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address))
 
 
@@ -134,8 +146,9 @@ def run_cmd(
     ] = None,
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
-    penalty: PenaltyOpt = 0.7,
+    penalty: PenaltyOpt = 0.9,
     action_model: ActionModelOpt = "state_feedback",
+    merge_bends: MergeBendsOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -151,7 +164,7 @@ def run_cmd(
     from wallwm.cli.pipeline import ingest_with_progress
     from wallwm.pipeline.ingest import IngestConfig
 
-    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0, action_model)
+    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0, action_model, merge_bends)
     cfg = IngestConfig(
         source=source,
         dataset=dataset,
@@ -387,7 +400,14 @@ def eval_policy(
     try:
         with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
             result = evaluate_metaworld(
-                policy, tasks, episodes, policy.spec.image_size, cameras, max_steps, seed
+                policy,
+                tasks,
+                episodes,
+                policy.spec.image_size,
+                cameras,
+                max_steps,
+                seed,
+                state_dim=policy.spec.state_dim,
             )
     except ValueError as exc:  # an unknown camera, or views that do not fit the model
         err_console.print(f"[red]cannot evaluate with cameras {cameras}: {exc}[/]", soft_wrap=True)

@@ -73,6 +73,13 @@ def record(
             "executing the noisy ones (DART-style noise injection, for training data)."
         ),
     ] = "executed",
+    state: Annotated[
+        str,
+        typer.Option(
+            help="Record 'proprio' (hand xyz + gripper) or MetaWorld's whole 39-D "
+            "'observation' (object poses and goal too: privileged simulator state) as the state."
+        ),
+    ] = "proprio",
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
     workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -88,6 +95,8 @@ def record(
         raise typer.BadParameter(
             f"--action-labels must be 'executed' or 'expert', not {action_labels!r}"
         )
+    if state not in ("proprio", "observation"):
+        raise typer.BadParameter(f"--state must be 'proprio' or 'observation', not {state!r}")
     tasks: list[str] = []
     for t in task or ["pick-place-v3"]:
         tasks.extend(MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
@@ -98,6 +107,7 @@ def record(
         size=size,
         action_noise=action_noise,
         action_labels=action_labels,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
         max_steps=max_steps,
         workers=workers,
         seed=seed,

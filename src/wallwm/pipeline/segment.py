@@ -5,7 +5,9 @@ estimated from the episode itself (robust spread of first differences, ignoring 
 values), so the same defaults carry over to other robots, rates and tasks:
 
 - ``action_change``: the (non-gripper) action stream -- a controller switching sub-goal;
-- ``gripper``: gripper command dims of the action and the measured gripper opening;
+- ``gripper``: gripper command dims of the action, or the measured gripper opening where the
+  action has no gripper command (the opening is the command's delayed response: it settles,
+  or stops at an object, without any decision being taken);
 - ``state_motion``: end-effector/joint velocity from the proprio states;
 - ``visual``: how much the camera sees moving (downscaled frame differences).
 
@@ -20,6 +22,11 @@ stall when the robot is blocked at a contact, while the *line* relating command 
 the same -- only a new sub-goal (an event) moves it. Without paired states, or with
 ``action_model="time"``, the model is a line in time per dim, which also absorbs a controller's
 smooth deceleration.
+A boundary where the state-feedback line only *bends* -- the command stays continuous in the
+state while its slope changes, as when an actuator leaves or enters saturation at its command
+limit -- is no event: where a continuous two-piece line through the boundary explains the
+signals within the BIC price of the parameters a cut adds, the boundary is dropped
+(``merge_bends``).
 Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
 channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
 end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
@@ -66,7 +73,12 @@ class SegmentConfig(BaseModel):
         description="Within an event, actions are affine in the paired proprio state "
         "(state_feedback) or in time (time).",
     )
-    penalty: float = Field(0.7, gt=0, description="Multiplier of the BIC penalty per event.")
+    penalty: float = Field(0.9, gt=0, description="Multiplier of the BIC penalty per event.")
+    merge_bends: bool = Field(
+        True,
+        description="Drop boundaries where the command only bends against the state "
+        "(saturation knees) instead of jumping.",
+    )
     min_event_s: float = Field(0.0, ge=0, description="Shortest event (at least one frame).")
     max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
     window_s: float = Field(0.1, gt=0, description="Half-window of the pause/turn cues.")
@@ -153,6 +165,8 @@ class Channel:
 
     y_TD: FloatArray
     z_TD: FloatArray | None = None
+    #: Columns whose regressor is a paired proprio state (a bend there is not an event).
+    on_state_D: npt.NDArray[np.bool_] | None = None
 
     def regressor(self) -> FloatArray:
         """``z_TD``, or the frame index of every channel (a line in time)."""
@@ -168,12 +182,15 @@ def frame_index(t_len: int, dims: int) -> FloatArray:
     return np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, dims))
 
 
-def feedback_regressors(s: Signals, motion_dims: list[int]) -> FloatArray | None:
+def feedback_regressors(
+    s: Signals, motion_dims: list[int]
+) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
     """The proprio state paired with each motion action dim, for the state-feedback model.
 
     Action dim ``j`` is paired with state dim ``j`` (end-effector deltas with end-effector
     positions, joint targets with joint positions). A dim whose paired state is missing or
-    constant gets the frame index instead, so it keeps the line-in-time model.
+    constant gets the frame index instead, so it keeps the line-in-time model. Returns the
+    regressors and which of them are states.
     """
     if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or not motion_dims:
         return None
@@ -185,7 +202,8 @@ def feedback_regressors(s: Signals, motion_dims: list[int]) -> FloatArray | None
         x = states[:, j] if j < states.shape[1] else None
         span = float(np.ptp(x)) if x is not None else 0.0
         cols.append((x - x.mean()) / span if x is not None and span > 1e-9 else time)
-    return np.stack(cols, axis=1)
+    on_state = [j < states.shape[1] and float(np.ptp(states[:, j])) > 1e-9 for j in motion_dims]
+    return np.stack(cols, axis=1), np.array(on_state, dtype=bool)
 
 
 def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
@@ -193,15 +211,17 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
     motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
-    regressors: dict[str, FloatArray | None] = {}
+    regressors: dict[str, tuple[FloatArray, npt.NDArray[np.bool_]] | None] = {}
     if cfg.action_model == "state_feedback":
         regressors["action_change"] = feedback_regressors(s, motion_dims)
+    measured_gripper = (
+        None if s.gripper_TG is None or grip_dims else np.asarray(s.gripper_TG, dtype=np.float64)
+    )
     raw: dict[str, FloatArray | None] = {
         "action_change": actions[:, motion_dims] if motion_dims else None,
-        "gripper": _concat(
-            actions[:, grip_dims] if grip_dims else None,
-            None if s.gripper_TG is None else np.asarray(s.gripper_TG, dtype=np.float64),
-        ),
+        # A gripper command, where the action has one, carries the decision; the measured
+        # opening follows it with a lag and settles or stalls on its own.
+        "gripper": actions[:, grip_dims] if grip_dims else measured_gripper,
         "state_motion": (
             np.diff(np.asarray(s.states_TS, dtype=np.float64), axis=0, prepend=s.states_TS[:1])
             if s.states_TS is not None and s.states_TS.size
@@ -228,14 +248,10 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
             resolution = cfg.resolution * (0.5 if z is not None else 1.0)
             groups[name] = Channel(
                 np.sqrt(weight) * x / noise_sigma(x, resolution),
-                None if z is None else z[:, keep],
+                None if z is None else z[0][:, keep],
+                None if z is None else z[1][keep],
             )
     return groups
-
-
-def _concat(*parts: FloatArray | None) -> FloatArray | None:
-    present = [p.reshape(len(p), -1) for p in parts if p is not None]
-    return np.concatenate(present, axis=1) if present else None
 
 
 # --------------------------------------------------------------------------- change points
@@ -409,6 +425,71 @@ def local_strength(cost: LinearCost, num_frames: int, w: int) -> FloatArray:
     return gain
 
 
+def bent_line_cost(y_TD: FloatArray, z_TD: FloatArray, knot: int) -> float:
+    """Residual sum of squares of a continuous two-piece line per column, bent at row ``knot``.
+
+    Column ``d`` is fitted as ``c + b1 * (z - z[knot])`` before ``knot`` and
+    ``c + b2 * (z - z[knot])`` from it on: one value at the knot, two slopes. A command that
+    saturates at its limit and then follows the state (or the reverse) is such a bend; a new
+    sub-goal is a jump it cannot fit.
+    """
+    u = z_TD - z_TD[knot]
+    before = (np.arange(len(y_TD)) < knot)[:, None]
+    x = np.stack([np.ones_like(u), u * before, u * ~before], axis=-1)  # (T, D, 3)
+    gram = np.einsum("tdi,tdj->dij", x, x)
+    coef = np.einsum("dij,dj->di", np.linalg.pinv(gram), np.einsum("tdi,td->di", x, y_TD))
+    residual = y_TD - np.einsum("tdi,di->td", x, coef)
+    return float((residual * residual).sum())
+
+
+#: A column bends at a boundary only if its state moves on both sides by at least this fraction
+#: of its episode range: over a stalled state, a slope is unidentified and could fit a jump.
+BEND_MIN_MOTION = 0.08
+
+
+def merge_bends(
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    on_state_D: npt.NDArray[np.bool_],
+    starts: list[int],
+    keep: set[int],
+    per_param: float,
+) -> list[int]:
+    """Drop boundaries that a bend of the state-feedback line explains (``starts`` minus those).
+
+    At a boundary ``b`` between ``[a, b)`` and ``[b, c)``, the cut's two independent lines are
+    compared with one continuous line per state-regressed column bent at ``b`` (the other
+    columns, and any whose state barely moves on one side: one line over ``[a, c)``). The cut
+    has ``2D + 1 - (K + 1)`` more parameters than the bent model (``K`` bent columns, both
+    with the boundary's location); it stays only if it lowers the cost by more than their BIC
+    price ``per_param`` each. The weakest such boundary goes first, then its neighbours are
+    re-tested. Boundaries in ``keep`` (gripper switches) always stay. State columns of ``z_TD``
+    are scaled to unit range (see :func:`feedback_regressors`).
+    """
+    t_len, dims = y_TD.shape
+    cost = LinearCost(y_TD, z_TD)
+    points = list(starts)
+    while len(points) > 1:
+        edges = [*points, t_len]
+        margins = {}
+        for a, b, c in zip(edges, edges[1:], edges[2:], strict=False):
+            bend = on_state_D & (np.ptp(z_TD[a:b], axis=0) >= BEND_MIN_MOTION)
+            bend &= np.ptp(z_TD[b:c], axis=0) >= BEND_MIN_MOTION
+            if b in keep or not bend.any():
+                continue
+            cut = cost(np.array([a]), b)[0] + cost(np.array([b]), c)[0]
+            bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a)
+            if (~bend).any():
+                line = LinearCost(y_TD[a:c, ~bend], z_TD[a:c, ~bend])
+                bent += float(line(np.array([0]), c - a)[0])
+            margins[b] = bent - cut - per_param * (2 * dims - int(bend.sum()))
+        weakest = min(margins, key=margins.__getitem__, default=None)
+        if weakest is None or margins[weakest] >= 0:
+            break
+        points.remove(weakest)
+    return points
+
+
 # --------------------------------------------------------------------------- auxiliary cues
 
 
@@ -506,6 +587,15 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
     cost = LinearCost(y, z)
     forced = gripper_flips(s, min_len)
     points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
+    on_state = np.concatenate(
+        [
+            c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
+            for c in channels
+        ]
+    )
+    if cfg.merge_bends and on_state.any() and points:
+        per_param = cfg.penalty * np.log(max(t_len, 2))
+        points = merge_bends(y, z, on_state, [0, *points], set(forced), per_param)[1:]
     strength = local_strength(cost, t_len, w)
     edges = [0, *points, t_len]
     for a, b in itertools.pairwise(edges):

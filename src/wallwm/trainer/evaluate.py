@@ -28,14 +28,20 @@ def evaluate_metaworld(
     camera: str | Sequence[str] = "corner",
     max_steps: int = 500,
     seed: int = 0,
+    state_dim: int = 4,
 ) -> dict[str, Any]:
     """Success rates (with 95 % intervals) per task and overall.
 
     ``camera`` names the MetaWorld camera, or the cameras of a multi-camera model in its order
-    (each rendered every step and stacked as the (N, S, S, 3) image).
+    (each rendered every step and stacked as the (N, S, S, 3) image). The policy's state is
+    the first ``state_dim`` entries of MetaWorld's observation, as the recorder stores them
+    (4: hand xyz and gripper; 39: the whole observation, ``sim record --state observation``).
     """
     cameras = [camera] if isinstance(camera, str) else list(camera)
-    from wallwm.pipeline.sim.metaworld import instruction_for, make_env, render
+    from wallwm.pipeline.sim.metaworld import instruction_for, make_env, render, state_names
+
+    if state_dim not in (len(state_names("proprio")), len(state_names("observation"))):
+        raise ValueError(f"a MetaWorld policy takes a 4-D or 39-D state, not {state_dim}-D")
 
     per_task: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -50,7 +56,9 @@ def evaluate_metaworld(
                     views = [resize_frame(render(env, c), image_size) for c in cameras]
                     frame = views[0] if len(views) == 1 else np.stack(views)
                     action = policy.act(
-                        Observation(frame, np.asarray(obs[:4], np.float32), instruction_for(task))
+                        Observation(
+                            frame, np.asarray(obs[:state_dim], np.float32), instruction_for(task)
+                        )
                     )
                     obs, _r, _term, _trunc, info = env.step(np.clip(action, -1.0, 1.0))
                     if info.get("success"):

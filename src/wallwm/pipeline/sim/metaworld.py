@@ -99,6 +99,12 @@ class MetaWorldConfig:
     #: -- noise injection as in DART (Laskey et al. 2017): the states visit the disturbances a
     #: learned policy will meet, the labels say how the expert recovers from them.
     action_labels: Literal["executed", "expert"] = "executed"
+    #: What each step records as the robot state. ``proprio``: hand position and gripper
+    #: opening (what a real robot reports). ``observation``: MetaWorld's whole observation
+    #: vector as its multi-task benchmarks define it (hand, gripper, object poses, the previous
+    #: step's copy of those, and the goal position) -- privileged simulator state, for
+    #: separating what a policy can learn from what it can see.
+    state: Literal["proprio", "observation"] = "proprio"
     #: Episodes recorded in parallel (one process each; MuJoCo rendering is single-threaded).
     workers: int = 1
     max_steps: int = 200
@@ -239,6 +245,22 @@ def render(env: Any, camera: str) -> np.ndarray:
     return np.ascontiguousarray(img[::-1, ::-1] if camera.startswith("corner") else img)
 
 
+PROPRIO = ["hand_x", "hand_y", "hand_z", "gripper_distance"]
+
+
+def state_names(state: str) -> list[str]:
+    """Names of the recorded state dims: the leading entries of MetaWorld's observation.
+
+    MetaWorld v3 observations are 39-D: hand xyz, gripper opening, two objects (xyz +
+    quaternion each), the same 18 values of the previous step, and the goal xyz.
+    """
+    if state == "proprio":
+        return list(PROPRIO)
+    objects = [f"obj{i}_{c}" for i in (1, 2) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+    current = [*PROPRIO, *objects]
+    return [*current, *(f"prev_{n}" for n in current), "goal_x", "goal_y", "goal_z"]
+
+
 def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> dict[str, Any]:
     """Record one episode of ``task`` with the scripted expert; returns its summary."""
     from metaworld.policies import ENV_POLICY_MAP
@@ -261,7 +283,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             action = np.clip(action, -1.0, 1.0)
             for camera, views in frames.items():
                 views.append(render(env, camera))
-            states.append(np.asarray(obs[:4], dtype=np.float32))
+            states.append(np.asarray(obs[: len(state_names(cfg.state))], dtype=np.float32))
             actions.append(expert if cfg.action_labels == "expert" else action)
             signatures.append(signature)
             obs, _r, _term, _trunc, info = env.step(action)
@@ -294,7 +316,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             "success": success_at is not None,
             "success_step": success_at,
             "action_names": ["dx", "dy", "dz", "gripper"],
-            "state_names": ["hand_x", "hand_y", "hand_z", "gripper_distance"],
+            "state_names": state_names(cfg.state),
             "raw_phases": [names.get(sig, str(sig)) for sig in signatures],
             "action_noise": cfg.action_noise,
             "action_labels": cfg.action_labels,
