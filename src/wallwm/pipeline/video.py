@@ -7,6 +7,7 @@ share one video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_tim
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,9 @@ def shrink(frame: UInt8Array, max_side: int) -> UInt8Array:
     return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
+_THREAD = threading.local()
+
+
 class KeyframeGrabber:
     """Collects small JPEGs of chosen frames while a stream is being decoded anyway.
 
@@ -319,7 +323,6 @@ class KeyframeGrabber:
         self.max_side = max_side
         self.quality = quality
         self.jpegs: dict[int, bytes] = {}
-        self._reformatter: Any = None
 
     def _encode(self, index: int, bgr: UInt8Array) -> None:
         import cv2
@@ -334,10 +337,13 @@ class KeyframeGrabber:
         if index in self.wanted:
             import av
 
-            if self._reformatter is None:  # one scaler context for all of this stream's grabs
-                self._reformatter = av.video.reformatter.VideoReformatter()
+            # One scaler context per thread for every episode: building one costs ~10 grabs,
+            # and an episode needs only a few (PyAV rebuilds it only when the sizes change).
+            reformatter = getattr(_THREAD, "reformatter", None)
+            if reformatter is None:
+                reformatter = _THREAD.reformatter = av.video.reformatter.VideoReformatter()
             scale = min(1.0, self.max_side / max(frame.width, frame.height, 1))
-            small = self._reformatter.reformat(
+            small = reformatter.reformat(
                 frame,
                 width=max(2, round(frame.width * scale)),
                 height=max(2, round(frame.height * scale)),
