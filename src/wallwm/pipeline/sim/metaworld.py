@@ -274,6 +274,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
     actions, states, signatures = [], [], []
     frames: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
     success_at = None
+    state_dim = len(state_names(cfg.state))
     try:
         for step in range(cfg.max_steps):
             expert, signature = tracer.call(policy, obs)
@@ -283,7 +284,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             action = np.clip(action, -1.0, 1.0)
             for camera, views in frames.items():
                 views.append(render(env, camera))
-            states.append(np.asarray(obs[: len(state_names(cfg.state))], dtype=np.float32))
+            states.append(np.asarray(obs[:state_dim], dtype=np.float32))
             actions.append(expert if cfg.action_labels == "expert" else action)
             signatures.append(signature)
             obs, _r, _term, _trunc, info = env.step(action)
