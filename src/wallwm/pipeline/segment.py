@@ -448,6 +448,7 @@ BEND_MIN_MOTION = 0.08
 
 
 def merge_bends(
+    cost: LinearCost,
     y_TD: FloatArray,
     z_TD: FloatArray,
     on_state_D: npt.NDArray[np.bool_],
@@ -463,26 +464,36 @@ def merge_bends(
     has ``2D + 1 - (K + 1)`` more parameters than the bent model (``K`` bent columns, both
     with the boundary's location); it stays only if it lowers the cost by more than their BIC
     price ``per_param`` each. The weakest such boundary goes first, then its neighbours are
-    re-tested. Boundaries in ``keep`` (gripper switches) always stay. State columns of ``z_TD``
-    are scaled to unit range (see :func:`feedback_regressors`).
+    re-tested (the others keep their margins). Boundaries in ``keep`` (gripper switches) always
+    stay. ``cost`` is the segment cost of ``y_TD`` on ``z_TD``, whose state columns are scaled
+    to unit range (see :func:`feedback_regressors`).
     """
     t_len, dims = y_TD.shape
-    cost = LinearCost(y_TD, z_TD)
+    known: dict[tuple[int, int, int], float | None] = {}
+
+    def margin(a: int, b: int, c: int) -> float | None:
+        """How much the cut beats the bend by, net of its price (None: no bend to test)."""
+        bend = on_state_D & (np.ptp(z_TD[a:b], axis=0) >= BEND_MIN_MOTION)
+        bend &= np.ptp(z_TD[b:c], axis=0) >= BEND_MIN_MOTION
+        if b in keep or not bend.any():
+            return None
+        cut = cost(np.array([a]), b)[0] + cost(np.array([b]), c)[0]
+        bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a)
+        if (~bend).any():
+            line = LinearCost(y_TD[a:c, ~bend], z_TD[a:c, ~bend])
+            bent += float(line(np.array([0]), c - a)[0])
+        return float(bent - cut - per_param * (2 * dims - int(bend.sum())))
+
     points = list(starts)
     while len(points) > 1:
         edges = [*points, t_len]
-        margins = {}
-        for a, b, c in zip(edges, edges[1:], edges[2:], strict=False):
-            bend = on_state_D & (np.ptp(z_TD[a:b], axis=0) >= BEND_MIN_MOTION)
-            bend &= np.ptp(z_TD[b:c], axis=0) >= BEND_MIN_MOTION
-            if b in keep or not bend.any():
-                continue
-            cut = cost(np.array([a]), b)[0] + cost(np.array([b]), c)[0]
-            bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a)
-            if (~bend).any():
-                line = LinearCost(y_TD[a:c, ~bend], z_TD[a:c, ~bend])
-                bent += float(line(np.array([0]), c - a)[0])
-            margins[b] = bent - cut - per_param * (2 * dims - int(bend.sum()))
+        margins: dict[int, float] = {}
+        for key in zip(edges, edges[1:], edges[2:], strict=False):
+            if key not in known:
+                known[key] = margin(*key)
+            value = known[key]
+            if value is not None:
+                margins[key[1]] = value
         weakest = min(margins, key=margins.__getitem__, default=None)
         if weakest is None or margins[weakest] >= 0:
             break
@@ -595,7 +606,7 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
     )
     if cfg.merge_bends and on_state.any() and points:
         per_param = cfg.penalty * np.log(max(t_len, 2))
-        points = merge_bends(y, z, on_state, [0, *points], set(forced), per_param)[1:]
+        points = merge_bends(cost, y, z, on_state, [0, *points], set(forced), per_param)[1:]
     strength = local_strength(cost, t_len, w)
     edges = [0, *points, t_len]
     for a, b in itertools.pairwise(edges):
