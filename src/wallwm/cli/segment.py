@@ -409,8 +409,10 @@ def eval_policy(
                 seed,
                 state_dim=policy.spec.state_dim,
             )
-    except ValueError as exc:  # an unknown camera, or views that do not fit the model
-        err_console.print(f"[red]cannot evaluate with cameras {cameras}: {exc}[/]", soft_wrap=True)
+    except ValueError as exc:  # an unknown camera, views or a state that do not fit the model
+        err_console.print(
+            f"[red]cannot evaluate in MetaWorld (cameras {cameras}): {exc}[/]", soft_wrap=True
+        )
         raise typer.Exit(1) from exc
     if as_json:
         print_json(result)
