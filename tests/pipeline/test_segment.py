@@ -146,6 +146,27 @@ def test_linear_cost_on_a_state_regressor_matches_numpy():
     assert LinearCost(np.arange(10.0)[:, None], flat)(np.array([0]), 10)[0] == pytest.approx(82.5)
 
 
+def test_cost_matrix_equals_the_segment_costs():
+    rng = np.random.default_rng(4)
+    y, z = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    z[10:20, 1] = 0.5  # a stretch where one regressor does not move (the mean fallback)
+    cost = LinearCost(y, z)
+    m = cost.matrix(5, 30)
+    for i in range(26):
+        for j in range(26):
+            want = cost(np.array([5 + i]), 5 + j)[0] if i < j else np.inf
+            assert m[i, j] == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_segment_without_traces_cuts_the_same():
+    actions, states = p_controller([(1, 0, 0), (1, 1, 0), (0, 1, 1)], [30, 25, 30], seed=3)
+    s = Signals(actions, fps=20.0, states_TS=states)
+    full, lean = segment(s, SegmentConfig()), segment(s, SegmentConfig(), traces=False)
+    assert lean.starts == full.starts and lean.boundaries == full.boundaries
+    assert np.array_equal(lean.score_T, full.score_T)
+    assert full.cues_CT and not lean.cues_CT
+
+
 def p_controller(goals, steps, wall=np.inf, gain=4.0, noise=0.05, seed=0, limit=np.inf):
     """A proportional controller steering a 3-D point to each goal in turn.
 

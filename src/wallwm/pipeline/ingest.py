@@ -154,7 +154,7 @@ def load_and_segment(
             gripper_TG=record.gripper_TG,
             gripper_action_dims=gripper_action_dims(record.action_names),
         )
-        segmentation = segment(signals, seg)
+        segmentation = segment(signals, seg, traces=False)
         wanted = keyframe_frames(segmentation)
         grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
     record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]

@@ -145,7 +145,7 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
     for j in range(x_TD.shape[1]):
         dj = d[:, j][np.abs(d[:, j]) > 1e-9]
         if len(dj) >= max(5, 0.2 * len(d)):
-            out[j] = 1.4826 * np.median(np.abs(dj - np.median(dj))) / np.sqrt(2.0)
+            out[j] = 1.4826 * _median(np.abs(dj - _median(dj))) / np.sqrt(2.0)
     positive = out[out > 0]
     floor = resolution * np.ptp(x_TD, axis=0)
     if positive.size:
@@ -154,6 +154,15 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
     else:  # no dimension shows noise (clean commands): the resolution alone sets the scale
         sigma = np.where(floor > 0, floor, 1.0)
     return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
+
+
+def _median(x: FloatArray) -> float:
+    """``np.median`` of a non-empty 1-D array, without its per-call overhead (hot loop)."""
+    half = len(x) // 2
+    if len(x) % 2:
+        return float(np.partition(x, half)[half])
+    part = np.partition(x, (half - 1, half))
+    return float(0.5 * (part[half - 1] + part[half]))
 
 
 @dataclass(frozen=True)
@@ -171,10 +180,6 @@ class Channel:
     def regressor(self) -> FloatArray:
         """``z_TD``, or the frame index of every channel (a line in time)."""
         return self.z_TD if self.z_TD is not None else frame_index(*self.y_TD.shape)
-
-    def cost(self) -> LinearCost:
-        """The segment cost of this group."""
-        return LinearCost(self.y_TD, self.z_TD)
 
 
 def frame_index(t_len: int, dims: int) -> FloatArray:
@@ -282,24 +287,37 @@ class LinearCost:
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
-        n = (self.n[b] - self.n[a])[..., None]
-        sz, szz = self.sz[b] - self.sz[a], self.szz[b] - self.szz[a]
-        sy, szy = self.sy[b] - self.sy[a], self.szy[b] - self.szy[a]
-        syy = self.syy[b] - self.syy[a]
-        det = n * szz - sz * sz
-        # Relative test: a regressor that barely moves on the segment cannot carry a slope.
-        ok = det > 1e-9 * np.maximum(n * szz, 1e-12)
-        safe = np.where(ok, det, 1.0)
-        line = (szz * sy * sy - 2 * sz * sy * szy + n * szy * szy) / safe
-        fitted = np.where(ok, line, sy * sy / np.maximum(n, 1.0))
-        return np.asarray(np.maximum(syy - fitted, 0.0).sum(axis=-1), dtype=np.float64)
+        return np.asarray(self.columns(a, b).sum(axis=-1), dtype=np.float64)
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Like calling the cost, but one residual per column: shape ``(len(a), D)``."""
+        sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
+        return _line_rss(*(s[b] - s[a] for s in sums))
 
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
-        idx = np.arange(first, last + 1, dtype=np.int64)
-        m = self(idx[:, None], idx[None, :])
-        m[np.tril_indices(len(idx))] = np.inf
+        # Broadcast slices (rows: starts, columns: ends) instead of gathering by index arrays.
+        window = slice(first, last + 1)
+        sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
+        m: FloatArray = _line_rss(*(s[window][None] - s[window][:, None] for s in sums)).sum(-1)
+        m[np.tril_indices(last - first + 1)] = np.inf
         return m
+
+
+def _line_rss(
+    n: FloatArray, sz: FloatArray, szz: FloatArray, sy: FloatArray, szy: FloatArray, syy: FloatArray
+) -> FloatArray:
+    """Residual sum of squares of each column's line fit, from its segment sums."""
+    inv_n = 1.0 / np.maximum(n, 1.0)
+    # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz.
+    centred_zz = szz - sz * sz * inv_n
+    centred_zy = szy - sz * sy * inv_n
+    centred_yy = syy - sy * sy * inv_n
+    # Relative test: a regressor that barely moves on the segment cannot carry a slope (the
+    # fit falls back to the mean, whose residual is Syy).
+    ok = centred_zz > 1e-9 * szz
+    explained = np.where(ok, centred_zy * centred_zy / np.where(ok, centred_zz, 1.0), 0.0)
+    return np.asarray(np.maximum(centred_yy - explained, 0.0), dtype=np.float64)
 
 
 def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
@@ -410,18 +428,24 @@ def gripper_flips(s: Signals, min_len: int) -> list[int]:
     return kept
 
 
-def split_gain(cost: LinearCost, a: int, b: int, c: int) -> float:
-    """How much cheaper ``[a, c)`` becomes when split at ``b``."""
-    arr = np.array
-    return float(cost(arr([a]), c)[0] - cost(arr([a]), b)[0] - cost(arr([b]), c)[0])
+def split_gains(
+    cost: LinearCost,
+    a: npt.NDArray[np.int64],
+    b: npt.NDArray[np.int64],
+    c: npt.NDArray[np.int64],
+) -> FloatArray:
+    """How much cheaper each ``[a_i, c_i)`` becomes when split at ``b_i``, per column."""
+    return cost.columns(a, c) - cost.columns(a, b) - cost.columns(b, c)
 
 
 def local_strength(cost: LinearCost, num_frames: int, w: int) -> FloatArray:
-    """Split gain at every frame inside a +-w window (the trace the plot and splits use)."""
+    """Split gain at every frame inside a +-w window, per column: shape ``(T, D)``.
+
+    Summed over columns, the trace the plot and the splits of over-long events use.
+    """
     t = np.arange(1, num_frames, dtype=np.int64)
-    a, c = np.maximum(t - w, 0), np.minimum(t + w, num_frames)
-    gain = np.zeros(num_frames)
-    gain[1:] = cost(a, c) - cost(a, t) - cost(t, c)
+    gain = np.zeros((num_frames, cost.dims))
+    gain[1:] = split_gains(cost, np.maximum(t - w, 0), t, np.minimum(t + w, num_frames))
     return gain
 
 
@@ -477,11 +501,9 @@ def merge_bends(
         bend &= np.ptp(z_TD[b:c], axis=0) >= BEND_MIN_MOTION
         if b in keep or not bend.any():
             return None
-        cut = cost(np.array([a]), b)[0] + cost(np.array([b]), c)[0]
-        bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a)
-        if (~bend).any():
-            line = LinearCost(y_TD[a:c, ~bend], z_TD[a:c, ~bend])
-            bent += float(line(np.array([0]), c - a)[0])
+        rss = cost.columns(np.array([a, a, b]), np.array([c, b, c]))  # [a, c), [a, b), [b, c)
+        cut = float(rss[1:].sum())
+        bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a) + rss[0, ~bend].sum()
         return float(bent - cut - per_param * (2 * dims - int(bend.sum())))
 
     points = list(starts)
@@ -523,9 +545,12 @@ def _sliding(x: FloatArray, lo: int, hi: int, reduce: str) -> FloatArray:
     return np.asarray(out, dtype=np.float64)
 
 
-def speed_min_cue(s: Signals, w: int) -> FloatArray:
-    """Pauses: the smoothed speed dips well below the speed on both sides (0..1)."""
-    v = _speed(s)
+def speed_min_cue(s: Signals, w: int, v_TD: FloatArray | None = None) -> FloatArray:
+    """Pauses: the smoothed speed dips well below the speed on both sides (0..1).
+
+    ``v_TD`` is the noise-scaled velocity if the caller has it already.
+    """
+    v = _speed(s) if v_TD is None else v_TD
     kernel = np.ones(max(1, w)) / max(1, w)
     speed = np.convolve(np.linalg.norm(v, axis=1), kernel, mode="same")
     left = np.maximum(_sliding(speed, -2 * w, 0, "max"), 0.0)
@@ -537,9 +562,12 @@ def speed_min_cue(s: Signals, w: int) -> FloatArray:
     return np.clip(out, 0.0, 1.0)
 
 
-def direction_cue(s: Signals, w: int) -> FloatArray:
-    """Sharp turns: (1 - cos angle)/2 between mean motion before and after ``t`` (0..1)."""
-    v = _speed(s)
+def direction_cue(s: Signals, w: int, v_TD: FloatArray | None = None) -> FloatArray:
+    """Sharp turns: (1 - cos angle)/2 between mean motion before and after ``t`` (0..1).
+
+    ``v_TD`` is the noise-scaled velocity if the caller has it already.
+    """
+    v = _speed(s) if v_TD is None else v_TD
     t_len = len(v)
     csum = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])
     t = np.arange(t_len)
@@ -574,11 +602,13 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
     return Segmentation(starts, [*starts[1:], t_len], bounds, np.zeros(t_len), {})
 
 
-def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
+def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
     """Cut one episode into events.
 
     Always returns at least one event covering the episode: a single frame, constant signals
-    or no usable channel give exactly one event.
+    or no usable channel give exactly one event. ``traces=False`` skips the per-group cue
+    traces (``cues_CT`` is then empty): only the episode plot draws them, and ingest need not
+    pay for them.
     """
     t_len = len(s.actions_TA)
     if t_len == 0:
@@ -607,29 +637,40 @@ def segment(s: Signals, cfg: SegmentConfig) -> Segmentation:
     if cfg.merge_bends and on_state.any() and points:
         per_param = cfg.penalty * np.log(max(t_len, 2))
         points = merge_bends(cost, y, z, on_state, [0, *points], set(forced), per_param)[1:]
-    strength = local_strength(cost, t_len, w)
+    strength_TD = local_strength(cost, t_len, w)
+    strength = strength_TD.sum(axis=1)
     edges = [0, *points, t_len]
     for a, b in itertools.pairwise(edges):
         points.extend(_split_long(a, b, strength, min_len, max_len))
     starts = sorted({0, *points})
-    group_costs = {name: g.cost() for name, g in groups.items()}
-    aux = {"speed_min": speed_min_cue(s, w), "direction": direction_cue(s, w)}
+    # Each group's columns within y (the groups' channels are concatenated in order).
+    bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
+    columns = {
+        n: slice(int(lo), int(hi))
+        for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
+    }
+    v = _speed(s)
+    aux = {"speed_min": speed_min_cue(s, w, v), "direction": direction_cue(s, w, v)}
+    ends = np.array([*starts, t_len], dtype=np.int64)
+    gains_BD = split_gains(cost, ends[:-2], ends[1:-1], ends[2:])
     boundaries = []
-    edges = [*starts, t_len]
-    for i in range(1, len(starts)):
-        a, b, c = edges[i - 1], edges[i], edges[i + 1]
-        gain = split_gain(cost, a, b, c)
-        fired = [n for n, gc in group_costs.items() if split_gain(gc, a, b, c) >= 0.25 * penalty]
+    for i, b in enumerate(starts[1:]):
+        gain = float(gains_BD[i].sum())
+        fired = [n for n, cols in columns.items() if gains_BD[i, cols].sum() >= 0.25 * penalty]
         near = slice(max(0, b - w // 2), b + w // 2 + 1)
         fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
         confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
         if b in forced:  # a gripper command switch is certain, however small its cost gain
             fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
         boundaries.append(Boundary(b, confidence, tuple(fired)))
-    traces = {
-        n: 1.0 - np.exp(-np.maximum(local_strength(gc, t_len, w), 0) / penalty)
-        for n, gc in group_costs.items()
-    }
-    traces.update(aux)
+    cues_CT = (
+        {
+            n: 1.0 - np.exp(-np.maximum(strength_TD[:, cols].sum(axis=1), 0) / penalty)
+            for n, cols in columns.items()
+        }
+        | aux
+        if traces
+        else {}
+    )
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
-    return Segmentation(starts, [*starts[1:], t_len], boundaries, score, traces)
+    return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)

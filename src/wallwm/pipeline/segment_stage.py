@@ -258,7 +258,7 @@ def segment_one(
         motion = None
         if cfg.segment.weights.get("visual", 0.0) > 0 and cams:
             motion = motion_energy(cams[0])
-        seg = segment(episode_signals(row, actions, states, motion), cfg.segment)
+        seg = segment(episode_signals(row, actions, states, motion), cfg.segment, traces=False)
         wanted = keyframe_frames(seg)
         keyframes: dict[str, dict[int, bytes]] = {}
         for cam in cams:
