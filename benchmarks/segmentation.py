@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -109,6 +112,50 @@ def decode_all(episodes: list[dict]) -> float:
     return time.perf_counter() - t
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def time_paths(src: Path, root: Path, repeats: int) -> dict[str, float]:
+    """Median seconds of each path over ``repeats`` rounds (each round times every path once).
+
+    The shared VM's speed drifts by tens of percent within minutes, so every path is timed in
+    each round, side by side, and the medians are compared. A warm-up ingest first starts Ray's
+    worker processes (their start-up is a one-time cost per cluster, not per frame).
+    """
+    shutil.rmtree(root / "warmup", ignore_errors=True)
+    run_ingest(IngestConfig(source=str(src), dataset=str(root / "warmup")))
+    episodes = load_episodes(LanceStore(str(root / "warmup")))
+    workers = os.cpu_count() or 1
+    shards = [episodes[i::workers] for i in range(workers)]
+    ingest = IngestConfig(source=str(src), dataset=str(root / "dataset"))
+    fused = IngestConfig(source=str(src), dataset=str(root / "fused"), segment=SegmentConfig())
+    rounds: dict[str, list[float]] = defaultdict(list)
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(decode_all, [episodes[:1]] * workers))  # start the pool
+        for _ in range(repeats):
+            for name in ("dataset", "fused"):
+                shutil.rmtree(root / name, ignore_errors=True)
+            paths = {
+                "decode only (1 proc)": _timed(decode_all, episodes),
+                f"decode only ({workers} procs)": _timed(
+                    lambda: list(pool.map(decode_all, shards))
+                ),
+                "wallwm ingest": _timed(run_ingest, ingest),
+                "wallwm segment": _timed(run_segment, SegmentStageConfig(dataset=ingest.dataset)),
+                "wallwm run (fused)": _timed(run_ingest, fused),
+            }
+            segmented, fused_run = paths["wallwm segment"][1], paths["wallwm run (fused)"][1]
+            assert fused_run.events == segmented.events and segmented.failed == 0
+            for name, (secs, _out) in paths.items():
+                rounds[name].append(secs)
+    out = {name: statistics.median(v) for name, v in rounds.items()}
+    out["ingest, then segment"] = out["wallwm ingest"] + out["wallwm segment"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--episodes", type=int, default=10)
@@ -117,6 +164,7 @@ def main() -> None:
     parser.add_argument("--root", default="bench-data/segmentation")
     parser.add_argument("--reuse", action="store_true", help="reuse an existing recording")
     parser.add_argument("--task", action="append", help="MetaWorld task (default: MT10)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median)")
     args = parser.parse_args()
     root = Path(args.root)
     src = root / "source"
@@ -137,38 +185,10 @@ def main() -> None:
             f"in {time.perf_counter() - t:.0f} s"
         )
     ensure_ray()
-
-    # Speed: decode only vs ingest + segment on fresh datasets. A warm-up ingest first starts
-    # Ray's worker processes (their start-up is a one-time cost per cluster, not per frame).
-    for name in ("dataset", "warmup", "fused"):
-        shutil.rmtree(root / name, ignore_errors=True)
-    run_ingest(IngestConfig(source=str(src), dataset=str(root / "warmup")))
-    t = time.perf_counter()
-    ing = run_ingest(IngestConfig(source=str(src), dataset=str(root / "dataset")))
-    ingest_s = time.perf_counter() - t
-    t = time.perf_counter()
-    seg = run_segment(SegmentStageConfig(dataset=str(root / "dataset")))
-    segment_s = time.perf_counter() - t
-    t = time.perf_counter()
-    fused = run_ingest(
-        IngestConfig(source=str(src), dataset=str(root / "fused"), segment=SegmentConfig())
-    )
-    fused_s = time.perf_counter() - t
-    assert fused.events == seg.events
+    timings = time_paths(src, root, args.repeats)
     store = LanceStore(str(root / "dataset"))
     episodes = load_episodes(store)
     frames = sum(ep["num_frames"] for ep in episodes)
-    decode_s = decode_all(episodes)
-    workers = os.cpu_count() or 1
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(decode_all, [episodes[:1]]))  # start the pool
-        t = time.perf_counter()
-        list(
-            pool.map(
-                decode_all, [episodes[i :: os.cpu_count() or 1] for i in range(os.cpu_count() or 1)]
-            )
-        )
-        decode_n_s = time.perf_counter() - t
 
     methods: dict[str, tuple[dict[str, list[int]], float]] = {}
     methods["wallwm events"] = run_signal_method(episodes, SegmentConfig())
@@ -220,19 +240,13 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     speed = Table(
         title=f"ingest + segment vs decode-only ({frames} frames, {len(episodes)} episodes, "
-        f"{cpus} CPUs, Ray workers warm)"
+        f"{cpus} CPUs, Ray workers warm, median of {args.repeats} rounds)"
     )
     for col in ("path", "seconds", "frames/s", "vs decode (1 proc)", f"vs decode ({cpus} procs)"):
         speed.add_column(col, justify="right")
-    rows = (
-        ("decode only (1 proc)", decode_s),
-        (f"decode only ({cpus} procs)", decode_n_s),
-        ("wallwm ingest", ingest_s),
-        ("wallwm segment", segment_s),
-        ("ingest, then segment", ingest_s + segment_s),
-        ("wallwm run (fused)", fused_s),
-    )
-    for name, secs in rows:
+    decode_s, decode_n_s = timings["decode only (1 proc)"], timings[f"decode only ({cpus} procs)"]
+    order = ("wallwm ingest", "wallwm segment", "ingest, then segment", "wallwm run (fused)")
+    for name, secs in [(n, timings[n]) for n in (*list(timings)[:2], *order)]:
         fps = frames / secs
         speed.add_row(
             name,
@@ -242,7 +256,6 @@ def main() -> None:
             f"{fps * decode_n_s / frames:.2f}x",
         )
     console.print(speed)
-    assert ing.failed == 0 and seg.failed == 0
 
 
 if __name__ == "__main__":

@@ -308,16 +308,23 @@ def _line_rss(
     n: FloatArray, sz: FloatArray, szz: FloatArray, sy: FloatArray, szy: FloatArray, syy: FloatArray
 ) -> FloatArray:
     """Residual sum of squares of each column's line fit, from its segment sums."""
-    inv_n = 1.0 / np.maximum(n, 1.0)
-    # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz.
-    centred_zz = szz - sz * sz * inv_n
-    centred_zy = szy - sz * sy * inv_n
-    centred_yy = syy - sy * sy * inv_n
+    # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz. In-place arithmetic: on
+    # the dense (T+1)^2 x D matrix, allocations cost as much as the arithmetic.
+    mean_z = sz / np.maximum(n, 1.0)
+    centred_zz = szz - sz * mean_z
+    centred_zy = np.subtract(szy, np.multiply(sy, mean_z, out=mean_z), out=szy)
+    np.multiply(sy, sy, out=sy)
+    sy /= np.maximum(n, 1.0)
+    centred_yy = np.subtract(syy, sy, out=syy)
     # Relative test: a regressor that barely moves on the segment cannot carry a slope (the
     # fit falls back to the mean, whose residual is Syy).
-    ok = centred_zz > 1e-9 * szz
-    explained = np.where(ok, centred_zy * centred_zy / np.where(ok, centred_zz, 1.0), 0.0)
-    return np.asarray(np.maximum(centred_yy - explained, 0.0), dtype=np.float64)
+    szz *= 1e-9
+    flat = centred_zz <= szz
+    centred_zz[flat] = np.inf
+    np.multiply(centred_zy, centred_zy, out=centred_zy)
+    centred_zy /= centred_zz
+    centred_yy -= centred_zy
+    return np.maximum(centred_yy, 0.0, out=centred_yy)
 
 
 def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
