@@ -15,9 +15,11 @@ conditioning and the action horizon change. Arms:
 Each arm trains with every seed in ``--seeds`` and is evaluated closed-loop on held-out initial
 states; success rates with 95 % Wilson intervals per arm (pooled over seeds and tasks) and the
 per-task table are printed and written to ``<root>/results.json`` and ``results.png``.
-Arms may run in separate invocations on the same ``--root`` (e.g. ``--arms event`` today,
-``--arms chunk`` tomorrow): the results accumulate in ``results.json``, each arm with the settings
-it ran with; ``--report-only`` prints and plots them without running anything.
+Arms and seeds may run in separate invocations on the same ``--root`` (e.g. ``--arms event``
+today, ``--arms chunk`` tomorrow, ``--seeds 1`` next week): the results accumulate in
+``results.json``, each arm with the settings it ran with and one entry per seed; a new seed joins
+an arm's earlier seeds only if every other setting is the same (else it replaces them).
+``--report-only`` prints and plots them without running anything.
 Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look:
 ``python benchmarks/event_vs_chunk.py --tasks reach-v3 push-v3 --demos 10 --steps 300
 --seeds 0 --episodes 10 --chunk-lens 16``.
@@ -28,8 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -60,8 +64,70 @@ def main() -> None:
     results = json.loads(saved.read_text())["results"] if saved.exists() else {}
     for name, mode, horizon in arms:
         if mode in args.arms:
-            results[name] = _run_arm(args, root, ds, mode, horizon)
+            new = _run_arm(args, root, ds, mode, horizon)
+            results[name] = _merge_seeds(results.get(name), new)
     _report(args, root, results)
+
+
+#: Settings that must match for seeds of one arm to be pooled.
+SAME_RUN = (
+    "tasks", "demos", "steps", "batch_size", "preset", "size", "camera", "episodes", "max_steps",
+    "action_labels", "action_noise", "state", "noise_scale", "replan_every", "chunk_lens",
+)  # fmt: skip
+
+
+def _per_seed(entry: dict[str, Any]) -> dict[str, Any]:
+    """An arm's per-seed results (entries written before seeds were kept: their one seed)."""
+    if "per_seed" in entry:
+        return dict(entry["per_seed"])
+    args = entry["args"]
+    if len(args["seeds"]) != 1:  # pooled over several seeds: they cannot be told apart
+        return {}
+    n = int(args["episodes"])
+    return {
+        str(args["seeds"][0]): {
+            "per_task": {t: [round(rate * n), n] for t, rate in entry["per_task"].items()},
+            "steps_to_success": entry["steps_to_success"],
+            "train_seconds": entry["train_seconds_per_seed"],
+        }
+    }
+
+
+def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the seeds of ``old`` that it did not rerun, if both ran the same way."""
+    if old is None or any(old["args"].get(k) != new["args"].get(k) for k in SAME_RUN):
+        return new
+    seeds = {**_per_seed(old), **new["per_seed"]}
+    return {**new, **_pooled(seeds), "per_seed": seeds}
+
+
+def _pooled(per_seed: dict[str, Any]) -> dict[str, Any]:
+    """Success pooled over seeds and tasks, with its 95 % interval and the per-seed rates."""
+    tasks = {t for r in per_seed.values() for t in r["per_task"]}
+    per_task = {t: [0, 0] for t in sorted(tasks)}
+    steps: dict[str, list[int]] = {t: [] for t in per_task}
+    for r in per_seed.values():
+        for t, (wins, n) in r["per_task"].items():
+            per_task[t][0] += wins
+            per_task[t][1] += n
+            steps[t] += r["steps_to_success"].get(t, [])
+    wins = sum(w for w, _ in per_task.values())
+    trials = sum(n for _, n in per_task.values())
+    seed_rates = {
+        seed: sum(w for w, _ in r["per_task"].values())
+        / max(1, sum(n for _, n in r["per_task"].values()))
+        for seed, r in sorted(per_seed.items())
+    }
+    return {
+        "successes": wins,
+        "trials": trials,
+        "rate": wins / max(trials, 1),
+        "ci95": wilson_interval(wins, trials),
+        "per_task": {t: w / max(n, 1) for t, (w, n) in per_task.items()},
+        "steps_to_success": steps,
+        "seed_rates": seed_rates,
+        "train_seconds_per_seed": statistics.mean(r["train_seconds"] for r in per_seed.values()),
+    }
 
 
 def _parse() -> argparse.Namespace:
@@ -137,9 +203,7 @@ def _run_arm(
     args: argparse.Namespace, root: Path, ds: Path, mode: str, horizon: int
 ) -> dict[str, object]:
     """Train one arm with every seed, evaluate each closed loop; pooled results."""
-    per_task: dict[str, list[int]] = {t: [0, 0] for t in args.tasks}
-    steps_to_success: dict[str, list[int]] = {t: [] for t in args.tasks}
-    seconds = 0.0
+    per_seed: dict[str, Any] = {}
     for seed in args.seeds:
         out = root / "runs" / f"{mode}-H{horizon}-s{seed}"
         t = time.perf_counter()
@@ -159,7 +223,7 @@ def _run_arm(
                 checkpoint_every=max(1, args.steps // 4),
             )
         )
-        seconds += time.perf_counter() - t
+        seconds = time.perf_counter() - t
         policy = LocalPolicy(
             out / "checkpoint.pt",
             replan_every=min(args.replan_every, horizon),
@@ -176,22 +240,16 @@ def _run_arm(
             seed=seed,
             state_dim=policy.spec.state_dim,
         )
-        for task, r in ev["per_task"].items():
-            per_task[task][0] += r["successes"]
-            per_task[task][1] += r["episodes"]
-            steps_to_success[task] += r["steps_to_success"]
-    wins = sum(s for s, _ in per_task.values())
-    trials = sum(n for _, n in per_task.values())
+        per_seed[str(seed)] = {
+            "per_task": {t: [r["successes"], r["episodes"]] for t, r in ev["per_task"].items()},
+            "steps_to_success": {t: r["steps_to_success"] for t, r in ev["per_task"].items()},
+            "train_seconds": seconds,
+        }
     return {
         "mode": mode,
         "horizon": horizon,
-        "successes": wins,
-        "trials": trials,
-        "rate": wins / max(trials, 1),
-        "ci95": wilson_interval(wins, trials),
-        "per_task": {t: s / max(n, 1) for t, (s, n) in per_task.items()},
-        "steps_to_success": steps_to_success,
-        "train_seconds_per_seed": seconds / len(args.seeds),
+        **_pooled(per_seed),
+        "per_seed": per_seed,
         "args": vars(args),
     }
 
@@ -205,10 +263,10 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
     )
     table = Table(
         title=f"closed-loop success, {len(args.tasks)} tasks x {args.demos} demos, "
-        f"{args.steps} steps, seeds {args.seeds}, {args.episodes} episodes/task/seed"
+        f"{args.steps} steps, {args.episodes} episodes/task/seed, pooled over seeds"
     )
     table.add_column("arm")
-    for col in ("success", "95% interval", *args.tasks, "train s/seed"):
+    for col in ("success", "95% interval", "per seed", *args.tasks, "train s/seed"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         mark = " (best chunk)" if name == best else ""
@@ -217,6 +275,7 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
             name + mark,
             f"{r['rate']:.1%}",
             f"[{low:.0%}, {high:.0%}]",
+            " / ".join(f"{v:.0%}" for v in r.get("seed_rates", {}).values()) or "-",  # type: ignore[attr-defined]
             *(f"{r['per_task'].get(t, float('nan')):.0%}" for t in args.tasks),  # type: ignore[attr-defined]
             f"{r['train_seconds_per_seed']:.0f}",
         )

@@ -307,7 +307,11 @@ class LinearCost:
 def _line_rss(
     n: FloatArray, sz: FloatArray, szz: FloatArray, sy: FloatArray, szy: FloatArray, syy: FloatArray
 ) -> FloatArray:
-    """Residual sum of squares of each column's line fit, from its segment sums."""
+    """Residual sum of squares of each column's line fit, from its segment sums.
+
+    The arguments are fresh differences of prefix sums and serve as scratch space: they are
+    overwritten.
+    """
     # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz. In-place arithmetic: on
     # the dense (T+1)^2 x D matrix, allocations cost as much as the arithmetic.
     mean_z = sz / np.maximum(n, 1.0)
