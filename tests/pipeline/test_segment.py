@@ -12,6 +12,7 @@ from wallwm.pipeline.segment import (
     SegmentConfig,
     Signals,
     bent_line_cost,
+    bent_line_costs,
     gripper_flips,
     noise_sigma,
     optimal_partition,
@@ -223,6 +224,30 @@ def test_saturation_knees_are_not_events(seed):
     assert match_boundaries(seg.starts, [0, 70], len(actions), tolerance=2).f1 == 1.0
     unmerged = segment(sig, SegmentConfig(merge_bends=False))
     assert len(unmerged.starts) > len(seg.starts)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_knees_of_different_dims_at_different_times_are_not_events(seed):
+    """One goal, far on x, nearer on y and z: each dim leaves its limit at its own frame."""
+    actions, states = p_controller([(2.5, 1.2, -0.8)], [110], gain=4.0, seed=seed, limit=1.0)
+    sig = Signals(actions, fps=20.0, states_TS=states)
+    assert segment(sig, SegmentConfig()).starts == [0]
+    # Without the bend test the knees are cut (z's ~12, y's ~20, x's ~46): the test can fail.
+    assert len(segment(sig, SegmentConfig(merge_bends=False)).starts) >= 3
+
+
+def test_bent_line_costs_match_the_fit_at_each_knot():
+    rng = np.random.default_rng(5)
+    y, z = rng.normal(size=(30, 2)), rng.normal(size=(30, 2)).cumsum(axis=0)
+    knots = np.arange(30)
+    got = bent_line_costs(y, z, knots)
+    for k in knots:
+        for d in range(2):
+            u = z[:, d] - z[k, d]
+            x = np.stack([np.ones(30), u * (np.arange(30) < k), u * (np.arange(30) >= k)], 1)
+            coef, *_ = np.linalg.lstsq(x, y[:, d], rcond=None)
+            want = float(np.sum((y[:, d] - x @ coef) ** 2))
+            assert got[k, d] == pytest.approx(want, rel=1e-7, abs=1e-9)
 
 
 def test_measured_gripper_is_ignored_when_the_action_commands_the_gripper():

@@ -468,13 +468,43 @@ def bent_line_cost(y_TD: FloatArray, z_TD: FloatArray, knot: int) -> float:
     saturates at its limit and then follows the state (or the reverse) is such a bend; a new
     sub-goal is a jump it cannot fit.
     """
-    u = z_TD - z_TD[knot]
-    before = (np.arange(len(y_TD)) < knot)[:, None]
-    x = np.stack([np.ones_like(u), u * before, u * ~before], axis=-1)  # (T, D, 3)
-    gram = np.einsum("tdi,tdj->dij", x, x)
-    coef = np.einsum("dij,dj->di", np.linalg.pinv(gram), np.einsum("tdi,td->di", x, y_TD))
-    residual = y_TD - np.einsum("tdi,di->td", x, coef)
-    return float((residual * residual).sum())
+    return float(bent_line_costs(y_TD, z_TD, np.array([knot])).sum())
+
+
+def bent_line_costs(y_TD: FloatArray, z_TD: FloatArray, knots: npt.NDArray[np.int64]) -> FloatArray:
+    """:func:`bent_line_cost` of every column at every knot: shape ``(len(knots), D)``.
+
+    All knots at once from prefix sums: the fit's normal equations before and after a knot
+    need only the sums of ``z``, ``z^2``, ``y`` and ``z*y`` on each side and ``z`` at the knot.
+    """
+    t_len = len(y_TD)
+
+    def prefix(v: FloatArray) -> FloatArray:
+        return np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])
+
+    pz, pzz, py, pzy = prefix(z_TD), prefix(z_TD * z_TD), prefix(y_TD), prefix(z_TD * y_TD)
+    zk = z_TD[knots]  # (K, D)
+    n_before = knots[:, None].astype(np.float64)
+    sides = []
+    for lo, hi, n in ((0, knots, n_before), (knots, t_len, t_len - n_before)):
+        sz, szz, sy, szy = (p[hi] - p[lo] for p in (pz, pzz, py, pzy))
+        # sums of u = z - z[knot] and u*u, u*y on this side of the knot
+        sides.append((sz - n * zk, szz - 2 * zk * sz + n * zk * zk, szy - zk * sy, sy))
+    (su_b, suu_b, suy_b, sy_b), (su_a, suu_a, suy_a, sy_a) = sides
+    # The normal equations [[n, su_b, su_a], [su_b, suu_b, 0], [su_a, 0, suu_a]] (c, b1, b2) =
+    # (sy, suy_b, suy_a), solved in closed form for every knot and column at once. A side
+    # where u never moves (no samples, or a stalled state) has no slope: b = 0 there.
+    tiny = 1e-12
+    inv_b = np.where(suu_b > tiny, 1.0 / np.maximum(suu_b, tiny), 0.0)
+    inv_a = np.where(suu_a > tiny, 1.0 / np.maximum(suu_a, tiny), 0.0)
+    sy = sy_b + sy_a
+    den = t_len - su_b * su_b * inv_b - su_a * su_a * inv_a
+    num = sy - su_b * suy_b * inv_b - su_a * suy_a * inv_a
+    c = np.where(den > tiny * t_len, num / np.maximum(den, tiny * t_len), 0.0)
+    slope_b, slope_a = (suy_b - su_b * c) * inv_b, (suy_a - su_a * c) * inv_a
+    explained = c * sy + slope_b * suy_b + slope_a * suy_a
+    total = (y_TD * y_TD).sum(axis=0)
+    return np.asarray(np.maximum(total - explained, 0.0), dtype=np.float64)
 
 
 #: A column bends at a boundary only if its state moves on both sides by at least this fraction
@@ -498,8 +528,11 @@ def merge_bends(
     columns, and any whose state barely moves on one side: one line over ``[a, c)``). The cut
     has ``2D + 1 - (K + 1)`` more parameters than the bent model (``K`` bent columns, both
     with the boundary's location); it stays only if it lowers the cost by more than their BIC
-    price ``per_param`` each. The weakest such boundary goes first, then its neighbours are
-    re-tested (the others keep their margins). Boundaries in ``keep`` (gripper switches) always
+    price ``per_param`` each. Dims rarely leave their limits at the same frame (a far goal on
+    one axis, a near one on another), so each bent column may put its knee anywhere in
+    ``[a, c)`` instead of at ``b``, paying ``per_param`` for that location. The weakest
+    boundary that a bend explains goes first, then its neighbours are re-tested (the others
+    keep their margins). Boundaries in ``keep`` (gripper switches) always
     stay. ``cost`` is the segment cost of ``y_TD`` on ``z_TD``, whose state columns are scaled
     to unit range (see :func:`feedback_regressors`).
     """
@@ -514,7 +547,12 @@ def merge_bends(
             return None
         rss = cost.columns(np.array([a, a, b]), np.array([c, b, c]))  # [a, c), [a, b), [b, c)
         cut = float(rss[1:].sum())
-        bent = bent_line_cost(y_TD[a:c, bend], z_TD[a:c, bend], b - a) + rss[0, ~bend].sum()
+        # Each column's knee at the boundary, or anywhere leaving two samples on each side for
+        # the price of one more parameter (its location).
+        knots = np.array([b - a, *range(2, c - a - 1)], dtype=np.int64)
+        knees_KD = bent_line_costs(y_TD[a:c, bend], z_TD[a:c, bend], knots)
+        knees_D = np.minimum(knees_KD[0], knees_KD.min(axis=0) + per_param)
+        bent = float(knees_D.sum() + rss[0, ~bend].sum())
         return float(bent - cut - per_param * (2 * dims - int(bend.sum())))
 
     points = list(starts)
