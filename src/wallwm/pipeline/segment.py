@@ -25,8 +25,8 @@ smooth deceleration.
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or
-anywhere nearby for one more parameter) explains the signals within the BIC price of the
-parameters a cut adds, the boundary is dropped (``merge_bends``).
+anywhere in the two events for one more parameter) explains the signals within the BIC price of
+the parameters a cut adds, the boundary is dropped (``merge_bends``).
 Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
 channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
 end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
