@@ -262,6 +262,11 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
 # --------------------------------------------------------------------------- change points
 
 
+def _prefix(v: FloatArray) -> FloatArray:
+    """Cumulative sums along the first axis with a leading row of zeros (segment sums)."""
+    return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
+
+
 class LinearCost:
     """Residual sum of squares of a per-dimension straight-line fit on ``[a, b)``.
 
@@ -277,13 +282,10 @@ class LinearCost:
         if z_TD is None:
             z_TD = frame_index(t_len, self.dims)
 
-        def prefix(v: FloatArray) -> FloatArray:
-            return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
-
         self.n = np.arange(t_len + 1, dtype=np.float64)
-        self.sz, self.szz = prefix(z_TD), prefix(z_TD * z_TD)
-        self.sy, self.szy = prefix(y_TD), prefix(z_TD * y_TD)
-        self.syy = prefix(y_TD * y_TD)
+        self.sz, self.szz = _prefix(z_TD), _prefix(z_TD * z_TD)
+        self.sy, self.szy = _prefix(y_TD), _prefix(z_TD * y_TD)
+        self.syy = _prefix(y_TD * y_TD)
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
@@ -314,11 +316,12 @@ def _line_rss(
     """
     # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz. In-place arithmetic: on
     # the dense (T+1)^2 x D matrix, allocations cost as much as the arithmetic.
-    mean_z = sz / np.maximum(n, 1.0)
+    n = np.maximum(n, 1.0)
+    mean_z = sz / n
     centred_zz = szz - sz * mean_z
     centred_zy = np.subtract(szy, np.multiply(sy, mean_z, out=mean_z), out=szy)
     np.multiply(sy, sy, out=sy)
-    sy /= np.maximum(n, 1.0)
+    sy /= n
     centred_yy = np.subtract(syy, sy, out=syy)
     # Relative test: a regressor that barely moves on the segment cannot carry a slope (the
     # fit falls back to the mean, whose residual is Syy).
@@ -479,10 +482,7 @@ def bent_line_costs(y_TD: FloatArray, z_TD: FloatArray, knots: npt.NDArray[np.in
     """
     t_len = len(y_TD)
 
-    def prefix(v: FloatArray) -> FloatArray:
-        return np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])
-
-    pz, pzz, py, pzy = prefix(z_TD), prefix(z_TD * z_TD), prefix(y_TD), prefix(z_TD * y_TD)
+    pz, pzz, py, pzy = _prefix(z_TD), _prefix(z_TD * z_TD), _prefix(y_TD), _prefix(z_TD * y_TD)
     zk = z_TD[knots]  # (K, D)
     n_before = knots[:, None].astype(np.float64)
     sides = []
