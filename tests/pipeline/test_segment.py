@@ -13,6 +13,7 @@ from wallwm.pipeline.segment import (
     Signals,
     bent_line_cost,
     bent_line_costs,
+    channel_groups,
     gripper_flips,
     noise_sigma,
     optimal_partition,
@@ -282,6 +283,29 @@ def test_two_level_gripper_switches_always_start_events():
     continuous = actions.copy()
     continuous[:, 6] = np.linspace(0, 1, 30)  # a gripper position ramp is not two-level
     assert gripper_flips(Signals(continuous, 15.0, gripper_action_dims=[6]), 1) == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_binary_gripper_command_adds_its_switch_and_nothing_else(seed):
+    """Cut at its switch, a binary command is no cost channel: the motion cuts stay as without it.
+
+    Were it a channel, every other cut would pay for two more parameters (its re-fitted level)
+    and a one-axis sub-goal switch near the penalty would be lost.
+    """
+    goals = [[0.2, 0.1, 0.3], [0.2, 0.1, 0.0], [0.5, 0.4, 0.0]]  # above, descend on z, carry
+    motion, states = p_controller(goals, [25, 20, 35], noise=0.3, seed=seed, limit=1.0)
+    grip = (np.arange(80) >= 45).astype(np.float32)[:, None]  # closes as the carry starts
+    with_grip = Signals(np.hstack([motion, grip]), 20.0, states, gripper_action_dims=[3])
+    alone = Signals(motion, 20.0, states)
+    assert "gripper" not in channel_groups(with_grip, SegmentConfig())
+    expected = sorted({*segment(alone, SegmentConfig()).starts, 45})
+    assert segment(with_grip, SegmentConfig()).starts == expected
+    cues = segment(with_grip, SegmentConfig()).cues_CT["gripper"]
+    assert cues[45] == 1.0 and cues.sum() == 1.0  # the plot still shows the switch
+    graded = np.hstack([motion, np.linspace(0, 1, 80, dtype=np.float32)[:, None]])
+    assert "gripper" in channel_groups(
+        Signals(graded, 20.0, states, gripper_action_dims=[3]), SegmentConfig()
+    )
 
 
 @pytest.mark.parametrize("min_len", [1, 4])

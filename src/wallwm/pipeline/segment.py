@@ -5,9 +5,11 @@ estimated from the episode itself (robust spread of first differences, ignoring 
 values), so the same defaults carry over to other robots, rates and tasks:
 
 - ``action_change``: the (non-gripper) action stream -- a controller switching sub-goal;
-- ``gripper``: gripper command dims of the action, or the measured gripper opening where the
-  action has no gripper command (the opening is the command's delayed response: it settles,
-  or stops at an object, without any decision being taken);
+- ``gripper``: graded gripper command dims of the action, or the measured gripper opening where
+  the action has no gripper command (the opening is the command's delayed response: it settles,
+  or stops at an object, without any decision being taken). A binary (open/close) command is
+  cut exactly where it switches and is no channel of the cost, so other cuts do not pay for
+  re-fitting its constant level;
 - ``state_motion``: end-effector/joint velocity from the proprio states;
 - ``visual``: how much the camera sees moving (downscaled frame differences).
 
@@ -73,7 +75,7 @@ class SegmentConfig(BaseModel):
         description="Within an event, actions are affine in the paired proprio state "
         "(state_feedback) or in time (time).",
     )
-    penalty: float = Field(0.9, gt=0, description="Multiplier of the BIC penalty per event.")
+    penalty: float = Field(0.8, gt=0, description="Multiplier of the BIC penalty per event.")
     merge_bends: bool = Field(
         True,
         description="Drop boundaries where the command only bends against the state "
@@ -222,11 +224,15 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
     measured_gripper = (
         None if s.gripper_TG is None or grip_dims else np.asarray(s.gripper_TG, dtype=np.float64)
     )
+    # A two-level (open/close) command is cut exactly at its switches (gripper_flips), so it is
+    # no channel of the change-point cost: a cut elsewhere would pay BIC parameters for
+    # re-fitting a level that cannot change there. Graded gripper commands stay channels.
+    graded = [j for j in grip_dims if not is_two_level(actions[:, j])]
     raw: dict[str, FloatArray | None] = {
         "action_change": actions[:, motion_dims] if motion_dims else None,
         # A gripper command, where the action has one, carries the decision; the measured
         # opening follows it with a lag and settles or stalls on its own.
-        "gripper": actions[:, grip_dims] if grip_dims else measured_gripper,
+        "gripper": actions[:, graded] if grip_dims else measured_gripper,
         "state_motion": (
             np.diff(np.asarray(s.states_TS, dtype=np.float64), axis=0, prepend=s.states_TS[:1])
             if s.states_TS is not None and s.states_TS.size
@@ -403,6 +409,19 @@ def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: in
     return sorted({*points, *edges[1:-1]})
 
 
+def is_two_level(v_T: FloatArray) -> bool:
+    """Whether a command is binary: nearly all values within 10 % of its range from either end.
+
+    A binary open/close gripper command is two-level; a continuous gripper position, or a
+    constant command, is not.
+    """
+    lo, hi = float(v_T.min()), float(v_T.max())
+    if hi - lo < 1e-6:
+        return False
+    near_end = (v_T >= hi - 0.1 * (hi - lo)) | (v_T <= lo + 0.1 * (hi - lo))
+    return bool(near_end.mean() >= 0.95)
+
+
 def gripper_flips(s: Signals, min_len: int) -> list[int]:
     """Frames where a two-level gripper command switches level (open -> close or back).
 
@@ -416,15 +435,11 @@ def gripper_flips(s: Signals, min_len: int) -> list[int]:
     hold = max(2, min_len)
     flips: set[int] = set()
     for j in s.gripper_action_dims:
-        if j >= actions.shape[1]:
+        if j >= actions.shape[1] or not is_two_level(actions[:, j]):
             continue
         v = actions[:, j]
         lo, hi = float(v.min()), float(v.max())
-        if hi - lo < 1e-6:
-            continue
         high, low = v >= hi - 0.1 * (hi - lo), v <= lo + 0.1 * (hi - lo)
-        if (high | low).mean() < 0.95:
-            continue
         level = np.where(high, 1, np.where(low, 0, -1))
         run_starts = [int(r) for r in np.flatnonzero(np.diff(level)) + 1]
         run_ends = [*run_starts[1:], len(level)]
@@ -721,5 +736,7 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         if traces
         else {}
     )
+    if traces and forced and "gripper" not in cues_CT:  # a binary command: its switches
+        cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
     return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
