@@ -17,8 +17,9 @@ boundary matched at most once), per task and overall, plus frames/s of each meth
 table times ``wallwm ingest`` + ``wallwm segment`` against decoding the same videos alone.
 
 Usage: ``python benchmarks/segmentation.py [--episodes 10] [--size 128] [--reuse]
-[--task T ...] [--root DIR]`` (``--task`` repeatable, default the MT10 tasks: pass other
-MetaWorld tasks to check that the defaults carry over to tasks they were not chosen on).
+[--task T ...] [--root DIR] [--seed S] [--workers W]`` (``--task`` repeatable, default the
+MT10 tasks: pass other MetaWorld tasks to check that the defaults carry over to tasks they were
+not chosen on; ``--seed`` records a fresh sample of the same tasks).
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse an existing recording")
     parser.add_argument("--task", action="append", help="MetaWorld task (default: MT10)")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median)")
+    parser.add_argument("--seed", type=int, default=0, help="recording seed (a fresh sample)")
+    parser.add_argument("--workers", type=int, default=1, help="recording processes")
     args = parser.parse_args()
     root = Path(args.root)
     src = root / "source"
@@ -178,6 +181,8 @@ def main() -> None:
                 episodes=args.episodes,
                 size=args.size,
                 action_noise=args.action_noise,
+                seed=args.seed,
+                workers=args.workers,
             ),
         )
         print(

@@ -14,10 +14,12 @@ from wallwm.pipeline.segment import (
     bent_line_cost,
     bent_line_costs,
     channel_groups,
+    frame_index,
     gripper_flips,
     noise_sigma,
     optimal_partition,
     pelt,
+    residual_excess,
     segment,
 )
 from wallwm.pipeline.sim.synthetic import SynthConfig, simulate_episode
@@ -306,6 +308,36 @@ def test_a_binary_gripper_command_adds_its_switch_and_nothing_else(seed):
     assert "gripper" in channel_groups(
         Signals(graded, 20.0, states, gripper_action_dims=[3]), SegmentConfig()
     )
+
+
+def colored_controller(seed, rho=0.8, innovation=0.05, t_len=150):
+    """A controller switching goal at frame 75, its commands with AR(1) noise (a hand's tremor).
+
+    Frame-to-frame jitter (what :func:`noise_sigma` measures) is only the innovation; the noise
+    drifts over many frames, which no line in the state follows.
+    """
+    rng = np.random.default_rng(seed)
+    x, e, states, actions = np.zeros(3), np.zeros(3), [], []
+    for t in range(t_len):
+        goal = np.array([0.3, 0.2, 0.1]) if t < t_len // 2 else np.array([0.5, 0.4, 0.1])
+        e = rho * e + rng.normal(0, innovation, 3)
+        states.append(x.copy())
+        actions.append(4.0 * (goal - x) + e)
+        x = x + 0.05 * actions[-1]
+    return Signals(np.asarray(actions, np.float32), 20.0, np.asarray(states, np.float32))
+
+
+def test_cuts_are_weighed_at_the_noise_the_events_leave():
+    sigs = [colored_controller(seed) for seed in range(8)]
+    refit = [segment(s, SegmentConfig()).starts for s in sigs]
+    assert all(starts == [0, 75] for starts in refit)
+    # Weighed at the jitter level alone, the drifting noise pays for cuts of its own.
+    once = [segment(s, SegmentConfig(refit_noise=False)).starts for s in sigs]
+    assert sum(len(starts) - 2 for starts in once) >= 2
+    # The excess is a variance ratio, never below one (the jitter level is a floor).
+    y = np.random.default_rng(0).normal(0, 1, (200, 2)) * [1.0, 3.0]
+    excess = residual_excess(LinearCost(y), y, frame_index(200, 2), [0, 200])
+    assert excess[0] == 1.0 and 7.0 < excess[1] < 11.0
 
 
 @pytest.mark.parametrize("min_len", [1, 4])

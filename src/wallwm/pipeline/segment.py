@@ -29,6 +29,10 @@ state while its slope changes, as when an actuator leaves or enters saturation a
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or
 anywhere in the two events for one more parameter) explains the signals within the BIC price of
 the parameters a cut adds, the boundary is dropped (``merge_bends``).
+The noise each channel is scaled by is then re-estimated from the residuals the chosen events
+leave (never below the first-difference level) and the episode is cut again
+(``refit_noise``): slowly drifting noise -- a hand's tremor, lag no line follows -- is invisible
+frame to frame but would otherwise pay for cuts of its own.
 Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
 channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
 end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
@@ -39,6 +43,7 @@ construction; events longer than ``max_event_s`` are split at their strongest in
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,11 +80,16 @@ class SegmentConfig(BaseModel):
         description="Within an event, actions are affine in the paired proprio state "
         "(state_feedback) or in time (time).",
     )
-    penalty: float = Field(0.8, gt=0, description="Multiplier of the BIC penalty per event.")
+    penalty: float = Field(0.85, gt=0, description="Multiplier of the BIC penalty per event.")
     merge_bends: bool = Field(
         True,
         description="Drop boundaries where the command only bends against the state "
         "(saturation knees) instead of jumping.",
+    )
+    refit_noise: bool = Field(
+        True,
+        description="Re-estimate each channel's noise from the residuals of a first cut (never "
+        "below the first-difference estimate) and cut again.",
     )
     min_event_s: float = Field(0.0, ge=0, description="Shortest event (at least one frame).")
     max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
@@ -292,6 +302,22 @@ class LinearCost:
         self.sz, self.szz = _prefix(z_TD), _prefix(z_TD * z_TD)
         self.sy, self.szy = _prefix(y_TD), _prefix(z_TD * y_TD)
         self.syy = _prefix(y_TD * y_TD)
+        #: Squared scale of each column relative to the first cost of its family (see scaled).
+        self.scale2_D = np.ones(self.dims)
+        #: Per-column dense matrices of the family at unit scale, by ``(first, last)``.
+        self._unit_matrices: dict[tuple[int, int], FloatArray] = {}
+
+    def scaled(self, scale_D: FloatArray) -> LinearCost:
+        """The cost of ``y_TD * scale_D``: prefix sums rescaled, dense matrices reused.
+
+        A column's residual scales with the square of its scale, so a matrix computed for one
+        member of the family serves all (re-weighing channels costs no new matrix).
+        """
+        other = copy.copy(self)
+        other.sy, other.szy = self.sy * scale_D, self.szy * scale_D
+        other.syy = self.syy * scale_D * scale_D
+        other.scale2_D = self.scale2_D * scale_D * scale_D
+        return other
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
@@ -305,9 +331,14 @@ class LinearCost:
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
         # Broadcast slices (rows: starts, columns: ends) instead of gathering by index arrays.
-        window = slice(first, last + 1)
-        sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
-        m: FloatArray = _line_rss(*(s[window][None] - s[window][:, None] for s in sums)).sum(-1)
+        unit = self._unit_matrices.get((first, last))
+        if unit is None:
+            window = slice(first, last + 1)
+            sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
+            unit = _line_rss(*(s[window][None] - s[window][:, None] for s in sums))
+            unit /= self.scale2_D
+            self._unit_matrices[(first, last)] = unit
+        m: FloatArray = unit @ self.scale2_D
         m[np.tril_indices(last - first + 1)] = np.inf
         return m
 
@@ -666,6 +697,69 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
     return Segmentation(starts, [*starts[1:], t_len], bounds, np.zeros(t_len), {})
 
 
+def event_penalty(cfg: SegmentConfig, dims: int, t_len: int) -> float:
+    """BIC price of one more event: its location and a line (2 parameters) per channel."""
+    return float(cfg.penalty * (2 * dims + 1) * np.log(max(t_len, 2)))
+
+
+def _change_points(
+    cost: LinearCost,
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    on_state_D: npt.NDArray[np.bool_],
+    forced: list[int],
+    cfg: SegmentConfig,
+    min_len: int,
+) -> list[int]:
+    """The optimal cuts of unit-noise channels ``y_TD`` (``cost`` their cost), bends dropped."""
+    t_len = len(y_TD)
+    penalty = event_penalty(cfg, y_TD.shape[1], t_len)
+    points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
+    if cfg.merge_bends and on_state_D.any() and points:
+        per_param = cfg.penalty * np.log(max(t_len, 2))
+        points = merge_bends(cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param)
+        points = points[1:]
+    return points
+
+
+def residual_excess(
+    cost: LinearCost,
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    edges: list[int],
+    bends_D: npt.NDArray[np.bool_] | None = None,
+) -> FloatArray:
+    """Each column's residual variance about its events' fit, in noise units, floored at 1.
+
+    The noise level from first differences (:func:`noise_sigma`) sees only the frame-to-frame
+    jitter. Where a robot's commands also carry what the events' lines do not follow (a hand's
+    slow tremor, actuator lag), every cut would count that excess as evidence; dividing by it
+    weighs the cuts at the noise the events actually leave. The fit is the one the cuts were
+    judged by: a line per event, bent once anywhere for the ``bends_D`` columns (a command
+    leaving its limit is a bend, not residual). Never below 1: a residual under the jitter
+    level means the cuts already follow the noise.
+    """
+    dims = y_TD.shape[1]
+    bends = np.zeros(dims, bool) if bends_D is None else bends_D
+    ends = np.asarray(edges, dtype=np.int64)
+    lines_ED = cost.columns(ends[:-1], ends[1:])
+    rss_D, params_D = np.zeros(dims), np.zeros(dims)
+    for (a, c), rss in zip(itertools.pairwise(edges), lines_ED, strict=True):
+        params = np.full(dims, 2.0)
+        if bends.any() and c - a >= 6:  # a knee with two samples on each side
+            knees = bent_line_costs(
+                y_TD[a:c, bends], z_TD[a:c, bends], np.arange(2, c - a - 1, dtype=np.int64)
+            ).min(axis=0)
+            bent = np.zeros(dims, bool)
+            bent[bends] = knees < rss[bends]
+            rss[bends] = np.minimum(rss[bends], knees)
+            params[bent] = 4.0  # two slopes, the intercept and the knee
+        rss_D += rss
+        params_D += params
+    dof = np.maximum(1.0, (edges[-1] - edges[0]) - params_D)
+    return np.asarray(np.maximum(rss_D / dof, 1.0), dtype=np.float64)
+
+
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
     """Cut one episode into events.
 
@@ -688,19 +782,22 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
     channels = list(groups.values())
     y = np.concatenate([c.y_TD for c in channels], axis=1)
     z = np.concatenate([c.regressor() for c in channels], axis=1)
-    penalty = cfg.penalty * (2 * y.shape[1] + 1) * np.log(max(t_len, 2))
-    cost = LinearCost(y, z)
+    penalty = event_penalty(cfg, y.shape[1], t_len)
     forced = gripper_flips(s, min_len)
-    points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
     on_state = np.concatenate(
         [
             c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
             for c in channels
         ]
     )
-    if cfg.merge_bends and on_state.any() and points:
-        per_param = cfg.penalty * np.log(max(t_len, 2))
-        points = merge_bends(cost, y, z, on_state, [0, *points], set(forced), per_param)[1:]
+    cost = LinearCost(y, z)
+    points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
+    if cfg.refit_noise:
+        bends = on_state if cfg.merge_bends else None
+        excess_D = residual_excess(cost, y, z, [0, *points, t_len], bends)
+        if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
+            y, cost = y / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
+            points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
     strength_TD = local_strength(cost, t_len, w)
     strength = strength_TD.sum(axis=1)
     edges = [0, *points, t_len]
