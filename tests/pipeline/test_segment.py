@@ -162,6 +162,23 @@ def test_cost_matrix_equals_the_segment_costs():
             assert m[i, j] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
+def test_a_scaled_cost_equals_the_cost_of_scaled_channels():
+    rng = np.random.default_rng(5)
+    y, z = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    scale = np.array([0.5, 1.0, 0.25])
+    base, direct = LinearCost(y, z), LinearCost(y * scale, z)
+    base.matrix(0, 40)  # cached at unit scale, then re-weighed by the scaled member
+    scaled = base.scaled(scale)
+    finite = np.isfinite(direct.matrix(0, 40))
+    assert np.allclose(scaled.matrix(0, 40)[finite], direct.matrix(0, 40)[finite])
+    starts = np.array([0, 7, 21])
+    assert np.allclose(scaled.columns(starts, 40), direct.columns(starts, 40))
+    assert np.allclose(
+        base.matrix(3, 30)[np.isfinite(base.matrix(3, 30))],
+        LinearCost(y, z).matrix(3, 30)[np.isfinite(base.matrix(3, 30))],
+    )
+
+
 def test_segment_without_traces_cuts_the_same():
     actions, states = p_controller([(1, 0, 0), (1, 1, 0), (0, 1, 1)], [30, 25, 30], seed=3)
     s = Signals(actions, fps=20.0, states_TS=states)
