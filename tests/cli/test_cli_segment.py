@@ -71,7 +71,7 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
     want = SegmentConfig()
     for cmd in (segment_cmd, run_cmd):
         params = inspect.signature(cmd).parameters
-        for name in ("method", "penalty", "action_model", "merge_bends"):
+        for name in ("method", "penalty", "action_model", "merge_bends", "refit_noise"):
             assert params[name].default == getattr(want, name), (cmd.__name__, name)
 
 

@@ -32,6 +32,13 @@ MergeBendsOpt = Annotated[
         "leaving or entering its limit) instead of jumping."
     ),
 ]
+RefitNoiseOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Re-estimate each channel's noise from the residuals of a first cut (never below "
+        "its frame-to-frame jitter) and cut again."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
@@ -44,6 +51,7 @@ def _segment_config(
     max_event_s: float,
     action_model: str = "state_feedback",
     merge_bends: bool = True,
+    refit_noise: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -56,6 +64,7 @@ def _segment_config(
             penalty=penalty,
             action_model=action_model,  # type: ignore[arg-type]
             merge_bends=merge_bends,
+            refit_noise=refit_noise,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -122,6 +131,7 @@ def segment_cmd(
     penalty: PenaltyOpt = 0.85,
     action_model: ActionModelOpt = "state_feedback",
     merge_bends: MergeBendsOpt = True,
+    refit_noise: RefitNoiseOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -130,7 +140,14 @@ def segment_cmd(
 ) -> None:
     """Cut every episode into events at its event joints and write the ``events`` table."""
     seg = _segment_config(
-        method, chunk_len, penalty, min_event_s, max_event_s, action_model, merge_bends
+        method,
+        chunk_len,
+        penalty,
+        min_event_s,
+        max_event_s,
+        action_model,
+        merge_bends,
+        refit_noise,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address))
 
@@ -149,6 +166,7 @@ def run_cmd(
     penalty: PenaltyOpt = 0.85,
     action_model: ActionModelOpt = "state_feedback",
     merge_bends: MergeBendsOpt = True,
+    refit_noise: RefitNoiseOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -164,7 +182,9 @@ def run_cmd(
     from wallwm.cli.pipeline import ingest_with_progress
     from wallwm.pipeline.ingest import IngestConfig
 
-    seg = _segment_config(method, chunk_len, penalty, 0.0, 30.0, action_model, merge_bends)
+    seg = _segment_config(
+        method, chunk_len, penalty, 0.0, 30.0, action_model, merge_bends, refit_noise
+    )
     cfg = IngestConfig(
         source=source,
         dataset=dataset,
