@@ -9,13 +9,16 @@ segment), materialises the training view at 96 px, then draws the same cluster-b
   parquet, which this baseline keeps in memory (generous to it);
 - ``wallwm view``: one positional Lance ``take`` per batch, signals from memory.
 
-Both with 0 and 2 DataLoader workers (spawn), batch 32, ``torch.set_num_threads(1)``.
-Usage: ``python benchmarks/loader.py [--episodes 30] [--batches 40]``
+Both with 0 and 2 DataLoader workers (spawn), batch 32, ``torch.set_num_threads(1)``; beside
+them, the samples/s the ``small`` model trains on (event mode, batch 32, every core): the loader
+must outrun it several times over.
+Usage: ``python benchmarks/loader.py [--episodes 30] [--batches 40] [--train-steps 10]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -89,11 +92,32 @@ def rate(loader: Any, batches: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def training_rate(dataset: Path, out: Path, steps: int) -> float:
+    """Samples/s the ``small`` model consumes in event mode (batch 32, every core, warm)."""
+    from wallwm.trainer.train import Run, TrainConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        run = Run(TrainConfig(dataset=str(dataset), out=str(out), steps=steps + 2))
+        loader = make_loader(run.data, batch_size=32, num_workers=0, sampler=run.sampler)
+        batches = [b for b, _ in zip(loader, range(steps + 2), strict=False)]
+        for batch in batches[:2]:  # warm-up: first-step allocations
+            run.train_step(batch)
+        t = time.perf_counter()
+        for batch in batches[2:]:
+            run.train_step(batch)
+        return 32 * steps / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--root", default="bench-data/loader")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(args.root)
@@ -131,16 +155,17 @@ def main() -> None:
             persistent_workers=workers > 0,
         )
         results[("decode on the fly", workers)] = rate(theirs, max(4, args.batches // 8))
+    train_rate = training_rate(ds, root / "run", args.train_steps)
     table = Table(
         title=f"loader samples/s, batch 32, frame + 16-step chunk, {view.episodes} episodes, "
-        f"{view.events} events (view written in {mat_s:.1f} s)"
+        f"{view.events} events (view written in {mat_s:.1f} s); the `small` model trains on "
+        f"{train_rate:,.1f} samples/s (event mode, batch 32, all cores)"
     )
-    for col in ("loader", "workers", "samples/s", "vs decode on the fly"):
+    for col in ("loader", "workers", "samples/s", "vs decode on the fly", "vs training"):
         table.add_column(col, justify="right")
     for (name, workers), r in results.items():
-        table.add_row(
-            name, str(workers), f"{r:,.0f}", f"{r / results[('decode on the fly', workers)]:.1f}x"
-        )
+        base = results[("decode on the fly", workers)]
+        table.add_row(name, str(workers), f"{r:,.0f}", f"{r / base:.1f}x", f"{r / train_rate:.0f}x")
     Console(width=140).print(table)
 
 
