@@ -440,17 +440,24 @@ def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: in
     return sorted({*points, *edges[1:-1]})
 
 
-def is_two_level(v_T: FloatArray) -> bool:
-    """Whether a command is binary: nearly all values within 10 % of its range from either end.
+def command_levels(v_T: FloatArray) -> npt.NDArray[np.int64] | None:
+    """Each value's level of a binary command (1 high, 0 low, -1 between), or None if not binary.
 
-    A binary open/close gripper command is two-level; a continuous gripper position, or a
-    constant command, is not.
+    Binary: nearly all values within 10 % of its range from either end -- an open/close gripper
+    command; a continuous gripper position, or a constant command, is not.
     """
     lo, hi = float(v_T.min()), float(v_T.max())
     if hi - lo < 1e-6:
-        return False
-    near_end = (v_T >= hi - 0.1 * (hi - lo)) | (v_T <= lo + 0.1 * (hi - lo))
-    return bool(near_end.mean() >= 0.95)
+        return None
+    high, low = v_T >= hi - 0.1 * (hi - lo), v_T <= lo + 0.1 * (hi - lo)
+    if (high | low).mean() < 0.95:
+        return None
+    return np.where(high, 1, np.where(low, 0, -1))
+
+
+def is_two_level(v_T: FloatArray) -> bool:
+    """Whether a command is binary (see :func:`command_levels`)."""
+    return command_levels(v_T) is not None
 
 
 def gripper_flips(s: Signals, min_len: int) -> list[int]:
@@ -466,12 +473,9 @@ def gripper_flips(s: Signals, min_len: int) -> list[int]:
     hold = max(2, min_len)
     flips: set[int] = set()
     for j in s.gripper_action_dims:
-        if j >= actions.shape[1] or not is_two_level(actions[:, j]):
+        level = command_levels(actions[:, j]) if j < actions.shape[1] else None
+        if level is None:
             continue
-        v = actions[:, j]
-        lo, hi = float(v.min()), float(v.max())
-        high, low = v >= hi - 0.1 * (hi - lo), v <= lo + 0.1 * (hi - lo)
-        level = np.where(high, 1, np.where(low, 0, -1))
         run_starts = [int(r) for r in np.flatnonzero(np.diff(level)) + 1]
         run_ends = [*run_starts[1:], len(level)]
         current = int(level[0])  # the established level (-1: not yet known)
@@ -734,9 +738,10 @@ def residual_excess(
     The noise level from first differences (:func:`noise_sigma`) sees only the frame-to-frame
     jitter. Where a robot's commands also carry what the events' lines do not follow (a hand's
     slow tremor, actuator lag), every cut would count that excess as evidence; dividing by it
-    weighs the cuts at the noise the events actually leave. The fit is the one the cuts were
-    judged by: a line per event, bent once anywhere for the ``bends_D`` columns (a command
-    leaving its limit is a bend, not residual). Never below 1: a residual under the jitter
+    weighs the cuts at the noise the events actually leave. The fit is close to the one the
+    cuts were judged by: a line per event, bent once anywhere for the ``bends_D`` columns (a command
+    leaving its limit is a bend, not residual; unlike the bend test, no minimum state motion is
+    asked here, so a stalled column may bend too). Never below 1: a residual under the jitter
     level means the cuts already follow the noise.
     """
     dims = y_TD.shape[1]
