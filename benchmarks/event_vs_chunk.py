@@ -294,7 +294,10 @@ def _plot(results: dict[str, dict[str, object]], out: Path) -> None:
     lows = [r - results[n]["ci95"][0] for n, r in zip(names, rates, strict=True)]  # type: ignore[index]
     highs = [results[n]["ci95"][1] - r for n, r in zip(names, rates, strict=True)]  # type: ignore[index]
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.bar(names, rates, yerr=[lows, highs], capsize=4, color="#4a7")
+    # Arms may have run different numbers of seeds so far: the label says how many are pooled.
+    seeds = [len(results[n].get("per_seed", {})) or 1 for n in names]  # type: ignore[arg-type]
+    labels = [f"{n}\n({k} seed{'s' * (k > 1)})" for n, k in zip(names, seeds, strict=True)]
+    ax.bar(labels, rates, yerr=[lows, highs], capsize=4, color="#4a7")
     ax.set_ylabel("closed-loop success")
     ax.set_ylim(0, 1)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
