@@ -33,7 +33,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -211,7 +211,7 @@ def _run_arm(
             TrainConfig(
                 dataset=str(ds),
                 size=args.size,
-                mode=mode,  # type: ignore[arg-type]
+                mode=mode,
                 preset=args.preset,
                 steps=args.steps,
                 batch_size=args.batch_size,
@@ -270,7 +270,7 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
         table.add_column(col, justify="right")
     for name, r in results.items():
         mark = " (best chunk)" if name == best else ""
-        low, high = r["ci95"]  # type: ignore[misc]
+        low, high = cast("tuple[float, float]", r["ci95"])
         table.add_row(
             name + mark,
             f"{r['rate']:.1%}",

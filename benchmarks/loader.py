@@ -40,8 +40,16 @@ from wallwm.trainer.view import materialize
 class DecodeOnTheFly(Dataset):  # type: ignore[type-arg]
     """LeRobot-style: video decoded per sample."""
 
-    def __init__(self, view: EventFrameDataset, source: Path, size: int, chunk: int) -> None:
+    def __init__(
+        self,
+        view: EventFrameDataset,
+        source: Path,
+        episode_keys: dict[str, str],
+        size: int,
+        chunk: int,
+    ) -> None:
         self.view, self.source, self.size, self.chunk = view, source, size, chunk
+        self.episode_keys = episode_keys  # episode id -> its folder under the source
         self.steps: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -60,7 +68,7 @@ class DecodeOnTheFly(Dataset):  # type: ignore[type-arg]
         import av
 
         event, t, _ = self.view._plan(item)
-        ep_dir = self.source / self.view.meta_keys[event["episode_id"]]
+        ep_dir = self.source / self.episode_keys[event["episode_id"]]
         with av.open(str(ep_dir / "top.mp4")) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate)
@@ -101,7 +109,9 @@ def training_rate(dataset: Path, out: Path, steps: int) -> float:
     try:
         run = Run(TrainConfig(dataset=str(dataset), out=str(out), steps=steps + 2))
         loader = make_loader(run.data, batch_size=32, num_workers=0, sampler=run.sampler)
-        batches = [b for b, _ in zip(loader, range(steps + 2), strict=False)]
+        batches: list[Any] = []
+        while len(batches) < steps + 2:  # a small dataset's epoch can be shorter than that
+            batches += [b for b, _ in zip(loader, range(steps + 2 - len(batches)), strict=False)]
         for batch in batches[:2]:  # warm-up: first-step allocations
             run.train_step(batch)
         t = time.perf_counter()
@@ -137,8 +147,7 @@ def main() -> None:
         .read("episodes", columns=["episode_id", "episode_key"])
         .to_pylist()
     }
-    data.meta_keys = keys  # type: ignore[attr-defined]
-    baseline = DecodeOnTheFly(data, src, 96, 16)
+    baseline = DecodeOnTheFly(data, src, keys, 96, 16)
     results = {}
     for workers in (0, 2):
         sampler = ClusterBalancedSampler(data.weights, samples_per_epoch=10**6, seed=0)
@@ -149,7 +158,7 @@ def main() -> None:
             baseline,
             batch_size=32,
             sampler=sampler,
-            collate_fn=collate,  # type: ignore[arg-type]
+            collate_fn=collate,
             num_workers=workers,
             multiprocessing_context="spawn" if workers else None,
             persistent_workers=workers > 0,
