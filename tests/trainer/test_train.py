@@ -89,6 +89,9 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path, stop_after):
             **common, steps=12, stop_after=stop_after, checkpoint_every=100, out=str(tmp_path / "b")
         )
     )
+    # Rows logged after the last checkpoint by a run that then died are trained again on resume.
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as log:
+        log.write(json.dumps({"step": stop_after + 1, "loss": 9.9}) + "\n")
     resumed = train(
         TrainConfig(**common, steps=12, checkpoint_every=6, out=str(tmp_path / "b"), resume=True)
     )

@@ -218,7 +218,10 @@ class Run:
 
         self._position_sampler()
         loader = make_loader(self.data, self.cfg.batch_size, self.cfg.loader_workers, self.sampler)
-        writer = SummaryWriter(str(self.out / "tensorboard"))
+        # A run stopped between checkpoints logged steps it will now train again: drop them from
+        # both logs, so a resumed run's curves hold each step once.
+        _drop_logged_after(self.out / "metrics.jsonl", self.step)
+        writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
         history = []
         t0 = time.perf_counter()
         with (self.out / "metrics.jsonl").open("a") as log:
@@ -242,6 +245,16 @@ class Run:
                         report(metrics, path)
         writer.close()
         return history
+
+
+def _drop_logged_after(log_path: Path, step: int) -> None:
+    """Keep only the JSONL metric rows up to ``step`` (the checkpoint a run resumes from)."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        log_path.write_text("".join(line + "\n" for line in kept))
 
 
 def _endless(loader: Any) -> Any:
