@@ -253,8 +253,10 @@ def _drop_logged_after(log_path: Path, step: int) -> None:
         return
     lines = log_path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        log_path.write_text("".join(line + "\n" for line in kept))
+    if len(kept) != len(lines):  # atomically, like the checkpoint: a crash keeps the old log
+        tmp = log_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log_path)
 
 
 def _endless(loader: Any) -> Any:
