@@ -49,7 +49,7 @@ from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworl
 from wallwm.pipeline.store import LanceStore
 
 
-def load_episodes(store: LanceStore) -> list[dict]:
+def load_episodes(store: LanceStore) -> list[dict[str, Any]]:
     table = store.read(schemas.EPISODES)
     out = []
     for i in range(table.num_rows):
@@ -65,7 +65,9 @@ def load_episodes(store: LanceStore) -> list[dict]:
     return out
 
 
-def score(episodes: list[dict], cuts: dict[str, list[int]], tol: int) -> dict[str, BoundaryScore]:
+def score(
+    episodes: list[dict[str, Any]], cuts: dict[str, list[int]], tol: int
+) -> dict[str, BoundaryScore]:
     per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
     for ep in episodes:
         per[ep["task"]] += match_boundaries(
@@ -76,7 +78,7 @@ def score(episodes: list[dict], cuts: dict[str, list[int]], tol: int) -> dict[st
 
 
 def run_signal_method(
-    episodes: list[dict], cfg: SegmentConfig
+    episodes: list[dict[str, Any]], cfg: SegmentConfig
 ) -> tuple[dict[str, list[int]], float]:
     t = time.perf_counter()
     cuts = {
@@ -88,7 +90,9 @@ def run_signal_method(
     return cuts, time.perf_counter() - t
 
 
-def run_scenedetect(episodes: list[dict], threshold: float) -> tuple[dict[str, list[int]], float]:
+def run_scenedetect(
+    episodes: list[dict[str, Any]], threshold: float
+) -> tuple[dict[str, list[int]], float]:
     from scenedetect import ContentDetector, detect
 
     t = time.perf_counter()
@@ -101,7 +105,7 @@ def run_scenedetect(episodes: list[dict], threshold: float) -> tuple[dict[str, l
     return cuts, time.perf_counter() - t
 
 
-def decode_all(episodes: list[dict]) -> float:
+def decode_all(episodes: list[dict[str, Any]]) -> float:
     import av
 
     t = time.perf_counter()
@@ -222,8 +226,8 @@ def main() -> None:
     for m in methods:
         table.add_column(m, justify="right")
     tasks = sorted(t for t in scores3["wallwm events"] if t != "overall")
-    for t in [*tasks, "overall"]:
-        table.add_row(t, *(f"{scores3[m][t].f1:.3f}" for m in methods))
+    for task in [*tasks, "overall"]:
+        table.add_row(task, *(f"{scores3[m][task].f1:.3f}" for m in methods))
     table.add_row("overall F1@1", *(f"{scores1[m]['overall'].f1:.3f}" for m in methods))
     table.add_row(
         "overall precision@3", *(f"{scores3[m]['overall'].precision:.3f}" for m in methods)

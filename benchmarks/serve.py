@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def timed(fn, n: int) -> list[float]:
+def timed(fn: Callable[[int], object], n: int) -> list[float]:
     out = []
     for i in range(n):
         t = time.perf_counter()
