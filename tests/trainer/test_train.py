@@ -203,6 +203,11 @@ def test_closed_loop_metaworld_eval(tmp_path):
     assert json.loads(cli.output)["overall"]["episodes"] == 1
     ckpt = str(out / "checkpoint.pt")
     args = ["eval", "policy", "--checkpoint", ckpt, "--task", "reach", "--episodes", "1"]
+    shown = runner.invoke(app, [*args, "--max-steps", "5"])  # the table, not --json
+    assert shown.exit_code == 0, shown.output
+    words = " ".join(shown.output.split())  # the title wraps on a narrow console
+    assert "reach-v3" in words and "overall" in words and "95% interval" in words
+    assert "(event mode, 1 episodes per task)" in words
     bad = runner.invoke(app, [*args, "--camera", "corner", "--camera", "wrist"])
     assert bad.exit_code == 1 and "no camera 'wrist'" in bad.output
 

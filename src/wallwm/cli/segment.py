@@ -1,15 +1,22 @@
-"""Segmentation commands: ``segment``, ``run``, ``events``, ``episode``, ``eval segmentation``."""
+"""Segmentation commands (``segment``, ``run``, ``events``, ``episode``) and ``eval``.
+
+``eval`` measures against ground truth: segmentation against recorded events, a trained policy
+closed loop in MetaWorld, and offline on held-out events.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from wallwm.pipeline.segment import SegmentConfig
+    from wallwm.trainer.policy import ChunkPolicy
 
 events_app = typer.Typer(no_args_is_help=True, help="Inspect events.")
 episode_app = typer.Typer(no_args_is_help=True, help="Inspect episodes.")
@@ -384,31 +391,16 @@ def eval_policy(
         raise typer.BadParameter("give exactly one of --checkpoint or --server")
     if server is not None and noise_scale != 1.0:  # never silently ignored
         raise typer.BadParameter("--noise-scale applies to --checkpoint; a server has its own")
-    from rich.table import Table
-
     from wallwm.pipeline.sim.metaworld import MT10
     from wallwm.trainer.evaluate import evaluate_metaworld
-    from wallwm.trainer.policy import ChunkPolicy
 
     tasks = [
         t2
         for t in task
         for t2 in (MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
     ]
-    policy: ChunkPolicy
     try:
-        if server is not None:
-            from wallwm.trainer.client import PolicyClient, RemotePolicy
-
-            client = PolicyClient(server, token)
-            policy = RemotePolicy(client, mode, replan_every=replan_every, seed=seed)
-        else:
-            from wallwm.trainer.policy import LocalPolicy
-
-            assert checkpoint is not None
-            policy = LocalPolicy(
-                checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale
-            )
+        policy = _load_policy(checkpoint, server, token, mode, replan_every, seed, noise_scale)
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         err_console.print(
             f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True
@@ -437,7 +429,34 @@ def eval_policy(
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"closed-loop success ({policy.mode} mode, {episodes} episodes per task)")
+    console.print(_success_table(result, f"{policy.mode} mode, {episodes} episodes per task"))
+
+
+def _load_policy(
+    checkpoint: str | None,
+    server: str | None,
+    token: str | None,
+    mode: str | None,
+    replan_every: int,
+    seed: int,
+    noise_scale: float,
+) -> ChunkPolicy:
+    """The policy ``eval policy`` runs: a local checkpoint or a client of a policy server."""
+    if server is not None:
+        from wallwm.trainer.client import PolicyClient, RemotePolicy
+
+        return RemotePolicy(PolicyClient(server, token), mode, replan_every=replan_every, seed=seed)
+    from wallwm.trainer.policy import LocalPolicy
+
+    assert checkpoint is not None  # the command checks exactly one of the two is given
+    return LocalPolicy(checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale)
+
+
+def _success_table(result: dict[str, Any], title: str) -> Table:
+    """Per-task and overall success with the 95 % interval, as ``eval policy`` prints it."""
+    from rich.table import Table
+
+    table = Table(title=f"closed-loop success ({title})")
     for col in ("task", "success", "95% interval"):
         table.add_column(col)
     for name, r in [*result["per_task"].items(), ("overall", result["overall"])]:
@@ -446,7 +465,7 @@ def eval_policy(
             f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%}",
             f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]",
         )
-    console.print(table)
+    return table
 
 
 @eval_app.command("offline")
