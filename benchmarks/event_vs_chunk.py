@@ -31,7 +31,6 @@ import argparse
 import json
 import shutil
 import statistics
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -206,8 +205,7 @@ def _run_arm(
     per_seed: dict[str, Any] = {}
     for seed in args.seeds:
         out = root / "runs" / f"{mode}-H{horizon}-s{seed}"
-        t = time.perf_counter()
-        train(
+        history = train(
             TrainConfig(
                 dataset=str(ds),
                 size=args.size,
@@ -223,7 +221,9 @@ def _run_arm(
                 checkpoint_every=max(1, args.steps // 4),
             )
         )
-        seconds = time.perf_counter() - t
+        # The run's own training time, summed over the processes that resumed it; a run that
+        # was already complete trained nothing here: its checkpoint keeps the time.
+        seconds = history[-1]["seconds"] if history else _train_seconds(out / "checkpoint.pt")
         policy = LocalPolicy(
             out / "checkpoint.pt",
             replan_every=min(args.replan_every, horizon),
@@ -252,6 +252,14 @@ def _run_arm(
         "per_seed": per_seed,
         "args": vars(args),
     }
+
+
+def _train_seconds(checkpoint: Path) -> float:
+    """Training time recorded in a checkpoint (0 for checkpoints older than that record)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return float(state.get("train_seconds", 0.0))
 
 
 def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, object]]) -> None:

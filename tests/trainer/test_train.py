@@ -102,6 +102,9 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path, stop_after):
     assert Run(TrainConfig(**common, steps=12, out=str(tmp_path / "b"), resume=True)).step == 12
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))
+    # training time runs on across the resume (not from zero again) and is kept in the checkpoint
+    seconds = [json.loads(line)["seconds"] for line in lines]
+    assert seconds == sorted(seconds) and state["train_seconds"] == seconds[-1] > 0
     assert (tmp_path / "b" / "tensorboard").is_dir()
 
 

@@ -120,6 +120,7 @@ class Run:
         weights = np.where(self.held_out, 0.0, self.data.weights)
         self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
         self.step = 0
+        self.train_seconds = 0.0  # wall time spent in fit(), summed over resumed processes
         if cfg.resume and (self.out / CHECKPOINT).exists():
             self.load_state_dict(torch.load(self.out / CHECKPOINT, weights_only=False))
 
@@ -129,6 +130,7 @@ class Run:
         """The checkpoint: every stateful piece plus provenance."""
         return {
             "step": self.step,
+            "train_seconds": self.train_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict(),
@@ -162,6 +164,7 @@ class Run:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint."""
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints: unknown
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
@@ -223,7 +226,8 @@ class Run:
         _drop_logged_after(self.out / "metrics.jsonl", self.step)
         writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
         history = []
-        t0 = time.perf_counter()
+        # "seconds" is the run's training time so far: a resumed run continues its own clock
+        t0 = time.perf_counter() - self.train_seconds
         with (self.out / "metrics.jsonl").open("a") as log:
             batches = _endless(loader)
             last = self.cfg.steps
@@ -232,7 +236,7 @@ class Run:
             while self.step < last:
                 metrics = self.train_step(next(batches))
                 metrics["step"] = self.step
-                metrics["seconds"] = time.perf_counter() - t0
+                metrics["seconds"] = self.train_seconds = time.perf_counter() - t0
                 history.append(metrics)
                 if self.step % self.cfg.log_every == 0 or self.step == last:
                     log.write(json.dumps(metrics) + "\n")
