@@ -46,7 +46,7 @@ from wallwm.captioner.prompting import (
 from wallwm.captioner.schema import EventCaption
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ids import stable_hash
-from wallwm.pipeline.lineage import StageRun, failure_row
+from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
 from wallwm.pipeline.sources.base import EpisodeError
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
 
@@ -254,6 +254,52 @@ class _Wave:
         self.episode_of: dict[str, _Episode] = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Asker:
+    """What turns an event's facts into a request and its cache key."""
+
+    backend: CaptionBackend
+    template: PromptTemplate
+    cfg: CaptionStageConfig
+
+    def request(self, facts: EventFacts) -> tuple[CaptionRequest, str]:
+        request = build_request(facts, self.template, self.cfg.max_images, self.cfg.grid)
+        return request, cache_key(self.backend, self.template, request)
+
+
+def _plan_wave(
+    k: int,
+    episodes: list[_Episode],
+    current: dict[str, str | None],
+    asker: _Asker,
+    budget: int | None,
+    summary: CaptionSummary,
+) -> _Wave:
+    """Wave ``k``: every episode's k-th event whose cache key changed, up to ``budget`` jobs.
+
+    Events past the budget get ``None`` in ``current`` (not captioned this run), so the next
+    wave's prompts say their predecessor's caption is unavailable rather than stale.
+    """
+    wave = _Wave()
+    for ep in episodes:
+        if k >= len(ep.events):
+            continue
+        event = ep.events[k]
+        previous = None if k == 0 else (current.get(ep.events[k - 1]["event_id"]) or UNAVAILABLE)
+        facts = _facts(ep, event, previous)
+        request, key = asker.request(facts)
+        if event["caption_cache_key"] == key and event["caption"]:
+            summary.cached += 1
+            continue
+        if budget is not None and len(wave.jobs) >= budget:
+            current[event["event_id"]] = None
+            continue
+        wave.jobs.append(CaptionJob(facts, request))
+        wave.keys[event["event_id"]] = key
+        wave.episode_of[event["event_id"]] = ep
+    return wave
+
+
 def run_caption(
     cfg: CaptionStageConfig,
     store: TableStore | None = None,
@@ -273,16 +319,10 @@ def run_caption(
     store = store or LanceStore(cfg.dataset)
     backend = backend or make_backend(cfg.backend)
     template = load_prompt(cfg.prompt)
+    model = {"backend": backend.kind, "model": backend.model, "sampling": backend.sampling()}
     run = StageRun(
         STAGE,
-        {
-            "backend": backend.kind,
-            "model": backend.model,
-            "sampling": backend.sampling(),
-            "prompt": template.version,
-            "max_images": cfg.max_images,
-            "grid": cfg.grid,
-        },
+        {**model, "prompt": template.version, "max_images": cfg.max_images, "grid": cfg.grid},
     )
     summary = CaptionSummary(run.run_id)
     t0 = time.perf_counter()
@@ -295,27 +335,9 @@ def run_caption(
     current = {e["event_id"]: e["caption"] for ep in episodes for e in ep.events}
     failures: list[dict[str, Any]] = []
     budget = cfg.limit
+    asker = _Asker(backend, template, cfg)
     for k in range(max((len(ep.events) for ep in episodes), default=0)):
-        wave = _Wave()
-        for ep in episodes:
-            if k >= len(ep.events):
-                continue
-            event = ep.events[k]
-            previous = (
-                None if k == 0 else (current.get(ep.events[k - 1]["event_id"]) or UNAVAILABLE)
-            )
-            facts = _facts(ep, event, previous)
-            request = build_request(facts, template, cfg.max_images, cfg.grid)
-            key = cache_key(backend, template, request)
-            if event["caption_cache_key"] == key and event["caption"]:
-                summary.cached += 1
-                continue
-            if budget is not None and len(wave.jobs) >= budget:
-                current[event["event_id"]] = None  # not captioned this run
-                continue
-            wave.jobs.append(CaptionJob(facts, request))
-            wave.keys[event["event_id"]] = key
-            wave.episode_of[event["event_id"]] = ep
+        wave = _plan_wave(k, episodes, current, asker, budget, summary)
         if budget is not None:
             budget -= len(wave.jobs)
         if wave.jobs:
@@ -326,13 +348,7 @@ def run_caption(
                 store.update_columns(
                     schemas.EVENTS, pa.Table.from_pylist(rows, _caption_schema()), "event_id"
                 )
-    if failures:
-        store.upsert(
-            schemas.FAILURES,
-            pa.Table.from_pylist(failures, schemas.failures_schema()),
-            "failure_id",
-            volatile=("run_id", "failed_at"),
-        )
+    store_failures(store, failures)
     summary.seconds = time.perf_counter() - t0
     run.record(
         store,

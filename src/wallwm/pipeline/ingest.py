@@ -24,7 +24,13 @@ from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import table_from_ipc, table_to_ipc, to_vector_series
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import episode_id
-from wallwm.pipeline.lineage import StageRun, code_version, failure_row, utcnow
+from wallwm.pipeline.lineage import (
+    StageRun,
+    code_version,
+    failure_row,
+    store_failures,
+    utcnow,
+)
 from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segment_stage import (
     SegmentStageConfig,
@@ -384,6 +390,31 @@ def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
     )
 
 
+def _fused_segment(cfg: IngestConfig) -> tuple[StageRun | None, FusedSegment | None]:
+    """The segment stage's run and worker config when ingest segments too (``wallwm run``)."""
+    stage_cfg = cfg.segment_stage_config()
+    if stage_cfg is None:
+        return None, None
+    seg_run = StageRun("segment", stage_cfg.lineage_config())
+    lineage = (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id)
+    return seg_run, FusedSegment(stage_cfg.segment, stage_cfg.keyframe_side, lineage)
+
+
+def _write_outcome(
+    out: dict[str, Any], writer: _BatchWriter, source_uri: str
+) -> EpisodeError | None:
+    """Queue one worker outcome for writing; the episode's error if it failed or cannot fit."""
+    if not out["ok"]:
+        return EpisodeError(out["file"], out["message"], out["error_class"])
+    events = table_from_ipc(out["events_payload"]) if out["events_payload"] else None
+    mismatch = writer.add(table_from_ipc(out["payload"]), events)
+    if mismatch is not None:
+        return EpisodeError(out["file"] or source_uri, mismatch.problem, mismatch.error_class)
+    writer.summary.frames += int(out["num_frames"])
+    writer.summary.video_frames += int(out["video_frames"])
+    return None
+
+
 def run_ingest(
     cfg: IngestConfig,
     store: TableStore | None = None,
@@ -431,17 +462,7 @@ def run_ingest(
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
-    stage_cfg = cfg.segment_stage_config()
-    seg_run = StageRun("segment", stage_cfg.lineage_config()) if stage_cfg else None
-    fused = (
-        FusedSegment(
-            stage_cfg.segment,
-            stage_cfg.keyframe_side,
-            (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id),
-        )
-        if stage_cfg and seg_run
-        else None
-    )
+    seg_run, fused = _fused_segment(cfg)
     events_before = store.version(schemas.EVENTS)
     outcomes = fan_out(
         [dataclasses.asdict(r) for r in todo],
@@ -452,23 +473,12 @@ def run_ingest(
     )
     writer = _BatchWriter(store, summary, cfg.batch_episodes)
     for out in outcomes:
-        key = out["episode_key"]
-        if not out["ok"]:
-            fail(EpisodeError(out["file"], out["message"], out["error_class"]), key, source.uri)
-            continue
-        events = table_from_ipc(out["events_payload"]) if out["events_payload"] else None
-        mismatch = writer.add(table_from_ipc(out["payload"]), events)
-        if mismatch is not None:
-            fail(
-                EpisodeError(out["file"] or source.uri, mismatch.problem, mismatch.error_class),
-                key,
-                source.uri,
-            )
-            continue
-        summary.frames += int(out["num_frames"])
-        summary.video_frames += int(out["video_frames"])
-        if on_outcome:
-            on_outcome(EpisodeOutcome(key, True, int(out["num_frames"]), int(out["video_frames"])))
+        error = _write_outcome(out, writer, source.uri)
+        if error is not None:
+            fail(error, out["episode_key"], source.uri)
+        elif on_outcome:
+            frames, video_frames = int(out["num_frames"]), int(out["video_frames"])
+            on_outcome(EpisodeOutcome(out["episode_key"], True, frames, video_frames))
     writer.flush()
     if seg_run is not None:
         seg_run.record(
@@ -494,9 +504,7 @@ def _finish(
     source_uri: str | None = None,
 ) -> IngestSummary:
     """Store failures, resolve old failures of now-good episodes, record lineage."""
-    if failure_rows:
-        table = pa.Table.from_pylist(failure_rows, schemas.failures_schema())
-        store.upsert(schemas.FAILURES, table, "failure_id", volatile=("run_id", "failed_at"))
+    store_failures(store, failure_rows)
     if ok_keys and source_uri and store.exists(schemas.FAILURES):
         store.update(
             schemas.FAILURES,

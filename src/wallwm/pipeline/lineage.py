@@ -103,3 +103,14 @@ def failure_row(
         "failed_at": utcnow(),
         "resolved": False,
     }
+
+
+def store_failures(store: TableStore, rows: list[dict[str, Any]]) -> None:
+    """Upsert ``failure_row`` rows; a failure seen again keeps one row, its run and time updated."""
+    if rows:
+        store.upsert(
+            schemas.FAILURES,
+            pa.Table.from_pylist(rows, schemas.failures_schema()),
+            "failure_id",
+            volatile=("run_id", "failed_at"),
+        )

@@ -22,7 +22,7 @@ from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import from_vector_series, table_from_ipc, table_to_ipc
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
-from wallwm.pipeline.lineage import StageRun, failure_row
+from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
 from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.sources.base import CameraInfo, EpisodeError
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
@@ -300,6 +300,49 @@ def _todo(store: TableStore, config_hash: str, force: bool) -> tuple[list[dict[s
     return todo, len(episodes) - len(todo)
 
 
+def _failure_rows(res: dict[str, Any], src: str, key: str, run_id: str) -> list[dict[str, Any]]:
+    """The ``failures`` rows one episode's result adds: a keyframe gap and/or its failure."""
+    rows = []
+    if res["warning"]:
+        gap = EpisodeError(res["warning_file"], res["warning"], "KeyframesUnavailable")
+        rows.append(failure_row(gap, src, STAGE, key, run_id))
+    if not res["ok"]:
+        err = EpisodeError(res["file"], res["message"], res["error_class"])
+        rows.append(failure_row(err, src, STAGE, key, run_id))
+    return rows
+
+
+class _EventsWriter:
+    """Buffers segmented episodes; each flush replaces those episodes' events in one commit."""
+
+    def __init__(self, store: TableStore, batch_episodes: int) -> None:
+        self.store = store
+        self.batch = batch_episodes
+        self.pending: list[pa.Table] = []
+        self.pending_ids: list[str] = []
+
+    def add(self, res: dict[str, Any]) -> None:
+        self.pending.append(table_from_ipc(res["payload"]))
+        self.pending_ids.append(res["episode_id"])
+        if len(self.pending_ids) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending_ids:
+            return
+        rows = pa.concat_tables(self.pending)
+        # Replaced per episode: a re-segmented episode's old events (maybe more of them) go too.
+        self.store.replace(
+            schemas.EVENTS,
+            rows,
+            "event_id",
+            sql_in("episode_id", self.pending_ids),
+            volatile=VOLATILE,
+        )
+        self.pending.clear()
+        self.pending_ids.clear()
+
+
 def run_segment(
     cfg: SegmentStageConfig,
     store: TableStore | None = None,
@@ -327,58 +370,23 @@ def run_segment(
         cfg.executor,
         cfg.ray_address,
     )
-    pending: list[pa.Table] = []
-    pending_ids: list[str] = []
+    writer = _EventsWriter(store, cfg.batch_episodes)
     failures: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if pending_ids:
-            rows = pa.concat_tables(pending) if pending else schemas.events_schema().empty_table()
-            store.replace(
-                schemas.EVENTS,
-                rows,
-                "event_id",
-                sql_in("episode_id", pending_ids),
-                volatile=VOLATILE,
-            )
-            pending.clear()
-            pending_ids.clear()
-
     for res in results:
         src, key = source_of[res["episode_id"]], res["episode_key"]
-        if res["warning"]:
-            failures.append(
-                failure_row(
-                    EpisodeError(res["warning_file"], res["warning"], "KeyframesUnavailable"),
-                    src,
-                    STAGE,
-                    key,
-                    run.run_id,
-                )
-            )
+        failures.extend(_failure_rows(res, src, key, run.run_id))
         if not res["ok"]:
-            err = EpisodeError(res["file"], res["message"], res["error_class"])
             summary.failed += 1
-            summary.failures.append(err)
-            failures.append(failure_row(err, src, STAGE, key, run.run_id))
+            summary.failures.append(EpisodeError(res["file"], res["message"], res["error_class"]))
         else:
-            pending.append(table_from_ipc(res["payload"]))
-            pending_ids.append(res["episode_id"])
+            writer.add(res)
             summary.segmented += 1
             summary.events += int(res["events"])
             summary.frames += int(res["frames"])
-            if len(pending_ids) >= cfg.batch_episodes:
-                flush()
         if on_episode:
             on_episode(res)
-    flush()
-    if failures:
-        store.upsert(
-            schemas.FAILURES,
-            pa.Table.from_pylist(failures, schemas.failures_schema()),
-            "failure_id",
-            volatile=("run_id", "failed_at"),
-        )
+    writer.flush()
+    store_failures(store, failures)
     summary.seconds = time.perf_counter() - t0
     summary.events_version = store.version(schemas.EVENTS)
     run.record(
