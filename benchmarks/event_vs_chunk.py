@@ -28,6 +28,7 @@ Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -262,6 +263,27 @@ def _train_seconds(checkpoint: Path) -> float:
     return float(state.get("train_seconds", 0.0))
 
 
+def _step_seconds(root: Path, entry: dict[str, Any]) -> str:
+    """Median seconds per training step over the arm's seeds' metrics logs ("-" if none).
+
+    The median of the logged intervals, unlike a run's total time, is not moved by a pause or
+    by minutes of other work sharing the CPU: the column runs can be compared by.
+    """
+    per_step: list[float] = []
+    for seed in entry.get("per_seed", {}):
+        log = root / "runs" / f"{entry['mode']}-H{entry['horizon']}-s{seed}" / "metrics.jsonl"
+        if not log.exists():
+            continue
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        per_step += [
+            (b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
+            for a, b in itertools.pairwise(rows)
+            # a run resumed before checkpoints kept the training time restarts its clock
+            if b["step"] > a["step"] and b["seconds"] > a["seconds"]
+        ]
+    return f"{statistics.median(per_step):.2f}" if per_step else "-"
+
+
 def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, object]]) -> None:
     """Write results.json and results.png, print the table."""
     chunk_arms = [k for k in results if results[k]["mode"] == "chunk"]
@@ -274,7 +296,7 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
         f"{args.steps} steps, {args.episodes} episodes/task/seed, pooled over seeds"
     )
     table.add_column("arm")
-    for col in ("success", "95% interval", "per seed", *args.tasks, "train s/seed"):
+    for col in ("success", "95% interval", "per seed", *args.tasks, "train s/seed", "s/step"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         mark = " (best chunk)" if name == best else ""
@@ -286,6 +308,7 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
             " / ".join(f"{v:.0%}" for v in r.get("seed_rates", {}).values()) or "-",  # type: ignore[attr-defined]
             *(f"{r['per_task'].get(t, float('nan')):.0%}" for t in args.tasks),  # type: ignore[attr-defined]
             f"{r['train_seconds_per_seed']:.0f}",
+            _step_seconds(root, r),
         )
     Console(width=200).print(table)
     _plot(results, root / "results.png")
