@@ -18,7 +18,10 @@ per-task table are printed and written to ``<root>/results.json`` and ``results.
 Arms and seeds may run in separate invocations on the same ``--root`` (e.g. ``--arms event``
 today, ``--arms chunk`` tomorrow, ``--seeds 1`` next week): the results accumulate in
 ``results.json``, each arm with the settings it ran with and one entry per seed; a new seed joins
-an arm's earlier seeds only if every other setting is the same (else it replaces them).
+an arm's earlier seeds only if every other setting is the same -- otherwise the run is refused
+before it starts (``--replace`` lets it replace them). Arms are named by their horizon (``chunk
+H=8``, ``event h_max=16``, ``unified H=16``), so an h_max-8 event arm is a new arm beside the
+h_max-16 one.
 ``--report-only`` prints and plots them without running anything.
 Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look:
 ``python benchmarks/event_vs_chunk.py --tasks reach-v3 push-v3 --demos 10 --steps 300
@@ -52,21 +55,64 @@ def main() -> None:
     args = _parse()
     root = Path(args.root)
     saved = root / "results.json"
-    if args.report_only:  # the table and plot of the arms already run, nothing trained
-        _report(args, root, json.loads(saved.read_text())["results"])
-        return
-    ds = _prepare(args, root)
-    arms = [(f"chunk H={h}", "chunk", h) for h in args.chunk_lens]
-    arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in args.chunk_lens]
-    arms += [("event", "event", max(args.chunk_lens)), ("unified", "unified", max(args.chunk_lens))]
     # Arms run in earlier invocations on the same root (e.g. ``--arms event`` then ``--arms
     # chunk``) stay in the report: each entry keeps the settings it ran with.
-    results = json.loads(saved.read_text())["results"] if saved.exists() else {}
-    for name, mode, horizon in arms:
-        if mode in args.arms:
-            new = _run_arm(args, root, ds, mode, horizon)
-            results[name] = _merge_seeds(results.get(name), new)
+    results = _load_results(saved)
+    if args.report_only:  # the table and plot of the arms already run, nothing trained
+        _report(args, root, results)
+        return
+    todo = [arm for arm in _arms(args.chunk_lens) if arm[1] in args.arms]
+    _check_poolable(args, saved, results, [name for name, _, _ in todo])  # before hours of work
+    ds = _prepare(args, root)
+    for name, mode, horizon in todo:
+        new = _run_arm(args, root, ds, mode, horizon)
+        results[name] = _merge_seeds(results.get(name), new)
     _report(args, root, results)
+
+
+def _arms(chunk_lens: list[int]) -> list[tuple[str, str, int]]:
+    """(name, mode, horizon) of every arm; a model's h_max is the invocation's largest H."""
+    h_max = max(chunk_lens)
+    arms = [(f"chunk H={h}", "chunk", h) for h in chunk_lens]
+    arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in chunk_lens]
+    return [
+        *arms,
+        (f"event h_max={h_max}", "event", h_max),
+        (f"unified H={h_max}", "unified", h_max),
+    ]
+
+
+def _load_results(saved: Path) -> dict[str, Any]:
+    """The stored results; entries named before arms carried their horizon are renamed."""
+    if not saved.exists():
+        return {}
+    results: dict[str, Any] = json.loads(saved.read_text())["results"]
+    legacy = {"event": "event h_max={}", "unified": "unified H={}"}
+    return {
+        (legacy[name].format(entry["horizon"]) if name in legacy else name): entry
+        for name, entry in results.items()
+    }
+
+
+def _check_poolable(
+    args: argparse.Namespace, saved: Path, results: dict[str, Any], names: list[str]
+) -> None:
+    """Refuse to run an arm whose stored seeds ran with other settings, unless ``--replace``.
+
+    A new seed joins an arm's stored seeds only when every setting in ``SAME_RUN`` matches;
+    otherwise the new run would replace them, and seeds cost an hour each on a CPU.
+    """
+    for name in names:
+        if name not in results or args.replace:
+            continue
+        old = results[name]["args"]
+        differ = [k for k in SAME_RUN if old.get(k) != vars(args).get(k)]
+        if differ:
+            raise SystemExit(
+                f"{saved}: arm {name!r} holds seeds {sorted(results[name].get('per_seed', {}))} "
+                f"run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in differ)}); "
+                "running it would replace them -- use another --root, or --replace to discard them"
+            )
 
 
 #: Settings that must match for seeds of one arm to be pooled.
@@ -170,6 +216,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--root", default="bench-data/event_vs_chunk")
     parser.add_argument(
         "--report-only", action="store_true", help="print and plot <root>/results.json, no runs"
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="let an arm run with other settings than its stored seeds replace them",
     )
     return parser.parse_args()
 
