@@ -106,7 +106,7 @@ def _check_poolable(
         if name not in results or args.replace:
             continue
         old = results[name]["args"]
-        differ = [k for k in SAME_RUN if old.get(k) != vars(args).get(k)]
+        differ = _differing(old, vars(args))
         if differ:
             raise SystemExit(
                 f"{saved}: arm {name!r} holds seeds {sorted(results[name].get('per_seed', {}))} "
@@ -120,6 +120,11 @@ SAME_RUN = (
     "tasks", "demos", "steps", "batch_size", "preset", "size", "camera", "episodes", "max_steps",
     "action_labels", "action_noise", "state", "noise_scale", "replan_every", "chunk_lens",
 )  # fmt: skip
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The ``SAME_RUN`` settings in which two runs' arguments differ."""
+    return [k for k in SAME_RUN if old.get(k) != new.get(k)]
 
 
 def _per_seed(entry: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +146,7 @@ def _per_seed(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with the seeds of ``old`` that it did not rerun, if both ran the same way."""
-    if old is None or any(old["args"].get(k) != new["args"].get(k) for k in SAME_RUN):
+    if old is None or _differing(old["args"], new["args"]):
         return new
     seeds = {**_per_seed(old), **new["per_seed"]}
     return {**new, **_pooled(seeds), "per_seed": seeds}

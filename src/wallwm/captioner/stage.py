@@ -319,10 +319,16 @@ def run_caption(
     store = store or LanceStore(cfg.dataset)
     backend = backend or make_backend(cfg.backend)
     template = load_prompt(cfg.prompt)
-    model = {"backend": backend.kind, "model": backend.model, "sampling": backend.sampling()}
     run = StageRun(
         STAGE,
-        {**model, "prompt": template.version, "max_images": cfg.max_images, "grid": cfg.grid},
+        {
+            "backend": backend.kind,
+            "model": backend.model,
+            "sampling": backend.sampling(),
+            "prompt": template.version,
+            "max_images": cfg.max_images,
+            "grid": cfg.grid,
+        },
     )
     summary = CaptionSummary(run.run_id)
     t0 = time.perf_counter()

@@ -37,6 +37,7 @@ from wallwm.pipeline.segment_stage import (
     event_rows,
     gripper_action_dims,
     keyframe_frames,
+    replace_events,
 )
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
 from wallwm.pipeline.sources.registry import open_source
@@ -366,13 +367,7 @@ class _BatchWriter:
             events = pa.concat_tables(self.pending_events)
             self.pending_events = []
             ids = [str(i) for i in rows.column("episode_id").to_pylist()]
-            self.store.replace(
-                schemas.EVENTS,
-                events,
-                "event_id",
-                sql_in("episode_id", ids),
-                volatile=("segment_run_id",),
-            )
+            replace_events(self.store, events, ids)
             self.summary.events += events.num_rows
 
 

@@ -300,6 +300,15 @@ def _todo(store: TableStore, config_hash: str, force: bool) -> tuple[list[dict[s
     return todo, len(episodes) - len(todo)
 
 
+def replace_events(store: TableStore, events: pa.Table, episode_ids: list[str]) -> None:
+    """Write ``events`` as the whole event list of ``episode_ids``, in one commit.
+
+    Replaced per episode, not upserted: a re-segmented episode's old events (maybe more of them
+    than now) go too. Only the run id changing is not a change.
+    """
+    store.replace(schemas.EVENTS, events, "event_id", sql_in("episode_id", episode_ids), VOLATILE)
+
+
 def _failure_rows(res: dict[str, Any], src: str, key: str, run_id: str) -> list[dict[str, Any]]:
     """The ``failures`` rows one episode's result adds: a keyframe gap and/or its failure."""
     rows = []
@@ -330,15 +339,7 @@ class _EventsWriter:
     def flush(self) -> None:
         if not self.pending_ids:
             return
-        rows = pa.concat_tables(self.pending)
-        # Replaced per episode: a re-segmented episode's old events (maybe more of them) go too.
-        self.store.replace(
-            schemas.EVENTS,
-            rows,
-            "event_id",
-            sql_in("episode_id", self.pending_ids),
-            volatile=VOLATILE,
-        )
+        replace_events(self.store, pa.concat_tables(self.pending), self.pending_ids)
         self.pending.clear()
         self.pending_ids.clear()
 
