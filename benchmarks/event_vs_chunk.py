@@ -14,14 +14,15 @@ conditioning and the action horizon change. Arms:
 
 Each arm trains with every seed in ``--seeds`` and is evaluated closed-loop on held-out initial
 states; success rates with 95 % Wilson intervals per arm (pooled over seeds and tasks) and the
-per-task table are printed and written to ``<root>/results.json`` and ``results.png``.
-Arms and seeds may run in separate invocations on the same ``--root`` (e.g. ``--arms event``
-today, ``--arms chunk`` tomorrow, ``--seeds 1`` next week): the results accumulate in
-``results.json``, each arm with the settings it ran with and one entry per seed; a new seed joins
-an arm's earlier seeds only if every other setting is the same -- otherwise the run is refused
-before it starts (``--replace`` lets it replace them). Arms are named by their horizon (``chunk
-H=8``, ``event h_max=16``, ``unified H=16``), so an h_max-8 event arm is a new arm beside the
-h_max-16 one.
+per-task table are printed and written to ``--results`` (default ``<root>/results.json``) and
+a plot beside it (``.png``). Keep that file in the repository (``--results benchmarks/results/
+NAME.json``): the data and checkpoints under ``--root`` can be rebuilt, hours of seeds cannot.
+Arms and seeds may run in separate invocations (e.g. ``--arms event`` today, ``--arms chunk``
+tomorrow, ``--seeds 1`` next week): the results accumulate in the one file, each arm with the
+settings it ran with and one entry per seed; a new seed joins an arm's earlier seeds only if
+every other setting is the same -- otherwise the run is refused before it starts (``--replace``
+lets it replace them). Arms are named by their horizon (``chunk H=8``, ``event h_max=16``,
+``unified H=16``), so an h_max-8 event arm is a new arm beside the h_max-16 one.
 ``--report-only`` prints and plots them without running anything.
 Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look:
 ``python benchmarks/event_vs_chunk.py --tasks reach-v3 push-v3 --demos 10 --steps 300
@@ -54,12 +55,12 @@ from wallwm.trainer.train import TrainConfig, train
 def main() -> None:
     args = _parse()
     root = Path(args.root)
-    saved = root / "results.json"
+    saved = Path(args.results) if args.results else root / "results.json"
     # Arms run in earlier invocations on the same root (e.g. ``--arms event`` then ``--arms
     # chunk``) stay in the report: each entry keeps the settings it ran with.
     results = _load_results(saved)
     if args.report_only:  # the table and plot of the arms already run, nothing trained
-        _report(args, root, results)
+        _report(args, root, saved, results)
         return
     todo = [arm for arm in _arms(args.chunk_lens) if arm[1] in args.arms]
     _check_poolable(args, saved, results, [name for name, _, _ in todo])  # before hours of work
@@ -67,7 +68,7 @@ def main() -> None:
     for name, mode, horizon in todo:
         new = _run_arm(args, root, ds, mode, horizon)
         results[name] = _merge_seeds(results.get(name), new)
-    _report(args, root, results)
+        _report(args, root, saved, results)  # after every arm: a later failure keeps it
 
 
 def _arms(chunk_lens: list[int]) -> list[tuple[str, str, int]]:
@@ -220,6 +221,11 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--root", default="bench-data/event_vs_chunk")
     parser.add_argument(
+        "--results",
+        help="results file the seeds accumulate in (default <root>/results.json); the plot "
+        "is written beside it",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="print and plot <root>/results.json, no runs"
     )
     parser.add_argument(
@@ -301,6 +307,7 @@ def _run_arm(
             "per_task": {t: [r["successes"], r["episodes"]] for t, r in ev["per_task"].items()},
             "steps_to_success": {t: r["steps_to_success"] for t, r in ev["per_task"].items()},
             "train_seconds": seconds,
+            "step_seconds": _median_step_seconds(out / "metrics.jsonl"),
         }
     return {
         "mode": mode,
@@ -319,34 +326,53 @@ def _train_seconds(checkpoint: Path) -> float:
     return float(state.get("train_seconds", 0.0))
 
 
-def _step_seconds(root: Path, entry: dict[str, Any]) -> str:
-    """Median seconds per training step over the arm's seeds' metrics logs ("-" if none).
+def _median_step_seconds(log: Path) -> float | None:
+    """Median seconds per training step over one run's metrics log (None without a log).
 
     The median of the logged intervals, unlike a run's total time, is not moved by a pause or
-    by minutes of other work sharing the CPU: the column runs can be compared by.
+    by minutes of other work sharing the CPU: the figure runs can be compared by.
     """
-    per_step: list[float] = []
-    for seed in entry.get("per_seed", {}):
-        log = root / "runs" / f"{entry['mode']}-H{entry['horizon']}-s{seed}" / "metrics.jsonl"
-        if not log.exists():
-            continue
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        per_step += [
-            (b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
-            for a, b in itertools.pairwise(rows)
-            # a run resumed before checkpoints kept the training time restarts its clock
-            if b["step"] > a["step"] and b["seconds"] > a["seconds"]
-        ]
-    return f"{statistics.median(per_step):.2f}" if per_step else "-"
+    if not log.exists():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    per_step = [
+        (b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
+        for a, b in itertools.pairwise(rows)
+        # a run resumed before checkpoints kept the training time restarts its clock
+        if b["step"] > a["step"] and b["seconds"] > a["seconds"]
+    ]
+    return statistics.median(per_step) if per_step else None
 
 
-def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, object]]) -> None:
-    """Write results.json and results.png, print the table."""
+def _step_seconds(root: Path, entry: dict[str, Any]) -> str:
+    """The median over an arm's seeds of their median s/step ("-" where none is known).
+
+    Each seed's figure is stored with its results; seeds stored before that fall back to their
+    run's metrics log under ``root``, if it is still there.
+    """
+    known = [
+        r.get("step_seconds")
+        or _median_step_seconds(
+            root / "runs" / f"{entry['mode']}-H{entry['horizon']}-s{seed}" / "metrics.jsonl"
+        )
+        for seed, r in entry.get("per_seed", {}).items()
+    ]
+    values = [v for v in known if v is not None]
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def _report(
+    args: argparse.Namespace, root: Path, saved: Path, results: dict[str, dict[str, object]]
+) -> None:
+    """Write the results file and its plot (``saved`` with ``.png``), print the table."""
     chunk_arms = [k for k in results if results[k]["mode"] == "chunk"]
     best = max(chunk_arms, key=lambda k: float(results[k]["rate"]), default="")  # type: ignore[arg-type]
-    (root / "results.json").write_text(
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    partial = saved.with_suffix(".partial")  # written aside, then renamed: never half a file
+    partial.write_text(
         json.dumps({"args": vars(args), "best_chunk": best, "results": results}, indent=1)
     )
+    partial.replace(saved)
     table = Table(
         title=f"closed-loop success, {len(args.tasks)} tasks x {args.demos} demos, "
         f"{args.steps} steps, {args.episodes} episodes/task/seed, pooled over seeds"
@@ -367,7 +393,7 @@ def _report(args: argparse.Namespace, root: Path, results: dict[str, dict[str, o
             _step_seconds(root, r),
         )
     Console(width=200).print(table)
-    _plot(results, root / "results.png")
+    _plot(results, saved.with_suffix(".png"))
 
 
 def _plot(results: dict[str, dict[str, object]], out: Path) -> None:

@@ -1,0 +1,135 @@
+"""The experiment script's bookkeeping: pooling seeds, refusing mismatched runs, its results file.
+
+The training and evaluation it drives are tested in ``tests/trainer``; what is tested here is
+what keeps hours of seeds from being lost or silently mixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "event_vs_chunk.py"
+
+
+@pytest.fixture(scope="module")
+def evc() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("event_vs_chunk", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["event_vs_chunk"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(**over: Any) -> dict[str, Any]:
+    base = {
+        "tasks": ["reach-v3", "push-v3"], "demos": 50, "steps": 2500, "batch_size": 32,
+        "preset": "small", "size": 96, "camera": None, "episodes": 10, "max_steps": 500,
+        "action_labels": "expert", "action_noise": 0.3, "state": "observation",
+        "noise_scale": 1.0, "replan_every": 8, "chunk_lens": [8], "seeds": [0],
+        "arms": ["chunk"], "root": "r", "results": None, "report_only": False, "replace": False,
+    }  # fmt: skip
+    return {**base, **over}
+
+
+def _seed(reach: int, push: int, seconds: float = 100.0) -> dict[str, Any]:
+    return {
+        "per_task": {"reach-v3": [reach, 10], "push-v3": [push, 10]},
+        "steps_to_success": {"reach-v3": [50] * reach, "push-v3": []},
+        "train_seconds": seconds,
+    }
+
+
+def _entry(evc: ModuleType, per_seed: dict[str, Any], **args: Any) -> dict[str, Any]:
+    return {
+        "mode": "chunk",
+        "horizon": 8,
+        **evc._pooled(per_seed),
+        "per_seed": per_seed,
+        "args": _args(**args),
+    }
+
+
+def test_pooled_sums_successes_over_seeds_and_tasks(evc: ModuleType) -> None:
+    pooled = evc._pooled({"0": _seed(2, 9, 100.0), "1": _seed(4, 7, 300.0)})
+    assert (pooled["successes"], pooled["trials"]) == (22, 40)
+    assert pooled["rate"] == pytest.approx(0.55)
+    assert pooled["per_task"] == {"push-v3": pytest.approx(0.8), "reach-v3": pytest.approx(0.3)}
+    assert pooled["seed_rates"] == {"0": pytest.approx(0.55), "1": pytest.approx(0.55)}
+    assert len(pooled["steps_to_success"]["reach-v3"]) == 6
+    low, high = pooled["ci95"]
+    assert low < 0.55 < high
+    assert pooled["train_seconds_per_seed"] == pytest.approx(200.0)
+
+
+def test_a_new_seed_joins_an_arm_run_the_same_way(evc: ModuleType) -> None:
+    old = _entry(evc, {"0": _seed(2, 9)}, seeds=[0])
+    new = _entry(evc, {"1": _seed(4, 7)}, seeds=[1])
+    merged = evc._merge_seeds(old, new)
+    assert sorted(merged["per_seed"]) == ["0", "1"]
+    assert merged["successes"] == 22
+    # a seed rerun replaces its own earlier entry, not the others
+    rerun = evc._merge_seeds(merged, _entry(evc, {"0": _seed(0, 0)}, seeds=[0]))
+    assert rerun["per_seed"]["0"]["per_task"]["push-v3"] == [0, 10]
+    assert rerun["successes"] == 11
+
+
+def test_a_run_with_other_settings_does_not_pool(evc: ModuleType) -> None:
+    old = _entry(evc, {"0": _seed(2, 9)})
+    new = _entry(evc, {"1": _seed(4, 7)}, steps=1000)
+    assert evc._merge_seeds(old, new)["per_seed"].keys() == {"1"}
+
+
+def test_mismatched_run_is_refused_naming_file_arm_and_setting(
+    evc: ModuleType, tmp_path: Path
+) -> None:
+    saved = tmp_path / "results.json"
+    results = {"chunk H=8": _entry(evc, {"0": _seed(2, 9)})}
+    args = argparse.Namespace(**_args(steps=1000, seeds=[1]))
+    with pytest.raises(SystemExit) as refused:
+        evc._check_poolable(args, saved, results, ["chunk H=8"])
+    message = str(refused.value)
+    assert str(saved) in message and "chunk H=8" in message and "steps=2500" in message
+    # the same settings, another arm, or --replace: no refusal
+    evc._check_poolable(argparse.Namespace(**_args(seeds=[1])), saved, results, ["chunk H=8"])
+    evc._check_poolable(args, saved, results, ["chunk H=16"])
+    evc._check_poolable(argparse.Namespace(**_args(steps=1000, replace=True)), saved, results, [])
+
+
+def test_median_step_seconds_ignores_a_pause(evc: ModuleType, tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    seconds = [float(s) for s in range(10)] + [s + 600.0 for s in range(10, 20)]
+    rows = [json.dumps({"step": step, "seconds": t}) for step, t in enumerate(seconds)]
+    log.write_text("\n".join(rows) + "\n")
+    assert evc._median_step_seconds(log) == pytest.approx(1.0)
+    assert evc._median_step_seconds(tmp_path / "missing.jsonl") is None
+
+
+def test_report_writes_the_results_file_and_plot_where_asked(
+    evc: ModuleType, tmp_path: Path
+) -> None:
+    saved = tmp_path / "kept" / "results.json"
+    stored = {**_seed(2, 9), "step_seconds": 1.25}
+    results = {
+        "chunk H=8": _entry(evc, {"0": stored, "1": _seed(4, 7)}),
+        "event": {**_entry(evc, {"0": _seed(1, 1)}), "mode": "event", "horizon": 16},
+    }
+    args = argparse.Namespace(**_args(results=str(saved)))
+    evc._report(args, tmp_path / "root", saved, results)
+    assert saved.with_suffix(".png").stat().st_size > 0
+    assert not saved.with_suffix(".partial").exists()
+    data = json.loads(saved.read_text())
+    assert data["best_chunk"] == "chunk H=8"
+    # the legacy name of an arm stored before names carried the horizon is renamed on load
+    assert set(evc._load_results(saved)) == {"chunk H=8", "event h_max=16"}
+    # a seed's stored median s/step is used; the seed without one has no log under root
+    assert evc._step_seconds(tmp_path / "root", results["chunk H=8"]) == "1.25"
+    assert evc._step_seconds(tmp_path / "root", results["event"]) == "-"
