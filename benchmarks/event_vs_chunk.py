@@ -226,7 +226,7 @@ def _parse() -> argparse.Namespace:
         "is written beside it",
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="print and plot <root>/results.json, no runs"
+        "--report-only", action="store_true", help="print and plot the results file, no runs"
     )
     parser.add_argument(
         "--replace",
