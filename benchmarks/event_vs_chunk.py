@@ -364,15 +364,20 @@ def _step_seconds(root: Path, entry: dict[str, Any]) -> str:
 def _report(
     args: argparse.Namespace, root: Path, saved: Path, results: dict[str, dict[str, object]]
 ) -> None:
-    """Write the results file and its plot (``saved`` with ``.png``), print the table."""
+    """Write the results file (not for ``--report-only``) and its plot, print the table.
+
+    The plot is ``saved`` with ``.png``; a report-only run leaves the results file as it was,
+    since it is kept in the repository and only runs add to it.
+    """
     chunk_arms = [k for k in results if results[k]["mode"] == "chunk"]
     best = max(chunk_arms, key=lambda k: float(results[k]["rate"]), default="")  # type: ignore[arg-type]
     saved.parent.mkdir(parents=True, exist_ok=True)
-    partial = saved.with_suffix(".partial")  # written aside, then renamed: never half a file
-    partial.write_text(
-        json.dumps({"args": vars(args), "best_chunk": best, "results": results}, indent=1)
-    )
-    partial.replace(saved)
+    if not args.report_only:
+        partial = saved.with_suffix(".partial")  # written aside, then renamed: never half a file
+        partial.write_text(
+            json.dumps({"args": vars(args), "best_chunk": best, "results": results}, indent=1)
+        )
+        partial.replace(saved)
     table = Table(
         title=f"closed-loop success, {len(args.tasks)} tasks x {args.demos} demos, "
         f"{args.steps} steps, {args.episodes} episodes/task/seed, pooled over seeds"

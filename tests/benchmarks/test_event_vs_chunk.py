@@ -133,3 +133,7 @@ def test_report_writes_the_results_file_and_plot_where_asked(
     # a seed's stored median s/step is used; the seed without one has no log under root
     assert evc._step_seconds(tmp_path / "root", results["chunk H=8"]) == "1.25"
     assert evc._step_seconds(tmp_path / "root", results["event"]) == "-"
+    # a report-only run plots the stored results and leaves the file as it was
+    before = saved.read_text()
+    evc._report(argparse.Namespace(**_args(report_only=True, steps=1)), tmp_path, saved, results)
+    assert saved.read_text() == before
