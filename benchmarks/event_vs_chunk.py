@@ -112,7 +112,8 @@ def _check_poolable(
             raise SystemExit(
                 f"{saved}: arm {name!r} holds seeds {sorted(results[name].get('per_seed', {}))} "
                 f"run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in differ)}); "
-                "running it would replace them -- use another --root, or --replace to discard them"
+                "running it would replace them -- use another --results file, or --replace to "
+                "discard them"
             )
 
 
