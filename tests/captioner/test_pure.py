@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from wallwm.captioner.backends import SignalsBackend, signal_caption
+from wallwm.captioner.gripper import gripper_notes
 from wallwm.captioner.parsing import CaptionParseError, parse_caption, reask_message
 from wallwm.captioner.prompting import EventFacts, build_request, load_prompt
 from wallwm.captioner.schema import caption_json_schema
-from wallwm.captioner.stage import gripper_notes
 
 GOOD = {
     "caption": "grasp the red puck",
@@ -122,7 +122,7 @@ def test_gripper_notes_and_signal_captions():
     opening = np.concatenate([np.ones(10), np.linspace(1, 0, 5), np.zeros(10)])
     assert gripper_notes(opening, 8, 16) == ("gripper closes",)
     assert gripper_notes(opening[::-1].copy(), 8, 16) == ("gripper opens",)
-    assert gripper_notes(opening, 0, 8) == ()
+    assert gripper_notes(opening, 0, 8) == ("gripper open, closes later",)
     cap = signal_caption(facts(signal_notes=("gripper closes",)))
     assert cap["caption"] == "grasp the red puck" and cap["verb"] == "grasp"
     out = SignalsBackend().generate([])

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from wallwm.captioner import gripper
+from wallwm.captioner.gripper import note_kinds
 from wallwm.captioner.prompting import CaptionRequest, EventFacts
 from wallwm.captioner.schema import caption_json_schema
 
@@ -135,12 +137,14 @@ def make_backend(
 class SignalsBackend:
     """Captions from what the signals say happened at the event's start, plus the instruction.
 
-    The words come from the cues that fired (gripper closing/opening, pause, turn) and the
-    object named in the instruction; nothing visual is claimed.
+    The words come from what the gripper does in the event (``captioner.gripper``: grasp,
+    release, carry, the approach before a grasp), the event's place in the episode and the object
+    named in the instruction; nothing visual is claimed.
     """
 
     kind = "signals"
-    model = "signals-v1"
+    #: The caption rules' version: part of every cache key, so changing the rules recaptions.
+    model = "signals-v2"
 
     def sampling(self) -> dict[str, Any]:
         """No sampling: deterministic."""
@@ -193,10 +197,12 @@ def _object_of(instruction: str) -> str:
         "then",
         "while",
     }
+    # a result after the noun ("slide the window closed") is not part of the object's name
+    results = {"closed", "open", "opened", "shut", "forward", "backward", "back", "away", "aside"}
     for i, w in enumerate(words):
         if w == "the" and i + 1 < len(words):
             phrase = [words[i + 1]]
-            if i + 2 < len(words) and words[i + 2] not in stop:
+            if i + 2 < len(words) and words[i + 2] not in stop | results:
                 phrase.append(words[i + 2])
             return " ".join(phrase)
     content = [w for w in words[1:] if w not in stop]
@@ -204,16 +210,29 @@ def _object_of(instruction: str) -> str:
 
 
 def signal_caption(facts: EventFacts) -> dict[str, Any]:
-    """A caption built from the event's cues, position in the episode and the instruction."""
+    """A caption from what the gripper does in the event, its place and the instruction.
+
+    A grasp or release starting in the event names it; an event in which the gripper holds what
+    it grasped is a carry; the first event is a reach, later ones before the grasp an approach;
+    the last one finishes the task.
+    """
     obj = _object_of(facts.instruction)
-    notes = set(facts.signal_notes)
+    notes = note_kinds(facts.signal_notes)
     last = facts.index == facts.count - 1
-    if "gripper closes" in notes:
+    if gripper.CLOSES in notes:
         verb, caption, done = "grasp", f"grasp the {obj}", f"the gripper holds the {obj}"
-    elif "gripper opens" in notes:
+    elif gripper.OPENS in notes:
         verb, caption, done = "release", f"release the {obj}", f"the {obj} is released"
+    elif gripper.HOLDS in notes:
+        verb, caption, done = "carry", f"carry the {obj}", f"the {obj} is moved while held"
     elif facts.index == 0:
         verb, caption, done = "reach", f"reach toward the {obj}", f"the gripper is near the {obj}"
+    elif gripper.CLOSES_LATER in notes:
+        verb, caption, done = (
+            "approach",
+            f"approach the {obj} to grasp it",
+            f"the gripper is around the {obj}",
+        )
     elif last:
         verb, caption, done = "finish", "finish the task", "the task is complete"
     else:

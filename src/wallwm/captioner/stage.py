@@ -34,6 +34,7 @@ from wallwm.captioner.backends import (
     SignalsBackendConfig,
     make_backend,
 )
+from wallwm.captioner.gripper import gripper_notes
 from wallwm.captioner.parsing import CaptionParseError, parse_caption, reask_message
 from wallwm.captioner.prompting import (
     DEFAULT_PROMPT,
@@ -127,25 +128,6 @@ def cache_key(backend: CaptionBackend, template: PromptTemplate, request: Captio
     )
 
 
-def gripper_notes(gripper_T: np.ndarray | None, start: int, end: int) -> tuple[str, ...]:
-    """What the measured gripper opening does over an event: closes / opens / nothing.
-
-    ``gripper_T`` is the opening (larger = more open) per frame; a change of a fifth of its
-    range within the event counts.
-    """
-    if gripper_T is None or gripper_T.size == 0 or end <= start:
-        return ()
-    span = float(np.ptp(gripper_T))
-    if span < 1e-6:
-        return ()
-    change = float(gripper_T[min(end, len(gripper_T)) - 1] - gripper_T[start])
-    if change < -0.2 * span:
-        return ("gripper closes",)
-    if change > 0.2 * span:
-        return ("gripper opens",)
-    return ()
-
-
 def caption_row(
     event_id: str,
     caption: EventCaption,
@@ -177,7 +159,7 @@ class _Episode:
     episode_key: str
     source_uri: str
     instruction: str
-    gripper_T: np.ndarray | None
+    gripper_TG: np.ndarray | None
     events: list[dict[str, Any]]
 
 
@@ -210,8 +192,7 @@ def _load(store: TableStore) -> list[_Episode]:
     for ep in episodes:
         if ep["episode_id"] not in by_episode:
             continue
-        g = ep["gripper"]
-        gripper = np.asarray([row[0] for row in g], dtype=np.float64) if g and g[0] else None
+        gripper = _gripper_array(ep["gripper"])
         out.append(
             _Episode(
                 ep["episode_id"],
@@ -223,6 +204,20 @@ def _load(store: TableStore) -> list[_Episode]:
             )
         )
     return out
+
+
+def _gripper_array(rows: list[list[float | None] | None] | None) -> np.ndarray | None:
+    """The stored gripper column as (T, G) floats; missing readings are NaN."""
+    width = max((len(r) for r in rows or [] if r), default=0)
+    if not width:
+        return None
+    return np.array(
+        [
+            [np.nan if v is None else v for v in (r or [])] + [np.nan] * (width - len(r or []))
+            for r in rows or []
+        ],
+        dtype=np.float64,
+    )
 
 
 def _facts(ep: _Episode, event: dict[str, Any], previous: str | None) -> EventFacts:
@@ -240,7 +235,7 @@ def _facts(ep: _Episode, event: dict[str, Any], previous: str | None) -> EventFa
         duration_s=event["duration_s"],
         cues=tuple(event["cues"]),
         previous_caption=previous,
-        signal_notes=gripper_notes(ep.gripper_T, event["start_frame"], event["end_frame"]),
+        signal_notes=gripper_notes(ep.gripper_TG, event["start_frame"], event["end_frame"]),
         keyframes=keyframes,
     )
 
