@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -187,3 +188,20 @@ def test_multi_camera_view_model_and_serving(tmp_path, synth_dataset):
     assert result.actions_HA.shape[1] == 4
     with pytest.raises(RequestError, match=r"cameras \['side', 'top'\]"):
         parse_infer(InferRequest(two[0], state, "go").to_wire(), engine.specs)
+
+
+def test_latest_view_is_rebuilt_once_the_tables_move_on(curated):
+    ds, store, _ = curated
+    first = materialize(str(ds), None, size=24)
+    assert materialize(str(ds), None, size=24).seconds == 0.0  # same versions: reused
+    ids = store.read(schemas.EVENTS, columns=["event_id"]).column(0).to_pylist()
+    recaptioned = pa.table({"event_id": ids, "caption": ["carry the puck"] * len(ids)})
+    store.update_columns(schemas.EVENTS, recaptioned, key="event_id")
+    again = materialize(str(ds), None, size=24)
+    assert again.seconds > 0.0 and again.path == first.path
+    assert {e["caption"] for e in EventFrameDataset(again.path).events} == {"carry the puck"}
+    assert not Path(again.path + ".stale").exists()
+    # a view at a tag is pinned to the tag's versions: still reused
+    pinned = materialize(str(ds), "v1", size=24)
+    assert materialize(str(ds), "v1", size=24).seconds == 0.0
+    assert "carry the puck" not in {e["caption"] for e in EventFrameDataset(pinned.path).events}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -265,3 +266,20 @@ def test_holdout_is_excluded_from_training_and_evaluated_offline(dataset, tmp_pa
         ],
     )
     assert cli.exit_code == 0 and json.loads(cli.output)["batches"] == 1
+
+
+def test_resume_refuses_a_dataset_that_changed_under_the_run(dataset, tmp_path):
+    from wallwm.pipeline import schemas
+    from wallwm.pipeline.store import LanceStore
+
+    cfg = {"dataset": str(dataset), "size": 24, "preset": "debug", "batch_size": 4}
+    train(TrainConfig(**cfg, steps=2, out=str(tmp_path / "run")))
+    store = LanceStore(str(dataset))
+    ids = store.read(schemas.EVENTS, columns=["event_id"]).column(0).to_pylist()
+    store.update_columns(
+        schemas.EVENTS, pa.table({"event_id": ids, "caption": ["x"] * len(ids)}), key="event_id"
+    )
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: .*events v\d+ -> v\d+.*new --out"):
+        train(TrainConfig(**cfg, steps=4, out=str(tmp_path / "run"), resume=True))
+    # a new run trains on the recaptioned data
+    assert train(TrainConfig(**cfg, steps=1, out=str(tmp_path / "new")))[-1]["step"] == 1

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
-from wallwm.trainer.view import materialize
+from wallwm.trainer.view import materialize, source_versions
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -82,6 +82,24 @@ class TrainConfig(BaseModel):
     )
 
 
+def _check_same_data(checkpoint: Path, state: dict[str, Any], now: dict[str, int]) -> None:
+    """Refuse to resume a run on tables that changed since it started.
+
+    Resuming continues the run exactly only on the data it trained on; a recaptioned or
+    re-segmented dataset would silently switch it half-way.
+    """
+    then = state["dataset"]["versions"]
+    if then != now:
+        changed = ", ".join(
+            f"{t} v{then.get(t)} -> v{now.get(t)}" for t in now if then.get(t) != now[t]
+        )
+        raise ValueError(
+            f"{checkpoint}: the run trained on other table versions than the dataset has now "
+            f"({changed}); resuming would switch its data half-way -- train into a new --out, "
+            "or pin the data with a tag (`wallwm clusters tag`) and --tag"
+        )
+
+
 class Run:
     """Everything stateful in one training run."""
 
@@ -90,6 +108,10 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        resumed = None
+        if cfg.resume and (self.out / CHECKPOINT).exists():
+            resumed = torch.load(self.out / CHECKPOINT, weights_only=False)
+            _check_same_data(self.out / CHECKPOINT, resumed, source_versions(cfg.dataset, cfg.tag))
         view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras)
         self.data = EventFrameDataset(
             view.path,
@@ -121,8 +143,8 @@ class Run:
         self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumed processes
-        if cfg.resume and (self.out / CHECKPOINT).exists():
-            self.load_state_dict(torch.load(self.out / CHECKPOINT, weights_only=False))
+        if resumed is not None:
+            self.load_state_dict(resumed)
 
     # ------------------------------------------------------------------ state
 

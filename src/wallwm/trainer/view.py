@@ -79,16 +79,29 @@ def _frames(cam: CameraInfo, size: int) -> np.ndarray:
     return np.stack(out).astype(np.uint8) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
-def _read(
-    store: LanceStore, table: str, tag: str | None, columns: list[str] | None = None
-) -> tuple[pa.Table, int]:
+def _open_at(store: LanceStore, table: str, tag: str | None) -> Any:
     try:
-        ds = store._open(table, tag)
+        return store._open(table, tag)
     except StoreError as exc:
         raise ValueError(
             f"no tag {tag!r} on {table} (create it with `wallwm clusters tag`)"
         ) from exc
+
+
+def _read(
+    store: LanceStore, table: str, tag: str | None, columns: list[str] | None = None
+) -> tuple[pa.Table, int]:
+    ds = _open_at(store, table, tag)
     return ds.to_table(columns=columns), int(ds.version)
+
+
+def source_versions(dataset: str, tag: str | None = None) -> dict[str, int]:
+    """The Lance versions a view of ``dataset`` at ``tag`` (None: current) is built from."""
+    store = LanceStore(dataset)
+    return {
+        "episodes": int(_open_at(store, schemas.EPISODES, tag).version),
+        "events": int(_open_at(store, schemas.EVENTS, tag).version),
+    }
 
 
 #: Event columns the view carries over unchanged.
@@ -208,15 +221,18 @@ def materialize(
 ) -> ViewSummary:
     """Write the training view of ``dataset`` at ``tag`` (None: current versions).
 
-    ``cameras`` names the camera streams to carry (None: every camera of the first episode).
+    An existing view is reused while the tables it was built from are at the same versions; once
+    they have moved on (recaptioned, re-segmented, new episodes, a moved tag) it is rebuilt, so
+    training never reads stale captions or events. ``cameras`` names the camera streams to carry
+    (None: every camera of the first episode).
     """
     t0 = time.perf_counter()
     store = LanceStore(dataset)
     out = view_path(dataset, tag, size, cameras)
-    if out.exists() and not force:  # views are immutable: reuse
+    if out.exists() and not force:  # views are immutable: reuse while their sources are
         meta = json.loads((out / "meta.json").read_text())
-        return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
-    shutil.rmtree(out, ignore_errors=True)
+        if meta["versions"] == source_versions(dataset, tag):
+            return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
     events, ev_version = _read(
         store, schemas.EVENTS, tag, [*_COPIED_EVENT_COLUMNS, "weight", "is_duplicate"]
@@ -255,7 +271,13 @@ def materialize(
             "versions": {"episodes": ep_version, "events": ev_version},
         }
     )
-    tmp.rename(out)  # the view appears whole or not at all
+    # The view appears whole or not at all; an old one goes only once the new one is complete.
+    stale = out.with_name(out.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    if out.exists():
+        out.rename(stale)
+    tmp.rename(out)
+    shutil.rmtree(stale, ignore_errors=True)
     return ViewSummary(
         str(out), meta["episodes"], meta["events"], meta["frames"], time.perf_counter() - t0
     )
