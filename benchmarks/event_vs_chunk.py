@@ -20,9 +20,12 @@ NAME.json``): the data and checkpoints under ``--root`` can be rebuilt, hours of
 Arms and seeds may run in separate invocations (e.g. ``--arms event`` today, ``--arms chunk``
 tomorrow, ``--seeds 1`` next week): the results accumulate in the one file, each arm with the
 settings it ran with and one entry per seed; a new seed joins an arm's earlier seeds only if
-every other setting is the same -- otherwise the run is refused before it starts (``--replace``
-lets it replace them). Arms are named by their horizon (``chunk H=8``, ``event h_max=16``,
-``unified H=16``), so an h_max-8 event arm is a new arm beside the h_max-16 one.
+every other setting is the same and it trains on the same events (and captions, for the arms
+that read them: a fingerprint of event ids and captions is stored per arm) -- otherwise the run
+is refused before it trains (``--replace`` lets it replace them). Arms are named by their
+horizon and, where they read captions, their captioner (``chunk H=8``, ``event h_max=16
+(signals-v2)``, ``unified H=16 (signals-v2)``), so an h_max-8 event arm, or one on VLM
+captions, is a new arm beside the others; run directories carry the data fingerprint.
 ``--report-only`` prints and plots them without running anything.
 Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look:
 ``python benchmarks/event_vs_chunk.py --tasks reach-v3 push-v3 --demos 10 --steps 300
@@ -43,9 +46,12 @@ from rich.console import Console
 from rich.table import Table
 
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
+from wallwm.pipeline import schemas
+from wallwm.pipeline.ids import stable_hash
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segment import SegmentConfig
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
+from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.evaluate import evaluate_metaworld
 from wallwm.trainer.model import MODES
 from wallwm.trainer.policy import LocalPolicy, wilson_interval
@@ -62,25 +68,50 @@ def main() -> None:
     if args.report_only:  # the table and plot of the arms already run, nothing trained
         _report(args, root, saved, results)
         return
-    todo = [arm for arm in _arms(args.chunk_lens) if arm[1] in args.arms]
-    _check_poolable(args, saved, results, [name for name, _, _ in todo])  # before hours of work
     ds = _prepare(args, root)
+    todo = [arm for arm in _arms(args.chunk_lens, _captioner(ds)) if arm[1] in args.arms]
+    data = {mode: data_fingerprint(ds, mode in CAPTIONED) for mode in {m for _, m, _ in todo}}
+    _check_poolable(args, saved, results, [(name, data[mode]) for name, mode, _ in todo])
     for name, mode, horizon in todo:
-        new = _run_arm(args, root, ds, mode, horizon)
+        new = _run_arm(args, root, ds, mode, horizon, data[mode])
         results[name] = _merge_seeds(results.get(name), new)
         _report(args, root, saved, results)  # after every arm: a later failure keeps it
 
 
-def _arms(chunk_lens: list[int]) -> list[tuple[str, str, int]]:
-    """(name, mode, horizon) of every arm; a model's h_max is the invocation's largest H."""
+#: The modes whose training reads the captions (conditioning, or distillation targets).
+CAPTIONED = frozenset({"chunk_text", "event", "unified"})
+
+
+def _arms(chunk_lens: list[int], captioner: str) -> list[tuple[str, str, int]]:
+    """(name, mode, horizon) of every arm; a model's h_max is the invocation's largest H.
+
+    Arms that read captions carry the captioner in their name (``event h_max=16 (signals-v2)``):
+    the same arm on other captions is another arm, kept beside it.
+    """
     h_max = max(chunk_lens)
     arms = [(f"chunk H={h}", "chunk", h) for h in chunk_lens]
     arms += [(f"chunk H={h} + subtask text", "chunk_text", h) for h in chunk_lens]
-    return [
-        *arms,
-        (f"event h_max={h_max}", "event", h_max),
-        (f"unified H={h_max}", "unified", h_max),
-    ]
+    arms += [(f"event h_max={h_max}", "event", h_max), (f"unified H={h_max}", "unified", h_max)]
+    return [(f"{n} ({captioner})" if m in CAPTIONED else n, m, h) for n, m, h in arms]
+
+
+def _captioner(ds: Path) -> str:
+    """Who wrote the dataset's captions: their ``caption_model`` values (``signals-v2``, ...)."""
+    models = LanceStore(str(ds)).read(schemas.EVENTS, columns=["caption_model"])
+    return "+".join(sorted({m for m in models.column(0).to_pylist() if m})) or "uncaptioned"
+
+
+def data_fingerprint(ds: Path, with_captions: bool) -> str:
+    """A hash of the events an arm trains on: their ids (segmentation), and captions if read.
+
+    Event ids derive from the episode's content and the event's frame range, so a re-recorded
+    dataset with the same frames and cuts has the same fingerprint; a recaptioned one differs
+    only for the arms that read captions.
+    """
+    rows = LanceStore(str(ds)).read(schemas.EVENTS, columns=["event_id", "caption"]).to_pylist()
+    return stable_hash(
+        sorted((r["event_id"], r["caption"] if with_captions else None) for r in rows), length=16
+    )
 
 
 def _load_results(saved: Path) -> dict[str, Any]:
@@ -96,24 +127,30 @@ def _load_results(saved: Path) -> dict[str, Any]:
 
 
 def _check_poolable(
-    args: argparse.Namespace, saved: Path, results: dict[str, Any], names: list[str]
+    args: argparse.Namespace,
+    saved: Path,
+    results: dict[str, Any],
+    arms: list[tuple[str, str]],
 ) -> None:
-    """Refuse to run an arm whose stored seeds ran with other settings, unless ``--replace``.
+    """Refuse to run an arm whose stored seeds ran otherwise, unless ``--replace``.
 
-    A new seed joins an arm's stored seeds only when every setting in ``SAME_RUN`` matches;
-    otherwise the new run would replace them, and seeds cost an hour each on a CPU.
+    ``arms`` holds (name, data fingerprint) pairs. A new seed joins an arm's stored seeds only
+    when every setting in ``SAME_RUN`` matches and it trains on the same events (and captions,
+    where it reads them); otherwise the new run would replace them, and seeds cost an hour each
+    on a CPU.
     """
-    for name in names:
+    for name, data in arms:
         if name not in results or args.replace:
             continue
         old = results[name]["args"]
-        differ = _differing(old, vars(args))
+        differ = [f"{k}={old.get(k)!r}" for k in _differing(old, vars(args))]
+        if results[name].get("data") != data:
+            differ.append(f"data {results[name].get('data')} (now {data})")
         if differ:
             raise SystemExit(
                 f"{saved}: arm {name!r} holds seeds {sorted(results[name].get('per_seed', {}))} "
-                f"run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in differ)}); "
-                "running it would replace them -- use another --results file, or --replace to "
-                "discard them"
+                f"run otherwise ({', '.join(differ)}); running it would replace them -- use "
+                "another --results file, or --replace to discard them"
             )
 
 
@@ -148,7 +185,7 @@ def _per_seed(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with the seeds of ``old`` that it did not rerun, if both ran the same way."""
-    if old is None or _differing(old["args"], new["args"]):
+    if old is None or _differing(old["args"], new["args"]) or old.get("data") != new.get("data"):
         return new
     seeds = {**_per_seed(old), **new["per_seed"]}
     return {**new, **_pooled(seeds), "per_seed": seeds}
@@ -262,13 +299,18 @@ def _prepare(args: argparse.Namespace, root: Path) -> Path:
     return ds
 
 
+def _run_dir(root: Path, mode: str, horizon: int, seed: object, data: str | None) -> Path:
+    """A seed's run directory; the data fingerprint in its name keeps runs on other data apart."""
+    return root / "runs" / (f"{mode}-H{horizon}-s{seed}" + (f"-{data[:8]}" if data else ""))
+
+
 def _run_arm(
-    args: argparse.Namespace, root: Path, ds: Path, mode: str, horizon: int
+    args: argparse.Namespace, root: Path, ds: Path, mode: str, horizon: int, data: str
 ) -> dict[str, object]:
     """Train one arm with every seed, evaluate each closed loop; pooled results."""
     per_seed: dict[str, Any] = {}
     for seed in args.seeds:
-        out = root / "runs" / f"{mode}-H{horizon}-s{seed}"
+        out = _run_dir(root, mode, horizon, seed, data)
         history = train(
             TrainConfig(
                 dataset=str(ds),
@@ -316,6 +358,7 @@ def _run_arm(
         **_pooled(per_seed),
         "per_seed": per_seed,
         "args": vars(args),
+        "data": data,
     }
 
 
@@ -349,12 +392,17 @@ def _step_seconds(root: Path, entry: dict[str, Any]) -> str:
     """The median over an arm's seeds of their median s/step ("-" where none is known).
 
     Each seed's figure is stored with its results; seeds stored before that fall back to their
-    run's metrics log under ``root``, if it is still there.
+    run's metrics log under ``root``, if it is still there (directories named before they
+    carried the data fingerprint too).
     """
     known = [
         r.get("step_seconds")
         or _median_step_seconds(
-            root / "runs" / f"{entry['mode']}-H{entry['horizon']}-s{seed}" / "metrics.jsonl"
+            _run_dir(root, entry["mode"], entry["horizon"], seed, entry.get("data"))
+            / "metrics.jsonl"
+        )
+        or _median_step_seconds(
+            _run_dir(root, entry["mode"], entry["horizon"], seed, None) / "metrics.jsonl"
         )
         for seed, r in entry.get("per_seed", {}).items()
     ]

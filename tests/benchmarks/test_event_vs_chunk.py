@@ -55,6 +55,7 @@ def _entry(evc: ModuleType, per_seed: dict[str, Any], **args: Any) -> dict[str, 
         **evc._pooled(per_seed),
         "per_seed": per_seed,
         "args": _args(**args),
+        "data": "d0",
     }
 
 
@@ -82,10 +83,12 @@ def test_a_new_seed_joins_an_arm_run_the_same_way(evc: ModuleType) -> None:
     assert rerun["successes"] == 11
 
 
-def test_a_run_with_other_settings_does_not_pool(evc: ModuleType) -> None:
+def test_a_run_with_other_settings_or_data_does_not_pool(evc: ModuleType) -> None:
     old = _entry(evc, {"0": _seed(2, 9)})
     new = _entry(evc, {"1": _seed(4, 7)}, steps=1000)
     assert evc._merge_seeds(old, new)["per_seed"].keys() == {"1"}
+    recaptioned = {**_entry(evc, {"1": _seed(4, 7)}), "data": "d1"}
+    assert evc._merge_seeds(old, recaptioned)["per_seed"].keys() == {"1"}
 
 
 def test_mismatched_run_is_refused_naming_file_arm_and_setting(
@@ -95,13 +98,52 @@ def test_mismatched_run_is_refused_naming_file_arm_and_setting(
     results = {"chunk H=8": _entry(evc, {"0": _seed(2, 9)})}
     args = argparse.Namespace(**_args(steps=1000, seeds=[1]))
     with pytest.raises(SystemExit) as refused:
-        evc._check_poolable(args, saved, results, ["chunk H=8"])
+        evc._check_poolable(args, saved, results, [("chunk H=8", "d0")])
     message = str(refused.value)
     assert str(saved) in message and "chunk H=8" in message and "steps=2500" in message
-    # the same settings, another arm, or --replace: no refusal
-    evc._check_poolable(argparse.Namespace(**_args(seeds=[1])), saved, results, ["chunk H=8"])
-    evc._check_poolable(args, saved, results, ["chunk H=16"])
-    evc._check_poolable(argparse.Namespace(**_args(steps=1000, replace=True)), saved, results, [])
+    same = argparse.Namespace(**_args(seeds=[1]))
+    with pytest.raises(SystemExit, match="data d0 \\(now d1\\)"):  # other events or captions
+        evc._check_poolable(same, saved, results, [("chunk H=8", "d1")])
+    # the same settings and data, another arm, or --replace: no refusal
+    evc._check_poolable(same, saved, results, [("chunk H=8", "d0")])
+    evc._check_poolable(args, saved, results, [("chunk H=16", "d0")])
+    replace = argparse.Namespace(**_args(steps=1000, replace=True))
+    evc._check_poolable(replace, saved, results, [("chunk H=8", "d1")])
+
+
+def test_arms_that_read_captions_are_named_by_their_captioner(evc: ModuleType) -> None:
+    names = {mode: name for name, mode, _ in evc._arms([8], "signals-v2")}
+    assert names == {
+        "chunk": "chunk H=8",
+        "chunk_text": "chunk H=8 + subtask text (signals-v2)",
+        "event": "event h_max=8 (signals-v2)",
+        "unified": "unified H=8 (signals-v2)",
+    }
+
+
+def test_data_fingerprint_follows_events_and_only_then_captions(
+    evc: ModuleType, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from wallwm.pipeline.store import LanceStore
+
+    def dataset(name: str, ids: list[str], captions: list[str]) -> Path:
+        store = LanceStore(str(tmp_path / name))
+        models = ["signals-v2"] * len(ids)
+        rows = pa.table({"event_id": ids, "caption": captions, "caption_model": models})
+        store.upsert("events", rows, key="event_id")
+        return tmp_path / name
+
+    base = dataset("a", ["e1", "e2"], ["grasp the puck", "carry the puck"])
+    shuffled = dataset("b", ["e2", "e1"], ["carry the puck", "grasp the puck"])
+    recaptioned = dataset("c", ["e1", "e2"], ["grasp the puck", "grasp the puck"])
+    resegmented = dataset("d", ["e1", "e3"], ["grasp the puck", "carry the puck"])
+    fp = evc.data_fingerprint
+    assert fp(base, True) == fp(shuffled, True)  # row order does not matter
+    assert fp(base, False) == fp(recaptioned, False) != fp(resegmented, False)
+    assert fp(base, True) != fp(recaptioned, True)
+    assert evc._captioner(base) == "signals-v2"
 
 
 def test_median_step_seconds_ignores_a_pause(evc: ModuleType, tmp_path: Path) -> None:
