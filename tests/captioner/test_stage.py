@@ -200,3 +200,43 @@ def test_signals_backend_is_labelled(segmented):
     rows = list(captions(segmented).values())
     assert {r["caption_backend"] for r in rows} == {"signals"}
     assert any(r["verb"] == "grasp" for r in rows)  # the pick-place episodes close the gripper
+
+
+def test_signal_captions_follow_the_simulators_true_phases(synth_dataset, tmp_path):
+    """Segmented, then captioned from the gripper signal: verbs against the ground truth.
+
+    The simulator's scripted phases say what the gripper does: the grasp, the held phases after
+    it (lift, carry, lower onto the goal), the release. The regression this guards: a held phase
+    captioned as a second grasp.
+    """
+    store = LanceStore(str(synth_dataset(tmp_path, episodes=9, seed=2, caption=True)))
+    episodes = {
+        e["episode_id"]: e
+        for e in store.read(
+            schemas.EPISODES, columns=["episode_id", "gt_events", "num_frames"]
+        ).to_pylist()
+    }
+    verbs: dict[str, list[str]] = {}
+    for ev in store.read(schemas.EVENTS).to_pylist():
+        ep = episodes[ev["episode_id"]]
+        starts = sorted(ep["gt_events"], key=lambda g: g["start_frame"])
+        ends = [g["start_frame"] for g in starts[1:]] + [ep["num_frames"]]
+        overlap = [
+            min(ev["end_frame"], end) - max(ev["start_frame"], g["start_frame"])
+            for g, end in zip(starts, ends, strict=True)
+        ]
+        truth = starts[overlap.index(max(overlap))]["name"]
+        phase = (
+            "held"
+            if truth.split()[0] in {"lift", "carry"} or truth.startswith("lower it")
+            else truth.split()[0]
+        )
+        verbs.setdefault(phase, []).append(ev["verb"])
+
+    def share(phase: str, verb: str) -> float:
+        return verbs[phase].count(verb) / len(verbs[phase])
+
+    assert share("grasp", "grasp") >= 0.8 and share("release", "release") >= 0.8
+    assert share("held", "carry") >= 0.8 and share("held", "grasp") <= 0.1
+    assert share("retreat", "finish") >= 0.8
+    assert "grasp" not in verbs["move"]  # push's closed-from-the-start gripper grasps nothing
