@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
-from wallwm.trainer.view import materialize, source_versions
+from wallwm.trainer.view import ViewSummary, materialize, source_versions
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -100,6 +100,18 @@ def _check_same_data(checkpoint: Path, state: dict[str, Any], now: dict[str, int
         )
 
 
+def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
+    """The run's training view (built or rebuilt if needed) and the checkpoint it resumes, if any.
+
+    The checkpoint is checked against the tables before a rebuild can start.
+    """
+    checkpoint, resumed = Path(cfg.out) / CHECKPOINT, None
+    if cfg.resume and checkpoint.exists():
+        resumed = torch.load(checkpoint, weights_only=False)
+        _check_same_data(checkpoint, resumed, source_versions(cfg.dataset, cfg.tag))
+    return materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras), resumed
+
+
 class Run:
     """Everything stateful in one training run."""
 
@@ -108,11 +120,7 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed = None
-        if cfg.resume and (self.out / CHECKPOINT).exists():
-            resumed = torch.load(self.out / CHECKPOINT, weights_only=False)
-            _check_same_data(self.out / CHECKPOINT, resumed, source_versions(cfg.dataset, cfg.tag))
-        view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras)
+        view, resumed = prepare_view(cfg)
         self.data = EventFrameDataset(
             view.path,
             cfg.h_max,
@@ -304,6 +312,8 @@ def train_ray(cfg: TrainConfig, num_workers: int = 1, use_gpu: bool = False) -> 
     from wallwm.pipeline.runtime import ensure_ray
 
     ensure_ray()
+    # Built here, once: workers building one view side by side would race on its folder.
+    prepare_view(cfg)
 
     def loop(config: dict[str, Any]) -> None:
         import ray.train
