@@ -49,10 +49,10 @@ def test_the_carry_after_a_lagged_grasp_is_not_a_second_grasp():
     x = lagged_grasp()
     cuts = [0, 13, 24, 32, 68]
     assert [gripper_notes(x, a, b) for a, b in itertools.pairwise(cuts)] == [
-        ("gripper open, closes later",),
-        ("gripper open, closes later",),
+        ("gripper open until a later grasp",),
+        ("gripper open until a later grasp",),
         ("gripper closes",),
-        ("gripper holds",),
+        ("gripper holds what it grasped",),
     ]
     assert captions(x, cuts, "Pick up the puck and place it at the goal") == [
         "reach toward the puck",
@@ -68,7 +68,7 @@ def test_a_movement_belongs_to_the_event_holding_its_onset():
     assert move.kind == "close" and move.start == 26 and 26 < move.onset <= 28 and move.end == 38
     # a cut a frame after the fingers start moving still gives the grasp to one event only
     early, late = gripper_notes(x, 20, 27), gripper_notes(x, 27, 40)
-    assert sorted([early, late]) == [("gripper closes",), ("gripper open, closes later",)]
+    assert sorted([early, late]) == [("gripper closes",), ("gripper open until a later grasp",)]
 
 
 def test_release_then_regrasp():
@@ -122,7 +122,7 @@ def test_missing_readings_are_bridged():
     x[[5, 30, 31, 50]] = np.nan
     assert [m.kind for m in gripper_moves(x)] == ["close"]
     assert gripper_notes(x, 24, 32) == ("gripper closes",)
-    assert gripper_notes(x, 32, 68) == ("gripper holds",)
+    assert gripper_notes(x, 32, 68) == ("gripper holds what it grasped",)
 
 
 def test_each_gripper_of_a_bimanual_robot_gets_its_own_note():
@@ -130,9 +130,9 @@ def test_each_gripper_of_a_bimanual_robot_gets_its_own_note():
     right[50:] = np.linspace(1, 0.3, 18)
     g_TG = np.stack([left, right], axis=1)
     notes = gripper_notes(g_TG, 32, 50)
-    assert notes == ("gripper 1 holds", "gripper 2 open, closes later")
-    assert note_kinds(notes) == {"holds", "open, closes later"}
-    assert gripper_notes(g_TG, 50, 68) == ("gripper 1 holds", "gripper 2 closes")
+    assert notes == ("gripper 1 holds what it grasped", "gripper 2 open until a later grasp")
+    assert note_kinds(notes) == {"holds what it grasped", "open until a later grasp"}
+    assert gripper_notes(g_TG, 50, 68) == ("gripper 1 holds what it grasped", "gripper 2 closes")
     assert captions(g_TG, [0, 24, 32, 50, 68], "fold the towel")[2:] == [
         "carry the towel",
         "grasp the towel",

@@ -122,7 +122,7 @@ def test_gripper_notes_and_signal_captions():
     opening = np.concatenate([np.ones(10), np.linspace(1, 0, 5), np.zeros(10)])
     assert gripper_notes(opening, 8, 16) == ("gripper closes",)
     assert gripper_notes(opening[::-1].copy(), 8, 16) == ("gripper opens",)
-    assert gripper_notes(opening, 0, 8) == ("gripper open, closes later",)
+    assert gripper_notes(opening, 0, 8) == ("gripper open until a later grasp",)
     cap = signal_caption(facts(signal_notes=("gripper closes",)))
     assert cap["caption"] == "grasp the red puck" and cap["verb"] == "grasp"
     out = SignalsBackend().generate([])

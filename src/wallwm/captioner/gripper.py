@@ -48,10 +48,10 @@ PRESHAPE_FRAMES = 2
 # robots). ``signal_caption`` maps them to captions.
 CLOSES = "closes"  # a grasp starts in this event
 OPENS = "opens"  # a release starts in this event
-HOLDS = "holds"  # closed on something since an earlier event's grasp: a carry
+HOLDS = "holds what it grasped"  # closed since an earlier event's grasp: a carry
 CLOSES_AT_START = "closes at the start"  # a pre-shape: nothing reached yet
 STAYS_CLOSED = "stays closed"  # closed since a pre-shape
-CLOSES_LATER = "open, closes later"  # still open; a grasp comes in a later event
+CLOSES_LATER = "open until a later grasp"  # the approach: a grasp comes in a later event
 
 GripperState = Literal["closes", "opens", "holds", "preshape", "stays_closed", "before_grasp"]
 
@@ -174,8 +174,8 @@ def gripper_notes(gripper_TG: npt.ArrayLike | None, start: int, end: int) -> tup
         end: One past its last frame.
 
     Returns:
-        Notes like ``"gripper closes"``, ``"gripper holds"`` (``"gripper 2 opens"`` when there
-        are several grippers).
+        Notes like ``"gripper closes"``, ``"gripper holds what it grasped"`` (``"gripper 2
+        opens"`` when there are several grippers).
     """
     if gripper_TG is None or end <= start:
         return ()
@@ -193,7 +193,7 @@ def gripper_notes(gripper_TG: npt.ArrayLike | None, start: int, end: int) -> tup
 
 
 def note_kinds(notes: tuple[str, ...] | list[str]) -> set[str]:
-    """The gripper notes without the grippers' names (``"gripper 2 holds"`` -> ``"holds"``)."""
+    """The gripper notes without the grippers' names (``"gripper 2 opens"`` -> ``"opens"``)."""
     kinds = set()
     for note in notes:
         words = note.split()
