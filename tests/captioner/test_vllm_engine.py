@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -39,18 +40,24 @@ def test_engine_generates_schema_valid_captions_keyed_by_event(tmp_path):
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
-    out = subprocess.run(
+    # its own process group: on a timeout the engine-core process vLLM spawns goes too, instead
+    # of spinning on as an orphan beside the rest of the suite
+    smoke = subprocess.Popen(
         [python, str(ROOT / "tests/vllm_support/engine_smoke.py"), str(model)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=400,
-        check=False,
+        start_new_session=True,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = [
-        json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")
-    ]
+    try:
+        stdout, stderr = smoke.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(smoke.pid, signal.SIGKILL)
+        stdout, stderr = smoke.communicate()
+        pytest.fail(f"the engine smoke run took over 400 s; its log ends: {stderr[-3000:]}")
+    assert smoke.returncode == 0, stderr[-3000:]
+    results = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert [r["event_id"] for r in results] == [f"event-{i}" for i in range(5)]
     for r in results:
         parse_caption(r["text"])

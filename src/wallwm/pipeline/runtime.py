@@ -33,8 +33,41 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)  # type: ignore[arg-type]
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)  # type: ignore[arg-type]
+        _start_local(num_cpus or os.cpu_count() or 1, kwargs)
     quiet_ray_data()
+
+
+#: Attempts at starting the embedded Ray (see ``_start_local``).
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(num_cpus: int, kwargs: dict[str, object]) -> None:
+    """Start the embedded Ray, retrying a start that timed out.
+
+    On a CPU-starved machine Ray's raylet can exit at start-up because its agents did not write
+    their port files within a fixed 15 s (ray-project/ray#65983: "Timed out waiting for file
+    .../metrics_agent_port_..."); ``ray.init`` then fails with "The current node timed out during
+    startup". A second start on the same machine normally succeeds.
+    """
+    import ray
+
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)  # type: ignore[arg-type]
+            return
+        except Exception as exc:
+            ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise RuntimeError(
+                    f"the embedded Ray did not start in {attempt} attempts ({exc}); is the "
+                    "machine out of CPU or memory? Logs: /tmp/ray/session_latest/logs"
+                ) from exc
+            logging.getLogger(__name__).warning(
+                "embedded Ray failed to start (%s); retrying (%d/%d)",
+                exc,
+                attempt + 1,
+                LOCAL_START_ATTEMPTS,
+            )
 
 
 def quiet_ray_data() -> None:
