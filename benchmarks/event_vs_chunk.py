@@ -311,22 +311,11 @@ def _run_arm(
     per_seed: dict[str, Any] = {}
     for seed in args.seeds:
         out = _run_dir(root, mode, horizon, seed, data)
-        history = train(
-            TrainConfig(
-                dataset=str(ds),
-                size=args.size,
-                mode=mode,
-                preset=args.preset,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                chunk_len=horizon,
-                h_max=max(args.chunk_lens),
-                seed=seed,
-                out=str(out),
-                resume=True,
-                checkpoint_every=max(1, args.steps // 4),
-            )
-        )
+        # A finished run is only evaluated again: its directory's fingerprint says its events and
+        # captions are these, even if the tables were rewritten since (new Lance versions, which
+        # a resume would refuse).
+        done = _finished(out / "checkpoint.pt", args.steps)
+        history = [] if done else _train_seed(args, ds, mode, horizon, seed, out)
         # The run's own training time, summed over the processes that resumed it; a run that
         # was already complete trained nothing here: its checkpoint keeps the time.
         seconds = history[-1]["seconds"] if history else _train_seconds(out / "checkpoint.pt")
@@ -360,6 +349,38 @@ def _run_arm(
         "args": vars(args),
         "data": data,
     }
+
+
+def _train_seed(
+    args: argparse.Namespace, ds: Path, mode: str, horizon: int, seed: int, out: Path
+) -> list[dict[str, float]]:
+    """Train (or resume) one seed of one arm into ``out``; its logged metrics."""
+    return train(
+        TrainConfig(
+            dataset=str(ds),
+            size=args.size,
+            mode=mode,
+            preset=args.preset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            chunk_len=horizon,
+            h_max=max(args.chunk_lens),
+            seed=seed,
+            out=str(out),
+            resume=True,
+            checkpoint_every=max(1, args.steps // 4),
+        )
+    )
+
+
+def _finished(checkpoint: Path, steps: int) -> bool:
+    """Whether a run's checkpoint has trained all ``steps``."""
+    if not checkpoint.exists():
+        return False
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return int(state["step"]) >= steps
 
 
 def _train_seconds(checkpoint: Path) -> float:

@@ -179,3 +179,13 @@ def test_report_writes_the_results_file_and_plot_where_asked(
     before = saved.read_text()
     evc._report(argparse.Namespace(**_args(report_only=True, steps=1)), tmp_path, saved, results)
     assert saved.read_text() == before
+
+
+def test_a_finished_run_is_recognised(evc: ModuleType, tmp_path: Path) -> None:
+    import torch
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    assert not evc._finished(checkpoint, 10)
+    torch.save({"step": 7, "train_seconds": 3.0}, checkpoint)
+    assert not evc._finished(checkpoint, 10) and evc._finished(checkpoint, 7)
+    assert evc._train_seconds(checkpoint) == 3.0
