@@ -452,7 +452,7 @@ def _report(
         title=f"closed-loop success, {len(args.tasks)} tasks x {args.demos} demos, "
         f"{args.steps} steps, {args.episodes} episodes/task/seed, pooled over seeds"
     )
-    table.add_column("arm")
+    table.add_column("arm", overflow="fold", min_width=16)
     for col in ("success", "95% interval", "per seed", *args.tasks, "train s/seed", "s/step"):
         table.add_column(col, justify="right")
     for name, r in results.items():
