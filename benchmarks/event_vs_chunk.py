@@ -313,12 +313,10 @@ def _run_arm(
         out = _run_dir(root, mode, horizon, seed, data)
         # A finished run is only evaluated again: its directory's fingerprint says its events and
         # captions are these, even if the tables were rewritten since (new Lance versions, which
-        # a resume would refuse).
-        done = _finished(out / "checkpoint.pt", args.steps)
-        history = [] if done else _train_seed(args, ds, mode, horizon, seed, out)
-        # The run's own training time, summed over the processes that resumed it; a run that
-        # was already complete trained nothing here: its checkpoint keeps the time.
-        seconds = history[-1]["seconds"] if history else _train_seconds(out / "checkpoint.pt")
+        # a resume would refuse); its checkpoint keeps its training time.
+        seconds = _finished_seconds(out / "checkpoint.pt", args.steps)
+        if seconds is None:  # train or resume it: the time is summed over resumed processes
+            seconds = _train_seed(args, ds, mode, horizon, seed, out)[-1]["seconds"]
         policy = LocalPolicy(
             out / "checkpoint.pt",
             replan_every=min(args.replan_every, horizon),
@@ -373,22 +371,17 @@ def _train_seed(
     )
 
 
-def _finished(checkpoint: Path, steps: int) -> bool:
-    """Whether a run's checkpoint has trained all ``steps``."""
+def _finished_seconds(checkpoint: Path, steps: int) -> float | None:
+    """The training time of a run whose checkpoint has trained all ``steps``; None otherwise.
+
+    Checkpoints older than the time record count 0 s.
+    """
     if not checkpoint.exists():
-        return False
+        return None
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    return int(state["step"]) >= steps
-
-
-def _train_seconds(checkpoint: Path) -> float:
-    """Training time recorded in a checkpoint (0 for checkpoints older than that record)."""
-    import torch
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    return float(state.get("train_seconds", 0.0))
+    return float(state.get("train_seconds", 0.0)) if int(state["step"]) >= steps else None
 
 
 def _median_step_seconds(log: Path) -> float | None:

@@ -185,7 +185,9 @@ def test_a_finished_run_is_recognised(evc: ModuleType, tmp_path: Path) -> None:
     import torch
 
     checkpoint = tmp_path / "checkpoint.pt"
-    assert not evc._finished(checkpoint, 10)
+    assert evc._finished_seconds(checkpoint, 10) is None
     torch.save({"step": 7, "train_seconds": 3.0}, checkpoint)
-    assert not evc._finished(checkpoint, 10) and evc._finished(checkpoint, 7)
-    assert evc._train_seconds(checkpoint) == 3.0
+    assert evc._finished_seconds(checkpoint, 10) is None
+    assert evc._finished_seconds(checkpoint, 7) == 3.0
+    torch.save({"step": 7}, checkpoint)  # written before checkpoints kept the training time
+    assert evc._finished_seconds(checkpoint, 7) == 0.0
