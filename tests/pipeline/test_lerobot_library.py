@@ -65,6 +65,8 @@ def test_lerobot_written_dataset_reads_exactly(written):
         }
         grippers = [n for n in manifest["names"] if "gripper" in n]
         assert rec.gripper_TG is not None and rec.gripper_TG.shape[1] == len(grippers)
+    # the writer's grippers start at 0 and close to 1: the vote finds the low end open
+    assert source.gripper_signs == [-1] * len(grippers)
 
 
 def test_lerobot_written_dataset_runs_through_the_pipeline(written, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wallwm.pipeline.ingest import load_episode
-from wallwm.pipeline.sources.base import UnknownFormatError
+from wallwm.pipeline.sources.base import UnknownFormatError, start_open_votes
 from wallwm.pipeline.sources.registry import detect_format, open_source
 
 
@@ -117,3 +117,67 @@ def test_hdf5_aloha_and_robomimic(hdf5_source):
     assert demo.probed[0].name == "agentview_image" and demo.probed[0].num_frames == len(
         eps[3]["actions"]
     )
+
+
+def test_start_open_votes():
+    t = np.linspace(0.0, 1.0, 50)
+    opens_high = np.where(t < 0.5, 1.0, 0.2)  # starts open (high), closes on a grasp
+    command = np.where(t < 0.5, -1.0, 1.0)  # LIBERO-style: -1 open, +1 close
+    flat = np.full_like(t, 0.7)  # never moves: no say
+    votes = start_open_votes(np.stack([opens_high, command, flat], axis=1))
+    assert votes.tolist() == [1, -1, 0]
+    assert start_open_votes(np.full((5, 1), np.nan)).tolist() == [0]
+    assert start_open_votes(np.zeros((0, 2))).tolist() == [0, 0]
+    # one glitched first frame does not flip the vote (median of the first frames)
+    glitch = command.copy()
+    glitch[0] = 1.0
+    assert start_open_votes(glitch).tolist() == [-1]
+
+
+def test_lerobot_gripper_command_oriented_open_high(lerobot_v21):
+    """The synthetic robot's "gripper" action closes at +1; episodes start open (-1)."""
+    root, eps = lerobot_v21(3)
+    source = open_source(root)
+    refs, _ = source.list_episodes()
+    assert source.gripper_signs == [-1]
+    assert "'gripper' low = open" in source.gripper_decision
+    rec = source.read(refs[0])
+    np.testing.assert_allclose(rec.gripper_TG[:, 0], -eps[0]["actions"][:, 3], rtol=1e-6)
+    # stated conventions override the vote, and a read before any listing decides too
+    high = open_source(root, gripper_open="high")
+    np.testing.assert_allclose(
+        high.read(refs[0]).gripper_TG[:, 0], eps[0]["actions"][:, 3], rtol=1e-6
+    )
+    assert high.gripper_signs == [1] and high.gripper_decision == "stated: high = open"
+    fresh = open_source(root)
+    assert fresh.read(refs[0]).gripper_TG[0, 0] == pytest.approx(-eps[0]["actions"][0, 3])
+
+
+def test_hdf5_gripper_openings(tmp_path):
+    """robomimic: the gap of each arm's mirrored finger joints; ALOHA: qpos dims 6 and 13."""
+    import h5py
+
+    t = 12
+    fingers = np.linspace(0.04, 0.0, t)[:, None] * np.array([[1.0, -1.0]])
+    with h5py.File(tmp_path / "two_arm.hdf5", "w") as f:
+        g = f.create_group("data/demo_0")
+        g["actions"] = np.zeros((t, 14), np.float32)
+        g["obs/robot0_eef_pos"] = np.zeros((t, 3), np.float32)
+        g["obs/robot0_gripper_qpos"] = fingers
+        g["obs/robot1_gripper_qpos"] = fingers[::-1]
+        g["obs/agentview_image"] = np.zeros((t, 8, 8, 3), np.uint8)
+    qpos = np.zeros((t, 14), np.float32)
+    qpos[:, 6], qpos[:, 13] = np.linspace(1, 0, t), np.linspace(0, 1, t)
+    with h5py.File(tmp_path / "aloha.hdf5", "w") as f:
+        f["action"] = np.zeros((t, 14), np.float32)
+        f["observations/qpos"] = qpos
+        f["observations/images/cam_high"] = np.zeros((t, 8, 8, 3), np.uint8)
+    source = open_source(tmp_path)
+    refs = {r.episode_key: r for r in source.list_episodes()[0]}
+    demo = source.read(refs["two_arm.hdf5:demo_0"])
+    np.testing.assert_allclose(demo.gripper_TG[:, 0], 2 * fingers[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(demo.gripper_TG[:, 1], 2 * fingers[::-1, 0], rtol=1e-6)
+    aloha = source.read(refs["aloha.hdf5"])
+    np.testing.assert_allclose(aloha.gripper_TG, qpos[:, [6, 13]])
+    low = open_source(tmp_path, gripper_open="low").read(refs["aloha.hdf5"])
+    np.testing.assert_allclose(low.gripper_TG, -qpos[:, [6, 13]])

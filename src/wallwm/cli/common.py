@@ -19,6 +19,13 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option("--ray-address", help="Join a running Ray cluster instead of a local Ray."),
 ]
+GripperOpenOpt = Annotated[
+    str,
+    typer.Option(
+        help="Which end of the source's gripper values is open: auto (LeRobot gripper commands: "
+        "the end most episodes start at) | high | low (e.g. LIBERO/MetaWorld commands, +1 closes).",
+    ),
+]
 
 
 def print_json(obj: Any) -> None:

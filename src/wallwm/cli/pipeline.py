@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
+from wallwm.cli.common import (
+    DatasetOpt,
+    GripperOpenOpt,
+    JsonOpt,
+    RayAddressOpt,
+    console,
+    err_console,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from wallwm.pipeline.ingest import IngestConfig
@@ -29,6 +37,7 @@ def ingest(
     frame_tolerance: Annotated[
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
     ] = 1,
+    gripper_open: GripperOpenOpt = "auto",
     batch_episodes: Annotated[int, typer.Option(help="Episodes per Lance commit.")] = 32,
     force: Annotated[
         bool, typer.Option(help="Re-read episodes whose files did not change.")
@@ -50,6 +59,7 @@ def ingest(
             instruction=instruction,
             fps=fps,
             frame_tolerance=frame_tolerance,
+            gripper_open=gripper_open,  # type: ignore[arg-type]
             batch_episodes=batch_episodes,
             force=force,
             strict=strict,
@@ -170,6 +180,8 @@ def ingest_with_progress(cfg: IngestConfig) -> int:
         f"{summary.frames_per_s:.0f} frames/s; episodes table version {summary.episodes_version}",
         soft_wrap=True,
     )
+    if summary.gripper:
+        console.print(f"gripper open end: {summary.gripper}")
     if summary.events:
         console.print(f"[bold]segment[/] (fused with ingest): {summary.events} events")
     code = summary.exit_code(cfg.strict)

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, JsonOpt, RayAddressOpt, console, err_console, print_json
+from wallwm.cli.common import (
+    DatasetOpt,
+    GripperOpenOpt,
+    JsonOpt,
+    RayAddressOpt,
+    console,
+    err_console,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -168,6 +176,7 @@ def run_cmd(
     instruction: Annotated[
         str | None, typer.Option(help="Instruction for episodes with none.")
     ] = None,
+    gripper_open: GripperOpenOpt = "auto",
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
     penalty: PenaltyOpt = 0.85,
@@ -197,6 +206,7 @@ def run_cmd(
         dataset=dataset,
         format=fmt,  # type: ignore[arg-type]
         instruction=instruction,
+        gripper_open=gripper_open,  # type: ignore[arg-type]
         executor="local" if local else "ray",
         ray_address=ray_address,
         segment=seg,

@@ -59,6 +59,11 @@ class IngestConfig(BaseModel):
     format: Literal["auto", "lerobot", "folder", "hdf5"] = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
+    gripper_open: Literal["auto", "high", "low"] = Field(
+        "auto",
+        description="Which end of the source's gripper values is open (auto: LeRobot gripper "
+        "commands are decided by the end most episodes start at; other formats store openings).",
+    )
     frame_tolerance: int = Field(1, ge=0, description="Accepted |video frames - action rows|.")
     batch_episodes: int = Field(32, ge=1, description="Episodes per merge_insert commit.")
     force: bool = Field(False, description="Re-read episodes whose files did not change.")
@@ -82,7 +87,11 @@ class IngestConfig(BaseModel):
 
     def lineage_config(self) -> dict[str, Any]:
         """The options that determine the output (what the config hash covers)."""
-        return self.model_dump(include={"format", "instruction", "fps", "frame_tolerance"})
+        # gripper_open joins only when stated, so runs with the default keep their earlier hash
+        keys = {"format", "instruction", "fps", "frame_tolerance"}
+        if self.gripper_open != "auto":
+            keys.add("gripper_open")
+        return self.model_dump(include=keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +121,8 @@ class IngestSummary:
     seconds: float = 0.0
     episodes_version: int | None = None
     events: int = 0
+    #: How the gripper's open end was decided, where the source had to (LeRobot commands).
+    gripper: str = ""
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
 
     @property
@@ -442,9 +453,16 @@ def run_ingest(
             on_outcome(EpisodeOutcome(key, False, error=error))
 
     try:
-        source = open_source(cfg.source, cfg.format, instruction=cfg.instruction, fps=cfg.fps)
+        source = open_source(
+            cfg.source,
+            cfg.format,
+            instruction=cfg.instruction,
+            fps=cfg.fps,
+            gripper_open=cfg.gripper_open,
+        )
         summary.source_format = source.format
         refs, listing_errors = source.list_episodes()
+        summary.gripper = str(getattr(source, "gripper_decision", "") or "")
     except EpisodeError as exc:
         fail(exc, "", cfg.source)
         return _finish(store, run, summary, failure_rows, [], t0)

@@ -3,14 +3,52 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+
+#: Which end of a source's gripper values is open. Readers return ``gripper_TG`` with larger =
+#: more open; a source whose values grow as the gripper closes (LIBERO's and MetaWorld's gripper
+#: commands: -1 open, +1 close) is negated on read. ``auto`` lets the reader decide from the data
+#: (see :func:`start_open_votes`), ``high``/``low`` state it.
+GripperOpen = Literal["auto", "high", "low"]
+
+
+def start_open_votes(gripper_TG: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Per gripper, which end of its own range an episode starts at: +1 high, -1 low, 0 neither.
+
+    Episodes nearly always start with the gripper open -- before the first grasp -- so the end
+    a gripper starts at votes for its open end; summed over a dataset's episodes the sign says
+    which end is open even where some episodes start holding something. A gripper that hardly
+    moves (range under 5 % of its largest magnitude, what the captioner ignores too) or starts
+    mid-range votes 0.
+
+    Args:
+        gripper_TG: (T, G) gripper values of one episode (NaN where unknown).
+
+    Returns:
+        (G,) votes in {-1, 0, +1}.
+    """
+    x_TG = np.asarray(gripper_TG, dtype=np.float64)
+    if x_TG.ndim == 1:
+        x_TG = x_TG[:, None]
+    if x_TG.shape[0] == 0 or np.isnan(x_TG).all():
+        return np.zeros(x_TG.shape[1], dtype=np.int64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns vote 0 below
+        lo_G, hi_G = np.nanmin(x_TG, axis=0), np.nanmax(x_TG, axis=0)
+        start_G = np.nanmedian(x_TG[:3], axis=0)  # the first frames, robust to one glitch
+    ptp_G = hi_G - lo_G
+    moves_G = ptp_G > 0.05 * np.maximum(np.abs(lo_G), np.abs(hi_G))
+    frac_G = (start_G - lo_G) / np.where(moves_G & (ptp_G > 0), ptp_G, 1.0)
+    votes_G = np.where(frac_G >= 0.75, 1, np.where(frac_G <= 0.25, -1, 0))
+    return np.where(moves_G & np.isfinite(frac_G), votes_G, 0).astype(np.int64)
 
 
 class EpisodeError(Exception):

@@ -6,6 +6,7 @@ Layout::
                                      "events"?: [{"start_frame": int, "name": str}]}
     SOURCE/<episode>/steps.parquet  one row per frame: action list<float> (required);
                                     state list<float>, gripper float|list<float>, timestamp float
+                                    (gripper: the opening per gripper, larger = more open)
     SOURCE/<episode>/<camera>.mp4   one video per camera, same frame count as steps.parquet
 
 Every episode is expected to have every camera seen in the source; an episode missing one is a
@@ -31,6 +32,7 @@ from wallwm.pipeline.sources.base import (
     EpisodeRecord,
     EpisodeRef,
     FloatArray,
+    GripperOpen,
     MissingFieldError,
 )
 
@@ -59,10 +61,17 @@ class FolderSource:
 
     format = FORMAT
 
-    def __init__(self, root: str | Path) -> None:
-        """Open a folder source rooted at ``root``."""
+    def __init__(self, root: str | Path, gripper_open: GripperOpen = "auto") -> None:
+        """Open a folder source rooted at ``root``.
+
+        Args:
+            root: The source directory (one subdirectory per episode).
+            gripper_open: ``low``: the ``gripper`` column shrinks as the gripper opens (negated
+                on read); ``auto``/``high``: it grows, the format's convention.
+        """
         self.root = Path(root).resolve()
         self.uri = str(self.root)
+        self.gripper_sign = -1.0 if gripper_open == "low" else 1.0
 
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
         """One ref per episode directory; the camera set is the union over all episodes."""
@@ -120,7 +129,7 @@ class FolderSource:
             actions_TA=actions,
             cameras=cameras,
             states_TS=states,
-            gripper_TG=gripper,
+            gripper_TG=None if gripper is None else gripper * np.float32(self.gripper_sign),
             timestamps_s=timestamps,
             action_names=meta.get("action_names"),
             state_names=meta.get("state_names"),

@@ -12,6 +12,10 @@ robomimic (many demos per file)::
     /data/demo_<i>/obs/<name>_image  (T, H, W, 3) uint8
     /data/demo_<i>/obs/<low-dim>     (T, D)  -> concatenated (sorted by name) into the state
 
+The gripper opening (larger = more open) comes from the state: ALOHA's 14-D ``qpos`` holds each
+arm's normalised gripper position at indices 6 and 13 (7-D: one arm, index 6); robomimic's
+``robot<k>_gripper_qpos`` holds the two mirrored finger joints of arm k, whose gap is the opening.
+
 Neither layout stores a language instruction or always an fps: they are read from attributes
 (``instruction``/``language_instruction``/``task``/``lang``, ``fps``/``control_freq``) on the
 episode group or the file, else from the ingest options (``--instruction``, ``--fps``), else fps
@@ -20,6 +24,7 @@ defaults to the layout's usual control rate (ALOHA 50 Hz, robomimic 20 Hz).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from wallwm.pipeline.sources.base import (
     EpisodeRecord,
     EpisodeRef,
     FloatArray,
+    GripperOpen,
     MissingFieldError,
 )
 from wallwm.pipeline.video import HDF5_SEPARATOR
@@ -41,6 +47,8 @@ FORMAT = "hdf5"
 SUFFIXES = (".hdf5", ".h5")
 DEFAULT_FPS = {"aloha": 50.0, "robomimic": 20.0}
 _INSTRUCTION_ATTRS = ("instruction", "language_instruction", "task", "lang")
+#: ALOHA ``qpos`` widths and where each arm's gripper position sits in them.
+_ALOHA_GRIPPER_DIMS = {14: [6, 13], 7: [6]}
 
 
 def looks_like(root: Path) -> bool:
@@ -72,7 +80,11 @@ class HDF5Source:
     format = FORMAT
 
     def __init__(
-        self, root: str | Path, instruction: str | None = None, fps: float | None = None
+        self,
+        root: str | Path,
+        instruction: str | None = None,
+        fps: float | None = None,
+        gripper_open: GripperOpen = "auto",
     ) -> None:
         """Open an HDF5 file or a directory of them.
 
@@ -80,11 +92,14 @@ class HDF5Source:
             root: A ``.hdf5`` file or a directory searched recursively.
             instruction: Instruction for episodes whose files carry none.
             fps: Frame rate for episodes whose files carry none.
+            gripper_open: ``low``: the stored gripper positions shrink as it opens (negated on
+                read); ``auto``/``high``: they grow, as in both layouts' own conventions.
         """
         self.root = Path(root).resolve()
         self.uri = str(self.root)
         self.instruction = instruction
         self.fps = fps
+        self.gripper_sign = -1.0 if gripper_open == "low" else 1.0
 
     def _files(self) -> list[Path]:
         if self.root.is_file():
@@ -159,7 +174,8 @@ class HDF5Source:
                         else None
                     )
                     image_group = "observations/images"
-                    gripper = None
+                    dims = _ALOHA_GRIPPER_DIMS.get(-1 if states is None else states.shape[1])
+                    gripper = None if states is None or dims is None else states[:, dims]
                 else:
                     actions = _array(group, "actions", file)
                     states, gripper = self._robomimic_state(group, file)
@@ -193,7 +209,7 @@ class HDF5Source:
             actions_TA=actions,
             cameras=cams,
             states_TS=states,
-            gripper_TG=gripper,
+            gripper_TG=None if gripper is None else gripper * np.float32(self.gripper_sign),
         )
 
     @staticmethod
@@ -205,5 +221,10 @@ class HDF5Source:
         if not keys:
             return None, None
         states = np.concatenate([_array(obs, k, file) for k in keys], axis=1)
-        gripper = _array(obs, "robot0_gripper_qpos", file) if "robot0_gripper_qpos" in obs else None
-        return states, gripper
+        # robosuite's parallel-jaw fingers mirror each other (one joint +, one -): the gap
+        # between them is the opening, one value per arm
+        openings = []
+        for key in sorted(k for k in keys if re.fullmatch(r"robot\d+_gripper_qpos", k)):
+            q = _array(obs, key, file)
+            openings.append(q[:, 0] - q[:, 1] if q.shape[1] == 2 else q[:, 0])
+        return states, (np.stack(openings, axis=1) if openings else None)

@@ -29,12 +29,16 @@ from wallwm.pipeline.sources.base import (
     EpisodeError,
     EpisodeRecord,
     EpisodeRef,
+    GripperOpen,
     MissingFieldError,
     UnknownFormatError,
+    start_open_votes,
 )
 
 FORMAT = "lerobot"
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+#: Episodes read to decide which end of a gripper command is open (``gripper_open="auto"``).
+GRIPPER_VOTE_EPISODES = 24
 
 
 def looks_like(root: Path) -> bool:
@@ -89,8 +93,15 @@ class LeRobotSource:
 
     format = FORMAT
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, gripper_open: GripperOpen = "auto") -> None:
         """Open the dataset at ``root`` and load its metadata.
+
+        Args:
+            root: The dataset directory (holding ``meta/info.json``).
+            gripper_open: Which end of the action dims named ``*gripper*`` is open. Conventions
+                differ by robot (ALOHA, SO-100: larger = open; LIBERO, MetaWorld: +1 closes), so
+                ``auto`` reads a sample of episodes and takes the end most of them start at
+                (:func:`~wallwm.pipeline.sources.base.start_open_votes`).
 
         Raises:
             EpisodeError: If ``meta/info.json`` is missing, unreadable, or of an unknown version.
@@ -128,6 +139,14 @@ class LeRobotSource:
         self.tasks = _index_table(self.root / "meta" / "tasks", "task_index", "task")
         self.subtasks = _index_table(self.root / "meta" / "subtasks", "subtask_index", "subtask")
         self.episodes = self._load_episodes()
+        self.gripper_open = gripper_open
+        names = self.action_names or []
+        self.gripper_dims = [i for i, n in enumerate(names) if "gripper" in n.lower()]
+        #: +1 per gripper dim whose values grow as it opens, -1 where they are negated on read;
+        #: decided on the first listing (in the driver, so workers get it pickled with the source).
+        stated = [1 if gripper_open == "high" else -1] * len(self.gripper_dims)
+        self.gripper_signs: list[int] | None = None if gripper_open == "auto" else stated
+        self.gripper_decision = "" if gripper_open == "auto" else f"stated: {gripper_open} = open"
 
     def _load_episodes(self) -> list[dict[str, Any]]:
         meta = self.root / "meta"
@@ -217,13 +236,37 @@ class LeRobotSource:
                     self.uri, FORMAT, f"episode_{idx:06d}", (data, *(c.uri for c in cams)), locator
                 )
             )
+        if self.gripper_signs is None:
+            self._decide_gripper_signs(refs)
         return refs, errors
 
-    def read(self, ref: EpisodeRef) -> EpisodeRecord:
-        """Read one episode's rows from its (possibly shared) parquet file."""
-        loc = ref.locator
-        data = str(loc["data"])
-        idx = int(loc["episode_index"])  # type: ignore[call-overload]
+    def _decide_gripper_signs(self, refs: list[EpisodeRef]) -> None:
+        """Vote on each gripper dim's open end over evenly spaced episodes (``auto``)."""
+        if not self.gripper_dims:
+            self.gripper_signs = []
+            return
+        step = max(1, len(refs) // GRIPPER_VOTE_EPISODES)
+        votes_G = np.zeros(len(self.gripper_dims), dtype=np.int64)
+        voters = 0
+        for ref in refs[::step][:GRIPPER_VOTE_EPISODES]:
+            try:
+                idx = int(ref.locator["episode_index"])  # type: ignore[call-overload]
+                table = self._episode_table(str(ref.locator["data"]), idx)
+                actions = column_to_2d(table.column(self.action_key), self.action_key, "")
+            except (EpisodeError, KeyError, ValueError):
+                continue  # a bad episode is reported when it is read; it just does not vote
+            if actions.shape[1] == len(self.action_names or []):
+                votes_G += start_open_votes(actions[:, self.gripper_dims])
+                voters += 1
+        self.gripper_signs = [-1 if v < 0 else 1 for v in votes_G]
+        self.gripper_decision = "auto: " + ", ".join(
+            f"{(self.action_names or [])[d]!r} {'low' if sign < 0 else 'high'} = open "
+            f"(vote {int(v):+d} over {voters} episodes)"
+            for d, sign, v in zip(self.gripper_dims, self.gripper_signs, votes_G, strict=True)
+        )
+
+    def _episode_table(self, data: str, idx: int) -> pa.Table:
+        """One episode's rows of its (possibly shared) data parquet, in frame order."""
         if not Path(data).is_file():
             raise MissingFieldError(data, "episode data parquet is missing", "MissingData")
         try:
@@ -234,6 +277,13 @@ class LeRobotSource:
             table = table.sort_by("frame_index")
         if self.action_key not in table.column_names:
             raise MissingFieldError(data, f"column {self.action_key!r} is missing")
+        return table
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode's rows from its (possibly shared) parquet file."""
+        loc = ref.locator
+        data = str(loc["data"])
+        table = self._episode_table(data, int(loc["episode_index"]))  # type: ignore[call-overload]
         actions = column_to_2d(table.column(self.action_key), self.action_key, data)
         states = (
             column_to_2d(table.column(self.state_key), self.state_key, data)
@@ -241,9 +291,10 @@ class LeRobotSource:
             else None
         )
         gripper = None
-        if self.action_names and len(self.action_names) == actions.shape[1]:
-            cols = [i for i, n in enumerate(self.action_names) if "gripper" in n.lower()]
-            gripper = actions[:, cols] if cols else None
+        if self.gripper_dims and len(self.action_names or []) == actions.shape[1]:
+            if self.gripper_signs is None:  # read before any listing (a single-episode tool)
+                self.list_episodes()
+            gripper = actions[:, self.gripper_dims] * np.asarray(self.gripper_signs, np.float32)
         tasks = [str(t) for t in loc.get("tasks") or []]  # type: ignore[attr-defined]
         task_ids = (
             table.column("task_index").to_pylist() if "task_index" in table.column_names else []

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from wallwm.pipeline.sources import folder, hdf5, lerobot
-from wallwm.pipeline.sources.base import EpisodeSource, UnknownFormatError
+from wallwm.pipeline.sources.base import EpisodeSource, GripperOpen, UnknownFormatError
 
 SourceFormat = Literal["auto", "lerobot", "folder", "hdf5"]
 FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5")
@@ -46,8 +46,12 @@ def open_source(
     *,
     instruction: str | None = None,
     fps: float | None = None,
+    gripper_open: GripperOpen = "auto",
 ) -> EpisodeSource:
     """Open a source, detecting its format when ``fmt`` is ``"auto"``.
+
+    ``gripper_open`` says which end of the source's gripper values is open (readers return
+    larger = more open); ``auto`` decides from the data where the format has no convention.
 
     Raises:
         UnknownFormatError: Unknown format name or undetectable layout.
@@ -56,11 +60,11 @@ def open_source(
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == lerobot.FORMAT:
-        return lerobot.LeRobotSource(path)
+        return lerobot.LeRobotSource(path, gripper_open=gripper_open)
     if fmt == folder.FORMAT:
-        return folder.FolderSource(path)
+        return folder.FolderSource(path, gripper_open=gripper_open)
     if fmt == hdf5.FORMAT:
-        return hdf5.HDF5Source(path, instruction=instruction, fps=fps)
+        return hdf5.HDF5Source(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UnknownFormatError(str(path), f"unknown format {fmt!r} (choose from {FORMATS}){hint}")
