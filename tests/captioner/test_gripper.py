@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wallwm.captioner.backends import _object_of, signal_caption
-from wallwm.captioner.gripper import gripper_moves, gripper_notes, note_kinds
+from wallwm.captioner.gripper import gripper_moves, gripper_names, gripper_notes, note_kinds
 from wallwm.captioner.prompting import EventFacts
 from wallwm.captioner.stage import _gripper_array
 
@@ -137,6 +137,25 @@ def test_each_gripper_of_a_bimanual_robot_gets_its_own_note():
         "carry the towel",
         "grasp the towel",
     ]
+
+
+def test_grippers_named_after_their_action_dims():
+    names = ["left_waist", "left_gripper", "right_waist", "right_gripper"]
+    assert gripper_names(names, 2) == ["left gripper", "right gripper"]
+    assert gripper_names(["x", "gripper"], 1) == ["gripper"]
+    # no names, a count that does not match, or names that repeat: numbered
+    assert gripper_names(None, 2) == ["gripper 1", "gripper 2"]
+    assert gripper_names(["left_gripper"], 2) == ["gripper 1", "gripper 2"]
+    assert gripper_names(["gripper", "gripper"], 2) == ["gripper 1", "gripper 2"]
+    left, right = lagged_grasp(), np.ones(68)
+    right[50:] = np.linspace(1, 0.3, 18)
+    notes = gripper_notes(np.stack([left, right], axis=1), 50, 68, gripper_names(names, 2))
+    assert notes == ("left gripper holds what it grasped", "right gripper closes")
+    assert note_kinds(notes) == {"holds what it grasped", "closes"}
+    assert note_kinds(["gripper closes at the start", "main gripper stays closed"]) == {
+        "closes at the start",
+        "stays closed",
+    }
 
 
 def test_stored_gripper_column_to_array():

@@ -96,3 +96,8 @@ def test_lerobot_written_dataset_runs_through_the_pipeline(written, tmp_path):
             assert any(abs(s - at) <= 1 for s in starts), (name, at, starts)
     table = store.read(schemas.EPISODES)
     assert from_vector_series(table.column("actions")[0]).shape[1] == len(manifest["names"])
+    # the captioner's notes call a bimanual robot's grippers by their action names
+    from wallwm.captioner.stage import _load
+
+    want = ["gripper"] if len(grippers) == 1 else [g.replace("_", " ") for g in grippers]
+    assert {tuple(ep.gripper_names or []) for ep in _load(store)} == {tuple(want)}

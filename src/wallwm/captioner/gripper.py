@@ -44,8 +44,8 @@ MIN_SCALE_FRACTION = 0.05
 PRESHAPE_FRACTION = 0.02
 PRESHAPE_FRAMES = 2
 
-# The notes (after the gripper's name: "gripper", or "gripper 1", "gripper 2" on multi-gripper
-# robots). ``signal_caption`` maps them to captions.
+# The notes (after the gripper's name: "gripper", or "gripper 1", "gripper 2" -- or the source's
+# names, "left gripper" -- on multi-gripper robots). ``signal_caption`` maps them to captions.
 CLOSES = "closes"  # a grasp starts in this event
 OPENS = "opens"  # a release starts in this event
 HOLDS = "holds what it grasped"  # closed since an earlier event's grasp: a carry
@@ -165,17 +165,40 @@ _NOTE = {
 }
 
 
-def gripper_notes(gripper_TG: npt.ArrayLike | None, start: int, end: int) -> tuple[str, ...]:
+def gripper_names(action_names: list[str] | None, width: int) -> list[str]:
+    """What the notes call each of ``width`` grippers.
+
+    One gripper is "gripper". Several take their action dims' names where the source names
+    exactly ``width`` dims ``*gripper*`` (``left_gripper`` -> "left gripper", as a bimanual
+    LeRobot dataset names them) and the names differ; else "gripper 1", "gripper 2", ...
+    """
+    if width == 1:
+        return ["gripper"]
+    named = [
+        " ".join(str(n).replace("_", " ").replace(".", " ").split())
+        for n in action_names or []
+        if "gripper" in str(n).lower()
+    ]
+    if len(named) == width and len(set(named)) == width:
+        return named
+    return [f"gripper {j + 1}" for j in range(width)]
+
+
+def gripper_notes(
+    gripper_TG: npt.ArrayLike | None, start: int, end: int, names: list[str] | None = None
+) -> tuple[str, ...]:
     """The signal notes of the event ``[start, end)``: one per gripper that has something to say.
 
     Args:
         gripper_TG: The episode's gripper openings, (T,) or (T, G); None or empty: no notes.
         start: First frame of the event.
         end: One past its last frame.
+        names: What to call each gripper (:func:`gripper_names`); default "gripper" for one,
+            "gripper 1", "gripper 2", ... for several.
 
     Returns:
         Notes like ``"gripper closes"``, ``"gripper holds what it grasped"`` (``"gripper 2
-        opens"`` when there are several grippers).
+        opens"`` or ``"right gripper opens"`` when there are several grippers).
     """
     if gripper_TG is None or end <= start:
         return ()
@@ -183,22 +206,16 @@ def gripper_notes(gripper_TG: npt.ArrayLike | None, start: int, end: int) -> tup
     if g_TG.size == 0:
         return ()
     g_TG = g_TG.reshape(len(g_TG), -1)
+    if names is None or len(names) != g_TG.shape[1]:
+        names = gripper_names(None, g_TG.shape[1])
     notes = []
     for j in range(g_TG.shape[1]):
         state = gripper_state(gripper_moves(g_TG[:, j]), len(g_TG), start, end)
         if state is not None:
-            name = "gripper" if g_TG.shape[1] == 1 else f"gripper {j + 1}"
-            notes.append(f"{name} {_NOTE[state]}")
+            notes.append(f"{names[j]} {_NOTE[state]}")
     return tuple(notes)
 
 
 def note_kinds(notes: tuple[str, ...] | list[str]) -> set[str]:
-    """The gripper notes without the grippers' names (``"gripper 2 opens"`` -> ``"opens"``)."""
-    kinds = set()
-    for note in notes:
-        words = note.split()
-        if not words or words[0] != "gripper":
-            continue
-        rest = words[2:] if len(words) > 1 and words[1].isdigit() else words[1:]
-        kinds.add(" ".join(rest))
-    return kinds
+    """The gripper notes without the grippers' names (``"left gripper opens"`` -> ``"opens"``)."""
+    return {kind for note in notes for kind in _NOTE.values() if note.endswith(f" {kind}")}

@@ -34,7 +34,7 @@ from wallwm.captioner.backends import (
     SignalsBackendConfig,
     make_backend,
 )
-from wallwm.captioner.gripper import gripper_notes
+from wallwm.captioner.gripper import gripper_names, gripper_notes
 from wallwm.captioner.parsing import CaptionParseError, parse_caption, reask_message
 from wallwm.captioner.prompting import (
     DEFAULT_PROMPT,
@@ -161,6 +161,7 @@ class _Episode:
     instruction: str
     gripper_TG: np.ndarray | None
     events: list[dict[str, Any]]
+    gripper_names: list[str] | None = None
 
 
 def _load(store: TableStore) -> list[_Episode]:
@@ -186,7 +187,14 @@ def _load(store: TableStore) -> list[_Episode]:
         by_episode[e["episode_id"]].append(e)
     episodes = store.read(
         schemas.EPISODES,
-        columns=["episode_id", "episode_key", "source_uri", "instruction", "gripper"],
+        columns=[
+            "episode_id",
+            "episode_key",
+            "source_uri",
+            "instruction",
+            "gripper",
+            "action_names",
+        ],
     ).to_pylist()
     out = []
     for ep in episodes:
@@ -201,6 +209,7 @@ def _load(store: TableStore) -> list[_Episode]:
                 ep["instruction"],
                 gripper,
                 sorted(by_episode[ep["episode_id"]], key=lambda e: e["event_index"]),
+                None if gripper is None else gripper_names(ep["action_names"], gripper.shape[1]),
             )
         )
     return out
@@ -235,7 +244,9 @@ def _facts(ep: _Episode, event: dict[str, Any], previous: str | None) -> EventFa
         duration_s=event["duration_s"],
         cues=tuple(event["cues"]),
         previous_caption=previous,
-        signal_notes=gripper_notes(ep.gripper_TG, event["start_frame"], event["end_frame"]),
+        signal_notes=gripper_notes(
+            ep.gripper_TG, event["start_frame"], event["end_frame"], ep.gripper_names
+        ),
         keyframes=keyframes,
     )
 
