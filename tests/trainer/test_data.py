@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lance
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -197,10 +198,26 @@ def test_latest_view_is_rebuilt_once_the_tables_move_on(curated):
     ids = store.read(schemas.EVENTS, columns=["event_id"]).column(0).to_pylist()
     recaptioned = pa.table({"event_id": ids, "caption": ["carry the puck"] * len(ids)})
     store.update_columns(schemas.EVENTS, recaptioned, key="event_id")
+    frames_before = lance.dataset(first.path + "/frames.lance").to_table()
     again = materialize(str(ds), None, size=24)
     assert again.seconds > 0.0 and again.path == first.path
     assert {e["caption"] for e in EventFrameDataset(again.path).events} == {"carry the puck"}
     assert not Path(again.path + ".stale").exists()
+    # only the events changed: the frames are the old view's, linked over, not decoded again
+    assert (
+        again.frames_reused
+        and json.loads(Path(again.path, "meta.json").read_text())["frames_reused"]
+    )
+    assert lance.dataset(again.path + "/frames.lance").to_table().equals(frames_before)
+    # a view that does not hold the same episodes/cameras (here: as its meta says), or --force,
+    # decodes them again
+    meta_path = Path(again.path, "meta.json")
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "cameras": ["other"]}))
+    store.update_columns(schemas.EVENTS, recaptioned, key="event_id")
+    rebuilt = materialize(str(ds), None, size=24)
+    assert not rebuilt.frames_reused and rebuilt.frames == first.frames
+    assert lance.dataset(rebuilt.path + "/frames.lance").to_table().equals(frames_before)
+    assert not materialize(str(ds), None, size=24, force=True).frames_reused
     # a view at a tag is pinned to the tag's versions: still reused
     pinned = materialize(str(ds), "v1", size=24)
     assert materialize(str(ds), "v1", size=24).seconds == 0.0

@@ -34,7 +34,8 @@ def materialize_cmd(
         raise typer.Exit(1) from exc
     console.print(
         f"[bold]materialize[/]: {s.episodes} episodes, {s.events} events, {s.frames} "
-        f"frames at {size}px -> {s.path} ({s.seconds:.1f} s)",
+        f"frames at {size}px -> {s.path} ({s.seconds:.1f} s"
+        + (", frames of the previous view reused)" if s.frames_reused else ")"),
         soft_wrap=True,
     )
 

@@ -14,12 +14,16 @@
 
 The view is written once in ``create`` mode and never merged into, so row positions are stable
 and a sample is one positional ``take``. Episodes are decoded once, with the decoder's scaler
-resizing each frame, so training never touches video.
+resizing each frame, so training never touches video. A rebuild after a change to the events
+alone (recaptioned, reweighted, reclustered: the curation loop) keeps the old ``frames.lance``
+-- hard-linked, not decoded again -- when it holds the same episodes at the same episodes-table
+version.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -45,6 +49,8 @@ class ViewSummary:
     events: int
     frames: int
     seconds: float
+    #: Whether the frames were carried over from the previous view instead of decoded.
+    frames_reused: bool = False
 
 
 def view_path(dataset: str, tag: str | None, size: int, cameras: list[str] | None = None) -> Path:
@@ -120,8 +126,8 @@ _COPIED_EVENT_COLUMNS = (
 class _ViewWriter:
     """Accumulates a view episode by episode, then writes the small tables and meta.json."""
 
-    def __init__(self, tmp: Path, size: int, cameras: list[str] | None) -> None:
-        self.tmp, self.size = tmp, size
+    def __init__(self, tmp: Path, size: int, cameras: list[str] | None, decode: bool) -> None:
+        self.tmp, self.size, self.decode = tmp, size, decode  # decode False: frames come later
         self.cameras = cameras  # chosen by the first episode when None
         self.skipped: list[str] = []
         self.frame_rows = 0
@@ -146,13 +152,16 @@ class _ViewWriter:
         if any(name not in by_name for name in self.cameras):
             self.skipped.append(row["episode_id"])
             return
-        views = [self._camera(CameraInfo(**by_name[n]), len(actions)) for n in self.cameras]
-        frames = np.stack(views, axis=1)  # (T, N, S, S, 3)
-        width = len(self.cameras) * self.size * self.size * 3
-        table = pa.table({"frame": pa.array([f.tobytes() for f in frames], pa.binary(width))})
-        lance.write_dataset(
-            table, str(self.tmp / "frames.lance"), mode="append" if self.frame_rows else "create"
-        )
+        if self.decode:
+            views = [self._camera(CameraInfo(**by_name[n]), len(actions)) for n in self.cameras]
+            frames = np.stack(views, axis=1)  # (T, N, S, S, 3)
+            width = len(self.cameras) * self.size * self.size * 3
+            table = pa.table({"frame": pa.array([f.tobytes() for f in frames], pa.binary(width))})
+            lance.write_dataset(
+                table,
+                str(self.tmp / "frames.lance"),
+                mode="append" if self.frame_rows else "create",
+            )
         for k, e in enumerate(events):
             weight = e["weight"] if e["weight"] is not None else 1.0
             self.events.append(
@@ -169,7 +178,7 @@ class _ViewWriter:
         self.instructions.append(row["instruction"])
         self.actions.append(actions)
         self.states.append(states)
-        self.frame_rows += len(frames)
+        self.frame_rows += len(actions)  # _camera pads or cuts every stream to the actions
 
     def _camera(self, cam: CameraInfo, num_frames: int) -> np.ndarray:
         frames = _frames(cam, self.size)[:num_frames]
@@ -241,9 +250,59 @@ def materialize(
     for e in events.to_pylist():
         by_episode.setdefault(e["episode_id"], []).append(e)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    writer = _ViewWriter(tmp, size, cameras)
+    # Only the events moved on (the curation loop): the episodes and so their frames may be
+    # the old view's -- a first pass without decoding tells, then the frames are linked over.
+    old = None if force else _old_frames(out, ep_version)
+    writer = _ViewWriter(_fresh(tmp), size, cameras, decode=old is None)
+    writer = _fill(writer, episodes, by_episode)
+    reused = old is not None and old == (writer.episode_ids, writer.frame_rows, writer.cameras)
+    if reused:
+        shutil.copytree(out / "frames.lance", tmp / "frames.lance", copy_function=os.link)
+    elif old is not None:  # other episodes (or cameras): decode after all
+        writer = _fill(_ViewWriter(_fresh(tmp), size, cameras, decode=True), episodes, by_episode)
+    if not writer.events:
+        shutil.rmtree(tmp)
+        wanted = f" with cameras {cameras}" if cameras else " with video"
+        raise ValueError(
+            f"{dataset}: no segmented episodes{wanted} at {tag or 'the current version'}"
+        )
+    meta = writer.finish(
+        {
+            "dataset": str(Path(dataset).resolve()),
+            "tag": tag,
+            "size": size,
+            "versions": {"episodes": ep_version, "events": ev_version},
+            "frames_reused": reused,
+        }
+    )
+    # The view appears whole or not at all; an old one goes only once the new one is complete.
+    stale = out.with_name(out.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    if out.exists():
+        out.rename(stale)
+    tmp.rename(out)
+    shutil.rmtree(stale, ignore_errors=True)
+    return ViewSummary(
+        str(out),
+        meta["episodes"],
+        meta["events"],
+        meta["frames"],
+        time.perf_counter() - t0,
+        reused,
+    )
+
+
+def _fresh(path: Path) -> Path:
+    """``path`` as a new empty directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _fill(
+    writer: _ViewWriter, episodes: pa.Table, by_episode: dict[str, list[dict[str, Any]]]
+) -> _ViewWriter:
+    """Add every segmented episode with video to ``writer``, in the episodes table's order."""
     for i in range(episodes.num_rows):
         row = episodes.slice(i, 1).drop_columns(["actions", "states"]).to_pylist()[0]
         evs = sorted(by_episode.get(row["episode_id"], []), key=lambda e: e["event_index"])
@@ -257,30 +316,25 @@ def materialize(
             else np.zeros((len(actions), 0), np.float32)
         )
         writer.add_episode(row, actions, states, evs)
-    if not writer.events:
-        shutil.rmtree(tmp)
-        wanted = f" with cameras {cameras}" if cameras else " with video"
-        raise ValueError(
-            f"{dataset}: no segmented episodes{wanted} at {tag or 'the current version'}"
-        )
-    meta = writer.finish(
-        {
-            "dataset": str(Path(dataset).resolve()),
-            "tag": tag,
-            "size": size,
-            "versions": {"episodes": ep_version, "events": ev_version},
-        }
-    )
-    # The view appears whole or not at all; an old one goes only once the new one is complete.
-    stale = out.with_name(out.name + ".stale")
-    shutil.rmtree(stale, ignore_errors=True)
-    if out.exists():
-        out.rename(stale)
-    tmp.rename(out)
-    shutil.rmtree(stale, ignore_errors=True)
-    return ViewSummary(
-        str(out), meta["episodes"], meta["events"], meta["frames"], time.perf_counter() - t0
-    )
+    return writer
+
+
+def _old_frames(out: Path, ep_version: int) -> tuple[list[str], int, list[str]] | None:
+    """The episodes, frame count and cameras of the old view at ``out``, or None.
+
+    None unless it was built from the same episodes-table version: its frames are then exactly
+    these episodes' frames.
+    """
+    import lance
+
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        if meta["versions"]["episodes"] != ep_version or not (out / "frames.lance").is_dir():
+            return None
+        ids = lance.dataset(str(out / "episodes.lance")).to_table(columns=["episode_id"])
+    except (OSError, ValueError, KeyError):
+        return None  # no view, or one from an older layout: build it whole
+    return ids.column(0).to_pylist(), int(meta["frames"]), list(meta["cameras"])
 
 
 def norm_stats(actions_NA: np.ndarray, states_NS: np.ndarray) -> dict[str, dict[str, list[float]]]:
