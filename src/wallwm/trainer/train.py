@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
-from wallwm.trainer.view import ViewSummary, materialize, source_versions
+from wallwm.trainer.view import ViewSummary, materialize, same_view_inputs, source_versions
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -82,14 +82,17 @@ class TrainConfig(BaseModel):
     )
 
 
-def _check_same_data(checkpoint: Path, state: dict[str, Any], now: dict[str, int]) -> None:
+def _check_same_data(
+    checkpoint: Path, state: dict[str, Any], dataset: str, now: dict[str, int]
+) -> None:
     """Refuse to resume a run on tables that changed since it started.
 
     Resuming continues the run exactly only on the data it trained on; a recaptioned or
-    re-segmented dataset would silently switch it half-way.
+    re-segmented dataset would silently switch it half-way. New versions that rewrote the rows
+    unchanged are the same data.
     """
     then = state["dataset"]["versions"]
-    if then != now:
+    if then != now and not same_view_inputs(dataset, then, now):
         changed = ", ".join(
             f"{t} v{then.get(t)} -> v{now.get(t)}" for t in now if then.get(t) != now[t]
         )
@@ -108,7 +111,7 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
     checkpoint, resumed = Path(cfg.out) / CHECKPOINT, None
     if cfg.resume and checkpoint.exists():
         resumed = torch.load(checkpoint, weights_only=False)
-        _check_same_data(checkpoint, resumed, source_versions(cfg.dataset, cfg.tag))
+        _check_same_data(checkpoint, resumed, cfg.dataset, source_versions(cfg.dataset, cfg.tag))
     return materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras), resumed
 
 

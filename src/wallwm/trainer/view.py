@@ -123,6 +123,35 @@ _COPIED_EVENT_COLUMNS = (
 )
 
 
+#: What a view reads of each table: a new version with these columns unchanged (a stage that
+#: rewrote its rows as they were) makes the same view.
+_VIEW_INPUTS = {
+    schemas.EPISODES: ["episode_id", "instruction", "cameras", "state_dim", "actions", "states"],
+    schemas.EVENTS: [*_COPIED_EVENT_COLUMNS, "weight", "is_duplicate"],
+}
+
+
+def same_view_inputs(dataset: str, then: dict[str, int], now: dict[str, int]) -> bool:
+    """Whether the tables at versions ``now`` hold exactly what a view read at ``then``.
+
+    Versions move on whenever a stage writes, also when it rewrites rows unchanged (a recaption
+    with a new prompt that gives the same captions); Lance keeps the old versions, so the
+    columns a view reads are compared, in order. False when an old version is gone.
+    """
+    store = LanceStore(dataset)
+    for table, columns in _VIEW_INPUTS.items():
+        if then.get(table) == now.get(table):
+            continue
+        try:
+            old = store._open(table, then[table]).to_table(columns=columns)
+            new = store._open(table, now[table]).to_table(columns=columns)
+        except (StoreError, KeyError, ValueError, OSError):  # a version cleaned up, a column gone
+            return False
+        if not old.equals(new):
+            return False
+    return True
+
+
 class _ViewWriter:
     """Accumulates a view episode by episode, then writes the small tables and meta.json."""
 
@@ -230,9 +259,10 @@ def materialize(
 ) -> ViewSummary:
     """Write the training view of ``dataset`` at ``tag`` (None: current versions).
 
-    An existing view is reused while the tables it was built from are at the same versions; once
-    they have moved on (recaptioned, re-segmented, new episodes, a moved tag) it is rebuilt, so
-    training never reads stale captions or events. ``cameras`` names the camera streams to carry
+    An existing view is reused while the tables it was built from are at the same versions, or
+    at new versions that hold the same rows (:func:`same_view_inputs`); once they have changed
+    (recaptioned, re-segmented, new episodes, a moved tag) it is rebuilt, so training never reads
+    stale captions or events. ``cameras`` names the camera streams to carry
     (None: every camera of the first episode).
     """
     t0 = time.perf_counter()
@@ -240,7 +270,12 @@ def materialize(
     out = view_path(dataset, tag, size, cameras)
     if out.exists() and not force:  # views are immutable: reuse while their sources are
         meta = json.loads((out / "meta.json").read_text())
-        if meta["versions"] == source_versions(dataset, tag):
+        now = source_versions(dataset, tag)
+        if meta["versions"] == now or same_view_inputs(dataset, meta["versions"], now):
+            if meta["versions"] != now:  # rewritten unchanged: the view is current at ``now``
+                fresh = out / "meta.json.tmp"
+                fresh.write_text(json.dumps({**meta, "versions": now}, indent=1))
+                fresh.replace(out / "meta.json")
             return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
     events, ev_version = _read(
