@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from wallwm.pipeline.sources.base import gripper_dims
+
 #: The fraction of a movement's amplitude that marks its onset.
 ONSET_FRACTION = 0.1
 #: A gripper has left its level once it has covered this fraction of the movement (tighter
@@ -174,10 +176,10 @@ def gripper_names(action_names: list[str] | None, width: int) -> list[str]:
     """
     if width == 1:
         return ["gripper"]
+    names = action_names or []
     named = [
-        " ".join(str(n).replace("_", " ").replace(".", " ").split())
-        for n in action_names or []
-        if "gripper" in str(n).lower()
+        " ".join(str(names[i]).replace("_", " ").replace(".", " ").split())
+        for i in gripper_dims(names)
     ]
     if len(named) == width and len(set(named)) == width:
         return named

@@ -39,7 +39,13 @@ from wallwm.pipeline.segment_stage import (
     keyframe_frames,
     replace_events,
 )
-from wallwm.pipeline.sources.base import EpisodeError, EpisodeRecord, EpisodeRef, EpisodeSource
+from wallwm.pipeline.sources.base import (
+    EpisodeError,
+    EpisodeRecord,
+    EpisodeRef,
+    EpisodeSource,
+    GripperOpen,
+)
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.validate import validate_record
@@ -59,7 +65,7 @@ class IngestConfig(BaseModel):
     format: Literal["auto", "lerobot", "folder", "hdf5"] = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
-    gripper_open: Literal["auto", "high", "low"] = Field(
+    gripper_open: GripperOpen = Field(
         "auto",
         description="Which end of the source's gripper values is open (auto: LeRobot gripper "
         "commands are decided by the end most episodes start at; other formats store openings).",

@@ -20,6 +20,18 @@ FloatArray = npt.NDArray[np.float32]
 GripperOpen = Literal["auto", "high", "low"]
 
 
+def gripper_dims(names: list[str] | None) -> list[int]:
+    """Indices of the dims named ``*gripper*`` (any case): a source's gripper signal."""
+    return [i for i, n in enumerate(names or []) if "gripper" in str(n).lower()]
+
+
+def orient_gripper(gripper_TG: FloatArray | None, gripper_open: GripperOpen) -> FloatArray | None:
+    """A measured opening as stored (larger = more open): negated where ``low`` is stated."""
+    if gripper_TG is None or gripper_open != "low":
+        return gripper_TG
+    return -gripper_TG
+
+
 def start_open_votes(gripper_TG: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """Per gripper, which end of its own range an episode starts at: +1 high, -1 low, 0 neither.
 

@@ -34,6 +34,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    orient_gripper,
 )
 
 FORMAT = "folder"
@@ -71,7 +72,7 @@ class FolderSource:
         """
         self.root = Path(root).resolve()
         self.uri = str(self.root)
-        self.gripper_sign = -1.0 if gripper_open == "low" else 1.0
+        self.gripper_open = gripper_open
 
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
         """One ref per episode directory; the camera set is the union over all episodes."""
@@ -129,7 +130,7 @@ class FolderSource:
             actions_TA=actions,
             cameras=cameras,
             states_TS=states,
-            gripper_TG=None if gripper is None else gripper * np.float32(self.gripper_sign),
+            gripper_TG=orient_gripper(gripper, self.gripper_open),
             timestamps_s=timestamps,
             action_names=meta.get("action_names"),
             state_names=meta.get("state_names"),

@@ -40,6 +40,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    orient_gripper,
 )
 from wallwm.pipeline.video import HDF5_SEPARATOR
 
@@ -99,7 +100,7 @@ class HDF5Source:
         self.uri = str(self.root)
         self.instruction = instruction
         self.fps = fps
-        self.gripper_sign = -1.0 if gripper_open == "low" else 1.0
+        self.gripper_open = gripper_open
 
     def _files(self) -> list[Path]:
         if self.root.is_file():
@@ -209,7 +210,7 @@ class HDF5Source:
             actions_TA=actions,
             cameras=cams,
             states_TS=states,
-            gripper_TG=None if gripper is None else gripper * np.float32(self.gripper_sign),
+            gripper_TG=orient_gripper(gripper, self.gripper_open),
         )
 
     @staticmethod

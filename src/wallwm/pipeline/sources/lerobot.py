@@ -32,6 +32,7 @@ from wallwm.pipeline.sources.base import (
     GripperOpen,
     MissingFieldError,
     UnknownFormatError,
+    gripper_dims,
     start_open_votes,
 )
 
@@ -140,8 +141,7 @@ class LeRobotSource:
         self.subtasks = _index_table(self.root / "meta" / "subtasks", "subtask_index", "subtask")
         self.episodes = self._load_episodes()
         self.gripper_open = gripper_open
-        names = self.action_names or []
-        self.gripper_dims = [i for i, n in enumerate(names) if "gripper" in n.lower()]
+        self.gripper_dims = gripper_dims(self.action_names)
         #: +1 per gripper dim whose values grow as it opens, -1 where they are negated on read;
         #: decided on the first listing (in the driver, so workers get it pickled with the source).
         stated = [1 if gripper_open == "high" else -1] * len(self.gripper_dims)
