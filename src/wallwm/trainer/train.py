@@ -108,11 +108,13 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
 
     The checkpoint is checked against the tables before a rebuild can start.
     """
-    checkpoint, resumed = Path(cfg.out) / CHECKPOINT, None
+    checkpoint, resumed, same_as = Path(cfg.out) / CHECKPOINT, None, None
     if cfg.resume and checkpoint.exists():
         resumed = torch.load(checkpoint, weights_only=False)
         _check_same_data(checkpoint, resumed, cfg.dataset, source_versions(cfg.dataset, cfg.tag))
-    return materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras), resumed
+        same_as = resumed["dataset"]["versions"]  # checked: the view need not compare them again
+    view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras, same_as=same_as)
+    return view, resumed
 
 
 class Run:

@@ -124,10 +124,11 @@ _COPIED_EVENT_COLUMNS = (
 
 
 #: What a view reads of each table: a new version with these columns unchanged (a stage that
-#: rewrote its rows as they were) makes the same view.
+#: rewrote its rows as they were) makes the same view. Events first: they change most often and
+#: cost least to compare (the episodes carry every action and state).
 _VIEW_INPUTS = {
-    schemas.EPISODES: ["episode_id", "instruction", "cameras", "state_dim", "actions", "states"],
     schemas.EVENTS: [*_COPIED_EVENT_COLUMNS, "weight", "is_duplicate"],
+    schemas.EPISODES: ["episode_id", "instruction", "cameras", "state_dim", "actions", "states"],
 }
 
 
@@ -256,6 +257,7 @@ def materialize(
     size: int = 96,
     force: bool = False,
     cameras: list[str] | None = None,
+    same_as: dict[str, int] | None = None,
 ) -> ViewSummary:
     """Write the training view of ``dataset`` at ``tag`` (None: current versions).
 
@@ -263,7 +265,8 @@ def materialize(
     at new versions that hold the same rows (:func:`same_view_inputs`); once they have changed
     (recaptioned, re-segmented, new episodes, a moved tag) it is rebuilt, so training never reads
     stale captions or events. ``cameras`` names the camera streams to carry
-    (None: every camera of the first episode).
+    (None: every camera of the first episode). ``same_as``: versions the caller has already
+    found to hold the same view inputs as the current ones (a resume's check), not compared again.
     """
     t0 = time.perf_counter()
     store = LanceStore(dataset)
@@ -271,16 +274,14 @@ def materialize(
     if out.exists() and not force:  # views are immutable: reuse while their sources are
         meta = json.loads((out / "meta.json").read_text())
         now = source_versions(dataset, tag)
-        if meta["versions"] == now or same_view_inputs(dataset, meta["versions"], now):
+        if meta["versions"] in (now, same_as) or same_view_inputs(dataset, meta["versions"], now):
             if meta["versions"] != now:  # rewritten unchanged: the view is current at ``now``
                 fresh = out / "meta.json.tmp"
                 fresh.write_text(json.dumps({**meta, "versions": now}, indent=1))
                 fresh.replace(out / "meta.json")
             return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
-    events, ev_version = _read(
-        store, schemas.EVENTS, tag, [*_COPIED_EVENT_COLUMNS, "weight", "is_duplicate"]
-    )
+    events, ev_version = _read(store, schemas.EVENTS, tag, _VIEW_INPUTS[schemas.EVENTS])
     by_episode: dict[str, list[dict[str, Any]]] = {}
     for e in events.to_pylist():
         by_episode.setdefault(e["episode_id"], []).append(e)

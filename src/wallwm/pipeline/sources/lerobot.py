@@ -251,7 +251,10 @@ class LeRobotSource:
         for ref in refs[::step][:GRIPPER_VOTE_EPISODES]:
             try:
                 idx = int(ref.locator["episode_index"])  # type: ignore[call-overload]
-                table = self._episode_table(str(ref.locator["data"]), idx)
+                # the actions alone (and the frame order): a vote needs no states or labels
+                table = self._episode_table(
+                    str(ref.locator["data"]), idx, [self.action_key, "frame_index"]
+                )
                 actions = column_to_2d(table.column(self.action_key), self.action_key, "")
             except (EpisodeError, KeyError, ValueError):
                 continue  # a bad episode is reported when it is read; it just does not vote
@@ -265,12 +268,18 @@ class LeRobotSource:
             for d, sign, v in zip(self.gripper_dims, self.gripper_signs, votes_G, strict=True)
         )
 
-    def _episode_table(self, data: str, idx: int) -> pa.Table:
-        """One episode's rows of its (possibly shared) data parquet, in frame order."""
+    def _episode_table(self, data: str, idx: int, columns: list[str] | None = None) -> pa.Table:
+        """One episode's rows of its (possibly shared) data parquet, in frame order.
+
+        ``columns``: read only these of them (those the file has); None: all.
+        """
         if not Path(data).is_file():
             raise MissingFieldError(data, "episode data parquet is missing", "MissingData")
         try:
-            table = pq.read_table(data, filters=[("episode_index", "=", idx)])
+            if columns is not None:
+                have = set(pq.read_schema(data).names)
+                columns = [c for c in columns if c in have]
+            table = pq.read_table(data, columns=columns, filters=[("episode_index", "=", idx)])
         except (OSError, pa.ArrowException) as exc:
             raise BadSignalError(data, f"unreadable parquet: {exc}", "BadParquet") from exc
         if "frame_index" in table.column_names:
