@@ -35,10 +35,13 @@ Full run (hours on a CPU): ``python benchmarks/event_vs_chunk.py``; a quick look
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import json
 import shutil
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,8 +77,12 @@ def main() -> None:
     _check_poolable(args, saved, results, [(name, data[mode]) for name, mode, _ in todo])
     for name, mode, horizon in todo:
         new = _run_arm(args, root, ds, mode, horizon, data[mode])
-        results[name] = _merge_seeds(results.get(name), new)
-        _report(args, root, saved, results)  # after every arm: a later failure keeps it
+        # Read again under a lock: another invocation (another arm, run beside this one) may
+        # have written the file since this one started, and its seeds must not be lost.
+        with _locked(saved):
+            results = _load_results(saved)
+            results[name] = _merge_seeds(results.get(name), new)
+            _report(args, root, saved, results)  # after every arm: a later failure keeps it
 
 
 #: The modes whose training reads the captions (conditioning, or distillation targets).
@@ -112,6 +119,18 @@ def data_fingerprint(ds: Path, with_captions: bool) -> str:
     return stable_hash(
         sorted((r["event_id"], r["caption"] if with_captions else None) for r in rows), length=16
     )
+
+
+@contextlib.contextmanager
+def _locked(saved: Path) -> Iterator[None]:
+    """An exclusive lock beside the results file, held while it is read, merged and written."""
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    with saved.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _load_results(saved: Path) -> dict[str, Any]:
