@@ -18,7 +18,7 @@ from wallwm.pipeline import schemas
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
-from wallwm.trainer.view import _frames, materialize
+from wallwm.trainer.view import _frames, materialize, same_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -230,3 +230,17 @@ def test_latest_view_is_rebuilt_once_the_tables_move_on(curated):
     pinned = materialize(str(ds), "v1", size=24)
     assert materialize(str(ds), "v1", size=24).seconds == 0.0
     assert "lift the puck" not in {e["caption"] for e in EventFrameDataset(pinned.path).events}
+
+
+def test_same_rows_compares_streams_whatever_their_batch_boundaries():
+    rows = pa.table({"k": list(range(10)), "a": [[float(i)] * 3 for i in range(10)]})
+
+    head = rows.slice(0, 3).to_batches()[0]
+    cut = [head, head.slice(0, 0), rows.slice(3, 7).to_batches()[0]]  # an empty batch between
+    assert same_rows(rows.to_batches(max_chunksize=4), iter(cut))
+    assert same_rows(iter(cut), rows.to_batches())
+    changed = rows.set_column(0, "k", pa.array([*range(9), 99]))
+    assert not same_rows(rows.to_batches(max_chunksize=3), changed.to_batches(max_chunksize=4))
+    assert not same_rows(rows.to_batches(), rows.slice(0, 9).to_batches())  # a row less
+    assert not same_rows(rows.slice(0, 9).to_batches(), rows.to_batches())
+    assert same_rows(iter([]), iter([]))

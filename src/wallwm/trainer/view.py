@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,13 +145,44 @@ def same_view_inputs(dataset: str, then: dict[str, int], now: dict[str, int]) ->
         if then.get(table) == now.get(table):
             continue
         try:
-            old = store._open(table, then[table]).to_table(columns=columns)
-            new = store._open(table, now[table]).to_table(columns=columns)
+            # Streamed in small batches: the episodes' actions and states of a large dataset
+            # do not fit in memory twice over.
+            old, new = (
+                store._open(table, v).to_batches(columns=columns, batch_size=_COMPARE_BATCH_ROWS)
+                for v in (then[table], now[table])
+            )
+            if not same_rows(old, new):
+                return False
         except (StoreError, KeyError, ValueError, OSError):  # a version cleaned up, a column gone
             return False
-        if not old.equals(new):
-            return False
     return True
+
+
+#: Rows per batch when two table versions are compared (an episode row holds all its actions).
+_COMPARE_BATCH_ROWS = 64
+
+
+def same_rows(old: Iterable[pa.RecordBatch], new: Iterable[pa.RecordBatch]) -> bool:
+    """Whether two streams of record batches hold the same rows in the same order.
+
+    Batch boundaries may differ between the streams (two versions of a table are stored in
+    other fragments); rows are compared slice by slice, one batch of each stream in memory.
+    """
+    streams = [iter(old), iter(new)]
+    rest: list[pa.RecordBatch | None] = [None, None]  # the unread part of each current batch
+    while True:
+        for k, stream in enumerate(streams):
+            while rest[k] is None or len(rest[k]) == 0:  # type: ignore[arg-type]
+                rest[k] = next(stream, None)
+                if rest[k] is None:
+                    break
+        a, b = rest
+        if a is None or b is None:
+            return a is None and b is None
+        n = min(len(a), len(b))
+        if not a.slice(0, n).equals(b.slice(0, n)):
+            return False
+        rest = [a.slice(n), b.slice(n)]
 
 
 class _ViewWriter:
