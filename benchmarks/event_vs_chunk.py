@@ -18,7 +18,8 @@ per-task table are printed and written to ``--results`` (default ``<root>/result
 a plot beside it (``.png``). Keep that file in the repository (``--results benchmarks/results/
 NAME.json``): the data and checkpoints under ``--root`` can be rebuilt, hours of seeds cannot.
 Arms and seeds may run in separate invocations (e.g. ``--arms event`` today, ``--arms chunk``
-tomorrow, ``--seeds 1`` next week): the results accumulate in the one file, each arm with the
+tomorrow, ``--seeds 1`` next week, or side by side: the file is re-read and merged under a lock
+when an arm finishes): the results accumulate in the one file, each arm with the
 settings it ran with and one entry per seed; a new seed joins an arm's earlier seeds only if
 every other setting is the same and it trains on the same events (and captions, for the arms
 that read them: a fingerprint of event ids and captions is stored per arm) -- otherwise the run
