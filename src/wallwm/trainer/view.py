@@ -168,21 +168,18 @@ def same_rows(old: Iterable[pa.RecordBatch], new: Iterable[pa.RecordBatch]) -> b
     Batch boundaries may differ between the streams (two versions of a table are stored in
     other fragments); rows are compared slice by slice, one batch of each stream in memory.
     """
-    streams = [iter(old), iter(new)]
-    rest: list[pa.RecordBatch | None] = [None, None]  # the unread part of each current batch
+    olds, news = ((batch for batch in s if len(batch)) for s in (old, new))  # rows only
+    a: pa.RecordBatch | None = None  # the unread rows of each stream's current batch
+    b: pa.RecordBatch | None = None
     while True:
-        for k, stream in enumerate(streams):
-            while rest[k] is None or len(rest[k]) == 0:  # type: ignore[arg-type]
-                rest[k] = next(stream, None)
-                if rest[k] is None:
-                    break
-        a, b = rest
+        a = a if a is not None and len(a) else next(olds, None)
+        b = b if b is not None and len(b) else next(news, None)
         if a is None or b is None:
             return a is None and b is None
         n = min(len(a), len(b))
         if not a.slice(0, n).equals(b.slice(0, n)):
             return False
-        rest = [a.slice(n), b.slice(n)]
+        a, b = a.slice(n), b.slice(n)
 
 
 class _ViewWriter:
