@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.inspect import evaluate_segmentation, list_events
 from wallwm.pipeline.segment import SegmentConfig
-from wallwm.pipeline.segment_stage import SegmentStageConfig, run_segment
+from wallwm.pipeline.segment_stage import SegmentStageConfig, episode_signals, run_segment
 from wallwm.pipeline.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -138,3 +139,10 @@ def test_fused_run_equals_ingest_then_segment(folder_source, tmp_path):
     assert (again.segmented, again.up_to_date) == (0, 5)
     stages = [r["stage"] for r in LanceStore(str(fused)).read(schemas.RUNS).to_pylist()]
     assert sorted(stages) == ["ingest", "segment", "segment"]
+
+
+def test_episode_signals_finds_gripper_by_the_sources_rule():
+    """A dim named ``grip`` is a gripper for segmentation as it is for the reader's vote."""
+    row = {"fps": 10.0, "action_names": ["x", "y", "grip"], "gripper": None}
+    sig = episode_signals(row, np.zeros((5, 3), np.float32), None, None)
+    assert sig.gripper_action_dims == [2]

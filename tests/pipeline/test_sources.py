@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wallwm.pipeline.ingest import load_episode
-from wallwm.pipeline.sources.base import UnknownFormatError, start_open_votes
+from wallwm.pipeline.sources.base import UnknownFormatError, gripper_dims, start_open_votes
 from wallwm.pipeline.sources.registry import detect_format, open_source
 
 
@@ -117,6 +117,14 @@ def test_hdf5_aloha_and_robomimic(hdf5_source):
     assert demo.probed[0].name == "agentview_image" and demo.probed[0].num_frames == len(
         eps[3]["actions"]
     )
+
+
+def test_gripper_dims_one_rule_for_every_stage():
+    """``*grip*`` in any case: a bare ``grip`` counts as much as ``left_gripper``."""
+    assert gripper_dims(["x", "y", "z", "grip"]) == [3]
+    assert gripper_dims(["left_gripper", "l_x", "RIGHT_GRIPPER", "r_x"]) == [0, 2]
+    assert gripper_dims(["x", "y", "z"]) == []
+    assert gripper_dims(None) == []
 
 
 def test_start_open_votes():

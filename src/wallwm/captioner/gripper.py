@@ -171,7 +171,7 @@ def gripper_names(action_names: list[str] | None, width: int) -> list[str]:
     """What the notes call each of ``width`` grippers.
 
     One gripper is "gripper". Several take their action dims' names where the source names
-    exactly ``width`` dims ``*gripper*`` (``left_gripper`` -> "left gripper", as a bimanual
+    exactly ``width`` dims ``*grip*`` (``left_gripper`` -> "left gripper", as a bimanual
     LeRobot dataset names them) and the names differ; else "gripper 1", "gripper 2", ...
     """
     if width == 1:

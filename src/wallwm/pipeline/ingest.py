@@ -35,7 +35,6 @@ from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segmen
 from wallwm.pipeline.segment_stage import (
     SegmentStageConfig,
     event_rows,
-    gripper_action_dims,
     keyframe_frames,
     replace_events,
 )
@@ -45,6 +44,7 @@ from wallwm.pipeline.sources.base import (
     EpisodeRef,
     EpisodeSource,
     GripperOpen,
+    gripper_dims,
 )
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
@@ -176,7 +176,7 @@ def load_and_segment(
             fps=record.fps,
             states_TS=record.states_TS,
             gripper_TG=record.gripper_TG,
-            gripper_action_dims=gripper_action_dims(record.action_names),
+            gripper_action_dims=gripper_dims(record.action_names),
         )
         segmentation = segment(signals, seg, traces=False)
         wanted = keyframe_frames(segmentation)

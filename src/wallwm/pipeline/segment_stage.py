@@ -24,7 +24,7 @@ from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
 from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
 from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.sources.base import CameraInfo, EpisodeError
+from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, gripper_dims
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.video import keyframes_jpeg, motion_energy
 
@@ -86,11 +86,6 @@ class SegmentSummary:
 # --------------------------------------------------------------------------- pure core
 
 
-def gripper_action_dims(action_names: list[str] | None) -> list[int]:
-    """Action dims that command a gripper (named ``*grip*``)."""
-    return [i for i, n in enumerate(action_names or []) if "grip" in str(n).lower()]
-
-
 def episode_signals(
     row: dict[str, Any],
     actions_TA: np.ndarray,
@@ -105,7 +100,7 @@ def episode_signals(
         states_TS=states_TS,
         gripper_TG=None if not gripper else np.asarray(gripper, dtype=np.float32),
         motion_T=motion_T,
-        gripper_action_dims=gripper_action_dims(row.get("action_names")),
+        gripper_action_dims=gripper_dims(row.get("action_names")),
     )
 
 

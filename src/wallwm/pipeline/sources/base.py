@@ -21,8 +21,13 @@ GripperOpen = Literal["auto", "high", "low"]
 
 
 def gripper_dims(names: list[str] | None) -> list[int]:
-    """Indices of the dims named ``*gripper*`` (any case): a source's gripper signal."""
-    return [i for i, n in enumerate(names or []) if "gripper" in str(n).lower()]
+    """Indices of the dims named ``*grip*`` (any case): a gripper's command or opening.
+
+    The one rule for every stage -- the reader's orientation vote, segmentation's gripper
+    flips and the captioner's gripper names -- so a dim named ``grip`` or ``left_gripper``
+    counts as a gripper everywhere or nowhere.
+    """
+    return [i for i, n in enumerate(names or []) if "grip" in str(n).lower()]
 
 
 def orient_gripper(gripper_TG: FloatArray | None, gripper_open: GripperOpen) -> FloatArray | None:

@@ -99,7 +99,7 @@ class LeRobotSource:
 
         Args:
             root: The dataset directory (holding ``meta/info.json``).
-            gripper_open: Which end of the action dims named ``*gripper*`` is open. Conventions
+            gripper_open: Which end of the action dims named ``*grip*`` is open. Conventions
                 differ by robot (ALOHA, SO-100: larger = open; LIBERO, MetaWorld: +1 closes), so
                 ``auto`` reads a sample of episodes and takes the end most of them start at
                 (:func:`~wallwm.pipeline.sources.base.start_open_votes`).
