@@ -23,7 +23,9 @@ when an arm finishes): the results accumulate in the one file, each arm with the
 settings it ran with and one entry per seed; a new seed joins an arm's earlier seeds only if
 every other setting is the same and it trains on the same events (and captions, for the arms
 that read them: a fingerprint of event ids and captions is stored per arm) -- otherwise the run
-is refused before it trains (``--replace`` lets it replace them). Arms are named by their
+is refused before it trains (``--replace`` lets it replace them), and checked again when it
+finishes: if an invocation beside it stored the arm otherwise meanwhile, this run's results go
+to ``<results>.<arm>.refused.json`` instead of replacing those seeds. Arms are named by their
 horizon and, where they read captions, their captioner (``chunk H=8``, ``event h_max=16
 (signals-v2)``, ``unified H=16 (signals-v2)``), so an h_max-8 event arm, or one on VLM
 captions, is a new arm beside the others; run directories carry the data fingerprint.
@@ -78,12 +80,7 @@ def main() -> None:
     _check_poolable(args, saved, results, [(name, data[mode]) for name, mode, _ in todo])
     for name, mode, horizon in todo:
         new = _run_arm(args, root, ds, mode, horizon, data[mode])
-        # Read again under a lock: another invocation (another arm, run beside this one) may
-        # have written the file since this one started, and its seeds must not be lost.
-        with _locked(saved):
-            results = _load_results(saved)
-            results[name] = _merge_seeds(results.get(name), new)
-            _report(args, root, saved, results)  # after every arm: a later failure keeps it
+        _store_arm(args, root, saved, name, new)  # after every arm: a later failure keeps it
 
 
 #: The modes whose training reads the captions (conditioning, or distillation targets).
@@ -132,6 +129,34 @@ def _locked(saved: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _store_arm(
+    args: argparse.Namespace, root: Path, saved: Path, name: str, new: dict[str, Any]
+) -> None:
+    """Merge one finished arm into the results file, and report.
+
+    The file is read again under a lock: another invocation run beside this one may have
+    written it since this one started -- its seeds must not be lost, and an arm of this name
+    it stored with other settings must not be replaced. That arm is checked again as at start;
+    if refused now, this run's results are kept aside (``<results>.<arm>.refused.json``) rather
+    than thrown away, since they cost an hour a seed.
+    """
+    with _locked(saved):
+        results = _load_results(saved)
+        try:
+            _check_poolable(args, saved, results, [(name, new["data"])])
+        except SystemExit as refused:
+            aside = saved.with_name(f"{saved.stem}.{_slug(name)}.refused.json")
+            aside.write_text(json.dumps({"results": {name: new}}, indent=1) + "\n")
+            raise SystemExit(f"{refused} (stored since this run began; kept in {aside})") from None
+        results[name] = _merge_seeds(results.get(name), new)
+        _report(args, root, saved, results)
+
+
+def _slug(name: str) -> str:
+    """An arm's name as a file-name part: ``chunk H=8 (signals-v2)`` -> ``chunk-H-8-signals-v2``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
 def _load_results(saved: Path) -> dict[str, Any]:

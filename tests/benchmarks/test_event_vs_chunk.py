@@ -111,6 +111,29 @@ def test_mismatched_run_is_refused_naming_file_arm_and_setting(
     evc._check_poolable(replace, saved, results, [("chunk H=8", "d1")])
 
 
+def test_arm_stored_beside_another_invocation_keeps_its_seeds_or_is_kept_aside(
+    evc: ModuleType, tmp_path: Path
+) -> None:
+    """What the file holds when an arm finishes wins over what it held when the run began."""
+    saved = tmp_path / "results.json"
+    args = argparse.Namespace(**_args(results=str(saved), seeds=[1]))
+    # another invocation stored seed 0 of this arm, and another arm, after this one began
+    evc._report(args, tmp_path, saved, {"chunk H=8": _entry(evc, {"0": _seed(2, 9)})})
+    evc._store_arm(args, tmp_path, saved, "chunk H=16", _entry(evc, {"0": _seed(1, 1)}))
+    evc._store_arm(args, tmp_path, saved, "chunk H=8", _entry(evc, {"1": _seed(4, 7)}, seeds=[1]))
+    stored = evc._load_results(saved)
+    assert sorted(stored) == ["chunk H=16", "chunk H=8"]
+    assert sorted(stored["chunk H=8"]["per_seed"]) == ["0", "1"]
+    # one that stored this arm with other settings meanwhile is neither replaced nor mixed
+    other = argparse.Namespace(**_args(results=str(saved), steps=1000, seeds=[2]))
+    before = saved.read_text()
+    with pytest.raises(SystemExit, match=r"kept in .*chunk-H-8\.refused\.json"):
+        evc._store_arm(other, tmp_path, saved, "chunk H=8", _entry(evc, {"2": _seed(0, 0)}))
+    assert saved.read_text() == before
+    aside = json.loads((tmp_path / "results.chunk-H-8.refused.json").read_text())
+    assert list(aside["results"]["chunk H=8"]["per_seed"]) == ["2"]
+
+
 def test_arms_that_read_captions_are_named_by_their_captioner(evc: ModuleType) -> None:
     names = {mode: name for name, mode, _ in evc._arms([8], "signals-v2")}
     assert names == {
