@@ -18,8 +18,10 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from wallwm.trainer.client import PolicyClient, RemotePolicy, ServerError
+from wallwm.trainer.durations import EventTimeouts
 from wallwm.trainer.engine import PolicyEngine
 from wallwm.trainer.policy import LocalPolicy, Observation
 from wallwm.trainer.protocol import (
@@ -214,11 +216,19 @@ def test_round_trip_matches_the_engine(server, checkpoints):
             )
             np.testing.assert_allclose(served.actions_HA, local.actions_HA, rtol=0, atol=1e-6)
             assert (served.event, served.next_event) == (local.event, local.next_event)
+            assert served.event_timeout_steps == local.event_timeout_steps
             if mode == "event":  # actions end where the event does
                 assert len(served.actions_HA) == served.event_steps <= 8 and served.event
                 assert served.end_of_event == (served.event_steps < 8)
+                # the timeout comes from how long the training events ran (floor: 4 x h_max)
+                state = torch.load(checkpoints["event"], weights_only=False)
+                timeouts = EventTimeouts(state["event_durations"], horizon=8)
+                assert state["event_durations"]["all"][0] > 0
+                expected = timeouts.steps(obs.instruction, served.event)
+                assert served.event_timeout_steps == expected >= 32
             else:
                 assert served.actions_HA.shape == (4, 4) and served.event == ""
+                assert served.event_timeout_steps == 0  # nothing to move past
     conditioned = client.infer(obs.image, obs.state_S, obs.instruction, event="reach", seed=1)
     assert conditioned.event == "reach"
 

@@ -26,11 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from wallwm.trainer.durations import EventTimeouts
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
 from wallwm.trainer.protocol import InferRequest, InferResult, ModelSpec
 
 #: What inference needs from a training checkpoint (the rest is optimiser and RNG state).
-INFERENCE_KEYS = ("mode", "model_config", "stats", "ema", "caption_bank", "dataset", "step")
+INFERENCE_KEYS = (
+    "mode", "model_config", "stats", "ema", "caption_bank", "event_durations", "dataset", "step",
+)  # fmt: skip
 
 
 def load_checkpoint(source: str | Path | bytes) -> dict[str, Any]:
@@ -76,6 +79,7 @@ class _Served:
             cameras=tuple(state.get("cameras") or ()),
         )
         self.bank = [(str(i), str(c)) for i, c in state.get("caption_bank", [])]
+        self.timeouts = EventTimeouts(state.get("event_durations"), self.model.horizon)
         self.lineage = {
             "checkpoint": name,
             "step": int(state.get("step", 0)),
@@ -252,6 +256,11 @@ class PolicyEngine:
                     end_of_event=spec.text_conditioned and n < spec.horizon,
                     event=texts[i],
                     next_event=next_events[i],
+                    event_timeout_steps=(
+                        served.timeouts.steps(requests[i].instruction, texts[i])
+                        if spec.text_conditioned
+                        else 0
+                    ),
                 )
             )
         return results

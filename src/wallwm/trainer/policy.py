@@ -13,8 +13,12 @@ How the plan moves through events (text-conditioned modes, ``event`` and ``chunk
 - at a replan (after ``replan_every`` executed steps, or when the chunk runs out) the policy
   asks for the *same* event again from the new observation, unless the executed steps reached
   the predicted end of the event -- then it asks for the event after it (``previous_event``);
-- an event that never ends (``event_timeout`` executed steps) is moved past, so a policy
-  cannot stall on one event forever.
+- an event that never ends is moved past, so a policy cannot stall on one event forever: after
+  ``event_timeout`` executed steps if given, else after the ``event_timeout_steps`` the server
+  answers for that event (twice how long such events ran in training), else 4 x the horizon;
+- whenever the planner names the event (nothing asked, or asked for the one after), a new event
+  starts and its steps count from zero -- also when it names the same text again (a repeated
+  subtask, or "not done yet" after a timeout).
 
 Chunk and unified modes condition on the instruction only and replan every ``replan_every``.
 Noise seeds are a pure function of ``(seed, episode, replan index)``.
@@ -88,7 +92,7 @@ class ChunkPolicy:
         self.infer, self.spec = infer, spec
         self.mode = spec.mode
         self.replan_every, self.seed = max(1, replan_every), seed
-        self.event_timeout = event_timeout or 4 * spec.horizon
+        self.event_timeout = event_timeout  # None: the server's per-event advice
         self.episode, self.calls = -1, 0
         self.plan: _Plan | None = None
         self.track = _EventTrack()
@@ -112,19 +116,25 @@ class ChunkPolicy:
         if self.spec.text_conditioned and self.plan is not None:
             result = self.plan.result
             reached_end = result.end_of_event and self.plan.executed >= result.event_steps
-            if reached_end or self.track.steps >= self.event_timeout:
+            if reached_end or self.track.steps >= self.timeout(result):
                 request.previous_event = self.track.event
             else:
                 request.event = self.track.event
         return request
 
+    def timeout(self, result: InferResult) -> int:
+        """Executed steps after which the event ``result`` answered for is moved past."""
+        return self.event_timeout or result.event_timeout_steps or 4 * self.spec.horizon
+
     def _replan(self, obs: Observation) -> None:
-        result = self.infer(self._request(obs))
+        request = self._request(obs)
+        result = self.infer(request)
         if len(result.actions_HA) == 0:
             raise RuntimeError("the policy returned no actions")
         if result.event != self.track.event:
-            self.track.event, self.track.steps = result.event, 0
             self.track.history.append(result.event)
+        if result.event != self.track.event or request.event is None:  # the planner named it
+            self.track.event, self.track.steps = result.event, 0
         self.plan = _Plan(result)
 
     def act(self, obs: Observation) -> np.ndarray:

@@ -28,8 +28,11 @@ An ``infer`` request (``INFER_FIELDS``)::
 and its answer: ``actions`` float32 (H, A) -- event mode: exactly the steps up to the end of the
 event (variable length); other modes: a fixed chunk -- ``event_steps`` (steps inside the
 event), ``end_of_event``, ``event`` (the text the actions were conditioned on), ``next_event``
-(the planner's predicted next event as the nearest known caption), ``mode``, ``batch_size``
-(requests in the micro-batch that served it) and ``server_ms``.
+(the planner's predicted next event as the nearest known caption), ``event_timeout_steps``
+(text-conditioned modes: executed steps after which a plan follower should move past ``event``
+-- twice the 95th percentile of how long such events ran in training, see
+:mod:`wallwm.trainer.durations`; 0 otherwise), ``mode``, ``batch_size`` (requests in the
+micro-batch that served it) and ``server_ms``.
 
 Errors answer ``{"error": {"code", "message", "field"}}`` with status 400 (malformed), 401
 (token), 404, 405, 413 (too large), 415 (content type), 422 (invalid field) or 500.
@@ -136,6 +139,8 @@ class InferResult:
     next_event: str = ""
     batch_size: int = 1
     server_ms: float = 0.0
+    #: Executed steps after which a plan follower moves past ``event`` (0: no advice).
+    event_timeout_steps: int = 0
 
     def to_wire(self, binary: bool = True) -> dict[str, Any]:
         """The message dict."""
@@ -148,6 +153,7 @@ class InferResult:
             "next_event": self.next_event,
             "batch_size": int(self.batch_size),
             "server_ms": float(self.server_ms),
+            "event_timeout_steps": int(self.event_timeout_steps),
         }
 
     @classmethod
@@ -162,6 +168,7 @@ class InferResult:
             next_event=str(message.get("next_event", "")),
             batch_size=int(message.get("batch_size", 1)),
             server_ms=float(message.get("server_ms", 0.0)),
+            event_timeout_steps=int(message.get("event_timeout_steps", 0)),
         )
 
 

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
+from wallwm.trainer.durations import duration_table
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
 from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
 from wallwm.trainer.view import ViewSummary, materialize, same_view_inputs, source_versions
@@ -193,6 +194,10 @@ class Run:
             ],
             "caption_bank": sorted(
                 {(e["instruction"], e["caption"]) for e in self.data.events if e["caption"]}
+            ),
+            # how long the training events ran: the plan follower's per-event timeout
+            "event_durations": duration_table(
+                e for e, h in zip(self.data.events, self.held_out, strict=True) if not h
             ),
         }
 
