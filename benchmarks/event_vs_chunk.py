@@ -509,24 +509,36 @@ def _report(
     _plot(results, saved.with_suffix(".png"))
 
 
-def _plot(results: dict[str, dict[str, object]], out: Path) -> None:
+#: Bar colour per mode: the chunk baselines, the caption-reading control, the two event arms.
+_MODE_COLOURS = {
+    "chunk": "#888888",
+    "chunk_text": "#c9a227",
+    "event": "#3a7bd5",
+    "unified": "#2a9d5c",
+}
+
+
+def _plot(results: dict[str, dict[str, Any]], out: Path) -> None:
+    """Success per arm with its 95 % interval: horizontal bars, best on top, a colour per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    rates = [float(results[n]["rate"]) for n in names]  # type: ignore[arg-type]
-    lows = [r - results[n]["ci95"][0] for n, r in zip(names, rates, strict=True)]  # type: ignore[index]
-    highs = [results[n]["ci95"][1] - r for n, r in zip(names, rates, strict=True)]  # type: ignore[index]
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    names = sorted(results, key=lambda n: float(results[n]["rate"]))  # best drawn last: on top
+    rates = [float(results[n]["rate"]) for n in names]
+    lows = [r - float(results[n]["ci95"][0]) for n, r in zip(names, rates, strict=True)]
+    highs = [float(results[n]["ci95"][1]) - r for n, r in zip(names, rates, strict=True)]
     # Arms may have run different numbers of seeds so far: the label says how many are pooled.
-    seeds = [len(results[n].get("per_seed", {})) or 1 for n in names]  # type: ignore[arg-type]
-    labels = [f"{n}\n({k} seed{'s' * (k > 1)})" for n, k in zip(names, seeds, strict=True)]
-    ax.bar(labels, rates, yerr=[lows, highs], capsize=4, color="#4a7")
-    ax.set_ylabel("closed-loop success")
-    ax.set_ylim(0, 1)
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    seeds = [len(results[n].get("per_seed", {})) or 1 for n in names]
+    labels = [f"{n}  ({k} seed{'s' * (k > 1)})" for n, k in zip(names, seeds, strict=True)]
+    colours = [_MODE_COLOURS.get(str(results[n].get("mode")), "#4a7") for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    ax.barh(labels, rates, xerr=[lows, highs], capsize=3, color=colours)
+    for y, rate in enumerate(rates):
+        ax.text(0.01, y, f"{rate:.1%}", va="center", color="white", fontsize=8)
+    ax.set_xlabel("closed-loop success (pooled over seeds and tasks, 95 % interval)")
+    ax.set_xlim(0, 1)
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
