@@ -153,6 +153,11 @@ class Run:
         self.held_out = holdout_mask(self.data.events, cfg.holdout)
         if self.held_out.all():  # a single episode: train on it rather than on nothing
             self.held_out[:] = False
+        # how long the training events ran (the plan follower's per-event timeout): fixed by
+        # the data, so computed once, not at every checkpoint
+        self.event_durations = duration_table(
+            e for e, h in zip(self.data.events, self.held_out, strict=True) if not h
+        )
         weights = np.where(self.held_out, 0.0, self.data.weights)
         self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
         self.step = 0
@@ -195,10 +200,7 @@ class Run:
             "caption_bank": sorted(
                 {(e["instruction"], e["caption"]) for e in self.data.events if e["caption"]}
             ),
-            # how long the training events ran: the plan follower's per-event timeout
-            "event_durations": duration_table(
-                e for e, h in zip(self.data.events, self.held_out, strict=True) if not h
-            ),
+            "event_durations": self.event_durations,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
