@@ -67,7 +67,8 @@ class DecodeOnTheFly(Dataset):  # type: ignore[type-arg]
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         import av
 
-        event, t, _ = self.view._plan(item)
+        plan = self.view._plan(item)
+        event, t = plan.event, plan.t
         ep_dir = self.source / self.episode_keys[event["episode_id"]]
         with av.open(str(ep_dir / "top.mp4")) as container:
             stream = container.streams.video[0]

@@ -29,10 +29,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.trainer.client import PolicyClient, ServerError
-from wallwm.trainer.engine import PolicyEngine
 from wallwm.trainer.model import WorldActionModel, preset
-from wallwm.trainer.protocol import InferRequest
+from wallwm.trainer.serving.client import PolicyClient, ServerError
+from wallwm.trainer.serving.engine import PolicyEngine
+from wallwm.trainer.serving.protocol import InferRequest
 
 SIZE = 96
 INSTRUCTION = "pick up the puck and place it at the goal"
@@ -210,7 +210,7 @@ def ray_serve_rows(
 ) -> list[tuple[str, float, float, float, str, str]]:
     from ray import serve
 
-    from wallwm.trainer.server import ServeConfig, run_ray_serve
+    from wallwm.trainer.serving.server import ServeConfig, run_ray_serve
 
     port = free_port()
     url = run_ray_serve(

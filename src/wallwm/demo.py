@@ -121,8 +121,8 @@ def _serve_and_evaluate(checkpoint: str) -> None:
     """Serve the checkpoint, query it once, and run the same evaluation through the server."""
     import secrets
 
-    from wallwm.trainer.client import PolicyClient
-    from wallwm.trainer.server import ServeConfig, start_in_thread
+    from wallwm.trainer.serving.client import PolicyClient
+    from wallwm.trainer.serving.server import ServeConfig, start_in_thread
 
     token = secrets.token_urlsafe(16)
     typer.echo(f"\n$ wallwm serve --checkpoint {checkpoint} --port 0 --token ***  (in a thread)")

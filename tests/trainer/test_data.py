@@ -146,8 +146,8 @@ def test_holdout_split_is_stable_and_never_empty_or_total():
 
 def test_multi_camera_view_model_and_serving(tmp_path, synth_dataset):
     """Every camera reaches the model; a served multi-camera model asks for all of them."""
-    from wallwm.trainer.engine import PolicyEngine
-    from wallwm.trainer.protocol import InferRequest, RequestError, parse_infer
+    from wallwm.trainer.serving.engine import PolicyEngine
+    from wallwm.trainer.serving.protocol import InferRequest, RequestError, parse_infer
     from wallwm.trainer.train import TrainConfig, train
 
     ds = synth_dataset(tmp_path, episodes=4, size=32, seed=2, cameras=("top", "side"))

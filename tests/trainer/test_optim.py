@@ -114,3 +114,34 @@ def test_schedule_shape():
     assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine(100, 10, 100) == pytest.approx(0.1)
     assert warmup_cosine(55, 10, 100) == pytest.approx(0.55)
+
+
+def test_batched_newton_schulz_equals_matrix_by_matrix():
+    g = torch.randn(5, 48, 24, generator=torch.Generator().manual_seed(3))
+    stacked = newton_schulz(g)
+    for i in range(5):
+        assert torch.allclose(stacked[i], newton_schulz(g[i]), atol=1e-5)
+
+
+def test_same_shape_groups_follow_the_per_matrix_rule():
+    """Matrices of two shapes updated together, as each alone (ours in fp32, torch's Muon)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(32, 16), (32, 16), (16, 64), (32, 16)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grouped = [nn.Parameter(w.clone()) for w in start]
+    alone = [nn.Parameter(w.clone()) for w in start]
+    torchs = [nn.Parameter(w.clone()) for w in start]
+    kw = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
+    optimizers = [Muon(grouped, ns_dtype=torch.float32, **kw)]
+    optimizers += [Muon([p], ns_dtype=torch.float32, **kw) for p in alone]
+    optimizers += [torch.optim.Muon([p], **kw) for p in torchs]
+    for _ in range(4):
+        for params in zip(grouped, alone, torchs, strict=True):
+            grad = torch.randn(params[0].shape, generator=gen)
+            for p in params:
+                p.grad = grad.clone()
+        for o in optimizers:
+            o.step()
+    for g, a, t, w in zip(grouped, alone, torchs, start, strict=True):
+        assert torch.allclose(g, a, atol=1e-6)
+        assert (g - t).norm() / (t - w).norm() < 0.05  # torch orthogonalises in bf16

@@ -7,7 +7,7 @@ import pytest
 
 from wallwm.trainer.durations import MIN_EVENTS, TIMEOUT_FACTOR, EventTimeouts, duration_table
 from wallwm.trainer.policy import ChunkPolicy, Observation
-from wallwm.trainer.protocol import InferRequest, InferResult, ModelSpec
+from wallwm.trainer.serving.protocol import InferRequest, InferResult, ModelSpec
 
 SPEC = ModelSpec("event", 8, 3, 2, horizon=4, text_conditioned=True)
 OBS = Observation(np.zeros((8, 8, 3), np.uint8), np.zeros(3, np.float32), "do it")

@@ -28,6 +28,16 @@ GripperOpenOpt = Annotated[
 ]
 
 
+def validation_message(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one line naming each option and what is wrong."""
+    parts = []
+    for error in exc.errors():
+        loc = "-".join(str(x) for x in error["loc"]).replace("_", "-")
+        name = f"--{loc}" if loc else ""
+        parts.append(f"{name}: {error['msg']}" if name else error["msg"])
+    return "; ".join(parts)
+
+
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (no rich markup, so it pipes cleanly into jq)."""
     typer.echo(json.dumps(obj, indent=2, default=str))

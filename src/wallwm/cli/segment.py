@@ -388,6 +388,9 @@ def eval_policy(
         ),
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Evaluation seed (held-out initial states).")] = 0,
+    device: Annotated[
+        str, typer.Option(help="Where a --checkpoint runs: auto (CUDA if present) | cpu | cuda.")
+    ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Closed-loop success rate (95 % interval) in MetaWorld (extra ``sim``).
@@ -401,6 +404,8 @@ def eval_policy(
         raise typer.BadParameter("give exactly one of --checkpoint or --server")
     if server is not None and noise_scale != 1.0:  # never silently ignored
         raise typer.BadParameter("--noise-scale applies to --checkpoint; a server has its own")
+    if server is not None and device != "auto":
+        raise typer.BadParameter("--device applies to --checkpoint; a server has its own")
     from wallwm.pipeline.sim.metaworld import MT10
     from wallwm.trainer.evaluate import evaluate_metaworld
 
@@ -410,7 +415,9 @@ def eval_policy(
         for t2 in (MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
     ]
     try:
-        policy = _load_policy(checkpoint, server, token, mode, replan_every, seed, noise_scale)
+        policy = _load_policy(
+            checkpoint, server, token, mode, replan_every, seed, noise_scale, device
+        )
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         err_console.print(
             f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True
@@ -450,16 +457,19 @@ def _load_policy(
     replan_every: int,
     seed: int,
     noise_scale: float,
+    device: str = "auto",
 ) -> ChunkPolicy:
     """The policy ``eval policy`` runs: a local checkpoint or a client of a policy server."""
     if server is not None:
-        from wallwm.trainer.client import PolicyClient, RemotePolicy
+        from wallwm.trainer.serving.client import PolicyClient, RemotePolicy
 
         return RemotePolicy(PolicyClient(server, token), mode, replan_every=replan_every, seed=seed)
     from wallwm.trainer.policy import LocalPolicy
 
     assert checkpoint is not None  # the command checks exactly one of the two is given
-    return LocalPolicy(checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale)
+    return LocalPolicy(
+        checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale, device=device
+    )
 
 
 def _success_table(result: dict[str, Any], title: str) -> Table:
@@ -483,13 +493,14 @@ def eval_offline(
     checkpoint: Annotated[str, typer.Option(help="Training checkpoint (checkpoint.pt).")],
     batches: Annotated[int, typer.Option(help="Batches of held-out samples.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present) | cpu | cuda.")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Losses, action error and next-event retrieval on the episodes held out of training."""
     from wallwm.trainer.evaluate import evaluate_offline
 
     try:
-        result = evaluate_offline(checkpoint, batches, batch_size)
+        result = evaluate_offline(checkpoint, batches, batch_size, device=device)
     except (ValueError, OSError, KeyError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

@@ -6,7 +6,13 @@ from typing import Annotated, Any
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, RayAddressOpt, console, err_console
+from wallwm.cli.common import (
+    DatasetOpt,
+    RayAddressOpt,
+    console,
+    err_console,
+    validation_message,
+)
 
 CameraOpt = Annotated[
     list[str] | None,
@@ -42,6 +48,16 @@ def materialize_cmd(
 
 train_app = typer.Typer(help="Train on a curated snapshot; `wallwm train plot RUN` for curves.")
 
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the GPU Ray assigns, else CUDA if present, else CPU) | cpu | cuda | cuda:N."
+    ),
+]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="auto (bf16 autocast on GPUs, fp32 elsewhere) | fp32 | bf16.")
+]
+
 
 @train_app.callback(invoke_without_command=True)
 def train_cmd(
@@ -49,10 +65,19 @@ def train_cmd(
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset root.")] = None,
     tag: Annotated[str | None, typer.Option(help="Curated snapshot (wallwm clusters tag).")] = None,
     mode: Annotated[str, typer.Option(help="event | unified | chunk | chunk_text")] = "event",
-    preset: Annotated[str, typer.Option(help="debug | small | base")] = "small",
+    preset: Annotated[str, typer.Option(help="debug | small | base | large")] = "small",
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Samples per step, all workers together.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = 0.1,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the evaluation weights.")] = 0.999,
+    h_max: Annotated[int, typer.Option(help="Event mode: longest action horizon, steps.")] = 8,
+    chunk_len: Annotated[int, typer.Option(help="Chunk/unified modes: chunk length.")] = 8,
+    caption_dropout: Annotated[
+        float, typer.Option(help="Share of samples trained without their event text.")
+    ] = 0.15,
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     camera: CameraOpt = None,
     out: Annotated[str, typer.Option(help="Run directory.")] = "runs/latest",
@@ -63,8 +88,16 @@ def train_cmd(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop with a checkpoint after N steps (time-boxed jobs).")
     ] = None,
-    num_workers: Annotated[int, typer.Option(help="Ray Train workers (DDP).")] = 1,
-    use_gpu: Annotated[bool, typer.Option(help="One GPU per worker.")] = False,
+    log_every: Annotated[int, typer.Option(help="Steps between logged metrics.")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
+    loader_workers: Annotated[int, typer.Option(help="DataLoader processes per worker.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile every transformer block.")
+    ] = False,
+    num_workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
+    ray_address: RayAddressOpt = None,
     local: Annotated[bool, typer.Option(help="Train in this process, without Ray Train.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -75,17 +108,24 @@ def train_cmd(
         raise typer.BadParameter("--dataset is required")
     from pydantic import ValidationError
 
-    from wallwm.trainer.train import TrainConfig, train, train_ray
+    from wallwm.trainer.train import TrainConfig, train
 
     try:
         cfg = TrainConfig(
             dataset=dataset,
             tag=tag,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]
             preset=preset,
-            steps=steps,  # type: ignore[arg-type]
+            steps=steps,
             batch_size=batch_size,
             lr=lr,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+            ema_decay=ema_decay,
+            h_max=h_max,
+            chunk_len=chunk_len,
+            caption_dropout=caption_dropout,
             size=size,
             cameras=camera,
             out=out,
@@ -93,17 +133,27 @@ def train_cmd(
             seed=seed,
             stop_after=stop_after,
             holdout=holdout,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            loader_workers=loader_workers,
+            device=device,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
+            compile=compile_model,
         )
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(validation_message(exc)) from exc
     try:
         if local:
+            if num_workers != 1 or ray_address:
+                raise ValueError("--local trains in this process: no --num-workers/--ray-address")
             history = train(cfg)
             last = history[-1] if history else {}
         else:
-            last = train_ray(cfg, num_workers=num_workers, use_gpu=use_gpu)
+            from wallwm.trainer.launch import train_ray
+
+            last = train_ray(cfg, num_workers=num_workers, ray_address=ray_address)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/]")
+        err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(
         f"[bold]train[/] ({mode}, {preset}): step {last.get('step', steps)}, "
@@ -118,7 +168,7 @@ def train_plot(
     out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")] = "loss.png",
 ) -> None:
     """Write a run's loss curves as a PNG."""
-    from wallwm.trainer.train import plot_run
+    from wallwm.trainer.logs import plot_run
 
     try:
         path = plot_run(run, out)
@@ -154,11 +204,20 @@ def serve_cmd(
         int, typer.Option(help="0: serve from this process; N: a Ray Serve deployment.")
     ] = 0,
     ray_address: RayAddressOpt = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA if present) | cpu | cuda | cuda:N; replicas: a GPU each")
+    ] = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve checkpoints as a policy server (HTTP; msgpack or JSON bodies)."""
     from pydantic import ValidationError
 
-    from wallwm.trainer.server import ServeConfig, run_ray_serve, run_server, warn_if_exposed
+    from wallwm.trainer.serving.server import (
+        ServeConfig,
+        run_ray_serve,
+        run_server,
+        warn_if_exposed,
+    )
 
     try:
         cfg = ServeConfig(
@@ -173,9 +232,11 @@ def serve_cmd(
             noise_scale=noise_scale,
             replicas=replicas,
             ray_address=ray_address,
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
         )
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(validation_message(exc)) from exc
     warning = warn_if_exposed(cfg)
     if warning:
         err_console.print(f"[yellow]warning: {warning}[/]")

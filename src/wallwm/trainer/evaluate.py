@@ -91,25 +91,33 @@ def evaluate_metaworld(
 
 
 def evaluate_offline(
-    checkpoint: str, batches: int = 10, batch_size: int = 32, seed: int = 0
+    checkpoint: str,
+    batches: int = 10,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Metrics on the events of the episodes held out of training (see ``TrainConfig.holdout``).
 
     Losses of every head (flow, planner, world, end), the error of sampled actions against the
     recorded ones (in normalised units, masked), end-of-event accuracy (event mode), and top-1
-    accuracy of retrieving the true next caption from the planner's prediction.
+    accuracy of retrieving the true next caption from the planner's prediction. Runs on
+    ``device`` (``auto``: CUDA when present) whichever device the checkpoint was trained on.
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
+    from wallwm.trainer.device import inference_mode, resolve_device, to_device
     from wallwm.trainer.model import ModelConfig, WorldActionModel
+    from wallwm.trainer.serving.engine import load_checkpoint
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
+    where = resolve_device(device)
     cfg = state["config"]
     model = WorldActionModel(ModelConfig(**state["model_config"]), state["mode"], state["stats"])
     model.load_state_dict(state["ema"]["shadow"])
-    model.eval()
+    model.to(where).eval()
     data = EventFrameDataset(state["dataset"]["view"], cfg["h_max"], cfg["chunk_len"], seed + 1)
     held = set(state.get("held_out_events", []))
     weights = np.array([1.0 if e["event_id"] in held else 0.0 for e in data.events])
@@ -120,31 +128,13 @@ def evaluate_offline(
     count = 0
     captions = sorted({c for _, c in state.get("caption_bank", [])})
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bank = model.text(captions) if captions else None
-        for batch in make_loader(data, batch_size, 0, sampler):
-            losses = {k: float(v) for k, v in model.losses(batch, generator).items()}
-            out = model.act(batch, 10, generator)
-            target, mask = model.targets(batch)
-            predicted = (out["actions_BHA"] - model.get_buffer("a_mean")) / model.get_buffer(
-                "a_std"
-            )
-            err = ((predicted - target) ** 2).mean(-1)
-            losses["action_mse"] = float((err * mask).sum() / mask.sum().clamp(min=1))
-            if "end_of_event_B" in out:
-                hit = (out["end_of_event_B"] > 0.5).float() == batch["end_of_event"]
-                losses["end_accuracy"] = float(hit.float().mean())
-            if bank is not None:
-                has_next = [i for i, c in enumerate(batch["next_caption"]) if c in captions]
-                if has_next:
-                    sims = F.cosine_similarity(
-                        out["next_event_BD"][has_next, None], bank[None], dim=-1
-                    )
-                    truth = torch.tensor(
-                        [captions.index(batch["next_caption"][i]) for i in has_next]
-                    )
-                    losses["next_event_top1"] = float((sims.argmax(1) == truth).float().mean())
-            for k, v in losses.items():
+    with inference_mode(where, precision):
+        bank = model.text(captions).float() if captions else None
+        for cpu_batch in make_loader(data, batch_size, 0, sampler):
+            batch = to_device(cpu_batch, where)
+            metrics = {k: float(v) for k, v in model.losses(batch).items()}
+            metrics.update(_sampled_metrics(model, batch, generator, captions, bank))
+            for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
     return {
@@ -152,3 +142,29 @@ def evaluate_offline(
         "batches": count,
         "metrics": {k: v / count for k, v in sums.items()},
     }
+
+
+def _sampled_metrics(
+    model: Any, batch: dict[str, Any], generator: Any, captions: list[str], bank: Any
+) -> dict[str, float]:
+    """Action error, end-of-event accuracy and next-event retrieval of sampled outputs."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    out = model.act(batch, 10, generator)
+    target, mask = model.targets(batch)
+    predicted = (out["actions_BHA"] - model.get_buffer("a_mean")) / model.get_buffer("a_std")
+    err = ((predicted - target) ** 2).mean(-1)
+    metrics = {"action_mse": float((err * mask).sum() / mask.sum().clamp(min=1))}
+    if "end_of_event_B" in out:
+        hit = (out["end_of_event_B"] > 0.5).float() == batch["end_of_event"]
+        metrics["end_accuracy"] = float(hit.float().mean())
+    if bank is not None:
+        has_next = [i for i, c in enumerate(batch["next_caption"]) if c in captions]
+        if has_next:
+            sims = F.cosine_similarity(out["next_event_BD"][has_next, None], bank[None], dim=-1)
+            truth = torch.tensor(
+                [captions.index(batch["next_caption"][i]) for i in has_next], device=sims.device
+            )
+            metrics["next_event_top1"] = float((sims.argmax(1) == truth).float().mean())
+    return metrics

@@ -1,4 +1,4 @@
-"""The event-grounded World Action Model (compact, CPU-trainable presets; scales to GPU).
+"""The event-grounded World Action Model (compact, CPU-trainable presets up to ~300 M on GPUs).
 
 Shape legend: B batch, N cameras, S image side, P image patches per camera, D model width,
 H action horizon (event
@@ -19,6 +19,15 @@ camera (one shared patch encoder; a learned per-camera embedding tells the views
   text encoder's embedding of the true next caption) and a latent;
 - world-model head: predicts the (stop-gradient) visual features of the event's last frame.
 
+Training calls ``forward(batch)``, which returns every loss as a :class:`LossTerm` (a sum and
+the count it is a mean over), so a data-parallel run can divide by the counts of the whole global
+batch and get exactly the gradient of one process (:mod:`wallwm.trainer.step`). The batch comes
+from :mod:`wallwm.trainer.data` with its texts already tokenised and each sample's flow noise and
+flow time drawn from the sample's own seed: nothing in a step depends on which process or which
+batch-mates a sample had. Parameters a mode never uses (the thought slots outside unified mode,
+the end-of-event head outside the text-conditioned modes) are frozen, so data parallelism has no
+unused parameters to find.
+
 Modes: ``event`` conditions on the current event's description and emits actions to its end;
 ``chunk`` (the baseline) conditions on the instruction only and emits a fixed-length chunk;
 ``chunk_text`` (the key control of the events-vs-chunks experiment) emits fixed-length chunks
@@ -35,11 +44,13 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+from wallwm.trainer.layers import Block, CrossBlock
 
 Mode = Literal["event", "unified", "chunk", "chunk_text"]
 MODES: tuple[str, ...] = ("event", "unified", "chunk", "chunk_text")
@@ -67,17 +78,22 @@ class ModelConfig:
     num_cameras: int = 1
 
 
+#: The named architectures: ``debug`` (tests), ``small`` (~5 M parameters, trains on a CPU),
+#: ``base`` (~67 M, one GPU), ``large`` (~300 M, GPUs). README.md's preset table gives their
+#: FLOPs per sample and measured throughput (``benchmarks/train_throughput.py``).
+PRESETS: dict[str, ModelConfig] = {
+    "debug": ModelConfig(width=32, depth=2, heads=2, expert_depth=1, vocab=512, thought_slots=2),
+    "small": ModelConfig(),
+    "base": ModelConfig(width=512, depth=12, heads=8, expert_depth=4, vocab=16384),
+    "large": ModelConfig(width=1024, depth=16, heads=16, expert_depth=4, vocab=16384),
+}
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """``debug`` (tests), ``small`` (~5M parameters, CPU), ``base`` (GPU); did-you-mean errors."""
+    """The preset ``name`` (see :data:`PRESETS`) with ``overrides``; did-you-mean errors."""
     import difflib
 
-    presets = {
-        "debug": ModelConfig(
-            width=32, depth=2, heads=2, expert_depth=1, vocab=512, thought_slots=2
-        ),
-        "small": ModelConfig(),
-        "base": ModelConfig(width=512, depth=12, heads=8, expert_depth=4, vocab=16384),
-    }
+    presets = PRESETS
     if name not in presets:
         close = difflib.get_close_matches(name, presets, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -112,16 +128,20 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.width, padding_idx=0)
         self.pos = nn.Parameter(torch.zeros(cfg.text_len, cfg.width))
-        self.layer = nn.TransformerEncoderLayer(
-            cfg.width, cfg.heads, 2 * cfg.width, 0.0, batch_first=True, norm_first=True
-        )
+        self.layer = Block(cfg.width, cfg.heads, 2 * cfg.width)
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        """Pooled text embeddings (B, D)."""
-        ids_BL = tokenize(texts, self.cfg.vocab, self.cfg.text_len).to(self.pos.device)
-        pad_BL = ids_BL == 0
-        x_BLD = self.layer(self.embed(ids_BL) + self.pos, src_key_padding_mask=pad_BL)
-        keep = (~pad_BL).unsqueeze(-1).float()
+    def forward(self, texts: list[str] | torch.Tensor) -> torch.Tensor:
+        """Pooled text embeddings (B, D) of texts, or of their token ids (B, L).
+
+        Training batches carry ids tokenised by the data loader: no tokenising in the step.
+        """
+        if isinstance(texts, torch.Tensor):
+            ids_BL = texts.to(self.pos.device)
+        else:
+            ids_BL = tokenize(texts, self.cfg.vocab, self.cfg.text_len).to(self.pos.device)
+        keep_BL = ids_BL != PAD
+        x_BLD = self.layer(self.embed(ids_BL) + self.pos, keep_BL)
+        keep = keep_BL.unsqueeze(-1).to(x_BLD.dtype)
         pooled: torch.Tensor = (x_BLD * keep).sum(1) / keep.sum(1).clamp(min=1.0)
         return pooled
 
@@ -152,10 +172,8 @@ class ImageEncoder(nn.Module):
         return tokens
 
 
-def _block(cfg: ModelConfig) -> nn.TransformerEncoderLayer:
-    return nn.TransformerEncoderLayer(
-        cfg.width, cfg.heads, 4 * cfg.width, 0.0, batch_first=True, norm_first=True
-    )
+def _block(cfg: ModelConfig) -> Block:
+    return Block(cfg.width, cfg.heads, 4 * cfg.width)
 
 
 class ActionExpert(nn.Module):
@@ -168,8 +186,7 @@ class ActionExpert(nn.Module):
         self.time = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d))
         self.pos = nn.Parameter(torch.zeros(horizon, d))
         self.layers = nn.ModuleList(
-            nn.TransformerDecoderLayer(d, cfg.heads, 4 * d, 0.0, batch_first=True, norm_first=True)
-            for _ in range(cfg.expert_depth)
+            CrossBlock(d, cfg.heads, 4 * d) for _ in range(cfg.expert_depth)
         )
         self.head = nn.Linear(d, cfg.action_dim)
 
@@ -186,6 +203,30 @@ class ActionExpert(nn.Module):
             h = layer(h, context_BND)
         out: torch.Tensor = self.head(h)
         return out
+
+
+class LossTerm(NamedTuple):
+    """One loss as a sum ``total`` and the count ``n`` it is a mean over.
+
+    What is counted depends on the loss: masked action steps, samples with a next event,
+    elements.
+    """
+
+    total: torch.Tensor
+    n: torch.Tensor
+
+    def mean(self) -> torch.Tensor:
+        """The loss of this batch alone."""
+        return self.total / self.n.clamp(min=1)
+
+
+def _term(values: torch.Tensor, weights: torch.Tensor | None = None) -> LossTerm:
+    """A loss term of per-element ``values`` (fp32), optionally weighted by a 0/1 mask."""
+    values = values.float()
+    if weights is None:
+        return LossTerm(values.sum(), torch.tensor(float(values.numel()), device=values.device))
+    weights = weights.to(values.dtype)
+    return LossTerm((values * weights).sum(), weights.sum())
 
 
 class WorldActionModel(nn.Module):
@@ -210,6 +251,11 @@ class WorldActionModel(nn.Module):
         self.planner_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.world_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.norm = nn.LayerNorm(d)
+        # what this mode never reads gets no gradient: frozen, so neither the optimiser nor
+        # data parallelism waits for one (the parameters stay, so every mode's state dict is
+        # the same)
+        self.thoughts.requires_grad_(mode == "unified")
+        self.end_head.requires_grad_(mode in TEXT_CONDITIONED)
         self._set_stats(stats)
 
     def _set_stats(self, stats: dict[str, Any] | None) -> None:
@@ -224,15 +270,26 @@ class WorldActionModel(nn.Module):
         self.register_buffer("s_mean", vec("states", "mean", s, 0.0))
         self.register_buffer("s_std", vec("states", "std", s, 1.0))
 
+    def compile_layers(self) -> None:
+        """``torch.compile`` every transformer block in place (state dict keys unchanged)."""
+        for block in [self.text.layer, *self.trunk, *self.expert.layers]:
+            block.compile()
+
     # ------------------------------------------------------------------ encoding
+
+    def _text(self, batch: dict[str, Any], key: str) -> torch.Tensor:
+        """Embeddings of a text field: its token ids when the loader sent them, else the texts."""
+        ids = batch.get(f"{key}_ids_BL")
+        embedded: torch.Tensor = self.text(ids if ids is not None else batch[key])
+        return embedded
 
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Trunk tokens (B, N, D) and, in unified mode, the thought slots (B, K, D)."""
         b = batch["images_BNCHW"].shape[0]
         t = self.type_embed
-        instr = self.text(batch["instruction"])[:, None] + t[0]
+        instr = self._text(batch, "instruction")[:, None] + t[0]
         if self.mode in TEXT_CONDITIONED:
-            cond = self.text(batch["caption"])[:, None] + t[1]
+            cond = self._text(batch, "caption")[:, None] + t[1]
         else:
             cond = torch.zeros_like(instr) + t[1]
         state = self.state((batch["state_BS"] - self.s_mean) / self.s_std)[:, None] + t[2]
@@ -242,9 +299,8 @@ class WorldActionModel(nn.Module):
         first_slot_layer = self.cfg.depth - k
         for i, layer in enumerate(self.trunk):
             if k and i >= first_slot_layer:  # staircase: slot (i - first) joins at layer i
-                x = torch.cat(
-                    [x, self.thoughts[i - first_slot_layer][None, None].expand(b, 1, -1)], 1
-                )
+                slot = self.thoughts[i - first_slot_layer].to(x.dtype)
+                x = torch.cat([x, slot[None, None].expand(b, 1, -1)], 1)
             x = layer(x)
         x = self.norm(x)
         return (x[:, :-k], x[:, -k:]) if k else (x, None)
@@ -259,35 +315,45 @@ class WorldActionModel(nn.Module):
             actions, mask = batch["chunk_BCA"], batch["chunk_mask_BC"]
         return (actions - self.a_mean) / self.a_std, mask
 
-    def losses(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Every training loss of this mode (the trainer sums them)."""
+    def forward(self, batch: dict[str, Any]) -> dict[str, LossTerm]:
+        """Every training loss of this mode as a :class:`LossTerm` (see the module docstring).
+
+        The flow's noise and time are the batch's ``flow_noise_BHA`` (at least the horizon's
+        length) and ``flow_tau`` (``tau ~ Beta(1.5, 1)``), drawn per sample by the loader.
+        """
         tokens, slots = self.encode(batch)
         context = tokens if slots is None else torch.cat([tokens, slots], 1)
         actions, mask = self.targets(batch)
-        b = actions.shape[0]
-        tau = torch.distributions.Beta(1.5, 1.0).sample((b,)).to(actions)
-        noise = torch.randn(actions.shape, generator=generator).to(actions)
-        x_tau = tau[:, None, None] * actions + (1 - tau[:, None, None]) * noise
-        velocity = self.expert(x_tau, tau, context)
-        per_step = ((velocity - (actions - noise)) ** 2).mean(-1)
-        out = {"flow": (per_step * mask).sum() / mask.sum().clamp(min=1)}
+        noise = batch["flow_noise_BHA"][:, : self.horizon].to(actions.dtype)
+        tau = batch["flow_tau"].to(actions.dtype)[:, None, None]
+        x_tau = tau * actions + (1 - tau) * noise
+        velocity = self.expert(x_tau, tau[:, 0, 0], context)
+        out = {"flow": _term(((velocity.float() - (actions - noise)) ** 2).mean(-1), mask)}
         pooled = tokens.mean(1)
-        next_text = self.text(batch["next_caption"]).detach()
-        has_next = torch.tensor([bool(c) for c in batch["next_caption"]], device=pooled.device)
+        next_text = self._text(batch, "next_caption").detach()
         planned = self.planner_head(pooled if slots is None else slots.mean(1))
-        cos = 1 - F.cosine_similarity(planned, next_text, dim=-1)
-        out["planner"] = (cos * has_next).sum() / has_next.sum().clamp(min=1)
+        has_next = batch.get("has_next")
+        if has_next is None:  # a batch of strings (no loader): which samples have a next event
+            has_next = torch.tensor([bool(c) for c in batch["next_caption"]], device=pooled.device)
+        out["planner"] = _term(1 - F.cosine_similarity(planned, next_text, dim=-1), has_next)
         with torch.no_grad():
             end_features = self.image(batch["end_images_BNCHW"]).mean(1)
-        out["world"] = F.mse_loss(self.world_head(pooled), end_features)
+        out["world"] = _term((self.world_head(pooled).float() - end_features.float()) ** 2)
         if self.mode in TEXT_CONDITIONED:
             inside = batch["action_mask_BH" if self.mode == "event" else "chunk_in_event_BC"]
-            out["end"] = F.binary_cross_entropy_with_logits(
-                self.end_head(pooled), inside.to(pooled.dtype)
+            logits = self.end_head(pooled).float()
+            out["end"] = _term(
+                F.binary_cross_entropy_with_logits(logits, inside.float(), reduction="none")
             )
         return out
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Every training loss of this mode, each the mean over this batch.
+
+        The trainer sums them; see :meth:`forward` for the sums a data-parallel run divides
+        itself.
+        """
+        return {name: term.mean() for name, term in self(batch).items()}
 
     # ------------------------------------------------------------------ inference
 
@@ -298,7 +364,7 @@ class WorldActionModel(nn.Module):
         planned: torch.Tensor = self.planner_head(
             tokens.mean(1) if slots is None else slots.mean(1)
         )
-        return planned
+        return planned.float()
 
     @torch.no_grad()
     def act(
@@ -322,17 +388,19 @@ class WorldActionModel(nn.Module):
             noise_BHA = torch.randn(shape, generator=generator)
         elif tuple(noise_BHA.shape) != shape:
             raise ValueError(f"noise_BHA has shape {tuple(noise_BHA.shape)}, expected {shape}")
-        x = noise_BHA.to(tokens)
+        # the flow integrates in fp32 whatever precision the network runs in
+        x = noise_BHA.to(device=tokens.device, dtype=torch.float32)
         for i in range(steps):
             tau = torch.full((b,), i / steps, device=x.device)
-            x = x + self.expert(x, tau, context) / steps
+            x = x + self.expert(x, tau, context).float() / steps
         a_std, a_mean = self.get_buffer("a_std"), self.get_buffer("a_mean")
         out: dict[str, Any] = {"actions_BHA": x * a_std + a_mean}
         pooled = tokens.mean(1)
         if self.mode in TEXT_CONDITIONED:
-            inside_BH = torch.sigmoid(self.end_head(pooled)) > 0.5
+            inside_BH = torch.sigmoid(self.end_head(pooled).float()) > 0.5
             steps_B = inside_BH.long().cumprod(1).sum(1).clamp(min=1)
             out["event_steps_B"] = steps_B
             out["end_of_event_B"] = (steps_B < self.horizon).float()
-        out["next_event_BD"] = self.planner_head(pooled if slots is None else slots.mean(1))
+        planned = self.planner_head(pooled if slots is None else slots.mean(1))
+        out["next_event_BD"] = planned.float()
         return out

@@ -8,6 +8,12 @@ Newton-Schulz iteration with coefficients (3.4445, -4.7750, 2.0315), learning-ra
 decoupled weight decay) and orthogonalises in a chosen dtype; ``"auto"`` (the default) times both
 once per process on the parameters' device and keeps the faster.
 
+Matrices of the same shape are orthogonalised together, as one batched Newton-Schulz over their
+stack (a few large matrix products instead of hundreds of small launches: the optimiser was a
+third of a GPU step matrix by matrix), and the momentum, decay and update run as ``torch._foreach``
+ops over each group; the result is the per-matrix rule (tested against ``torch.optim.Muon`` and
+against the matrix-by-matrix iteration).
+
 Which parameters get Muon (:func:`split_params`): 2-D weight matrices of hidden layers. Embedding
 tables, norms, biases, and input/output projections (heads) go to AdamW, as in the Muon recipe.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,18 +37,22 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(
     grad_AB: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Approximately orthogonalise a matrix: U S' V^T with S' roughly in [0.5, 1.5]."""
+    """Approximately orthogonalise a matrix, or each of a stack (..., A, B).
+
+    Returns U S' V^T with S' roughly in [0.5, 1.5].
+    """
     a, b, c = NS_COEFFICIENTS
     x = grad_AB.to(dtype)
-    transposed = x.size(0) > x.size(1)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+        x = x.mT
+    # spectral norm <= Frobenius norm <= 1, per matrix
+    x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     if transposed:
-        x = x.T
+        x = x.mT
     out: torch.Tensor = x.to(grad_AB.dtype)
     return out
 
@@ -113,25 +124,41 @@ class Muon(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One update of every parameter with a gradient."""
+        """One update of every parameter with a gradient (same-shape matrices together)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            same_shape: dict[tuple[Any, ...], list[torch.Tensor]] = defaultdict(list)
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"], group["eps"], self.ns_dtype)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-adjusted_lr(group["lr"], p.shape, group["adjust_lr_fn"]))
+                if p.grad is not None:
+                    same_shape[(p.shape, p.dtype, p.device)].append(p)
+            for params in same_shape.values():
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Muon's update of same-shape matrices: momentum, Nesterov, batched Newton-Schulz."""
+        grads = [p.grad for p in params]
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        momentum = group["momentum"]
+        torch._foreach_lerp_(bufs, grads, 1 - momentum)  # type: ignore[arg-type]
+        updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs  # type: ignore[arg-type]
+        stacked = newton_schulz(
+            torch.stack(updates), group["ns_steps"], group["eps"], self.ns_dtype
+        )
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        torch._foreach_add_(
+            params,
+            list(stacked.unbind()),
+            alpha=-adjusted_lr(group["lr"], params[0].shape, group["adjust_lr_fn"]),
+        )
 
 
 def split_params(
@@ -210,7 +237,11 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 class EMA:
-    """Exponential moving average of a model's parameters and buffers (evaluation weights)."""
+    """Exponential moving average of a model's parameters and buffers (evaluation weights).
+
+    The shadow lives on the model's device; it averages the module itself (never a
+    data-parallel wrapper, whose state dict names differ).
+    """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         """Start from the model's current weights."""
@@ -219,12 +250,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend the model's current weights in."""
+        """Blend the model's current weights in (one fused op over all float tensors)."""
+        live, averaged = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+                live.append(v)
+                averaged.append(self.shadow[k])
             else:
                 self.shadow[k].copy_(v)
+        torch._foreach_lerp_(averaged, live, 1 - self.decay)
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model``."""
@@ -235,6 +269,7 @@ class EMA:
         return {"decay": self.decay, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore."""
+        """Restore (onto the device the shadow is on, whichever device the state was saved on)."""
+        device = next(iter(self.shadow.values())).device if self.shadow else None
         self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        self.shadow = {k: v.to(device, copy=True) for k, v in state["shadow"].items()}

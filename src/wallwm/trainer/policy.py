@@ -3,8 +3,9 @@
 :class:`Policy` is what evaluation talks to, in the style of openpi's ``BasePolicy``.
 :class:`ChunkPolicy` turns any ``infer`` function (one request in, an action chunk out) into a
 policy that keeps a plan -- the same code whether ``infer`` runs in this process
-(:class:`LocalPolicy`) or on a policy server (:class:`wallwm.trainer.client.RemotePolicy`), so
-the served path behaves exactly like the in-process one. This module imports no torch.
+(:class:`LocalPolicy`) or on a policy server
+(:class:`wallwm.trainer.serving.client.RemotePolicy`), so the served path behaves exactly like
+the in-process one. This module imports no torch.
 
 How the plan moves through events (text-conditioned modes, ``event`` and ``chunk_text``):
 
@@ -33,10 +34,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from wallwm.trainer.protocol import MAX_SEED, InferRequest, InferResult, ModelSpec
+from wallwm.trainer.serving.protocol import MAX_SEED, InferRequest, InferResult, ModelSpec
 
 if TYPE_CHECKING:
-    from wallwm.trainer.engine import PolicyEngine
+    from wallwm.trainer.serving.engine import PolicyEngine
 
 
 @dataclass
@@ -160,11 +161,14 @@ class LocalPolicy(ChunkPolicy):
         seed: int = 0,
         event_timeout: int | None = None,
         noise_scale: float = 1.0,
+        device: str = "auto",
     ) -> None:
-        """Load ``checkpoint`` (``noise_scale``: see :class:`PolicyEngine`)."""
-        from wallwm.trainer.engine import PolicyEngine
+        """Load ``checkpoint`` onto ``device`` (``noise_scale``: see :class:`PolicyEngine`)."""
+        from wallwm.trainer.serving.engine import PolicyEngine
 
-        self.engine: PolicyEngine = PolicyEngine([checkpoint], flow_steps, seed, noise_scale)
+        self.engine: PolicyEngine = PolicyEngine(
+            [checkpoint], flow_steps, seed, noise_scale, device=device
+        )
         (spec,) = self.engine.specs.values()
         super().__init__(
             lambda r: self.engine.infer([r])[0], spec, replan_every, seed, event_timeout

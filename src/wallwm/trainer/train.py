@@ -1,14 +1,23 @@
 """The training run: a short loop of named steps over a curated training view.
 
 Reads like nanoGPT (one loop, named steps), composed like torchtitan (every stateful piece has
-``state_dict``/``load_state_dict``; a checkpoint is their union). Runs in-process or inside a Ray
-Train ``TorchTrainer`` worker (DDP over ``--num-workers``; one by default).
+``state_dict``/``load_state_dict``; a checkpoint is their union). Runs in-process (``--local``)
+or as one of the data-parallel workers of Ray Train's ``TorchTrainer``
+(:mod:`wallwm.trainer.launch`); the step itself is :class:`~wallwm.trainer.step.TrainStep`, on
+the run's device and precision.
+
+Data parallelism: ``batch_size`` is the global batch; rank ``r`` of ``W`` trains on its share of
+every global batch of one sample stream (:class:`~wallwm.trainer.data.ClusterBalancedSampler`)
+and the losses are normalised over the global batch, so ``W`` workers train the losses of one
+process (tested), and a run resumed with another number of workers continues the same stream.
+Rank 0 alone writes the checkpoint, ``metrics.jsonl`` and TensorBoard.
 
 A checkpoint holds the model, the optimisers, the EMA weights, the sampler position, the RNG
 states, the config, the dataset URI with the tag and Lance versions of the view, and the
-normalisation statistics. ``--resume`` continues exactly: the data order follows from the number
-of samples consumed, the RNG states are restored, so the losses after resuming equal those of an
-uninterrupted run (tested).
+normalisation statistics, every tensor on the CPU (a GPU-trained checkpoint loads on a CPU
+machine and the other way round). ``--resume`` continues exactly: the data order follows from the
+number of samples consumed and each sample's noise from its id, so the losses after resuming
+equal those of an uninterrupted run (tested).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -24,17 +34,31 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, holdout_mask, make_loader
+from wallwm.trainer.data import (
+    ClusterBalancedSampler,
+    EventFrameDataset,
+    TextSpec,
+    holdout_mask,
+    make_loader,
+)
+from wallwm.trainer.device import DeviceName, Precision, resolve_device, to_cpu
+from wallwm.trainer.distributed import World, current_world
 from wallwm.trainer.durations import duration_table
+from wallwm.trainer.logs import RunLog
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
-from wallwm.trainer.optim import EMA, MuonAdamW, warmup_cosine
+from wallwm.trainer.optim import warmup_cosine
+from wallwm.trainer.step import MetricLog, StepResult, TrainStep
 from wallwm.trainer.view import ViewSummary, materialize, same_view_inputs, source_versions
 
 CHECKPOINT = "checkpoint.pt"
 
+#: Called at every checkpoint step on every rank: the step's metrics and, on rank 0, the
+#: checkpoint just written (None on the other ranks).
+Reporter = Callable[[dict[str, float], Path | None], None]
+
 
 class TrainConfig(BaseModel):
-    """Options of ``wallwm train``."""
+    """Options of ``wallwm train`` (defaults: the best settings measured in BENCHMARKS.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,14 +71,16 @@ class TrainConfig(BaseModel):
     mode: Literal["event", "unified", "chunk", "chunk_text"] = "event"
     preset: str = "small"
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Global batch: samples per step, all workers.")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    h_max: int = 32
-    chunk_len: int = 16
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    # 8-step horizons: the best of 8/16/32 on MT10 (BENCHMARKS.md "Events vs chunks"; 32/16
+    # lost 10-18 points)
+    h_max: int = Field(8, ge=1, description="Event mode: longest action horizon, steps.")
+    chunk_len: int = Field(8, ge=1, description="Chunk/unified modes: chunk length, steps.")
     caption_dropout: float = Field(
         0.15,
         ge=0,
@@ -63,7 +89,7 @@ class TrainConfig(BaseModel):
         "current event: how a policy picks its first event).",
     )
     seed: int = 0
-    loader_workers: int = 0
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker.")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     out: str = "runs/latest"
@@ -81,6 +107,11 @@ class TrainConfig(BaseModel):
         description="Stop (with a checkpoint) after this many steps of this run: "
         "time-boxed jobs; --resume continues on the same schedule.",
     )
+    device: DeviceName = Field(
+        "auto", description="auto: the GPU Ray Train assigns, else CUDA if present, else CPU."
+    )
+    precision: Precision = Field("auto", description="auto: bf16 autocast on GPUs, else fp32.")
+    compile: bool = Field(False, description="torch.compile every transformer block.")
 
 
 def _check_same_data(
@@ -104,6 +135,17 @@ def _check_same_data(
         )
 
 
+def load_resume_state(checkpoint: Path) -> dict[str, Any]:
+    """A run's checkpoint for ``--resume`` (on the CPU), with a clear error when unreadable."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle, zip and OS errors alike
+        raise ValueError(f"{checkpoint}: cannot load the checkpoint to resume ({exc})") from exc
+    if not isinstance(state, dict) or "step" not in state or "dataset" not in state:
+        raise ValueError(f"{checkpoint}: not a wallwm training checkpoint")
+    return state
+
+
 def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
     """The run's training view (built or rebuilt if needed) and the checkpoint it resumes, if any.
 
@@ -111,30 +153,43 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
     """
     checkpoint, resumed, same_as = Path(cfg.out) / CHECKPOINT, None, None
     if cfg.resume and checkpoint.exists():
-        resumed = torch.load(checkpoint, weights_only=False)
+        resumed = load_resume_state(checkpoint)
         _check_same_data(checkpoint, resumed, cfg.dataset, source_versions(cfg.dataset, cfg.tag))
         same_as = resumed["dataset"]["versions"]  # checked: the view need not compare them again
     view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras, same_as=same_as)
     return view, resumed
 
 
-class Run:
-    """Everything stateful in one training run."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        """Build view, data, model, optimiser, EMA (restoring them from a checkpoint if asked)."""
-        self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        view, resumed = prepare_view(cfg)
-        self.data = EventFrameDataset(
-            view.path,
-            cfg.h_max,
-            cfg.chunk_len,
-            cfg.seed,
-            cfg.caption_dropout if cfg.mode in TEXT_CONDITIONED else 0.0,
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each worker's share of the global batch (which the workers must share evenly)."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} cannot be shared evenly by {world_size} workers "
+            f"(a multiple of {world_size} is needed)"
         )
-        meta = self.data.meta
+    return batch_size // world_size
+
+
+class Run:
+    """Everything stateful in one training run (one rank's part of it)."""
+
+    def __init__(
+        self, cfg: TrainConfig, device: torch.device | None = None, world: World | None = None
+    ) -> None:
+        """Build view, data, model, optimiser, EMA (restoring them from a checkpoint if asked).
+
+        ``device``: where to train (default: ``cfg.device`` resolved on this machine);
+        ``world``: this rank (default: the initialised process group, or one process).
+        """
+        self.cfg = cfg
+        self.world = world or current_world()
+        self.device = device or resolve_device(cfg.device)
+        self.local_batch = local_batch_size(cfg.batch_size, self.world.size)
+        self.out = Path(cfg.out)
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        view, resumed = prepare_view(cfg)
+        meta = json.loads((Path(view.path) / "meta.json").read_text())
         self.model_cfg: ModelConfig = preset(
             cfg.preset,
             image_size=cfg.size,
@@ -142,14 +197,28 @@ class Run:
             state_dim=max(1, meta["state_dim"]),
             h_max=cfg.h_max,
             chunk_len=cfg.chunk_len,
-            num_cameras=self.data.num_cameras,
+            num_cameras=len(meta.get("cameras") or [None]),
+        )
+        self.data = EventFrameDataset(
+            view.path,
+            cfg.h_max,
+            cfg.chunk_len,
+            cfg.seed,
+            cfg.caption_dropout if cfg.mode in TEXT_CONDITIONED else 0.0,
+            text=TextSpec(self.model_cfg.vocab, self.model_cfg.text_len),
         )
         torch.manual_seed(cfg.seed)
-        self.model = WorldActionModel(self.model_cfg, cfg.mode, meta["stats"])
-        self.optimizer = MuonAdamW(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_decay)
-        # whole batches per epoch, so "samples consumed = step x batch" holds across epochs
-        per_epoch = cfg.batch_size * max(1, -(-len(self.data) // cfg.batch_size))
+        self.trainer = TrainStep(
+            WorldActionModel(self.model_cfg, cfg.mode, meta["stats"]),
+            self.device,
+            cfg.precision,
+            self.world,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            ema_decay=cfg.ema_decay,
+            compile_layers=cfg.compile,
+        )
         self.held_out = holdout_mask(self.data.events, cfg.holdout)
         if self.held_out.all():  # a single episode: train on it rather than on nothing
             self.held_out[:] = False
@@ -158,12 +227,26 @@ class Run:
         self.event_durations = duration_table(
             e for e, h in zip(self.data.events, self.held_out, strict=True) if not h
         )
-        weights = np.where(self.held_out, 0.0, self.data.weights)
-        self.sampler = ClusterBalancedSampler(weights, per_epoch, seed=cfg.seed)
+        # whole global batches per epoch, so "samples consumed = step x batch" holds across
+        # epochs and every rank gets its share of each
+        per_epoch = cfg.batch_size * max(1, -(-len(self.data) // cfg.batch_size))
+        self.sampler = ClusterBalancedSampler(
+            np.where(self.held_out, 0.0, self.data.weights),
+            per_epoch,
+            seed=cfg.seed,
+            rank=self.world.rank,
+            world_size=self.world.size,
+            batch_size=cfg.batch_size,
+        )
         self.step = 0
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumed processes
         if resumed is not None:
-            self.load_state_dict(resumed)
+            self.load_state_dict(resumed, Path(cfg.out) / CHECKPOINT)
+
+    @property
+    def model(self) -> WorldActionModel:
+        """The model itself (never its data-parallel wrapper)."""
+        return self.trainer.model
 
     # ------------------------------------------------------------------ state
 
@@ -172,9 +255,7 @@ class Run:
         return {
             "step": self.step,
             "train_seconds": self.train_seconds,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict(),
+            **self.trainer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -184,6 +265,11 @@ class Run:
             "config": self.cfg.model_dump(),
             "model_config": asdict(self.model_cfg),
             "mode": self.cfg.mode,
+            "trained_on": {
+                "device": str(self.device),
+                "precision": self.cfg.precision,
+                "workers": self.world.size,
+            },
             "dataset": {
                 "uri": self.data.meta["dataset"],
                 "tag": self.data.meta["tag"],
@@ -203,29 +289,33 @@ class Run:
             "event_durations": self.event_durations,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint."""
+    def load_state_dict(self, state: dict[str, Any], source: Path | str = "checkpoint") -> None:
+        """Continue from a checkpoint (saved on any device, by any number of workers)."""
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints: unknown
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
+        try:
+            self.trainer.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"{source}: its model or optimiser state does not fit this run "
+                f"({str(exc).splitlines()[0][:200]}); train into a new --out"
+            ) from exc
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
 
     def save(self) -> Path:
-        """Write the checkpoint atomically (temp file, then rename)."""
+        """Write the checkpoint atomically (temp file, then rename), tensors on the CPU."""
         tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save(to_cpu(self.state_dict()), tmp)
         tmp.replace(self.out / CHECKPOINT)
         return self.out / CHECKPOINT
 
     # ------------------------------------------------------------------ the loop
 
     def _position_sampler(self) -> None:
-        """Data order depends only on samples consumed (exact resume, prefetching or not)."""
+        """Data order depends only on samples consumed (exact resume, any number of workers)."""
         consumed = self.step * self.cfg.batch_size
         per_epoch = self.sampler.samples_per_epoch
         self.sampler.load_state_dict(
@@ -236,148 +326,62 @@ class Run:
             }
         )
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Schedule, forward, backward, clip, update, EMA -- one optimisation step."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * warmup_cosine(
-                self.step, self.cfg.warmup_steps, self.cfg.steps
-            )
-        losses = self.model.losses(batch)
-        total = sum(losses.values())
-        self.optimizer.zero_grad()
-        total.backward()  # type: ignore[union-attr]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+    def lr(self) -> float:
+        """The learning rate of the next step (linear warm-up, cosine decay)."""
+        cfg = self.cfg
+        return cfg.lr * warmup_cosine(self.step, cfg.warmup_steps, cfg.steps)
+
+    def train_step(self, batch: dict[str, Any]) -> StepResult:
+        """One optimisation step at the scheduled learning rate (metrics stay on the device)."""
+        result = self.trainer(batch, self.lr())
         self.step += 1
-        return {
-            "loss": float(total.detach()),  # type: ignore[union-attr]
-            **{k: float(v.detach()) for k, v in losses.items()},
-            "grad_norm": float(grad_norm),
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        return result
 
-    def fit(self, report: Any = None) -> list[dict[str, float]]:
-        """Train to ``cfg.steps``; JSONL + TensorBoard logs; checkpoints periodically and at end."""
-        from torch.utils.tensorboard import SummaryWriter
-
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """This rank's batches from the current step on, across epochs."""
         self._position_sampler()
-        loader = make_loader(self.data, self.cfg.batch_size, self.cfg.loader_workers, self.sampler)
-        # A run stopped between checkpoints logged steps it will now train again: drop them from
-        # both logs, so a resumed run's curves hold each step once.
-        _drop_logged_after(self.out / "metrics.jsonl", self.step)
-        writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
-        history = []
+        loader = make_loader(
+            self.data,
+            self.local_batch,
+            self.cfg.loader_workers,
+            self.sampler,
+            pin_memory=self.device.type == "cuda",
+        )
+        while True:  # the sampler moves to its next epoch each time it is exhausted
+            yield from loader
+
+    def fit(self, report: Reporter | None = None) -> list[dict[str, float]]:
+        """Train to ``cfg.steps``; returns every step's metrics.
+
+        Logs every ``log_every`` steps, checkpoints every ``checkpoint_every`` and at the end.
+        """
+        cfg, history = self.cfg, []
+        last = cfg.steps if cfg.stop_after is None else min(cfg.steps, self.step + cfg.stop_after)
+        metrics = MetricLog(self.world)
+        batches = self.batches()
         # "seconds" is the run's training time so far: a resumed run continues its own clock
         t0 = time.perf_counter() - self.train_seconds
-        with (self.out / "metrics.jsonl").open("a") as log:
-            batches = _endless(loader)
-            last = self.cfg.steps
-            if self.cfg.stop_after is not None:
-                last = min(last, self.step + self.cfg.stop_after)
+        with RunLog(self.out, self.step, enabled=self.world.is_main) as log:
             while self.step < last:
-                metrics = self.train_step(next(batches))
-                metrics["step"] = self.step
-                metrics["seconds"] = self.train_seconds = time.perf_counter() - t0
-                history.append(metrics)
-                if self.step % self.cfg.log_every == 0 or self.step == last:
-                    log.write(json.dumps(metrics) + "\n")
-                    log.flush()
-                    for key, value in metrics.items():
-                        writer.add_scalar(f"train/{key}", value, self.step)
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == last:
-                    path = self.save()
+                lr = self.lr()
+                result = self.train_step(next(batches))
+                self.train_seconds = time.perf_counter() - t0
+                metrics.add(self.step, self.train_seconds, lr, result)
+                logged = self.step % cfg.log_every == 0 or self.step == last
+                saved = self.step % cfg.checkpoint_every == 0 or self.step == last
+                if logged or saved:  # the only points where the host waits for the device
+                    rows = list(metrics.flush())
+                    history += rows
+                    log.write(
+                        [r for r in rows if r["step"] % cfg.log_every == 0 or r["step"] == last]
+                    )
+                if saved:
+                    path = self.save() if self.world.is_main else None
                     if report is not None:
-                        report(metrics, path)
-        writer.close()
+                        report(history[-1], path)
         return history
-
-
-def _drop_logged_after(log_path: Path, step: int) -> None:
-    """Keep only the JSONL metric rows up to ``step`` (the checkpoint a run resumes from)."""
-    if not log_path.exists():
-        return
-    lines = log_path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):  # atomically, like the checkpoint: a crash keeps the old log
-        tmp = log_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(log_path)
-
-
-def _endless(loader: Any) -> Any:
-    """Batches across epochs (the sampler moves to its next epoch each time it is exhausted)."""
-    while True:
-        yield from loader
 
 
 def train(cfg: TrainConfig) -> list[dict[str, float]]:
     """Run training in this process."""
     return Run(cfg).fit()
-
-
-def train_ray(cfg: TrainConfig, num_workers: int = 1, use_gpu: bool = False) -> dict[str, Any]:
-    """Run training in Ray Train's ``TorchTrainer`` (DDP across ``num_workers``)."""
-    from ray.train import Checkpoint, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from wallwm.pipeline.runtime import ensure_ray
-
-    ensure_ray()
-    # Built here, once: workers building one view side by side would race on its folder.
-    prepare_view(cfg)
-
-    def loop(config: dict[str, Any]) -> None:
-        import ray.train
-
-        run = Run(TrainConfig(**config))
-        if ray.train.get_context().get_world_size() > 1:
-            run.model = ray.train.torch.prepare_model(run.model)  # type: ignore[assignment]
-
-        def report(metrics: dict[str, float], path: Path) -> None:
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path.parent)))
-
-        run.fit(report)
-
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=cfg.model_dump(),
-        # half a CPU per worker: Ray Train workers that reserve whole cores hang on 2-core boxes
-        scaling_config=ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": 0.5} if not use_gpu else None,
-        ),
-        run_config=RunConfig(storage_path=str(Path(cfg.out).resolve() / "ray"), name="train"),
-    )
-    result = trainer.fit()
-    return dict(result.metrics or {})
-
-
-def plot_run(run_dir: str | Path, out: str | Path) -> Path:
-    """Loss curves of a run (from its metrics.jsonl) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from wallwm.pipeline.inspect import save_figure
-
-    rows = [
-        json.loads(line)
-        for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        if line
-    ]
-    if not rows:
-        raise ValueError(f"{run_dir}: metrics.jsonl is empty")
-    keys = [k for k in rows[0] if k not in ("step", "seconds", "lr", "grad_norm")]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    steps = [r["step"] for r in rows]
-    for key in keys:
-        ax.plot(steps, [r[key] for r in rows], label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(str(run_dir))
-    return save_figure(fig, out, dpi=100, bbox_inches="tight")

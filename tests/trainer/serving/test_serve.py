@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from wallwm.trainer.client import PolicyClient, RemotePolicy, ServerError
 from wallwm.trainer.durations import EventTimeouts
-from wallwm.trainer.engine import PolicyEngine
 from wallwm.trainer.policy import LocalPolicy, Observation
-from wallwm.trainer.protocol import (
+from wallwm.trainer.serving.client import PolicyClient, RemotePolicy, ServerError
+from wallwm.trainer.serving.engine import PolicyEngine
+from wallwm.trainer.serving.protocol import (
     InferRequest,
     ModelSpec,
     RequestError,
@@ -32,7 +32,7 @@ from wallwm.trainer.protocol import (
     encode_array,
     parse_infer,
 )
-from wallwm.trainer.server import MicroBatcher, ServeConfig, start_in_thread
+from wallwm.trainer.serving.server import MicroBatcher, ServeConfig, start_in_thread
 from wallwm.trainer.train import TrainConfig, train
 
 SIZE = 32
@@ -382,7 +382,7 @@ def test_client_reports_a_plain_text_error_from_a_proxy():
 
 
 def test_client_imports_without_torch():
-    code = "import sys, wallwm.trainer.client; sys.exit('torch' in sys.modules)"
+    code = "import sys, wallwm.trainer.serving.client; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -470,7 +470,7 @@ def test_cli_serve_refuses_a_bad_checkpoint(tmp_path):
 def test_ray_serve_replicas(checkpoints):
     from ray import serve
 
-    from wallwm.trainer.server import run_ray_serve
+    from wallwm.trainer.serving.server import run_ray_serve
 
     port = _free_port()
     url = run_ray_serve(
@@ -499,7 +499,7 @@ def test_ray_serve_replicas(checkpoints):
 
 
 def test_ray_serve_ctrl_c_during_start_up_leaves_nothing_deployed(checkpoints):
-    from wallwm.trainer.server import run_ray_serve
+    from wallwm.trainer.serving.server import run_ray_serve
 
     def interrupt(_url: str) -> None:  # Ctrl-C arriving at the end of the start-up
         raise KeyboardInterrupt

@@ -11,6 +11,10 @@ chunk-mode checkpoint side by side) and answers a list of :class:`InferRequest` 
    (seeded by the request's ``seed``, so a request's answer does not depend on which other
    requests shared its micro-batch);
 3. event mode cuts the actions at the end-of-event head's predicted event end.
+
+The models run on ``device`` (``auto``: CUDA when present) in ``precision`` (``auto``: bf16
+autocast on GPUs), whichever device trained the checkpoint; the noise is drawn on the CPU from
+each request's seed, so a seeded request gets the same noise on every device.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from wallwm.trainer.device import autocast_dtype, inference_mode, resolve_device
 from wallwm.trainer.durations import EventTimeouts
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
-from wallwm.trainer.protocol import InferRequest, InferResult, ModelSpec
+from wallwm.trainer.serving.protocol import InferRequest, InferResult, ModelSpec
 
 #: What inference needs from a training checkpoint (the rest is optimiser and RNG state).
 INFERENCE_KEYS = (
@@ -62,13 +67,13 @@ def slim_checkpoint(state: dict[str, Any]) -> bytes:
 class _Served:
     """One checkpoint ready to answer: the EMA model, its spec and its caption bank."""
 
-    def __init__(self, state: dict[str, Any], name: str) -> None:
+    def __init__(self, state: dict[str, Any], name: str, device: torch.device) -> None:
         self.name = name
         self.mode = str(state["mode"])
         cfg = ModelConfig(**state["model_config"])
         self.model = WorldActionModel(cfg, self.mode, state.get("stats"))  # type: ignore[arg-type]
         self.model.load_state_dict(state["ema"]["shadow"])
-        self.model.eval()
+        self.model.to(device).eval()
         self.spec = ModelSpec(
             mode=self.mode,
             image_size=cfg.image_size,
@@ -98,18 +103,20 @@ class _Served:
                 {c for _, c in self.bank}
             )
             with torch.no_grad():
-                emb = self.model.text(captions) if captions else torch.zeros(0, 1)
+                emb = self.model.text(captions).float() if captions else torch.zeros(0, 1)
             self._bank_cache[instruction] = (captions, emb)
         return self._bank_cache[instruction]
 
     def nearest(self, instructions: Sequence[str], planned_BD: torch.Tensor) -> list[str]:
         """The nearest bank caption to each planned embedding ("" with an empty bank)."""
-        out = []
-        for instruction, probe in zip(instructions, planned_BD, strict=True):
-            captions, emb = self.captions_for(instruction)
-            scores = F.cosine_similarity(probe[None], emb) if captions else None
-            out.append(captions[int(scores.argmax())] if scores is not None else "")
-        return out
+        banks = [self.captions_for(instruction) for instruction in instructions]
+        picks = [  # on the device; one copy to the host for the whole batch
+            F.cosine_similarity(probe[None], emb).argmax()
+            for probe, (captions, emb) in zip(planned_BD, banks, strict=True)
+            if captions
+        ]
+        chosen = iter(torch.stack(picks).tolist() if picks else [])
+        return [captions[next(chosen)] if captions else "" for captions, _ in banks]
 
 
 class PolicyEngine:
@@ -121,6 +128,8 @@ class PolicyEngine:
         flow_steps: int = 10,
         seed: int = 0,
         noise_scale: float = 1.0,
+        device: str = "auto",
+        precision: str = "auto",
     ) -> None:
         """Load each checkpoint (a path or serialised bytes); one per mode.
 
@@ -131,15 +140,20 @@ class PolicyEngine:
             noise_scale: Scale of the flow's starting noise (its temperature). 1 samples the
                 learned action distribution; below 1 moves toward its most likely actions,
                 which removes demonstration noise from precise moves (0: deterministic).
+            device: Where the models run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+            precision: ``auto`` (bf16 autocast on GPUs), ``fp32`` or ``bf16``.
         """
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         if not checkpoints:
             raise ValueError("no checkpoint given")
+        self.device = resolve_device(device)
+        autocast_dtype(precision, self.device)  # an unknown precision fails here, not per request
+        self.precision = precision
         self.models: dict[str, _Served] = {}
         for k, source in enumerate(checkpoints):
             name = f"checkpoint-{k}" if isinstance(source, bytes) else str(source)
-            served = _Served(load_checkpoint(source), name)
+            served = _Served(load_checkpoint(source), name, self.device)
             if served.mode in self.models:
                 raise ValueError(
                     f"{name}: a {served.mode}-mode checkpoint is already served "
@@ -161,6 +175,7 @@ class PolicyEngine:
             "default_mode": next(iter(self.models)),
             "flow_steps": self.flow_steps,
             "noise_scale": self.noise_scale,
+            "device": str(self.device),
             "models": {
                 mode: {**asdict(m.spec), **m.lineage, "captions": len(m.bank)}
                 for mode, m in self.models.items()
@@ -168,7 +183,7 @@ class PolicyEngine:
         }
 
     def infer(self, requests: Sequence[InferRequest]) -> list[InferResult]:
-        """Answer requests (validated by :func:`~wallwm.trainer.protocol.parse_infer`)."""
+        """Answer requests (validated by :func:`~wallwm.trainer.serving.protocol.parse_infer`)."""
         start = time.perf_counter()
         results: list[InferResult | None] = [None] * len(requests)
         default = next(iter(self.models))
@@ -180,9 +195,9 @@ class PolicyEngine:
         for mode, served in self.models.items():
             index = [i for i, r in enumerate(requests) if (r.mode or default) == mode]
             if index:
-                for i, result in zip(
-                    index, self._infer_mode(served, [requests[i] for i in index]), strict=True
-                ):
+                with inference_mode(self.device, self.precision):
+                    answers = self._infer_mode(served, [requests[i] for i in index])
+                for i, result in zip(index, answers, strict=True):
                     results[i] = result
         elapsed_ms = (time.perf_counter() - start) * 1000
         out = [r for r in results if r is not None]
@@ -193,9 +208,11 @@ class PolicyEngine:
     def _batch(self, requests: Sequence[InferRequest], texts: Sequence[str]) -> dict[str, Any]:
         # (B, N, S, S, 3): a single-camera image is one view
         views = np.stack([r.image.reshape(-1, *r.image.shape[-3:]) for r in requests])
+        images = torch.from_numpy(np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3)))
+        states = torch.from_numpy(np.stack([r.state_S for r in requests])).float()
         return {
-            "images_BNCHW": torch.from_numpy(np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3))),
-            "state_BS": torch.from_numpy(np.stack([r.state_S for r in requests])).float(),
+            "images_BNCHW": images.to(self.device),
+            "state_BS": states.to(self.device),
             "instruction": [r.instruction for r in requests],
             "caption": list(texts),
             "next_caption": [""] * len(requests),
@@ -242,11 +259,12 @@ class PolicyEngine:
             noise_BHA=self._noise(requests, (spec.horizon, spec.action_dim)),
         )
         next_events = served.nearest(batch["instruction"], out["next_event_BD"])
-        steps = out.get("event_steps_B", torch.full((len(requests),), spec.horizon))
+        steps = out.get("event_steps_B", torch.full((len(requests),), spec.horizon)).tolist()
+        actions_BHA = out["actions_BHA"].cpu().numpy()
         results = []
         for i in range(len(requests)):
             n = int(steps[i])
-            actions = out["actions_BHA"][i].numpy()
+            actions = actions_BHA[i]
             results.append(
                 InferResult(
                     # step 3: event mode emits exactly the actions up to the event's end

@@ -1,6 +1,6 @@
 """A light client of the policy server: the standard library, numpy and msgpack -- no torch.
 
-    from wallwm.trainer.client import PolicyClient, RemotePolicy
+    from wallwm.trainer.serving.client import PolicyClient, RemotePolicy
 
     client = PolicyClient("http://127.0.0.1:8000", token="...")
     client.metadata()["modes"]
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from wallwm.trainer.policy import ChunkPolicy
-from wallwm.trainer.protocol import (
+from wallwm.trainer.serving.protocol import (
     JSON,
     MSGPACK,
     InferRequest,
@@ -159,7 +159,7 @@ class PolicyClient:
         previous_event: str | None = None,
         seed: int | None = None,
     ) -> InferResult:
-        """Actions for one observation (see :mod:`wallwm.trainer.protocol`)."""
+        """Actions for one observation (see :mod:`wallwm.trainer.serving.protocol`)."""
         return self.infer_request(
             InferRequest(image, state_S, instruction, mode, event, previous_event, seed)
         )

@@ -26,11 +26,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.trainer.protocol import (
+from wallwm.trainer.serving.protocol import (
     JSON,
     MSGPACK,
     PROTOCOL_VERSION,
@@ -72,6 +72,13 @@ class ServeConfig(BaseModel):
     replicas: int = Field(0, ge=0, description="0: one process; N: a Ray Serve deployment.")
     ray_address: str | None = None
     cpus_per_replica: float = Field(1.0, gt=0)
+    device: str = Field(
+        "auto",
+        description="auto (CUDA when present) | cpu | cuda | cuda:N; replicas: one GPU each.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs, fp32 elsewhere."
+    )
 
 
 @dataclass(frozen=True)
@@ -331,12 +338,18 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
 
 def build_app(cfg: ServeConfig, checkpoints: Sequence[str | bytes] | None = None) -> PolicyApp:
     """Load the checkpoints into a :class:`PolicyApp`."""
-    from wallwm.trainer.engine import PolicyEngine
+    from wallwm.trainer.serving.engine import PolicyEngine
 
     thread = inference_thread()
     sources = list(checkpoints or cfg.checkpoints)
     engine = thread.submit(
-        lambda: PolicyEngine(sources, cfg.flow_steps, noise_scale=cfg.noise_scale)
+        lambda: PolicyEngine(
+            sources,
+            cfg.flow_steps,
+            noise_scale=cfg.noise_scale,
+            device=cfg.device,
+            precision=cfg.precision,
+        )
     ).result()
     return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg, thread)
 
@@ -420,6 +433,8 @@ class PolicyDeployment:
         import ray
 
         blobs = [ray.get(ref) for ref in checkpoint_refs]  # refs in a list are not auto-resolved
+        if str(options.get("device", "")).startswith("cuda"):
+            options = {**options, "device": "cuda"}  # Ray shows a replica its own GPU only
         self.app = build_app(ServeConfig(**options), blobs)
 
     async def __call__(self, request: Any) -> Any:
@@ -450,7 +465,7 @@ def run_ray_serve(
     from ray import serve
 
     from wallwm.pipeline.runtime import ensure_ray
-    from wallwm.trainer.engine import load_checkpoint, slim_checkpoint
+    from wallwm.trainer.serving.engine import load_checkpoint, slim_checkpoint
 
     ensure_ray(cfg.ray_address)
     refs = [ray.put(slim_checkpoint(load_checkpoint(path))) for path in cfg.checkpoints]
@@ -464,7 +479,11 @@ def run_ray_serve(
             num_replicas=cfg.replicas,
             # room for a full micro-batch per replica (Serve's default of 5 would cap batching)
             max_ongoing_requests=cfg.max_batch_size * 2,
-            ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+            ray_actor_options={
+                "num_cpus": cfg.cpus_per_replica,
+                # a replica asked to run on CUDA reserves a GPU (Ray then makes it visible)
+                "num_gpus": 1 if cfg.device.startswith("cuda") else 0,
+            },
         )
         serve.run(
             deployment.bind(refs, cfg.model_dump()), name="wallwm", route_prefix="/", blocking=False
