@@ -32,7 +32,7 @@ from wallwm.captioner.parsing import CaptionParseError, parse_caption
 from wallwm.captioner.prompting import build_request, load_prompt
 from wallwm.captioner.stage import CaptionStageConfig, _facts, _load, run_caption
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.store import LanceStore
 

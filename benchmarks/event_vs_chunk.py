@@ -55,7 +55,7 @@ from wallwm.captioner.stage import CaptionStageConfig, run_caption
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ids import stable_hash
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
 from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.evaluate import evaluate_metaworld

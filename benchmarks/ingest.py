@@ -31,7 +31,7 @@ from rich.table import Table
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.runtime import ensure_ray
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 
 

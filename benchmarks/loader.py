@@ -31,7 +31,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, collate, make_loader
 from wallwm.trainer.view import materialize

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.view import ViewSummary, materialize

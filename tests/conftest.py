@@ -60,7 +60,7 @@ def _synth_dataset(
     """``root/src`` recorded by the built-in simulator, ingested and segmented into ``root/ds``;
     optionally captioned (signal fallback) and embedded (hashing text) + clustered."""
     from wallwm.pipeline.ingest import IngestConfig, run_ingest
-    from wallwm.pipeline.segment import SegmentConfig
+    from wallwm.pipeline.segmentation import SegmentConfig
 
     src, ds = root / "src", root / "ds"
     record_synthetic(src, SynthConfig(episodes=episodes, size=size, seed=seed, cameras=cameras))

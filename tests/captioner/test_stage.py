@@ -20,7 +20,7 @@ from wallwm.captioner.backends import CaptionJob, CaptionResult
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.store import LanceStore
 
 FRAMES = re.compile(r"frames (\d+) to (\d+)")

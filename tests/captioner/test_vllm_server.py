@@ -19,7 +19,7 @@ from wallwm.captioner.prompting import EventFacts, build_request, load_prompt
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.store import LanceStore
 
 pytestmark = pytest.mark.vllm

@@ -66,7 +66,7 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
     import inspect
 
     from wallwm.cli.segment import run_cmd, segment_cmd
-    from wallwm.pipeline.segment import SegmentConfig
+    from wallwm.pipeline.segmentation import SegmentConfig
 
     want = SegmentConfig()
     for cmd in (segment_cmd, run_cmd):

@@ -22,7 +22,7 @@ from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
 from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed, similar_events
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.store import LanceStore
 

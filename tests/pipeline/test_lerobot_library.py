@@ -17,7 +17,7 @@ import pytest
 from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import from_vector_series
 from wallwm.pipeline.ingest import IngestConfig, load_episode, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from wallwm.cli.main import app
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
-from wallwm.pipeline.segment import SegmentConfig
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.trainer.data import EventFrameDataset, make_loader
 from wallwm.trainer.model import MODES, WorldActionModel, preset, tokenize
 from wallwm.trainer.train import Run, TrainConfig, train

@@ -23,7 +23,7 @@ from wallwm.cli.common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from wallwm.pipeline.segment import SegmentConfig
+    from wallwm.pipeline.segmentation import SegmentConfig
     from wallwm.trainer.policy import ChunkPolicy
 
 events_app = typer.Typer(no_args_is_help=True, help="Inspect events.")
@@ -70,7 +70,7 @@ def _segment_config(
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
-    from wallwm.pipeline.segment import SegmentConfig
+    from wallwm.pipeline.segmentation import SegmentConfig
 
     try:
         return SegmentConfig(
@@ -93,7 +93,7 @@ def _run_segment_with_progress(
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from wallwm.pipeline.segment_stage import SegmentStageConfig, run_segment
+    from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
 
     cfg = SegmentStageConfig(
         dataset=dataset,

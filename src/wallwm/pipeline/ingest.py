@@ -31,8 +31,8 @@ from wallwm.pipeline.lineage import (
     store_failures,
     utcnow,
 )
-from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segment_stage import (
+from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation.stage import (
     SegmentStageConfig,
     event_rows,
     keyframe_frames,

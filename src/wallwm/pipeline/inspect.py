@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from wallwm.pipeline import schemas
-from wallwm.pipeline.evaluate import EMPTY, BoundaryScore, match_boundaries
-from wallwm.pipeline.segment import Segmentation, SegmentConfig, segment
+from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
+from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
 from wallwm.pipeline.store import TableStore, sql_quote
 
 
@@ -139,7 +139,7 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wallwm.pipeline.segment_stage import _load_episode, episode_signals
+    from wallwm.pipeline.segmentation.stage import _load_episode, episode_signals
 
     row, actions, states = _load_episode(store.root, episode_id)
     events = list_events(store, episode_id)

@@ -351,26 +351,9 @@ def record_metaworld(
         )
         raise ValueError(f"unknown MetaWorld task {detail}")
     jobs = [(task, i) for task in cfg.tasks for i in range(cfg.episodes)]
-    if cfg.workers <= 1:
-        results = []
-        for task, i in jobs:
-            results.append(record_episode(task, i, cfg, Path(out)))
-            if on_episode:
-                on_episode(results[-1])
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from wallwm.pipeline.sim.parallel import run_jobs
 
-    # Spawned, not forked: MuJoCo's GL context and Ray's threads do not survive a fork.
-    ctx = multiprocessing.get_context("spawn")
-    by_job: dict[tuple[str, int], dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
-        futures = {pool.submit(record_episode, t, i, cfg, Path(out)): (t, i) for t, i in jobs}
-        for future in as_completed(futures):
-            by_job[futures[future]] = future.result()
-            if on_episode:
-                on_episode(by_job[futures[future]])
-    return [by_job[job] for job in jobs]  # the order of the sequential path
+    return run_jobs(record_episode, jobs, cfg, Path(out), cfg.workers, on_episode)
 
 
 def _known(task: str) -> bool:

@@ -23,7 +23,7 @@ from wallwm.pipeline.arrays import from_vector_series, table_from_ipc, table_to_
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
 from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
-from wallwm.pipeline.segment import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, gripper_dims
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.video import keyframes_jpeg, motion_energy

@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wallwm.pipeline import segment as segment_module
-from wallwm.pipeline.evaluate import EMPTY, match_boundaries
-from wallwm.pipeline.segment import (
-    LinearCost,
-    SegmentConfig,
-    Signals,
-    bent_line_cost,
-    bent_line_costs,
+from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation import changepoints as changepoints_module
+from wallwm.pipeline.segmentation.bends import bent_line_cost, bent_line_costs, residual_excess
+from wallwm.pipeline.segmentation.changepoints import LinearCost, optimal_partition, pelt
+from wallwm.pipeline.segmentation.channels import (
     channel_groups,
     frame_index,
     gripper_flips,
     noise_sigma,
-    optimal_partition,
-    pelt,
-    residual_excess,
-    segment,
 )
+from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
 from wallwm.pipeline.sim.synthetic import SynthConfig, simulate_episode
 
 
@@ -367,5 +361,5 @@ def test_dense_partition_and_pelt_find_the_same_optimum(min_len, monkeypatch):
     actions, states = p_controller([[0.2, 0.1, 0.0], [0.5, 0.1, 0.15]], [60, 80], wall=0.35)
     sig = Signals(actions, fps=20.0, states_TS=states)
     short = segment(sig, SegmentConfig(min_event_s=min_len / 20))
-    monkeypatch.setattr(segment_module, "DENSE_MAX_CELLS", 0)  # long episodes take PELT
+    monkeypatch.setattr(changepoints_module, "DENSE_MAX_CELLS", 0)  # long episodes take PELT
     assert segment(sig, SegmentConfig(min_event_s=min_len / 20)).starts == short.starts

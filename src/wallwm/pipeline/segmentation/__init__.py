@@ -1,0 +1,66 @@
+"""Event segmentation at the event joints: pure functions, no I/O, no Ray.
+
+Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
+noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
+:mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray stage over
+a dataset), :mod:`.evaluate` (boundary metrics).
+
+The episode's signals are grouped into cue channels, each scaled to unit noise using noise
+estimated from the episode itself (robust spread of first differences, ignoring held/clipped
+values), so the same defaults carry over to other robots, rates and tasks:
+
+- ``action_change``: the (non-gripper) action stream -- a controller switching sub-goal;
+- ``gripper``: graded gripper command dims of the action, or the measured gripper opening where
+  the action has no gripper command (the opening is the command's delayed response: it settles,
+  or stops at an object, without any decision being taken). A binary (open/close) command is
+  cut exactly where it switches and is no channel of the cost, so other cuts do not pay for
+  re-fitting its constant level;
+- ``state_motion``: end-effector/joint velocity from the proprio states;
+- ``visual``: how much the camera sees moving (downscaled frame differences).
+
+Boundaries are the optimal multiple change points of a piecewise-*linear* Gaussian model of the
+weighted channels (exact: optimal partitioning over a dense cost matrix for short episodes,
+PELT for long ones): a new event costs a BIC-style
+penalty ``penalty * (2D + 1) * log T`` and pays for itself only if it explains the signals
+better. Within an event each action dim is modelled as affine in its paired proprio state
+(``action_model="state_feedback"``, the default): a closed-loop controller steering to a fixed
+sub-goal commands ``gain * (goal - state)``, so its commands drift as it nears the goal, or
+stall when the robot is blocked at a contact, while the *line* relating command to state stays
+the same -- only a new sub-goal (an event) moves it. Without paired states, or with
+``action_model="time"``, the model is a line in time per dim, which also absorbs a controller's
+smooth deceleration.
+A boundary where the state-feedback line only *bends* -- the command stays continuous in the
+state while its slope changes, as when an actuator leaves or enters saturation at its command
+limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or
+anywhere in the two events for one more parameter) explains the signals within the BIC price of
+the parameters a cut adds, the boundary is dropped (``merge_bends``).
+The noise each channel is scaled by is then re-estimated from the residuals the chosen events
+leave (never below the first-difference level) and the episode is cut again
+(``refit_noise``): slowly drifting noise -- a hand's tremor, lag no line follows -- is invisible
+frame to frame but would otherwise pay for cuts of its own.
+Each boundary's confidence is its cost reduction relative to the penalty; its cues are the
+channel groups that contributed to that reduction, plus ``speed_min`` / ``direction`` when the
+end effector pauses or turns there. Events shorter than ``min_event_s`` are impossible by
+construction; events longer than ``max_event_s`` are split at their strongest interior point.
+
+``method="fixed"`` cuts every ``chunk_len`` frames through the same code path (the chunk baseline).
+"""
+
+from wallwm.pipeline.segmentation.config import (
+    CUES,
+    Boundary,
+    Segmentation,
+    SegmentConfig,
+    Signals,
+)
+from wallwm.pipeline.segmentation.segment import event_penalty, segment
+
+__all__ = [
+    "CUES",
+    "Boundary",
+    "SegmentConfig",
+    "Segmentation",
+    "Signals",
+    "event_penalty",
+    "segment",
+]

@@ -1,0 +1,202 @@
+"""Optimal multiple change points of piecewise-linear channels.
+
+Segment costs from prefix sums, PELT, optimal partitioning over a dense cost matrix, split gains.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+
+from wallwm.pipeline.segmentation.config import CostFn, FloatArray
+
+
+def frame_index(t_len: int, dims: int) -> FloatArray:
+    """The frame index as the regressor of ``dims`` channels (a line in time)."""
+    return np.broadcast_to(np.arange(t_len, dtype=np.float64)[:, None], (t_len, dims))
+
+
+def _prefix(v: FloatArray) -> FloatArray:
+    """Cumulative sums along the first axis with a leading row of zeros (segment sums)."""
+    return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
+
+
+class LinearCost:
+    """Residual sum of squares of a per-dimension straight-line fit on ``[a, b)``.
+
+    Column ``d`` of ``y_TD`` is fitted as ``c + b * z[:, d]``; the regressor ``z_TD`` defaults
+    to the frame index (a line in time). O(1) per query from prefix sums, vectorised over many
+    starts ``a``. Where the regressor is (nearly) constant on a segment the fit falls back to
+    the segment's mean.
+    """
+
+    def __init__(self, y_TD: FloatArray, z_TD: FloatArray | None = None) -> None:
+        """Precompute prefix sums of ``y_TD`` and its regressor."""
+        t_len, self.dims = y_TD.shape
+        if z_TD is None:
+            z_TD = frame_index(t_len, self.dims)
+
+        self.n = np.arange(t_len + 1, dtype=np.float64)
+        self.sz, self.szz = _prefix(z_TD), _prefix(z_TD * z_TD)
+        self.sy, self.szy = _prefix(y_TD), _prefix(z_TD * y_TD)
+        self.syy = _prefix(y_TD * y_TD)
+        #: Squared scale of each column relative to the first cost of its family (see scaled).
+        self.scale2_D = np.ones(self.dims)
+        #: Per-column dense matrices of the family at unit scale, by ``(first, last)``.
+        self._unit_matrices: dict[tuple[int, int], FloatArray] = {}
+
+    def scaled(self, scale_D: FloatArray) -> LinearCost:
+        """The cost of ``y_TD * scale_D``: prefix sums rescaled, dense matrices reused.
+
+        A column's residual scales with the square of its scale, so a matrix computed for one
+        member of the family serves all (re-weighing channels costs no new matrix).
+        """
+        other = copy.copy(self)
+        other.sy, other.szy = self.sy * scale_D, self.szy * scale_D
+        other.syy = self.syy * scale_D * scale_D
+        other.scale2_D = self.scale2_D * scale_D * scale_D
+        return other
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
+        return np.asarray(self.columns(a, b).sum(axis=-1), dtype=np.float64)
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Like calling the cost, but one residual per column: shape ``(len(a), D)``."""
+        sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
+        return _line_rss(*(s[b] - s[a] for s in sums))
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        # Broadcast slices (rows: starts, columns: ends) instead of gathering by index arrays.
+        unit = self._unit_matrices.get((first, last))
+        if unit is None:
+            window = slice(first, last + 1)
+            sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
+            unit = _line_rss(*(s[window][None] - s[window][:, None] for s in sums))
+            unit /= self.scale2_D
+            self._unit_matrices[(first, last)] = unit
+        m: FloatArray = unit @ self.scale2_D
+        m[np.tril_indices(last - first + 1)] = np.inf
+        return m
+
+
+def _line_rss(
+    n: FloatArray, sz: FloatArray, szz: FloatArray, sy: FloatArray, szy: FloatArray, syy: FloatArray
+) -> FloatArray:
+    """Residual sum of squares of each column's line fit, from its segment sums.
+
+    The arguments are fresh differences of prefix sums and serve as scratch space: they are
+    overwritten.
+    """
+    # Centred sums: the residual of a line fit is Syy - Szy^2 / Szz. In-place arithmetic: on
+    # the dense (T+1)^2 x D matrix, allocations cost as much as the arithmetic.
+    n = np.maximum(n, 1.0)
+    mean_z = sz / n
+    centred_zz = szz - sz * mean_z
+    centred_zy = np.subtract(szy, np.multiply(sy, mean_z, out=mean_z), out=szy)
+    np.multiply(sy, sy, out=sy)
+    sy /= n
+    centred_yy = np.subtract(syy, sy, out=syy)
+    # Relative test: a regressor that barely moves on the segment cannot carry a slope (the
+    # fit falls back to the mean, whose residual is Syy).
+    szz *= 1e-9
+    flat = centred_zz <= szz
+    centred_zz[flat] = np.inf
+    np.multiply(centred_zy, centred_zy, out=centred_zy)
+    centred_zy /= centred_zz
+    centred_yy -= centred_zy
+    return np.maximum(centred_yy, 0.0, out=centred_yy)
+
+
+def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
+    """Optimal change points under ``cost`` + ``penalty`` per segment (Killick et al. 2012)."""
+    best = np.full(num_frames + 1, np.inf)
+    best[0] = -penalty
+    prev = np.zeros(num_frames + 1, dtype=np.int64)
+    candidates = np.array([0], dtype=np.int64)
+    for b in range(min_len, num_frames + 1):
+        usable = candidates[b - candidates >= min_len]
+        if usable.size:
+            seg = cost(usable, b)
+            total = best[usable] + seg + penalty
+            i = int(np.argmin(total))
+            best[b], prev[b] = total[i], usable[i]
+            # Pruning: a start that is already worse than the optimum by more than the penalty
+            # can never become optimal later.
+            keep = best[usable] + seg <= best[b]
+            candidates = np.concatenate([candidates[b - candidates < min_len], usable[keep]])
+        candidates = np.append(candidates, b - min_len + 1)
+    return _trace_back(prev)
+
+
+def optimal_partition(cost_matrix: FloatArray, penalty: float, min_len: int) -> list[int]:
+    """The same optimum as :func:`pelt`, from a precomputed cost matrix (short episodes).
+
+    One vector operation per frame instead of one cost evaluation per frame: several times
+    faster where the ``(T+1)^2`` matrix is small.
+    """
+    num_frames = len(cost_matrix) - 1
+    best = np.full(num_frames + 1, np.inf)
+    best[0] = -penalty
+    prev = np.zeros(num_frames + 1, dtype=np.int64)
+    for b in range(min_len, num_frames + 1):
+        total = best[: b - min_len + 1] + cost_matrix[: b - min_len + 1, b]
+        i = int(np.argmin(total))
+        best[b], prev[b] = total[i] + penalty, i
+    return _trace_back(prev)
+
+
+def _trace_back(prev: npt.NDArray[np.int64]) -> list[int]:
+    """Change points from each end frame's best previous start (the last is the episode end)."""
+    points, b = [], len(prev) - 1
+    while b > 0:
+        b = int(prev[b])
+        points.append(b)
+    return sorted(set(points) - {0})
+
+
+#: Largest ``frames^2 x channels`` piece segmented through the dense cost matrix (each of its
+#: temporaries is then at most 16 MB); larger pieces use PELT.
+DENSE_MAX_CELLS = 2_000_000
+
+
+def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: int) -> list[int]:
+    """Optimal change points inside each ``[edges[i], edges[i+1])``, plus the inner edges."""
+    points: list[int] = []
+    for a, b in itertools.pairwise(edges):
+        if (b - a + 1) ** 2 * cost.dims <= DENSE_MAX_CELLS:
+            points += [a + p for p in optimal_partition(cost.matrix(a, b), penalty, min_len)]
+            continue
+
+        def shifted(
+            starts: npt.NDArray[np.int64], end: int | npt.NDArray[np.int64], a: int = a
+        ) -> FloatArray:
+            return cost(starts + a, end + a)
+
+        points += [a + p for p in pelt(shifted, b - a, penalty, min_len)]
+    return sorted({*points, *edges[1:-1]})
+
+
+def split_gains(
+    cost: LinearCost,
+    a: npt.NDArray[np.int64],
+    b: npt.NDArray[np.int64],
+    c: npt.NDArray[np.int64],
+) -> FloatArray:
+    """How much cheaper each ``[a_i, c_i)`` becomes when split at ``b_i``, per column."""
+    return cost.columns(a, c) - cost.columns(a, b) - cost.columns(b, c)
+
+
+def local_strength(cost: LinearCost, num_frames: int, w: int) -> FloatArray:
+    """Split gain at every frame inside a +-w window, per column: shape ``(T, D)``.
+
+    Summed over columns, the trace the plot and the splits of over-long events use.
+    """
+    t = np.arange(1, num_frames, dtype=np.int64)
+    gain = np.zeros((num_frames, cost.dims))
+    gain[1:] = split_gains(cost, np.maximum(t - w, 0), t, np.minimum(t + w, num_frames))
+    return gain

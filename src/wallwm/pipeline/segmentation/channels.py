@@ -1,0 +1,190 @@
+"""Cue channels: which signals the cost sees, each scaled to unit noise; binary gripper commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from wallwm.pipeline.segmentation.changepoints import frame_index
+from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+
+
+def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
+    """Per-dimension noise level from first differences.
+
+    Exact repeats (values held, clipped at a limit, or quantised) carry no information about
+    the noise and are ignored; each dimension is floored at a quarter of the pooled level so a
+    nearly noiseless dimension (a binary command) cannot dominate with tiny steps, and at
+    ``resolution`` times its range so that the curvature of a smooth signal (a gripper opening
+    ramp) is not mistaken for a change.
+    """
+    d = np.diff(x_TD, axis=0)
+    out = np.zeros(x_TD.shape[1])
+    for j in range(x_TD.shape[1]):
+        dj = d[:, j][np.abs(d[:, j]) > 1e-9]
+        if len(dj) >= max(5, 0.2 * len(d)):
+            out[j] = 1.4826 * _median(np.abs(dj - _median(dj))) / np.sqrt(2.0)
+    positive = out[out > 0]
+    floor = resolution * np.ptp(x_TD, axis=0)
+    if positive.size:
+        pooled = float(np.median(positive))
+        sigma = np.where(out > 0, np.maximum(out, 0.25 * pooled), pooled)
+    else:  # no dimension shows noise (clean commands): the resolution alone sets the scale
+        sigma = np.where(floor > 0, floor, 1.0)
+    return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
+
+
+def _median(x: FloatArray) -> float:
+    """``np.median`` of a non-empty 1-D array, without its per-call overhead (hot loop)."""
+    half = len(x) // 2
+    if len(x) % 2:
+        return float(np.partition(x, half)[half])
+    part = np.partition(x, (half - 1, half))
+    return float(0.5 * (part[half - 1] + part[half]))
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One cue group: unit-noise channels ``y_TD`` and the regressor ``z_TD`` each is fitted on.
+
+    ``z_TD`` is None for a straight line in time.
+    """
+
+    y_TD: FloatArray
+    z_TD: FloatArray | None = None
+    #: Columns whose regressor is a paired proprio state (a bend there is not an event).
+    on_state_D: npt.NDArray[np.bool_] | None = None
+
+    def regressor(self) -> FloatArray:
+        """``z_TD``, or the frame index of every channel (a line in time)."""
+        return self.z_TD if self.z_TD is not None else frame_index(*self.y_TD.shape)
+
+
+def feedback_regressors(
+    s: Signals, motion_dims: list[int]
+) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
+    """The proprio state paired with each motion action dim, for the state-feedback model.
+
+    Action dim ``j`` is paired with state dim ``j`` (end-effector deltas with end-effector
+    positions, joint targets with joint positions). A dim whose paired state is missing or
+    constant gets the frame index instead, so it keeps the line-in-time model. Returns the
+    regressors and which of them are states.
+    """
+    if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or not motion_dims:
+        return None
+    states = np.asarray(s.states_TS, dtype=np.float64)
+    t_len = len(states)
+    time = np.linspace(-0.5, 0.5, t_len)
+    cols = []
+    for j in motion_dims:
+        x = states[:, j] if j < states.shape[1] else None
+        span = float(np.ptp(x)) if x is not None else 0.0
+        cols.append((x - x.mean()) / span if x is not None and span > 1e-9 else time)
+    on_state = [j < states.shape[1] and float(np.ptp(states[:, j])) > 1e-9 for j in motion_dims]
+    return np.stack(cols, axis=1), np.array(on_state, dtype=bool)
+
+
+def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
+    """The channels of every enabled group that has signal, unit-noise scaled."""
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
+    motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
+    regressors: dict[str, tuple[FloatArray, npt.NDArray[np.bool_]] | None] = {}
+    if cfg.action_model == "state_feedback":
+        regressors["action_change"] = feedback_regressors(s, motion_dims)
+    measured_gripper = (
+        None if s.gripper_TG is None or grip_dims else np.asarray(s.gripper_TG, dtype=np.float64)
+    )
+    # A two-level (open/close) command is cut exactly at its switches (gripper_flips), so it is
+    # no channel of the change-point cost: a cut elsewhere would pay BIC parameters for
+    # re-fitting a level that cannot change there. Graded gripper commands stay channels.
+    graded = [j for j in grip_dims if not is_two_level(actions[:, j])]
+    raw: dict[str, FloatArray | None] = {
+        "action_change": actions[:, motion_dims] if motion_dims else None,
+        # A gripper command, where the action has one, carries the decision; the measured
+        # opening follows it with a lag and settles or stalls on its own.
+        "gripper": actions[:, graded] if grip_dims else measured_gripper,
+        "state_motion": (
+            np.diff(np.asarray(s.states_TS, dtype=np.float64), axis=0, prepend=s.states_TS[:1])
+            if s.states_TS is not None and s.states_TS.size
+            else None
+        ),
+        "visual": (
+            np.asarray(s.motion_T, dtype=np.float64).reshape(-1, 1)
+            if s.motion_T is not None and len(s.motion_T) == len(actions)
+            else None
+        ),
+    }
+    groups = {}
+    for name, values in raw.items():
+        weight = cfg.weights.get(name, 0.0)
+        if values is None or weight <= 0 or values.shape[1] == 0:
+            continue
+        keep = np.ptp(values, axis=0) > 1e-9  # constant dims carry no information
+        x = values[:, keep]
+        if x.shape[1]:
+            z = regressors.get(name)
+            # A line in time must not chase the curvature of a smooth ramp, hence the full
+            # resolution floor; the state-feedback model explains a controller's deceleration
+            # by the state, so its channels may resolve changes half as large.
+            resolution = cfg.resolution * (0.5 if z is not None else 1.0)
+            groups[name] = Channel(
+                np.sqrt(weight) * x / noise_sigma(x, resolution),
+                None if z is None else z[0][:, keep],
+                None if z is None else z[1][keep],
+            )
+    return groups
+
+
+def command_levels(v_T: FloatArray) -> npt.NDArray[np.int64] | None:
+    """Each value's level of a binary command (1 high, 0 low, -1 between), or None if not binary.
+
+    Binary: nearly all values within 10 % of its range from either end -- an open/close gripper
+    command; a continuous gripper position, or a constant command, is not.
+    """
+    lo, hi = float(v_T.min()), float(v_T.max())
+    if hi - lo < 1e-6:
+        return None
+    high, low = v_T >= hi - 0.1 * (hi - lo), v_T <= lo + 0.1 * (hi - lo)
+    if (high | low).mean() < 0.95:
+        return None
+    return np.where(high, 1, np.where(low, 0, -1))
+
+
+def is_two_level(v_T: FloatArray) -> bool:
+    """Whether a command is binary (see :func:`command_levels`)."""
+    return command_levels(v_T) is not None
+
+
+def gripper_flips(s: Signals, min_len: int) -> list[int]:
+    """Frames where a two-level gripper command switches level (open -> close or back).
+
+    A dim counts as a two-level command when nearly all its values sit within 10 % of its range
+    from its minimum or maximum (a binary open/close command; a continuous gripper position is
+    left to the change-point model). A switch counts when the new level holds for at least
+    ``max(2, min_len)`` frames, so a one-step flicker is not an event. Any robot's gripper
+    switching is an event start, however little else changes at that moment.
+    """
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    hold = max(2, min_len)
+    flips: set[int] = set()
+    for j in s.gripper_action_dims:
+        level = command_levels(actions[:, j]) if j < actions.shape[1] else None
+        if level is None:
+            continue
+        run_starts = [int(r) for r in np.flatnonzero(np.diff(level)) + 1]
+        run_ends = [*run_starts[1:], len(level)]
+        current = int(level[0])  # the established level (-1: not yet known)
+        for start, end in zip(run_starts, run_ends, strict=True):  # a switch starts a long run
+            if level[start] >= 0 and level[start] != current and end - start >= hold:
+                if current >= 0:
+                    flips.add(start)
+                current = int(level[start])
+    kept: list[int] = []
+    t_len = len(actions)
+    for t in sorted(flips):  # keep the events between switches at least min_len long
+        if t >= min_len and t_len - t >= min_len and (not kept or t - kept[-1] >= min_len):
+            kept.append(t)
+    return kept

@@ -1,0 +1,97 @@
+"""Segmenter configuration, inputs and results (see :mod:`wallwm.pipeline.segmentation`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+FloatArray = npt.NDArray[np.float64]
+#: A segment cost: ``cost(starts, end)`` for the segments ``[starts_i, end)``.
+CostFn = Callable[[npt.NDArray[np.int64], "int | npt.NDArray[np.int64]"], FloatArray]
+CUES = ("action_change", "gripper", "state_motion", "visual", "speed_min", "direction")
+
+
+class SegmentConfig(BaseModel):
+    """Segmenter parameters (``wallwm segment`` options)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["events", "fixed"] = "events"
+    chunk_len: int = Field(16, ge=1, description="Frames per chunk for method=fixed.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "action_change": 1.0,
+            "gripper": 1.0,
+            "state_motion": 0.0,
+            "visual": 0.0,
+        },
+        description="Weight of each channel group in the change-point cost (0 disables it).",
+    )
+    action_model: Literal["state_feedback", "time"] = Field(
+        "state_feedback",
+        description="Within an event, actions are affine in the paired proprio state "
+        "(state_feedback) or in time (time).",
+    )
+    penalty: float = Field(0.85, gt=0, description="Multiplier of the BIC penalty per event.")
+    merge_bends: bool = Field(
+        True,
+        description="Drop boundaries where the command only bends against the state "
+        "(saturation knees) instead of jumping.",
+    )
+    refit_noise: bool = Field(
+        True,
+        description="Re-estimate each channel's noise from the residuals of a first cut (never "
+        "below the first-difference estimate) and cut again.",
+    )
+    min_event_s: float = Field(0.0, ge=0, description="Shortest event (at least one frame).")
+    max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
+    window_s: float = Field(0.1, gt=0, description="Half-window of the pause/turn cues.")
+    resolution: float = Field(
+        0.2, gt=0, description="Smallest change that matters, as a fraction of a channel's range."
+    )
+
+
+@dataclass
+class Signals:
+    """The per-frame signals of one episode that the cues are computed from.
+
+    Shapes: ``actions_TA`` (T, A); ``states_TS`` (T, S) or None; ``gripper_TG`` (T, G) or None;
+    ``motion_T`` (T,) mean absolute frame difference of the downscaled video, or None.
+    """
+
+    actions_TA: npt.NDArray[np.floating]
+    fps: float
+    states_TS: npt.NDArray[np.floating] | None = None
+    gripper_TG: npt.NDArray[np.floating] | None = None
+    motion_T: npt.NDArray[np.floating] | None = None
+    #: Indices of action dims that are gripper commands (grouped with the gripper cue).
+    gripper_action_dims: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """One chosen boundary: the frame where a new event starts."""
+
+    frame: int
+    confidence: float
+    cues: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The result for one episode: events as half-open frame ranges, and the cue traces.
+
+    ``score_T`` is the local boundary strength at every frame (cost reduction of a split in a
+    window around it, in penalty units, squashed to [0, 1)); ``cues_CT`` the per-group traces.
+    """
+
+    starts: list[int]
+    ends: list[int]
+    boundaries: list[Boundary]
+    score_T: FloatArray
+    cues_CT: dict[str, FloatArray]

@@ -1,0 +1,148 @@
+"""Cutting one episode into events (see :mod:`wallwm.pipeline.segmentation`)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+
+from wallwm.pipeline.segmentation.bends import merge_bends, residual_excess
+from wallwm.pipeline.segmentation.changepoints import (
+    LinearCost,
+    local_strength,
+    pelt_between,
+    split_gains,
+)
+from wallwm.pipeline.segmentation.channels import channel_groups, gripper_flips
+from wallwm.pipeline.segmentation.config import (
+    Boundary,
+    FloatArray,
+    Segmentation,
+    SegmentConfig,
+    Signals,
+)
+from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
+
+
+def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
+    """Interior split points so that no piece of ``[a, b)`` is longer than ``max_len``."""
+    if b - a <= max_len:
+        return []
+    lo, hi = a + min_len, b - min_len
+    mid = lo + int(np.argmax(strength[lo:hi])) if hi > lo else (a + b) // 2
+    return [
+        *_split_long(a, mid, strength, min_len, max_len),
+        mid,
+        *_split_long(mid, b, strength, min_len, max_len),
+    ]
+
+
+def _fixed(t_len: int, chunk_len: int) -> Segmentation:
+    starts = list(range(0, t_len, chunk_len))
+    bounds = [Boundary(b, 1.0, ("fixed",)) for b in starts[1:]]
+    return Segmentation(starts, [*starts[1:], t_len], bounds, np.zeros(t_len), {})
+
+
+def event_penalty(cfg: SegmentConfig, dims: int, t_len: int) -> float:
+    """BIC price of one more event: its location and a line (2 parameters) per channel."""
+    return float(cfg.penalty * (2 * dims + 1) * np.log(max(t_len, 2)))
+
+
+def _change_points(
+    cost: LinearCost,
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    on_state_D: npt.NDArray[np.bool_],
+    forced: list[int],
+    cfg: SegmentConfig,
+    min_len: int,
+) -> list[int]:
+    """The optimal cuts of unit-noise channels ``y_TD`` (``cost`` their cost), bends dropped."""
+    t_len = len(y_TD)
+    penalty = event_penalty(cfg, y_TD.shape[1], t_len)
+    points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
+    if cfg.merge_bends and on_state_D.any() and points:
+        per_param = cfg.penalty * np.log(max(t_len, 2))
+        points = merge_bends(cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param)
+        points = points[1:]
+    return points
+
+
+def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
+    """Cut one episode into events.
+
+    Always returns at least one event covering the episode: a single frame, constant signals
+    or no usable channel give exactly one event. ``traces=False`` skips the per-group cue
+    traces (``cues_CT`` is then empty): only the episode plot draws them, and ingest need not
+    pay for them.
+    """
+    t_len = len(s.actions_TA)
+    if t_len == 0:
+        return Segmentation([], [], [], np.zeros(0), {})
+    if cfg.method == "fixed":
+        return _fixed(t_len, cfg.chunk_len)
+    min_len = max(1, round(cfg.min_event_s * s.fps))
+    max_len = max(min_len, round(cfg.max_event_s * s.fps))
+    w = max(2, round(cfg.window_s * s.fps))
+    groups = channel_groups(s, cfg) if t_len >= 3 else {}
+    if not groups:
+        return Segmentation([0], [t_len], [], np.zeros(t_len), {})
+    channels = list(groups.values())
+    y = np.concatenate([c.y_TD for c in channels], axis=1)
+    z = np.concatenate([c.regressor() for c in channels], axis=1)
+    penalty = event_penalty(cfg, y.shape[1], t_len)
+    forced = gripper_flips(s, min_len)
+    on_state = np.concatenate(
+        [
+            c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
+            for c in channels
+        ]
+    )
+    cost = LinearCost(y, z)
+    points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
+    if cfg.refit_noise:
+        bends = on_state if cfg.merge_bends else None
+        excess_D = residual_excess(cost, y, z, [0, *points, t_len], bends)
+        if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
+            y, cost = y / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
+            points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
+    strength_TD = local_strength(cost, t_len, w)
+    strength = strength_TD.sum(axis=1)
+    edges = [0, *points, t_len]
+    for a, b in itertools.pairwise(edges):
+        points.extend(_split_long(a, b, strength, min_len, max_len))
+    starts = sorted({0, *points})
+    # Each group's columns within y (the groups' channels are concatenated in order).
+    bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
+    columns = {
+        n: slice(int(lo), int(hi))
+        for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
+    }
+    v = _speed(s)
+    aux = {"speed_min": speed_min_cue(s, w, v), "direction": direction_cue(s, w, v)}
+    ends = np.array([*starts, t_len], dtype=np.int64)
+    gains_BD = split_gains(cost, ends[:-2], ends[1:-1], ends[2:])
+    boundaries = []
+    for i, b in enumerate(starts[1:]):
+        gain = float(gains_BD[i].sum())
+        fired = [n for n, cols in columns.items() if gains_BD[i, cols].sum() >= 0.25 * penalty]
+        near = slice(max(0, b - w // 2), b + w // 2 + 1)
+        fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
+        confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
+        if b in forced:  # a gripper command switch is certain, however small its cost gain
+            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
+        boundaries.append(Boundary(b, confidence, tuple(fired)))
+    cues_CT = (
+        {
+            n: 1.0 - np.exp(-np.maximum(strength_TD[:, cols].sum(axis=1), 0) / penalty)
+            for n, cols in columns.items()
+        }
+        | aux
+        if traces
+        else {}
+    )
+    if traces and forced and "gripper" not in cues_CT:  # a binary command: its switches
+        cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
+    score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
+    return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
