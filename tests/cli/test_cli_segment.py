@@ -79,7 +79,9 @@ def test_segment_rejects_bad_options(tmp_path):
     bad = invoke("segment", "--dataset", tmp_path, "--method", "shots")
     assert bad.exit_code == 2 and "method" in bad.output
     bad = invoke("segment", "--dataset", tmp_path, "--action-model", "joints")
-    assert bad.exit_code == 2 and "action_model" in bad.output
+    assert bad.exit_code == 2 and "--action-model: Input should be 'auto'" in bad.output
+    bad = invoke("segment", "--dataset", tmp_path, "--noise-model", "gauss")
+    assert bad.exit_code == 2 and "--noise-model" in bad.output and "Traceback" not in bad.output
 
 
 def test_caption_command_and_run_include_captions(folder_source, tmp_path):

@@ -18,6 +18,7 @@ from wallwm.cli.common import (
     console,
     err_console,
     print_json,
+    validation_message,
 )
 
 if TYPE_CHECKING:
@@ -36,8 +37,24 @@ PenaltyOpt = Annotated[float, typer.Option(help="Cost of one more event (higher:
 ActionModelOpt = Annotated[
     str,
     typer.Option(
-        help="Within an event, actions are affine in the paired proprio state (state_feedback) "
-        "or in time (time)."
+        help="Within an event, actions are affine in the paired proprio state (state_feedback: "
+        "closed-loop control) or in time (time: waypoint interpolation); auto: chosen per "
+        "dataset from the data, then kept."
+    ),
+]
+NoiseModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="Channel noise: spread of first differences floored at a share of the range "
+        "(differences) or the within-event model's misfit on short windows (local_fit); auto: "
+        "follows the action model."
+    ),
+]
+MergeDisturbancesOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Drop the boundaries of hesitations and small corrections (the motion after them "
+        "continues the one before)."
     ),
 ]
 MergeBendsOpt = Annotated[
@@ -64,9 +81,11 @@ def _segment_config(
     penalty: float,
     min_event_s: float,
     max_event_s: float,
-    action_model: str = "state_feedback",
+    action_model: str = "auto",
     merge_bends: bool = True,
     refit_noise: bool = True,
+    noise_model: str = "auto",
+    merge_disturbances: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -78,18 +97,25 @@ def _segment_config(
             chunk_len=chunk_len,
             penalty=penalty,
             action_model=action_model,  # type: ignore[arg-type]
+            noise_model=noise_model,  # type: ignore[arg-type]
             merge_bends=merge_bends,
+            merge_disturbances=merge_disturbances,
             refit_noise=refit_noise,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
     except ValidationError as exc:
-        err_console.print(f"[red]invalid segmenter options:[/] {exc}")
+        err_console.print(f"[red]invalid segmenter options:[/] {validation_message(exc)}")
         raise typer.Exit(2) from exc
 
 
 def _run_segment_with_progress(
-    dataset: str, seg: SegmentConfig, force: bool, local: bool, ray_address: str | None
+    dataset: str,
+    seg: SegmentConfig,
+    force: bool,
+    local: bool,
+    ray_address: str | None,
+    reselect: bool = False,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -99,6 +125,7 @@ def _run_segment_with_progress(
         dataset=dataset,
         segment=seg,
         force=force,
+        reselect=reselect,
         executor="local" if local else "ray",
         ray_address=ray_address,
     )
@@ -136,6 +163,14 @@ def _run_segment_with_progress(
         f"events table version {summary.events_version}",
         soft_wrap=True,
     )
+    if summary.model:
+        costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary.model["costs"].items())
+        how = (
+            f"chosen on {summary.model['episodes']} episodes (penalised cost: {costs})"
+            if summary.model["basis"] == "data"
+            else "the dataset's recorded choice (--reselect chooses again)"
+        )
+        console.print(f"within an event: {summary.model['action_model']} -- {how}")
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
 
@@ -144,12 +179,17 @@ def segment_cmd(
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
     penalty: PenaltyOpt = 0.85,
-    action_model: ActionModelOpt = "state_feedback",
+    action_model: ActionModelOpt = "auto",
+    noise_model: NoiseModelOpt = "auto",
     merge_bends: MergeBendsOpt = True,
+    merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
+    reselect: Annotated[
+        bool, typer.Option(help="Choose the within-event model from the data again.")
+    ] = False,
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
@@ -163,8 +203,10 @@ def segment_cmd(
         action_model,
         merge_bends,
         refit_noise,
+        noise_model,
+        merge_disturbances,
     )
-    raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address))
+    raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
 
 def run_cmd(
@@ -180,8 +222,10 @@ def run_cmd(
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
     penalty: PenaltyOpt = 0.85,
-    action_model: ActionModelOpt = "state_feedback",
+    action_model: ActionModelOpt = "auto",
+    noise_model: NoiseModelOpt = "auto",
     merge_bends: MergeBendsOpt = True,
+    merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
@@ -199,7 +243,16 @@ def run_cmd(
     from wallwm.pipeline.ingest import IngestConfig
 
     seg = _segment_config(
-        method, chunk_len, penalty, 0.0, 30.0, action_model, merge_bends, refit_noise
+        method,
+        chunk_len,
+        penalty,
+        0.0,
+        30.0,
+        action_model,
+        merge_bends,
+        refit_noise,
+        noise_model,
+        merge_disturbances,
     )
     cfg = IngestConfig(
         source=source,
@@ -322,7 +375,10 @@ def eval_segmentation(
     tolerance_frames: Annotated[int, typer.Option(help="Match window, frames.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Boundary precision, recall, F1 and mean offset against the ground truth, per task."""
+    """Boundary precision, recall, F1 and mean offset against the ground truth.
+
+    Per robot (the recorded robot, else the source), per task and overall.
+    """
     from rich.table import Table
 
     from wallwm.pipeline.inspect import evaluate_segmentation
@@ -336,15 +392,16 @@ def eval_segmentation(
         title=f"segmentation vs ground truth (tolerance {tolerance_frames} frames, "
         f"{result['episodes']} episodes)"
     )
-    for col in ("task", "episodes", "precision", "recall", "F1", "mean offset"):
-        table.add_column(col)
+    for col in ("robot / task", "episodes", "precision", "recall", "F1", "mean offset"):
+        table.add_column(col, overflow="fold")
     rows = [
+        *((f"robot {k}", m) for k, m in result["per_robot"].items()),
         *result["per_task"].items(),
         ("overall", {**result["overall"], "episodes": result["episodes"]}),
     ]
-    for task, m in rows:
+    for name, m in rows:
         table.add_row(
-            task,
+            name,
             str(m["episodes"]),
             f"{m['precision']:.3f}",
             f"{m['recall']:.3f}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -123,4 +123,103 @@ def record(
     ok = sum(r["success"] for r in results)
     console.print(
         f"recorded {len(results)} episodes ({ok} successful) of {len(tasks)} tasks to {out}"
+    )
+
+
+def _record_with_progress(out: str, total: int, record: Any) -> list[dict[str, Any]]:
+    """Run a recorder with a progress bar; a bad task name is one line."""
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("recording", total=total)
+        try:
+            results: list[dict[str, Any]] = record(on_episode=lambda _s: progress.advance(bar))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    done = [r for r in results if r["success"]]
+    console.print(f"recorded {len(results)} episodes ({len(done)} successful) to {out}")
+    return results
+
+
+@app.command("aloha")
+def aloha(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    task: Annotated[
+        list[str] | None, typer.Option("--task", help="transfer-cube | insertion (repeatable).")
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
+    camera: Annotated[
+        list[str] | None, typer.Option(help="Camera, repeatable (top, angle, left_wrist, ...).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    action_noise: Annotated[
+        float, typer.Option(help="Pose jitter std, in units of the plan's median per-step move.")
+    ] = 0.0,
+    hesitations: Annotated[
+        float, typer.Option(help="Share of motions that pause part-way (not decisions).")
+    ] = 0.0,
+    corrections: Annotated[
+        float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
+    ] = 0.0,
+    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Record bimanual ALOHA end-effector waypoint episodes with ground-truth events (``sim``)."""
+    try:
+        from wallwm.pipeline.sim.aloha import TASKS, AlohaConfig, record_aloha
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise typer.BadParameter(
+            f"gym-aloha is not installed ({exc}); pip install 'wallwm[sim]'"
+        ) from exc
+    cfg = AlohaConfig(
+        tasks=tuple(task or TASKS),
+        episodes=episodes,
+        cameras=tuple(camera or ["top"]),
+        size=size,
+        action_noise=action_noise,
+        hesitations=hesitations,
+        corrections=corrections,
+        workers=workers,
+        seed=seed,
+    )
+    _record_with_progress(
+        out, len(cfg.tasks) * episodes, lambda on_episode: record_aloha(out, cfg, on_episode)
+    )
+
+
+@app.command("jaco")
+def jaco(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    task: Annotated[list[str] | None, typer.Option("--task", help="lift | stack (repeatable).")] = (
+        None
+    ),
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    action_noise: Annotated[
+        float, typer.Option(help="Joint-velocity noise std, as a share of each joint's limit.")
+    ] = 0.0,
+    hesitations: Annotated[
+        float, typer.Option(help="Share of motions that pause part-way (not decisions).")
+    ] = 0.0,
+    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Record Kinova Jaco joint-velocity episodes (dm_control) with ground-truth events."""
+    try:
+        from wallwm.pipeline.sim.jaco import TASKS, JacoConfig, record_jaco
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise typer.BadParameter(
+            f"dm_control is not installed ({exc}); pip install 'wallwm[sim]'"
+        ) from exc
+    cfg = JacoConfig(
+        tasks=tuple(task or TASKS),
+        episodes=episodes,
+        size=size,
+        action_noise=action_noise,
+        hesitations=hesitations,
+        workers=workers,
+        seed=seed,
+    )
+    _record_with_progress(
+        out, len(cfg.tasks) * episodes, lambda on_episode: record_jaco(out, cfg, on_episode)
     )

@@ -32,11 +32,16 @@ from wallwm.pipeline.lineage import (
     utcnow,
 )
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
 from wallwm.pipeline.segmentation.stage import (
     SegmentStageConfig,
+    dataset_model,
     event_rows,
     keyframe_frames,
+    record_signals,
     replace_events,
+    spread_sample,
+    table_sample,
 )
 from wallwm.pipeline.sources.base import (
     EpisodeError,
@@ -44,7 +49,6 @@ from wallwm.pipeline.sources.base import (
     EpisodeRef,
     EpisodeSource,
     GripperOpen,
-    gripper_dims,
 )
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
@@ -171,14 +175,7 @@ def load_and_segment(
     segmentation = None
     grabs: dict[str, KeyframeGrabber] = {}
     if seg is not None and len(record.actions_TA):
-        signals = Signals(
-            actions_TA=record.actions_TA,
-            fps=record.fps,
-            states_TS=record.states_TS,
-            gripper_TG=record.gripper_TG,
-            gripper_action_dims=gripper_dims(record.action_names),
-        )
-        segmentation = segment(signals, seg, traces=False)
+        segmentation = segment(record_signals(record), seg, traces=False)
         wanted = keyframe_frames(segmentation)
         grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
     record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]
@@ -402,12 +399,34 @@ def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
     )
 
 
-def _fused_segment(cfg: IngestConfig) -> tuple[StageRun | None, FusedSegment | None]:
-    """The segment stage's run and worker config when ingest segments too (``wallwm run``)."""
+def _fused_segment(
+    cfg: IngestConfig, store: TableStore, source: EpisodeSource, refs: list[EpisodeRef]
+) -> tuple[StageRun | None, FusedSegment | None]:
+    """The segment stage's run and worker config when ingest segments too (``wallwm run``).
+
+    A model left ``auto`` is chosen as the segment stage chooses it (kept once recorded): on the
+    dataset's stored episodes, or -- a new dataset -- on a spread sample of the source's.
+    """
     stage_cfg = cfg.segment_stage_config()
     if stage_cfg is None:
         return None, None
-    seg_run = StageRun("segment", stage_cfg.lineage_config())
+
+    def sample() -> list[Signals]:
+        stored = table_sample(store.root) if isinstance(store, LanceStore) else []
+        if len(stored) >= min(SAMPLE_EPISODES, len(refs)):
+            return stored
+        by_key = {r.episode_key: r for r in refs}
+        out = []
+        for key in spread_sample(list(by_key)):
+            try:
+                out.append(record_signals(source.read(by_key[key])))
+            except EpisodeError:  # a broken episode fails in its own worker, named there
+                continue
+        return out
+
+    resolved, details = dataset_model(store, stage_cfg.segment, sample)
+    stage_cfg = stage_cfg.model_copy(update={"segment": resolved})
+    seg_run = StageRun("segment", stage_cfg.lineage_config(), details=details)
     lineage = (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id)
     return seg_run, FusedSegment(stage_cfg.segment, stage_cfg.keyframe_side, lineage)
 
@@ -481,7 +500,7 @@ def run_ingest(
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
-    seg_run, fused = _fused_segment(cfg)
+    seg_run, fused = _fused_segment(cfg, store, source, todo)
     events_before = store.version(schemas.EVENTS)
     outcomes = fan_out(
         [dataclasses.asdict(r) for r in todo],

@@ -27,20 +27,22 @@ def save_figure(fig: Any, out: str | Path, dpi: int = 100, **kwargs: Any) -> Pat
 
 
 def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[str, Any]:
-    """Boundary precision/recall/F1 and mean offset of the stored events, per task and overall.
+    """Boundary precision/recall/F1 and mean offset of the stored events.
 
-    The task of an episode is its instruction. Only episodes with ground-truth events count;
-    episode start and end are not boundaries.
+    Per task (an episode's instruction), per robot (its recorded robot, else its source) and
+    overall. Only episodes with ground-truth events count; episode start and end are not
+    boundaries.
     """
     episodes = store.read(
-        schemas.EPISODES, columns=["episode_id", "instruction", "num_frames", "gt_events"]
+        schemas.EPISODES,
+        columns=["episode_id", "instruction", "num_frames", "gt_events", "robot", "source_uri"],
     ).to_pylist()
     starts: dict[str, list[int]] = defaultdict(list)
     if store.exists(schemas.EVENTS):
         for r in store.read(schemas.EVENTS, columns=["episode_id", "start_frame"]).to_pylist():
             starts[r["episode_id"]].append(r["start_frame"])
-    per_task: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
-    counted: dict[str, int] = defaultdict(int)
+    groups: dict[str, dict[str, BoundaryScore]] = {"task": {}, "robot": {}}
+    counted: dict[str, dict[str, int]] = {"task": defaultdict(int), "robot": defaultdict(int)}
     skipped = 0
     for ep in episodes:
         if ep["gt_events"] is None or ep["episode_id"] not in starts:
@@ -50,17 +52,24 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
         score = match_boundaries(
             starts[ep["episode_id"]], truth, ep["num_frames"], tolerance_frames
         )
-        per_task[ep["instruction"]] += score
-        counted[ep["instruction"]] += 1
-    overall = sum(per_task.values(), EMPTY)
+        keys = {"task": ep["instruction"] or "-", "robot": ep["robot"] or ep["source_uri"]}
+        for by, key in keys.items():
+            groups[by][key] = groups[by].get(key, EMPTY) + score
+            counted[by][key] += 1
+    overall = sum(groups["task"].values(), EMPTY)
+
+    def table(by: str) -> dict[str, dict[str, Any]]:
+        return {
+            k: {**s.as_dict(), "episodes": counted[by][k]} for k, s in sorted(groups[by].items())
+        }
+
     return {
         "tolerance_frames": tolerance_frames,
-        "episodes": sum(counted.values()),
+        "episodes": sum(counted["task"].values()),
         "episodes_without_ground_truth_or_events": skipped,
         "overall": overall.as_dict(),
-        "per_task": {
-            t: {**s.as_dict(), "episodes": counted[t]} for t, s in sorted(per_task.items())
-        },
+        "per_task": table("task"),
+        "per_robot": table("robot"),
     }
 
 
@@ -117,15 +126,22 @@ def event_grid(event: dict[str, Any], out: str | Path) -> Path:
     return save_figure(fig, out, dpi=110)
 
 
-def _segment_config_of(store: TableStore, run_id: str | None) -> SegmentConfig:
-    """The segmenter config a run used (from lineage), else the defaults."""
+def _segment_config_of(store: TableStore, run_id: str | None) -> tuple[SegmentConfig, str]:
+    """The segmenter config a run used (from lineage), else the defaults.
+
+    Also says how its within-event model was chosen (for the plot's title).
+    """
     if run_id and store.exists(schemas.RUNS):
         rows = store.read(
             schemas.RUNS, columns=["config_json"], where=f"run_id = {sql_quote(run_id)}"
         ).to_pylist()
         if rows:
-            return SegmentConfig(**json.loads(rows[0]["config_json"])["segment"])
-    return SegmentConfig()
+            config = json.loads(rows[0]["config_json"])
+            choice = config.get("details", {}).get("choice") or {}
+            how = {"data": "chosen from the data", "recorded": "the dataset's recorded choice"}
+            basis = how.get(choice.get("basis", ""), "as configured")
+            return SegmentConfig(**config["segment"]), basis
+    return SegmentConfig(), "defaults"
 
 
 def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
@@ -143,7 +159,7 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
 
     row, actions, states = _load_episode(store.root, episode_id)
     events = list_events(store, episode_id)
-    cfg = _segment_config_of(store, events[0]["segment_run_id"] if events else None)
+    cfg, basis = _segment_config_of(store, events[0]["segment_run_id"] if events else None)
     seg: Segmentation = segment(episode_signals(row, actions, states, None), cfg)
     gt = store.read(
         schemas.EPISODES,
@@ -173,9 +189,12 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         for g in (gt["gt_events"] or [])[1:]:
             ax.axvline(g["start_frame"], color="tab:green", lw=1.2, ls="--")
         ax.legend(fontsize=6, loc="upper right", ncol=3)
+    model = {"state_feedback": "actions affine in the state", "time": "actions linear in time"}
     axes[0].set_title(
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
-        f"({len(events)} events), green dashed: ground truth",
+        f"({len(events)} events), green dashed: ground truth; within an event: "
+        f"{model.get(cfg.action_model, cfg.action_model)}, noise by {cfg.noise_model} "
+        f"({basis})",
         fontsize=9,
     )
     fig.tight_layout()

@@ -50,6 +50,9 @@ class StageRun:
     config: dict[str, Any]
     run_id: str = ""
     started_at: datetime = field(default_factory=utcnow)
+    #: Recorded with the config but not hashed: how the config came about (e.g. the evidence
+    #: of a model choice), which must not make an otherwise identical run look different.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -74,7 +77,11 @@ class StageRun:
             "stage": self.stage,
             "code_version": code_version(),
             "config_hash": self.config_hash,
-            "config_json": json.dumps(self.config, sort_keys=True, default=str),
+            "config_json": json.dumps(
+                {**self.config, **({"details": self.details} if self.details else {})},
+                sort_keys=True,
+                default=str,
+            ),
             "started_at": self.started_at,
             "finished_at": utcnow(),
             "table": table,

@@ -36,6 +36,49 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
     return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
 
 
+#: Window of the local-fit noise estimate, seconds (at least 5 frames).
+LOCAL_FIT_S = 0.2
+#: The local-fit noise never goes below this fraction of a channel's range: recordings of
+#: noise-free commands are exact to float precision, where any misfit would look significant.
+LOCAL_FIT_FLOOR = 1e-3
+
+
+def local_fit_sigma(x_TD: FloatArray, z_TD: FloatArray | None, window: int) -> FloatArray:
+    """Per-dimension noise as the residual the within-event model leaves on short windows.
+
+    The model (a line in ``z_TD``, or in time) is fitted on every window of ``window`` frames;
+    the median RMS residual over the windows is the level of what the model does not explain
+    locally -- the noise, plus curvature the model cannot follow. The few windows that straddle
+    a boundary do not move the median. Unlike first differences, a ramp's slope is no noise.
+    Floored at :data:`LOCAL_FIT_FLOOR` of each range and at a quarter of the pooled level.
+    """
+    from wallwm.pipeline.segmentation.changepoints import LinearCost
+
+    t_len = len(x_TD)
+    floor = LOCAL_FIT_FLOOR * np.ptp(x_TD, axis=0)
+    if t_len < window + 2:
+        return np.asarray(np.maximum(noise_sigma(x_TD), floor), dtype=np.float64)
+    starts = np.arange(0, t_len - window + 1, dtype=np.int64)
+    rss = LinearCost(x_TD, z_TD).columns(starts, starts + window)
+    sigma = np.maximum(np.median(np.sqrt(rss / (window - 2)), axis=0), floor)
+    above = sigma[sigma > floor]
+    if above.size:
+        sigma = np.maximum(sigma, 0.25 * float(np.median(above)))
+    return np.asarray(np.where(sigma > 0, sigma, 1.0), dtype=np.float64)
+
+
+def channel_noise(
+    x_TD: FloatArray, z_TD: FloatArray | None, cfg: SegmentConfig, fps: float
+) -> FloatArray:
+    """Each column's noise under the config's (resolved) noise model."""
+    if cfg.noise_model == "local_fit":
+        return local_fit_sigma(x_TD, z_TD, max(5, round(LOCAL_FIT_S * fps)))
+    # A line in time must not chase the curvature of a smooth ramp, hence the full resolution
+    # floor; the state-feedback model explains a controller's deceleration by the state, so
+    # its channels may resolve changes half as large.
+    return noise_sigma(x_TD, cfg.resolution * (0.5 if z_TD is not None else 1.0))
+
+
 def _median(x: FloatArray) -> float:
     """``np.median`` of a non-empty 1-D array, without its per-call overhead (hot loop)."""
     half = len(x) // 2
@@ -87,7 +130,10 @@ def feedback_regressors(
 
 
 def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
-    """The channels of every enabled group that has signal, unit-noise scaled."""
+    """The channels of every enabled group that has signal, unit-noise scaled.
+
+    ``cfg`` must be resolved (no ``auto`` model left: see :mod:`.selection`).
+    """
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
     motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
@@ -126,13 +172,10 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
         x = values[:, keep]
         if x.shape[1]:
             z = regressors.get(name)
-            # A line in time must not chase the curvature of a smooth ramp, hence the full
-            # resolution floor; the state-feedback model explains a controller's deceleration
-            # by the state, so its channels may resolve changes half as large.
-            resolution = cfg.resolution * (0.5 if z is not None else 1.0)
+            z_x = None if z is None else z[0][:, keep]
             groups[name] = Channel(
-                np.sqrt(weight) * x / noise_sigma(x, resolution),
-                None if z is None else z[0][:, keep],
+                np.sqrt(weight) * x / channel_noise(x, z_x, cfg, s.fps),
+                z_x,
                 None if z is None else z[1][keep],
             )
     return groups

@@ -32,16 +32,30 @@ class SegmentConfig(BaseModel):
         },
         description="Weight of each channel group in the change-point cost (0 disables it).",
     )
-    action_model: Literal["state_feedback", "time"] = Field(
-        "state_feedback",
+    action_model: Literal["auto", "state_feedback", "time"] = Field(
+        "auto",
         description="Within an event, actions are affine in the paired proprio state "
-        "(state_feedback) or in time (time).",
+        "(state_feedback: a closed-loop controller steering to a sub-goal) or in time (time: "
+        "an open-loop interpolation between waypoints); auto: chosen per dataset from the data "
+        "(see wallwm.pipeline.segmentation.selection).",
+    )
+    noise_model: Literal["auto", "differences", "local_fit"] = Field(
+        "auto",
+        description="Each channel's noise: the spread of its first differences, floored at "
+        "`resolution` x its range (differences), or the residual the within-event model leaves "
+        "on short windows (local_fit); auto: local_fit for the line in time, differences for "
+        "state feedback.",
     )
     penalty: float = Field(0.85, gt=0, description="Multiplier of the BIC penalty per event.")
     merge_bends: bool = Field(
         True,
         description="Drop boundaries where the command only bends against the state "
         "(saturation knees) instead of jumping.",
+    )
+    merge_disturbances: bool = Field(
+        True,
+        description="Drop the boundaries of hesitations and small corrections: short runs of "
+        "events after which the motion continues the one before.",
     )
     refit_noise: bool = Field(
         True,
@@ -52,8 +66,15 @@ class SegmentConfig(BaseModel):
     max_event_s: float = Field(30.0, gt=0, description="Longer events are split.")
     window_s: float = Field(0.1, gt=0, description="Half-window of the pause/turn cues.")
     resolution: float = Field(
-        0.2, gt=0, description="Smallest change that matters, as a fraction of a channel's range."
+        0.2,
+        gt=0,
+        description="Smallest change that matters, as a fraction of a channel's range "
+        "(noise_model=differences).",
     )
+
+    def resolved(self) -> bool:
+        """Whether every model choice is made (no ``auto`` left)."""
+        return self.action_model != "auto" and self.noise_model != "auto"
 
 
 @dataclass

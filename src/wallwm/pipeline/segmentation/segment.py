@@ -23,6 +23,7 @@ from wallwm.pipeline.segmentation.config import (
     Signals,
 )
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
+from wallwm.pipeline.segmentation.disturbances import merge_disturbances
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -57,15 +58,23 @@ def _change_points(
     forced: list[int],
     cfg: SegmentConfig,
     min_len: int,
+    fps: float,
 ) -> list[int]:
-    """The optimal cuts of unit-noise channels ``y_TD`` (``cost`` their cost), bends dropped."""
+    """The optimal cuts of unit-noise channels ``y_TD`` (``cost`` their cost).
+
+    Bends and disturbances dropped.
+    """
     t_len = len(y_TD)
     penalty = event_penalty(cfg, y_TD.shape[1], t_len)
     points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
+    per_param = cfg.penalty * np.log(max(t_len, 2))
     if cfg.merge_bends and on_state_D.any() and points:
-        per_param = cfg.penalty * np.log(max(t_len, 2))
         points = merge_bends(cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param)
         points = points[1:]
+    if cfg.merge_disturbances and len(points) >= 2:
+        points = merge_disturbances(
+            cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param, fps
+        )[1:]
     return points
 
 
@@ -73,15 +82,20 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
     """Cut one episode into events.
 
     Always returns at least one event covering the episode: a single frame, constant signals
-    or no usable channel give exactly one event. ``traces=False`` skips the per-group cue
-    traces (``cues_CT`` is then empty): only the episode plot draws them, and ingest need not
-    pay for them.
+    or no usable channel give exactly one event. A config with ``auto`` model choices is
+    resolved on this episode alone; stages resolve it once per dataset (:mod:`.selection`).
+    ``traces=False`` skips the per-group cue traces (``cues_CT`` is then empty): only the
+    episode plot draws them, and ingest need not pay for them.
     """
     t_len = len(s.actions_TA)
     if t_len == 0:
         return Segmentation([], [], [], np.zeros(0), {})
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
+    if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
+        from wallwm.pipeline.segmentation.selection import resolve
+
+        cfg = resolve(cfg, [s])[0]
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))
     w = max(2, round(cfg.window_s * s.fps))
@@ -100,13 +114,13 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         ]
     )
     cost = LinearCost(y, z)
-    points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
+    points = _change_points(cost, y, z, on_state, forced, cfg, min_len, s.fps)
     if cfg.refit_noise:
         bends = on_state if cfg.merge_bends else None
         excess_D = residual_excess(cost, y, z, [0, *points, t_len], bends)
         if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
             y, cost = y / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
-            points = _change_points(cost, y, z, on_state, forced, cfg, min_len)
+            points = _change_points(cost, y, z, on_state, forced, cfg, min_len, s.fps)
     strength_TD = local_strength(cost, t_len, w)
     strength = strength_TD.sum(axis=1)
     edges = [0, *points, t_len]

@@ -24,7 +24,8 @@ from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
 from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, gripper_dims
+from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
+from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.video import keyframes_jpeg, motion_energy
 
@@ -58,6 +59,11 @@ class SegmentStageConfig(BaseModel):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     keyframe_side: int = Field(128, ge=16, description="Longer side of keyframe JPEGs (px).")
     force: bool = Field(False, description="Re-segment episodes that are up to date.")
+    reselect: bool = Field(
+        False,
+        description="Choose the within-event model from the data again instead of keeping the "
+        "dataset's recorded choice (action_model/noise_model auto).",
+    )
     batch_episodes: int = Field(32, ge=1)
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
@@ -81,6 +87,8 @@ class SegmentSummary:
     seconds: float = 0.0
     events_version: int | None = None
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
+    #: The within-event model the run cut with and why (empty when the config named it).
+    model: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- pure core
@@ -102,6 +110,75 @@ def episode_signals(
         motion_T=motion_T,
         gripper_action_dims=gripper_dims(row.get("action_names")),
     )
+
+
+def record_signals(record: EpisodeRecord) -> Signals:
+    """The segmenter's input for one episode as a source reads it (before it is stored)."""
+    return Signals(
+        actions_TA=record.actions_TA,
+        fps=record.fps,
+        states_TS=record.states_TS,
+        gripper_TG=record.gripper_TG,
+        gripper_action_dims=gripper_dims(record.action_names),
+    )
+
+
+def spread_sample(keys: list[str], n: int = SAMPLE_EPISODES) -> list[str]:
+    """Up to ``n`` of ``keys`` spread over the dataset (by a hash of each key, not its order)."""
+    import zlib
+
+    return sorted(keys, key=lambda k: (zlib.crc32(k.encode()), k))[:n]
+
+
+def recorded_model(store: TableStore, requested: SegmentConfig) -> SegmentConfig | None:
+    """The model the dataset's last segment run chose for this requested config, if any."""
+    import json
+
+    if not store.exists(schemas.RUNS):
+        return None
+    runs = store.read(
+        schemas.RUNS,
+        columns=["config_json", "finished_at"],
+        where=f"stage = {sql_quote(STAGE)}",
+    ).to_pylist()
+    wanted = requested.model_dump()
+    for run in sorted(runs, key=lambda r: r["finished_at"], reverse=True):
+        config = json.loads(run["config_json"])
+        if config.get("details", {}).get("requested") == wanted:
+            return SegmentConfig(**config["segment"])
+    return None
+
+
+def dataset_model(
+    store: TableStore,
+    requested: SegmentConfig,
+    sample: Callable[[], list[Signals]],
+    reselect: bool = False,
+) -> tuple[SegmentConfig, dict[str, Any]]:
+    """The segmenter config of a dataset's run: ``auto`` choices made once and kept.
+
+    Returns the resolved config and the details the run's lineage records (the requested
+    config and the evidence of the choice). ``sample`` gives the episodes to choose on; it is
+    called only when a choice is made (no recorded one, or ``reselect``).
+    """
+    if requested.resolved() or requested.method == "fixed":
+        return requested, {}
+    recorded = None if reselect else recorded_model(store, requested)
+    if recorded is not None:
+        choice = ModelChoice(recorded.action_model, basis="recorded")
+        return recorded, {"requested": requested.model_dump(), "choice": choice.as_dict()}
+    resolved, choice = resolve(requested, sample())
+    return resolved, {"requested": requested.model_dump(), "choice": choice.as_dict()}
+
+
+def table_sample(dataset: str) -> list[Signals]:
+    """Signals of a spread sample of the dataset's stored episodes."""
+    store = LanceStore(dataset)
+    if not store.exists(schemas.EPISODES):
+        return []
+    ids = store.read(schemas.EPISODES, columns=["episode_id"]).column(0).to_pylist()
+    loaded = load_episodes(dataset, spread_sample(ids))
+    return [episode_signals(row, a, s, None) for row, a, s in loaded.values()]
 
 
 def _seconds(row: dict[str, Any], frame: int) -> float:
@@ -347,9 +424,13 @@ def run_segment(
 ) -> SegmentSummary:
     """Segment every episode that needs it and write the ``events`` table."""
     store = store or LanceStore(cfg.dataset)
-    run = StageRun(STAGE, cfg.lineage_config())
     t0 = time.perf_counter()
-    summary = SegmentSummary(run.run_id)
+    resolved, details = dataset_model(
+        store, cfg.segment, lambda: table_sample(store.root), cfg.reselect
+    )
+    cfg = cfg.model_copy(update={"segment": resolved})
+    run = StageRun(STAGE, cfg.lineage_config(), details=details)
+    summary = SegmentSummary(run.run_id, model=details.get("choice"))
     before = store.version(schemas.EVENTS)
     todo, summary.up_to_date = _todo(store, run.config_hash, cfg.force)
     summary.episodes = len(todo) + summary.up_to_date

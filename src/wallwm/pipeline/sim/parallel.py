@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 C = TypeVar("C")
 Summary = dict[str, Any]
@@ -43,3 +43,48 @@ def run_jobs(
             if on_episode:
                 on_episode(by_job[futures[future]])
     return [by_job[job] for job in jobs]
+
+
+class RecorderConfig(Protocol):
+    """What :func:`record_tasks` reads of a recorder's config."""
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks to record."""
+        ...
+
+    @property
+    def episodes(self) -> int:
+        """Episodes per task."""
+        ...
+
+    @property
+    def workers(self) -> int:
+        """Recording processes."""
+        ...
+
+
+R = TypeVar("R", bound=RecorderConfig)
+
+
+def record_tasks(
+    record: Callable[[str, int, R, Path], Summary],
+    cfg: R,
+    out: str | Path,
+    robot: str,
+    known: tuple[str, ...],
+    on_episode: Callable[[Summary], None] | None = None,
+) -> list[Summary]:
+    """``cfg.episodes`` episodes of each of ``cfg.tasks`` under ``out``.
+
+    A task the ``robot``'s recorder does not know (``known``) is a did-you-mean error.
+    """
+    import difflib
+
+    for task in cfg.tasks:
+        if task not in known:
+            close = difflib.get_close_matches(task, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown {robot} task {task!r} (choose from {known}){hint}")
+    jobs = [(task, i) for task in cfg.tasks for i in range(cfg.episodes)]
+    return run_jobs(record, jobs, cfg, Path(out), cfg.workers, on_episode)

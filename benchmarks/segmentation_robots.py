@@ -1,0 +1,208 @@
+"""Segmentation on three robots it must carry to, with the model chosen per dataset.
+
+Records (unless present under ``--root``) the suite of ``wallwm sim``:
+
+- ``metaworld``: Sawyer, end-effector deltas from closed-loop scripted experts; twelve tasks
+  outside MT10 (the defaults' tuning set), ``--episodes`` each;
+- ``aloha``: bimanual ViperX, 16-D absolute end-effector targets from our open-loop waypoint
+  experts (transfer-cube, insertion), 14 joint angles as the state;
+- ``jaco``: Kinova Jaco, 9-D joint and finger velocities from our resolved-rate phase expert
+  (lift, stack);
+
+each at action noise 0 and 0.3 and (ALOHA, Jaco) with operator-like hesitations at noise 0.3
+(ALOHA: pauses and few-millimetre swerves; Jaco: pauses). Ground truth: each expert's own
+decisions.
+
+For every recording the product path runs as ``wallwm run`` does: the within-event model is
+chosen on a spread sample of up to 24 episodes, then every episode is cut with it. Boundary F1
+within 3 frames (episode ends excluded) per robot, variant and task, against the best fixed
+chunk length of {4, 8, 16, 24, 32, 48}; the line in time and the state-feedback model forced
+on every robot are shown beside it.
+
+Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picked on two
+robots' recordings from a grid and the table reports the third robot at that value.
+
+    python benchmarks/segmentation_robots.py [--root bench-data/robots] [--episodes 8]
+        [--workers 2] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from wallwm.pipeline.segmentation import SegmentConfig, segment
+from wallwm.pipeline.segmentation import selection as selection_module
+from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.selection import resolve
+from wallwm.pipeline.segmentation.stage import record_signals, spread_sample
+from wallwm.pipeline.sources.folder import FolderSource
+
+METAWORLD_OTHER = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "coffee-push-v3", "faucet-open-v3",
+    "hammer-v3", "handle-press-v3", "lever-pull-v3", "plate-slide-v3", "shelf-place-v3",
+    "stick-push-v3", "sweep-into-v3",
+)  # fmt: skip
+VARIANTS = {
+    "noise 0": {"action_noise": 0.0},
+    "noise 0.3": {"action_noise": 0.3},
+    "hesitations": {"action_noise": 0.3, "hesitations": 0.4, "corrections": 0.3},
+}
+CHUNKS = (4, 8, 16, 24, 32, 48)
+RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
+
+
+def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> None:
+    """Record one robot's recording of one variant into ``out`` (the folder format)."""
+    kw: dict[str, Any] = dict(VARIANTS[variant])
+    common = {"episodes": args.episodes, "size": args.size, "seed": 1, "workers": args.workers}
+    if robot == "metaworld":
+        from wallwm.pipeline.sim.metaworld import MetaWorldConfig, record_metaworld
+
+        cfg = MetaWorldConfig(tasks=METAWORLD_OTHER, action_noise=kw["action_noise"], **common)
+        record_metaworld(out, cfg)
+    elif robot == "aloha":
+        from wallwm.pipeline.sim.aloha import AlohaConfig, record_aloha
+
+        record_aloha(out, AlohaConfig(**kw, **common))
+    else:
+        from wallwm.pipeline.sim.jaco import JacoConfig, record_jaco
+
+        kw.pop("corrections", None)
+        record_jaco(out, JacoConfig(**kw, **common))
+
+
+def load(root: Path) -> list[dict[str, Any]]:
+    """Every episode's signals, task and ground truth (no video is decoded)."""
+    source = FolderSource(root)
+    refs, _ = source.list_episodes()
+    out = []
+    for ref in refs:
+        rec = source.read(ref)
+        meta = json.loads((root / ref.episode_key / "meta.json").read_text())
+        out.append(
+            {
+                "key": ref.episode_key,
+                "task": meta.get("task", "-"),
+                "signals": record_signals(rec),
+                "frames": len(rec.actions_TA),
+                "truth": [t for t, _ in rec.gt_events or []],
+            }
+        )
+    return out
+
+
+def score(episodes: list[dict[str, Any]], cfg: SegmentConfig) -> dict[str, BoundaryScore]:
+    """F1 inputs per task and overall with ``cfg`` (resolved or not)."""
+    per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
+    for ep in episodes:
+        cut = segment(ep["signals"], cfg, traces=False).starts
+        per[ep["task"]] += match_boundaries(cut, ep["truth"], ep["frames"], 3)
+    per["overall"] = sum((v for k, v in per.items() if k != "overall"), EMPTY)
+    return per
+
+
+def product_config(episodes: list[dict[str, Any]]) -> tuple[SegmentConfig, dict[str, Any]]:
+    """The config ``wallwm run`` resolves for this recording (choice on a spread sample)."""
+    keys = spread_sample([e["key"] for e in episodes])
+    sample = [e["signals"] for e in episodes if e["key"] in set(keys)]
+    cfg, choice = resolve(SegmentConfig(), sample)
+    return cfg, choice.as_dict()
+
+
+def fixed_best(episodes: list[dict[str, Any]]) -> tuple[int, BoundaryScore]:
+    """The chunk length with the best F1@3 and its score."""
+    best: tuple[int, BoundaryScore] | None = None
+    for h in CHUNKS:
+        s = sum(
+            (match_boundaries(range(0, e["frames"], h), e["truth"], e["frames"], 3)
+             for e in episodes),
+            EMPTY,
+        )  # fmt: skip
+        if best is None or s.f1 > best[1].f1:
+            best = (h, s)
+    assert best is not None
+    return best
+
+
+def leave_one_robot_out(data: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per held-out robot: the ratio picked on the other two and the held-out F1 at it."""
+    f1: dict[float, dict[tuple[str, str], float]] = {}
+    for ratio in RATIOS:
+        selection_module.SWITCH_RATIO = ratio
+        f1[ratio] = {k: score(eps, product_config(eps)[0])["overall"].f1 for k, eps in data.items()}
+    selection_module.SWITCH_RATIO = 0.75
+    robots = sorted({r for r, _ in data})
+    out: dict[str, Any] = {}
+    for held in robots:
+        train = [k for k in data if k[0] != held]
+        best = max(RATIOS, key=lambda r: (statistics.mean(f1[r][k] for k in train), -abs(r - 0.75)))
+        out[held] = {
+            "ratio": best,
+            "held_out_f1": {v: f1[best][k] for k in data if k[0] == held for v in [k[1]]},
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="bench-data/robots")
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    root = Path(args.root)
+    data = {}
+    for robot in ("metaworld", "aloha", "jaco"):
+        for variant in VARIANTS:
+            if robot == "metaworld" and variant == "hesitations":
+                continue  # the MetaWorld recorder has no hesitations (noted in BENCHMARKS.md)
+            out = root / f"{robot}-{variant.replace(' ', '')}"
+            if not (out / ".complete").exists():
+                t = time.perf_counter()
+                record(robot, variant, out, args)
+                (out / ".complete").write_text(f"{time.perf_counter() - t:.0f} s\n")
+            data[(robot, variant)] = load(out)
+    rows: list[dict[str, Any]] = []
+    print("| robot | recording | episodes | chosen model | wallwm (chosen) | P / R | "
+          "line in time | state feedback | best fixed | vs fixed |")  # fmt: skip
+    print("|---|---|---:|---|---:|---|---:|---:|---:|---:|")
+    for (robot, variant), eps in data.items():
+        cfg, choice = product_config(eps)
+        ours = score(eps, cfg)
+        time_f1 = score(eps, SegmentConfig(action_model="time"))["overall"].f1
+        sf_f1 = score(eps, SegmentConfig(action_model="state_feedback"))["overall"].f1
+        h, fixed = fixed_best(eps)
+        o = ours["overall"]
+        rows.append({"robot": robot, "variant": variant, "choice": choice,
+                     "f1": o.f1, "precision": o.precision, "recall": o.recall,
+                     "per_task": {k: v.f1 for k, v in ours.items()},
+                     "time_f1": time_f1, "state_feedback_f1": sf_f1,
+                     "fixed": {"chunk": h, "f1": fixed.f1}})  # fmt: skip
+        print(f"| {robot} | {variant} | {len(eps)} | {cfg.action_model} | **{o.f1:.3f}** | "
+              f"{o.precision:.2f} / {o.recall:.2f} | {time_f1:.3f} | {sf_f1:.3f} | "
+              f"{fixed.f1:.3f} (H={h}) | {o.f1 - fixed.f1:+.3f} |", flush=True)  # fmt: skip
+    print("\nper task (chosen model):")
+    for r in rows:
+        tasks = ", ".join(f"{k} {v:.2f}" for k, v in r["per_task"].items() if k != "overall")
+        print(f"- {r['robot']} / {r['variant']}: {tasks}")
+    loro = leave_one_robot_out(data)
+    print("\nleave-one-robot-out (SWITCH_RATIO picked on the other two robots):")
+    for robot, v in loro.items():
+        held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
+        print(f"- {robot}: ratio {v['ratio']} -> {held}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "loro": loro}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The within-event model, chosen per dataset from the data itself (``action_model="auto"``).
+
+Which model explains a robot's commands between two decisions depends on its controller, not
+on anything a user should have to know:
+
+- a closed-loop controller steering to a sub-goal commands ``gain * (goal - state)``: its
+  commands are affine in the state it steers (``state_feedback``; MetaWorld's scripted
+  experts, a joint-velocity arm's resolved-rate controller);
+- an open-loop waypoint expert, or a teleoperator's interpolated targets, commands positions
+  that move linearly in time between keyframes, in another space than the recorded joints
+  (``time``; ALOHA's end-effector experts).
+
+The choice is a model comparison on a sample of the dataset's episodes: each candidate cuts
+every sampled episode optimally under the same BIC-penalised cost, at one common noise scale
+per action dim -- the smaller of the candidates' local misfits (the residual each leaves on
+short windows, :func:`~wallwm.pipeline.segmentation.channels.local_fit_sigma`) -- so the totals
+compare; the model with the lower total explains the data with fewer, better-fitting events.
+State feedback is the default the line in time must beat decisively (:data:`SWITCH_RATIO`).
+Without states only the line in time is possible. The noise model follows the choice unless
+stated: the line in time measures noise as its own local misfit (a waypoint ramp's slope is no
+noise), state feedback as the spread of first differences floored at ``resolution`` (its
+measured best on MetaWorld, kept).
+
+Stages choose once per dataset and keep the choice (it is recorded with the segment run), so
+episodes ingested later are cut with the same model; ``wallwm segment --reselect`` chooses
+again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wallwm.pipeline.segmentation.changepoints import LinearCost, pelt_between
+from wallwm.pipeline.segmentation.channels import (
+    LOCAL_FIT_S,
+    feedback_regressors,
+    gripper_flips,
+    local_fit_sigma,
+)
+from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+
+CANDIDATES = ("state_feedback", "time")
+#: The line in time replaces the default state-feedback model only where it explains the
+#: sample at most this share of the state-feedback cost. Both costs are measured at a noise
+#: scale estimated from the data; where that estimate is off (noise that drifts over many
+#: frames, a hand's tremor) both models chase the noise and their costs come out within a few
+#: per cent of each other, while a real open-loop recording separates them by 2x or more
+#: (ALOHA: 0.14-0.56; MetaWorld and Jaco closed loops: 1.05-2.6, i.e. state feedback wins).
+SWITCH_RATIO = 0.75
+#: Episodes a dataset's choice is made on (spread over the dataset by a hash of their ids).
+SAMPLE_EPISODES = 24
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The chosen within-event model and the evidence for it."""
+
+    action_model: str
+    #: Total penalised cost of each candidate over the sampled episodes (lower explains better).
+    costs: dict[str, float] = field(default_factory=dict)
+    episodes: int = 0
+    #: Where the choice came from: "data", "stated" (the user named the model), "recorded".
+    basis: str = "data"
+
+    def apply(self, cfg: SegmentConfig) -> SegmentConfig:
+        """``cfg`` with every ``auto`` replaced by this choice."""
+        noise = cfg.noise_model
+        if noise == "auto":
+            noise = "local_fit" if self.action_model == "time" else "differences"
+        return cfg.model_copy(update={"action_model": self.action_model, "noise_model": noise})
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (what the segment run's lineage records)."""
+        return {
+            "action_model": self.action_model,
+            "costs": {k: round(v, 3) for k, v in self.costs.items()},
+            "episodes": self.episodes,
+            "basis": self.basis,
+        }
+
+
+def _regressors(s: Signals, dims: list[int]) -> dict[str, FloatArray | None]:
+    """Each candidate's regressors for the motion dims (None: a line in time)."""
+    out: dict[str, FloatArray | None] = {"time": None}
+    paired = feedback_regressors(s, dims)
+    if paired is not None and paired[1].any():
+        out["state_feedback"] = paired[0]
+    return out
+
+
+def episode_costs(s: Signals, cfg: SegmentConfig) -> dict[str, float]:
+    """Each candidate's optimal penalised cost of one episode at the common noise scale.
+
+    Empty when the episode has no moving non-gripper action dim (nothing to compare on).
+    """
+    from wallwm.pipeline.segmentation.segment import event_penalty
+
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    grip = set(s.gripper_action_dims)
+    dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
+    t_len = len(actions)
+    if not dims or t_len < 8:
+        return {}
+    x = actions[:, dims]
+    window = max(5, round(LOCAL_FIT_S * s.fps))
+    candidates = _regressors(s, dims)
+    sigma = np.min([local_fit_sigma(x, z, window) for z in candidates.values()], axis=0)
+    y = x / sigma
+    penalty = event_penalty(cfg, y.shape[1], t_len)
+    min_len = max(1, round(cfg.min_event_s * s.fps))
+    edges = [0, *gripper_flips(s, min_len), t_len]
+    out = {}
+    for name, z in candidates.items():
+        cost = LinearCost(y, z)
+        ends = np.array([0, *pelt_between(cost, edges, penalty, min_len), t_len], dtype=np.int64)
+        out[name] = float(cost(ends[:-1], ends[1:]).sum() + penalty * (len(ends) - 1))
+    return out
+
+
+def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
+    """The within-event model for these episodes (see the module docstring)."""
+    if cfg.action_model != "auto":
+        return ModelChoice(cfg.action_model, basis="stated")
+    totals = dict.fromkeys(CANDIDATES, 0.0)
+    usable = dict.fromkeys(CANDIDATES, True)
+    episodes = 0
+    for s in signals:
+        costs = episode_costs(s, cfg)
+        if not costs:
+            continue
+        episodes += 1
+        for name in CANDIDATES:
+            if name in costs:
+                totals[name] += costs[name]
+            else:  # a candidate that cannot model one episode cannot model the dataset
+                usable[name] = False
+    costs = {n: totals[n] for n in CANDIDATES if usable[n]}
+    if not episodes or not costs:  # nothing moves: the default model, nothing to compare
+        return ModelChoice("state_feedback", episodes=episodes)
+    if "state_feedback" not in costs:  # no paired states: only the line in time is possible
+        return ModelChoice("time", costs, episodes)
+    time_wins = "time" in costs and costs["time"] <= SWITCH_RATIO * costs["state_feedback"]
+    return ModelChoice("time" if time_wins else "state_feedback", costs, episodes)
+
+
+def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
+    """``cfg`` with its model choices made on ``signals`` (as is when nothing is ``auto``)."""
+    if cfg.resolved():
+        return cfg, ModelChoice(cfg.action_model, basis="stated")
+    choice = choose_model(signals, cfg)
+    return choice.apply(cfg), choice

@@ -1,0 +1,91 @@
+"""The other two robots of the segmentation suite: bimanual ALOHA and a Kinova Jaco arm.
+
+Each recorder writes real simulated episodes in the folder format with the expert's decisions
+as ground truth; ``wallwm run`` chooses the within-event model per dataset from the data.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+from wallwm.pipeline.sim.aloha import ACTION_NAMES, STATE_NAMES, AlohaConfig, record_aloha
+from wallwm.pipeline.sim.jaco import JacoConfig, record_jaco
+from wallwm.pipeline.sim.waypoints import Keyframe, Plan, add_hesitations, commands, decisions
+
+
+def test_waypoint_plans_know_their_decisions():
+    keys = [
+        Keyframe(0, (0, 0, 0), (1, 0, 0, 0), 0.0, "start"),
+        Keyframe(20, (1, 0, 0), (1, 0, 0, 0), 0.0, "move"),
+        Keyframe(40, (2, 0, 0), (1, 0, 0, 0), 0.0, "same line, same speed: no decision"),
+        Keyframe(50, (2, 0, 0), (1, 0, 0, 0), 1.0, "open"),
+        Keyframe(80, (2, 1, 0), (1, 0, 0, 0), 1.0, "move on"),
+    ]
+    other = [Keyframe(0, (5, 5, 5), (1, 0, 0, 0), 0.0, "start"),
+             Keyframe(52, (5, 5, 5), (1, 0, 0, 0), 0.0, "wait"),
+             Keyframe(70, (5, 6, 5), (1, 0, 0, 0), 0.0, "move")]  # fmt: skip
+    plan = Plan([keys, other])
+    cmd = commands(plan)
+    assert cmd.shape == (81, 16)
+    # 52 is 2 frames after 50 (another arm): one moment; 80 is the last frame, no decision
+    assert [t for t, _ in decisions(plan, cmd)] == [40, 50, 70]
+    held = add_hesitations(plan, np.random.default_rng(0), rate=1.0)
+    assert held.holds and commands(held).shape[0] == 81 + sum(n for _, n in held.holds)
+    shifted = [t for t, _ in decisions(held, commands(held))]
+    assert len(shifted) == 3 and shifted[0] >= 40  # the same decisions, later by the holds
+
+
+def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
+    cfg = AlohaConfig(tasks=("transfer-cube",), episodes=1, size=32, action_noise=0.3)
+    (result,) = record_aloha(tmp_path, cfg)
+    ep = tmp_path / result["key"]
+    meta = json.loads((ep / "meta.json").read_text())
+    steps = pq.read_table(ep / "steps.parquet")
+    actions = np.array(steps.column("action").to_pylist())
+    states = np.array(steps.column("state").to_pylist())
+    assert actions.shape == (result["frames"], 16) and states.shape == (result["frames"], 14)
+    assert meta["action_names"] == ACTION_NAMES and meta["state_names"] == STATE_NAMES
+    starts = [e["start_frame"] for e in meta["events"]]
+    assert starts[0] == 0 and starts == sorted(starts) and len(starts) >= 8
+    assert min(np.diff(starts)) >= 5  # decisions of the two arms are moments apart, or one
+    assert "open the right gripper" in [e["name"] for e in meta["events"]]
+    assert (ep / "top.mp4").exists() and meta["simulator"] == "aloha"
+    # the grippers follow their commands (0 closed .. 1 open): the joints are measured
+    assert states[:, 13].max() > 0.8 and states[:, 13].min() < 0.3
+
+
+@pytest.mark.slow
+def test_jaco_records_joint_velocity_episodes(tmp_path):
+    cfg = JacoConfig(tasks=("lift",), episodes=1, size=32, hesitations=1.0)
+    (result,) = record_jaco(tmp_path, cfg)
+    ep = tmp_path / result["key"]
+    meta = json.loads((ep / "meta.json").read_text())
+    actions = np.array(pq.read_table(ep / "steps.parquet").column("action").to_pylist())
+    assert actions.shape[1] == 9 and meta["robot"] == "jaco"
+    names = [e["name"] for e in meta["events"]]
+    assert names[:3] == ["move above the brick", "lower the hand around the brick",
+                         "close the fingers on the brick"]  # fmt: skip
+    assert meta["hesitations"]  # the operator paused inside motions: no events of their own
+    assert np.abs(actions[:, :6]).max() <= 0.84  # the joints' velocity limits
+
+
+def test_run_on_aloha_chooses_the_line_in_time(tmp_path):
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    record_aloha(src, AlohaConfig(episodes=1, size=32, seed=3))  # both tasks
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(src), "--dataset", str(ds), "--local", "--no-cluster"])
+    assert result.exit_code == 0, result.output
+    evaluated = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
+    scores = json.loads(evaluated.output)
+    assert scores["per_robot"]["aloha"]["f1"] >= 0.95 and len(scores["per_task"]) == 2
+    plot = runner.invoke(app, ["events", "list", "--dataset", str(ds), "--json"])
+    episode = json.loads(plot.output)[0]["episode_id"]
+    out = tmp_path / "ep.png"
+    shown = runner.invoke(app, ["episode", "plot", episode, "-d", str(ds), "--out", str(out)])
+    assert shown.exit_code == 0 and out.read_bytes()[:4] == b"\x89PNG"
