@@ -9,6 +9,8 @@ knots over the noise std) every knot within one frame.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ def knots(rng: np.random.Generator, t_len: int, count: int, gap: int = 15) -> li
     """``count`` knots at least ``gap`` frames apart and from the ends."""
     while True:
         k = sorted(rng.choice(np.arange(gap, t_len - gap), size=count, replace=False).tolist())
-        if all(b - a >= gap for a, b in zip(k, k[1:], strict=False)):
+        if all(b - a >= gap for a, b in itertools.pairwise(k)):
             return k
 
 
@@ -62,7 +64,7 @@ def grippers(rng: np.random.Generator, t_len: int, k: list[int]) -> np.ndarray:
     for g in range(2):
         state = 0.0
         edges = [0, *k, t_len]
-        for a, b in zip(edges, edges[1:], strict=False):
+        for a, b in itertools.pairwise(edges):
             if a and rng.random() < 0.3:
                 state = 1.0 - state
             out[a:b, g] = state

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
