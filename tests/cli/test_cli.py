@@ -111,3 +111,24 @@ def test_eval_policy_refuses_a_noise_scale_it_cannot_apply():
         "eval", "policy", "--task", "reach", "--server", "http://127.0.0.1:9", "--noise-scale", "0"
     )
     assert bad.exit_code == 2 and "--noise-scale" in bad.output
+
+
+def test_commands_that_read_a_dataset_refuse_one_that_is_not_there(tmp_path):
+    """One line naming --dataset, exit 2, and the folder is not created."""
+    missing = tmp_path / "no" / "such"
+    commands = [
+        ["status"], ["failures"], ["segment"], ["caption"], ["embed"], ["cluster"],
+        ["clusters", "list"], ["report"], ["materialize"], ["train", "--local"],
+        ["events", "list"], ["eval", "segmentation"], ["episode", "plot", "x"],
+    ]  # fmt: skip
+    runner = CliRunner()
+    for args in commands:
+        result = runner.invoke(app, [*args, "--dataset", str(missing)])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"--dataset {missing}: no such folder" in " ".join(result.output.split()), args
+        assert "Traceback" not in result.output
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["status", "--dataset", str(empty)])
+    assert result.exit_code == 2 and "not a wallwm dataset" in result.output

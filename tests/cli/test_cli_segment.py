@@ -76,6 +76,7 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
 
 
 def test_segment_rejects_bad_options(tmp_path):
+    (tmp_path / "episodes.lance").mkdir()  # a dataset folder, so the options are what is judged
     bad = invoke("segment", "--dataset", tmp_path, "--method", "shots")
     assert bad.exit_code == 2 and "method" in bad.output
     bad = invoke("segment", "--dataset", tmp_path, "--action-model", "joints")

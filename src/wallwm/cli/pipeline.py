@@ -10,6 +10,7 @@ from wallwm.cli.common import (
     DatasetOpt,
     GripperOpenOpt,
     JsonOpt,
+    NewDatasetOpt,
     RayAddressOpt,
     console,
     err_console,
@@ -24,7 +25,7 @@ def ingest(
     source: Annotated[
         str, typer.Argument(help="LeRobot dataset dir, folder source, or HDF5 file/dir.")
     ],
-    dataset: DatasetOpt,
+    dataset: NewDatasetOpt,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
     ] = "auto",

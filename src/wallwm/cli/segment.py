@@ -14,6 +14,7 @@ from wallwm.cli.common import (
     DatasetOpt,
     GripperOpenOpt,
     JsonOpt,
+    NewDatasetOpt,
     RayAddressOpt,
     console,
     err_console,
@@ -211,7 +212,7 @@ def segment_cmd(
 
 def run_cmd(
     source: Annotated[str, typer.Argument(help="Source to ingest (any supported format).")],
-    dataset: DatasetOpt,
+    dataset: NewDatasetOpt,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
     ] = "auto",
@@ -254,16 +255,22 @@ def run_cmd(
         noise_model,
         merge_disturbances,
     )
-    cfg = IngestConfig(
-        source=source,
-        dataset=dataset,
-        format=fmt,  # type: ignore[arg-type]
-        instruction=instruction,
-        gripper_open=gripper_open,  # type: ignore[arg-type]
-        executor="local" if local else "ray",
-        ray_address=ray_address,
-        segment=seg,
-    )
+    from pydantic import ValidationError
+
+    try:
+        cfg = IngestConfig(
+            source=source,
+            dataset=dataset,
+            format=fmt,  # type: ignore[arg-type]
+            instruction=instruction,
+            gripper_open=gripper_open,  # type: ignore[arg-type]
+            executor="local" if local else "ray",
+            ray_address=ray_address,
+            segment=seg,
+        )
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     from wallwm.cli.caption import backend_config, caption_with_progress
 
     backend = backend_config(caption_backend, base_url, model, 64, 128)

@@ -11,6 +11,7 @@ from wallwm.cli.common import (
     RayAddressOpt,
     console,
     err_console,
+    existing_dataset,
     validation_message,
 )
 
@@ -106,6 +107,7 @@ def train_cmd(
         return
     if dataset is None:
         raise typer.BadParameter("--dataset is required")
+    existing_dataset(dataset)
     from pydantic import ValidationError
 
     from wallwm.trainer.train import TrainConfig, train
@@ -141,7 +143,8 @@ def train_cmd(
             compile=compile_model,
         )
     except ValidationError as exc:
-        raise typer.BadParameter(validation_message(exc)) from exc
+        err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     try:
         if local:
             if num_workers != 1 or ray_address:

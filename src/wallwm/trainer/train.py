@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wallwm.trainer.data import (
     ClusterBalancedSampler,
@@ -112,6 +112,13 @@ class TrainConfig(BaseModel):
     )
     precision: Precision = Field("auto", description="auto: bf16 autocast on GPUs, else fp32.")
     compile: bool = Field(False, description="torch.compile every transformer block.")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        """A preset that exists (checked before any worker starts: did-you-mean on a typo)."""
+        preset(name)
+        return name
 
 
 def _check_same_data(
