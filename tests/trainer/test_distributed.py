@@ -121,7 +121,7 @@ def test_two_ray_train_workers_train_the_one_process_run(dataset, tmp_path):
     assert len(reported) == 1
     assert [p.name for p in reported[0].iterdir()] == [CHECKPOINT]
     assert (reported[0] / CHECKPOINT).stat().st_size == (two / CHECKPOINT).stat().st_size
-    state = torch.load(two / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = torch.load(two / CHECKPOINT, map_location="cpu", weights_only=True)
     assert state["step"] == 10 and state["trained_on"]["workers"] == 2
     assert all(t.device.type == "cpu" for t in state["model"].values())
     # the two-worker checkpoint resumes in one process on the same sample stream
@@ -146,7 +146,7 @@ def test_cli_reaches_every_training_option_and_refuses_what_cannot_run(dataset, 
         ],
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
-    saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["config"]
+    saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)["config"]
     assert (saved["h_max"], saved["chunk_len"], saved["precision"]) == (6, 3, "bf16")
     assert (saved["grad_clip"], saved["ema_decay"], saved["caption_dropout"]) == (0.5, 0.99, 0.3)
     defaults = TrainConfig(dataset="d")

@@ -63,7 +63,7 @@ def test_gpu_checkpoints_serve_on_the_cpu_and_back(tmp_path, synth_dataset):
     common = {"dataset": str(ds), "size": 32, "preset": "debug", "steps": 4, "batch_size": 8}
     train(TrainConfig(**common, device="cuda", out=str(tmp_path / "gpu")))
     train(TrainConfig(**common, device="cpu", out=str(tmp_path / "cpu")))
-    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=True)
     assert state["trained_on"]["device"].startswith("cuda")
     assert all(t.device.type == "cpu" for t in state["model"].values())  # saved for any machine
     request = InferRequest(
@@ -89,6 +89,6 @@ def test_cli_trains_on_the_gpu(tmp_path, synth_dataset):
     args = ["train", "-d", str(ds), "--size", "32", "--preset", "debug", "--steps", "3"]
     result = CliRunner().invoke(app, [*args, "--local", "--device", "cuda", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["trained_on"]["device"].startswith("cuda")
     assert state["trained_on"]["precision"] == "auto"

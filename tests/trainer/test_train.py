@@ -97,7 +97,7 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path, stop_after):
         TrainConfig(**common, steps=12, checkpoint_every=6, out=str(tmp_path / "b"), resume=True)
     )
     assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[stop_after:]]  # bit-exact
-    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 12 and state["dataset"]["versions"]["events"] >= 1
     assert set(state) >= {"model", "optimizer", "ema", "sampler", "rng", "config", "stats"}
     assert Run(TrainConfig(**common, steps=12, out=str(tmp_path / "b"), resume=True)).step == 12

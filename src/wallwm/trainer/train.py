@@ -142,12 +142,46 @@ def _check_same_data(
         )
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 def load_resume_state(checkpoint: Path) -> dict[str, Any]:
-    """A run's checkpoint for ``--resume`` (on the CPU), with a clear error when unreadable."""
+    """A run's checkpoint for ``--resume`` (on the CPU), with a clear error when unreadable.
+
+    Loaded with ``weights_only=True``: a checkpoint file can hold tensors and plain data, never
+    code that unpickling would run.
+    """
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and OS errors alike
-        raise ValueError(f"{checkpoint}: cannot load the checkpoint to resume ({exc})") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{checkpoint}: cannot load the checkpoint to resume ({first}); checkpoints written "
+            "before plain-data checkpoints cannot be resumed: train into a new --out"
+        ) from exc
     if not isinstance(state, dict) or "step" not in state or "dataset" not in state:
         raise ValueError(f"{checkpoint}: not a wallwm training checkpoint")
     return state
@@ -264,11 +298,7 @@ class Run:
             "train_seconds": self.train_seconds,
             **self.trainer.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),
             "config": self.cfg.model_dump(),
             "model_config": asdict(self.model_cfg),
             "mode": self.cfg.mode,
@@ -308,9 +338,7 @@ class Run:
                 f"({str(exc).splitlines()[0][:200]}); train into a new --out"
             ) from exc
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
 
     def save(self) -> Path:
         """Write the checkpoint atomically (temp file, then rename), tensors on the CPU."""

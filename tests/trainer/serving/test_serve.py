@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -221,7 +222,7 @@ def test_round_trip_matches_the_engine(server, checkpoints):
                 assert len(served.actions_HA) == served.event_steps <= 8 and served.event
                 assert served.end_of_event == (served.event_steps < 8)
                 # the timeout comes from how long the training events ran (floor: 4 x h_max)
-                state = torch.load(checkpoints["event"], weights_only=False)
+                state = torch.load(checkpoints["event"], weights_only=True)
                 timeouts = EventTimeouts(state["event_durations"], horizon=8)
                 assert state["event_durations"]["all"][0] > 0
                 expected = timeouts.steps(obs.instruction, served.event)
@@ -511,3 +512,132 @@ def test_ray_serve_ctrl_c_during_start_up_leaves_nothing_deployed(checkpoints):
     url = run_ray_serve(cfg, block=True, on_ready=interrupt)  # returns, like a Ctrl-C later
     with pytest.raises(OSError):
         PolicyClient(url, timeout_s=2).health()
+
+
+# ---------------------------------------------------------------------- hardening
+
+
+def _json_message() -> dict[str, Any]:
+    obs = _observation()
+    return InferRequest(obs.image, obs.state_S, obs.instruction).to_wire(False)
+
+
+def _app(checkpoints, **options) -> Any:
+    from wallwm.trainer.serving.server import build_app
+
+    return build_app(ServeConfig(checkpoints=[str(checkpoints["event"])], token="t", **options))
+
+
+def _call(app, body: bytes, headers: dict[str, str] | None = None, path="/infer", method="POST"):
+    import asyncio
+
+    headers = {"authorization": "Bearer t", "content-type": "application/json", **(headers or {})}
+    return asyncio.run(app.handle(method, path, headers, body))
+
+
+def test_hostile_bodies_are_400s_and_500s_say_nothing(checkpoints, caplog):
+    app = _app(checkpoints)
+    deep = b"[" * 100_000 + b"]" * 100_000  # Python's JSON parser recurses: RecursionError
+    nested_map = b'{"image": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    many_dims = {**_json_message(), "image": {"dtype": "uint8", "shape": [1] * 65, "data": "AA=="}}
+    for body in (deep, nested_map, json.dumps(many_dims).encode()):
+        reply = _call(app, body)
+        assert reply.status in (400, 422), (reply.status, reply.body[:200])
+    # an unexpected failure inside the server answers 500 without the exception's text
+    app.batcher.fn = lambda items: (_ for _ in ()).throw(RuntimeError("secret path /etc/x"))
+    reply = _call(app, json.dumps(_json_message()).encode())
+    assert reply.status == 500 and b"secret" not in reply.body and b"RuntimeError" not in reply.body
+
+
+def test_auth_and_routes_are_judged_before_the_body_is_read(checkpoints):
+    app = _app(checkpoints)
+    assert app.precheck("POST", "/infer", {}).status == 401  # no token: no body read at all
+    assert app.precheck("POST", "/infer", {"authorization": "Bearer nope"}).status == 401
+    assert app.precheck("GET", "/nowhere", {}).status == 404
+    assert app.precheck("GET", "/infer", {"authorization": "Bearer t"}).status == 405
+    assert app.precheck("POST", "/infer", {"authorization": "Bearer t"}) is None
+    assert app.precheck("GET", "/health", {}) is None  # liveness stays open
+
+
+def test_a_full_queue_answers_503_with_retry_after(checkpoints):
+    import asyncio
+    import threading
+
+    app = _app(checkpoints, max_queue=1, max_batch_size=1)
+    release = threading.Event()
+    real = app.batcher.fn
+    app.batcher.fn = lambda items: (release.wait(10), real(items))[1]
+    body = json.dumps(_json_message()).encode()
+    headers = {"authorization": "Bearer t", "content-type": "application/json"}
+
+    async def burst() -> list[Any]:
+        first = asyncio.create_task(app.handle("POST", "/infer", headers, body))
+        await asyncio.sleep(0.3)  # the model takes it and blocks
+        rest = [asyncio.create_task(app.handle("POST", "/infer", headers, body)) for _ in range(3)]
+        await asyncio.sleep(0.3)  # one waits in the queue, the others find it full
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    replies = asyncio.run(burst())
+    assert [r.status for r in replies] == [200, 200, 503, 503]
+    busy = next(r for r in replies if r.status == 503)
+    assert dict(busy.headers)["retry-after"] == "1" and b"busy" in busy.body
+
+
+def test_checkpoints_cannot_run_code(tmp_path):
+    from wallwm.trainer.serving.engine import load_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"mode": "event", "model_config": {}, "ema": Payload()}, evil)
+    with pytest.raises(ValueError, match=r"evil\.pt: cannot load a checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_fuzzed_infer_requests_never_get_a_500(checkpoints):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    app = _app(checkpoints)
+    good = _json_message()
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=12,
+    )
+    fields = st.sampled_from([*good, "extra"])
+    messages = st.dictionaries(fields, values, max_size=6).map(lambda m: {**good, **m})
+    bodies = st.one_of(
+        messages.map(lambda m: json.dumps(m, default=str).encode()),
+        messages.map(lambda m: msgpack.packb(m, default=str)),
+        st.binary(max_size=200),
+    )
+    headers = st.fixed_dictionaries(
+        {
+            "content-type": st.sampled_from(
+                ["application/json", "application/msgpack", "text/plain", "", "application/json; x"]
+            ),
+            "authorization": st.sampled_from(["Bearer t", "Bearer t", "bearer t", "", "Bearer"]),
+        }
+    )
+
+    # 300 per CI run; WALLWM_FUZZ_EXAMPLES=10000 for the full measurement
+    examples = int(os.environ.get("WALLWM_FUZZ_EXAMPLES", "300"))
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, head=headers)
+    def check(body: bytes, head: dict[str, str]) -> None:
+        reply = _call(app, body, head)
+        assert reply.status != 500, reply.body[:300]
+
+    check()
+    assert _call(app, json.dumps(good).encode()).status == 200  # and it still answers

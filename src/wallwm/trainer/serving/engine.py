@@ -42,15 +42,25 @@ INFERENCE_KEYS = (
 
 
 def load_checkpoint(source: str | Path | bytes) -> dict[str, Any]:
-    """A checkpoint from a path or its bytes, with a clear error when it is not one."""
+    """A checkpoint from a path or its bytes, with a clear error when it is not one.
+
+    Loaded with ``weights_only=True``: tensors and plain data only, so a checkpoint file cannot
+    run code in the process that serves or evaluates it. Checkpoints from before the RNG state
+    was stored as plain data load too when only their inference part is read (the slim form
+    Ray Serve replicas receive) -- a full older checkpoint is refused in one line.
+    """
+    name = "checkpoint bytes" if isinstance(source, bytes) else str(source)
     try:
-        if isinstance(source, bytes):
-            state = torch.load(io.BytesIO(source), map_location="cpu", weights_only=False)
-        else:
-            state = torch.load(source, map_location="cpu", weights_only=False)
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises pickle, zip and OS errors alike
-        name = "checkpoint bytes" if isinstance(source, bytes) else str(source)
-        raise ValueError(f"{name}: cannot load a checkpoint ({exc})") from exc
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ValueError(
+            f"{name}: cannot load a checkpoint ({first or type(exc).__name__}); files from "
+            "wallwm before plain-data checkpoints must be re-saved by a newer wallwm"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{name}: not a wallwm checkpoint (a {type(state).__name__})")
     missing = [k for k in ("mode", "model_config", "ema") if k not in state]
     if missing:
         raise ValueError(f"{source!s:.200}: not a wallwm checkpoint (missing {missing})")

@@ -65,6 +65,12 @@ class ServeConfig(BaseModel):
         description="Longest wait for batch-mates the recent load says are coming (0: never).",
     )
     max_body_bytes: int = Field(4 << 20, ge=1024)
+    max_queue: int = Field(
+        256, ge=1, description="Requests waiting for the model at most; more answer 503."
+    )
+    max_connections: int = Field(
+        512, ge=1, description="Open connections at most (the HTTP server answers 503 beyond)."
+    )
     flow_steps: int = Field(10, ge=1)
     noise_scale: float = Field(
         1.0, ge=0, description="Temperature of the action flow's starting noise (0: deterministic)."
@@ -88,6 +94,7 @@ class Reply:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def inference_thread() -> ThreadPoolExecutor:
@@ -99,6 +106,14 @@ def inference_thread() -> ThreadPoolExecutor:
     run torch. So the engine is loaded on the same single thread that later serves it.
     """
     return ThreadPoolExecutor(1, thread_name_prefix="wallwm-infer")
+
+
+class QueueFullError(Exception):
+    """The batcher's queue is at its bound."""
+
+
+#: Seconds a client is told to wait (Retry-After) when the server is full.
+RETRY_AFTER_S = 1
 
 
 class MicroBatcher(Generic[T, R]):
@@ -117,13 +132,17 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         executor: ThreadPoolExecutor | None = None,
+        max_queue: int = 256,
     ) -> None:
         """``fn`` maps a list of items to a list of results, in order; it runs on ``executor``.
 
         ``executor`` must have one thread; give the one the model was built on (see
-        :func:`inference_thread`).
+        :func:`inference_thread`). At most ``max_queue`` items wait; more raise
+        :class:`QueueFullError` at once (the server answers 503: back-pressure, not a growing
+        queue).
         """
         self.fn, self.max_batch_size, self.max_wait_s = fn, max_batch_size, max_wait_ms / 1000
+        self.max_queue = max_queue
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor = executor or inference_thread()
@@ -137,8 +156,10 @@ class MicroBatcher(Generic[T, R]):
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._run())
         assert self._queue is not None
+        if self._queue.qsize() >= self.max_queue:
+            raise QueueFullError(f"{self._queue.qsize()} requests are waiting for the model")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
 
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
@@ -195,7 +216,7 @@ class PolicyApp:
         """Serve ``infer`` (run on ``executor``) for models described by ``specs``."""
         self.specs, self.cfg = specs, cfg
         self.batcher: MicroBatcher[InferRequest, InferResult] = MicroBatcher(
-            infer, cfg.max_batch_size, cfg.max_wait_ms, executor
+            infer, cfg.max_batch_size, cfg.max_wait_ms, executor, cfg.max_queue
         )
         self.metadata = {
             **metadata,
@@ -254,11 +275,37 @@ class PolicyApp:
         except RequestError as exc:
             log.warning("%s %s -> %d %s: %s", method, path, exc.status, exc.code, exc.message)
             return self.refuse(exc, answer_type)
-        except Exception as exc:
+        except QueueFullError as exc:
+            log.warning("%s %s -> 503: %s", method, path, exc)
+            busy = self.refuse(RequestError(503, "busy", f"{exc}; retry later"), answer_type)
+            return Reply(503, busy.content_type, busy.body, (("retry-after", str(RETRY_AFTER_S)),))
+        except Exception:
             self.errors += 1
-            log.exception("%s %s failed", method, path)
-            error = RequestError(500, "internal", f"{type(exc).__name__}: {exc}")
+            log.exception("%s %s failed", method, path)  # the details stay in the server log
+            error = RequestError(500, "internal", "internal error (see the server log)")
             return Reply(500, answer_type, encode_body(error.to_dict(), answer_type))
+
+    def precheck(self, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        """The refusal of a request before its body is read (unknown route, method, token)."""
+        try:
+            self._check_route(method, path, headers)
+        except RequestError as exc:
+            self.requests += 1
+            log.warning("%s %s -> %d %s", method, path, exc.status, exc.code)
+            return self.refuse(exc)
+        return None
+
+    def _check_route(self, method: str, path: str, headers: dict[str, str]) -> str:
+        """The normalised path of an allowed request (404/405/401 otherwise)."""
+        path = path.rstrip("/") or "/"
+        routes = {"/health": "GET", "/metadata": "GET", "/infer": "POST"}
+        if path not in routes:
+            raise RequestError(404, "not_found", f"{path}: endpoints are {sorted(routes)}")
+        if method != routes[path]:
+            raise RequestError(405, "method_not_allowed", f"{path} takes {routes[path]}")
+        if path != "/health" and not self._authorised(headers):
+            raise RequestError(401, "unauthorised", "missing or wrong bearer token")
+        return path
 
     async def _route(
         self,
@@ -269,21 +316,21 @@ class PolicyApp:
         content_type: str,
         answer_type: str,
     ) -> Reply:
-        path = path.rstrip("/") or "/"
-        routes = {"/health": "GET", "/metadata": "GET", "/infer": "POST"}
-        if path not in routes:
-            raise RequestError(404, "not_found", f"{path}: endpoints are {sorted(routes)}")
-        if method != routes[path]:
-            raise RequestError(405, "method_not_allowed", f"{path} takes {routes[path]}")
+        path = self._check_route(method, path, headers)
         if path == "/health":
             return Reply(200, JSON, encode_body(self.health(), JSON))
-        if not self._authorised(headers):
-            raise RequestError(401, "unauthorised", "missing or wrong bearer token")
         if path == "/metadata":
             return Reply(200, JSON, encode_body(self.metadata, JSON))
         if len(body) > self.cfg.max_body_bytes:  # transports that read the body first
             raise RequestError(413, "too_large", f"body of {len(body)} bytes is over the limit")
-        request = parse_infer(decode_body(body, content_type), self.specs)
+        try:
+            request = parse_infer(decode_body(body, content_type), self.specs)
+        except RequestError:
+            raise
+        except Exception as exc:  # anything a hostile body provokes in parsing is its fault
+            raise RequestError(
+                400, "malformed_body", f"cannot read the request ({type(exc).__name__})"
+            ) from exc
         result = await self.batcher.submit(request)
         return Reply(
             200, answer_type, encode_body(result.to_wire(answer_type == MSGPACK), answer_type)
@@ -304,6 +351,7 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
                 "headers": [
                     (b"content-type", reply.content_type.encode()),
                     (b"content-length", str(len(reply.body)).encode()),
+                    *((k.encode(), v.encode()) for k, v in reply.headers),
                 ],
             }
         )
@@ -313,7 +361,10 @@ def asgi_app(app: PolicyApp) -> Callable[..., Awaitable[None]]:
         if scope["type"] != "http":  # uvicorn runs with lifespan="off": HTTP is all there is
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refused = app.check_length(headers.get("content-length", "0"))
+        # route, method and token are judged before a byte of the body is read
+        refused = app.precheck(scope["method"], scope["path"], headers)
+        if refused is None:
+            refused = app.check_length(headers.get("content-length", "0"))
         if refused is not None:  # declared too large: answer before reading the body
             await respond(send, refused)
             return
@@ -370,7 +421,14 @@ def _uvicorn(app: PolicyApp) -> Any:
     import uvicorn
 
     return uvicorn.Server(
-        uvicorn.Config(asgi_app(app), log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Config(
+            asgi_app(app),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # connections beyond the bound get 503 from uvicorn itself
+            limit_concurrency=app.cfg.max_connections,
+        )
     )
 
 
@@ -442,13 +500,18 @@ class PolicyDeployment:
         from starlette.responses import Response
 
         headers = {k.lower(): v for k, v in request.headers.items()}
-        refused = self.app.check_length(headers.get("content-length", "0"))
-        if refused is not None:
-            reply = refused
-        else:
+        reply = self.app.precheck(request.method, request.url.path, headers)
+        if reply is None:
+            reply = self.app.check_length(headers.get("content-length", "0"))
+        if reply is None:
             body = await request.body()
             reply = await self.app.handle(request.method, request.url.path, headers, body)
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            media_type=reply.content_type,
+            headers=dict(reply.headers),
+        )
 
 
 def run_ray_serve(
