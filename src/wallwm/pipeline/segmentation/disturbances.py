@@ -43,24 +43,51 @@ def _continued_cost(
 ) -> tuple[float, FloatArray]:
     """Cost of one line per column over both neighbours, and its prediction on the run between.
 
-    ``after``'s regressor is set back by ``delay`` in the ``shift_D`` columns.
+    ``after``'s regressor is set back by ``delay`` in the ``shift_D`` columns. The line and its
+    residual are those :class:`LinearCost` fits (a regressor that barely moves: the mean).
     """
     (a, b), (c, d) = before, after
     rows = np.r_[a:b, c:d]
     z = z_TD[rows].copy()
     z[b - a :, shift_D] -= delay
-    cost = LinearCost(y_TD[rows], z)
-    n = np.array([len(rows)])
-    total = float(cost(np.array([0]), n)[0])
-    # the fitted line per column, evaluated on the run between (clock set back from its start)
-    zz, yy = z, y_TD[rows]
-    zm, ym = zz.mean(axis=0), yy.mean(axis=0)
-    var = ((zz - zm) ** 2).sum(axis=0)
-    slope = np.where(var > 1e-12, ((zz - zm) * (yy - ym)).sum(axis=0) / np.maximum(var, 1e-12), 0)
+    y = y_TD[rows]
+    z_mean, y_mean = z.mean(axis=0), y.mean(axis=0)
+    zc, yc = z - z_mean, y - y_mean
+    zz = (zc * zc).sum(axis=0)
+    flat = zz <= 1e-9 * (z * z).sum(axis=0)  # the relative test of LinearCost
+    slope = np.where(flat, 0.0, (zc * yc).sum(axis=0) / np.where(flat, 1.0, zz))
+    total = float(((yc - slope * zc) ** 2).sum())
+    # the line evaluated on the run between (a pause: it holds where the motion stopped)
     z_run = z_TD[b:c].copy()
-    if delay:  # a pause: the continued line holds where the motion stopped
+    if delay:
         z_run[:, shift_D] = z_TD[b, shift_D]
-    return total, ym + slope * (z_run - zm)
+    return total, y_mean + slope * (z_run - z_mean)
+
+
+def _is_disturbance(
+    cost: LinearCost,
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    shift_D: npt.NDArray[np.bool_],
+    before: tuple[int, int],
+    after: tuple[int, int],
+    per_param: float,
+) -> bool:
+    """Whether the run between ``before`` and ``after`` is one (see the module docstring)."""
+    run = after[0] - before[1]
+    if min(before[1] - before[0], after[1] - after[0]) < max(4, run / 2):
+        return False  # too little of the motion on one side to tell it continues
+    separate = float(cost(np.array([before[0], after[0]]), np.array([before[1], after[1]])).sum())
+    travel = np.linalg.norm(y_TD[after[1] - 1] - y_TD[before[0]])
+    allowed = per_param * 2 * y_TD.shape[1]
+    # a swerve keeps the clock; a pause sets it back by about the run's length (the cuts
+    # around it can sit a frame or two off the pause itself)
+    for delay in (0, *range(max(1, run - 3), run + 4)):
+        joined, line = _continued_cost(y_TD, z_TD, shift_D, before, after, delay)
+        off = np.linalg.norm(y_TD[before[1] : after[0]] - line, axis=1).max()
+        if joined - separate <= allowed and off <= MAX_EXCURSION * travel:
+            return True
+    return False
 
 
 def merge_disturbances(
@@ -76,41 +103,25 @@ def merge_disturbances(
     """``starts`` without the boundaries of disturbances (see the module docstring).
 
     ``keep`` (gripper switches) always stay. The regressor columns that are states are never
-    set back: a robot that pauses holds its state too, and resumes from it.
+    set back: a robot that pauses holds its state too, and resumes from it. The first
+    disturbance found (earliest start, then shortest run) goes, and the search starts again.
     """
-    t_len, dims = y_TD.shape
+    t_len = len(y_TD)
     longest = max(2, round(MAX_DISTURBANCE_S * fps))
-    shift = ~on_state_D
-    points = sorted(starts)
-    changed = True
-    while changed:
-        changed = False
-        edges = [*points, t_len]
+
+    def first_disturbance(edges: list[int]) -> tuple[int, int] | None:
         for i in range(1, len(edges) - 2):
             for j in range(i + 1, len(edges) - 1):  # the run is edges[i]..edges[j]
-                run = edges[j] - edges[i]
-                if run > longest:
+                if edges[j] - edges[i] > longest:
                     break
-                before, after = (edges[i - 1], edges[i]), (edges[j], edges[j + 1])
-                if min(before[1] - before[0], after[1] - after[0]) < max(4, run / 2):
-                    continue  # too little of the motion on one side to tell it continues
                 if any(edges[k] in keep for k in range(i, j + 1)):
                     continue
-                separate = float(cost(np.array(before[:1] + after[:1]),
-                                      np.array(before[1:] + after[1:])).sum())  # fmt: skip
-                # a swerve keeps the clock; a pause sets it back by about the run's length (the
-                # cuts around it can sit a frame or two off the pause itself)
-                for delay in (0, *range(max(1, run - 3), run + 4)):
-                    joined, line = _continued_cost(y_TD, z_TD, shift, before, after, delay)
-                    off = np.linalg.norm(y_TD[edges[i] : edges[j]] - line, axis=1).max()
-                    travel = np.linalg.norm(y_TD[after[1] - 1] - y_TD[before[0]])
-                    small = off <= MAX_EXCURSION * travel
-                    if joined - separate <= per_param * 2 * dims and small:
-                        points = [p for p in points if not edges[i] <= p <= edges[j]]
-                        changed = True
-                        break
-                if changed:
-                    break
-            if changed:
-                break
+                before, after = (edges[i - 1], edges[i]), (edges[j], edges[j + 1])
+                if _is_disturbance(cost, y_TD, z_TD, ~on_state_D, before, after, per_param):
+                    return edges[i], edges[j]
+        return None
+
+    points = sorted(starts)
+    while (run := first_disturbance([*points, t_len])) is not None:
+        points = [p for p in points if not run[0] <= p <= run[1]]
     return points
