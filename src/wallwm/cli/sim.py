@@ -112,21 +112,17 @@ def record(
         workers=workers,
         seed=seed,
     )
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("recording", total=len(tasks) * episodes)
-        try:
-            results = record_metaworld(out, cfg, on_episode=lambda _s: progress.advance(bar))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    ok = sum(r["success"] for r in results)
-    console.print(
-        f"recorded {len(results)} episodes ({ok} successful) of {len(tasks)} tasks to {out}"
+    _record_with_progress(
+        out,
+        len(tasks) * episodes,
+        lambda on_episode: record_metaworld(out, cfg, on_episode),
+        f" of {len(tasks)} tasks",
     )
 
 
-def _record_with_progress(out: str, total: int, record: Any) -> list[dict[str, Any]]:
+def _record_with_progress(
+    out: str, total: int, record: Any, what: str = ""
+) -> list[dict[str, Any]]:
     """Run a recorder with a progress bar; a bad task name is one line."""
     from rich.progress import Progress
 
@@ -137,7 +133,9 @@ def _record_with_progress(out: str, total: int, record: Any) -> list[dict[str, A
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     done = [r for r in results if r["success"]]
-    console.print(f"recorded {len(results)} episodes ({len(done)} successful) to {out}")
+    console.print(
+        f"recorded {len(results)} episodes ({len(done)} successful){what} to {out}", soft_wrap=True
+    )
     return results
 
 
