@@ -94,7 +94,8 @@ def _synth_dataset(
         run_caption(CaptionStageConfig(dataset=str(ds)))
     if cluster_ks:
         from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
-        from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed
+        from wallwm.clustering.embed_stage import run_embed
+        from wallwm.clustering.stage import ClusterConfig, run_cluster
 
         run_embed(str(ds), EmbedConfig(), text_factory=lambda: HashingEmbedder(32))
         run_cluster(str(ds), ClusterConfig(ks=cluster_ks))

@@ -125,6 +125,9 @@ def test_shuffled_concurrent_partially_failing_responses_land_on_the_right_event
         r["caption"] == f"span {r['start_frame']} to {r['end_frame']}"
         for r in captions(segmented).values()
     )
+    # every failure the re-run fixed is marked resolved (none is left open, none deleted)
+    assert segmented.count(schemas.FAILURES, "stage = 'caption'") == summary.failed
+    assert segmented.count(schemas.FAILURES, "stage = 'caption' AND resolved = false") == 0
 
 
 def test_previous_caption_is_quoted_and_cache_keys_follow_prompt_and_model(segmented):

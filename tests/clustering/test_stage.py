@@ -19,7 +19,8 @@ from wallwm.clustering.curation import (
     tag_snapshot,
 )
 from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
-from wallwm.clustering.stage import ClusterConfig, run_cluster, run_embed, similar_events
+from wallwm.clustering.embed_stage import run_embed, similar_events
+from wallwm.clustering.stage import ClusterConfig, run_cluster
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig

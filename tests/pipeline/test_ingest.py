@@ -174,6 +174,13 @@ def test_unknown_format_and_empty_source(tmp_path):
     assert row["error_class"] == "UnknownFormatError" and "unknown source format" in row["message"]
     assert row["file"] == str(junk)
 
+    # the folder gets episodes: the source opens, and its source-level failure is resolved
+    record_synthetic(junk, SynthConfig(episodes=2, size=32, seed=3))
+    fixed = _ingest(junk, tmp_path / "ds")
+    assert fixed.written == 2 and fixed.failed == 0
+    rows = LanceStore(str(tmp_path / "ds")).read(schemas.FAILURES).to_pylist()
+    assert [r["resolved"] for r in rows] == [True]
+
 
 def test_dimension_mismatch_is_a_failure(folder_source, tmp_path):
     ds = tmp_path / "ds"

@@ -10,8 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
+from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
+from wallwm.pipeline.store import LanceStore
 from wallwm.trainer.data import EventFrameDataset, make_loader
 from wallwm.trainer.model import MODES, WorldActionModel, preset, tokenize
 from wallwm.trainer.train import Run, TrainConfig, train
@@ -113,6 +115,12 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path, stop_after):
 def test_cli_train_on_ray_train_and_plot(dataset, tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
+    store = LanceStore(str(dataset))
+    # a run that fails is one line and a recorded failure of the dataset's train stage
+    failed = runner.invoke(app, ["train", "-d", str(dataset), "--tag", "nosuch", "--local"])
+    assert failed.exit_code == 1 and "nosuch" in failed.output and "Traceback" not in failed.output
+    [row] = store.read(schemas.FAILURES, where="stage = 'train'").to_pylist()
+    assert not row["resolved"] and "nosuch" in row["message"]
     result = runner.invoke(
         app,
         [
@@ -134,6 +142,10 @@ def test_cli_train_on_ray_train_and_plot(dataset, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "step 3" in result.output and (out / "checkpoint.pt").exists()
+    # the run is in the dataset's lineage, and it resolved the failed one
+    [run] = store.read(schemas.RUNS, where="stage = 'train'").to_pylist()
+    assert "step=3" in run["message"] and json.loads(run["config_json"])["workers"] == 1
+    assert store.count(schemas.FAILURES, "stage = 'train' AND resolved = false") == 0
     png = tmp_path / "loss.png"
     assert runner.invoke(app, ["train", "plot", str(out), "--out", str(png)]).exit_code == 0
     assert png.read_bytes()[:4] == b"\x89PNG"

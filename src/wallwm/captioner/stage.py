@@ -47,7 +47,13 @@ from wallwm.captioner.prompting import (
 from wallwm.captioner.schema import EventCaption
 from wallwm.pipeline import schemas
 from wallwm.pipeline.ids import stable_hash
-from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
+from wallwm.pipeline.lineage import (
+    StageRun,
+    event_file,
+    failure_row,
+    resolve_failures,
+    store_failures,
+)
 from wallwm.pipeline.sources.base import EpisodeError
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
 
@@ -361,6 +367,9 @@ def run_caption(
                     schemas.EVENTS, pa.Table.from_pylist(rows, _caption_schema()), "event_id"
                 )
     store_failures(store, failures)
+    # An event holding a caption now (cached or new) no longer fails: its old failure is fixed.
+    captioned = [event_file(event_id) for event_id, caption in current.items() if caption]
+    resolve_failures(store, STAGE, "file", captioned, {r["failure_id"] for r in failures})
     summary.seconds = time.perf_counter() - t0
     run.record(
         store,
@@ -440,7 +449,7 @@ def _run_wave(
     for event_id, (error_class, message) in errors.items():
         ep = wave.episode_of[event_id]
         summary.failed += 1
-        err = EpisodeError(f"event {event_id}", message, error_class)
+        err = EpisodeError(event_file(event_id), message, error_class)
         summary.failures.append(err)
         failures.append(failure_row(err, ep.source_uri, STAGE, ep.episode_key, run_id))
     summary.captioned += len(rows)

@@ -24,10 +24,20 @@ def embed_cmd(
     text_weight: Annotated[float, typer.Option(help="Weight of the caption embedding.")] = 1.0,
     traj_weight: Annotated[float, typer.Option(help="Weight of the trajectory features.")] = 0.5,
     visual_weight: Annotated[float, typer.Option(help="Weight of the visual embedding.")] = 0.5,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Fit the trajectory normaliser again on today's episodes (re-embeds every event)."
+        ),
+    ] = False,
 ) -> None:
-    """Embed every event (caption text, trajectory, optional visual) and index the result."""
+    """Embed the events that are new or changed (caption text, trajectory, optional visual).
+
+    Incremental: events whose inputs, models and weights are unchanged keep their vectors; the
+    vector index is rebuilt only when vectors changed.
+    """
     from wallwm.clustering.embed import EmbedConfig
-    from wallwm.clustering.stage import run_embed
+    from wallwm.clustering.embed_stage import run_embed
 
     cfg = EmbedConfig(
         text_model=text_model,
@@ -36,12 +46,16 @@ def embed_cmd(
     )
     try:
         with console.status("embedding events"):
-            s = run_embed(dataset, cfg)
+            s = run_embed(dataset, cfg, refit=refit)
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
+    rate = f" ({s.captions_per_s:.0f} captions/s)" if s.embedded else ""
+    norm = "fitted on" if s.norm_fitted else "recorded, fitted on"
     console.print(
-        f"[bold]embed[/]: {s.embedded} events, dims {s.dims}, {s.seconds:.1f} s "
-        f"({s.captions_per_s:.0f} captions/s)",
+        f"[bold]embed[/]: {s.embedded} of {s.events} events embedded, {s.up_to_date} up to "
+        f"date, {s.failed} failed; dims {s.dims}; index "
+        f"{'rebuilt' if s.indexed else 'unchanged'}; trajectory normaliser {norm} "
+        f"{s.norm_frames} frames; {s.seconds:.1f} s{rate}",
         soft_wrap=True,
     )
 
@@ -265,7 +279,7 @@ def events_similar(
     as_json: JsonOpt = False,
 ) -> None:
     """Events nearest to EVENT_ID (cosine distance of the combined embedding)."""
-    from wallwm.clustering.stage import similar_events
+    from wallwm.clustering.embed_stage import similar_events
 
     try:
         rows = similar_events(_store(dataset), event_id, k)

@@ -145,17 +145,23 @@ def train_cmd(
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    try:
-        if local:
-            if num_workers != 1 or ray_address:
-                raise ValueError("--local trains in this process: no --num-workers/--ray-address")
-            history = train(cfg)
-            last = history[-1] if history else {}
-        else:
-            from wallwm.trainer.launch import train_ray
+    if local and (num_workers != 1 or ray_address):
+        err_console.print("[red]--local trains in this process: no --num-workers/--ray-address[/]")
+        raise typer.Exit(2)
 
-            last = train_ray(cfg, num_workers=num_workers, ray_address=ray_address)
-    except ValueError as exc:
+    def run() -> dict[str, Any]:
+        if local:
+            history = train(cfg)
+            return history[-1] if history else {}
+        from wallwm.trainer.launch import train_ray
+
+        return train_ray(cfg, num_workers=num_workers, ray_address=ray_address)
+
+    from wallwm.trainer.lineage import recorded_training
+
+    try:
+        last = recorded_training(cfg, run, num_workers)
+    except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(

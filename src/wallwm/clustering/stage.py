@@ -1,8 +1,7 @@
-"""The embed and cluster stages: events -> embeddings -> clusters table + per-event weights.
+"""The cluster stage: event embeddings -> clusters table + per-event weights.
 
-``run_embed`` writes the embedding columns (text through a Ray Data actor pool, trajectory and
-optional visual parts in the driver) and builds a Lance vector index on ``embedding``.
-``run_cluster`` builds the hierarchy (or, with ``assign_only``, places events in the existing
+Embeddings come from :mod:`wallwm.clustering.embed_stage`. ``run_cluster`` builds the
+hierarchy (or, with ``assign_only``, places events in the existing
 clusters without re-clustering and reports drift), marks near-duplicates, and writes
 ``cluster_id``/``is_duplicate``/``weight`` on events. Curated cluster weights and exclusions are
 kept across ``--assign-only`` runs; a full re-cluster starts a new hierarchy (its clusters get
@@ -14,213 +13,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.clustering.embed import (
-    EmbedConfig,
-    TextEmbedder,
-    VisualEncoder,
-    combine,
-    embed_texts_ray,
-    trajectory_features,
-)
 from wallwm.clustering.kmeans import _assign, balanced_weights, hierarchical_kmeans, semantic_dedup
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
-from wallwm.pipeline.lineage import StageRun
+from wallwm.pipeline.lineage import StageRun, stage_failures
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
-
-EMBED_COLUMNS = ("text_embedding", "traj_embedding", "visual_embedding", "embedding")
-
-
-@dataclasses.dataclass
-class EmbedSummary:
-    """Closing numbers of an embed run."""
-
-    run_id: str
-    events: int = 0
-    embedded: int = 0
-    dims: dict[str, int] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
-    text_seconds: float = 0.0
-
-    @property
-    def captions_per_s(self) -> float:
-        """Text-embedding throughput (captions per second, model load included)."""
-        return self.embedded / self.text_seconds if self.text_seconds > 0 else 0.0
-
-
-def _event_text(e: dict[str, Any], instruction: str) -> str:
-    """What the text embedding sees: the caption (with its done state), else the instruction."""
-    if e.get("caption"):
-        return f"{e['caption']}. {e.get('done_state') or ''}".strip()
-    return instruction
-
-
-def _trajectories(
-    store: TableStore, events: list[dict[str, Any]], steps: int
-) -> dict[str, np.ndarray]:
-    """Trajectory features per event (dataset-wide z-scoring of actions + states)."""
-    table = store.read(schemas.EPISODES, columns=["episode_id", "actions", "states", "state_dim"])
-    series: dict[str, np.ndarray] = {}
-    for i in range(table.num_rows):
-        actions = from_vector_series(table.column("actions")[i])
-        states_cell = table.column("states")[i]
-        parts = [actions]
-        if table.column("state_dim")[i].as_py() and states_cell.is_valid:
-            parts.append(from_vector_series(states_cell))
-        series[table.column("episode_id")[i].as_py()] = np.concatenate(parts, axis=1)
-    allframes = np.concatenate(list(series.values())) if series else np.zeros((1, 1))
-    mean, std = allframes.mean(axis=0), np.maximum(allframes.std(axis=0), 1e-6)
-    return {
-        e["event_id"]: trajectory_features(
-            series[e["episode_id"]][e["start_frame"] : e["end_frame"]],
-            mean,
-            std,
-            e["duration_s"],
-            steps,
-        )
-        for e in events
-    }
-
-
-def run_embed(
-    dataset: str,
-    cfg: EmbedConfig | None = None,
-    store: TableStore | None = None,
-    text_factory: Callable[[], TextEmbedder] | None = None,
-) -> EmbedSummary:
-    """Compute and store every event's embeddings; (re)build the vector index."""
-    cfg = cfg or EmbedConfig()
-    store = store or LanceStore(dataset)
-    run = StageRun("embed", cfg.model_dump())
-    summary = EmbedSummary(run.run_id)
-    t0 = time.perf_counter()
-    before = store.version(schemas.EVENTS)
-    events = store.read(
-        schemas.EVENTS,
-        columns=[
-            "event_id",
-            "episode_id",
-            "start_frame",
-            "end_frame",
-            "duration_s",
-            "caption",
-            "done_state",
-            "keyframes",
-        ],
-    ).to_pylist()
-    instructions = {
-        r["episode_id"]: r["instruction"]
-        for r in store.read(schemas.EPISODES, columns=["episode_id", "instruction"]).to_pylist()
-    }
-    summary.events = len(events)
-    if not events:
-        return summary
-    ids = [e["event_id"] for e in events]
-    t = time.perf_counter()
-    text = embed_texts_ray(
-        ids,
-        [_event_text(e, instructions[e["episode_id"]]) for e in events],
-        cfg.text_model,
-        cfg.batch_size,
-        text_factory,
-    )
-    summary.text_seconds = time.perf_counter() - t
-    parts: dict[str, np.ndarray] = {"text": np.stack([text[i] for i in ids])}
-    traj = _trajectories(store, events, cfg.traj_steps)
-    parts["traj"] = np.stack([traj[i] for i in ids])
-    if cfg.visual_weights and cfg.weights.get("visual", 0) > 0:
-        encoder = VisualEncoder(cfg.visual_weights)
-        middles = [
-            next((k["jpeg"] for k in e["keyframes"] if k["position"] == "middle"), b"")
-            for e in events
-        ]
-        parts["visual"] = encoder.embed_jpegs(middles)
-    combined = combine(parts, cfg.weights)
-    columns = {"text": "text_embedding", "traj": "traj_embedding", "visual": "visual_embedding"}
-    data: dict[str, pa.Array] = {"event_id": pa.array(ids)}
-    fields = []
-    for name, x in [*parts.items(), ("combined", combined)]:
-        col = columns.get(name, "embedding")
-        fields.append(schemas.embedding_field(col, x.shape[1]))
-        data[col] = pa.FixedSizeListArray.from_arrays(
-            pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)), x.shape[1]
-        )
-        summary.dims[col] = int(x.shape[1])
-    _ensure_dims(store, fields)
-    store.update_columns(schemas.EVENTS, pa.table(data), "event_id")
-    summary.embedded = len(ids)
-    _build_index(store, len(ids))
-    summary.seconds = time.perf_counter() - t0
-    run.record(
-        store,
-        schemas.EVENTS,
-        WriteResult(schemas.EVENTS, 0, len(ids), 0, before, store.version(schemas.EVENTS)),
-        0,
-        f"embedded={len(ids)} dims={summary.dims}",
-    )
-    return summary
-
-
-def _ensure_dims(store: TableStore, fields: list[pa.Field]) -> None:
-    schema = store.schema(schemas.EVENTS)
-    assert schema is not None
-    for f in fields:
-        if f.name in schema.names and schema.field(f.name).type != f.type:
-            raise ValueError(
-                f"events.{f.name} holds {schema.field(f.name).type}, "
-                f"the new embedding is {f.type}: "
-                "the embedding model changed dimension; drop the column or use a new dataset"
-            )
-    store.ensure_columns(schemas.EVENTS, fields)
-
-
-def _build_index(store: TableStore, rows: int) -> None:
-    """IVF_FLAT (exact within probed partitions) on the combined embedding; Lance only."""
-    if not isinstance(store, LanceStore) or rows < 256:
-        return  # a flat scan is as fast as an index on small tables
-    partitions = max(1, min(256, int(np.sqrt(rows))))
-    store._open(schemas.EVENTS).create_index(
-        "embedding", index_type="IVF_FLAT", num_partitions=partitions, metric="cosine", replace=True
-    )
-
-
-def similar_events(store: TableStore, event_id: str, k: int = 10) -> list[dict[str, Any]]:
-    """The ``k`` events nearest to ``event_id`` by cosine distance of the combined embedding."""
-    from wallwm.pipeline.store import sql_quote
-
-    rows = store.read(
-        schemas.EVENTS, columns=["embedding"], where=f"event_id = {sql_quote(event_id)}"
-    ).to_pylist()
-    if not rows:
-        raise KeyError(f"no event {event_id!r} in {store.root}")
-    if rows[0]["embedding"] is None:
-        raise KeyError(f"event {event_id!r} has no embedding yet (run wallwm embed)")
-    query = np.asarray(rows[0]["embedding"], dtype=np.float32)
-    cols = ["event_id", "episode_id", "event_index", "caption", "cluster_id"]
-    if isinstance(store, LanceStore):
-        table = store._open(schemas.EVENTS).to_table(
-            columns=cols,
-            nearest={"column": "embedding", "q": query, "k": k + 1, "metric": "cosine"},
-        )
-        out = [r for r in table.to_pylist() if r["event_id"] != event_id][:k]
-        for r in out:
-            r["distance"] = float(r.pop("_distance"))
-        return out
-    table = store.read(schemas.EVENTS, columns=[*cols, "embedding"]).to_pylist()
-    scored = [
-        {**{c: r[c] for c in cols}, "distance": float(1 - np.dot(query, r["embedding"]))}
-        for r in table
-        if r["event_id"] != event_id and r["embedding"] is not None
-    ]
-    return sorted(scored, key=lambda r: r["distance"])[:k]
-
 
 # --------------------------------------------------------------------------- clustering
 
@@ -288,6 +90,13 @@ def run_cluster(
     store = store or LanceStore(dataset)
     run = StageRun("cluster", cfg.model_dump())
     summary = ClusterSummary(run.run_id)
+    with stage_failures(store, run, dataset):
+        _cluster(store, cfg, run, summary)
+    return summary
+
+
+def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: ClusterSummary) -> None:
+    """The run's work inside its failure record."""
     t0 = time.perf_counter()
     before = store.version(schemas.EVENTS)
     rows, x = _embeddings(store)
@@ -350,7 +159,6 @@ def run_cluster(
         f"duplicates={summary.duplicates} drift={summary.drift} "
         f"replaced_curated_clusters={summary.replaced_curated}",
     )
-    return summary
 
 
 def _full(

@@ -25,9 +25,11 @@ from wallwm.pipeline.arrays import table_from_ipc, table_to_ipc, to_vector_serie
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import episode_id
 from wallwm.pipeline.lineage import (
+    STAGE_LEVEL,
     StageRun,
     code_version,
     failure_row,
+    resolve_failures,
     store_failures,
     utcnow,
 )
@@ -490,7 +492,7 @@ def run_ingest(
         summary.gripper = str(getattr(source, "gripper_decision", "") or "")
     except EpisodeError as exc:
         fail(exc, "", cfg.source)
-        return _finish(store, run, summary, failure_rows, [], t0)
+        return _finish(store, run, summary, failure_rows, t0)
     for err in listing_errors:
         fail(err, err.file, source.uri)
     summary.listed = len(refs) + len(listing_errors)
@@ -529,7 +531,24 @@ def run_ingest(
             f"fused with ingest {run.run_id}: "
             f"episodes={len(writer.ok_keys)} events={summary.events}",
         )
-    return _finish(store, run, summary, failure_rows, writer.ok_keys, t0, source.uri)
+    # Every key this run tried again: the episodes it read, the source itself (it opened) and
+    # the files the listing refused before (the whole listing ran again).
+    attempted = [r.episode_key for r in todo] + [STAGE_LEVEL, *_listing_failures(store, source.uri)]
+    resolve_failures(store, STAGE, "episode_key", [STAGE_LEVEL], source_uri=cfg.source)
+    return _finish(store, run, summary, failure_rows, t0, (source.uri, attempted))
+
+
+def _listing_failures(store: TableStore, source_uri: str) -> list[str]:
+    """Keys of the source's open listing failures (keyed by the refused file itself)."""
+    if not store.exists(schemas.FAILURES):
+        return []
+    rows = store.read(
+        schemas.FAILURES,
+        columns=["episode_key", "file"],
+        where=f"stage = {sql_quote(STAGE)} AND resolved = false AND "
+        f"source_uri = {sql_quote(source_uri)}",
+    ).to_pylist()
+    return [r["episode_key"] for r in rows if r["episode_key"] == r["file"]]
 
 
 def _finish(
@@ -537,19 +556,18 @@ def _finish(
     run: StageRun,
     summary: IngestSummary,
     failure_rows: list[dict[str, Any]],
-    ok_keys: list[str],
     t0: float,
-    source_uri: str | None = None,
+    attempted: tuple[str, list[str]] | None = None,
 ) -> IngestSummary:
-    """Store failures, resolve old failures of now-good episodes, record lineage."""
+    """Store failures, resolve the old ones the run retried without reproducing, record lineage.
+
+    ``attempted``: the source URI and the keys the run tried.
+    """
     store_failures(store, failure_rows)
-    if ok_keys and source_uri and store.exists(schemas.FAILURES):
-        store.update(
-            schemas.FAILURES,
-            f"stage = {sql_quote(STAGE)} AND source_uri = {sql_quote(source_uri)} AND "
-            f"resolved = false AND {sql_in('episode_key', ok_keys)}",
-            {"resolved": "true"},
-        )
+    if attempted is not None:
+        source_uri, keys = attempted
+        failing = {r["failure_id"] for r in failure_rows}
+        resolve_failures(store, STAGE, "episode_key", keys, failing, source_uri)
     summary.seconds = time.perf_counter() - t0
     version_before = summary.episodes_version  # set when the run started
     summary.episodes_version = store.version(schemas.EPISODES)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +114,11 @@ def failure_row(
     }
 
 
+def event_file(event_id: str) -> str:
+    """The ``file`` of a failure about one event (caption, embed); it keys the failure."""
+    return f"event {event_id}"
+
+
 def store_failures(store: TableStore, rows: list[dict[str, Any]]) -> None:
     """Upsert ``failure_row`` rows; a failure seen again keeps one row, its run and time updated."""
     if rows:
@@ -121,3 +128,75 @@ def store_failures(store: TableStore, rows: list[dict[str, Any]]) -> None:
             "failure_id",
             volatile=("run_id", "failed_at"),
         )
+
+
+def resolve_failures(
+    store: TableStore,
+    stage: str,
+    column: str,
+    attempted: list[str],
+    still_failing: set[str] | None = None,
+    source_uri: str | None = None,
+) -> int:
+    """Mark resolved the open failures of ``stage`` that a run retried and did not reproduce.
+
+    A failure is retried when its ``column`` value is in ``attempted``, and reproduced when its
+    ``failure_id`` is in ``still_failing``.
+
+    ``column`` is what the stage's failures are keyed on: ``episode_key`` (ingest, segment),
+    ``file`` (caption: one failure per event); ``source_uri`` narrows it to one source (episode
+    keys are unique only within their source). Returns how many were resolved.
+    """
+    from wallwm.pipeline.store import sql_in, sql_quote
+
+    if not attempted or not store.exists(schemas.FAILURES):
+        return 0
+    still_failing = still_failing or set()
+    resolved = 0
+    for start in range(0, len(attempted), _IN_CHUNK):
+        where = (
+            f"stage = {sql_quote(stage)} AND resolved = false AND "
+            f"{sql_in(column, attempted[start : start + _IN_CHUNK])}"
+        )
+        if source_uri is not None:
+            where += f" AND source_uri = {sql_quote(source_uri)}"
+        open_ids = [
+            i
+            for i in store.read(schemas.FAILURES, columns=["failure_id"], where=where)
+            .column(0)
+            .to_pylist()
+            if i not in still_failing
+        ]
+        if open_ids:
+            store.update(schemas.FAILURES, sql_in("failure_id", open_ids), {"resolved": "true"})
+            resolved += len(open_ids)
+    return resolved
+
+
+#: Values per ``IN (...)`` filter: long lists are split so one SQL string stays small.
+_IN_CHUNK = 2000
+
+#: The ``episode_key`` of a failure of a whole stage run (not of one episode or event).
+STAGE_LEVEL = ""
+
+
+@contextlib.contextmanager
+def stage_failures(store: TableStore, run: StageRun, file: str) -> Iterator[None]:
+    """Record an error that ends a whole stage run in ``failures``, then re-raise it.
+
+    A run that completes resolves the stage's earlier stage-level failures.
+
+    ``file`` names what the error is about (the dataset, a model path). User errors
+    (``ValueError``, ``OSError``, ``KeyError``) are recorded; programming errors are not.
+    """
+    try:
+        yield
+    except (ValueError, OSError, KeyError) as exc:
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        error = EpisodeError(file, message, type(exc).__name__)
+        with contextlib.suppress(Exception):  # a broken store must not hide the first error
+            store_failures(
+                store, [failure_row(error, store.root, run.stage, STAGE_LEVEL, run.run_id)]
+            )
+        raise
+    resolve_failures(store, run.stage, "episode_key", [STAGE_LEVEL], source_uri=store.root)

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+#: Below this many rows a flat scan is as fast as a vector index, so none is built.
+INDEX_MIN_ROWS = 256
 
 
 class StoreError(RuntimeError):
@@ -96,6 +100,23 @@ class TableStore(Protocol):
 
     def ensure_columns(self, table: str, fields: list[pa.Field]) -> None:
         """Add the ``fields`` a table lacks, all null (schema evolution; no data rewrite)."""
+        ...
+
+    def index_vectors(self, table: str, column: str, stale: bool) -> bool:
+        """Make sure ``column`` has a current cosine vector index; True if one was (re)built.
+
+        Built when the table is large enough for an index to pay off (:data:`INDEX_MIN_ROWS`)
+        and there is none yet or ``stale`` says the vectors changed since it was built.
+        """
+        ...
+
+    def nearest(
+        self, table: str, column: str, query: np.ndarray, k: int, columns: list[str]
+    ) -> list[dict[str, Any]]:
+        """The ``k`` rows nearest to ``query`` by cosine distance, nearest first.
+
+        Each row gets a ``distance``; rows whose vector is null are left out.
+        """
         ...
 
 
@@ -293,6 +314,36 @@ class LanceStore:
         stats = self._open(table).update(values, where=where)
         return WriteResult(table, 0, int(stats["num_rows_updated"]), 0, before, self.version(table))
 
+    def index_vectors(self, table: str, column: str, stale: bool) -> bool:
+        """IVF_FLAT (exact within the probed partitions) with cosine distance on ``column``."""
+        rows = self.count(table)
+        if rows < INDEX_MIN_ROWS:
+            return False
+        ds = self._open(table)
+        indexed = any(column in i.field_names for i in ds.describe_indices())
+        if indexed and not stale:
+            return False
+        partitions = max(1, min(256, int(np.sqrt(rows))))
+        ds.create_index(
+            column, index_type="IVF_FLAT", num_partitions=partitions, metric="cosine", replace=True
+        )
+        return True
+
+    def nearest(
+        self, table: str, column: str, query: np.ndarray, k: int, columns: list[str]
+    ) -> list[dict[str, Any]]:
+        """Lance's vector search (through the index when there is one)."""
+        if not self.exists(table):
+            return []
+        found = self._open(table).to_table(
+            columns=columns,
+            nearest={"column": column, "q": query, "k": k, "metric": "cosine"},
+        )
+        out: list[dict[str, Any]] = found.to_pylist()
+        for r in out:
+            r["distance"] = float(r.pop("_distance"))
+        return out
+
 
 class MemoryStore:
     """In-memory :class:`TableStore` double with the same keyed, versioned semantics.
@@ -425,6 +476,22 @@ class MemoryStore:
             current = current.set_column(idx, current.schema.field(name), column)
         self._commit(table, current)
         return WriteResult(table, 0, n, 0, before, self.version(table))
+
+    def index_vectors(self, table: str, column: str, stale: bool) -> bool:
+        """No index in memory (``nearest`` scans)."""
+        return False
+
+    def nearest(
+        self, table: str, column: str, query: np.ndarray, k: int, columns: list[str]
+    ) -> list[dict[str, Any]]:
+        """Exact cosine distances over every row."""
+        q = np.asarray(query, np.float32)
+        rows = [r for r in self.read(table, columns=[*columns, column]).to_pylist() if r[column]]
+        for r in rows:
+            v = np.asarray(r.pop(column), np.float32)
+            denom = float(np.linalg.norm(v) * np.linalg.norm(q)) or 1.0
+            r["distance"] = 1.0 - float(np.dot(v, q)) / denom
+        return sorted(rows, key=lambda r: r["distance"])[:k]
 
 
 def _parse_literal(expr: str) -> object:

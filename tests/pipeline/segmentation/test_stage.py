@@ -95,6 +95,7 @@ def test_eval_segmentation_against_ground_truth(ingested):
 def test_missing_video_still_gets_events_and_a_recorded_warning(ingested):
     src, ds = ingested
     victim = sorted(src.iterdir())[0]
+    video = (victim / "side.mp4").read_bytes()
     (victim / "side.mp4").unlink()
     summary = run_segment(SegmentStageConfig(dataset=str(ds)))
     assert summary.segmented == 6 and summary.failed == 0
@@ -107,6 +108,13 @@ def test_missing_video_still_gets_events_and_a_recorded_warning(ingested):
     )[0][0].as_py()
     events = list_events(store, ep_id)
     assert events and all(e["episode_id"] == ep_id for e in events)
+
+    # the video is back: a run that segments the episode again resolves the warning
+    (victim / "side.mp4").write_bytes(video)
+    again = run_segment(SegmentStageConfig(dataset=str(ds), force=True))
+    assert again.failed == 0 and again.segmented == 6
+    rows = store.read(schemas.FAILURES, where="stage = 'segment'").to_pylist()
+    assert [r["resolved"] for r in rows] == [True]
 
 
 def test_fused_run_equals_ingest_then_segment(folder_source, tmp_path):

@@ -22,7 +22,7 @@ from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import from_vector_series, table_from_ipc, table_to_ipc
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
-from wallwm.pipeline.lineage import StageRun, failure_row, store_failures
+from wallwm.pipeline.lineage import StageRun, failure_row, resolve_failures, store_failures
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
 from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
@@ -464,6 +464,10 @@ def run_segment(
             on_episode(res)
     writer.flush()
     store_failures(store, failures)
+    failing = {r["failure_id"] for r in failures}
+    for src in set(source_of.values()):
+        keys = [e["episode_key"] for e in todo if e["source_uri"] == src]
+        resolve_failures(store, STAGE, "episode_key", keys, failing, src)
     summary.seconds = time.perf_counter() - t0
     summary.events_version = store.version(schemas.EVENTS)
     run.record(
