@@ -101,13 +101,20 @@ class VllmBackendConfig(BaseModel):
     kind: Literal["vllm"] = "vllm"
     model: str = Field(..., description="Local model directory (Hugging Face layout).")
     num_actors: int = Field(1, ge=1, description="One engine per GPU.")
-    gpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(1.0, ge=0, description="0: a CPU engine (vLLM's CPU build).")
     max_model_len: int = 8192
     max_images_per_prompt: int = 4
     gpu_memory_utilization: float = 0.9
     max_tokens: int = 128
     temperature: float = 0.0
     batch_size: int = Field(64, ge=1, description="Requests per generate call on an actor.")
+    restarts: int = Field(
+        2,
+        ge=0,
+        description="Times Ray restarts an engine actor whose process died (node lost, OOM "
+        "kill) and retries its batch there: generation is deterministic per request, so a "
+        "retried batch answers the same. Past that, the batch's events are recorded failures.",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra vllm.LLM arguments, e.g. tensor_parallel_size, or enforce_eager and "
@@ -349,10 +356,15 @@ class VllmBackend:
 
     kind = "vllm"
 
-    def __init__(self, cfg: VllmBackendConfig) -> None:
-        """Prepare (actors start on first use)."""
+    def __init__(self, cfg: VllmBackendConfig, engine: type | None = None) -> None:
+        """Prepare (actors start on first use).
+
+        ``engine``: the actor class (default :class:`VllmEngineActor`; tests pass a double with
+        the same constructor and ``generate``, to exercise the Ray side without vLLM).
+        """
         self.cfg = cfg
         self.model = cfg.model
+        self.engine = engine or VllmEngineActor
         self._actors: list[Any] = []
 
     def sampling(self) -> dict[str, Any]:
@@ -367,8 +379,12 @@ class VllmBackend:
         from wallwm.pipeline.runtime import ensure_ray
 
         ensure_ray()
-        actor_cls = ray.remote(num_gpus=self.cfg.gpus_per_actor)(VllmEngineActor)
-        self._actors = [actor_cls.remote(self.cfg) for _ in range(self.cfg.num_actors)]  # type: ignore[attr-defined]
+        actor_cls = ray.remote(
+            num_gpus=self.cfg.gpus_per_actor,
+            max_restarts=self.cfg.restarts,
+            max_task_retries=self.cfg.restarts,
+        )(self.engine)
+        self._actors = [actor_cls.remote(self.cfg) for _ in range(self.cfg.num_actors)]
 
     def generate(
         self, jobs: list[CaptionJob], on_result: OnResult | None = None

@@ -429,6 +429,7 @@ def _fused_segment(
     resolved, details = dataset_model(store, stage_cfg.segment, sample)
     stage_cfg = stage_cfg.model_copy(update={"segment": resolved})
     seg_run = StageRun("segment", stage_cfg.lineage_config(), details=details)
+    seg_run.record_start(store, schemas.EVENTS)
     lineage = (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id)
     return seg_run, FusedSegment(stage_cfg.segment, stage_cfg.keyframe_side, lineage)
 

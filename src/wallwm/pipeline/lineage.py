@@ -95,6 +95,15 @@ class StageRun:
         }
         store.upsert(schemas.RUNS, pa.Table.from_pylist([row], schemas.runs_schema()), "run_id")
 
+    def record_start(self, store: TableStore, table: str) -> None:
+        """Record the run before its work (the row :meth:`record` later completes).
+
+        Decisions made at the start (a segmenter model chosen on a sample) are then in lineage
+        even if the run is killed: a rerun continues with the same decision instead of making
+        its own on what is left.
+        """
+        self.record(store, table, None, 0, "started; not finished (yet)")
+
 
 def failure_row(
     error: EpisodeError, source_uri: str, stage: str, key: str, run_id: str

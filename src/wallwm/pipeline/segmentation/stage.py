@@ -430,6 +430,7 @@ def run_segment(
     )
     cfg = cfg.model_copy(update={"segment": resolved})
     run = StageRun(STAGE, cfg.lineage_config(), details=details)
+    run.record_start(store, schemas.EVENTS)
     summary = SegmentSummary(run.run_id, model=details.get("choice"))
     before = store.version(schemas.EVENTS)
     todo, summary.up_to_date = _todo(store, run.config_hash, cfg.force)
