@@ -111,7 +111,9 @@ def cluster() -> Iterator[LocalCluster]:
 
 def wallwm(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "wallwm.cli.main", *args]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, check=False, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_run_and_two_worker_training_on_a_three_node_cluster(cluster, tmp_path):
