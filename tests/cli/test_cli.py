@@ -85,7 +85,7 @@ def test_ingest_reports_the_gripper_open_end(lerobot_v21, tmp_path):
     assert result.exit_code == 0, result.output
     assert "gripper open end: auto: 'gripper' low = open (vote -1 over 2 episodes)" in result.output
     bad = invoke("ingest", root, "--dataset", tmp_path / "ds", "--gripper-open", "sideways")
-    assert bad.exit_code == 2 and "gripper_open" in bad.output
+    assert bad.exit_code == 2 and "--gripper-open" in bad.output
 
 
 def test_sim_synth_writes_folder_source(tmp_path):

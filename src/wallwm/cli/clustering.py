@@ -6,14 +6,23 @@ from typing import Annotated, Any
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, JsonOpt, console, err_console, print_json
+from wallwm.cli.common import (
+    DatasetOpt,
+    JsonOpt,
+    console,
+    err_console,
+    out_folder,
+    print_json,
+    validation_message,
+)
 
 clusters_app = typer.Typer(no_args_is_help=True, help="Inspect and curate clusters.")
 MessageOpt = Annotated[str, typer.Option("--message", "-m", help="Why (kept in lineage).")]
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]{exc}[/]")
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    err_console.print(f"[red]{message}[/]", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -36,14 +45,20 @@ def embed_cmd(
     Incremental: events whose inputs, models and weights are unchanged keep their vectors; the
     vector index is rebuilt only when vectors changed.
     """
+    from pydantic import ValidationError
+
     from wallwm.clustering.embed import EmbedConfig
     from wallwm.clustering.embed_stage import run_embed
 
-    cfg = EmbedConfig(
-        text_model=text_model,
-        visual_weights=visual_weights,
-        weights={"text": text_weight, "traj": traj_weight, "visual": visual_weight},
-    )
+    try:
+        cfg = EmbedConfig(
+            text_model=text_model,
+            visual_weights=visual_weights,
+            weights={"text": text_weight, "traj": traj_weight, "visual": visual_weight},
+        )
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     try:
         with console.status("embedding events"):
             s = run_embed(dataset, cfg, refit=refit)
@@ -91,7 +106,7 @@ def cluster_cmd(
         with console.status("clustering"):
             s = run_cluster(dataset, cfg)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(validation_message(exc)) from exc
     except ValueError as exc:
         raise _fail(exc) from exc
     mode = "assigned to existing clusters" if assign_only else "clustered"
@@ -297,7 +312,9 @@ def events_similar(
 
 def report_cmd(
     dataset: DatasetOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "report",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output folder.", callback=out_folder)
+    ] = "report",
 ) -> None:
     """Write a static HTML report of the clusters (sizes, examples, balancing, dedup)."""
     from wallwm.clustering.curation import CurationError

@@ -10,33 +10,80 @@ import typer
 from rich.console import Console
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+#: Errors are one line each: never wrapped at the terminal width (a log or grep sees one line).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _refuse(message: str) -> typer.Exit:
+    err_console.print(f"[red]{message}[/]", soft_wrap=True)
+    return typer.Exit(2)
 
 
 def existing_dataset(dataset: str) -> str:
     """``--dataset`` of a command that reads one: it must exist (only ingest/run create one).
 
     A missing or empty folder is one line on stderr and exit 2 -- before anything opens it (the
-    table store would otherwise create the folder and answer with empty tables). Object-store
-    URIs are checked by the store when opened.
+    table store would otherwise create the folder and answer with empty tables). An object-store
+    URI must hold an ``episodes`` table.
     """
-    if dataset and "://" not in dataset:
+    if dataset and "://" in dataset:
+        from wallwm.pipeline import schemas
+        from wallwm.pipeline.store import LanceStore
+
+        try:
+            found = LanceStore(dataset).exists(schemas.EPISODES)
+        except (OSError, RuntimeError, ValueError) as exc:  # credentials, network
+            raise _refuse(f"--dataset {dataset}: cannot be read ({exc})") from exc
+        if not found:
+            raise _refuse(f"--dataset {dataset}: not a wallwm dataset (no episodes table there)")
+    elif dataset:
         root = Path(dataset)
         if not root.is_dir():
-            err_console.print(
-                f"[red]--dataset {dataset}: no such folder[/] (create a dataset with "
-                "`wallwm ingest SOURCE --dataset DIR` or `wallwm run`)",
-                soft_wrap=True,
+            raise _refuse(
+                f"--dataset {dataset}: no such folder (create a dataset with "
+                "`wallwm ingest SOURCE --dataset DIR` or `wallwm run`)"
             )
-            raise typer.Exit(2)
         if not any(root.glob("*.lance")):
-            err_console.print(
-                f"[red]--dataset {dataset}: not a wallwm dataset (no Lance tables in it)[/]",
-                soft_wrap=True,
-            )
-            raise typer.Exit(2)
+            raise _refuse(f"--dataset {dataset}: not a wallwm dataset (no Lance tables in it)")
     return dataset
 
+
+def folder_to_write(path: str, option: str) -> str:
+    """A folder a command creates or writes into: refused in one line when it cannot be one."""
+    if path and "://" not in path:
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise _refuse(f"{option} {path}: exists and is not a folder")
+        parent = next((a for a in p.absolute().parents if a.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise _refuse(f"{option} {path}: {parent} is a file, not a folder")
+    return path
+
+
+def new_dataset(dataset: str) -> str:
+    """``--dataset`` of ingest/run: created when missing, so it must be able to be a folder."""
+    return folder_to_write(dataset, "--dataset")
+
+
+def out_folder(path: str) -> str:
+    """``--out`` folders (recordings, reports, training runs)."""
+    return folder_to_write(path, "--out")
+
+
+def existing_source(source: str) -> str:
+    """The SOURCE of ingest/run: a local path must exist (a typo must not create a dataset)."""
+    if source and "://" not in source and not Path(source).exists():
+        raise _refuse(f"SOURCE {source}: no such file or folder")
+    return source
+
+
+#: The SOURCE argument of ingest and run.
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        help="LeRobot dataset dir, folder source, or HDF5 file/dir.", callback=existing_source
+    ),
+]
 
 #: ``--dataset`` of commands that read a dataset (it must exist).
 DatasetOpt = Annotated[
@@ -52,7 +99,10 @@ DatasetOpt = Annotated[
 NewDatasetOpt = Annotated[
     str,
     typer.Option(
-        "--dataset", "-d", help="Dataset root directory (created, or added to when it exists)."
+        "--dataset",
+        "-d",
+        help="Dataset root directory (created, or added to when it exists).",
+        callback=new_dataset,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

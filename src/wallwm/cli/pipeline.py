@@ -12,9 +12,11 @@ from wallwm.cli.common import (
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
+    SourceArg,
     console,
     err_console,
     print_json,
+    validation_message,
 )
 
 if TYPE_CHECKING:
@@ -22,9 +24,7 @@ if TYPE_CHECKING:
 
 
 def ingest(
-    source: Annotated[
-        str, typer.Argument(help="LeRobot dataset dir, folder source, or HDF5 file/dir.")
-    ],
+    source: SourceArg,
     dataset: NewDatasetOpt,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
@@ -68,7 +68,7 @@ def ingest(
             ray_address=ray_address,
         )
     except ValidationError as exc:
-        err_console.print(f"[red]invalid options:[/] {exc}")
+        err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(ingest_with_progress(cfg))
 

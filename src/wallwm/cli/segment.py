@@ -16,6 +16,7 @@ from wallwm.cli.common import (
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
+    SourceArg,
     console,
     err_console,
     print_json,
@@ -211,7 +212,7 @@ def segment_cmd(
 
 
 def run_cmd(
-    source: Annotated[str, typer.Argument(help="Source to ingest (any supported format).")],
+    source: SourceArg,
     dataset: NewDatasetOpt,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
@@ -315,10 +316,20 @@ def events_list(
     """List events (frame ranges, seconds, confidence, cues, captions when present)."""
     from rich.table import Table
 
+    from wallwm.pipeline import schemas
     from wallwm.pipeline.inspect import list_events
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.store import LanceStore, sql_quote
 
-    rows = list_events(LanceStore(dataset), episode)
+    store = LanceStore(dataset)
+    rows = list_events(store, episode)
+    known = (
+        episode is None
+        or rows
+        or store.count(schemas.EPISODES, f"episode_id = {sql_quote(episode)}")
+    )
+    if not known:
+        err_console.print(f"[red]--episode {episode}: no such episode in {dataset}[/]")
+        raise typer.Exit(1)
     if as_json:
         print_json(rows)
         return

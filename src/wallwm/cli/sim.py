@@ -6,14 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from wallwm.cli.common import console
+from wallwm.cli.common import console, out_folder
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("synth")
 def synth(
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
+        ),
+    ],
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 6,
     task: Annotated[
         list[str] | None, typer.Option("--task", help="pick-place | push | reach (repeatable).")
@@ -52,7 +57,12 @@ def synth(
 
 @app.command("record")
 def record(
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
+        ),
+    ],
     task: Annotated[
         list[str] | None,
         typer.Option("--task", help="MetaWorld v3 task, repeatable; 'mt10' for all ten."),
@@ -141,7 +151,12 @@ def _record_with_progress(
 
 @app.command("aloha")
 def aloha(
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
+        ),
+    ],
     task: Annotated[
         list[str] | None, typer.Option("--task", help="transfer-cube | insertion (repeatable).")
     ] = None,
@@ -187,7 +202,12 @@ def aloha(
 
 @app.command("jaco")
 def jaco(
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (folder source format).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
+        ),
+    ],
     task: Annotated[list[str] | None, typer.Option("--task", help="lift | stack (repeatable).")] = (
         None
     ),

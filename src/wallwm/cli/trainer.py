@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from wallwm.cli.common import (
     console,
     err_console,
     existing_dataset,
+    out_folder,
     validation_message,
 )
 
@@ -81,7 +83,7 @@ def train_cmd(
     ] = 0.15,
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     camera: CameraOpt = None,
-    out: Annotated[str, typer.Option(help="Run directory.")] = "runs/latest",
+    out: Annotated[str, typer.Option(help="Run directory.", callback=out_folder)] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
     holdout: Annotated[
         float, typer.Option(help="Share of episodes held out for `wallwm eval offline`.")
@@ -179,10 +181,13 @@ def train_plot(
     """Write a run's loss curves as a PNG."""
     from wallwm.trainer.logs import plot_run
 
+    if not (Path(run) / "metrics.jsonl").is_file():
+        err_console.print(f"[red]{run}: not a training run (no metrics.jsonl in it)[/]")
+        raise typer.Exit(2)
     try:
         path = plot_run(run, out)
     except (OSError, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/]")
+        err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(f"wrote {path}")
 

@@ -43,6 +43,9 @@ def list_clusters(
 ) -> list[dict[str, Any]]:
     """Clusters without centroids, coarse levels first, biggest first."""
     table = _clusters(store, version)
+    levels = sorted(set(table.column("level").to_pylist()))
+    if level is not None and level not in levels:
+        raise CurationError(f"--level {level}: no clusters at that level (levels: {levels})")
     rows = [
         {c: r[c] for c in SUMMARY_COLUMNS}
         for r in table.to_pylist()

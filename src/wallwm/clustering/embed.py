@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -134,7 +134,12 @@ class VisualEncoder:
         """Load ``weights_path`` (``torch.jit.save``'d module) on CPU."""
         import torch
 
-        module = torch.jit.load(weights_path, map_location="cpu")  # type: ignore[no-untyped-call]
+        try:
+            module = torch.jit.load(weights_path, map_location="cpu")  # type: ignore[no-untyped-call]
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ValueError(
+                f"{weights_path}: not a TorchScript image encoder (save one with torch.jit.save)"
+            ) from exc
         self.model = module.eval()
         self.size = size
 
@@ -169,6 +174,17 @@ class EmbedConfig(BaseModel):
     )
     traj_steps: int = Field(8, ge=2)
     batch_size: int = Field(256, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_finite_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - {"text", "traj", "visual"})
+        if unknown:
+            raise ValueError(f"unknown embedding parts {unknown} (text, traj, visual)")
+        bad = {k: v for k, v in weights.items() if not (np.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"weights must be finite and >= 0, got {bad}")
+        return weights
 
 
 class TextEmbedActor:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wallwm.trainer.checkpoint import read_checkpoint
 from wallwm.trainer.data import (
     ClusterBalancedSampler,
     EventFrameDataset,
@@ -174,15 +175,8 @@ def load_resume_state(checkpoint: Path) -> dict[str, Any]:
     Loaded with ``weights_only=True``: a checkpoint file can hold tensors and plain data, never
     code that unpickling would run.
     """
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and OS errors alike
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"{checkpoint}: cannot load the checkpoint to resume ({first}); checkpoints written "
-            "before plain-data checkpoints cannot be resumed: train into a new --out"
-        ) from exc
-    if not isinstance(state, dict) or "step" not in state or "dataset" not in state:
+    state = read_checkpoint(checkpoint)
+    if "step" not in state or "dataset" not in state:
         raise ValueError(f"{checkpoint}: not a wallwm training checkpoint")
     return state
 

@@ -22,6 +22,7 @@ version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,10 +55,25 @@ class ViewSummary:
     frames_reused: bool = False
 
 
+def is_remote(dataset: str) -> bool:
+    """Whether a dataset root is an object-store URI (``s3://``, ``gs://``, ``az://``...)."""
+    return "://" in dataset and not dataset.startswith("file://")
+
+
 def view_path(dataset: str, tag: str | None, size: int, cameras: list[str] | None = None) -> Path:
-    """Where the view of ``tag`` (or of the current versions) at ``size`` lives."""
+    """Where the view of ``tag`` (or of the current versions) at ``size`` lives.
+
+    Inside the dataset folder; for a dataset on an object store, in a local cache
+    (``$WALLWM_VIEW_CACHE``, default ``~/.cache/wallwm/views``) under a hash of its URI: the view
+    is what the data loader reads at every step, so it belongs on a local disk.
+    """
     suffix = "-" + "+".join(cameras) if cameras else ""
-    return Path(dataset) / "train" / f"{tag or 'latest'}-{size}{suffix}"
+    name = f"{tag or 'latest'}-{size}{suffix}"
+    if is_remote(dataset):
+        cache = Path(os.environ.get("WALLWM_VIEW_CACHE", "~/.cache/wallwm/views")).expanduser()
+        digest = hashlib.sha256(dataset.rstrip("/").encode()).hexdigest()[:16]
+        return cache / digest / name
+    return Path(dataset) / "train" / name
 
 
 def resize_frame(frame_HWC: np.ndarray, size: int) -> np.ndarray:
@@ -333,7 +349,7 @@ def materialize(
         )
     meta = writer.finish(
         {
-            "dataset": str(Path(dataset).resolve()),
+            "dataset": dataset if is_remote(dataset) else str(Path(dataset).resolve()),
             "tag": tag,
             "size": size,
             "versions": {"episodes": ep_version, "events": ev_version},

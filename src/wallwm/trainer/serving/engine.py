@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from wallwm.trainer.checkpoint import read_checkpoint
 from wallwm.trainer.device import autocast_dtype, inference_mode, resolve_device
 from wallwm.trainer.durations import EventTimeouts
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
@@ -49,21 +50,11 @@ def load_checkpoint(source: str | Path | bytes) -> dict[str, Any]:
     was stored as plain data load too when only their inference part is read (the slim form
     Ray Serve replicas receive) -- a full older checkpoint is refused in one line.
     """
-    name = "checkpoint bytes" if isinstance(source, bytes) else str(source)
-    try:
-        data = io.BytesIO(source) if isinstance(source, bytes) else source
-        state = torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises pickle, zip and OS errors alike
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise ValueError(
-            f"{name}: cannot load a checkpoint ({first or type(exc).__name__}); files from "
-            "wallwm before plain-data checkpoints must be re-saved by a newer wallwm"
-        ) from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{name}: not a wallwm checkpoint (a {type(state).__name__})")
+    state = read_checkpoint(source)
     missing = [k for k in ("mode", "model_config", "ema") if k not in state]
     if missing:
-        raise ValueError(f"{source!s:.200}: not a wallwm checkpoint (missing {missing})")
+        name = "checkpoint bytes" if isinstance(source, bytes) else str(source)
+        raise ValueError(f"{name}: not a wallwm checkpoint (missing {missing})")
     return dict(state)
 
 

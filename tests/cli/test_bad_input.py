@@ -1,0 +1,102 @@
+"""Every command, fed what a user gets wrong: bad paths, typos, unknown tags and ids, corrupt and
+missing checkpoints. Each answers with exit 1 or 2, one line naming the option or file and what is
+wrong (or click's usage box for a malformed command line), and never a traceback."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+from wallwm.pipeline import schemas
+from wallwm.pipeline.store import LanceStore
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, synth_dataset) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bad-input")
+    ds = synth_dataset(root, episodes=4, size=32, caption=True, cluster_ks=[4, 2])
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    (bad / "truncated.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    (bad / "garbage.json").write_text("{not json")
+    (bad / "encoder.pt").write_bytes(b"garbage")
+    (bad / "file").write_text("a file, not a folder")
+    store = LanceStore(str(ds))
+    cluster = store.read(schemas.CLUSTERS, columns=["cluster_id"]).column(0)[0].as_py()
+    return {"ds": str(ds), "src": str(root / "src"), "bad": str(bad), "cluster": cluster}
+
+
+# (arguments, exit code, what the message must say); {ds} {src} {bad} {cluster} are filled in
+CASES: list[tuple[str, int, str]] = [
+    ("ingest /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
+    ("run /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
+    ("ingest {src} -d {bad}/new2 --format lerobto", 2, "--format: Input should be"),
+    ("run {src} -d {bad}/new3 --format lerobto", 2, "--format: Input should be"),
+    ("ingest {src} -d {bad}/file", 2, "--dataset {bad}/file: exists and is not a folder"),
+    ("ingest {src} -d {bad}/file/ds", 2, "is a file, not a folder"),
+    ("segment -d {ds} --method bogus", 2, "--method: Input should be 'events' or 'fixed'"),
+    ("caption -d {ds} --prompt nosuch_prompt", 2, "no prompt template 'nosuch_prompt'"),
+    ("caption -d {ds} --backend bogus", 2, "unknown backend 'bogus'"),
+    ("embed -d {ds} --text-model /no/such/model", 1, "/no/such/model: no such model"),
+    ("embed -d {ds} --visual-weights {bad}/encoder.pt", 1, "not a TorchScript image encoder"),
+    ("embed -d {ds} --text-weight -1", 2, "weights must be finite and >= 0"),
+    ("cluster -d {ds} --strategy bogus", 2, "--strategy: Input should be 'uniform' or 'power'"),
+    ("cluster -d {ds} --k a,b", 2, "--k must be integers"),
+    ("cluster -d {ds} --levels 2 --k 6", 2, "--k gives 1 levels but --levels is 2"),
+    ("events list -d {ds} --episode nosuch", 1, "--episode nosuch: no such episode"),
+    ("events show nosuch -d {ds} --out {bad}/x.png", 1, "no event 'nosuch'"),
+    ("events similar nosuch -d {ds}", 1, "no event 'nosuch'"),
+    ("episode plot nosuch -d {ds}", 1, "episode nosuch not found"),
+    ("clusters show L1-nope -d {ds}", 1, "no cluster 'L1-nope'"),
+    ("clusters set-weight L1-nope 2 -d {ds}", 1, "unknown cluster ids: ['L1-nope']"),
+    ("clusters set-weight {cluster} nan -d {ds}", 1, "finite number"),
+    ("clusters exclude L1-nope -d {ds}", 1, "unknown cluster ids"),
+    ("clusters import /no/such.json -d {ds}", 1, "/no/such.json: not a clusters export"),
+    ("clusters import {bad}/garbage.json -d {ds}", 1, "garbage.json: not a clusters export"),
+    ("clusters diff nosuch other -d {ds}", 1, "no clusters version or tag 'nosuch'"),
+    ("clusters list -d {ds} --level 9", 1, "--level 9: no clusters at that level"),
+    ("report -d {ds} --out {bad}/file", 2, "--out {bad}/file: exists and is not a folder"),
+    ("materialize -d {ds} --tag nosuch", 1, "no tag 'nosuch'"),
+    ("train -d {ds} --tag nosuch --local", 1, "no tag 'nosuch'"),
+    ("train -d {ds} --preset smal --local", 2, "did you mean 'small'"),
+    ("train -d {ds} --preset smal", 2, "did you mean 'small'"),
+    ("train -d {ds} --mode chunks --local", 2, "--mode: Input should be"),
+    ("train -d {ds} --out {bad}/file --local", 2, "--out {bad}/file: exists and is not a folder"),
+    ("train -d {ds} --resume --out {bad} --local", 1, "{bad}/checkpoint.pt: holds pickled"),
+    ("train -d {ds} --local --num-workers 2", 2, "--local trains in this process"),
+    ("train plot /no/such/run", 2, "/no/such/run: not a training run"),
+    ("eval offline --checkpoint {bad}/checkpoint.pt", 1, "checkpoint.pt: holds pickled"),
+    ("eval offline --checkpoint {bad}/truncated.pt", 1, "truncated.pt: not a PyTorch checkpoint"),
+    ("eval offline --checkpoint /no/such.pt", 1, "/no/such.pt: no such checkpoint file"),
+    ("serve --checkpoint /no/such.pt", 1, "/no/such.pt: no such checkpoint file"),
+    ("serve --checkpoint {bad}/checkpoint.pt", 1, "checkpoint.pt: holds pickled"),
+    ("sim record --out {bad}/file --episodes 1", 2, "--out {bad}/file: exists and is not a"),
+    ("sim synth --out {bad}/s --task pick-plac", 2, "did you mean 'pick-place'"),
+]
+
+
+def _words(text: str) -> str:
+    """Output as one line of words (rich wraps long lines and draws boxes)."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize(("args", "code", "says"), CASES, ids=[c[0][:48] for c in CASES])
+def test_a_user_error_is_one_clear_line_never_a_traceback(world, args, code, says):
+    argv = [a.format(**world) for a in args.split()]
+    result = CliRunner().invoke(app, argv)
+    output = result.output
+    assert "Traceback" not in output and isinstance(result.exception, SystemExit | None), output
+    assert result.exit_code == code, output
+    assert says.format(**world) in _words(output), output
+    lines = [line for line in output.splitlines() if line.strip()]
+    usage_box = lines and lines[0].startswith("Usage:")  # click's own answer to a bad command line
+    if not usage_box:
+        assert len(lines) == 1, output
+    assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3))  # none created
