@@ -210,6 +210,12 @@ def serve_cmd(
         ),
     ] = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 4.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting for the model at most (more: 503).")
+    ] = 256,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at most (more: 503).")
+    ] = 512,
     flow_steps: Annotated[int, typer.Option(help="Euler steps of the action flow.")] = 10,
     noise_scale: Annotated[
         float, typer.Option(help="Temperature of the flow's starting noise (0: deterministic).")
@@ -242,6 +248,8 @@ def serve_cmd(
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_body_bytes=int(max_body_mb * (1 << 20)),
+            max_queue=max_queue,
+            max_connections=max_connections,
             flow_steps=flow_steps,
             noise_scale=noise_scale,
             replicas=replicas,

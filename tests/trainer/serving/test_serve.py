@@ -453,6 +453,36 @@ def test_cli_serve_restart_and_eval_through_the_server(checkpoints):
     np.testing.assert_array_equal(answers[0].actions_HA, answers[1].actions_HA)
 
 
+def test_connections_beyond_the_bound_get_503_and_the_server_lives(checkpoints):
+    """uvicorn's own bound (``--max-connections``): idle sockets hold the slots, the next
+    request is answered 503 at once, and once they close the server answers again."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "wallwm.cli.main", "serve", "--checkpoint"]
+    cmd += [str(checkpoints["event"]), "--port", str(port), "--max-connections", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = PolicyClient(f"http://127.0.0.1:{port}")
+
+    def get_health() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(4096)
+
+    try:
+        _wait_healthy(client, proc)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        time.sleep(0.5)  # the server has accepted them
+        assert get_health().startswith(b"HTTP/1.1 503")
+        for s in idle:
+            s.close()
+        deadline = time.monotonic() + 20  # the server notices the closed sockets
+        while not (answer := get_health()).startswith(b"HTTP/1.1 200"):
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
 def test_cli_serve_refuses_a_bad_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
