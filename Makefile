@@ -39,14 +39,19 @@ vllm-env:
 lerobot-env:
 	bash scripts/build_lerobot_env.sh $(LEROBOT_VENV) || $(call SOFT_FAIL,$(LEROBOT_VENV) could not be built; the lerobot-written dataset tests will skip)
 
-# Debian's headless Chromium renders the cluster report in its test (root or sudo-less CI box).
+# Debian's headless Chromium renders the cluster report in its test (root or sudo-less CI box);
+# Debian's ffmpeg libraries are what LeRobot's video decoder (torchcodec) loads in the export test.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  $(call SOFT_FAIL,chromium could not be installed; the report screenshot test will skip)
+	@command -v ffmpeg >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q ffmpeg >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q ffmpeg >/dev/null 2>&1; }; }; } || \
+	  $(call SOFT_FAIL,ffmpeg could not be installed; the LeRobot-library export test will fail)
 
-test: $(STAMP) vllm-env lerobot-env system-deps
+test: $(STAMP) system-deps vllm-env lerobot-env
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -7,7 +7,8 @@ set -euo pipefail
 VENV=${1:-.venv-lerobot}
 PY=${PYTHON:-python3.11}
 STAMP="$VENV/.wallwm-lerobot-ready"
-[ -f "$STAMP" ] && exit 0
+# (an environment from before torchcodec was added is rebuilt)
+[ -f "$STAMP" ] && "$VENV/bin/python" -c "import torchcodec" 2>/dev/null && exit 0
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip install --quiet --disable-pip-version-check"
@@ -21,6 +22,11 @@ $PIP "datasets>=4,<5" "huggingface-hub>=0.34.2,<0.36" "av>=15" jsonlines "packag
     opencv-python-headless pandas pillow psutil pyyaml
 # CUDA-only leftovers removed, torchvision guarded for CPU torch (shared fixes).
 bash "$(dirname "$0")/cpu_torch_fixes.sh" "$VENV"
+# LeRobot decodes video with torchcodec (torchvision 0.28 has no VideoReader to fall back on):
+# the CPU release built against torch 2.13, installed after the fixes (which remove the CUDA
+# torchcodec dependencies pull in); it loads Debian's ffmpeg libraries (`make system-deps`).
+$PIP --no-deps "torchcodec==0.13.0"
 "$VENV/bin/python" -c "import lerobot; from lerobot.datasets.lerobot_dataset import LeRobotDataset; print('lerobot', lerobot.__version__)"
+"$VENV/bin/python" -c "from torchcodec.decoders import VideoDecoder; print('torchcodec ok')"
 PYTHONPATH="$VENV/lerobot-0.3" "$VENV/bin/python" -c "from lerobot.datasets.lerobot_dataset import CODEBASE_VERSION as v; assert v == 'v2.1', v"
 touch "$STAMP"

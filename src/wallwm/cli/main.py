@@ -10,6 +10,7 @@ import typer
 
 from wallwm.cli import caption as caption_cli
 from wallwm.cli import clustering as clustering_cli
+from wallwm.cli import export as export_cli
 from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
@@ -36,6 +37,7 @@ app.command("report")(clustering_cli.report_cmd)
 app.command("materialize")(trainer_cli.materialize_cmd)
 app.add_typer(trainer_cli.train_app, name="train")
 app.command("serve")(trainer_cli.serve_cmd)
+app.add_typer(export_cli.app, name="export")
 segment_cli.events_app.command("similar")(clustering_cli.events_similar)
 app.add_typer(segment_cli.events_app, name="events")
 app.add_typer(segment_cli.episode_app, name="episode")

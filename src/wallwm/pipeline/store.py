@@ -62,9 +62,16 @@ class TableStore(Protocol):
         ...
 
     def read(
-        self, table: str, columns: list[str] | None = None, where: str | None = None
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        version: int | str | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` (optionally a column subset and a SQL filter)."""
+        """Rows of ``table``: optionally a column subset, a SQL filter, an older version or a tag.
+
+        An unknown version or tag is a :class:`StoreError`.
+        """
         ...
 
     def count(self, table: str, where: str | None = None) -> int:
@@ -233,12 +240,16 @@ class LanceStore:
         return self._open(table).schema if self.exists(table) else None
 
     def read(
-        self, table: str, columns: list[str] | None = None, where: str | None = None
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        version: int | str | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` (optionally a column subset and a SQL filter)."""
+        """Rows of ``table`` (optionally a column subset, a SQL filter, a version or tag)."""
         if not self.exists(table):
             return pa.table({})
-        return self._open(table).to_table(columns=columns, filter=where)
+        return self._open(table, version).to_table(columns=columns, filter=where)
 
     def count(self, table: str, where: str | None = None) -> int:
         """Number of rows of ``table`` matching ``where`` (0 if it does not exist)."""
@@ -370,12 +381,21 @@ class MemoryStore:
         return self._tables[table][-1].schema if table in self._tables else None
 
     def read(
-        self, table: str, columns: list[str] | None = None, where: str | None = None
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        version: int | str | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` (optionally a column subset and a filter)."""
+        """Rows of ``table`` (optionally a column subset, a filter, and a version number)."""
         if table not in self._tables:
             return pa.table({})
-        data = self._tables[table][-1]
+        if isinstance(version, str):
+            raise StoreError(f"table {table!r}: tags need the Lance store")
+        versions = self._tables[table]
+        if version is not None and not 1 <= version <= len(versions):
+            raise StoreError(f"table {table!r} has no version {version}")
+        data = versions[-1 if version is None else version - 1]
         if where:
             data = data.filter(_memory_filter(data, where))
         return data.select(columns) if columns else data

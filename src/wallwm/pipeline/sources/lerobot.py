@@ -353,5 +353,9 @@ class LeRobotSource:
             source = "task_index changes"
         if not labels:
             return None, None
-        starts = [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+        # A wallwm export's ``event_index`` tells apart two adjacent events with the same text.
+        keys: list[Any] = labels
+        if "event_index" in table.column_names and source != "task_index changes":
+            keys = list(zip(table.column("event_index").to_pylist(), labels, strict=True))
+        starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
         return [(i, labels[i]) for i in starts], source

@@ -1,0 +1,43 @@
+"""Export commands: ``wallwm export lerobot``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from wallwm.cli.common import DatasetOpt, console, err_console, out_folder
+
+app = typer.Typer(no_args_is_help=True, help="Export curated snapshots to other tools' formats.")
+
+
+@app.command("lerobot")
+def export_lerobot_cmd(
+    dataset: DatasetOpt,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder of the LeRobot dataset.", callback=out_folder)
+    ],
+    tag: Annotated[str | None, typer.Option(help="Snapshot to export (default: current).")] = None,
+    reencode: Annotated[
+        bool,
+        typer.Option(help="Encode only the exported frames instead of copying source videos."),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write the tag's curated episodes as a LeRobot v3.0 dataset (events as subtasks)."""
+    from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
+
+    cfg = ExportConfig(dataset=dataset, tag=tag, out=out, reencode=reencode, overwrite=overwrite)
+    try:
+        with console.status("exporting"):
+            s = export_lerobot(cfg)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"[bold]export[/]: {s.episodes_in} episodes -> {s.episodes_out} LeRobot episodes "
+        f"({s.frames} frames, {s.events} events as subtasks, {s.events_left_out} left out by "
+        f"curation); videos {s.videos_copied} copied, {s.videos_encoded} encoded; "
+        f"{s.seconds:.1f} s -> {s.out}",
+        soft_wrap=True,
+    )

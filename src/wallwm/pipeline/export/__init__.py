@@ -1,0 +1,1 @@
+"""Exports of curated snapshots to the formats other training stacks read."""
