@@ -20,10 +20,18 @@ from typer.testing import CliRunner
 from wallwm.cli.main import app
 from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
 from wallwm.pipeline import schemas
-from wallwm.pipeline.export.lerobot import ExportConfig, Span, export_lerobot, kept_spans
+from wallwm.pipeline.export.lerobot import (
+    ExportConfig,
+    Span,
+    decode_span,
+    export_lerobot,
+    kept_spans,
+)
 from wallwm.pipeline.ingest import load_episode
+from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.video import iter_video_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-lerobot"
@@ -93,10 +101,40 @@ def test_export_round_trips_actions_states_and_event_bounds(curated, tmp_path, r
             rec.states_TS, np.asarray(src["states"], np.float32)[span.start : span.end]
         )
         assert rec.instruction == src["instruction"] and rec.fps == src["fps"]
+        if span.start > 0:  # a cut episode's video shows its own frames, not its neighbours'
+            source_cam = CameraInfo(**src["cameras"][0])
+            if reencode:  # decoded from a seek to the span's first frame, frame-exact ...
+                np.testing.assert_array_equal(
+                    decode_span(source_cam, span.start, span.end, src["fps"]),
+                    _frames(source_cam)[span.start : span.end],
+                )  # ... and encoded again (lossy: close, not equal)
+                assert (
+                    np.abs(
+                        _frames(rec.probed[0]) - _frames(source_cam)[span.start : span.end]
+                    ).mean()
+                    < 6
+                )
+            else:
+                assert _best_offset(rec.probed[0], source_cam, span) == 0
         starts = [s for s, _label in rec.gt_events]
         assert starts == [e["start_frame"] - span.start for e in span.events]
         assert [label for _s, label in rec.gt_events] == [e["caption"] for e in span.events]
     assert list(store.read(schemas.RUNS, where="stage = 'export'").to_pylist())
+
+
+def _frames(cam: CameraInfo) -> np.ndarray:
+    window = iter_video_frames(cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, "rgb24")
+    return np.stack([np.asarray(f, np.float32) for _t, f in window])
+
+
+def _best_offset(exported: CameraInfo, source: CameraInfo, span: Span) -> int:
+    """Which shift of the source frames the exported video matches best (0: exactly aligned)."""
+    mine, theirs = _frames(exported), _frames(source)
+    errors = {
+        k: np.abs(mine[1:-1] - theirs[span.start + k + 1 : span.end + k - 1]).mean()
+        for k in (-1, 0, 1)
+    }
+    return min(errors, key=errors.__getitem__)
 
 
 def test_export_cli_refuses_what_it_cannot_write(curated, tmp_path):

@@ -231,11 +231,18 @@ def read_frames(info: CameraInfo, fmt: str = "rgb24") -> Iterator[UInt8Array]:
 
 
 def write_video(
-    path: str, frames_THWC: UInt8Array, fps: float, codec: str = "libx264", crf: int = 23
+    path: str,
+    frames_THWC: UInt8Array,
+    fps: float,
+    codec: str = "libx264",
+    crf: int = 23,
+    preset: str | None = None,
 ) -> None:
     """Encode RGB frames to a video file with PyAV (H.264 by default; ``libsvtav1`` for AV1).
 
-    Used by the simulators and the test factories; ingest itself never re-encodes.
+    Used by the simulators, the test factories and ``export --reencode``; ingest itself never
+    re-encodes. ``preset``: the encoder's speed preset (x264: ``ultrafast`` ... ``veryslow``,
+    default ``medium``; SVT-AV1: 0-13, default 12 here).
     """
     from fractions import Fraction
 
@@ -248,10 +255,10 @@ def write_video(
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = int(width), int(height)
         stream.pix_fmt = "yuv420p"
-        if codec in ("libx264", "libsvtav1"):
-            stream.options = (
-                {"crf": str(crf)} if codec == "libx264" else {"crf": "35", "preset": "12"}
-            )
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
+        elif codec == "libsvtav1":
+            stream.options = {"crf": "35", "preset": preset or "12"}
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[i]), format="rgb24")
             for packet in stream.encode(frame):

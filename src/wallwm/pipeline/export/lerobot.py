@@ -18,11 +18,13 @@ encoded into one file per exported episode.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,10 @@ class ExportConfig(BaseModel):
     reencode: bool = Field(
         False, description="Encode only the exported frames (default: copy source video files)."
     )
-    codec: str = Field("libsvtav1", description="Encoder of re-encoded streams.")
+    codec: str = Field(
+        "libx264", description="Encoder of re-encoded streams (libx264 H.264, or libsvtav1 AV1)."
+    )
+    preset: str = Field("veryfast", description="The encoder's speed preset.")
     episodes_per_file: int = Field(1000, ge=1, description="Episodes per data parquet file.")
     overwrite: bool = False
 
@@ -142,7 +147,8 @@ class _Writer:
 
     def __init__(self, cfg: ExportConfig, fps: float, summary: ExportSummary) -> None:
         self.cfg, self.fps, self.summary = cfg, fps, summary
-        self.root = Path(cfg.out)
+        self.root = Path(cfg.out + ".partial")  # renamed to ``out`` once complete
+        shutil.rmtree(self.root, ignore_errors=True)  # left by a killed export
         self.frames: list[pa.Table] = []
         self.episodes: list[dict[str, Any]] = []
         self.tasks: dict[str, int] = {}
@@ -154,6 +160,8 @@ class _Writer:
         self.states: list[np.ndarray] = []
         self.index = 0
         self.data_file = 0
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self.encodes: list[Future[None]] = []
 
     def add(self, row: dict[str, Any], actions: np.ndarray, states: np.ndarray, span: Span) -> None:
         episode_index = len(self.episodes)
@@ -223,8 +231,9 @@ class _Writer:
                 f"{prefix}/to_timestamp": start + (span.end - span.start) / self.fps,
             }
         file_index = self._next_file(key)
-        frames = _decode(cam, span.start, span.end)
-        write_video(str(self._video_path(key, file_index)), frames, self.fps, codec=self.cfg.codec)
+        path = str(self._video_path(key, file_index))
+        # decode + encode release the GIL: streams are re-encoded concurrently, one per core
+        self.encodes.append(self.pool.submit(self._encode, cam, span, path))
         self.summary.videos_encoded += 1
         return {
             f"{prefix}/chunk_index": 0,
@@ -232,6 +241,10 @@ class _Writer:
             f"{prefix}/from_timestamp": 0.0,
             f"{prefix}/to_timestamp": (span.end - span.start) / self.fps,
         }
+
+    def _encode(self, cam: CameraInfo, span: Span, path: str) -> None:
+        frames = decode_span(cam, span.start, span.end, self.fps)
+        write_video(path, frames, self.fps, codec=self.cfg.codec, preset=self.cfg.preset)
 
     def _next_file(self, key: str) -> int:
         index = self.files.get(key, 0)
@@ -251,6 +264,7 @@ class _Writer:
         self.data_file += 1
 
     def finish(self, robot: str | None, names: tuple[list[str] | None, list[str] | None]) -> None:
+        self.close()
         self._flush_data()
         meta = self.root / "meta"
         (meta / "episodes" / CHUNK).mkdir(parents=True, exist_ok=True)
@@ -264,6 +278,13 @@ class _Writer:
         _index_parquet(self.subtasks, "subtask", "subtask_index", meta / "subtasks.parquet")
         (meta / "info.json").write_text(json.dumps(self._info(robot, names), indent=2))
         (meta / "stats.json").write_text(json.dumps(self._stats(), indent=2))
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the re-encodes (the first failure is raised), or cancel those not started."""
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if not cancel:
+            for job in self.encodes:
+                job.result()
 
     def _info(self, robot: str | None, names: tuple[list[str] | None, list[str] | None]) -> Any:
         a_dim, s_dim = self.actions[0].shape[1], self.states[0].shape[1]
@@ -349,19 +370,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _decode(cam: CameraInfo, start: int, end: int) -> np.ndarray:
+def decode_span(cam: CameraInfo, start: int, end: int, fps: float) -> np.ndarray:
     """Frames ``[start, end)`` of a camera stream as (T, H, W, 3) uint8 RGB."""
     h5 = split_hdf5_uri(cam.uri)
     if h5 is not None:
-        frames = [f for i, f in enumerate(iter_hdf5_frames(*h5)) if start <= i < end]
-    else:
-        frames = [
-            np.asarray(frame)
-            for i, (_t, frame) in enumerate(
-                iter_video_frames(cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, "rgb24")
-            )
-            if start <= i < end
-        ]
+        stream: Iterable[Any] = itertools.islice(iter_hdf5_frames(*h5), start, end)
+    else:  # the span's own window: the decoder seeks there, and stops at its end
+        from_s = cam.from_timestamp_s + start / fps
+        frames_s = iter_video_frames(cam.uri, from_s, from_s + (end - start) / fps, "rgb24")
+        stream = itertools.islice((frame for _t, frame in frames_s), end - start)
+    frames = [np.asarray(f) for f in stream]
     if len(frames) < end - start and frames:  # within the ingest tolerance: repeat the last
         frames += [frames[-1]] * (end - start - len(frames))
     return np.stack(frames).astype(np.uint8)
@@ -377,6 +395,38 @@ def export_lerobot(cfg: ExportConfig, store: TableStore | None = None) -> Export
     by_episode = _events_by_episode(store, cfg.tag)
     episodes = _read_at(store, schemas.EPISODES, cfg.tag)
     writer = _Writer(cfg, _one_fps(cfg, episodes), summary)
+    try:
+        _write_all(writer, episodes, by_episode, keep)
+    except BaseException:
+        writer.close(cancel=True)
+        shutil.rmtree(writer.root, ignore_errors=True)  # no half-written export is left behind
+        raise
+    # The export appears whole or not at all; an old one goes only once the new one is complete.
+    shutil.rmtree(cfg.out, ignore_errors=True)
+    writer.root.rename(cfg.out)
+    summary.episodes_out = len(writer.episodes)
+    summary.seconds = time.perf_counter() - t0
+    StageRun("export", cfg.model_dump()).record(
+        store,
+        schemas.EPISODES,
+        None,
+        0,
+        f"lerobot {CODEBASE_VERSION} to {cfg.out}: episodes {summary.episodes_in} -> "
+        f"{summary.episodes_out}, frames={summary.frames} events={summary.events} "
+        f"left_out={summary.events_left_out} copied={summary.videos_copied} "
+        f"encoded={summary.videos_encoded}",
+    )
+    return summary
+
+
+def _write_all(
+    writer: _Writer,
+    episodes: pa.Table,
+    by_episode: dict[str, list[dict[str, Any]]],
+    keep: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Every kept span of every episode through ``writer``, then its metadata."""
+    summary = writer.summary
     robot, names = None, (None, None)
     for i in range(episodes.num_rows):
         row = {c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS}
@@ -395,22 +445,9 @@ def export_lerobot(cfg: ExportConfig, store: TableStore | None = None) -> Export
         for span in spans:
             writer.add(row, actions, states, span)
     if not writer.episodes:
-        where = cfg.tag or "the current version"
-        raise ValueError(f"{cfg.dataset}: nothing to export at {where} (no kept events)")
+        where = writer.cfg.tag or "the current version"
+        raise ValueError(f"{writer.cfg.dataset}: nothing to export at {where} (no kept events)")
     writer.finish(robot, names)
-    summary.episodes_out = len(writer.episodes)
-    summary.seconds = time.perf_counter() - t0
-    StageRun("export", cfg.model_dump()).record(
-        store,
-        schemas.EPISODES,
-        None,
-        0,
-        f"lerobot {CODEBASE_VERSION} to {cfg.out}: episodes {summary.episodes_in} -> "
-        f"{summary.episodes_out}, frames={summary.frames} events={summary.events} "
-        f"left_out={summary.events_left_out} copied={summary.videos_copied} "
-        f"encoded={summary.videos_encoded}",
-    )
-    return summary
 
 
 EPISODE_COLUMNS = (
@@ -429,10 +466,8 @@ def _prepare_out(cfg: ExportConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {cfg.out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise ValueError(f"--out {cfg.out}: exists and is not empty (--overwrite replaces it)")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"--out {cfg.out}: exists and is not empty (--overwrite replaces it)")
 
 
 def _events_by_episode(store: TableStore, tag: str | None) -> dict[str, list[dict[str, Any]]]:
