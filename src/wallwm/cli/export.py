@@ -23,11 +23,16 @@ def export_lerobot_cmd(
         typer.Option(help="Encode only the exported frames instead of copying source videos."),
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    trim: Annotated[
+        bool, typer.Option("--trim/--no-trim", help="Leave out each episode's idle start and end.")
+    ] = True,
 ) -> None:
     """Write the tag's curated episodes as a LeRobot v3.0 dataset (events as subtasks)."""
     from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
 
-    cfg = ExportConfig(dataset=dataset, tag=tag, out=out, reencode=reencode, overwrite=overwrite)
+    cfg = ExportConfig(
+        dataset=dataset, tag=tag, out=out, reencode=reencode, overwrite=overwrite, trim=trim
+    )
     try:
         with console.status("exporting"):
             s = export_lerobot(cfg)

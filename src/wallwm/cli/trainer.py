@@ -17,6 +17,12 @@ from wallwm.cli.common import (
     validation_message,
 )
 
+TrimOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trim/--no-trim", help="Leave out each episode's idle start and end (stored at ingest)."
+    ),
+]
 CameraOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -31,13 +37,14 @@ def materialize_cmd(
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 96,
     force: Annotated[bool, typer.Option(help="Rewrite an existing view.")] = False,
     camera: CameraOpt = None,
+    trim: TrimOpt = True,
 ) -> None:
     """Write the training view (resized frames, events, signals, norm stats) of a tag."""
     from wallwm.trainer.view import materialize
 
     try:
         with console.status("materialising"):
-            s = materialize(dataset, tag, size, force, camera)
+            s = materialize(dataset, tag, size, force, camera, trim=trim)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -83,6 +90,7 @@ def train_cmd(
     ] = 0.15,
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     camera: CameraOpt = None,
+    trim: TrimOpt = True,
     out: Annotated[str, typer.Option(help="Run directory.", callback=out_folder)] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
     holdout: Annotated[
@@ -132,6 +140,7 @@ def train_cmd(
             caption_dropout=caption_dropout,
             size=size,
             cameras=camera,
+            trim=trim,
             out=out,
             resume=resume,
             seed=seed,

@@ -213,6 +213,13 @@ class RowLineage:
     ingested_at: datetime
 
 
+def _trim(record: EpisodeRecord) -> tuple[int, int]:
+    """The episode's active frames without its idle start and end (stored, not applied)."""
+    from wallwm.pipeline.segmentation.idle import idle_trim
+
+    return idle_trim(record.actions_TA, record.states_TS, float(record.fps))
+
+
 def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
     """One ``episodes`` row (with the record's own action/state dims) as a 1-row table."""
     ref = record.ref
@@ -255,6 +262,9 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
         "code_version": [lineage.code_version],
         "config_hash": [lineage.config_hash],
         "ingested_at": [lineage.ingested_at],
+        **dict(
+            zip(("trim_start_frame", "trim_end_frame"), ([v] for v in _trim(record)), strict=True)
+        ),
     }
     arrays = [
         col if isinstance(col, pa.Array) else pa.array(col, type=schema.field(name).type)
@@ -358,6 +368,8 @@ class _BatchWriter:
 
     def add(self, table: pa.Table, events: pa.Table | None = None) -> EpisodeError | None:
         if self.schema is None:  # looked up once: opening the table per row cost ~0.6 ms
+            if self.store.exists(schemas.EPISODES):  # a table from before the trim columns
+                self.store.ensure_columns(schemas.EPISODES, list(schemas.TRIM_FIELDS))
             self.schema = self.store.schema(schemas.EPISODES) or table.schema
         schema = self.schema
         if table.schema != schema:

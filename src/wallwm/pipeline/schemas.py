@@ -60,6 +60,13 @@ def vector_series(dim: int) -> pa.DataType:
     return pa.list_(pa.list_(pa.float32(), dim))
 
 
+#: The idle-trim range of an episode (``wallwm.pipeline.segmentation.idle``).
+TRIM_FIELDS = (
+    pa.field("trim_start_frame", pa.int64(), nullable=True),
+    pa.field("trim_end_frame", pa.int64(), nullable=True),
+)
+
+
 def episodes_schema(action_dim: int, state_dim: int) -> pa.Schema:
     """Schema of the ``episodes`` table for one embodiment.
 
@@ -100,6 +107,9 @@ def episodes_schema(action_dim: int, state_dim: int) -> pa.Schema:
             pa.field("code_version", pa.string(), nullable=False),
             pa.field("config_hash", pa.string(), nullable=False),
             pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            # Last (a table from before them gets them appended): the active frames
+            # [trim_start_frame, trim_end_frame) without the idle start and end.
+            *TRIM_FIELDS,
         ]
     )
 

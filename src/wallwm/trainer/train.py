@@ -69,6 +69,7 @@ class TrainConfig(BaseModel):
     cameras: list[str] | None = Field(
         None, description="Camera streams the model sees (None: every camera of the dataset)."
     )
+    trim: bool = Field(True, description="Leave out each episode's idle start and end.")
     mode: Literal["event", "unified", "chunk", "chunk_text"] = "event"
     preset: str = "small"
     steps: int = Field(1000, ge=1)
@@ -191,7 +192,9 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
         resumed = load_resume_state(checkpoint)
         _check_same_data(checkpoint, resumed, cfg.dataset, source_versions(cfg.dataset, cfg.tag))
         same_as = resumed["dataset"]["versions"]  # checked: the view need not compare them again
-    view = materialize(cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras, same_as=same_as)
+    view = materialize(
+        cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras, same_as=same_as, trim=cfg.trim
+    )
     return view, resumed
 
 

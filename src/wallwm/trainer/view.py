@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import from_vector_series, to_vector_series
+from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore, StoreError
 from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri
@@ -60,14 +61,16 @@ def is_remote(dataset: str) -> bool:
     return "://" in dataset and not dataset.startswith("file://")
 
 
-def view_path(dataset: str, tag: str | None, size: int, cameras: list[str] | None = None) -> Path:
+def view_path(
+    dataset: str, tag: str | None, size: int, cameras: list[str] | None = None, trim: bool = True
+) -> Path:
     """Where the view of ``tag`` (or of the current versions) at ``size`` lives.
 
     Inside the dataset folder; for a dataset on an object store, in a local cache
     (``$WALLWM_VIEW_CACHE``, default ``~/.cache/wallwm/views``) under a hash of its URI: the view
     is what the data loader reads at every step, so it belongs on a local disk.
     """
-    suffix = "-" + "+".join(cameras) if cameras else ""
+    suffix = ("-" + "+".join(cameras) if cameras else "") + ("" if trim else "-untrimmed")
     name = f"{tag or 'latest'}-{size}{suffix}"
     if is_remote(dataset):
         cache = Path(os.environ.get("WALLWM_VIEW_CACHE", "~/.cache/wallwm/views")).expanduser()
@@ -303,6 +306,7 @@ def materialize(
     force: bool = False,
     cameras: list[str] | None = None,
     same_as: dict[str, int] | None = None,
+    trim: bool = True,
 ) -> ViewSummary:
     """Write the training view of ``dataset`` at ``tag`` (None: current versions).
 
@@ -312,10 +316,11 @@ def materialize(
     stale captions or events. ``cameras`` names the camera streams to carry
     (None: every camera of the first episode). ``same_as``: versions the caller has already
     found to hold the same view inputs as the current ones (a resume's check), not compared again.
+    ``trim``: leave out each episode's idle start and end (events clipped to its trim range).
     """
     t0 = time.perf_counter()
     store = LanceStore(dataset)
-    out = view_path(dataset, tag, size, cameras)
+    out = view_path(dataset, tag, size, cameras, trim)
     if out.exists() and not force:  # views are immutable: reuse while their sources are
         meta = json.loads((out / "meta.json").read_text())
         now = source_versions(dataset, tag)
@@ -335,12 +340,13 @@ def materialize(
     # the old view's -- a first pass without decoding tells, then the frames are linked over.
     old = None if force else _old_frames(out, ep_version)
     writer = _ViewWriter(_fresh(tmp), size, cameras, decode=old is None)
-    writer = _fill(writer, episodes, by_episode)
+    writer = _fill(writer, episodes, by_episode, trim)
     reused = old is not None and old == (writer.episode_ids, writer.frame_rows, writer.cameras)
     if reused:
         shutil.copytree(out / "frames.lance", tmp / "frames.lance", copy_function=os.link)
     elif old is not None:  # other episodes (or cameras): decode after all
-        writer = _fill(_ViewWriter(_fresh(tmp), size, cameras, decode=True), episodes, by_episode)
+        decoding = _ViewWriter(_fresh(tmp), size, cameras, decode=True)
+        writer = _fill(decoding, episodes, by_episode, trim)
     if not writer.events:
         shutil.rmtree(tmp)
         wanted = f" with cameras {cameras}" if cameras else " with video"
@@ -354,6 +360,7 @@ def materialize(
             "size": size,
             "versions": {"episodes": ep_version, "events": ev_version},
             "frames_reused": reused,
+            "trim": trim,
         }
     )
     # The view appears whole or not at all; an old one goes only once the new one is complete.
@@ -381,9 +388,15 @@ def _fresh(path: Path) -> Path:
 
 
 def _fill(
-    writer: _ViewWriter, episodes: pa.Table, by_episode: dict[str, list[dict[str, Any]]]
+    writer: _ViewWriter,
+    episodes: pa.Table,
+    by_episode: dict[str, list[dict[str, Any]]],
+    trim: bool,
 ) -> _ViewWriter:
-    """Add every segmented episode with video to ``writer``, in the episodes table's order."""
+    """Add every segmented episode with video to ``writer``, in the episodes table's order.
+
+    With ``trim``, each episode's events are clipped to its active frames.
+    """
     for i in range(episodes.num_rows):
         row = episodes.slice(i, 1).drop_columns(["actions", "states"]).to_pylist()[0]
         evs = sorted(by_episode.get(row["episode_id"], []), key=lambda e: e["event_index"])
@@ -396,6 +409,8 @@ def _fill(
             if row["state_dim"] and cell.is_valid
             else np.zeros((len(actions), 0), np.float32)
         )
+        if trim:
+            evs = clip_events(evs, *episode_trim(row, actions, states))
         writer.add_episode(row, actions, states, evs)
     return writer
 

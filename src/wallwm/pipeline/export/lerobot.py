@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import from_vector_series
 from wallwm.pipeline.lineage import StageRun
+from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore, StoreError, TableStore
 from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri, write_video
@@ -53,6 +54,7 @@ class ExportConfig(BaseModel):
     dataset: str
     tag: str | None = Field(None, description="Snapshot to export (None: the current versions).")
     out: str
+    trim: bool = Field(True, description="Leave out each episode's idle start and end.")
     reencode: bool = Field(
         False, description="Encode only the exported frames (default: copy source video files)."
     )
@@ -429,7 +431,9 @@ def _write_all(
     summary = writer.summary
     robot, names = None, (None, None)
     for i in range(episodes.num_rows):
-        row = {c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS}
+        row = {
+            c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS if c in episodes.schema.names
+        }
         actions = from_vector_series(episodes.column("actions")[i])
         states_cell = episodes.column("states")[i]
         states = (
@@ -439,6 +443,8 @@ def _write_all(
         )
         summary.episodes_in += 1
         mine = by_episode.get(row["episode_id"], [])
+        if writer.cfg.trim:  # the idle start and end go like left-out events
+            mine = clip_events(mine, *episode_trim(row, actions, states))
         spans = kept_spans(mine, keep)
         summary.events_left_out += len(mine) - sum(len(s.events) for s in spans)
         robot, names = robot or row["robot"], (row["action_names"], row["state_names"])
@@ -452,6 +458,7 @@ def _write_all(
 
 EPISODE_COLUMNS = (
     "episode_id",
+    "fps",
     "instruction",
     "cameras",
     "robot",
@@ -459,6 +466,8 @@ EPISODE_COLUMNS = (
     "action_dim",
     "action_names",
     "state_names",
+    "trim_start_frame",
+    "trim_end_frame",
 )
 
 
