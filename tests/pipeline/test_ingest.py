@@ -186,14 +186,15 @@ def test_dimension_mismatch_is_a_failure(folder_source, tmp_path):
     ds = tmp_path / "ds"
     _ingest(folder_source(2), ds)  # 4-d actions, 4-d states
     src = tmp_path / "seven"
-    record_synthetic(src, SynthConfig(episodes=1, size=48, seed=9))
-    ep = next(src.iterdir())
+    record_synthetic(src, SynthConfig(episodes=2, size=48, seed=9))
+    ep = sorted(src.iterdir())[1]  # the first matches (the source passes the merge check) ...
     steps = pq.read_table(ep / "steps.parquet").to_pylist()
     for r in steps:
         r["action"] = [*r["action"], 0.0, 0.0, 0.0]
     pq.write_table(pa.Table.from_pylist(steps), ep / "steps.parquet")
-    summary = _ingest(src, ds)
-    assert summary.failed == 1 and summary.failures[0].error_class == "DimensionMismatch"
+    summary = _ingest(src, ds)  # ... the second does not: it alone fails
+    assert summary.written == 1 and summary.failed == 1
+    assert summary.failures[0].error_class == "DimensionMismatch"
     assert "(7, 4) differ from the dataset's (4, 4)" in summary.failures[0].problem
 
 

@@ -119,6 +119,26 @@ GripperOpenOpt = Annotated[
 ]
 
 
+CameraMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--camera-map",
+        help="OLD=NEW: rename a source camera as it is read (repeatable), so sources merged "
+        "into one dataset share camera names.",
+    ),
+]
+
+
+def camera_map(items: list[str] | None) -> dict[str, str]:
+    """``--camera-map`` items as a mapping; a malformed one is one line and exit 2."""
+    from wallwm.pipeline.sources.merge import parse_camera_map
+
+    try:
+        return parse_camera_map(items or [])
+    except ValueError as exc:
+        raise _refuse(str(exc)) from exc
+
+
 def validation_message(exc: Any) -> str:
     """A pydantic ``ValidationError`` as one line naming each option and what is wrong."""
     parts = []

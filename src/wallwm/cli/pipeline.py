@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from wallwm.cli.common import (
+    CameraMapOpt,
     DatasetOpt,
     GripperOpenOpt,
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
     SourceArg,
+    camera_map,
     console,
     err_console,
     print_json,
@@ -39,6 +41,7 @@ def ingest(
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
     ] = 1,
     gripper_open: GripperOpenOpt = "auto",
+    camera_map_items: CameraMapOpt = None,
     batch_episodes: Annotated[int, typer.Option(help="Episodes per Lance commit.")] = 32,
     force: Annotated[
         bool, typer.Option(help="Re-read episodes whose files did not change.")
@@ -61,6 +64,7 @@ def ingest(
             fps=fps,
             frame_tolerance=frame_tolerance,
             gripper_open=gripper_open,  # type: ignore[arg-type]
+            camera_map=camera_map(camera_map_items),
             batch_episodes=batch_episodes,
             force=force,
             strict=strict,

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wallwm.cli.common import (
+    CameraMapOpt,
     DatasetOpt,
     GripperOpenOpt,
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
     SourceArg,
+    camera_map,
     console,
     err_console,
     print_json,
@@ -221,6 +223,7 @@ def run_cmd(
         str | None, typer.Option(help="Instruction for episodes with none.")
     ] = None,
     gripper_open: GripperOpenOpt = "auto",
+    camera_map_items: CameraMapOpt = None,
     method: MethodOpt = "events",
     chunk_len: ChunkOpt = 16,
     penalty: PenaltyOpt = 0.85,
@@ -265,6 +268,7 @@ def run_cmd(
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
             gripper_open=gripper_open,  # type: ignore[arg-type]
+            camera_map=camera_map(camera_map_items),
             executor="local" if local else "ray",
             ray_address=ray_address,
             segment=seg,

@@ -52,6 +52,7 @@ from wallwm.pipeline.sources.base import (
     EpisodeSource,
     GripperOpen,
 )
+from wallwm.pipeline.sources.merge import CameraRenamer, embodiment_problem, unknown_cameras
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.validate import validate_record
@@ -88,6 +89,11 @@ class IngestConfig(BaseModel):
         "signals, then grab the keyframes during the validation decode -- one decode in total.",
     )
     keyframe_side: int = Field(128, ge=16, description="Keyframe JPEG longer side (fused mode).")
+    camera_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename the source's cameras as they are read (old -> new), so sources "
+        "merged into one dataset share camera names.",
+    )
 
     def segment_stage_config(self) -> SegmentStageConfig | None:
         """The equivalent ``wallwm segment`` config (same lineage hash) in fused mode."""
@@ -103,6 +109,8 @@ class IngestConfig(BaseModel):
         keys = {"format", "instruction", "fps", "frame_tolerance"}
         if self.gripper_open != "auto":
             keys.add("gripper_open")
+        if self.camera_map:
+            keys.add("camera_map")
         return self.model_dump(include=keys)
 
 
@@ -512,6 +520,12 @@ def run_ingest(
     unchanged = set() if cfg.force else _unchanged_keys(store, refs)
     todo = [r for r in refs if r.episode_key not in unchanged]
     summary.unchanged = len(refs) - len(todo)
+    refusal = _merge_problem(store, source, todo, cfg.camera_map)
+    if refusal is not None:  # the whole source, in one line: nothing of it is read
+        fail(refusal, "", source.uri)
+        return _finish(store, run, summary, failure_rows, t0)
+    if cfg.camera_map:
+        source = CameraRenamer(source, cfg.camera_map)
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
@@ -549,6 +563,41 @@ def run_ingest(
     attempted = [r.episode_key for r in todo] + [STAGE_LEVEL, *_listing_failures(store, source.uri)]
     resolve_failures(store, STAGE, "episode_key", [STAGE_LEVEL], source_uri=cfg.source)
     return _finish(store, run, summary, failure_rows, t0, (source.uri, attempted))
+
+
+#: Episodes read (signals only) to check a source against the dataset before ingesting it.
+MERGE_PROBE = 5
+
+
+def _merge_problem(
+    store: TableStore, source: EpisodeSource, todo: list[EpisodeRef], camera_map: dict[str, str]
+) -> EpisodeError | None:
+    """Why the source cannot join this dataset (another embodiment, a camera-map typo), if so.
+
+    Reads the signals of a few episodes (no video); episodes that fail to read are left to fail
+    in their own workers, naming their own files.
+    """
+    records = []
+    for ref in todo[:MERGE_PROBE]:
+        try:
+            records.append(source.read(ref))
+        except EpisodeError:
+            continue
+    if not records:
+        return None
+    problem = embodiment_problem(store.schema(schemas.EPISODES), records[0])
+    if problem is not None:
+        return EpisodeError(source.uri, problem, "OtherEmbodiment")
+    seen = {c.name for r in records for c in r.cameras}
+    unknown = unknown_cameras(camera_map, seen)
+    if unknown:
+        return EpisodeError(
+            source.uri,
+            f"--camera-map names cameras {unknown} that its episodes do not have "
+            f"(cameras: {sorted(seen)})",
+            "UnknownCamera",
+        )
+    return None
 
 
 def _listing_failures(store: TableStore, source_uri: str) -> list[str]:
