@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command("ingest")(pipeline_cli.ingest)
 app.command("status")(pipeline_cli.status)
 app.command("failures")(pipeline_cli.failures)
+app.command("quality")(pipeline_cli.quality)
 app.command("segment")(segment_cli.segment_cmd)
 app.command("run")(segment_cli.run_cmd)
 app.command("caption")(caption_cli.caption_cmd)

@@ -1,7 +1,8 @@
-"""Pipeline commands: ``wallwm ingest``, ``wallwm status``, ``wallwm failures``."""
+"""Pipeline commands: ``wallwm ingest``, ``status``, ``failures``, ``quality``."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -134,6 +135,46 @@ def failures(
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["stage"], r["episode_key"], r["error_class"], r["file"], r["message"])
+    console.print(table)
+
+
+def quality(
+    dataset: DatasetOpt,
+    tag: Annotated[str | None, typer.Option(help="Snapshot to assess (default: current).")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List unflagged episodes too.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List episode quality flags (frame drops, desync, still, failed, jerky, chatter, dups).
+
+    ``materialize --exclude-flag NAME`` leaves flagged episodes out of a training view.
+    """
+    from collections import Counter
+
+    from rich.table import Table
+
+    from wallwm.pipeline.quality import FLAGS, dataset_quality
+    from wallwm.pipeline.store import LanceStore, StoreError
+
+    try:
+        results = dataset_quality(LanceStore(dataset), tag)
+    except StoreError as exc:
+        err_console.print(f"[red]--tag {tag}: {exc}[/]")
+        raise typer.Exit(1) from exc
+    shown = [r for r in results if r.flags or show_all]
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in shown])
+        return
+    counts = Counter(f for r in results for f in r.flags)
+    summary = ", ".join(f"{counts[f]} {f}" for f in FLAGS if counts[f]) or "no flags"
+    console.print(f"[bold]quality[/]: {len(results)} episodes; {summary}", soft_wrap=True)
+    if not shown:
+        return
+    table = Table()
+    for col in ("episode", "flags", "details"):
+        table.add_column(col, overflow="fold")
+    for r in shown:
+        details = ", ".join(f"{k}={v}" for k, v in r.details.items())
+        table.add_row(r.episode_key, ", ".join(r.flags), details)
     console.print(table)
 
 

@@ -23,6 +23,13 @@ TrimOpt = Annotated[
         "--trim/--no-trim", help="Leave out each episode's idle start and end (stored at ingest)."
     ),
 ]
+ExcludeFlagOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-flag",
+        help="Leave out episodes with this quality flag (repeatable; see `wallwm quality`).",
+    ),
+]
 CameraOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -38,13 +45,16 @@ def materialize_cmd(
     force: Annotated[bool, typer.Option(help="Rewrite an existing view.")] = False,
     camera: CameraOpt = None,
     trim: TrimOpt = True,
+    exclude_flag: ExcludeFlagOpt = None,
 ) -> None:
     """Write the training view (resized frames, events, signals, norm stats) of a tag."""
     from wallwm.trainer.view import materialize
 
     try:
         with console.status("materialising"):
-            s = materialize(dataset, tag, size, force, camera, trim=trim)
+            s = materialize(
+                dataset, tag, size, force, camera, trim=trim, exclude_flags=exclude_flag
+            )
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -91,6 +101,7 @@ def train_cmd(
     size: Annotated[int, typer.Option(help="Frame side of the training view.")] = 96,
     camera: CameraOpt = None,
     trim: TrimOpt = True,
+    exclude_flag: ExcludeFlagOpt = None,
     out: Annotated[str, typer.Option(help="Run directory.", callback=out_folder)] = "runs/latest",
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
     holdout: Annotated[
@@ -141,6 +152,7 @@ def train_cmd(
             size=size,
             cameras=camera,
             trim=trim,
+            exclude_flags=exclude_flag or [],
             out=out,
             resume=resume,
             seed=seed,

@@ -1,8 +1,9 @@
 """A static HTML report of the clusters (one self-contained file; no server needed).
 
 Cluster table (sizes, duplicates, curated weights), keyframe thumbnails and example captions per
-cluster, plots of cluster sizes and of the sampled distribution before and after balancing, and
-dedup counts. Images are embedded as data URLs so the page can be mailed or archived as is.
+cluster, plots of cluster sizes and of the sampled distribution before and after balancing, dedup
+counts, and the episodes with quality flags. Images are embedded as data URLs so the page can be
+mailed or archived as is.
 """
 
 from __future__ import annotations
@@ -80,6 +81,31 @@ def _plots(
     return sizes_png, dist_png, stats
 
 
+def _quality_section(store: TableStore) -> list[str]:
+    """The episodes with quality flags (``wallwm quality``), flag counts first."""
+    from wallwm.pipeline.quality import FLAGS, dataset_quality
+
+    esc = html.escape
+    results = dataset_quality(store)
+    counts = Counter(f for r in results for f in r.flags)
+    out = [
+        f"<h2 id='quality'>Episode quality</h2><p>{len(results)} episodes; "
+        + (", ".join(f"{counts[f]} {f}" for f in FLAGS if counts[f]) or "no flags")
+        + "</p>"
+    ]
+    flagged = [r for r in results if r.flags]
+    if flagged:
+        out.append("<table><tr><th>episode</th><th>flags</th><th>details</th></tr>")
+        for r in flagged:
+            details = ", ".join(f"{k}={v}" for k, v in r.details.items())
+            out.append(
+                f"<tr><td>{esc(r.episode_key)}</td><td>{esc(', '.join(r.flags))}</td>"
+                f"<td>{esc(details)}</td></tr>"
+            )
+        out.append("</table>")
+    return out
+
+
 def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> Path:
     """Write ``index.html`` under ``out_dir``; returns its path."""
     out = Path(out_dir)
@@ -136,6 +162,7 @@ def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> P
             f"{', excluded' if c['excluded'] else ''})<div class='thumbs'>{thumbs}</div>"
             f"<ul>{captions}</ul></div>"
         )
+    parts.extend(_quality_section(store))
     parts.append("</body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")

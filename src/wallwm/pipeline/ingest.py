@@ -235,6 +235,7 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
     state_dim = 0 if record.states_TS is None else int(record.states_TS.shape[1])
     schema = schemas.episodes_schema(int(action_dim), state_dim)
     cameras = [dataclasses.asdict(c) for c in record.probed]
+    trim = _trim(record)
     columns: dict[str, Any] = {
         "episode_id": [episode_id(ref.source_uri, ref.episode_key)],
         "source_uri": [ref.source_uri],
@@ -270,9 +271,9 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
         "code_version": [lineage.code_version],
         "config_hash": [lineage.config_hash],
         "ingested_at": [lineage.ingested_at],
-        **dict(
-            zip(("trim_start_frame", "trim_end_frame"), ([v] for v in _trim(record)), strict=True)
-        ),
+        "trim_start_frame": [trim[0]],
+        "trim_end_frame": [trim[1]],
+        "success": [record.success],
     }
     arrays = [
         col if isinstance(col, pa.Array) else pa.array(col, type=schema.field(name).type)
@@ -377,7 +378,7 @@ class _BatchWriter:
     def add(self, table: pa.Table, events: pa.Table | None = None) -> EpisodeError | None:
         if self.schema is None:  # looked up once: opening the table per row cost ~0.6 ms
             if self.store.exists(schemas.EPISODES):  # a table from before the trim columns
-                self.store.ensure_columns(schemas.EPISODES, list(schemas.TRIM_FIELDS))
+                self.store.ensure_columns(schemas.EPISODES, list(schemas.APPENDED_FIELDS))
             self.schema = self.store.schema(schemas.EPISODES) or table.schema
         schema = self.schema
         if table.schema != schema:

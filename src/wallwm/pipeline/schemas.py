@@ -65,6 +65,12 @@ TRIM_FIELDS = (
     pa.field("trim_start_frame", pa.int64(), nullable=True),
     pa.field("trim_end_frame", pa.int64(), nullable=True),
 )
+#: Episode columns added after the first release, appended last (older tables get them added).
+APPENDED_FIELDS = (
+    *TRIM_FIELDS,
+    # whether the recorded attempt succeeded, where the source says
+    pa.field("success", pa.bool_(), nullable=True),
+)
 
 
 def episodes_schema(action_dim: int, state_dim: int) -> pa.Schema:
@@ -108,8 +114,8 @@ def episodes_schema(action_dim: int, state_dim: int) -> pa.Schema:
             pa.field("config_hash", pa.string(), nullable=False),
             pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
             # Last (a table from before them gets them appended): the active frames
-            # [trim_start_frame, trim_end_frame) without the idle start and end.
-            *TRIM_FIELDS,
+            # [trim_start_frame, trim_end_frame) without the idle start and end, the outcome.
+            *APPENDED_FIELDS,
         ]
     )
 

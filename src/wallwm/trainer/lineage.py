@@ -43,7 +43,7 @@ def recorded_training(
     run = StageRun(STAGE, {**cfg.model_dump(), "workers": workers})
     with stage_failures(store, run, cfg.dataset):
         last = train()
-    view = view_path(cfg.dataset, cfg.tag, cfg.size, cfg.cameras, cfg.trim)
+    view = view_path(cfg.dataset, cfg.tag, cfg.size, cfg.cameras, cfg.trim, cfg.exclude_flags)
     meta = json.loads((view / "meta.json").read_text()) if (view / "meta.json").exists() else {}
     skipped = [str(i) for i in meta.get("skipped_episodes", [])]
     failures = _skipped_failures(store, skipped, meta.get("cameras") or [], run)

@@ -70,6 +70,9 @@ class TrainConfig(BaseModel):
         None, description="Camera streams the model sees (None: every camera of the dataset)."
     )
     trim: bool = Field(True, description="Leave out each episode's idle start and end.")
+    exclude_flags: list[str] = Field(
+        default_factory=list, description="Leave out episodes with these quality flags."
+    )
     mode: Literal["event", "unified", "chunk", "chunk_text"] = "event"
     preset: str = "small"
     steps: int = Field(1000, ge=1)
@@ -193,7 +196,13 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
         _check_same_data(checkpoint, resumed, cfg.dataset, source_versions(cfg.dataset, cfg.tag))
         same_as = resumed["dataset"]["versions"]  # checked: the view need not compare them again
     view = materialize(
-        cfg.dataset, cfg.tag, cfg.size, cameras=cfg.cameras, same_as=same_as, trim=cfg.trim
+        cfg.dataset,
+        cfg.tag,
+        cfg.size,
+        cameras=cfg.cameras,
+        same_as=same_as,
+        trim=cfg.trim,
+        exclude_flags=cfg.exclude_flags,
     )
     return view, resumed
 

@@ -62,7 +62,12 @@ def is_remote(dataset: str) -> bool:
 
 
 def view_path(
-    dataset: str, tag: str | None, size: int, cameras: list[str] | None = None, trim: bool = True
+    dataset: str,
+    tag: str | None,
+    size: int,
+    cameras: list[str] | None = None,
+    trim: bool = True,
+    exclude_flags: list[str] | None = None,
 ) -> Path:
     """Where the view of ``tag`` (or of the current versions) at ``size`` lives.
 
@@ -71,6 +76,7 @@ def view_path(
     is what the data loader reads at every step, so it belongs on a local disk.
     """
     suffix = ("-" + "+".join(cameras) if cameras else "") + ("" if trim else "-untrimmed")
+    suffix += "-without-" + "+".join(sorted(exclude_flags)) if exclude_flags else ""
     name = f"{tag or 'latest'}-{size}{suffix}"
     if is_remote(dataset):
         cache = Path(os.environ.get("WALLWM_VIEW_CACHE", "~/.cache/wallwm/views")).expanduser()
@@ -307,6 +313,7 @@ def materialize(
     cameras: list[str] | None = None,
     same_as: dict[str, int] | None = None,
     trim: bool = True,
+    exclude_flags: list[str] | None = None,
 ) -> ViewSummary:
     """Write the training view of ``dataset`` at ``tag`` (None: current versions).
 
@@ -317,10 +324,12 @@ def materialize(
     (None: every camera of the first episode). ``same_as``: versions the caller has already
     found to hold the same view inputs as the current ones (a resume's check), not compared again.
     ``trim``: leave out each episode's idle start and end (events clipped to its trim range).
+    ``exclude_flags``: leave out the episodes with any of these quality flags
+    (:mod:`wallwm.pipeline.quality`).
     """
     t0 = time.perf_counter()
     store = LanceStore(dataset)
-    out = view_path(dataset, tag, size, cameras, trim)
+    out = view_path(dataset, tag, size, cameras, trim, exclude_flags)
     if out.exists() and not force:  # views are immutable: reuse while their sources are
         meta = json.loads((out / "meta.json").read_text())
         now = source_versions(dataset, tag)
@@ -332,9 +341,11 @@ def materialize(
             return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
     events, ev_version = _read(store, schemas.EVENTS, tag, _VIEW_INPUTS[schemas.EVENTS])
+    excluded = _flagged(store, tag, exclude_flags or [])
     by_episode: dict[str, list[dict[str, Any]]] = {}
     for e in events.to_pylist():
-        by_episode.setdefault(e["episode_id"], []).append(e)
+        if e["episode_id"] not in excluded:
+            by_episode.setdefault(e["episode_id"], []).append(e)
     tmp = out.with_name(out.name + ".partial")
     # Only the events moved on (the curation loop): the episodes and so their frames may be
     # the old view's -- a first pass without decoding tells, then the frames are linked over.
@@ -361,6 +372,8 @@ def materialize(
             "versions": {"episodes": ep_version, "events": ev_version},
             "frames_reused": reused,
             "trim": trim,
+            "exclude_flags": sorted(exclude_flags or []),
+            "excluded_episodes": sorted(excluded),
         }
     )
     # The view appears whole or not at all; an old one goes only once the new one is complete.
@@ -378,6 +391,19 @@ def materialize(
         time.perf_counter() - t0,
         reused,
     )
+
+
+def _flagged(store: LanceStore, tag: str | None, flags: list[str]) -> set[str]:
+    """Ids of the episodes with any of ``flags`` (unknown flag names are a ``ValueError``)."""
+    if not flags:
+        return set()
+    from wallwm.pipeline.quality import FLAGS, dataset_quality, unknown_flags
+
+    unknown = unknown_flags(flags)
+    if unknown:
+        raise ValueError(f"--exclude-flag: no flag {', '.join(unknown)} (flags: {list(FLAGS)})")
+    wanted = set(flags)
+    return {q.episode_id for q in dataset_quality(store, tag) if wanted & set(q.flags)}
 
 
 def _fresh(path: Path) -> Path:

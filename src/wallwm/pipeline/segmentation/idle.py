@@ -51,6 +51,30 @@ def idle_trim(
     """The active frames ``[start, end)`` of an episode (``(0, T)`` when nothing is idle)."""
     cfg = cfg or IdleConfig()
     t_len = len(actions_TA)
+    moved = _moved(actions_TA, states_TS, fps, cfg)
+    if moved is None:
+        return 0, t_len  # nothing moves: not an idle margin
+    first, last = moved
+    pad, least = round(cfg.pad_s * fps), round(cfg.min_idle_s * fps)
+    start = max(0, first - pad)
+    end = min(t_len, last + 1 + pad)
+    start = start if start >= least else 0
+    end = end if t_len - end >= least else t_len
+    return (start, end) if end - start > 1 else (0, t_len)
+
+
+def is_still(
+    actions_TA: FloatArray, states_TS: FloatArray | None, fps: float, cfg: IdleConfig | None = None
+) -> bool:
+    """Whether nothing in the episode ever leaves its start pose (by :func:`idle_trim`'s rule)."""
+    return _moved(actions_TA, states_TS, fps, cfg or IdleConfig()) is None
+
+
+def _moved(
+    actions_TA: FloatArray, states_TS: FloatArray | None, fps: float, cfg: IdleConfig
+) -> tuple[int, int] | None:
+    """The first frame that left the start pose and the last that differs from the end pose."""
+    t_len = len(actions_TA)
     window = max(5, round(0.2 * fps))
     parts, thresholds = [], []
     # Actions and states separately: noisy commands must not make the states' noise look big.
@@ -64,7 +88,7 @@ def idle_trim(
             sigma = local_fit_sigma(x, None, window)
             thresholds.append(np.maximum(cfg.noise_k * sigma, cfg.min_range * np.ptp(x, axis=0)))
     if not parts:
-        return 0, t_len
+        return None
     x_TD, threshold_D = np.concatenate(parts, axis=1), np.concatenate(thresholds)
     probe = max(1, round(cfg.probe_s * fps))
     left = np.abs(x_TD - np.median(x_TD[:probe], axis=0)) > threshold_D
@@ -72,13 +96,8 @@ def idle_trim(
     moved_start = np.flatnonzero(left.any(axis=1))
     moved_end = np.flatnonzero(right.any(axis=1))
     if not moved_start.size or not moved_end.size:
-        return 0, t_len  # nothing moves: not an idle margin
-    pad, least = round(cfg.pad_s * fps), round(cfg.min_idle_s * fps)
-    start = max(0, int(moved_start[0]) - pad)
-    end = min(t_len, int(moved_end[-1]) + 1 + pad)
-    start = start if start >= least else 0
-    end = end if t_len - end >= least else t_len
-    return (start, end) if end - start > 1 else (0, t_len)
+        return None
+    return int(moved_start[0]), int(moved_end[-1])
 
 
 def episode_trim(

@@ -175,6 +175,8 @@ class EpisodeRecord:
     #: Ground-truth event starts ``(start_frame, name)``, if the source provides them.
     gt_events: list[tuple[int, str | None]] | None = None
     gt_events_source: str | None = None
+    #: Whether the recorded attempt succeeded, where the source says (None: it does not).
+    success: bool | None = None
     probed: list[CameraInfo] = field(default_factory=list)
 
 

@@ -136,6 +136,7 @@ class FolderSource:
             state_names=meta.get("state_names"),
             gt_events=_gt_events(meta, d / META),
             gt_events_source="meta.json events" if meta.get("events") else None,
+            success=meta["success"] if isinstance(meta.get("success"), bool) else None,
         )
 
 

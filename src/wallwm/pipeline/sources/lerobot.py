@@ -330,6 +330,7 @@ class LeRobotSource:
             state_names=self.state_names,
             gt_events=gt,
             gt_events_source=gt_source,
+            success=_success(table),
         )
 
     def _ground_truth(
@@ -359,3 +360,12 @@ class LeRobotSource:
             keys = list(zip(table.column("event_index").to_pylist(), labels, strict=True))
         starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
         return [(i, labels[i]) for i in starts], source
+
+
+def _success(table: pa.Table) -> bool | None:
+    """The episode's outcome from a ``next.success``/``success`` column (its last frame)."""
+    for name in ("next.success", "success"):
+        if name in table.column_names and table.num_rows:
+            last = table.column(name)[table.num_rows - 1].as_py()
+            return bool(last) if last is not None else None
+    return None
