@@ -324,4 +324,4 @@ def report_cmd(
         path = write_report(_store(dataset), out)
     except CurationError as exc:
         raise _fail(exc) from exc
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} and {path.parent / 'episodes.html'} (the episode browser)")

@@ -20,6 +20,7 @@ import numpy as np
 from wallwm.clustering.curation import list_clusters
 from wallwm.clustering.kmeans import normalised_entropy
 from wallwm.pipeline import schemas
+from wallwm.pipeline.browser import write_episode_browser
 from wallwm.pipeline.store import TableStore
 
 STYLE = """
@@ -107,7 +108,10 @@ def _quality_section(store: TableStore) -> list[str]:
 
 
 def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> Path:
-    """Write ``index.html`` under ``out_dir``; returns its path."""
+    """Write ``index.html`` (and the episode browser, ``episodes.html``) under ``out_dir``.
+
+    Returns the path of ``index.html``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clusters = list_clusters(store)
@@ -126,6 +130,8 @@ def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> P
         f"<!doctype html><html><head><meta charset='utf-8'><title>wallwm clusters</title>"
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Clusters of {esc(store.root)}</h1>",
+        "<p><a href='episodes.html'>Browse every episode</a> (flags, events timeline, "
+        "keyframes) &middot; <a href='#quality'>episode quality</a></p>",
         f"<div class='stats'><span>{len(events)} events</span><span>{len(leaves)} clusters"
         f"</span><span>{dups} near-duplicates</span><span>entropy of sampled clusters: "
         f"{stats['entropy_before']:.3f} &rarr; {stats['entropy_after']:.3f}</span></div>",
@@ -164,6 +170,7 @@ def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> P
         )
     parts.extend(_quality_section(store))
     parts.append("</body></html>")
+    write_episode_browser(store, out)
     path = out / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
