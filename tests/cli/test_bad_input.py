@@ -79,6 +79,12 @@ CASES: list[tuple[str, int, str]] = [
     ("serve --checkpoint {bad}/checkpoint.pt", 1, "checkpoint.pt: holds pickled"),
     ("sim record --out {bad}/file --episodes 1", 2, "--out {bad}/file: exists and is not a"),
     ("sim synth --out {bad}/s --task pick-plac", 2, "did you mean 'pick-place'"),
+    ("ingest {src} -d {bad}/new4 --camera-map top", 2, "--camera-map 'top': expected OLD=NEW"),
+    ("quality -d {ds} --tag nosuch", 1, "--tag nosuch"),
+    ("materialize -d {ds} --exclude-flag faild", 1, "did you mean 'failed'"),
+    ("export lerobot -d {ds} --tag nosuch -o {bad}/e1", 1, "no tag 'nosuch'"),
+    ("export lerobot -d {ds} -o {bad}/file", 2, "--out {bad}/file: exists and is not a folder"),
+    ("export lerobot -d {ds} -o {bad}", 1, "exists and is not empty (--overwrite replaces it)"),
 ]
 
 
@@ -99,4 +105,4 @@ def test_a_user_error_is_one_clear_line_never_a_traceback(world, args, code, say
     usage_box = lines and lines[0].startswith("Usage:")  # click's own answer to a bad command line
     if not usage_box:
         assert len(lines) == 1, output
-    assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3))  # none created
+    assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3, 4))  # none created
