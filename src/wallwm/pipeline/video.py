@@ -230,6 +230,67 @@ def read_frames(info: CameraInfo, fmt: str = "rgb24") -> Iterator[UInt8Array]:
         yield np.asarray(frame, dtype=np.uint8)
 
 
+class VideoWriter:
+    """An open video file that frames are appended to (PyAV; H.264 by default).
+
+    ``preset``: the encoder's speed preset (x264: ``ultrafast`` ... ``veryslow``, default
+    ``medium``; SVT-AV1: 0-13, default 12 here).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fps: float,
+        codec: str = "libx264",
+        crf: int = 23,
+        preset: str | None = None,
+    ) -> None:
+        """Create the file; the stream opens at the first frame (its size comes from it)."""
+        import av
+
+        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(path, mode="w")
+        self.fps, self.codec, self.crf, self.preset = fps, codec, crf, preset
+        self.stream: Any = None
+        self.frames = 0
+
+    def _open(self, height: int, width: int) -> None:
+        from fractions import Fraction
+
+        stream = self.container.add_stream(
+            self.codec, rate=Fraction(self.fps).limit_denominator(1001)
+        )
+        stream.width, stream.height = int(width), int(height)
+        stream.pix_fmt = "yuv420p"
+        if self.codec == "libx264":
+            stream.options = {
+                "crf": str(self.crf),
+                **({"preset": self.preset} if self.preset else {}),
+            }
+        elif self.codec == "libsvtav1":
+            stream.options = {"crf": "35", "preset": self.preset or "12"}
+        self.stream = stream
+
+    def write(self, frames_THWC: UInt8Array) -> None:
+        """Append RGB frames (T, H, W, 3) uint8."""
+        import av
+
+        if self.stream is None and len(frames_THWC):
+            self._open(*frames_THWC.shape[1:3])
+        for frame_HWC in frames_THWC:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format="rgb24")
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        self.frames += len(frames_THWC)
+
+    def close(self) -> None:
+        """Flush the encoder and close the file."""
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+
 def write_video(
     path: str,
     frames_THWC: UInt8Array,
@@ -241,30 +302,13 @@ def write_video(
     """Encode RGB frames to a video file with PyAV (H.264 by default; ``libsvtav1`` for AV1).
 
     Used by the simulators, the test factories and ``export --reencode``; ingest itself never
-    re-encodes. ``preset``: the encoder's speed preset (x264: ``ultrafast`` ... ``veryslow``,
-    default ``medium``; SVT-AV1: 0-13, default 12 here).
+    re-encodes. See :class:`VideoWriter` for ``preset``.
     """
-    from fractions import Fraction
-
-    import av
-
-    num_frames, height, width = frames_THWC.shape[:3]
-    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = int(width), int(height)
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
-        elif codec == "libsvtav1":
-            stream.options = {"crf": "35", "preset": preset or "12"}
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[i]), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    writer = VideoWriter(path, fps, codec, crf, preset)
+    try:
+        writer.write(frames_THWC)
+    finally:
+        writer.close()
 
 
 def motion_energy(info: CameraInfo, side: int = 32) -> npt.NDArray[np.float32]:

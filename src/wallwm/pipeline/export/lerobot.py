@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +40,12 @@ from wallwm.pipeline.lineage import StageRun
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore, StoreError, TableStore
-from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri, write_video
+from wallwm.pipeline.video import (
+    VideoWriter,
+    iter_hdf5_frames,
+    iter_video_frames,
+    split_hdf5_uri,
+)
 
 CODEBASE_VERSION = "v3.0"
 CHUNK = "chunk-000"
@@ -144,6 +150,35 @@ def _keep_rule(store: TableStore, tag: str | None) -> Callable[[dict[str, Any]],
     return keep
 
 
+class _EncodedFile:
+    """One re-encoded video file: spans appended in order by its own encoder thread."""
+
+    def __init__(self, path: str, index: int, fps: float, cfg: ExportConfig) -> None:
+        self.index, self.frames, self.episodes = index, 0, 0
+        self.writer = VideoWriter(path, fps, codec=cfg.codec, preset=cfg.preset)
+        self.encoder = ThreadPoolExecutor(max_workers=1)  # one thread: appends stay in order
+        self.jobs: list[Future[None]] = []
+
+    def append(self, decoded: Future[np.ndarray], frames: int) -> Future[None]:
+        job = self.encoder.submit(lambda: self.writer.write(decoded.result()))
+        self.jobs.append(job)
+        self.frames += frames
+        self.episodes += 1
+        return job
+
+    def finish(self) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.encoder.shutdown(wait=True)
+            self.writer.close()
+
+    def abandon(self) -> None:
+        self.encoder.shutdown(wait=True, cancel_futures=True)
+        self.writer.close()
+
+
 class _Writer:
     """Accumulates frames, episode metadata and video files of the export."""
 
@@ -163,7 +198,8 @@ class _Writer:
         self.index = 0
         self.data_file = 0
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        self.encodes: list[Future[None]] = []
+        self.encoded: dict[str, _EncodedFile] = {}  # camera key -> the file being encoded
+        self.in_flight: deque[Future[None]] = deque()
 
     def add(self, row: dict[str, Any], actions: np.ndarray, states: np.ndarray, span: Span) -> None:
         episode_index = len(self.episodes)
@@ -232,21 +268,37 @@ class _Writer:
                 f"{prefix}/from_timestamp": start,
                 f"{prefix}/to_timestamp": start + (span.end - span.start) / self.fps,
             }
-        file_index = self._next_file(key)
-        path = str(self._video_path(key, file_index))
-        # decode + encode release the GIL: streams are re-encoded concurrently, one per core
-        self.encodes.append(self.pool.submit(self._encode, cam, span, path))
-        self.summary.videos_encoded += 1
+        return self._reencode(key, cam, span)
+
+    def _reencode(self, key: str, cam: CameraInfo, span: Span) -> dict[str, Any]:
+        """Queue the span for its camera's current output file; its place in that file.
+
+        Spans are decoded concurrently (a thread per core: decoding releases the GIL) and
+        appended in order to one file per camera and ``episodes_per_file`` episodes -- one
+        encoder start-up per file, not per episode.
+        """
+        out = self.encoded.get(key)
+        if out is None or out.episodes >= self.cfg.episodes_per_file:
+            if out is not None:
+                out.finish()
+            index = self._next_file(key)
+            out = self.encoded[key] = _EncodedFile(
+                str(self._video_path(key, index)), index, self.fps, self.cfg
+            )
+            self.summary.videos_encoded += 1
+        start_s = out.frames / self.fps
+        # bounded read-ahead: decoded frames wait in memory only until their encoder takes them
+        while len(self.in_flight) >= 4 * (os.cpu_count() or 1):
+            self.in_flight.popleft().result()
+        decoded = self.pool.submit(decode_span, cam, span.start, span.end, self.fps)
+        self.in_flight.append(out.append(decoded, span.end - span.start))
+        prefix = f"videos/{key}"
         return {
             f"{prefix}/chunk_index": 0,
-            f"{prefix}/file_index": file_index,
-            f"{prefix}/from_timestamp": 0.0,
-            f"{prefix}/to_timestamp": (span.end - span.start) / self.fps,
+            f"{prefix}/file_index": out.index,
+            f"{prefix}/from_timestamp": start_s,
+            f"{prefix}/to_timestamp": start_s + (span.end - span.start) / self.fps,
         }
-
-    def _encode(self, cam: CameraInfo, span: Span, path: str) -> None:
-        frames = decode_span(cam, span.start, span.end, self.fps)
-        write_video(path, frames, self.fps, codec=self.cfg.codec, preset=self.cfg.preset)
 
     def _next_file(self, key: str) -> int:
         index = self.files.get(key, 0)
@@ -282,11 +334,17 @@ class _Writer:
         (meta / "stats.json").write_text(json.dumps(self._stats(), indent=2))
 
     def close(self, cancel: bool = False) -> None:
-        """Wait for the re-encodes (the first failure is raised), or cancel those not started."""
-        self.pool.shutdown(wait=True, cancel_futures=cancel)
-        if not cancel:
-            for job in self.encodes:
-                job.result()
+        """Finish the re-encoded files (the first failure is raised), or abandon them."""
+        try:
+            for out in self.encoded.values():
+                if cancel:
+                    out.abandon()
+                else:
+                    out.finish()
+        finally:
+            self.encoded.clear()
+            self.in_flight.clear()
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
 
     def _info(self, robot: str | None, names: tuple[list[str] | None, list[str] | None]) -> Any:
         a_dim, s_dim = self.actions[0].shape[1], self.states[0].shape[1]
