@@ -22,6 +22,10 @@ def export_lerobot_cmd(
         bool,
         typer.Option(help="Encode only the exported frames instead of copying source videos."),
     ] = False,
+    codec: Annotated[str, typer.Option(help="Encoder of re-encoded streams.")] = "libx264",
+    preset: Annotated[
+        str, typer.Option(help="Encoder speed preset (x264: ultrafast ... veryslow).")
+    ] = "ultrafast",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
     trim: Annotated[
         bool, typer.Option("--trim/--no-trim", help="Leave out each episode's idle start and end.")
@@ -31,7 +35,14 @@ def export_lerobot_cmd(
     from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
 
     cfg = ExportConfig(
-        dataset=dataset, tag=tag, out=out, reencode=reencode, overwrite=overwrite, trim=trim
+        dataset=dataset,
+        tag=tag,
+        out=out,
+        reencode=reencode,
+        overwrite=overwrite,
+        trim=trim,
+        codec=codec,
+        preset=preset,
     )
     try:
         with console.status("exporting"):

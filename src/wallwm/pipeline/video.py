@@ -271,14 +271,18 @@ class VideoWriter:
             stream.options = {"crf": "35", "preset": self.preset or "12"}
         self.stream = stream
 
-    def write(self, frames_THWC: UInt8Array) -> None:
-        """Append RGB frames (T, H, W, 3) uint8."""
+    def write(self, frames_THWC: UInt8Array, fmt: str = "rgb24") -> None:
+        """Append frames: RGB (T, H, W, 3) uint8, or ``fmt="yuv420p"`` planes (T, H * 3/2, W).
+
+        YUV planes as a decoder gives them need no colour conversion on either side.
+        """
         import av
 
         if self.stream is None and len(frames_THWC):
-            self._open(*frames_THWC.shape[1:3])
+            height, width = frames_THWC.shape[1:3]
+            self._open(height * 2 // 3 if fmt == "yuv420p" else height, width)
         for frame_HWC in frames_THWC:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format=fmt)
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
         self.frames += len(frames_THWC)

@@ -67,7 +67,11 @@ class ExportConfig(BaseModel):
     codec: str = Field(
         "libx264", description="Encoder of re-encoded streams (libx264 H.264, or libsvtav1 AV1)."
     )
-    preset: str = Field("veryfast", description="The encoder's speed preset.")
+    preset: str = Field(
+        "ultrafast",
+        description="The encoder's speed preset (x264: ultrafast ... veryslow; SVT-AV1: 0-13); "
+        "ultrafast keeps --reencode near decoding speed, slower presets make smaller files.",
+    )
     episodes_per_file: int = Field(1000, ge=1, description="Episodes per data parquet file.")
     overwrite: bool = False
 
@@ -159,8 +163,8 @@ class _EncodedFile:
         self.encoder = ThreadPoolExecutor(max_workers=1)  # one thread: appends stay in order
         self.jobs: list[Future[None]] = []
 
-    def append(self, decoded: Future[np.ndarray], frames: int) -> Future[None]:
-        job = self.encoder.submit(lambda: self.writer.write(decoded.result()))
+    def append(self, decoded: Future[np.ndarray], frames: int, fmt: str) -> Future[None]:
+        job = self.encoder.submit(lambda: self.writer.write(decoded.result(), fmt))
         self.jobs.append(job)
         self.frames += frames
         self.episodes += 1
@@ -290,8 +294,10 @@ class _Writer:
         # bounded read-ahead: decoded frames wait in memory only until their encoder takes them
         while len(self.in_flight) >= 4 * (os.cpu_count() or 1):
             self.in_flight.popleft().result()
-        decoded = self.pool.submit(decode_span, cam, span.start, span.end, self.fps)
-        self.in_flight.append(out.append(decoded, span.end - span.start))
+        # a video file's frames stay in the decoder's YUV: no RGB round trip before encoding
+        fmt = "rgb24" if split_hdf5_uri(cam.uri) is not None else "yuv420p"
+        decoded = self.pool.submit(decode_span, cam, span.start, span.end, self.fps, fmt)
+        self.in_flight.append(out.append(decoded, span.end - span.start, fmt))
         prefix = f"videos/{key}"
         return {
             f"{prefix}/chunk_index": 0,
@@ -430,14 +436,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def decode_span(cam: CameraInfo, start: int, end: int, fps: float) -> np.ndarray:
-    """Frames ``[start, end)`` of a camera stream as (T, H, W, 3) uint8 RGB."""
+def decode_span(
+    cam: CameraInfo, start: int, end: int, fps: float, fmt: str = "rgb24"
+) -> np.ndarray:
+    """Frames ``[start, end)`` of a camera stream, (T, H, W, 3) uint8 RGB by default.
+
+    A video file's frames come in ``fmt`` (``yuv420p``: (T, H * 3/2, W) planes, to re-encode
+    without converting colours); HDF5 frames are RGB whatever ``fmt``.
+    """
     h5 = split_hdf5_uri(cam.uri)
     if h5 is not None:
         stream: Iterable[Any] = itertools.islice(iter_hdf5_frames(*h5), start, end)
     else:  # the span's own window: the decoder seeks there, and stops at its end
         from_s = cam.from_timestamp_s + start / fps
-        frames_s = iter_video_frames(cam.uri, from_s, from_s + (end - start) / fps, "rgb24")
+        frames_s = iter_video_frames(cam.uri, from_s, from_s + (end - start) / fps, fmt)
         stream = itertools.islice((frame for _t, frame in frames_s), end - start)
     frames = [np.asarray(f) for f in stream]
     if len(frames) < end - start and frames:  # within the ingest tolerance: repeat the last
