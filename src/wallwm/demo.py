@@ -63,9 +63,12 @@ def main(root: str = "demo") -> None:
         ]
     )
     _run(["clusters", "list", "--dataset", dataset, "--level", "1"])
+    _run(["quality", "--dataset", dataset])
     _run(["report", "--dataset", dataset, "--out", str(base / "report")])
     _run(["clusters", "tag", "demo-v1", "--dataset", dataset])
     _run(["materialize", "--dataset", dataset, "--tag", "demo-v1", "--size", "64"])
+    export = ["export", "lerobot", "--dataset", dataset, "--tag", "demo-v1"]
+    _run([*export, "--out", str(base / "lerobot"), "--overwrite"])
     run_dir = str(base / "run")
     _run(
         [
@@ -111,7 +114,9 @@ def main(root: str = "demo") -> None:
     )
     typer.echo(
         f"\ndemo done: dataset in {dataset}, pictures in {base}/episode.png and "
-        f"{base}/event.png, cluster report in {base}/report/index.html, training curves in "
+        f"{base}/event.png, cluster report in {base}/report/index.html and episode browser in "
+        f"{base}/report/episodes.html, the curated data as LeRobot v3.0 in {base}/lerobot, "
+        "training curves in "
         f"{base}/loss.png (a 40-step debug model: the success rate shows the path works, "
         "not what training for an hour reaches)"
     )
