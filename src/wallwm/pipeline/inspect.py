@@ -183,7 +183,14 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         axes[2].plot(t, trace, lw=0.8, alpha=0.8, label=name)
     axes[2].set_ylabel("cues")
     axes[2].set_xlabel("frame")
+    from wallwm.pipeline.segmentation.idle import episode_trim
+
+    trim_start, trim_end = episode_trim(row, actions, states)
     for ax in axes:
+        if trim_start > 0:  # the idle margins materialize/export leave out (grey)
+            ax.axvspan(0, trim_start, color="0.85", zorder=0)
+        if trim_end < len(actions):
+            ax.axvspan(trim_end, len(actions), color="0.85", zorder=0)
         for e in events[1:]:
             ax.axvline(e["start_frame"], color="tab:red", lw=1.2)
         for g in (gt["gt_events"] or [])[1:]:
@@ -194,7 +201,7 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
         f"({len(events)} events), green dashed: ground truth; within an event: "
         f"{model.get(cfg.action_model, cfg.action_model)}, noise by {cfg.noise_model} "
-        f"({basis})",
+        f"({basis}); grey: idle margins trimmed",
         fontsize=9,
     )
     fig.tight_layout()
