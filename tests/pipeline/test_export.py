@@ -173,3 +173,40 @@ def test_the_lerobot_library_loads_the_export(curated, tmp_path):
     np.testing.assert_allclose(seen["first"]["action"], [r["action"] for r in first], rtol=1e-6)
     assert seen["first"]["images"] == {"observation.images.top": [3, 32, 32]}
     assert seen["last_action_is_pad"] == [False, True, True, True]  # the horizon ends with it
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_hdf5_frames_are_encoded_and_round_trip(hdf5_source, tmp_path):
+    """ALOHA/robomimic frames live in HDF5: the export encodes them (one file per camera). One
+    LeRobot dataset has one set of cameras: episodes lacking the export's are left out, unless
+    the cameras were given one name at ingest (``--camera-map``)."""
+    from wallwm.pipeline.ingest import IngestConfig, run_ingest
+    from wallwm.pipeline.segmentation import SegmentConfig
+
+    root, _ = hdf5_source()  # ALOHA files call the camera cam_high, robomimic agentview_image
+    for name, camera_map, skipped in (
+        ("as-is", {}, 2),
+        ("mapped", {"agentview_image": "cam_high"}, 0),
+    ):
+        ds = tmp_path / name
+        cfg = IngestConfig(
+            source=str(root), dataset=str(ds), executor="local", camera_map=camera_map
+        )
+        run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
+        out = tmp_path / f"lerobot-{name}"
+        exported = export_lerobot(ExportConfig(dataset=str(ds), out=str(out), trim=False))
+        assert exported.videos_copied == 0 and exported.videos_encoded == 1  # one file, one camera
+        assert len(exported.episodes_skipped) == skipped
+        assert exported.episodes_out == 4 - skipped
+        episodes = {
+            r["episode_id"]: r for r in LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
+        }
+        source = open_source(out)
+        refs, errors = source.list_episodes()
+        meta = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+        assert errors == [] and len(refs) == len(meta) == 4 - skipped
+        for ref, m in zip(refs, meta.to_pylist(), strict=True):
+            rec = load_episode(source, ref, frame_tolerance=0)  # every window holds its frames
+            src = episodes[m["wallwm/episode_id"]]
+            np.testing.assert_array_equal(rec.actions_TA, np.asarray(src["actions"], np.float32))
+            assert rec.probed[0].num_frames == src["num_frames"]

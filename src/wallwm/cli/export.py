@@ -22,6 +22,12 @@ def export_lerobot_cmd(
         bool,
         typer.Option(help="Encode only the exported frames instead of copying source videos."),
     ] = False,
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--camera", help="Camera to export, repeatable (default: the first episode's)."
+        ),
+    ] = None,
     codec: Annotated[str, typer.Option(help="Encoder of re-encoded streams.")] = "libx264",
     preset: Annotated[
         str, typer.Option(help="Encoder speed preset (x264: ultrafast ... veryslow).")
@@ -43,6 +49,7 @@ def export_lerobot_cmd(
         trim=trim,
         codec=codec,
         preset=preset,
+        cameras=camera,
     )
     try:
         with console.status("exporting"):
@@ -50,10 +57,15 @@ def export_lerobot_cmd(
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
+    skipped = (
+        f"{len(s.episodes_skipped)} episodes left out for lacking a camera; "
+        if s.episodes_skipped
+        else ""
+    )
     console.print(
         f"[bold]export[/]: {s.episodes_in} episodes -> {s.episodes_out} LeRobot episodes "
         f"({s.frames} frames, {s.events} events as subtasks, {s.events_left_out} left out by "
-        f"curation); videos {s.videos_copied} copied, {s.videos_encoded} encoded; "
+        f"curation); videos {s.videos_copied} copied, {s.videos_encoded} encoded; {skipped}"
         f"{s.seconds:.1f} s -> {s.out}",
         soft_wrap=True,
     )

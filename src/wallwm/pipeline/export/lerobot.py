@@ -61,6 +61,11 @@ class ExportConfig(BaseModel):
     tag: str | None = Field(None, description="Snapshot to export (None: the current versions).")
     out: str
     trim: bool = Field(True, description="Leave out each episode's idle start and end.")
+    cameras: list[str] | None = Field(
+        None,
+        description="Camera streams to export (None: every camera of the first exported episode); "
+        "episodes lacking one are left out -- a LeRobot dataset has one set of video features.",
+    )
     reencode: bool = Field(
         False, description="Encode only the exported frames (default: copy source video files)."
     )
@@ -88,6 +93,8 @@ class ExportSummary:
     events_left_out: int = 0
     videos_copied: int = 0
     videos_encoded: int = 0
+    #: Episodes left out because they lack a camera of the export (keys).
+    episodes_skipped: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -201,6 +208,7 @@ class _Writer:
         self.states: list[np.ndarray] = []
         self.index = 0
         self.data_file = 0
+        self.camera_set: list[str] | None = None  # the export's cameras (first episode's)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         self.encoded: dict[str, _EncodedFile] = {}  # camera key -> the file being encoded
         self.in_flight: deque[Future[None]] = deque()
@@ -247,7 +255,8 @@ class _Writer:
             "wallwm/from_frame": span.start,
         }
         for cam in (CameraInfo(**c) for c in row["cameras"]):
-            meta.update(self._video(cam, span, episode_index))
+            if self.camera_set is None or cam.name in self.camera_set:
+                meta.update(self._video(cam, span, episode_index))
         self.episodes.append(meta)
         self.index += length
         self.summary.frames += length
@@ -486,7 +495,7 @@ def export_lerobot(cfg: ExportConfig, store: TableStore | None = None) -> Export
         f"lerobot {CODEBASE_VERSION} to {cfg.out}: episodes {summary.episodes_in} -> "
         f"{summary.episodes_out}, frames={summary.frames} events={summary.events} "
         f"left_out={summary.events_left_out} copied={summary.videos_copied} "
-        f"encoded={summary.videos_encoded}",
+        f"encoded={summary.videos_encoded} skipped_episodes={summary.episodes_skipped}",
     )
     return summary
 
@@ -512,6 +521,12 @@ def _write_all(
             else np.zeros((len(actions), 0), np.float32)
         )
         summary.episodes_in += 1
+        has = [c["name"] for c in row["cameras"]]
+        if writer.camera_set is None:
+            writer.camera_set = list(writer.cfg.cameras or has)
+        if any(name not in has for name in writer.camera_set):
+            summary.episodes_skipped.append(row["episode_key"])
+            continue
         mine = by_episode.get(row["episode_id"], [])
         if writer.cfg.trim:  # the idle start and end go like left-out events
             mine = clip_events(mine, *episode_trim(row, actions, states))
@@ -536,6 +551,7 @@ EPISODE_COLUMNS = (
     "action_dim",
     "action_names",
     "state_names",
+    "episode_key",
     "trim_start_frame",
     "trim_end_frame",
 )

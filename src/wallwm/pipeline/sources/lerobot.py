@@ -215,11 +215,12 @@ class LeRobotSource:
         for ep in self.episodes:
             try:
                 data, cams = self._episode_files(ep)
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
+                what = f"lacks {exc}" if isinstance(exc, KeyError) else f"is unreadable ({exc})"
                 errors.append(
                     BadSignalError(
                         str(self.root / "meta"),
-                        f"episode entry {ep.get('episode_index')!r} lacks {exc}",
+                        f"episode entry {ep.get('episode_index')!r} {what}",
                         "BadMetadata",
                     )
                 )
