@@ -198,6 +198,13 @@ def test_closed_loop_metaworld_eval(tmp_path):
     assert len(r["steps_to_success"]) == r["successes"]
     assert all(1 <= n <= 12 for n in r["steps_to_success"])
     assert policy.track.history  # it planned events by caption
+    [rollout] = r["rollouts"]  # ... and the rollout records them, the last one for attribution
+    assert (
+        rollout["events"] == policy.event_trace() and rollout["last_event"] == rollout["events"][-1]
+    )
+    assert rollout["success"] == bool(r["successes"]) and 1 <= rollout["steps"] <= 12
+    bank = {c for _i, c in policy.engine.models["event"].bank}
+    assert set(rollout["events"]) <= bank  # texts of the training captions: they map to clusters
     runner = CliRunner()
     cli = runner.invoke(
         app,

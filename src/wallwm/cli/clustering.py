@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -315,13 +317,26 @@ def report_cmd(
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output folder.", callback=out_folder)
     ] = "report",
+    rollouts: Annotated[
+        str | None,
+        typer.Option(help="An `eval policy --json` result: each cluster's share of the failures."),
+    ] = None,
 ) -> None:
     """Write a static HTML report of the clusters (sizes, examples, balancing, dedup)."""
     from wallwm.clustering.curation import CurationError
     from wallwm.clustering.report import write_report
 
+    result = None
+    if rollouts is not None:
+        try:
+            result = json.loads(Path(rollouts).read_text())
+            if not isinstance(result, dict) or "per_task" not in result:
+                raise ValueError("not an `eval policy --json` result (no per_task)")
+        except (OSError, ValueError) as exc:
+            err_console.print(f"[red]--rollouts {rollouts}: {exc}[/]")
+            raise typer.Exit(2) from exc
     try:
-        path = write_report(_store(dataset), out)
+        path = write_report(_store(dataset), out, rollouts=result)
     except CurationError as exc:
         raise _fail(exc) from exc
     console.print(f"wrote {path} and {path.parent / 'episodes.html'} (the episode browser)")

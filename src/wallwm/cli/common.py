@@ -19,7 +19,7 @@ def _refuse(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def existing_dataset(dataset: str) -> str:
+def existing_dataset(dataset: str | None) -> str | None:
     """``--dataset`` of a command that reads one: it must exist (only ingest/run create one).
 
     A missing or empty folder is one line on stderr and exit 2 -- before anything opens it (the

@@ -21,6 +21,7 @@ from wallwm.cli.common import (
     camera_map,
     console,
     err_console,
+    existing_dataset,
     print_json,
     validation_message,
 )
@@ -470,6 +471,16 @@ def eval_policy(
     device: Annotated[
         str, typer.Option(help="Where a --checkpoint runs: auto (CUDA if present) | cpu | cuda.")
     ] = "auto",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Attribute failures to this dataset's clusters (the events failed rollouts "
+            "ended in, against each cluster's weight and share of the samples).",
+            callback=existing_dataset,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Closed-loop success rate (95 % interval) in MetaWorld (extra ``sim``).
@@ -522,10 +533,40 @@ def eval_policy(
             f"[red]cannot evaluate in MetaWorld (cameras {cameras}): {exc}[/]", soft_wrap=True
         )
         raise typer.Exit(1) from exc
+    attribution = _attribution(dataset, result) if dataset else None
     if as_json:
-        print_json(result)
+        print_json({**result, **({"attribution": attribution} if attribution else {})})
         return
     console.print(_success_table(result, f"{policy.mode} mode, {episodes} episodes per task"))
+    if attribution:
+        console.print(_attribution_table(attribution))
+
+
+def _attribution(dataset: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    from wallwm.clustering.attribution import failure_attribution
+    from wallwm.pipeline.store import LanceStore
+
+    try:
+        return failure_attribution(LanceStore(dataset), result)
+    except ValueError as exc:
+        err_console.print(f"[red]--dataset {dataset}: {exc}[/]")
+        raise typer.Exit(1) from exc
+
+
+def _attribution_table(rows: list[dict[str, Any]]) -> Table:
+    """Failures per cluster against its weight and sample share (clusters with either)."""
+    from rich.table import Table
+
+    table = Table(title="where the policy failed (the event each failed rollout ended in)")
+    for col in ("cluster", "label", "weight", "sample share", "failures", "failure share"):
+        table.add_column(col)
+    for r in rows:
+        if r["failures"] or r["sample_share"] > 0:
+            table.add_row(
+                r["cluster_id"], r["label"], f"{r['weight']:g}", f"{r['sample_share']:.1%}",
+                str(r["failures"]), f"{r['failure_share']:.1%}",
+            )  # fmt: skip
+    return table
 
 
 def _load_policy(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from wallwm.clustering.attribution import failure_attribution
 from wallwm.clustering.curation import list_clusters
 from wallwm.clustering.kmeans import normalised_entropy
 from wallwm.pipeline import schemas
@@ -107,10 +108,16 @@ def _quality_section(store: TableStore) -> list[str]:
     return out
 
 
-def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> Path:
+def write_report(
+    store: TableStore,
+    out_dir: str | Path,
+    examples: int = 4,
+    rollouts: dict[str, Any] | None = None,
+) -> Path:
     """Write ``index.html`` (and the episode browser, ``episodes.html``) under ``out_dir``.
 
-    Returns the path of ``index.html``.
+    ``rollouts``: an ``eval policy --json`` result; each cluster then shows its share of the
+    failures next to its weight. Returns the path of ``index.html``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +144,15 @@ def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> P
         f"{stats['entropy_before']:.3f} &rarr; {stats['entropy_after']:.3f}</span></div>",
         f"<img alt='cluster sizes' src='{sizes_png}'><br><img alt='sampling' src='{dist_png}'>",
         "<h2>All clusters</h2><table><tr><th>cluster</th><th>level</th><th>parent</th>"
-        "<th>size</th><th>duplicates</th><th>label</th><th>weight</th><th>sampling share</th></tr>",
+        "<th>size</th><th>duplicates</th><th>label</th><th>weight</th><th>sampling share</th>"
+        + ("<th>failure share</th>" if rollouts else "")
+        + "</tr>",
     ]
+    failure = (
+        {r["cluster_id"]: r["failure_share"] for r in failure_attribution(store, rollouts)}
+        if rollouts
+        else {}
+    )
     share: Counter[str] = Counter()
     for e in events:
         share[e["cluster_id"]] += float(e["weight"] or 0.0)  # type: ignore[assignment]
@@ -148,7 +162,15 @@ def write_report(store: TableStore, out_dir: str | Path, examples: int = 4) -> P
         parts.append(
             f"<tr{cls}><td>{esc(c['cluster_id'])}</td><td>{c['level']}</td>"
             f"<td>{esc(c['parent_id'] or '')}</td><td>{c['size']}</td><td>{c['duplicates']}</td>"
-            f"<td>{esc(c['label'])}</td><td>{c['weight']:g}</td><td>{s}</td></tr>"
+            f"<td>{esc(c['label'])}</td><td>{c['weight']:g}</td><td>{s}</td>"
+            + (
+                f"<td>{failure.get(c['cluster_id'], 0.0):.3f}</td>"
+                if rollouts and c["level"] == 1
+                else "<td></td>"
+                if rollouts
+                else ""
+            )
+            + "</tr>"
         )
     parts.append("</table><h2>Examples per cluster</h2>")
     for c in sorted(leaves, key=lambda c: -c["size"]):

@@ -45,13 +45,15 @@ def evaluate_metaworld(
 
     per_task: dict[str, dict[str, Any]] = {}
     for task in tasks:
-        successes, steps_to_success = 0, []
+        successes, steps_to_success, rollouts = 0, [], []
         for i in range(episodes):
             env_seed = HELD_OUT_SEED + seed * 100_003 + i
             env = make_env(task, env_seed, i, cameras[0], 128)
             try:
                 obs, _ = env.reset(seed=env_seed)
                 policy.reset()
+                info: dict[str, Any] = {}
+                step = -1
                 for step in range(max_steps):
                     views = [resize_frame(render(env, c), image_size) for c in cameras]
                     frame = views[0] if len(views) == 1 else np.stack(views)
@@ -67,6 +69,13 @@ def evaluate_metaworld(
                         break
             finally:
                 env.close()
+            # which events the plan went through, and the one it was in at the end (a failure's
+            # event: what ``clusters attribution`` maps to clusters)
+            trace = policy.event_trace() if hasattr(policy, "event_trace") else []
+            rollouts.append(
+                {"episode": i, "success": bool(info.get("success")), "steps": step + 1,
+                 "events": trace, "last_event": trace[-1] if trace else None}
+            )  # fmt: skip
         low, high = wilson_interval(successes, episodes)
         per_task[task] = {
             "episodes": episodes,
@@ -75,6 +84,7 @@ def evaluate_metaworld(
             "ci95": [low, high],
             # how long successes took: success under a tighter step limit can be read off
             "steps_to_success": steps_to_success,
+            "rollouts": rollouts,
         }
     total = sum(t["successes"] for t in per_task.values())
     n = sum(t["episodes"] for t in per_task.values())

@@ -138,6 +138,10 @@ class ChunkPolicy:
             self.track.event, self.track.steps = result.event, 0
         self.plan = _Plan(result)
 
+    def event_trace(self) -> list[str]:
+        """The events the planner named this episode, in order (the last: the current one)."""
+        return list(self.track.history)
+
     def act(self, obs: Observation) -> np.ndarray:
         """Next action: follow the plan, replanning every ``replan_every`` steps."""
         plan = self.plan
