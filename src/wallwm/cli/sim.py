@@ -8,17 +8,26 @@ import typer
 
 from wallwm.cli.common import console, out_folder
 
+#: Options the recorders share.
+OutOpt = Annotated[
+    str,
+    typer.Option("--out", "-o", help="Output folder (folder source format).", callback=out_folder),
+]
+EpisodesOpt = Annotated[int, typer.Option(help="Episodes per task.")]
+SizeOpt = Annotated[int, typer.Option(help="Image side in pixels.")]
+HesitationsOpt = Annotated[
+    float, typer.Option(help="Share of motions that pause part-way (not decisions).")
+]
+WorkersOpt = Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("synth")
 def synth(
-    out: Annotated[
-        str,
-        typer.Option(
-            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
-        ),
-    ],
+    out: OutOpt,
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 6,
     task: Annotated[
         list[str] | None, typer.Option("--task", help="pick-place | push | reach (repeatable).")
@@ -29,7 +38,7 @@ def synth(
         list[str] | None, typer.Option("--camera", help="top | side (repeatable).")
     ] = None,
     action_noise: Annotated[float, typer.Option(help="Relative action noise.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Record episodes of the built-in top-down gripper simulator, with ground-truth events."""
     import difflib
@@ -57,22 +66,17 @@ def synth(
 
 @app.command("record")
 def record(
-    out: Annotated[
-        str,
-        typer.Option(
-            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
-        ),
-    ],
+    out: OutOpt,
     task: Annotated[
         list[str] | None,
         typer.Option("--task", help="MetaWorld v3 task, repeatable; 'mt10' for all ten."),
     ] = None,
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
+    episodes: EpisodesOpt = 5,
     camera: Annotated[
         list[str] | None,
         typer.Option(help="MetaWorld camera name, repeatable (e.g. corner, corner2, gripperPOV)."),
     ] = None,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    size: SizeOpt = 128,
     action_noise: Annotated[
         float, typer.Option(help="Gaussian noise std on position deltas.")
     ] = 0.3,
@@ -91,8 +95,8 @@ def record(
         ),
     ] = "proprio",
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
-    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: WorkersOpt = 1,
+    seed: SeedOpt = 0,
 ) -> None:
     """Record MetaWorld scripted-expert episodes with ground-truth events (extra ``sim``)."""
     try:
@@ -151,31 +155,24 @@ def _record_with_progress(
 
 @app.command("aloha")
 def aloha(
-    out: Annotated[
-        str,
-        typer.Option(
-            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
-        ),
-    ],
+    out: OutOpt,
     task: Annotated[
         list[str] | None, typer.Option("--task", help="transfer-cube | insertion (repeatable).")
     ] = None,
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
+    episodes: EpisodesOpt = 5,
     camera: Annotated[
         list[str] | None, typer.Option(help="Camera, repeatable (top, angle, left_wrist, ...).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    size: SizeOpt = 128,
     action_noise: Annotated[
         float, typer.Option(help="Pose jitter std, in units of the plan's median per-step move.")
     ] = 0.0,
-    hesitations: Annotated[
-        float, typer.Option(help="Share of motions that pause part-way (not decisions).")
-    ] = 0.0,
+    hesitations: HesitationsOpt = 0.0,
     corrections: Annotated[
         float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
     ] = 0.0,
-    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: WorkersOpt = 1,
+    seed: SeedOpt = 0,
 ) -> None:
     """Record bimanual ALOHA end-effector waypoint episodes with ground-truth events (``sim``)."""
     try:
@@ -202,25 +199,18 @@ def aloha(
 
 @app.command("jaco")
 def jaco(
-    out: Annotated[
-        str,
-        typer.Option(
-            "--out", "-o", help="Output folder (folder source format).", callback=out_folder
-        ),
-    ],
+    out: OutOpt,
     task: Annotated[list[str] | None, typer.Option("--task", help="lift | stack (repeatable).")] = (
         None
     ),
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 5,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    episodes: EpisodesOpt = 5,
+    size: SizeOpt = 128,
     action_noise: Annotated[
         float, typer.Option(help="Joint-velocity noise std, as a share of each joint's limit.")
     ] = 0.0,
-    hesitations: Annotated[
-        float, typer.Option(help="Share of motions that pause part-way (not decisions).")
-    ] = 0.0,
-    workers: Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")] = 1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    hesitations: HesitationsOpt = 0.0,
+    workers: WorkersOpt = 1,
+    seed: SeedOpt = 0,
 ) -> None:
     """Record Kinova Jaco joint-velocity episodes (dm_control) with ground-truth events."""
     try:
