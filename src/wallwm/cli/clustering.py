@@ -254,6 +254,57 @@ def clusters_import(file: str, dataset: DatasetOpt, message: MessageOpt = "") ->
     console.print(f"applied {n} clusters from {file}")
 
 
+@clusters_app.command("learn-weights")
+def clusters_learn_weights(
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Proposal file to review.")],
+    tag: Annotated[
+        str | None, typer.Option(help="Snapshot to learn on (default: current).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Model preset of reference and proxy.")] = "small",
+    steps: Annotated[int, typer.Option(help="Steps of the reference and of the proxy.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 96,
+    eta: Annotated[float, typer.Option(help="Step size of the weights' update.")] = 1.0,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference checkpoint (default: train one).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Propose cluster weights by group DRO (excess loss over a reference); apply with import."""
+    from pydantic import ValidationError
+
+    from wallwm.trainer.learn_weights import LearnWeightsConfig, learn_weights
+
+    try:
+        cfg = LearnWeightsConfig(
+            dataset=dataset, tag=tag, out=out, preset=preset, steps=steps,
+            batch_size=batch_size, size=size, eta=eta, reference=reference,
+        )  # fmt: skip
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid options:[/] {validation_message(exc)}")
+        raise typer.Exit(2) from exc
+    try:
+        with console.status(f"reference and proxy runs ({steps} steps each)"):
+            result = learn_weights(cfg)
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print_json(result.clusters)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"proposed weights -> {result.path} (apply: wallwm clusters import)")
+    for col in ("cluster", "label", "current", "proposed", "mean excess loss"):
+        table.add_column(col)
+    for c in sorted(result.clusters, key=lambda c: -c["weight"]):
+        table.add_row(
+            c["cluster_id"], c["label"], f"{c['current_weight']:g}", f"{c['weight']:g}",
+            f"{c['mean_excess_loss']:.4f}",
+        )  # fmt: skip
+    console.print(table)
+
+
 @clusters_app.command("tag")
 def clusters_tag(name: str, dataset: DatasetOpt) -> None:
     """Freeze the curated snapshot (episodes, events, clusters) under NAME for training."""

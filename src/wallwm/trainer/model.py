@@ -323,12 +323,7 @@ class WorldActionModel(nn.Module):
         """
         tokens, slots = self.encode(batch)
         context = tokens if slots is None else torch.cat([tokens, slots], 1)
-        actions, mask = self.targets(batch)
-        noise = batch["flow_noise_BHA"][:, : self.horizon].to(actions.dtype)
-        tau = batch["flow_tau"].to(actions.dtype)[:, None, None]
-        x_tau = tau * actions + (1 - tau) * noise
-        velocity = self.expert(x_tau, tau[:, 0, 0], context)
-        out = {"flow": _term(((velocity.float() - (actions - noise)) ** 2).mean(-1), mask)}
+        out = {"flow": _term(*self._flow_error(batch, context))}
         pooled = tokens.mean(1)
         next_text = self._text(batch, "next_caption").detach()
         planned = self.planner_head(pooled if slots is None else slots.mean(1))
@@ -346,6 +341,25 @@ class WorldActionModel(nn.Module):
                 F.binary_cross_entropy_with_logits(logits, inside.float(), reduction="none")
             )
         return out
+
+    def _flow_error(
+        self, batch: dict[str, Any], context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flow's squared velocity error per step (B, H) and the steps that count."""
+        actions, mask = self.targets(batch)
+        noise = batch["flow_noise_BHA"][:, : self.horizon].to(actions.dtype)
+        tau = batch["flow_tau"].to(actions.dtype)[:, None, None]
+        x_tau = tau * actions + (1 - tau) * noise
+        velocity = self.expert(x_tau, tau[:, 0, 0], context)
+        return ((velocity.float() - (actions - noise)) ** 2).mean(-1), mask
+
+    def sample_flow_losses(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Each sample's flow loss (B,): what per-group objectives (group DRO) weigh."""
+        tokens, slots = self.encode(batch)
+        context = tokens if slots is None else torch.cat([tokens, slots], 1)
+        error_BH, mask_BH = self._flow_error(batch, context)
+        m = mask_BH.float()
+        return (error_BH * m).sum(1) / m.sum(1).clamp(min=1)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Every training loss of this mode, each the mean over this batch.
