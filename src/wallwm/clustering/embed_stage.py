@@ -36,7 +36,7 @@ from wallwm.clustering.embed import (
     trajectory_features,
 )
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
+from wallwm.pipeline.arrays import episode_arrays
 from wallwm.pipeline.ids import stable_hash
 from wallwm.pipeline.lineage import (
     StageRun,
@@ -101,10 +101,8 @@ def _episode_series(store: TableStore, where: str | None = None) -> dict[str, np
     )
     series: dict[str, np.ndarray] = {}
     for i in range(table.num_rows):
-        parts = [from_vector_series(table.column("actions")[i])]
-        states = table.column("states")[i]
-        if table.column("state_dim")[i].as_py() and states.is_valid:
-            parts.append(from_vector_series(states))
+        actions, states = episode_arrays(table, i)
+        parts = [actions] if states is None else [actions, states]
         series[table.column("episode_id")[i].as_py()] = np.concatenate(parts, axis=1)
     return series
 

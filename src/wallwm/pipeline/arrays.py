@@ -79,3 +79,14 @@ def table_to_ipc(table: pa.Table) -> bytes:
 def table_from_ipc(payload: bytes) -> pa.Table:
     """Inverse of :func:`table_to_ipc`."""
     return pa.ipc.open_stream(payload).read_all()
+
+
+def episode_arrays(table: pa.Table, i: int) -> tuple[FloatArray, FloatArray | None]:
+    """Row ``i`` of an ``episodes`` table as actions (T, A) and states (T, S).
+
+    States are None where the episode has none (``state_dim`` 0: the column holds a placeholder).
+    """
+    actions = from_vector_series(table.column("actions")[i])
+    cell = table.column("states")[i]
+    has_states = table.column("state_dim")[i].as_py() and cell.is_valid
+    return actions, from_vector_series(cell) if has_states else None

@@ -213,7 +213,7 @@ def unknown_flags(names: list[str]) -> list[str]:
 def dataset_quality(store: TableStore, tag: str | None = None) -> list[EpisodeQuality]:
     """Flags of every episode of the dataset (at ``tag``; one scan of the episodes table)."""
     from wallwm.pipeline import schemas
-    from wallwm.pipeline.arrays import from_vector_series
+    from wallwm.pipeline.arrays import episode_arrays
 
     if not store.exists(schemas.EPISODES):
         return []
@@ -226,16 +226,14 @@ def dataset_quality(store: TableStore, tag: str | None = None) -> list[EpisodeQu
             for c in ("episode_id", "episode_key", "fps", "state_dim", "gripper", "timestamps_s",
                       "cameras")
         }  # fmt: skip
-        states = table.column("states")[i]
+        actions, states = episode_arrays(table, i)
         episodes.append(
             EpisodeSignals(
                 episode_id=row["episode_id"],
                 episode_key=row["episode_key"],
                 fps=float(row["fps"]),
-                actions_TA=from_vector_series(table.column("actions")[i]),
-                states_TS=(
-                    from_vector_series(states) if row["state_dim"] and states.is_valid else None
-                ),
+                actions_TA=actions,
+                states_TS=states,
                 gripper_TG=None if row["gripper"] is None else np.asarray(row["gripper"]),
                 timestamps_s=(
                     None if row["timestamps_s"] is None else np.asarray(row["timestamps_s"])

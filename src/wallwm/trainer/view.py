@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series, to_vector_series
+from wallwm.pipeline.arrays import episode_arrays, to_vector_series
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.store import LanceStore, StoreError
@@ -428,13 +428,8 @@ def _fill(
         evs = sorted(by_episode.get(row["episode_id"], []), key=lambda e: e["event_index"])
         if not evs or not row["cameras"]:
             continue  # not segmented at this version, or no camera: nothing to train on
-        actions = from_vector_series(episodes.column("actions")[i])
-        cell = episodes.column("states")[i]
-        states = (
-            from_vector_series(cell)
-            if row["state_dim"] and cell.is_valid
-            else np.zeros((len(actions), 0), np.float32)
-        )
+        actions, stored = episode_arrays(episodes, i)
+        states = stored if stored is not None else np.zeros((len(actions), 0), np.float32)
         if trim:
             evs = clip_events(evs, *episode_trim(row, actions, states))
         writer.add_episode(row, actions, states, evs)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
+from wallwm.pipeline.arrays import episode_arrays
 from wallwm.pipeline.lineage import StageRun
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
@@ -513,13 +513,8 @@ def _write_all(
         row = {
             c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS if c in episodes.schema.names
         }
-        actions = from_vector_series(episodes.column("actions")[i])
-        states_cell = episodes.column("states")[i]
-        states = (
-            from_vector_series(states_cell)
-            if row["state_dim"] and states_cell.is_valid
-            else np.zeros((len(actions), 0), np.float32)
-        )
+        actions, stored = episode_arrays(episodes, i)
+        states = stored if stored is not None else np.zeros((len(actions), 0), np.float32)
         summary.episodes_in += 1
         has = [c["name"] for c in row["cameras"]]
         if writer.camera_set is None:

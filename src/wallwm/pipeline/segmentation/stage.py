@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series, table_from_ipc, table_to_ipc
+from wallwm.pipeline.arrays import episode_arrays, table_from_ipc, table_to_ipc
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
 from wallwm.pipeline.lineage import StageRun, failure_row, resolve_failures, store_failures
@@ -267,10 +267,7 @@ def load_episodes(dataset: str, episode_ids: list[str]) -> dict[str, Loaded]:
     )
     out: dict[str, Loaded] = {}
     for i, row in enumerate(table.drop_columns(["actions", "states"]).to_pylist()):
-        states = None
-        if row["state_dim"] and table.column("states")[i].is_valid:
-            states = from_vector_series(table.column("states")[i])
-        out[row["episode_id"]] = (row, from_vector_series(table.column("actions")[i]), states)
+        out[row["episode_id"]] = (row, *episode_arrays(table, i))
     return out
 
 
