@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from wallwm.clustering.kmeans import balanced_weights
 from wallwm.pipeline import schemas
-from wallwm.pipeline.lineage import StageRun
+from wallwm.pipeline.lineage import StageRun, recorded_configs
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_quote
 
 TAGGED_TABLES = (schemas.EPISODES, schemas.EVENTS, schemas.CLUSTERS)
@@ -93,10 +93,8 @@ def show_cluster(store: TableStore, cluster_id: str, examples: int = 10) -> dict
 
 
 def _last_cluster_config(store: TableStore) -> dict[str, Any]:
-    runs = [r for r in store.read(schemas.RUNS).to_pylist() if r["stage"] == "cluster"]
-    if not runs:
-        return {"strategy": "uniform", "alpha": 0.5}
-    return dict(json.loads(max(runs, key=lambda r: r["finished_at"])["config_json"]))
+    configs = recorded_configs(store, "cluster")
+    return configs[0] if configs else {"strategy": "uniform", "alpha": 0.5}
 
 
 def reweight(store: TableStore) -> int:

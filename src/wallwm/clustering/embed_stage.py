@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from wallwm.pipeline.lineage import (
     StageRun,
     event_file,
     failure_row,
+    recorded_configs,
     resolve_failures,
     stage_failures,
     store_failures,
@@ -123,13 +123,8 @@ def fit_traj_norm(store: TableStore) -> TrajNorm:
 
 def recorded_traj_norm(store: TableStore) -> TrajNorm | None:
     """The normaliser the dataset's last embed run used, if any."""
-    if not store.exists(schemas.RUNS):
-        return None
-    runs = store.read(
-        schemas.RUNS, columns=["config_json", "finished_at"], where=f"stage = {sql_quote(STAGE)}"
-    ).to_pylist()
-    for run in sorted(runs, key=lambda r: r["finished_at"], reverse=True):
-        norm = json.loads(run["config_json"]).get("details", {}).get("traj_norm")
+    for config in recorded_configs(store, STAGE):
+        norm = config.get("details", {}).get("traj_norm")
         if norm:
             return TrajNorm(tuple(norm["mean"]), tuple(norm["std"]), int(norm["frames"]))
     return None

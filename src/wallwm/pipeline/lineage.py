@@ -105,6 +105,19 @@ class StageRun:
         self.record(store, table, None, 0, "started; not finished (yet)")
 
 
+def recorded_configs(store: TableStore, stage: str) -> list[dict[str, Any]]:
+    """The config (with its ``details``) of every recorded run of ``stage``, newest first."""
+    from wallwm.pipeline.store import sql_quote
+
+    if not store.exists(schemas.RUNS):
+        return []
+    runs = store.read(
+        schemas.RUNS, columns=["config_json", "finished_at"], where=f"stage = {sql_quote(stage)}"
+    ).to_pylist()
+    runs.sort(key=lambda r: r["finished_at"], reverse=True)
+    return [dict(json.loads(r["config_json"])) for r in runs]
+
+
 def failure_row(
     error: EpisodeError, source_uri: str, stage: str, key: str, run_id: str
 ) -> dict[str, Any]:

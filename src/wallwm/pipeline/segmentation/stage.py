@@ -22,7 +22,13 @@ from wallwm.pipeline import schemas
 from wallwm.pipeline.arrays import episode_arrays, table_from_ipc, table_to_ipc
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.ids import event_id
-from wallwm.pipeline.lineage import StageRun, failure_row, resolve_failures, store_failures
+from wallwm.pipeline.lineage import (
+    StageRun,
+    failure_row,
+    recorded_configs,
+    resolve_failures,
+    store_failures,
+)
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
 from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
@@ -132,18 +138,8 @@ def spread_sample(keys: list[str], n: int = SAMPLE_EPISODES) -> list[str]:
 
 def recorded_model(store: TableStore, requested: SegmentConfig) -> SegmentConfig | None:
     """The model the dataset's last segment run chose for this requested config, if any."""
-    import json
-
-    if not store.exists(schemas.RUNS):
-        return None
-    runs = store.read(
-        schemas.RUNS,
-        columns=["config_json", "finished_at"],
-        where=f"stage = {sql_quote(STAGE)}",
-    ).to_pylist()
     wanted = requested.model_dump()
-    for run in sorted(runs, key=lambda r: r["finished_at"], reverse=True):
-        config = json.loads(run["config_json"])
+    for config in recorded_configs(store, STAGE):
         if config.get("details", {}).get("requested") == wanted:
             return SegmentConfig(**config["segment"])
     return None
