@@ -51,7 +51,8 @@ def test_muon_rejects_non_matrices_and_split_rule():
             "head": nn.Linear(8, 2),
         }
     )
-    muon, adamw = split_params(model)
+    muon, adamw, backbone = split_params(model)
+    assert backbone == []
     assert [p.shape for p in muon] == [torch.Size([8, 8])]
     assert len(adamw) == 1 + 1 + 2 + 2  # embedding, hidden bias, norm weight+bias, head weight+bias
 

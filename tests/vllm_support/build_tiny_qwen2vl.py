@@ -1,6 +1,7 @@
 """Build a tiny random-weight Qwen2-VL model directory for the real-vLLM tests.
 
-Runs inside the vLLM virtual environment (``.venv-vllm``): ``python build_tiny_qwen2vl.py OUT``.
+Runs inside the vLLM virtual environment (``.venv-vllm``) for the vLLM tests and in the main one
+for the backbone tests: ``python build_tiny_qwen2vl.py OUT``.
 No model hub is reachable, so the byte-level BPE tokenizer is trained here on a small corpus
 (with Qwen's special tokens and chat template) and the weights are random but seeded, so the
 directory is identical on every build. vLLM's CPU attention needs head size 64 (text) and 32
@@ -49,10 +50,20 @@ def build(out: Path) -> None:
         PreTrainedTokenizerFast,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
         Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
     )
+
+    # The main venv has no torchvision (PyPI's builds are CUDA ones; the CPU torch would not
+    # load their kernels): the PIL image processor then, and no video processor -- wallwm's
+    # trainer reads images only. The vLLM venv has torchvision and gets both.
+    try:
+        import torchvision  # noqa: F401
+        from transformers import Qwen2VLImageProcessor as ImageProcessor
+        from transformers import Qwen2VLVideoProcessor as VideoProcessor
+    except ImportError:
+        from transformers import Qwen2VLImageProcessorPil as ImageProcessor
+
+        VideoProcessor = None
 
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -113,27 +124,25 @@ def build(out: Path) -> None:
     )
     model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=28 * 28 * 4,
-        max_pixels=112 * 112,
-        patch_size=14,
-        merge_size=2,
-        temporal_patch_size=2,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        min_pixels=28 * 28 * 4,
-        max_pixels=112 * 112,
-        patch_size=14,
-        merge_size=2,
-        temporal_patch_size=2,
-    )
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    sizes = {
+        "min_pixels": 28 * 28 * 4,
+        "max_pixels": 112 * 112,
+        "patch_size": 14,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    image_processor = ImageProcessor(**sizes)
+    if VideoProcessor is not None:
+        processor = Qwen2VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=VideoProcessor(**sizes),
+            chat_template=CHAT_TEMPLATE,
+        )
+        processor.save_pretrained(out)
+    else:  # what a processor directory holds, minus the video part
+        image_processor.save_pretrained(out)
+        (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     tokenizer.save_pretrained(out)
     gen = {
         "eos_token_id": ids["<|im_end|>"],

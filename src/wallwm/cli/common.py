@@ -106,6 +106,14 @@ NewDatasetOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+BackboneDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="Where a backbone checkpoint's VLM directory is on this machine (default: the "
+        "path it trained with; its content must match).",
+    ),
+]
 RayAddressOpt = Annotated[
     str | None,
     typer.Option("--ray-address", help="Join a running Ray cluster instead of a local Ray."),

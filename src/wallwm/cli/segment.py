@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wallwm.cli.common import (
+    BackboneDirOpt,
     CameraMapOpt,
     DatasetOpt,
     GripperOpenOpt,
@@ -471,6 +472,7 @@ def eval_policy(
     device: Annotated[
         str, typer.Option(help="Where a --checkpoint runs: auto (CUDA if present) | cpu | cuda.")
     ] = "auto",
+    backbone: BackboneDirOpt = None,
     dataset: Annotated[
         str | None,
         typer.Option(
@@ -506,7 +508,7 @@ def eval_policy(
     ]
     try:
         policy = _load_policy(
-            checkpoint, server, token, mode, replan_every, seed, noise_scale, device
+            checkpoint, server, token, mode, replan_every, seed, noise_scale, device, backbone
         )
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         err_console.print(
@@ -578,6 +580,7 @@ def _load_policy(
     seed: int,
     noise_scale: float,
     device: str = "auto",
+    backbone: str | None = None,
 ) -> ChunkPolicy:
     """The policy ``eval policy`` runs: a local checkpoint or a client of a policy server."""
     if server is not None:
@@ -588,7 +591,12 @@ def _load_policy(
 
     assert checkpoint is not None  # the command checks exactly one of the two is given
     return LocalPolicy(
-        checkpoint, replan_every=replan_every, seed=seed, noise_scale=noise_scale, device=device
+        checkpoint,
+        replan_every=replan_every,
+        seed=seed,
+        noise_scale=noise_scale,
+        device=device,
+        backbone_path=backbone,
     )
 
 
@@ -614,13 +622,16 @@ def eval_offline(
     batches: Annotated[int, typer.Option(help="Batches of held-out samples.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA if present) | cpu | cuda.")] = "auto",
+    backbone: BackboneDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Losses, action error and next-event retrieval on the episodes held out of training."""
     from wallwm.trainer.evaluate import evaluate_offline
 
     try:
-        result = evaluate_offline(checkpoint, batches, batch_size, device=device)
+        result = evaluate_offline(
+            checkpoint, batches, batch_size, device=device, backbone_path=backbone
+        )
     except (ValueError, OSError, KeyError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from wallwm.cli.common import (
+    BackboneDirOpt,
     DatasetOpt,
     RayAddressOpt,
     console,
@@ -122,6 +123,25 @@ def train_cmd(
     ray_address: RayAddressOpt = None,
     local: Annotated[bool, typer.Option(help="Train in this process, without Ray Train.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Local Hugging Face VLM directory (Qwen2-VL / Qwen2.5-VL) to train on; "
+            "--preset then sizes the action expert."
+        ),
+    ] = None,
+    lora_rank: Annotated[
+        int, typer.Option(help="Backbone: LoRA rank of the language model (0: full fine-tune).")
+    ] = 16,
+    train_vision: Annotated[
+        bool, typer.Option(help="Backbone: also train the vision tower.")
+    ] = False,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Backbone: recompute activations in the backward pass.")
+    ] = False,
+    backbone_lr_scale: Annotated[
+        float, typer.Option(help="Backbone: learning rate relative to --lr.")
+    ] = 0.1,
 ) -> None:
     """Train the World Action Model on a curated tag (Ray Train TorchTrainer by default)."""
     if ctx.invoked_subcommand is not None:
@@ -164,6 +184,11 @@ def train_cmd(
             device=device,  # type: ignore[arg-type]
             precision=precision,  # type: ignore[arg-type]
             compile=compile_model,
+            backbone=backbone,
+            lora_rank=lora_rank,
+            train_vision=train_vision,
+            gradient_checkpointing=gradient_checkpointing,
+            backbone_lr_scale=backbone_lr_scale,
         )
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
@@ -187,8 +212,9 @@ def train_cmd(
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
+    model_name = f"{preset} expert on {Path(backbone).name}" if backbone else preset
     console.print(
-        f"[bold]train[/] ({mode}, {preset}): step {last.get('step', steps)}, "
+        f"[bold]train[/] ({mode}, {model_name}): step {last.get('step', steps)}, "
         f"loss {last.get('loss', float('nan')):.4f}; checkpoint in {out}",
         soft_wrap=True,
     )
@@ -249,6 +275,7 @@ def serve_cmd(
         str, typer.Option(help="auto (CUDA if present) | cpu | cuda | cuda:N; replicas: a GPU each")
     ] = "auto",
     precision: PrecisionOpt = "auto",
+    backbone: BackboneDirOpt = None,
 ) -> None:
     """Serve checkpoints as a policy server (HTTP; msgpack or JSON bodies)."""
     from pydantic import ValidationError
@@ -277,6 +304,7 @@ def serve_cmd(
             ray_address=ray_address,
             device=device,
             precision=precision,  # type: ignore[arg-type]
+            backbone=backbone,
         )
     except ValidationError as exc:
         raise typer.BadParameter(validation_message(exc)) from exc

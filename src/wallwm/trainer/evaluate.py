@@ -107,6 +107,7 @@ def evaluate_offline(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    backbone_path: str | None = None,
 ) -> dict[str, Any]:
     """Metrics on the events of the episodes held out of training (see ``TrainConfig.holdout``).
 
@@ -119,14 +120,13 @@ def evaluate_offline(
 
     from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
     from wallwm.trainer.device import inference_mode, resolve_device, to_device
-    from wallwm.trainer.model import ModelConfig, WorldActionModel
+    from wallwm.trainer.factory import model_from_checkpoint
     from wallwm.trainer.serving.engine import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     where = resolve_device(device)
     cfg = state["config"]
-    model = WorldActionModel(ModelConfig(**state["model_config"]), state["mode"], state["stats"])
-    model.load_state_dict(state["ema"]["shadow"])
+    model = model_from_checkpoint(state, str(checkpoint), backbone_path)
     model.to(where).eval()
     data = EventFrameDataset(state["dataset"]["view"], cfg["h_max"], cfg["chunk_len"], seed + 1)
     held = set(state.get("held_out_events", []))
@@ -139,7 +139,7 @@ def evaluate_offline(
     captions = sorted({c for _, c in state.get("caption_bank", [])})
     generator = torch.Generator().manual_seed(seed)
     with inference_mode(where, precision):
-        bank = model.text(captions).float() if captions else None
+        bank = model.embed_texts(captions).float() if captions else None
         for cpu_batch in make_loader(data, batch_size, 0, sampler):
             batch = to_device(cpu_batch, where)
             metrics = {k: float(v) for k, v in model.losses(batch).items()}

@@ -93,9 +93,17 @@ class CrossBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.norm3 = nn.LayerNorm(width)
 
-    def forward(self, x_BLD: torch.Tensor, context_BMD: torch.Tensor) -> torch.Tensor:
-        """One block of ``x_BLD`` reading ``context_BMD`` (used as it is, not normalised)."""
+    def forward(
+        self,
+        x_BLD: torch.Tensor,
+        context_BMD: torch.Tensor,
+        keep_BM: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block of ``x_BLD`` reading ``context_BMD`` (used as it is, not normalised).
+
+        ``keep_BM`` marks the context tokens that may be read (True: a real token).
+        """
         x_BLD = x_BLD + self.self_attn(self.norm1(x_BLD))
-        x_BLD = x_BLD + self.multihead_attn(self.norm2(x_BLD), context_BMD)
+        x_BLD = x_BLD + self.multihead_attn(self.norm2(x_BLD), context_BMD, keep_BM)
         out: torch.Tensor = x_BLD + self.linear2(F.relu(self.linear1(self.norm3(x_BLD))))
         return out

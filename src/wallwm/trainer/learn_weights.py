@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline import schemas
 from wallwm.pipeline.store import LanceStore
-from wallwm.trainer.model import ModelConfig, WorldActionModel
+from wallwm.trainer.factory import ActionModel, model_from_checkpoint
 
 
 class LearnWeightsConfig(BaseModel):
@@ -98,7 +98,7 @@ def _train_config(cfg: LearnWeightsConfig, out: Path, steps: int) -> Any:
     )
 
 
-def _reference(cfg: LearnWeightsConfig, work: Path) -> WorldActionModel:
+def _reference(cfg: LearnWeightsConfig, work: Path) -> ActionModel:
     """The reference model: the given checkpoint's EMA weights, else one trained on the tag."""
     from wallwm.trainer.serving.engine import load_checkpoint
     from wallwm.trainer.train import CHECKPOINT, Run
@@ -109,9 +109,8 @@ def _reference(cfg: LearnWeightsConfig, work: Path) -> WorldActionModel:
         run.fit()
         path = work / "reference" / CHECKPOINT
     state = load_checkpoint(path)
-    model = WorldActionModel(ModelConfig(**state["model_config"]), state["mode"], state["stats"])
-    model.load_state_dict(state["ema"]["shadow"])  # the EMA weights, as the policy serves them
-    return model.eval()
+    # the EMA weights, as the policy serves them
+    return model_from_checkpoint(state, str(path)).eval()
 
 
 def learn_weights(cfg: LearnWeightsConfig) -> LearnedWeights:

@@ -220,13 +220,31 @@ class LossTerm(NamedTuple):
         return self.total / self.n.clamp(min=1)
 
 
-def _term(values: torch.Tensor, weights: torch.Tensor | None = None) -> LossTerm:
+def loss_term(values: torch.Tensor, weights: torch.Tensor | None = None) -> LossTerm:
     """A loss term of per-element ``values`` (fp32), optionally weighted by a 0/1 mask."""
     values = values.float()
     if weights is None:
         return LossTerm(values.sum(), torch.tensor(float(values.numel()), device=values.device))
     weights = weights.to(values.dtype)
     return LossTerm((values * weights).sum(), weights.sum())
+
+
+def normalisation_buffers(
+    cfg: ModelConfig, stats: dict[str, Any] | None
+) -> dict[str, torch.Tensor]:
+    """The view's action and state means and deviations as buffers (defaults: 0 and 1)."""
+    a, s = cfg.action_dim, cfg.state_dim
+
+    def vec(part: str, key: str, n: int, default: float) -> torch.Tensor:
+        values = ((stats or {}).get(part) or {}).get(key) or [default] * n
+        return torch.tensor(values[:n] + [default] * (n - len(values[:n])), dtype=torch.float32)
+
+    return {
+        "a_mean": vec("actions", "mean", a, 0.0),
+        "a_std": vec("actions", "std", a, 1.0),
+        "s_mean": vec("states", "mean", s, 0.0),
+        "s_std": vec("states", "std", s, 1.0),
+    }
 
 
 class WorldActionModel(nn.Module):
@@ -259,16 +277,8 @@ class WorldActionModel(nn.Module):
         self._set_stats(stats)
 
     def _set_stats(self, stats: dict[str, Any] | None) -> None:
-        a, s = self.cfg.action_dim, self.cfg.state_dim
-
-        def vec(part: str, key: str, n: int, default: float) -> torch.Tensor:
-            values = ((stats or {}).get(part) or {}).get(key) or [default] * n
-            return torch.tensor(values[:n] + [default] * (n - len(values[:n])), dtype=torch.float32)
-
-        self.register_buffer("a_mean", vec("actions", "mean", a, 0.0))
-        self.register_buffer("a_std", vec("actions", "std", a, 1.0))
-        self.register_buffer("s_mean", vec("states", "mean", s, 0.0))
-        self.register_buffer("s_std", vec("states", "std", s, 1.0))
+        for name, buffer in normalisation_buffers(self.cfg, stats).items():
+            self.register_buffer(name, buffer)
 
     def compile_layers(self) -> None:
         """``torch.compile`` every transformer block in place (state dict keys unchanged)."""
@@ -323,21 +333,21 @@ class WorldActionModel(nn.Module):
         """
         tokens, slots = self.encode(batch)
         context = tokens if slots is None else torch.cat([tokens, slots], 1)
-        out = {"flow": _term(*self._flow_error(batch, context))}
+        out = {"flow": loss_term(*self._flow_error(batch, context))}
         pooled = tokens.mean(1)
         next_text = self._text(batch, "next_caption").detach()
         planned = self.planner_head(pooled if slots is None else slots.mean(1))
         has_next = batch.get("has_next")
         if has_next is None:  # a batch of strings (no loader): which samples have a next event
             has_next = torch.tensor([bool(c) for c in batch["next_caption"]], device=pooled.device)
-        out["planner"] = _term(1 - F.cosine_similarity(planned, next_text, dim=-1), has_next)
+        out["planner"] = loss_term(1 - F.cosine_similarity(planned, next_text, dim=-1), has_next)
         with torch.no_grad():
             end_features = self.image(batch["end_images_BNCHW"]).mean(1)
-        out["world"] = _term((self.world_head(pooled).float() - end_features.float()) ** 2)
+        out["world"] = loss_term((self.world_head(pooled).float() - end_features.float()) ** 2)
         if self.mode in TEXT_CONDITIONED:
             inside = batch["action_mask_BH" if self.mode == "event" else "chunk_in_event_BC"]
             logits = self.end_head(pooled).float()
-            out["end"] = _term(
+            out["end"] = loss_term(
                 F.binary_cross_entropy_with_logits(logits, inside.float(), reduction="none")
             )
         return out
@@ -370,6 +380,12 @@ class WorldActionModel(nn.Module):
         return {name: term.mean() for name, term in self(batch).items()}
 
     # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts as the planner's target space (B, D): what a caption bank is matched in."""
+        embedded: torch.Tensor = self.text(texts)
+        return embedded
 
     @torch.no_grad()
     def plan_next(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -161,18 +161,28 @@ class Muon(Optimizer):
         )
 
 
+#: Parameters under this prefix belong to a pretrained backbone (``model.vlm``): AdamW at
+#: ``backbone_lr_scale`` x the learning rate -- Muon's orthogonalised updates are made for
+#: training from scratch, and pretrained weights (or their LoRA adapters) want smaller steps.
+BACKBONE_PREFIX = "vlm."
+
+
 def split_params(
     model: nn.Module, head_names: tuple[str, ...] = ("head", "embed", "proj_in", "proj_out")
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(Muon params, AdamW params): hidden 2-D weights vs everything else."""
+) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(Muon, AdamW, backbone AdamW) params: hidden 2-D weights, the rest, the backbone's."""
     muon: list[nn.Parameter] = []
     adamw: list[nn.Parameter] = []
+    backbone: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if name.startswith(BACKBONE_PREFIX):
+            backbone.append(p)
+            continue
         hidden = p.ndim == 2 and not any(h in name for h in head_names)
         (muon if hidden else adamw).append(p)
-    return muon, adamw
+    return muon, adamw, backbone
 
 
 class MuonAdamW:
@@ -185,18 +195,26 @@ class MuonAdamW:
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         ns_dtype: torch.dtype | str = "auto",
+        backbone_lr_scale: float = 0.1,
     ) -> None:
         """Build both optimisers over ``model``'s parameters.
 
-        Both use the same learning rate; Muon's is scaled per matrix (:func:`adjusted_lr`).
+        Both use the same learning rate; Muon's is scaled per matrix (:func:`adjusted_lr`),
+        a backbone's (:data:`BACKBONE_PREFIX`) by ``backbone_lr_scale``, without weight decay
+        (LoRA adapters and pretrained weights are not pulled toward zero).
         """
-        muon_params, adamw_params = split_params(model)
+        muon_params, adamw_params, backbone_params = split_params(model)
         self.muon = (
             Muon(muon_params, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
             if muon_params
             else None
         )
-        self.adamw = AdamW(adamw_params, lr=lr, weight_decay=weight_decay, betas=betas)
+        groups: list[dict[str, Any]] = [{"params": adamw_params}]
+        if backbone_params:  # the schedule sets lr x lr_scale on this group
+            groups.append(
+                {"params": backbone_params, "lr_scale": backbone_lr_scale, "weight_decay": 0.0}
+            )
+        self.adamw = AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
         self.optimizers: list[Optimizer] = [o for o in (self.muon, self.adamw) if o is not None]
 
     @property

@@ -166,12 +166,16 @@ class LocalPolicy(ChunkPolicy):
         event_timeout: int | None = None,
         noise_scale: float = 1.0,
         device: str = "auto",
+        backbone_path: str | None = None,
     ) -> None:
-        """Load ``checkpoint`` onto ``device`` (``noise_scale``: see :class:`PolicyEngine`)."""
+        """Load ``checkpoint`` onto ``device`` (``noise_scale``: see :class:`PolicyEngine`).
+
+        ``backbone_path``: a backbone checkpoint's VLM directory on this machine.
+        """
         from wallwm.trainer.serving.engine import PolicyEngine
 
         self.engine: PolicyEngine = PolicyEngine(
-            [checkpoint], flow_steps, seed, noise_scale, device=device
+            [checkpoint], flow_steps, seed, noise_scale, device=device, backbone_path=backbone_path
         )
         (spec,) = self.engine.specs.values()
         super().__init__(

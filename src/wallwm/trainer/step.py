@@ -23,7 +23,7 @@ import torch
 
 from wallwm.trainer.device import autocast, autocast_dtype, to_device
 from wallwm.trainer.distributed import World, all_reduce_sum, data_parallel
-from wallwm.trainer.model import WorldActionModel
+from wallwm.trainer.factory import ActionModel
 from wallwm.trainer.optim import EMA, MuonAdamW
 
 
@@ -45,7 +45,7 @@ class TrainStep:
 
     def __init__(
         self,
-        model: WorldActionModel,
+        model: ActionModel,
         device: torch.device,
         precision: str = "auto",
         world: World | None = None,
@@ -55,6 +55,7 @@ class TrainStep:
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         compile_layers: bool = False,
+        backbone_lr_scale: float = 0.1,
     ) -> None:
         """Move ``model`` to ``device`` and build what trains it there."""
         self.device, self.world = device, world or World()
@@ -64,14 +65,16 @@ class TrainStep:
         if compile_layers:
             self.model.compile_layers()
         self.net = data_parallel(self.model, device, self.world)  # what forward passes call
-        self.optimizer = MuonAdamW(self.model, lr=lr, weight_decay=weight_decay)
+        self.optimizer = MuonAdamW(
+            self.model, lr=lr, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale
+        )
         self.ema = EMA(self.model, ema_decay)
 
     def __call__(self, batch: dict[str, Any], lr: float) -> StepResult:
         """One step at learning rate ``lr`` (the schedule is the caller's)."""
         batch = to_device(batch, self.device)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(self.device, self.dtype):
             terms = self.net(batch)
         counts_K = all_reduce_sum(torch.stack([t.n for t in terms.values()]), self.world)

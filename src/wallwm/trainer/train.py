@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,14 +42,18 @@ from wallwm.trainer.data import (
     holdout_mask,
     make_loader,
 )
-from wallwm.trainer.device import DeviceName, Precision, resolve_device, to_cpu
+from wallwm.trainer.device import DeviceName, Precision, autocast_dtype, resolve_device, to_cpu
 from wallwm.trainer.distributed import World, current_world
 from wallwm.trainer.durations import duration_table
+from wallwm.trainer.factory import ActionModel, checked_backbone, new_model
 from wallwm.trainer.logs import RunLog
-from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel, preset
+from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, preset
 from wallwm.trainer.optim import warmup_cosine
 from wallwm.trainer.step import MetricLog, StepResult, TrainStep
 from wallwm.trainer.view import ViewSummary, materialize, same_view_inputs, source_versions
+
+if TYPE_CHECKING:
+    from wallwm.trainer.backbone.config import BackboneConfig
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -117,6 +121,30 @@ class TrainConfig(BaseModel):
     )
     precision: Precision = Field("auto", description="auto: bf16 autocast on GPUs, else fp32.")
     compile: bool = Field(False, description="torch.compile every transformer block.")
+    backbone: str | None = Field(
+        None,
+        description="A local Hugging Face vision-language model directory (Qwen2-VL, "
+        "Qwen2.5-VL) the model runs on; None: the compact model of --preset (whose width, "
+        "heads and expert depth then size the action expert).",
+    )
+    lora_rank: int = Field(16, ge=0, description="Backbone: LoRA rank (0: full fine-tuning).")
+    train_vision: bool = Field(False, description="Backbone: also train the vision tower.")
+    gradient_checkpointing: bool = Field(
+        False, description="Backbone: recompute activations in the backward (less memory)."
+    )
+    backbone_lr_scale: float = Field(
+        0.1, gt=0, description="Backbone: its learning rate relative to --lr."
+    )
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_dir(cls, path: str | None) -> str | None:
+        """A model directory that exists (checked before any worker starts)."""
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ValueError(
+                f"--backbone {path}: no Hugging Face model directory (no config.json) there"
+            )
+        return path
 
     @field_validator("preset")
     @classmethod
@@ -207,6 +235,32 @@ def prepare_view(cfg: TrainConfig) -> tuple[ViewSummary, dict[str, Any] | None]:
     return view, resumed
 
 
+def run_backbone(
+    cfg: TrainConfig, resumed: dict[str, Any] | None, checkpoint: Path
+) -> BackboneConfig | None:
+    """The run's backbone (fingerprinted), refusing to resume on another one."""
+    if cfg.backbone is None:
+        if resumed is not None and resumed.get("backbone"):
+            raise ValueError(
+                f"{checkpoint}: the run trained on the backbone {resumed['backbone']['path']}; "
+                "resume it with --backbone"
+            )
+        return None
+    from wallwm.trainer.backbone.config import BackboneConfig, backbone_fingerprint
+
+    if resumed is not None:
+        if not resumed.get("backbone"):
+            raise ValueError(f"{checkpoint}: the run trained the compact model, not a backbone")
+        return checked_backbone(resumed["backbone"], str(checkpoint), cfg.backbone)
+    return BackboneConfig(
+        path=str(Path(cfg.backbone).resolve()),
+        fingerprint=backbone_fingerprint(cfg.backbone),
+        lora_rank=cfg.lora_rank,
+        train_vision=cfg.train_vision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+
+
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """Each worker's share of the global batch (which the workers must share evenly)."""
     if batch_size % world_size:
@@ -246,17 +300,19 @@ class Run:
             chunk_len=cfg.chunk_len,
             num_cameras=len(meta.get("cameras") or [None]),
         )
+        self.backbone = run_backbone(cfg, resumed, Path(cfg.out) / CHECKPOINT)
         self.data = EventFrameDataset(
             view.path,
             cfg.h_max,
             cfg.chunk_len,
             cfg.seed,
             cfg.caption_dropout if cfg.mode in TEXT_CONDITIONED else 0.0,
-            text=TextSpec(self.model_cfg.vocab, self.model_cfg.text_len),
+            # a backbone tokenises with its own tokenizer, in the model
+            text=None if self.backbone else TextSpec(self.model_cfg.vocab, self.model_cfg.text_len),
         )
         torch.manual_seed(cfg.seed)
         self.trainer = TrainStep(
-            WorldActionModel(self.model_cfg, cfg.mode, meta["stats"]),
+            self._new_model(meta["stats"]),
             self.device,
             cfg.precision,
             self.world,
@@ -265,6 +321,7 @@ class Run:
             grad_clip=cfg.grad_clip,
             ema_decay=cfg.ema_decay,
             compile_layers=cfg.compile,
+            backbone_lr_scale=cfg.backbone_lr_scale,
         )
         self.held_out = holdout_mask(self.data.events, cfg.holdout)
         if self.held_out.all():  # a single episode: train on it rather than on nothing
@@ -290,8 +347,17 @@ class Run:
         if resumed is not None:
             self.load_state_dict(resumed, Path(cfg.out) / CHECKPOINT)
 
+    def _new_model(self, stats: dict[str, Any]) -> ActionModel:
+        """The run's model, initialised from the run's seed."""
+        lora = self.backbone is not None and self.backbone.lora_rank > 0
+        # a LoRA run keeps the frozen base in the autocast dtype (bf16 on GPUs: half the memory)
+        frozen_dtype = autocast_dtype(self.cfg.precision, self.device) if lora else None
+        return new_model(
+            self.model_cfg, self.cfg.mode, stats, self.backbone, frozen_dtype or torch.float32
+        )
+
     @property
-    def model(self) -> WorldActionModel:
+    def model(self) -> ActionModel:
         """The model itself (never its data-parallel wrapper)."""
         return self.trainer.model
 
@@ -308,6 +374,8 @@ class Run:
             "config": self.cfg.model_dump(),
             "model_config": asdict(self.model_cfg),
             "mode": self.cfg.mode,
+            # the VLM the model runs on: its path and content fingerprint (None: compact)
+            "backbone": asdict(self.backbone) if self.backbone else None,
             "trained_on": {
                 "device": str(self.device),
                 "precision": self.cfg.precision,

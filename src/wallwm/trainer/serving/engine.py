@@ -33,12 +33,14 @@ import torch.nn.functional as F  # noqa: N812
 from wallwm.trainer.checkpoint import read_checkpoint
 from wallwm.trainer.device import autocast_dtype, inference_mode, resolve_device
 from wallwm.trainer.durations import EventTimeouts
-from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, WorldActionModel
+from wallwm.trainer.factory import model_from_checkpoint
+from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig
 from wallwm.trainer.serving.protocol import InferRequest, InferResult, ModelSpec
 
 #: What inference needs from a training checkpoint (the rest is optimiser and RNG state).
 INFERENCE_KEYS = (
     "mode", "model_config", "stats", "ema", "caption_bank", "event_durations", "dataset", "step",
+    "cameras", "backbone",
 )  # fmt: skip
 
 
@@ -68,12 +70,17 @@ def slim_checkpoint(state: dict[str, Any]) -> bytes:
 class _Served:
     """One checkpoint ready to answer: the EMA model, its spec and its caption bank."""
 
-    def __init__(self, state: dict[str, Any], name: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        state: dict[str, Any],
+        name: str,
+        device: torch.device,
+        backbone_path: str | None = None,
+    ) -> None:
         self.name = name
         self.mode = str(state["mode"])
         cfg = ModelConfig(**state["model_config"])
-        self.model = WorldActionModel(cfg, self.mode, state.get("stats"))  # type: ignore[arg-type]
-        self.model.load_state_dict(state["ema"]["shadow"])
+        self.model = model_from_checkpoint(state, name, backbone_path)
         self.model.to(device).eval()
         self.spec = ModelSpec(
             mode=self.mode,
@@ -91,6 +98,12 @@ class _Served:
             "step": int(state.get("step", 0)),
             "dataset": state.get("dataset", {}),
             "model_config": asdict(cfg),
+            # the pretrained VLM the model runs on (None: the compact model)
+            "backbone": (
+                {k: state["backbone"][k] for k in ("path", "fingerprint", "lora_rank")}
+                if state.get("backbone")
+                else None
+            ),
         }
         self._instructions = {i for i, _ in self.bank}
         self._bank_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
@@ -104,7 +117,7 @@ class _Served:
                 {c for _, c in self.bank}
             )
             with torch.no_grad():
-                emb = self.model.text(captions).float() if captions else torch.zeros(0, 1)
+                emb = self.model.embed_texts(captions).float() if captions else torch.zeros(0, 1)
             self._bank_cache[instruction] = (captions, emb)
         return self._bank_cache[instruction]
 
@@ -131,6 +144,7 @@ class PolicyEngine:
         noise_scale: float = 1.0,
         device: str = "auto",
         precision: str = "auto",
+        backbone_path: str | None = None,
     ) -> None:
         """Load each checkpoint (a path or serialised bytes); one per mode.
 
@@ -143,6 +157,8 @@ class PolicyEngine:
                 which removes demonstration noise from precise moves (0: deterministic).
             device: Where the models run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
             precision: ``auto`` (bf16 autocast on GPUs), ``fp32`` or ``bf16``.
+            backbone_path: Where a backbone checkpoint's VLM directory is on this machine
+                (default: the path it trained with); its content must be the same.
         """
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
@@ -154,7 +170,7 @@ class PolicyEngine:
         self.models: dict[str, _Served] = {}
         for k, source in enumerate(checkpoints):
             name = f"checkpoint-{k}" if isinstance(source, bytes) else str(source)
-            served = _Served(load_checkpoint(source), name, self.device)
+            served = _Served(load_checkpoint(source), name, self.device, backbone_path)
             if served.mode in self.models:
                 raise ValueError(
                     f"{name}: a {served.mode}-mode checkpoint is already served "
@@ -259,6 +275,8 @@ class PolicyEngine:
             self.flow_steps,
             noise_BHA=self._noise(requests, (spec.horizon, spec.action_dim)),
         )
+        if "event_text_B" in out:  # unified mode on a VLM: the event it decoded
+            texts = list(out["event_text_B"])
         next_events = served.nearest(batch["instruction"], out["next_event_BD"])
         steps = out.get("event_steps_B", torch.full((len(requests),), spec.horizon)).tolist()
         actions_BHA = out["actions_BHA"].cpu().numpy()

@@ -85,6 +85,9 @@ class ServeConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPUs, fp32 elsewhere."
     )
+    backbone: str | None = Field(
+        None, description="A backbone checkpoint's VLM directory here (default: as trained)."
+    )
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,7 @@ def build_app(cfg: ServeConfig, checkpoints: Sequence[str | bytes] | None = None
             noise_scale=cfg.noise_scale,
             device=cfg.device,
             precision=cfg.precision,
+            backbone_path=cfg.backbone,
         )
     ).result()
     return PolicyApp(engine.infer, engine.specs, engine.metadata(), cfg, thread)

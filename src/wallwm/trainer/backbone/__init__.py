@@ -1,0 +1,1 @@
+"""A pretrained vision-language backbone for the World Action Model (``--backbone DIR``)."""
