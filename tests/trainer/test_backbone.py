@@ -42,8 +42,10 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def view(tmp_path_factory: pytest.TempPathFactory, synth_dataset) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("backbone-data")
-    dataset = synth_dataset(root, episodes=4, size=32, seed=3, caption=True)
-    return dataset, materialize(str(dataset), None, size=32).path
+    dataset = synth_dataset(root, episodes=4, size=32, seed=3, caption=True, cluster_ks=[2])
+    tagged = CliRunner().invoke(app, ["clusters", "tag", "curated-v1", "-d", str(dataset)])
+    assert tagged.exit_code == 0, tagged.output
+    return dataset, materialize(str(dataset), "curated-v1", size=32).path
 
 
 def _batch(view_path: str, n: int = 3) -> dict:
@@ -164,6 +166,7 @@ def test_train_resume_eval_and_serve_on_a_backbone(tiny_vlm, view, tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
     args = ["train", "--dataset", str(dataset), "--backbone", str(tiny_vlm), "--local"]
+    args += ["--tag", "curated-v1"]
     args += ["--mode", "unified", "--preset", "debug", "--size", "32", "--batch-size", "4"]
     args += ["--lora-rank", "4", "--out", str(out), "--log-every", "1"]
     result = runner.invoke(app, [*args, "--steps", "4", "--stop-after", "2"])
@@ -177,17 +180,31 @@ def test_train_resume_eval_and_serve_on_a_backbone(tiny_vlm, view, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("lang" in r for r in rows)
 
-    result = runner.invoke(
-        app, ["eval", "offline", "--checkpoint", str(out / "checkpoint.pt"), "--json"]
-    )
+    checkpoint = str(out / "checkpoint.pt")
+    result = runner.invoke(app, ["eval", "offline", "--checkpoint", checkpoint, "--json"])
     assert result.exit_code == 0, result.output
 
     from wallwm.trainer.policy import LocalPolicy, Observation
+    from wallwm.trainer.serving.client import PolicyClient
     from wallwm.trainer.serving.engine import PolicyEngine
+    from wallwm.trainer.serving.protocol import InferRequest
+    from wallwm.trainer.serving.server import ServeConfig, start_in_thread
 
-    engine = PolicyEngine([out / "checkpoint.pt"], flow_steps=2)
-    meta = engine.metadata()["models"]["unified"]
-    assert meta["backbone"]["path"] == str(tiny_vlm.resolve())
+    handle = start_in_thread(ServeConfig(checkpoints=[checkpoint], port=0, flow_steps=2))
+    try:
+        client = PolicyClient(handle.url)
+        meta = client.metadata()["models"]["unified"]
+        assert meta["backbone"]["path"] == str(tiny_vlm.resolve())
+        assert meta["backbone"]["fingerprint"] == backbone_fingerprint(tiny_vlm)
+        image = np.zeros((32, 32, 3), np.uint8)
+        served = client.infer(image, np.zeros(4, np.float32), "pick", seed=3)
+        (local,) = PolicyEngine([checkpoint], flow_steps=2).infer(
+            [InferRequest(image, np.zeros(4, np.float32), "pick", seed=3)]
+        )
+        np.testing.assert_allclose(served.actions_HA, local.actions_HA, atol=1e-5)
+        assert served.event == local.event  # the event text the VLM decoded
+    finally:
+        handle.stop()
     policy = LocalPolicy(out / "checkpoint.pt", flow_steps=2)
     obs = Observation(np.zeros((32, 32, 3), np.uint8), np.zeros(4, np.float32), "pick")
     assert policy.act(obs).shape == (4,)
@@ -228,8 +245,8 @@ def test_two_ray_train_workers_train_the_backbone_run_of_one_process(tiny_vlm, v
     from wallwm.trainer.train import TrainConfig, train
 
     common = {
-        "dataset": str(view[0]), "size": 32, "preset": "debug", "batch_size": 4, "h_max": 6,
-        "chunk_len": 4, "steps": 4, "log_every": 1, "device": "cpu", "mode": "unified",
+        "dataset": str(view[0]), "tag": "curated-v1", "size": 32, "preset": "debug",
+        "batch_size": 4, "h_max": 6, "chunk_len": 4, "steps": 4, "log_every": 1, "device": "cpu", "mode": "unified",
         "backbone": str(tiny_vlm), "lora_rank": 4, "lr": 3e-3, "warmup_steps": 1,
     }  # fmt: skip
     one = [m["loss"] for m in train(TrainConfig(**common, out=str(tmp_path / "one")))]

@@ -50,8 +50,11 @@ from wallwm.trainer.model import (
     normalisation_buffers,
 )
 
-#: The language model's linear layers LoRA adapts (Qwen2, Llama, Mistral, Gemma names).
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+#: The language model's linear layers LoRA adapts (Qwen2-VL, PaliGemma: `language_model`;
+#: Idefics3 / SmolVLM: `text_model`; Qwen2, Llama, Mistral, Gemma layer names).
+LORA_TARGETS = (
+    r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
 
 
 def staircase_layers(expert_depth: int, vlm_layers: int) -> tuple[int, ...]:
