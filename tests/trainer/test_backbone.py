@@ -246,7 +246,8 @@ def test_two_ray_train_workers_train_the_backbone_run_of_one_process(tiny_vlm, v
 
     common = {
         "dataset": str(view[0]), "tag": "curated-v1", "size": 32, "preset": "debug",
-        "batch_size": 4, "h_max": 6, "chunk_len": 4, "steps": 4, "log_every": 1, "device": "cpu", "mode": "unified",
+        "batch_size": 4, "h_max": 6, "chunk_len": 4, "steps": 4, "log_every": 1,
+        "device": "cpu", "mode": "unified",
         "backbone": str(tiny_vlm), "lora_rank": 4, "lr": 3e-3, "warmup_steps": 1,
     }  # fmt: skip
     one = [m["loss"] for m in train(TrainConfig(**common, out=str(tmp_path / "one")))]
