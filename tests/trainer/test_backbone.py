@@ -28,15 +28,19 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILDER = ROOT / "tests" / "vllm_support" / "build_tiny_qwen2vl.py"
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _build(tmp_path_factory: pytest.TempPathFactory, family: str) -> Path:
     spec = importlib.util.spec_from_file_location("build_tiny_qwen2vl", BUILDER)
     assert spec is not None and spec.loader is not None
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    out = tmp_path_factory.mktemp("tiny-qwen2vl")
-    builder.build(out)
+    out = tmp_path_factory.mktemp(f"tiny-{family}")
+    builder.build(out, family)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory, "qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +106,19 @@ def test_every_mode_trains_and_acts(tiny_vlm, view, mode):
     noise = torch.randn(3, horizon, 4)
     a = model.act(batch, steps=2, noise_BHA=noise)["actions_BHA"]
     assert torch.equal(a, model.act(batch, steps=2, noise_BHA=noise)["actions_BHA"])
+
+
+def test_qwen2_5_vl_trains_and_decodes(tmp_path_factory, view):
+    """The second family: windowed vision attention, another vision config -- same code."""
+    model = _model(_build(tmp_path_factory, "qwen2_5_vl"), "unified", lora_rank=4)
+    assert type(model.vlm).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    batch = _batch(view[1])
+    losses = model.losses(batch)
+    assert {"flow", "lang", "planner", "world"} == set(losses)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+    out = model.act(batch, steps=2)
+    assert out["actions_BHA"].shape == (3, 4, 4) and len(out["event_text_B"]) == 3
 
 
 def test_staircase_gradient_reaches_the_decoded_event_tokens(tiny_vlm, view):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 SPECIAL = [
     "<|endoftext|>",
@@ -43,7 +44,8 @@ CORPUS = [
 ]
 
 
-def build(out: Path) -> None:
+def build(out: Path, family: str = "qwen2_vl") -> None:
+    """Write the model directory; ``family``: ``qwen2_vl`` or ``qwen2_5_vl``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -84,45 +86,58 @@ def build(out: Path) -> None:
     vocab = len(tokenizer)
 
     torch.manual_seed(0)
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": vocab,
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 2048,
-            "rope_theta": 10000.0,
-            "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [8, 12, 12]},
-            "tie_word_embeddings": True,
-            "eos_token_id": ids["<|im_end|>"],
-            "bos_token_id": ids["<|endoftext|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 1,
-            "embed_dim": 64,
-            "hidden_size": 128,
-            "num_heads": 2,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vocab_size=vocab,
-        hidden_size=128,
-        tie_word_embeddings=True,
-        eos_token_id=ids["<|im_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    text_config = {
+        "vocab_size": vocab,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 2048,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [8, 12, 12]},
+        "tie_word_embeddings": True,
+        "eos_token_id": ids["<|im_end|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,
+    }
+    patches = {
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+    }
+    if family == "qwen2_5_vl":  # windowed vision attention, a full-attention last block
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                  "out_hidden_size": 128, "window_size": 56,
+                  "fullatt_block_indexes": [1]}  # fmt: skip
+        config: Any = Qwen2_5_VLConfig(
+            text_config=text_config, vision_config={**vision, **patches}, **tokens
+        )
+        model: Any = Qwen2_5_VLForConditionalGeneration(config)
+    else:
+        vision = {"depth": 1, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2}
+        config = Qwen2VLConfig(
+            text_config=text_config,
+            vision_config={**vision, **patches},
+            vocab_size=vocab,
+            hidden_size=128,
+            eos_token_id=ids["<|im_end|>"],
+            bos_token_id=ids["<|endoftext|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            **tokens,
+        )
+        model = Qwen2VLForConditionalGeneration(config)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     sizes = {
         "min_pixels": 28 * 28 * 4,
