@@ -9,7 +9,7 @@ Records (unless present under ``--root``) the suite of ``wallwm sim``:
 - ``jaco``: Kinova Jaco, 9-D joint and finger velocities from our resolved-rate phase expert
   (lift, stack);
 
-each at action noise 0 and 0.3 and (ALOHA, Jaco) with operator-like hesitations at noise 0.3
+each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
 (ALOHA: pauses and few-millimetre swerves; Jaco: pauses). Ground truth: each expert's own
 decisions.
 
@@ -67,7 +67,7 @@ def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> Non
     if robot == "metaworld":
         from wallwm.pipeline.sim.metaworld import MetaWorldConfig, record_metaworld
 
-        cfg = MetaWorldConfig(tasks=METAWORLD_OTHER, action_noise=kw["action_noise"], **common)
+        cfg = MetaWorldConfig(tasks=METAWORLD_OTHER, **kw, **common)
         record_metaworld(out, cfg)
     elif robot == "aloha":
         from wallwm.pipeline.sim.aloha import AlohaConfig, record_aloha
@@ -164,8 +164,6 @@ def main() -> None:
     data = {}
     for robot in ("metaworld", "aloha", "jaco"):
         for variant in VARIANTS:
-            if robot == "metaworld" and variant == "hesitations":
-                continue  # the MetaWorld recorder has no hesitations (noted in BENCHMARKS.md)
             out = root / f"{robot}-{variant.replace(' ', '')}"
             if not (out / ".complete").exists():
                 t = time.perf_counter()

@@ -151,3 +151,38 @@ def test_observation_state_records_and_evaluates_metaworlds_whole_observation(tm
     assert policy.dims == {39, 4}
     with pytest.raises(ValueError, match="4-D or 39-D"):
         evaluate_metaworld(policy, ["reach-v3"], 1, image_size=32, max_steps=2, state_dim=7)
+
+
+@pytest.mark.parametrize("kind", ["pause", "swerve"])
+def test_operator_disturbances_are_not_decisions(tmp_path, kind):
+    """A pause holds the position command at zero for 8-20 steps, a swerve sends 4-8 steps of
+    a fixed sideways command; the expert's phase (the ground truth) does not change at either."""
+    share = {"hesitations": 1.0} if kind == "pause" else {"corrections": 1.0}
+    cfg = MetaWorldConfig(tasks=("pick-place-v3",), episodes=1, size=32, max_steps=120,
+                          action_noise=0.0, **share)  # fmt: skip
+    (result,) = record_metaworld(tmp_path, cfg)
+    ep = tmp_path / result["key"]
+    meta = json.loads((ep / "meta.json").read_text())
+    actions = np.array(pq.read_table(ep / "steps.parquet").column("action").to_pylist())
+    log = meta["disturbances"]
+    assert log and all(d["kind"] == kind for d in log)
+    phases = meta["raw_phases"]
+    for d in log:
+        t, n = d["start"], d["steps"]
+        shortest, longest = (8, 20) if kind == "pause" else (4, 8)
+        # whole, or cut short where the expert decided (its branch changed)
+        assert n <= longest if d["cut"] else shortest <= n <= longest
+        assert not d["cut"] or phases[t + n] != phases[t + n - 1]
+        held = actions[t : t + n, :3]
+        if kind == "pause":
+            assert np.abs(held).max() == 0.0
+        else:  # one sideways direction, 0.15 long
+            assert np.allclose(held, held[0]) and held[0, 2] == 0.0
+            assert np.linalg.norm(held[0]) == pytest.approx(0.15, abs=1e-6)
+        assert phases[t] == phases[t - 1]  # it starts inside a phase, six steps in
+    plain = MetaWorldConfig(**{**cfg.__dict__, "hesitations": 0.0, "corrections": 0.0})
+    (clean,) = record_metaworld(tmp_path / "clean", plain)
+    assert (
+        json.loads((tmp_path / "clean" / clean["key"] / "meta.json").read_text())["disturbances"]
+        == []
+    )

@@ -95,6 +95,10 @@ def record(
         ),
     ] = "proprio",
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    hesitations: HesitationsOpt = 0.0,
+    corrections: Annotated[
+        float, typer.Option(help="Share of phases with a few mm sideways swerve (not decisions).")
+    ] = 0.0,
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -123,6 +127,8 @@ def record(
         action_labels=action_labels,  # type: ignore[arg-type]
         state=state,  # type: ignore[arg-type]
         max_steps=max_steps,
+        hesitations=hesitations,
+        corrections=corrections,
         workers=workers,
         seed=seed,
     )

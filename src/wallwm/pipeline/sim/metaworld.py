@@ -10,6 +10,13 @@ Flicker (a branch taken for one step between two steps of the same other branch,
 hovers at a threshold) is merged away; a genuine one-step phase between two different phases is
 kept. The raw per-step phase labels are stored too (``meta.json: raw_phases``).
 
+Operator-like disturbances that are *not* decisions (``hesitations``, ``corrections``): with
+those probabilities per phase, six steps into it the operator pauses for 8-20 steps (a zero
+position command; the gripper command and the execution noise stay), or swerves for 4-8 steps
+(a fixed sideways command of 0.15, ~1.5 mm per step) that the closed-loop expert then takes back.
+The expert's branch -- the ground truth -- does not change for either (``meta.json:
+disturbances``): a segmenter must not cut them.
+
 Rendering runs offscreen on the CPU (``MUJOCO_GL=egl``, Mesa); shadows, reflections and
 multisampling are turned off, which makes CPU rendering ~20x faster. The ``corner`` cameras render
 upside down and are rotated by 180 degrees. MetaWorld ships no language instructions: the ones
@@ -110,6 +117,10 @@ class MetaWorldConfig:
     max_steps: int = 200
     steps_after_success: int = 10
     seed: int = 0
+    #: Share of phases in which the operator pauses part-way (see the module docstring).
+    hesitations: float = 0.0
+    #: Share of phases in which the operator swerves a few millimetres part-way.
+    corrections: float = 0.0
     #: MetaWorld steps the controller at 80 Hz of simulated time; videos are written at this
     #: rate so that seconds in the dataset are simulated seconds.
     fps: float = 80.0
@@ -261,6 +272,56 @@ def state_names(state: str) -> list[str]:
     return [*current, *(f"prev_{n}" for n in current), "goal_x", "goal_y", "goal_z"]
 
 
+class _Operator:
+    """Pauses and swerves inside phases (not decisions): see the module docstring.
+
+    ``log`` holds each disturbance's kind, first step and the steps it lasted; one the expert
+    interrupts by deciding (its branch changes) ends there and is marked ``cut``.
+    """
+
+    def __init__(self, cfg: MetaWorldConfig, rng: np.random.Generator) -> None:
+        self.cfg, self.rng = cfg, rng
+        self.signature: Any = None
+        self.step, self.in_phase = 0, 0
+        self.left = 0  # steps of the current disturbance still to run
+        self.position = np.zeros(3, np.float32)  # its position command
+        self.log: list[dict[str, Any]] = []
+
+    def _draw(self) -> None:
+        """At six steps into a phase: maybe a pause or a swerve starting now."""
+        u = self.rng.random()
+        if u < self.cfg.hesitations:
+            kind, self.left = "pause", int(self.rng.integers(8, 21))
+            self.position = np.zeros(3, np.float32)
+        elif u < self.cfg.hesitations + self.cfg.corrections:
+            kind, self.left = "swerve", int(self.rng.integers(4, 9))
+            direction = self.rng.normal(size=3)
+            direction[2] = 0.0  # sideways: a swerve, not a new approach height
+            unit = direction / max(float(np.linalg.norm(direction)), 1e-9)
+            self.position = (0.15 * unit).astype(np.float32)
+        else:
+            return
+        self.log.append({"kind": kind, "start": self.step, "steps": 0, "cut": False})
+
+    def command(self, expert: np.ndarray, signature: Any) -> np.ndarray:
+        """The operator's command this step: the expert's, or a pause / swerve in progress."""
+        if signature != self.signature:  # the expert decided: a new phase
+            if self.left:
+                self.log[-1]["cut"] = True
+            self.signature, self.in_phase, self.left = signature, 0, 0
+        self.in_phase += 1
+        if self.in_phase == 6:
+            self._draw()
+        self.step += 1
+        if not self.left:
+            return expert
+        self.left -= 1
+        self.log[-1]["steps"] += 1
+        out = expert.copy()
+        out[:3] = self.position
+        return out
+
+
 def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> dict[str, Any]:
     """Record one episode of ``task`` with the scripted expert; returns its summary."""
     from metaworld.policies import ENV_POLICY_MAP
@@ -275,10 +336,11 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
     frames: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
     success_at = None
     state_dim = len(state_names(cfg.state))
+    operator = _Operator(cfg, rng)
     try:
         for step in range(cfg.max_steps):
             expert, signature = tracer.call(policy, obs)
-            expert = np.clip(expert, -1.0, 1.0).astype(np.float32)
+            expert = operator.command(np.clip(expert, -1.0, 1.0).astype(np.float32), signature)
             action = expert.copy()
             action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
             action = np.clip(action, -1.0, 1.0)
@@ -321,6 +383,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             "raw_phases": [names.get(sig, str(sig)) for sig in signatures],
             "action_noise": cfg.action_noise,
             "action_labels": cfg.action_labels,
+            "disturbances": operator.log,
             "seed": seed,
         },
     )
