@@ -221,6 +221,10 @@ class LanceStore:
         except ValueError as exc:
             raise StoreError(f"table {table!r} at {self.uri(table)}: {exc}") from exc
 
+    def tags(self, table: str) -> list[str]:
+        """The names of ``table``'s tags (none for a table not created yet)."""
+        return sorted(self._open(table).tags.list()) if self.exists(table) else []
+
     def exists(self, table: str) -> bool:
         """Whether ``table`` has been created."""
         if "://" in self.root:
