@@ -272,3 +272,23 @@ def test_two_ray_train_workers_train_the_backbone_run_of_one_process(tiny_vlm, v
     assert last["step"] == 4
     rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == pytest.approx(one, rel=2e-3)
+
+
+def test_learn_weights_on_a_backbone(tiny_vlm, view, tmp_path):
+    """Group DRO's reference and proxy train on the backbone too (per-sample flow losses)."""
+    from wallwm.trainer.learn_weights import LearnWeightsConfig, learn_weights
+
+    proposal = learn_weights(
+        LearnWeightsConfig(
+            dataset=str(view[0]),
+            tag="curated-v1",
+            out=str(tmp_path / "proposal.json"),
+            preset="debug",
+            steps=2,
+            batch_size=4,
+            size=32,
+            backbone=str(tiny_vlm),
+        )  # fmt: skip
+    )
+    assert proposal.clusters and all(c["weight"] >= 0 for c in proposal.clusters)
+    assert json.loads((tmp_path / "proposal.json").read_text())["clusters"]

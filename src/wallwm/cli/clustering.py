@@ -269,6 +269,10 @@ def clusters_learn_weights(
     reference: Annotated[
         str | None, typer.Option(help="Reference checkpoint (default: train one).")
     ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Reference and proxy on this local VLM (see `wallwm train --backbone`)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Propose cluster weights by group DRO (excess loss over a reference); apply with import."""
@@ -279,7 +283,7 @@ def clusters_learn_weights(
     try:
         cfg = LearnWeightsConfig(
             dataset=dataset, tag=tag, out=out, preset=preset, steps=steps,
-            batch_size=batch_size, size=size, eta=eta, reference=reference,
+            batch_size=batch_size, size=size, eta=eta, reference=reference, backbone=backbone,
         )  # fmt: skip
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {validation_message(exc)}")

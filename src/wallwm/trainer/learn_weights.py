@@ -54,6 +54,9 @@ class LearnWeightsConfig(BaseModel):
     seed: int = 0
     reference: str | None = Field(None, description="A reference checkpoint (skip training it).")
     device: str = "auto"
+    backbone: str | None = Field(
+        None, description="Reference and proxy on this local VLM directory (LoRA, as trained)."
+    )
 
 
 @dataclasses.dataclass
@@ -92,6 +95,7 @@ def _train_config(cfg: LearnWeightsConfig, out: Path, steps: int) -> Any:
         seed=cfg.seed,
         out=str(out),
         device=cfg.device,  # type: ignore[arg-type]
+        backbone=cfg.backbone,
         holdout=0.0,
         log_every=max(1, steps),
         checkpoint_every=max(1, steps),
