@@ -278,17 +278,10 @@ def test_learn_weights_on_a_backbone(tiny_vlm, view, tmp_path):
     """Group DRO's reference and proxy train on the backbone too (per-sample flow losses)."""
     from wallwm.trainer.learn_weights import LearnWeightsConfig, learn_weights
 
-    proposal = learn_weights(
-        LearnWeightsConfig(
-            dataset=str(view[0]),
-            tag="curated-v1",
-            out=str(tmp_path / "proposal.json"),
-            preset="debug",
-            steps=2,
-            batch_size=4,
-            size=32,
-            backbone=str(tiny_vlm),
-        )  # fmt: skip
-    )
+    cfg = LearnWeightsConfig(
+        dataset=str(view[0]), tag="curated-v1", out=str(tmp_path / "proposal.json"),
+        preset="debug", steps=2, batch_size=4, size=32, backbone=str(tiny_vlm),
+    )  # fmt: skip
+    proposal = learn_weights(cfg)
     assert proposal.clusters and all(c["weight"] >= 0 for c in proposal.clusters)
     assert json.loads((tmp_path / "proposal.json").read_text())["clusters"]
