@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -247,6 +248,57 @@ def normalisation_buffers(
     }
 
 
+def action_targets(
+    mode: str, batch: dict[str, Any], a_mean: torch.Tensor, a_std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised action targets (B, H, A) and their mask (B, H) of ``mode``.
+
+    Event mode: the actions to the event's end; the other modes: the fixed chunk.
+    """
+    if mode == "event":
+        actions, mask = batch["actions_BHA"], batch["action_mask_BH"]
+    else:
+        actions, mask = batch["chunk_BCA"], batch["chunk_mask_BC"]
+    return (actions - a_mean) / a_std, mask
+
+
+def sample_flow(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, int, int],
+    steps: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    noise_BHA: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Euler steps of a flow from ``noise_BHA`` (drawn with ``generator`` if not given).
+
+    The flow integrates in fp32 whatever precision the network runs in.
+    """
+    if noise_BHA is None:
+        noise_BHA = torch.randn(shape, generator=generator)
+    elif tuple(noise_BHA.shape) != shape:
+        raise ValueError(f"noise_BHA has shape {tuple(noise_BHA.shape)}, expected {shape}")
+    x = noise_BHA.to(device=device, dtype=torch.float32)
+    for i in range(steps):
+        tau = torch.full((shape[0],), i / steps, device=device)
+        x = x + velocity(x, tau).float() / steps
+    return x
+
+
+def event_extent(end_logits_BH: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The event's extent from the end head: ``event_steps_B`` and ``end_of_event_B``.
+
+    How many leading steps it places inside the event (at least 1), and whether the event ends
+    within the horizon.
+    """
+    inside_BH = torch.sigmoid(end_logits_BH.float()) > 0.5
+    steps_B = inside_BH.long().cumprod(1).sum(1).clamp(min=1)
+    return {
+        "event_steps_B": steps_B,
+        "end_of_event_B": (steps_B < end_logits_BH.shape[1]).float(),
+    }
+
+
 class WorldActionModel(nn.Module):
     """See the module docstring."""
 
@@ -319,11 +371,7 @@ class WorldActionModel(nn.Module):
 
     def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised action targets (B, H, A) and their mask (B, H) for this mode."""
-        if self.mode == "event":
-            actions, mask = batch["actions_BHA"], batch["action_mask_BH"]
-        else:
-            actions, mask = batch["chunk_BCA"], batch["chunk_mask_BC"]
-        return (actions - self.a_mean) / self.a_std, mask
+        return action_targets(self.mode, batch, self.get_buffer("a_mean"), self.get_buffer("a_std"))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, LossTerm]:
         """Every training loss of this mode as a :class:`LossTerm` (see the module docstring).
@@ -412,25 +460,16 @@ class WorldActionModel(nn.Module):
         """
         tokens, slots = self.encode(batch)
         context = tokens if slots is None else torch.cat([tokens, slots], 1)
-        b = tokens.shape[0]
-        shape = (b, self.horizon, self.cfg.action_dim)
-        if noise_BHA is None:
-            noise_BHA = torch.randn(shape, generator=generator)
-        elif tuple(noise_BHA.shape) != shape:
-            raise ValueError(f"noise_BHA has shape {tuple(noise_BHA.shape)}, expected {shape}")
-        # the flow integrates in fp32 whatever precision the network runs in
-        x = noise_BHA.to(device=tokens.device, dtype=torch.float32)
-        for i in range(steps):
-            tau = torch.full((b,), i / steps, device=x.device)
-            x = x + self.expert(x, tau, context).float() / steps
+        shape = (tokens.shape[0], self.horizon, self.cfg.action_dim)
+        x = sample_flow(
+            lambda x, tau: self.expert(x, tau, context),
+            shape, steps, tokens.device, generator, noise_BHA,
+        )  # fmt: skip
         a_std, a_mean = self.get_buffer("a_std"), self.get_buffer("a_mean")
         out: dict[str, Any] = {"actions_BHA": x * a_std + a_mean}
         pooled = tokens.mean(1)
         if self.mode in TEXT_CONDITIONED:
-            inside_BH = torch.sigmoid(self.end_head(pooled).float()) > 0.5
-            steps_B = inside_BH.long().cumprod(1).sum(1).clamp(min=1)
-            out["event_steps_B"] = steps_B
-            out["end_of_event_B"] = (steps_B < self.horizon).float()
+            out.update(event_extent(self.end_head(pooled)))
         planned = self.planner_head(pooled if slots is None else slots.mean(1))
         out["next_event_BD"] = planned.float()
         return out

@@ -46,8 +46,11 @@ from wallwm.trainer.model import (
     LossTerm,
     Mode,
     ModelConfig,
+    action_targets,
+    event_extent,
     loss_term,
     normalisation_buffers,
+    sample_flow,
 )
 
 #: The language model's linear layers LoRA adapts (Qwen2-VL, PaliGemma: `language_model`;
@@ -296,11 +299,7 @@ class BackboneWorldActionModel(nn.Module):
 
     def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised action targets (B, H, A) and their mask (B, H) for this mode."""
-        if self.mode == "event":
-            actions, mask = batch["actions_BHA"], batch["action_mask_BH"]
-        else:
-            actions, mask = batch["chunk_BCA"], batch["chunk_mask_BC"]
-        return (actions - self.a_mean) / self.a_std, mask
+        return action_targets(self.mode, batch, self.get_buffer("a_mean"), self.get_buffer("a_std"))
 
     def _flow_error(
         self, batch: dict[str, Any], hidden: tuple[torch.Tensor, ...], keep_BT: torch.Tensor
@@ -403,25 +402,17 @@ class BackboneWorldActionModel(nn.Module):
         out_texts = self.decode_events(batch) if self.mode == "unified" else None
         out, _, keep_BT, _ = self._run_vlm(batch, out_texts)
         contexts = self.expert.contexts(out.hidden_states)
-        b = keep_BT.shape[0]
-        shape = (b, self.horizon, self.cfg.action_dim)
-        if noise_BHA is None:
-            noise_BHA = torch.randn(shape, generator=generator)
-        elif tuple(noise_BHA.shape) != shape:
-            raise ValueError(f"noise_BHA has shape {tuple(noise_BHA.shape)}, expected {shape}")
-        x = noise_BHA.to(device=keep_BT.device, dtype=torch.float32)
         state = self._state(batch)
-        for i in range(steps):
-            tau = torch.full((b,), i / steps, device=x.device)
-            x = x + self.expert(x, tau, state, contexts, keep_BT).float() / steps
+        shape = (keep_BT.shape[0], self.horizon, self.cfg.action_dim)
+        x = sample_flow(
+            lambda x, tau: self.expert(x, tau, state, contexts, keep_BT),
+            shape, steps, keep_BT.device, generator, noise_BHA,
+        )  # fmt: skip
         a_std, a_mean = self.get_buffer("a_std"), self.get_buffer("a_mean")
         result: dict[str, Any] = {"actions_BHA": x * a_std + a_mean}
         pooled = self._pooled(out.hidden_states[-1], keep_BT)
         if self.mode in TEXT_CONDITIONED:
-            inside_BH = torch.sigmoid(self.end_head(pooled).float()) > 0.5
-            steps_B = inside_BH.long().cumprod(1).sum(1).clamp(min=1)
-            result["event_steps_B"] = steps_B
-            result["end_of_event_B"] = (steps_B < self.horizon).float()
+            result.update(event_extent(self.end_head(pooled)))
         if out_texts is not None:
             result["event_text_B"] = out_texts
         result["next_event_BD"] = self.planner_head(pooled).float()
