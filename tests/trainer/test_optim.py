@@ -110,6 +110,26 @@ def test_training_resumes_exactly_from_state_dicts():
     assert all(torch.equal(ema3.shadow[k], v) for k, v in model3.state_dict().items())
 
 
+def test_ema_warms_up_and_forgets_the_initial_weights():
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = EMA(model, 0.999)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): mostly the live weights
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(600):
+        ema.update(model)
+    # a fixed 0.999 would leave 0.999 ** 600 = 55 % of the initial (zero) weights
+    assert float(ema.shadow["weight"].min()) > 0.99
+    assert ema.current_decay() == pytest.approx(601 / 610)  # still warming up
+    restored = EMA(model, 0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 600
+    restored.load_state_dict({"decay": 0.999, "shadow": ema.shadow})  # an older checkpoint
+    assert restored.current_decay() == pytest.approx(0.999)  # capped once warmed up
+
+
 def test_schedule_shape():
     assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
     assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)

@@ -258,13 +258,22 @@ class EMA:
     """Exponential moving average of a model's parameters and buffers (evaluation weights).
 
     The shadow lives on the model's device; it averages the module itself (never a
-    data-parallel wrapper, whose state dict names differ).
+    data-parallel wrapper, whose state dict names differ). The decay warms up: update ``n``
+    (from 0) uses ``min(decay, (1 + n) / (10 + n))``, so the shadow forgets the random
+    initialisation within the first few hundred steps -- at a fixed 0.999 it would still be
+    55 % the initial weights after 600 steps, 37 % after 1,000, and a short run's policy (what
+    is served and evaluated) would be mostly untrained.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         """Start from the model's current weights."""
         self.decay = decay
+        self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def current_decay(self) -> float:
+        """The decay of the next update (warm-up, see the class docstring)."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -276,18 +285,23 @@ class EMA:
                 averaged.append(self.shadow[k])
             else:
                 self.shadow[k].copy_(v)
-        torch._foreach_lerp_(averaged, live, 1 - self.decay)
+        torch._foreach_lerp_(averaged, live, 1 - self.current_decay())
+        self.updates += 1
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model``."""
         model.load_state_dict(self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
-        """The averaged weights and the decay."""
-        return {"decay": self.decay, "shadow": self.shadow}
+        """The averaged weights, the decay and the number of updates (the warm-up's clock)."""
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore (onto the device the shadow is on, whichever device the state was saved on)."""
+        """Restore (onto the device the shadow is on, whichever device the state was saved on).
+
+        Checkpoints from before the warm-up count as warmed up.
+        """
         device = next(iter(self.shadow.values())).device if self.shadow else None
         self.decay = state["decay"]
+        self.updates = int(state.get("updates", 1_000_000))
         self.shadow = {k: v.to(device, copy=True) for k, v in state["shadow"].items()}
