@@ -83,7 +83,10 @@ class LocalCluster:
     def kill_node(self, name: str) -> None:
         """SIGKILL a node's raylet and every process under it (its workers): the node is lost."""
         for proc in self.node_processes(name):
-            proc.send_signal(signal.SIGKILL)
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:  # exited between listing and killing
+                continue
 
     def stop(self) -> None:
         procs = [
@@ -152,7 +155,11 @@ def test_a_node_lost_mid_ingest_loses_and_duplicates_nothing(cluster, tmp_path):
     victim, deadline = None, time.time() + 240
     while victim is None and time.time() < deadline and driver.poll() is None:
         for proc in cluster.node_processes("worker1")[1:]:
-            if "MapBatches" in " ".join(proc.cmdline()):
+            try:
+                command = " ".join(proc.cmdline())
+            except psutil.Error:  # a worker that exited (or is a zombie) while we looked
+                continue
+            if "MapBatches" in command:
                 victim = proc
                 break
         time.sleep(0.02)
