@@ -18,6 +18,9 @@ SizeOpt = Annotated[int, typer.Option(help="Image side in pixels.")]
 HesitationsOpt = Annotated[
     float, typer.Option(help="Share of motions that pause part-way (not decisions).")
 ]
+CorrectionsOpt = Annotated[
+    float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
+]
 WorkersOpt = Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
@@ -96,9 +99,7 @@ def record(
     ] = "proprio",
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
     hesitations: HesitationsOpt = 0.0,
-    corrections: Annotated[
-        float, typer.Option(help="Share of phases with a few mm sideways swerve (not decisions).")
-    ] = 0.0,
+    corrections: CorrectionsOpt = 0.0,
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -174,9 +175,7 @@ def aloha(
         float, typer.Option(help="Pose jitter std, in units of the plan's median per-step move.")
     ] = 0.0,
     hesitations: HesitationsOpt = 0.0,
-    corrections: Annotated[
-        float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
-    ] = 0.0,
+    corrections: CorrectionsOpt = 0.0,
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
