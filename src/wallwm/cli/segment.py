@@ -59,8 +59,8 @@ NoiseModelOpt = Annotated[
 MergeDisturbancesOpt = Annotated[
     bool,
     typer.Option(
-        help="Drop the boundaries of hesitations and small corrections (the motion after them "
-        "continues the one before)."
+        help="Drop the boundaries of hesitations, small corrections and a closed-loop arm's "
+        "pauses (the motion after them continues the one before)."
     ),
 ]
 MergeBendsOpt = Annotated[

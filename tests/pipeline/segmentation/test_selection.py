@@ -112,6 +112,62 @@ def test_hesitations_and_corrections_are_no_events():
     assert false_merged <= false_kept / 2, (false_merged, false_kept)
 
 
+def paused_controller_episode(
+    seed: int, pause: bool, grasp: bool = False
+) -> tuple[Signals, list[int]]:
+    """A closed-loop arm (commands affine in the state, saturated) whose operator stops for
+    8-19 frames shortly after each new goal: zero commands (plus noise) while the law says move.
+
+    ``grasp``: a fourth, graded finger command that holds its level through every stop but
+    the first, where it closes (a decision: the stop's start is then a true boundary).
+    """
+    rng = np.random.default_rng(seed)
+    x, fingers, states, actions = np.zeros(3), 0.0, [], []
+    goals = [rng.uniform(-1, 1, 3) for _ in range(3)]
+    switch = [0, 80, 160]
+    stops = [(s + 8, s + 8 + int(rng.integers(8, 20))) for s in switch] if pause else []
+    for t in range(240):
+        command = np.clip(1.5 * (goals[sum(t >= s for s in switch) - 1] - x), -1, 1)
+        if any(a <= t < b for a, b in stops):
+            command = np.zeros(3)
+        # graded and noisy, so not a two-level gripper command (which is always cut)
+        level = (0.6 if grasp and t >= stops[0][0] else 0.1) + rng.normal(0, 0.02)
+        states.append([*x, fingers][: 4 if grasp else 3])
+        actions.append(
+            [*np.clip(command + rng.normal(0, 0.1, 3), -1, 1), level][: 4 if grasp else 3]
+        )
+        x, fingers = x + 0.03 * np.asarray(actions[-1][:3]), fingers + 0.2 * (level - fingers)
+    truth = sorted([*switch[1:], *([stops[0][0]] if grasp else [])])
+    return Signals(np.asarray(actions), 40.0, np.asarray(states)), truth
+
+
+def test_a_closed_loop_arms_pauses_are_no_events():
+    cfg = SegmentConfig(action_model="state_feedback")
+    merged = kept = EMPTY
+    for seed in range(6):
+        s, truth = paused_controller_episode(seed, pause=True)
+        t_len = len(s.actions_TA)
+        merged += match_boundaries(segment(s, cfg).starts, truth, t_len, 3)
+        plain = cfg.model_copy(update={"merge_disturbances": False})
+        kept += match_boundaries(segment(s, plain).starts, truth, t_len, 3)
+        # the same arm without pauses: its arrivals (slowing to a stop) and new goals stay cut
+        calm, calm_truth = paused_controller_episode(seed, pause=False)
+        assert segment(calm, cfg).starts == [0, *calm_truth]
+    assert merged.recall == kept.recall == 1.0
+    false_merged = merged.predicted - merged.true_positives
+    false_kept = kept.predicted - kept.true_positives
+    assert false_kept >= 20 and false_merged <= false_kept / 5, (false_merged, false_kept)
+
+
+def test_a_stop_where_the_fingers_change_is_a_decision():
+    """A stop where a held channel changes level (the fingers close) is kept as a boundary."""
+    cfg = SegmentConfig(action_model="state_feedback")
+    for seed in range(4):
+        s, truth = paused_controller_episode(seed, pause=True, grasp=True)
+        starts = segment(s, cfg).starts
+        assert any(abs(c - truth[0]) <= 3 for c in starts), (starts, truth)
+
+
 def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
     from wallwm.pipeline import schemas
     from wallwm.pipeline.ingest import IngestConfig, run_ingest

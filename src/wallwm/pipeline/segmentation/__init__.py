@@ -34,6 +34,9 @@ state while its slope changes, as when an actuator leaves or enters saturation a
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or
 anywhere in the two events for one more parameter) explains the signals within the BIC price of
 the parameters a cut adds, the boundary is dropped (``merge_bends``).
+A run of short events within 0.6 s whose surroundings continue each other is a hesitation or
+a small correction, and a closed-loop arm's abrupt stop its law did not ask for is a pause: their
+cuts go (``merge_disturbances``, :mod:`.disturbances`).
 The noise each channel is scaled by is then re-estimated from the residuals the chosen events
 leave (never below the first-difference level) and the episode is cut again
 (``refit_noise``): slowly drifting noise -- a hand's tremor, lag no line follows -- is invisible

@@ -55,7 +55,8 @@ class SegmentConfig(BaseModel):
     merge_disturbances: bool = Field(
         True,
         description="Drop the boundaries of hesitations and small corrections: short runs of "
-        "events after which the motion continues the one before.",
+        "events after which the motion continues the one before, and a closed-loop arm's "
+        "pauses (an abrupt stop its own law did not ask for).",
     )
     refit_noise: bool = Field(
         True,

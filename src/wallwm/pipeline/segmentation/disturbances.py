@@ -17,6 +17,12 @@ cost pays to cut. A run of short events between two longer ones is such a distur
   opens in between, or any other real change, leaves the line by far more.
 
 Then the run's boundaries go and the three (or more) events are one.
+
+A closed-loop arm that pauses usually leaves *one* cut, not two: where it resumes (its
+commands jump back from zero to what its law asks at the held state), while the pause itself
+fits the event before well enough. :func:`merge_pauses` looks for such a single cut: a run of
+frames next to it where the robot stopped although its law, fitted on the motion on both sides,
+says it should move -- see :class:`_PauseTest` for the tests.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ from wallwm.pipeline.segmentation.config import FloatArray
 MAX_DISTURBANCE_S = 0.6
 #: How far a disturbance may leave the continued line, as a fraction of the merged event's travel.
 MAX_EXCURSION = 0.1
+#: Shortest pause a single cut is dropped for, seconds (and never under two frames).
+MIN_PAUSE_S = 0.05
+#: Shortest event between two cuts that may be a pause, seconds: an expert's own brief phases
+#: (a release, a nudge) are as short as 0.075 s on MetaWorld and can stop just as abruptly.
+MIN_PAUSE_EVENT_S = 0.1
+#: Frames each side of a pause needs to show the law it continues, and that it moved right up
+#: to the pause.
+MIN_SIDE = 4
 
 
 def _continued_cost(
@@ -124,4 +138,154 @@ def merge_disturbances(
     points = sorted(starts)
     while (run := first_disturbance([*points, t_len])) is not None:
         points = [p for p in points if not run[0] <= p <= run[1]]
+    return points
+
+
+def _chord_distance(z_RD: FloatArray, start_D: FloatArray, end_D: FloatArray) -> float:
+    """Largest distance of the points ``z_RD`` from the segment ``start_D -> end_D``."""
+    chord = end_D - start_D
+    length2 = float(chord @ chord)
+    if length2 <= 1e-18:
+        return float(np.linalg.norm(z_RD - start_D, axis=1).max())
+    u = np.clip((z_RD - start_D) @ chord / length2, 0.0, 1.0)
+    return float(np.linalg.norm(z_RD - start_D - u[:, None] * chord, axis=1).max())
+
+
+class _PauseTest:
+    """Whether the robot paused between two frame ranges and then carried on.
+
+    All in the channels' unit-noise units, with the law fitted on both sides:
+
+    - each side has at least :data:`MIN_SIDE` frames;
+    - every channel over the run either stopped (its mean within 3 standard errors of zero) or
+      held its level (the same mean before, during and after, within 3 standard errors: a
+      finger command that stays);
+    - one law over both sides costs no more than two plus the BIC price of the split (the
+      motion after continues the one before);
+    - the states hold: the run stays within :data:`MAX_EXCURSION` of the merged event's state
+      travel from the straight path between the states around it;
+    - at least one channel the law says moves (> 6 standard errors) stopped, and it was still
+      moving at more than half the law's pace in the frames right before the run: an
+      operator's pause is abrupt, where an expert's own arrival at a sub-goal slows first.
+
+    The tests on means run first, for every candidate run of a cut at once (prefix sums): most
+    candidates fail them, and only the rest pay for a fitted law.
+    """
+
+    def __init__(
+        self,
+        cost: LinearCost,
+        y_TD: FloatArray,
+        z_TD: FloatArray,
+        on_state_D: npt.NDArray[np.bool_],
+        per_param: float,
+    ) -> None:
+        """The episode's cost, unit-noise channels, regressors and BIC price per parameter."""
+        self.cost, self.y_TD, self.z_TD, self.on_state_D = cost, y_TD, z_TD, on_state_D
+        self.allowed = per_param * 2 * y_TD.shape[1]
+        self.sums_TD = np.concatenate([np.zeros((1, y_TD.shape[1])), np.cumsum(y_TD, axis=0)])
+
+    def _mean(self, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> FloatArray:
+        """Mean of each channel over ``[lo_i, hi_i)``: shape ``(len(lo), D)``."""
+        return np.asarray((self.sums_TD[hi] - self.sums_TD[lo]) / (hi - lo)[:, None])
+
+    def _screen(self, runs: list[tuple[tuple[int, int], tuple[int, int]]]) -> npt.NDArray[np.bool_]:
+        """The tests on means for each ``(before, after)`` (sides of >= MIN_SIDE frames)."""
+        (a, b), (c, d) = (np.array(v, dtype=np.int64).T for v in zip(*runs, strict=True))
+        tol, tol_b, tol_a = (3.0 / np.sqrt(n)[:, None] for n in (c - b, b - a, d - c))
+        run_RD, level_RD = self._mean(b, c), self._mean(a, b)
+        stopped = np.abs(run_RD) <= tol
+        held = (np.abs(run_RD - level_RD) <= tol + tol_b) & (
+            np.abs(self._mean(c, d) - level_RD) <= tol_a + tol_b
+        )
+        moving_before = np.abs(self._mean(b - MIN_SIDE, b)) > tol
+        return np.asarray((stopped | held).all(axis=1) & (stopped & moving_before).any(axis=1))
+
+    def _law_test(self, before: tuple[int, int], after: tuple[int, int]) -> bool:
+        """The tests that need the law fitted on both sides (after :meth:`_screen` passed)."""
+        (a, b), (c, d) = before, after
+        separate = float(self.cost(np.array([a, c]), np.array([b, d])).sum())
+        joined, line_RD = _continued_cost(self.y_TD, self.z_TD, ~self.on_state_D, before, after, 0)
+        if joined - separate > self.allowed:
+            return False
+        z = self.z_TD[:, self.on_state_D]
+        travel = float(np.linalg.norm(z[d - 1] - z[a]))
+        if _chord_distance(z[b:c], z[b - 1], z[c]) > MAX_EXCURSION * travel:
+            return False
+        tol = 3.0 / np.sqrt(c - b)
+        law_D = np.abs(line_RD.mean(axis=0))
+        run_D = np.abs(self.y_TD[b:c].mean(axis=0))
+        tail_D = np.abs(self.y_TD[b - MIN_SIDE : b].mean(axis=0))
+        return bool(((run_D <= tol) & (law_D > 2 * tol) & (tail_D > 0.5 * law_D)).any())
+
+    def between(self, before: tuple[int, int], after: tuple[int, int]) -> bool:
+        """Whether the run between ``before`` and ``after`` is a pause (all the tests)."""
+        if min(before[1] - before[0], after[1] - after[0]) < MIN_SIDE:
+            return False
+        return bool(self._screen([(before, after)])[0]) and self._law_test(before, after)
+
+    def around(self, a: int, c: int, d: int, lengths: range) -> bool:
+        """Whether a pause of one of ``lengths`` frames ends or starts at the cut ``c``.
+
+        ``[a, c)`` and ``[c, d)`` are the events either side of it; for each length the run
+        right before the cut (the arm resumes there) is tried, then the run right after it
+        (the arm stops there).
+        """
+        runs = []
+        for r in lengths:
+            runs += [((a, c - r), (c, d)), ((a, c), (c + r, d))]
+        runs = [(bf, af) for bf, af in runs if min(bf[1] - bf[0], af[1] - af[0]) >= MIN_SIDE]
+        if not runs:
+            return False
+        return any(
+            self._law_test(*run) for run, ok in zip(runs, self._screen(runs), strict=True) if ok
+        )
+
+
+def merge_pauses(
+    cost: LinearCost,
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    on_state_D: npt.NDArray[np.bool_],
+    starts: list[int],
+    keep: set[int],
+    per_param: float,
+    fps: float,
+) -> list[int]:
+    """``starts`` without the single cuts where a closed-loop arm resumes after a pause.
+
+    An event of :data:`MIN_PAUSE_S` to :data:`MAX_DISTURBANCE_S` between two others is tried as
+    the pause first (both its cuts go), then, for every single cut, runs of those lengths right
+    before or right after it (:class:`_PauseTest`); cuts in ``keep`` stay. The first pause found
+    goes, and the search starts again. Only state-feedback columns can tell a stop from
+    the law (``on_state_D``); the line in time's pauses are the two-cut runs of
+    :func:`merge_disturbances`.
+    """
+    if not on_state_D.any():
+        return starts
+    t_len = len(y_TD)
+    longest = max(2, round(MAX_DISTURBANCE_S * fps)) + 1
+    lengths = range(max(2, round(MIN_PAUSE_S * fps)), longest)
+    event_lengths = range(max(2, round(MIN_PAUSE_EVENT_S * fps)), longest)
+    test = _PauseTest(cost, y_TD, z_TD, on_state_D, per_param)
+
+    def pause_cuts(edges: list[int]) -> set[int]:
+        # a pause cut on both sides: the event between two cuts is the run
+        for a, b, c, d in zip(edges, edges[1:], edges[2:], edges[3:], strict=False):
+            if (
+                b not in keep
+                and c not in keep
+                and c - b in event_lengths
+                and test.between((a, b), (c, d))
+            ):
+                return {b, c}
+        # a pause cut on one side: a run next to the cut
+        for a, c, d in zip(edges, edges[1:], edges[2:], strict=False):
+            if c not in keep and test.around(a, c, d, lengths):
+                return {c}
+        return set()
+
+    points = sorted(starts)
+    while cuts := pause_cuts([*points, t_len]):
+        points = [p for p in points if p not in cuts]
     return points

@@ -23,7 +23,7 @@ from wallwm.pipeline.segmentation.config import (
     Signals,
 )
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
-from wallwm.pipeline.segmentation.disturbances import merge_disturbances
+from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -78,6 +78,36 @@ def _change_points(
     return points
 
 
+def _cuts(
+    y_TD: FloatArray,
+    z_TD: FloatArray,
+    on_state_D: npt.NDArray[np.bool_],
+    forced: list[int],
+    cfg: SegmentConfig,
+    min_len: int,
+    fps: float,
+) -> tuple[list[int], LinearCost]:
+    """The episode's cuts and the cost they were weighed with (noise refitted, pauses merged)."""
+    t_len = len(y_TD)
+    cost = LinearCost(y_TD, z_TD)
+    points = _change_points(cost, y_TD, z_TD, on_state_D, forced, cfg, min_len, fps)
+    if cfg.refit_noise:
+        bends = on_state_D if cfg.merge_bends else None
+        excess_D = residual_excess(cost, y_TD, z_TD, [0, *points, t_len], bends)
+        if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
+            y_TD, cost = y_TD / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
+            points = _change_points(cost, y_TD, z_TD, on_state_D, forced, cfg, min_len, fps)
+    if cfg.merge_disturbances and points:
+        # After the noise refit, not inside it: a pause left in its event is misfit that the
+        # refit would read as noise, weighing every other cut down (measured: recall fell).
+        per_param = cfg.penalty * np.log(max(t_len, 2))
+        merged = merge_pauses(
+            cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param, fps
+        )
+        points = merged[1:]
+    return points, cost
+
+
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
     """Cut one episode into events.
 
@@ -113,14 +143,7 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
             for c in channels
         ]
     )
-    cost = LinearCost(y, z)
-    points = _change_points(cost, y, z, on_state, forced, cfg, min_len, s.fps)
-    if cfg.refit_noise:
-        bends = on_state if cfg.merge_bends else None
-        excess_D = residual_excess(cost, y, z, [0, *points, t_len], bends)
-        if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
-            y, cost = y / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
-            points = _change_points(cost, y, z, on_state, forced, cfg, min_len, s.fps)
+    points, cost = _cuts(y, z, on_state, forced, cfg, min_len, s.fps)
     strength_TD = local_strength(cost, t_len, w)
     strength = strength_TD.sum(axis=1)
     edges = [0, *points, t_len]
