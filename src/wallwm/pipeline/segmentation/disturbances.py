@@ -78,6 +78,42 @@ def _continued_cost(
     return total, y_mean + slope * (z_run - z_mean)
 
 
+def _continued_fits(
+    cost: LinearCost,
+    z_TD: FloatArray,
+    shift_D: npt.NDArray[np.bool_],
+    before: tuple[int, int],
+    after: tuple[int, int],
+    delays_K: npt.NDArray[np.int64],
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """:func:`_continued_cost` for many delays at once, from ``cost``'s prefix sums.
+
+    Returns each delay's total residual ``(K,)``, slope and regressor mean ``(K, D)`` and the
+    channels' mean ``(D,)`` (which no delay changes).
+    """
+    (a, b), (c, d) = before, after
+    n_after = float(d - c)
+    n = float(b - a) + n_after
+
+    def both(sums: FloatArray) -> tuple[FloatArray, FloatArray]:
+        return sums[b] - sums[a], sums[d] - sums[c]
+
+    (zb, za), (zzb, zza) = both(cost.sz), both(cost.szz)
+    (yb, ya), (zyb, zya), (yyb, yya) = both(cost.sy), both(cost.szy), both(cost.syy)
+    shift_KD = delays_K[:, None] * shift_D[None, :]
+    sz = zb + za - n_after * shift_KD
+    szz = zzb + zza - 2.0 * shift_KD * za + n_after * shift_KD**2
+    sy, syy = yb + ya, yyb + yya
+    szy = zyb + zya - shift_KD * ya
+    z_mean_KD, y_mean_D = sz / n, sy / n
+    centred_zz = szz - sz * z_mean_KD
+    centred_zy = szy - sy * z_mean_KD
+    flat = centred_zz <= 1e-9 * szz  # the relative test of LinearCost
+    slope_KD = np.where(flat, 0.0, centred_zy / np.where(flat, 1.0, centred_zz))
+    rss_KD = np.maximum(syy - sy * y_mean_D - slope_KD * centred_zy, 0.0)
+    return rss_KD.sum(axis=1), slope_KD, z_mean_KD, y_mean_D
+
+
 def _is_disturbance(
     cost: LinearCost,
     y_TD: FloatArray,
@@ -95,13 +131,20 @@ def _is_disturbance(
     travel = np.linalg.norm(y_TD[after[1] - 1] - y_TD[before[0]])
     allowed = per_param * 2 * y_TD.shape[1]
     # a swerve keeps the clock; a pause sets it back by about the run's length (the cuts
-    # around it can sit a frame or two off the pause itself)
-    for delay in (0, *range(max(1, run - 3), run + 4)):
-        joined, line = _continued_cost(y_TD, z_TD, shift_D, before, after, delay)
-        off = np.linalg.norm(y_TD[before[1] : after[0]] - line, axis=1).max()
-        if joined - separate <= allowed and off <= MAX_EXCURSION * travel:
-            return True
-    return False
+    # around it can sit a frame or two off the pause itself) -- only where a column runs on
+    # the clock: state columns are never set back, so with none the delays all fit alike
+    delays = range(max(1, run - 3), run + 4) if shift_D.any() else range(0)
+    delays_K = np.array([0, *delays], dtype=np.int64)
+    joined_K, slope_KD, z_mean_KD, y_mean_D = _continued_fits(
+        cost, z_TD, shift_D, before, after, delays_K
+    )
+    # the line evaluated on the run between (a pause: it holds where the motion stopped)
+    z_RD = z_TD[before[1] : after[0]]
+    held_RD = np.where(shift_D, z_TD[before[1]], z_RD)
+    z_KRD = np.where((delays_K > 0)[:, None, None], held_RD[None], z_RD[None])
+    line_KRD = y_mean_D + slope_KD[:, None, :] * (z_KRD - z_mean_KD[:, None, :])
+    off_K = np.linalg.norm(y_TD[before[1] : after[0]] - line_KRD, axis=2).max(axis=1)
+    return bool(((joined_K - separate <= allowed) & (off_K <= MAX_EXCURSION * travel)).any())
 
 
 def merge_disturbances(
