@@ -15,8 +15,10 @@ Arms, all with the same model, steps, batch and seed, differing only in what the
 
 - ``events``: uniform over events -- what training sees without curation (clustered with the
   power strategy at alpha 1 and no dedup: every event weighs the same);
-- ``balanced``: the product's flow -- uniform over clusters, SemDeDup at cosine 0.98;
-- ``balanced-nodedup``: the same without dedup (what dedup does to the policy);
+- ``balanced``: the product's flow until 2026-12-05 -- uniform over clusters, SemDeDup at
+  cosine 0.98;
+- ``balanced-nodedup``: the same without dedup (what dedup does to the policy) -- and the
+  product's flow since, whose trajectory dedup marks only repeated recordings (none here);
 - ``learned``: ``clusters learn-weights`` on the ``balanced`` tag, imported as proposed;
 - ``oracle``: trained on the clean demonstrations only, each task ``--demos`` times.
 
@@ -139,18 +141,21 @@ def _tag(ds: Path, name: str, cfg: ClusterConfig) -> str:
 
 def _prepare_arm(arm: str, args: argparse.Namespace, messy: Path, oracle: Path) -> tuple[Path, str]:
     """The dataset and tag an arm trains on."""
-    no_dedup = {"dedup_threshold": 1.0}
+    # SemDeDup at 0.98 was the product's default when these arms were first run (before
+    # 2026-12-05); the default trajectory dedup marks none of this dataset's events (no
+    # recording repeats another), so its balanced arm is ``balanced-nodedup``.
+    semantic = ClusterConfig(dedup="embedding", dedup_threshold=0.98)
     if arm == "events":
-        return messy, _tag(messy, "events", ClusterConfig(strategy="power", alpha=1.0, **no_dedup))
+        return messy, _tag(messy, "events", ClusterConfig(strategy="power", alpha=1.0, dedup="off"))
     if arm == "balanced":
-        return messy, _tag(messy, "balanced", ClusterConfig())
+        return messy, _tag(messy, "balanced", semantic)
     if arm == "balanced-nodedup":
-        return messy, _tag(messy, "balanced-nodedup", ClusterConfig(**no_dedup))
+        return messy, _tag(messy, "balanced-nodedup", ClusterConfig(dedup="off"))
     if arm == "oracle":
-        return oracle, _tag(oracle, "oracle", ClusterConfig())
+        return oracle, _tag(oracle, "oracle", semantic)
     store = LanceStore(str(messy))
     if "learned" not in store.tags("events"):
-        _tag(messy, "balanced-again", ClusterConfig())  # the balanced clusters, current again
+        _tag(messy, "balanced-again", semantic)  # the balanced clusters, current again
         proposal = learn_weights(LearnWeightsConfig(
             dataset=str(messy), tag="balanced-again", out=str(Path(args.root) / "learned.json"),
             preset=args.preset, steps=args.learn_steps, batch_size=args.batch_size,

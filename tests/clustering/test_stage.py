@@ -181,3 +181,43 @@ def test_visual_encoder_from_a_local_torchscript_file(tmp_path, synth_dataset):
     )
     assert all(r["visual_embedding"] is not None for r in rows)
     assert all(abs(np.linalg.norm(r["embedding"]) - 1) < 1e-4 for r in rows)
+
+
+def test_dedup_marks_a_recording_twice_not_repeats_of_a_task(tmp_path):
+    """Trajectory dedup (the default) marks the copied episode's events only; SemDeDup on the
+    embedding also marks distinct demonstrations of the same motion."""
+    import shutil
+
+    from wallwm.captioner.stage import CaptionStageConfig, run_caption
+
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    record_synthetic(src, SynthConfig(episodes=10, size=32, seed=3))
+    first = sorted(p for p in src.iterdir() if p.is_dir())[0]
+    shutil.copytree(first, src / "copy-of-first")  # the same recording ingested twice
+    run_ingest(IngestConfig(source=str(src), dataset=str(ds), segment=SegmentConfig()))
+    run_caption(CaptionStageConfig(dataset=str(ds)))
+    run_embed(str(ds), EmbedConfig(), text_factory=hashing)
+    store = LanceStore(str(ds))
+    episodes = store.read(schemas.EPISODES, columns=["episode_id", "episode_key"]).to_pylist()
+    copy_ids = {
+        e["episode_id"] for e in episodes if e["episode_key"] in (first.name, "copy-of-first")
+    }
+
+    def marked(cfg: ClusterConfig) -> list[str]:
+        summary = run_cluster(str(ds), cfg)
+        events = store.read(schemas.EVENTS, columns=["episode_id", "is_duplicate"]).to_pylist()
+        assert summary.duplicates == sum(e["is_duplicate"] for e in events)
+        return [e["episode_id"] for e in events if e["is_duplicate"]]
+
+    one_copy = sorted(copy_ids)[0]
+    per_copy = sum(
+        e["episode_id"] == one_copy
+        for e in store.read(schemas.EVENTS, columns=["episode_id"]).to_pylist()
+    )
+    by_trajectory = marked(ClusterConfig(ks=[4, 2]))
+    assert len(by_trajectory) == per_copy and set(by_trajectory) <= copy_ids  # one copy's events
+    assert marked(ClusterConfig(ks=[4, 2], dedup="off")) == []
+    by_embedding = marked(ClusterConfig(ks=[4, 2], dedup="embedding", dedup_threshold=0.9))
+    assert set(by_embedding) - copy_ids  # distinct episodes of the same task look alike
+    result = CliRunner().invoke(app, ["cluster", "--dataset", str(ds), "--dedup", "nope"])
+    assert result.exit_code == 2 and "dedup" in result.output and "Traceback" not in result.output

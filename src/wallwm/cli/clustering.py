@@ -84,7 +84,23 @@ def cluster_cmd(
     assign_only: Annotated[bool, typer.Option(help="Place events in existing clusters.")] = False,
     strategy: Annotated[str, typer.Option(help="uniform | power")] = "uniform",
     alpha: Annotated[float, typer.Option(help="Exponent of --strategy power.")] = 0.5,
-    dedup_threshold: Annotated[float, typer.Option(help="Cosine similarity of duplicates.")] = 0.98,
+    dedup: Annotated[
+        str,
+        typer.Option(
+            help="trajectory (default): an event repeating a kept one's action/state trajectory "
+            "within --dedup-rms is a duplicate (the same motion recorded twice); embedding: "
+            "SemDeDup on the combined embedding at --dedup-threshold; off."
+        ),
+    ] = "trajectory",
+    dedup_threshold: Annotated[
+        float, typer.Option(help="Cosine similarity of duplicates (--dedup embedding).")
+    ] = 0.98,
+    dedup_rms: Annotated[
+        float,
+        typer.Option(
+            help="RMS trajectory difference, in dataset std, of duplicates (--dedup trajectory)."
+        ),
+    ] = 0.01,
 ) -> None:
     """Hierarchical k-means over event embeddings, dedup, and cluster-balanced weights."""
     from pydantic import ValidationError
@@ -103,7 +119,9 @@ def cluster_cmd(
             assign_only=assign_only,
             strategy=strategy,  # type: ignore[arg-type]
             alpha=alpha,
+            dedup=dedup,  # type: ignore[arg-type]
             dedup_threshold=dedup_threshold,
+            dedup_rms=dedup_rms,
         )
         with console.status("clustering"):
             s = run_cluster(dataset, cfg)

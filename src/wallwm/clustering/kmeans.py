@@ -7,12 +7,16 @@ centroid is re-estimated from only the ``r`` members closest to it, which pulls 
 from dense regions toward a more uniform cover of the data's support -- dense behaviours (reach,
 grasp) no longer claim most of the clusters.
 
-Dedup is SemDeDup-style: inside each finest cluster, an event whose cosine similarity to an
-already kept, more central event exceeds a threshold is marked a near-duplicate.
+Dedup runs inside each finest cluster, from the most central event outwards: by default an event
+whose action/state trajectory repeats a kept one's within a small RMS (the same motion recorded
+twice) is a duplicate; SemDeDup-style, an event whose embedding's cosine similarity to a kept one
+exceeds a threshold. For demonstrations the second marks the repeats of a task, which are the
+training signal (measured: ``benchmarks/curation.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +106,43 @@ def hierarchical_kmeans(
     return levels
 
 
+Near = Callable[[np.ndarray, np.ndarray], npt.NDArray[np.bool_]]
+
+
+def _greedy_dedup(
+    x: np.ndarray,
+    labels: IntArray,
+    centroids: np.ndarray,
+    vectors: np.ndarray,
+    near: Near,
+    block: int,
+) -> npt.NDArray[np.bool_]:
+    """Duplicates inside each cluster, visited greedily from the most central member (by ``x``).
+
+    A member whose ``vectors`` row is ``near`` one kept earlier is a duplicate; blocks keep the
+    memory bounded.
+    """
+    dup = np.zeros(len(x), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = members[np.argsort(((x[members] - centroids[c]) ** 2).sum(axis=1))]
+        kept = np.zeros((0, vectors.shape[1]), dtype=vectors.dtype)
+        for start in range(0, len(order), block):
+            chunk = order[start : start + block]
+            vecs = vectors[chunk]
+            # against everything kept in earlier blocks: one matrix product
+            blocked = np.zeros(len(chunk), dtype=bool)
+            if len(kept):
+                blocked = np.asarray(near(vecs, kept).any(axis=1))
+            pairs = near(vecs, vecs)
+            keep = np.zeros(len(chunk), dtype=bool)
+            for j in range(len(chunk)):  # within the block, greedily in centrality order
+                keep[j] = not blocked[j] and not pairs[j, :j][keep[:j]].any()
+            dup[chunk[~keep]] = True
+            kept = np.concatenate([kept, vecs[keep]])
+    return dup
+
+
 def semantic_dedup(
     x: np.ndarray, labels: IntArray, centroids: np.ndarray, threshold: float, block: int = 2048
 ) -> npt.NDArray[np.bool_]:
@@ -112,25 +153,39 @@ def semantic_dedup(
     blocks, so memory stays bounded for large clusters.
     """
     xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    dup = np.zeros(len(x), dtype=bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        order = members[np.argsort(((x[members] - centroids[c]) ** 2).sum(axis=1))]
-        kept = np.zeros((0, x.shape[1]), dtype=xn.dtype)
-        for start in range(0, len(order), block):
-            chunk = order[start : start + block]
-            vecs = xn[chunk]
-            # against everything kept in earlier blocks: one matrix product
-            blocked = (
-                (vecs @ kept.T).max(axis=1) > threshold if len(kept) else np.zeros(len(chunk), bool)
-            )
-            sims = vecs @ vecs.T
-            keep = np.zeros(len(chunk), dtype=bool)
-            for j in range(len(chunk)):  # within the block, greedily in centrality order
-                keep[j] = not blocked[j] and not (sims[j, :j][keep[:j]] > threshold).any()
-            dup[chunk[~keep]] = True
-            kept = np.concatenate([kept, vecs[keep]])
-    return dup
+
+    def near(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.bool_]:
+        return np.asarray(a @ b.T > threshold)
+
+    return _greedy_dedup(x, labels, centroids, xn, near, block)
+
+
+def trajectory_dedup(
+    x: np.ndarray,
+    labels: IntArray,
+    centroids: np.ndarray,
+    traj: np.ndarray,
+    rms: float,
+    block: int = 2048,
+) -> npt.NDArray[np.bool_]:
+    """Mark repeated *recordings* inside each cluster (True = duplicate).
+
+    Demonstrations that look alike are the training signal; only the same motion twice is waste.
+
+    ``traj`` holds each event's trajectory vector (actions and states resampled to a fixed
+    length, z-scored with dataset-wide statistics: ``traj_embedding``). A member is a duplicate
+    when the root-mean-square difference of its vector from one kept earlier (visited from the
+    most central by ``x``, as :func:`semantic_dedup`) is below ``rms`` dataset standard
+    deviations.
+    """
+    t = np.asarray(traj, dtype=np.float64)
+    limit = rms * rms * t.shape[1]  # squared Euclidean distance of that RMS
+
+    def near(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.bool_]:
+        d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+        return np.asarray(d2 < limit)
+
+    return _greedy_dedup(x, labels, centroids, t, near, block)
 
 
 def balanced_weights(

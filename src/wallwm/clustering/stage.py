@@ -16,10 +16,18 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.clustering.kmeans import _assign, balanced_weights, hierarchical_kmeans, semantic_dedup
+from wallwm.clustering.kmeans import (
+    IntArray,
+    _assign,
+    balanced_weights,
+    hierarchical_kmeans,
+    semantic_dedup,
+    trajectory_dedup,
+)
 from wallwm.pipeline import schemas
 from wallwm.pipeline.lineage import StageRun, stage_failures
 from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
@@ -36,7 +44,23 @@ class ClusterConfig(BaseModel):
         default_factory=lambda: [64, 8], description="Clusters per level, finest first."
     )
     assign_only: bool = Field(False, description="Place events in existing clusters; report drift.")
-    dedup_threshold: float = Field(0.98, gt=0, le=1, description="Cosine similarity of duplicates.")
+    dedup: Literal["trajectory", "embedding", "off"] = Field(
+        "trajectory",
+        description="What makes an event a duplicate: its action/state trajectory repeating a "
+        "kept one's within `dedup_rms` (the same motion recorded twice: the default, as "
+        "repeats of a task are a demonstration dataset's signal), its embedding's cosine "
+        "similarity above `dedup_threshold` (SemDeDup), or nothing.",
+    )
+    dedup_threshold: float = Field(
+        0.98, gt=0, le=1, description="Cosine similarity of duplicates (`dedup='embedding'`)."
+    )
+    dedup_rms: float = Field(
+        0.01,
+        ge=0,
+        description="RMS difference of two trajectory vectors, in dataset standard deviations, "
+        "below which they repeat each other (`dedup='trajectory'`). Distinct demonstrations "
+        "measured >= 0.013 apart (three MetaWorld datasets); a copy is 0.",
+    )
     strategy: Literal["uniform", "power"] = "uniform"
     alpha: float = Field(0.5, ge=0, description="Exponent of the power strategy.")
     representatives: int = Field(5, ge=1)
@@ -110,7 +134,7 @@ def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: Clus
         [np.asarray(c["centroid"], np.float32) for c in clusters if c["level"] == 1]
     )
     labels, _ = _assign(x, centroids)
-    dup = semantic_dedup(x, labels, centroids, cfg.dedup_threshold)
+    dup = _duplicates(store, rows, x, labels, centroids, cfg)
     summary.duplicates = int(dup.sum())
     curated = {
         i: (0.0 if c["excluded"] else float(c["weight"]))
@@ -159,6 +183,32 @@ def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: Clus
         f"duplicates={summary.duplicates} drift={summary.drift} "
         f"replaced_curated_clusters={summary.replaced_curated}",
     )
+
+
+def _duplicates(
+    store: TableStore,
+    rows: list[dict[str, Any]],
+    x: np.ndarray,
+    labels: IntArray,
+    centroids: np.ndarray,
+    cfg: ClusterConfig,
+) -> npt.NDArray[np.bool_]:
+    """The events ``cfg.dedup`` marks duplicate (in ``rows`` order)."""
+    if cfg.dedup == "off":
+        return np.zeros(len(rows), dtype=bool)
+    if cfg.dedup == "embedding":
+        return semantic_dedup(x, labels, centroids, cfg.dedup_threshold)
+    schema = store.schema(schemas.EVENTS)
+    if schema is None or "traj_embedding" not in schema.names:
+        raise ValueError("events have no trajectory embeddings: run `wallwm embed` again")
+    table = store.read(schemas.EVENTS, columns=["event_id", "traj_embedding"])
+    if table.column("traj_embedding").null_count:
+        raise ValueError("some events have no trajectory embedding: run `wallwm embed` again")
+    col = table.column("traj_embedding").combine_chunks()
+    vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
+    index = {e: i for i, e in enumerate(table.column("event_id").to_pylist())}
+    traj = vectors[[index[r["event_id"]] for r in rows]]
+    return trajectory_dedup(x, labels, centroids, traj, cfg.dedup_rms)
 
 
 def _full(
