@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 
-from wallwm.pipeline.segmentation.changepoints import LinearCost, _prefix
+from wallwm.pipeline.segmentation.changepoints import ChannelFit, LinearCost, _prefix
 from wallwm.pipeline.segmentation.config import FloatArray
 
 
@@ -60,15 +60,7 @@ def bent_line_costs(y_TD: FloatArray, z_TD: FloatArray, knots: npt.NDArray[np.in
 BEND_MIN_MOTION = 0.08
 
 
-def merge_bends(
-    cost: LinearCost,
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    on_state_D: npt.NDArray[np.bool_],
-    starts: list[int],
-    keep: set[int],
-    per_param: float,
-) -> list[int]:
+def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]:
     """Drop boundaries that a bend of the state-feedback line explains (``starts`` minus those).
 
     At a boundary ``b`` between ``[a, b)`` and ``[b, c)``, the cut's two independent lines are
@@ -81,9 +73,10 @@ def merge_bends(
     ``[a, c)`` instead of at ``b``, paying ``per_param`` for that location. The weakest
     boundary that a bend explains goes first, then its neighbours are re-tested (the others
     keep their margins). Boundaries in ``keep`` (gripper switches) always
-    stay. ``cost`` is the segment cost of ``y_TD`` on ``z_TD``, whose state columns are scaled
-    to unit range (see :func:`feedback_regressors`).
+    stay. The fit's state columns are scaled to unit range (see :func:`feedback_regressors`).
     """
+    cost, y_TD, z_TD, on_state_D = fit.cost, fit.y_TD, fit.z_TD, fit.on_state_D
+    per_param = fit.per_param
     t_len, dims = y_TD.shape
     known: dict[tuple[int, int, int], float | None] = {}
 

@@ -6,6 +6,7 @@ Segment costs from prefix sums, PELT, optimal partitioning over a dense cost mat
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import numpy as np
@@ -82,6 +83,27 @@ class LinearCost:
         m: FloatArray = unit @ self.scale2_D
         m[np.tril_indices(last - first + 1)] = np.inf
         return m
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelFit:
+    """One episode's unit-noise channels, their regressors and segment cost.
+
+    What every test on a candidate cut reads (bends, disturbances, pauses).
+    """
+
+    cost: LinearCost
+    y_TD: FloatArray
+    z_TD: FloatArray
+    #: Which regressor columns are proprio states (the others run on the clock).
+    on_state_D: npt.NDArray[np.bool_]
+    #: BIC price of one parameter: the penalty multiplier x log(frames).
+    per_param: float
+    fps: float
+
+    def scaled(self, scale_D: FloatArray) -> ChannelFit:
+        """The same fit with every channel multiplied by ``scale_D`` (a noise refit)."""
+        return dataclasses.replace(self, cost=self.cost.scaled(scale_D), y_TD=self.y_TD * scale_D)
 
 
 def _line_rss(

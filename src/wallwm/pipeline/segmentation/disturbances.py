@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from wallwm.pipeline.segmentation.changepoints import LinearCost
+from wallwm.pipeline.segmentation.changepoints import ChannelFit, LinearCost
 from wallwm.pipeline.segmentation.config import FloatArray
 
 #: Longest hesitation or correction, seconds (operators' pauses: a fraction of a second).
@@ -147,24 +147,16 @@ def _is_disturbance(
     return bool(((joined_K - separate <= allowed) & (off_K <= MAX_EXCURSION * travel)).any())
 
 
-def merge_disturbances(
-    cost: LinearCost,
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    on_state_D: npt.NDArray[np.bool_],
-    starts: list[int],
-    keep: set[int],
-    per_param: float,
-    fps: float,
-) -> list[int]:
+def merge_disturbances(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]:
     """``starts`` without the boundaries of disturbances (see the module docstring).
 
     ``keep`` (gripper switches) always stay. The regressor columns that are states are never
     set back: a robot that pauses holds its state too, and resumes from it. The first
     disturbance found (earliest start, then shortest run) goes, and the search starts again.
     """
+    cost, y_TD, z_TD, on_state_D = fit.cost, fit.y_TD, fit.z_TD, fit.on_state_D
     t_len = len(y_TD)
-    longest = max(2, round(MAX_DISTURBANCE_S * fps))
+    longest = max(2, round(MAX_DISTURBANCE_S * fit.fps))
 
     def first_disturbance(edges: list[int]) -> tuple[int, int] | None:
         for i in range(1, len(edges) - 2):
@@ -174,7 +166,7 @@ def merge_disturbances(
                 if any(edges[k] in keep for k in range(i, j + 1)):
                     continue
                 before, after = (edges[i - 1], edges[i]), (edges[j], edges[j + 1])
-                if _is_disturbance(cost, y_TD, z_TD, ~on_state_D, before, after, per_param):
+                if _is_disturbance(cost, y_TD, z_TD, ~on_state_D, before, after, fit.per_param):
                     return edges[i], edges[j]
         return None
 
@@ -215,17 +207,16 @@ class _PauseTest:
     candidates fail them, and only the rest pay for a fitted law.
     """
 
-    def __init__(
-        self,
-        cost: LinearCost,
-        y_TD: FloatArray,
-        z_TD: FloatArray,
-        on_state_D: npt.NDArray[np.bool_],
-        per_param: float,
-    ) -> None:
-        """The episode's cost, unit-noise channels, regressors and BIC price per parameter."""
-        self.cost, self.y_TD, self.z_TD, self.on_state_D = cost, y_TD, z_TD, on_state_D
-        self.allowed = per_param * 2 * y_TD.shape[1]
+    def __init__(self, fit: ChannelFit) -> None:
+        """Tests on ``fit``'s channels."""
+        self.cost, self.y_TD, self.z_TD, self.on_state_D = (
+            fit.cost,
+            fit.y_TD,
+            fit.z_TD,
+            fit.on_state_D,
+        )
+        y_TD = fit.y_TD
+        self.allowed = fit.per_param * 2 * y_TD.shape[1]
         self.sums_TD = np.concatenate([np.zeros((1, y_TD.shape[1])), np.cumsum(y_TD, axis=0)])
 
     def _mean(self, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> FloatArray:
@@ -285,16 +276,7 @@ class _PauseTest:
         )
 
 
-def merge_pauses(
-    cost: LinearCost,
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    on_state_D: npt.NDArray[np.bool_],
-    starts: list[int],
-    keep: set[int],
-    per_param: float,
-    fps: float,
-) -> list[int]:
+def merge_pauses(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]:
     """``starts`` without the single cuts where a closed-loop arm resumes after a pause.
 
     An event of :data:`MIN_PAUSE_S` to :data:`MAX_DISTURBANCE_S` between two others is tried as
@@ -304,13 +286,13 @@ def merge_pauses(
     the law (``on_state_D``); the line in time's pauses are the two-cut runs of
     :func:`merge_disturbances`.
     """
-    if not on_state_D.any():
+    if not fit.on_state_D.any():
         return starts
-    t_len = len(y_TD)
+    t_len, fps = len(fit.y_TD), fit.fps
     longest = max(2, round(MAX_DISTURBANCE_S * fps)) + 1
     lengths = range(max(2, round(MIN_PAUSE_S * fps)), longest)
     event_lengths = range(max(2, round(MIN_PAUSE_EVENT_S * fps)), longest)
-    test = _PauseTest(cost, y_TD, z_TD, on_state_D, per_param)
+    test = _PauseTest(fit)
 
     def pause_cuts(edges: list[int]) -> set[int]:
         # a pause cut on both sides: the event between two cuts is the run

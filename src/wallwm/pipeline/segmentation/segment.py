@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import numpy.typing as npt
 
 from wallwm.pipeline.segmentation.bends import merge_bends, residual_excess
 from wallwm.pipeline.segmentation.changepoints import (
+    ChannelFit,
     LinearCost,
     local_strength,
     pelt_between,
@@ -51,61 +51,36 @@ def event_penalty(cfg: SegmentConfig, dims: int, t_len: int) -> float:
 
 
 def _change_points(
-    cost: LinearCost,
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    on_state_D: npt.NDArray[np.bool_],
-    forced: list[int],
-    cfg: SegmentConfig,
-    min_len: int,
-    fps: float,
+    fit: ChannelFit, forced: list[int], cfg: SegmentConfig, min_len: int
 ) -> list[int]:
-    """The optimal cuts of unit-noise channels ``y_TD`` (``cost`` their cost).
-
-    Bends and disturbances dropped.
-    """
-    t_len = len(y_TD)
-    penalty = event_penalty(cfg, y_TD.shape[1], t_len)
-    points = pelt_between(cost, [0, *forced, t_len], penalty, min_len)
-    per_param = cfg.penalty * np.log(max(t_len, 2))
-    if cfg.merge_bends and on_state_D.any() and points:
-        points = merge_bends(cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param)
-        points = points[1:]
+    """The optimal cuts of ``fit``'s channels, bends and disturbances dropped."""
+    t_len = len(fit.y_TD)
+    penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len)
+    points = pelt_between(fit.cost, [0, *forced, t_len], penalty, min_len)
+    if cfg.merge_bends and fit.on_state_D.any() and points:
+        points = merge_bends(fit, [0, *points], set(forced))[1:]
     if cfg.merge_disturbances and len(points) >= 2:
-        points = merge_disturbances(
-            cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param, fps
-        )[1:]
+        points = merge_disturbances(fit, [0, *points], set(forced))[1:]
     return points
 
 
 def _cuts(
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    on_state_D: npt.NDArray[np.bool_],
-    forced: list[int],
-    cfg: SegmentConfig,
-    min_len: int,
-    fps: float,
+    fit: ChannelFit, forced: list[int], cfg: SegmentConfig, min_len: int
 ) -> tuple[list[int], LinearCost]:
     """The episode's cuts and the cost they were weighed with (noise refitted, pauses merged)."""
-    t_len = len(y_TD)
-    cost = LinearCost(y_TD, z_TD)
-    points = _change_points(cost, y_TD, z_TD, on_state_D, forced, cfg, min_len, fps)
+    t_len = len(fit.y_TD)
+    points = _change_points(fit, forced, cfg, min_len)
     if cfg.refit_noise:
-        bends = on_state_D if cfg.merge_bends else None
-        excess_D = residual_excess(cost, y_TD, z_TD, [0, *points, t_len], bends)
+        bends = fit.on_state_D if cfg.merge_bends else None
+        excess_D = residual_excess(fit.cost, fit.y_TD, fit.z_TD, [0, *points, t_len], bends)
         if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
-            y_TD, cost = y_TD / np.sqrt(excess_D), cost.scaled(1.0 / np.sqrt(excess_D))
-            points = _change_points(cost, y_TD, z_TD, on_state_D, forced, cfg, min_len, fps)
+            fit = fit.scaled(1.0 / np.sqrt(excess_D))
+            points = _change_points(fit, forced, cfg, min_len)
     if cfg.merge_disturbances and points:
         # After the noise refit, not inside it: a pause left in its event is misfit that the
         # refit would read as noise, weighing every other cut down (measured: recall fell).
-        per_param = cfg.penalty * np.log(max(t_len, 2))
-        merged = merge_pauses(
-            cost, y_TD, z_TD, on_state_D, [0, *points], set(forced), per_param, fps
-        )
-        points = merged[1:]
-    return points, cost
+        points = merge_pauses(fit, [0, *points], set(forced))[1:]
+    return points, fit.cost
 
 
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
@@ -143,7 +118,9 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
             for c in channels
         ]
     )
-    points, cost = _cuts(y, z, on_state, forced, cfg, min_len, s.fps)
+    per_param = cfg.penalty * np.log(max(t_len, 2))
+    fit = ChannelFit(LinearCost(y, z), y, z, on_state, per_param, s.fps)
+    points, cost = _cuts(fit, forced, cfg, min_len)
     strength_TD = local_strength(cost, t_len, w)
     strength = strength_TD.sum(axis=1)
     edges = [0, *points, t_len]
