@@ -84,6 +84,38 @@ def test_prompt_tokens_hold_the_images_and_the_answer(tiny_vlm):
     assert inputs["attention_mask"][:, -1].all()
 
 
+def test_text_embeddings_and_image_inputs_without_prompts(tiny_vlm):
+    model = _model(tiny_vlm, "event", lora_rank=4)
+    tok, table = model.prompts.tokenizer, model.vlm.get_input_embeddings()
+    texts = ["grasp the red puck", "", "reach", "grasp the red puck"]
+    calls = []
+    cls = type(tok)
+    original = cls.__call__
+
+    def counting(self, text, *args, **kwargs):
+        calls.append(text)
+        return original(self, text, *args, **kwargs)
+
+    cls.__call__ = counting
+    try:
+        got = model.embed_texts(texts)
+        again = model.embed_texts(texts)
+    finally:
+        cls.__call__ = original
+    assert sorted(calls) == ["grasp the red puck", "reach"]  # each distinct text once
+    for i, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        want = table(torch.tensor(ids)).float().mean(0) if ids else torch.zeros(got.shape[1])
+        assert torch.allclose(got[i], want, atol=1e-6)
+    assert torch.equal(got, again)
+    # the vision tower's inputs from images alone equal those of a prompt holding them
+    images = [torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    alone = model.prompts.images(images)
+    inputs, _ = model.prompts([Prompt(images, "Task: x")])
+    assert torch.equal(alone["pixel_values"], inputs["pixel_values"])
+    assert torch.equal(alone["image_grid_thw"], inputs["image_grid_thw"])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_trains_and_acts(tiny_vlm, view, mode):
     model = _model(tiny_vlm, mode, lora_rank=4)

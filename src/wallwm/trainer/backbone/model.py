@@ -53,6 +53,8 @@ from wallwm.trainer.model import (
     sample_flow,
 )
 
+#: Distinct texts whose token ids are kept (a dataset's captions; the bank at inference).
+TEXT_CACHE_SIZE = 65_536
 #: The language model's linear layers LoRA adapts (Qwen2-VL, PaliGemma: `language_model`;
 #: Idefics3 / SmolVLM: `text_model`; Qwen2, Llama, Mistral, Gemma layer names).
 LORA_TARGETS = (
@@ -134,6 +136,7 @@ class BackboneWorldActionModel(nn.Module):
         self.cfg, self.mode, self.backbone = cfg, mode, backbone
         vlm, self.prompts = loaded or load_vlm(backbone.path, weights_dtype)
         self.vlm = vlm
+        self._text_ids: dict[str, list[int]] = {}
         vlm_layers, width = text_hidden(vlm.config)
         self.vlm_width = width
         self.horizon = cfg.h_max if mode == "event" else cfg.chunk_len
@@ -270,24 +273,38 @@ class BackboneWorldActionModel(nn.Module):
         pooled: torch.Tensor = self.pool(mean.float())
         return pooled
 
+    def _token_ids(self, text: str) -> list[int]:
+        """``text``'s token ids, tokenised once per distinct text (captions repeat every step)."""
+        ids = self._text_ids.get(text)
+        if ids is None:
+            tokenizer = self.prompts.tokenizer
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            if len(self._text_ids) < TEXT_CACHE_SIZE:
+                self._text_ids[text] = ids
+        return ids
+
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """Texts in the VLM's input-embedding space (B, W): the planner's targets and bank."""
-        tokenizer = self.prompts.tokenizer
+        """Texts in the VLM's input-embedding space (B, W): the planner's targets and bank.
+
+        The mean of each text's token embeddings (zeros for an empty text), in one lookup.
+        """
         table = self.vlm.get_input_embeddings()
-        out = torch.zeros(len(texts), self.vlm_width, device=table.weight.device)
-        for i, text in enumerate(texts):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-            if ids:
-                out[i] = table(torch.tensor(ids, device=out.device)).float().mean(0)
-        return out
+        device = table.weight.device
+        ids = [self._token_ids(t) for t in texts]
+        counts = torch.tensor([len(i) for i in ids], device=device)
+        out = torch.zeros(len(texts), self.vlm_width, device=device)
+        if int(counts.sum()):
+            flat = torch.tensor([t for i in ids for t in i], device=device)
+            rows = torch.repeat_interleave(torch.arange(len(texts), device=device), counts)
+            out.index_add_(0, rows, table(flat).float())
+        return out / counts.clamp(min=1)[:, None]
 
     @torch.no_grad()
     def _image_features(self, images_BNCHW: torch.Tensor) -> torch.Tensor:
         """The vision tower's features of each sample's images, pooled (B, W)."""
         b, n = images_BNCHW.shape[:2]
-        prompts = [Prompt(list(images_BNCHW[i].detach().cpu().unbind(0)), "") for i in range(b)]
-        inputs, _ = self.prompts(prompts)
+        inputs = self.prompts.images(list(images_BNCHW.detach().cpu().flatten(0, 1).unbind(0)))
         grid = inputs["image_grid_thw"].to(images_BNCHW.device)
         pixels = inputs["pixel_values"].to(images_BNCHW.device)
         features = self.vlm.get_image_features(pixels, grid)

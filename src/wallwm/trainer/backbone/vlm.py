@@ -49,6 +49,10 @@ class PromptEncoder(Protocol):
         """
         ...
 
+    def images(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The vision tower's inputs for images alone (``pixel_values``, ``image_grid_thw``)."""
+        ...
+
 
 def chat_text(template_owner: Any, prompt: Prompt) -> str:
     """The prompt laid out by the model's chat template (+ answer and end token if any)."""
@@ -98,6 +102,11 @@ class ProcessorPrompts:
         inputs = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
         return inputs, _answer_mask(self.processor.tokenizer, prompts, inputs["input_ids"])
 
+    def images(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """See :class:`PromptEncoder`: the processor's image processor, no text."""
+        enc = self.processor.image_processor(images=list(images), return_tensors="pt")
+        return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
 
 class GridPrompts:
     """Qwen2-VL-style inputs from the tokenizer and the image processor (no processor class)."""
@@ -113,13 +122,8 @@ class GridPrompts:
     def __call__(self, prompts: Sequence[Prompt]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """See :class:`PromptEncoder`."""
         images = [img for p in prompts for img in p.images]
-        inputs: dict[str, torch.Tensor] = {}
-        counts: list[int] = []
-        if images:
-            pixels = self.image_processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = pixels["pixel_values"]
-            inputs["image_grid_thw"] = pixels["image_grid_thw"]
-            counts = [int(g.prod()) // self.merge**2 for g in pixels["image_grid_thw"]]
+        inputs: dict[str, torch.Tensor] = self.images(images) if images else {}
+        counts = [int(g.prod()) // self.merge**2 for g in inputs.get("image_grid_thw", [])]
         texts, k = [], 0
         for p in prompts:
             parts = chat_text(self.tokenizer, p).split(self.image_token)
@@ -132,6 +136,11 @@ class GridPrompts:
         inputs["input_ids"], inputs["attention_mask"] = enc["input_ids"], enc["attention_mask"]
         inputs["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).long() * IMAGE_TYPE
         return inputs, _answer_mask(self.tokenizer, prompts, inputs["input_ids"])
+
+    def images(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """See :class:`PromptEncoder`."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt")
+        return {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
 
 
 def load_vlm(path: str | Path, dtype: torch.dtype) -> tuple[Any, PromptEncoder]:
