@@ -176,7 +176,10 @@ def _run_segment_with_progress(
             if summary.model["basis"] == "data"
             else "the dataset's recorded choice (--reselect chooses again)"
         )
-        console.print(f"within an event: {summary.model['action_model']} -- {how}")
+        from wallwm.pipeline.segmentation.selection import pairing_text
+
+        paired = pairing_text(summary.model["action_model"], summary.model.get("pairing"))
+        console.print(f"within an event: {summary.model['action_model']}{paired} -- {how}")
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
 

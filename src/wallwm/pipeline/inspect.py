@@ -12,6 +12,7 @@ import numpy as np
 from wallwm.pipeline import schemas
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.selection import pairing_text
 from wallwm.pipeline.store import TableStore, sql_quote
 
 
@@ -197,11 +198,12 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
             ax.axvline(g["start_frame"], color="tab:green", lw=1.2, ls="--")
         ax.legend(fontsize=6, loc="upper right", ncol=3)
     model = {"state_feedback": "actions affine in the state", "time": "actions linear in time"}
+    paired = pairing_text(cfg.action_model, cfg.pairing())
     axes[0].set_title(
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
         f"({len(events)} events), green dashed: ground truth; within an event: "
-        f"{model.get(cfg.action_model, cfg.action_model)}, noise by {cfg.noise_model} "
-        f"({basis}); grey: idle margins trimmed",
+        f"{model.get(cfg.action_model, cfg.action_model)}{paired}, noise by "
+        f"{cfg.noise_model} ({basis}); grey: idle margins trimmed",
         fontsize=9,
     )
     fig.tight_layout()

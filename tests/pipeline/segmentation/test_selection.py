@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
@@ -72,8 +73,10 @@ def test_open_loop_waypoints_choose_the_line_in_time():
     assert (cfg.action_model, cfg.noise_model, choice.basis) == ("time", "local_fit", "data")
     assert choice.costs["time"] < 0.5 * choice.costs["state_feedback"] and choice.episodes == 6
     assert f1(episodes, cfg) == 1.0
-    # the model tuned on closed loops, forced on this robot, is below
-    assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.9
+    # the model tuned on closed loops, forced on this robot with action j paired to state j, is
+    # below
+    forced = SegmentConfig(action_model="state_feedback", state_pairing="index")
+    assert f1(episodes, forced) < 0.9
 
 
 def test_closed_loop_control_keeps_state_feedback():
@@ -209,3 +212,34 @@ def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
 
     result = evaluate_segmentation(store)
     assert result["per_robot"]["aloha-like"]["f1"] == 1.0 and result["episodes"] == 4
+
+
+def test_each_action_dim_is_paired_with_the_state_it_moves():
+    """States in another order than the actions, plus distractors: the pairing is found from
+    the data, and the cut is the same as with the states in the actions' order."""
+    from wallwm.pipeline.segmentation.selection import choose_pairing
+
+    rng = np.random.default_rng(0)
+    episodes = [controller_episode(seed) for seed in range(4)]
+    shuffled = []
+    for s, truth in episodes:
+        t_len = len(s.states_TS)
+        distractors = np.cumsum(rng.normal(0, 0.02, (t_len, 2)), axis=0)  # wander on their own
+        constant = np.ones((t_len, 1))
+        states = np.concatenate(
+            [distractors[:, :1], s.states_TS[:, ::-1], constant, distractors[:, 1:]], axis=1
+        )
+        shuffled.append((Signals(s.actions_TA, s.fps, states), truth))
+    assert choose_pairing([s for s, _ in shuffled]) == [3, 2, 1]  # action j -> state 3 - j
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in shuffled])
+    assert cfg.state_pairing == [3, 2, 1] and choice.as_dict()["pairing"] == [3, 2, 1]
+    assert cfg.action_model == "state_feedback"
+    for (s, _), (mixed, _) in zip(episodes, shuffled, strict=True):
+        ordered = resolve(SegmentConfig(), [s])[0]
+        assert segment(mixed, cfg).starts == segment(s, ordered).starts
+    # by index the mixed states are paired wrongly, and the cuts suffer
+    assert f1(shuffled, cfg) == 1.0
+    assert f1(shuffled, cfg.model_copy(update={"state_pairing": "index"})) < 1.0
+    # a pairing of the wrong length is one clear error
+    with pytest.raises(ValueError, match="state_pairing has 2 entries for 3 action dims"):
+        segment(shuffled[0][0], cfg.model_copy(update={"state_pairing": [0, 1]}))

@@ -106,26 +106,34 @@ class Channel:
 
 
 def feedback_regressors(
-    s: Signals, motion_dims: list[int]
+    s: Signals, motion_dims: list[int], pairing: list[int] | None = None
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
     """The proprio state paired with each motion action dim, for the state-feedback model.
 
-    Action dim ``j`` is paired with state dim ``j`` (end-effector deltas with end-effector
-    positions, joint targets with joint positions). A dim whose paired state is missing or
-    constant gets the frame index instead, so it keeps the line-in-time model. Returns the
-    regressors and which of them are states.
+    ``pairing[j]`` is action dim ``j``'s state (-1: none); without it action dim ``j`` is paired
+    with state dim ``j`` (end-effector deltas with end-effector positions, joint targets with
+    joint positions). A dim whose paired state is missing or constant gets the frame index
+    instead, so it keeps the line-in-time model. Returns the regressors and which of them are
+    states.
+
+    Raises:
+        ValueError: ``pairing`` is not one entry per action dim.
     """
     if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or not motion_dims:
         return None
+    actions_dims = np.shape(s.actions_TA)[1]
+    if pairing is not None and len(pairing) != actions_dims:
+        raise ValueError(f"state_pairing has {len(pairing)} entries for {actions_dims} action dims")
     states = np.asarray(s.states_TS, dtype=np.float64)
     t_len = len(states)
     time = np.linspace(-0.5, 0.5, t_len)
-    cols = []
+    cols, on_state = [], []
     for j in motion_dims:
-        x = states[:, j] if j < states.shape[1] else None
+        k = pairing[j] if pairing is not None else j
+        x = states[:, k] if 0 <= k < states.shape[1] else None
         span = float(np.ptp(x)) if x is not None else 0.0
         cols.append((x - x.mean()) / span if x is not None and span > 1e-9 else time)
-    on_state = [j < states.shape[1] and float(np.ptp(states[:, j])) > 1e-9 for j in motion_dims]
+        on_state.append(x is not None and span > 1e-9)
     return np.stack(cols, axis=1), np.array(on_state, dtype=bool)
 
 
@@ -139,7 +147,7 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
     motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
     regressors: dict[str, tuple[FloatArray, npt.NDArray[np.bool_]] | None] = {}
     if cfg.action_model == "state_feedback":
-        regressors["action_change"] = feedback_regressors(s, motion_dims)
+        regressors["action_change"] = feedback_regressors(s, motion_dims, cfg.pairing())
     measured_gripper = (
         None if s.gripper_TG is None or grip_dims else np.asarray(s.gripper_TG, dtype=np.float64)
     )

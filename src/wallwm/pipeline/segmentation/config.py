@@ -39,6 +39,13 @@ class SegmentConfig(BaseModel):
         "an open-loop interpolation between waypoints); auto: chosen per dataset from the data "
         "(see wallwm.pipeline.segmentation.selection).",
     )
+    state_pairing: Literal["auto", "index"] | list[int] = Field(
+        "auto",
+        description="Which proprio state each action dim is affine in (state_feedback): one "
+        "state index per action dim (-1: a line in time); index: action dim j with state dim j; "
+        "auto: each action dim with the state that explains it best within events, chosen per "
+        "dataset from the data (see wallwm.pipeline.segmentation.selection).",
+    )
     noise_model: Literal["auto", "differences", "local_fit"] = Field(
         "auto",
         description="Each channel's noise: the spread of its first differences, floored at "
@@ -75,7 +82,15 @@ class SegmentConfig(BaseModel):
 
     def resolved(self) -> bool:
         """Whether every model choice is made (no ``auto`` left)."""
-        return self.action_model != "auto" and self.noise_model != "auto"
+        return (
+            self.action_model != "auto"
+            and self.noise_model != "auto"
+            and self.state_pairing != "auto"
+        )
+
+    def pairing(self) -> list[int] | None:
+        """The chosen state index per action dim, or None for pairing by index."""
+        return self.state_pairing if isinstance(self.state_pairing, list) else None
 
 
 @dataclass

@@ -21,6 +21,14 @@ stated: the line in time measures noise as its own local misfit (a waypoint ramp
 noise), state feedback as the spread of first differences floored at ``resolution`` (its
 measured best on MetaWorld, kept).
 
+Before the model, the *pairing*: which proprio state each action dim is affine in. A robot's
+action and state vectors need not list the same quantities in the same order (deltas first and
+the gripper last in one, joint angles then end-effector pose in another), so each action dim is
+paired with the state it moves most over the sample (:func:`pairing_scores`: a velocity command
+correlates with its state's next change, a position target's change with it).
+With the state columns rolled by one, pairing by index lost 0.05-0.19 boundary F1 on MetaWorld
+and Jaco; the chosen pairing scores the same rolled or not (BENCHMARKS.md).
+
 Stages choose once per dataset and keep the choice (it is recorded with the segment run), so
 episodes ingested later are cut with the same model; ``wallwm segment --reselect`` chooses
 again.
@@ -28,6 +36,7 @@ again.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,13 +74,24 @@ class ModelChoice:
     episodes: int = 0
     #: Where the choice came from: "data", "stated" (the user named the model), "recorded".
     basis: str = "data"
+    #: The state index each action dim is paired with (-1: time); None: by index.
+    pairing: list[int] | None = None
 
     def apply(self, cfg: SegmentConfig) -> SegmentConfig:
         """``cfg`` with every ``auto`` replaced by this choice."""
         noise = cfg.noise_model
         if noise == "auto":
             noise = "local_fit" if self.action_model == "time" else "differences"
-        return cfg.model_copy(update={"action_model": self.action_model, "noise_model": noise})
+        pairing = cfg.state_pairing
+        if pairing == "auto":
+            pairing = self.pairing if self.pairing is not None else "index"
+        return cfg.model_copy(
+            update={
+                "action_model": self.action_model,
+                "noise_model": noise,
+                "state_pairing": pairing,
+            }
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (what the segment run's lineage records)."""
@@ -80,19 +100,82 @@ class ModelChoice:
             "costs": {k: round(v, 3) for k, v in self.costs.items()},
             "episodes": self.episodes,
             "basis": self.basis,
+            "pairing": self.pairing,
         }
 
 
-def _regressors(s: Signals, dims: list[int]) -> dict[str, FloatArray | None]:
+def _abs_correlations(x_TA: FloatArray, z_TS: FloatArray) -> FloatArray:
+    """|Pearson correlation| of every column of ``x_TA`` with every column of ``z_TS`` (A, S)."""
+    xc, zc = x_TA - x_TA.mean(axis=0), z_TS - z_TS.mean(axis=0)
+    norms = np.outer(np.linalg.norm(xc, axis=0), np.linalg.norm(zc, axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.abs(xc.T @ zc) / norms
+    return np.asarray(np.nan_to_num(corr), dtype=np.float64)
+
+
+def pairing_scores(s: Signals) -> FloatArray | None:
+    """How strongly each action dim (rows) moves each state dim (columns), in [0, 1].
+
+    A velocity command moves its state by about itself each step (the action correlates with
+    the state's next change); a position target moves it when the target moves (the action's
+    change correlates with the state's change). The larger of the two |correlations|; no cut is
+    needed, so no model is assumed.
+    """
+    if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or len(s.actions_TA) < 8:
+        return None
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    moves = np.diff(np.asarray(s.states_TS, dtype=np.float64), axis=0)  # s[t+1] - s[t]
+    velocity = _abs_correlations(actions[:-1], moves)
+    position = _abs_correlations(np.diff(actions, axis=0), moves)
+    return np.maximum(velocity, position)
+
+
+def choose_pairing(signals: Iterable[Signals]) -> list[int] | None:
+    """Each action dim's state: the one it moves most over ``signals`` (-1: gripper dims).
+
+    Scores (:func:`pairing_scores`) are averaged over the episodes, weighted by length; None
+    without states to pair.
+    """
+    total: FloatArray | None = None
+    grip: set[int] = set()
+    for s in signals:
+        scores = pairing_scores(s)
+        if scores is None or (total is not None and scores.shape != total.shape):
+            continue
+        weighted = scores * len(s.actions_TA)
+        total = weighted if total is None else total + weighted
+        grip |= set(s.gripper_action_dims)
+    if total is None:
+        return None
+    best = np.argmax(total, axis=1)
+    return [-1 if j in grip else int(k) for j, k in enumerate(best)]
+
+
+def pairing_text(action_model: str, pairing: list[int] | None) -> str:
+    """`` (action dim->state: 0->0 1->1)`` for a state-feedback pairing, else empty."""
+    if action_model != "state_feedback" or not pairing:
+        return ""
+    return (
+        " (action dim->state: "
+        + " ".join(f"{j}->{k}" for j, k in enumerate(pairing) if k >= 0)
+        + ")"
+    )
+
+
+def _regressors(
+    s: Signals, dims: list[int], pairing: list[int] | None
+) -> dict[str, FloatArray | None]:
     """Each candidate's regressors for the motion dims (None: a line in time)."""
     out: dict[str, FloatArray | None] = {"time": None}
-    paired = feedback_regressors(s, dims)
+    paired = feedback_regressors(s, dims, pairing)
     if paired is not None and paired[1].any():
         out["state_feedback"] = paired[0]
     return out
 
 
-def episode_costs(s: Signals, cfg: SegmentConfig) -> dict[str, float]:
+def episode_costs(
+    s: Signals, cfg: SegmentConfig, pairing: list[int] | None = None
+) -> dict[str, float]:
     """Each candidate's optimal penalised cost of one episode at the common noise scale.
 
     Empty when the episode has no moving non-gripper action dim (nothing to compare on).
@@ -107,7 +190,7 @@ def episode_costs(s: Signals, cfg: SegmentConfig) -> dict[str, float]:
         return {}
     x = actions[:, dims]
     window = max(5, round(LOCAL_FIT_S * s.fps))
-    candidates = _regressors(s, dims)
+    candidates = _regressors(s, dims, pairing)
     sigma = np.min([local_fit_sigma(x, z, window) for z in candidates.values()], axis=0)
     y = x / sigma
     penalty = event_penalty(cfg, y.shape[1], t_len)
@@ -122,14 +205,25 @@ def episode_costs(s: Signals, cfg: SegmentConfig) -> dict[str, float]:
 
 
 def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
-    """The within-event model for these episodes (see the module docstring)."""
+    """The within-event model and pairing for these episodes (see the module docstring)."""
+    signals = list(signals)
+    pairing = cfg.pairing()
+    if cfg.state_pairing == "auto":
+        pairing = choose_pairing(signals)
+    choice = _choose_action_model(signals, cfg, pairing)
+    return dataclasses.replace(choice, pairing=pairing)
+
+
+def _choose_action_model(
+    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None
+) -> ModelChoice:
     if cfg.action_model != "auto":
         return ModelChoice(cfg.action_model, basis="stated")
     totals = dict.fromkeys(CANDIDATES, 0.0)
     usable = dict.fromkeys(CANDIDATES, True)
     episodes = 0
     for s in signals:
-        costs = episode_costs(s, cfg)
+        costs = episode_costs(s, cfg, pairing)
         if not costs:
             continue
         episodes += 1
@@ -150,6 +244,6 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
 def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
     """``cfg`` with its model choices made on ``signals`` (as is when nothing is ``auto``)."""
     if cfg.resolved():
-        return cfg, ModelChoice(cfg.action_model, basis="stated")
+        return cfg, ModelChoice(cfg.action_model, basis="stated", pairing=cfg.pairing())
     choice = choose_model(signals, cfg)
     return choice.apply(cfg), choice
