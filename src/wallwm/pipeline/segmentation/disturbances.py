@@ -47,37 +47,6 @@ MIN_PAUSE_EVENT_S = 0.1
 MIN_SIDE = 4
 
 
-def _continued_cost(
-    y_TD: FloatArray,
-    z_TD: FloatArray,
-    shift_D: npt.NDArray[np.bool_],
-    before: tuple[int, int],
-    after: tuple[int, int],
-    delay: int,
-) -> tuple[float, FloatArray]:
-    """Cost of one line per column over both neighbours, and its prediction on the run between.
-
-    ``after``'s regressor is set back by ``delay`` in the ``shift_D`` columns. The line and its
-    residual are those :class:`LinearCost` fits (a regressor that barely moves: the mean).
-    """
-    (a, b), (c, d) = before, after
-    rows = np.r_[a:b, c:d]
-    z = z_TD[rows].copy()
-    z[b - a :, shift_D] -= delay
-    y = y_TD[rows]
-    z_mean, y_mean = z.mean(axis=0), y.mean(axis=0)
-    zc, yc = z - z_mean, y - y_mean
-    zz = (zc * zc).sum(axis=0)
-    flat = zz <= 1e-9 * (z * z).sum(axis=0)  # the relative test of LinearCost
-    slope = np.where(flat, 0.0, (zc * yc).sum(axis=0) / np.where(flat, 1.0, zz))
-    total = float(((yc - slope * zc) ** 2).sum())
-    # the line evaluated on the run between (a pause: it holds where the motion stopped)
-    z_run = z_TD[b:c].copy()
-    if delay:
-        z_run[:, shift_D] = z_TD[b, shift_D]
-    return total, y_mean + slope * (z_run - z_mean)
-
-
 def _continued_fits(
     cost: LinearCost,
     z_TD: FloatArray,
@@ -86,10 +55,12 @@ def _continued_fits(
     after: tuple[int, int],
     delays_K: npt.NDArray[np.int64],
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """:func:`_continued_cost` for many delays at once, from ``cost``'s prefix sums.
+    """One line per column over both neighbours, for each delay, from ``cost``'s prefix sums.
 
-    Returns each delay's total residual ``(K,)``, slope and regressor mean ``(K, D)`` and the
-    channels' mean ``(D,)`` (which no delay changes).
+    ``after``'s regressor is set back by the delay in the ``shift_D`` columns. The line is the
+    one :class:`LinearCost` fits (a regressor that barely moves: the mean). Returns each delay's
+    total residual ``(K,)``, slope and regressor mean ``(K, D)`` and the channels' mean ``(D,)``
+    (which no delay changes).
     """
     (a, b), (c, d) = before, after
     n_after = float(d - c)
@@ -209,15 +180,11 @@ class _PauseTest:
 
     def __init__(self, fit: ChannelFit) -> None:
         """Tests on ``fit``'s channels."""
-        self.cost, self.y_TD, self.z_TD, self.on_state_D = (
-            fit.cost,
-            fit.y_TD,
-            fit.z_TD,
-            fit.on_state_D,
-        )
-        y_TD = fit.y_TD
-        self.allowed = fit.per_param * 2 * y_TD.shape[1]
-        self.sums_TD = np.concatenate([np.zeros((1, y_TD.shape[1])), np.cumsum(y_TD, axis=0)])
+        self.cost, self.y_TD, self.z_TD = fit.cost, fit.y_TD, fit.z_TD
+        self.on_state_D = fit.on_state_D
+        self.allowed = fit.per_param * 2 * fit.y_TD.shape[1]
+        zeros = np.zeros((1, fit.y_TD.shape[1]))
+        self.sums_TD = np.concatenate([zeros, np.cumsum(fit.y_TD, axis=0)])
 
     def _mean(self, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> FloatArray:
         """Mean of each channel over ``[lo_i, hi_i)``: shape ``(len(lo), D)``."""
@@ -239,15 +206,17 @@ class _PauseTest:
         """The tests that need the law fitted on both sides (after :meth:`_screen` passed)."""
         (a, b), (c, d) = before, after
         separate = float(self.cost(np.array([a, c]), np.array([b, d])).sum())
-        joined, line_RD = _continued_cost(self.y_TD, self.z_TD, ~self.on_state_D, before, after, 0)
-        if joined - separate > self.allowed:
+        joined_K, slope_KD, z_mean_KD, y_mean_D = _continued_fits(
+            self.cost, self.z_TD, ~self.on_state_D, before, after, np.zeros(1, dtype=np.int64)
+        )
+        if joined_K[0] - separate > self.allowed:
             return False
         z = self.z_TD[:, self.on_state_D]
         travel = float(np.linalg.norm(z[d - 1] - z[a]))
         if _chord_distance(z[b:c], z[b - 1], z[c]) > MAX_EXCURSION * travel:
             return False
         tol = 3.0 / np.sqrt(c - b)
-        law_D = np.abs(line_RD.mean(axis=0))
+        law_D = np.abs(y_mean_D + slope_KD[0] * (self.z_TD[b:c].mean(axis=0) - z_mean_KD[0]))
         run_D = np.abs(self.y_TD[b:c].mean(axis=0))
         tail_D = np.abs(self.y_TD[b - MIN_SIDE : b].mean(axis=0))
         return bool(((run_D <= tol) & (law_D > 2 * tol) & (tail_D > 0.5 * law_D)).any())
