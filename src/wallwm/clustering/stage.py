@@ -81,19 +81,35 @@ class ClusterSummary:
     seconds: float = 0.0
 
 
-def _embeddings(store: TableStore) -> tuple[list[dict[str, Any]], np.ndarray]:
+def _vectors(table: pa.Table, column: str) -> np.ndarray:
+    """A fixed-size-list column as an (N, D) float32 array."""
+    col = table.column(column).combine_chunks()
+    flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(-1, col.type.list_size)
+
+
+def _embeddings(
+    store: TableStore, trajectories: bool = False
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray | None]:
+    """Event rows, their combined embeddings and (``trajectories``) trajectory vectors: one read."""
     schema = store.schema(schemas.EVENTS)
     if schema is None or "embedding" not in schema.names:
         raise ValueError("events have no embeddings yet: run `wallwm embed` first")
+    if trajectories and "traj_embedding" not in schema.names:
+        raise ValueError("events have no trajectory embeddings: run `wallwm embed` again")
+    vectors = ["embedding", *(["traj_embedding"] if trajectories else [])]
     table = store.read(
-        schemas.EVENTS, columns=["event_id", "embedding", "cluster_id", "verb", "object", "caption"]
+        schemas.EVENTS,
+        columns=["event_id", *vectors, "cluster_id", "verb", "object", "caption"],
     )
-    rows = table.drop_columns(["embedding"]).to_pylist()
-    col = table.column("embedding").combine_chunks()
-    if col.null_count:
-        raise ValueError(f"{col.null_count} events have no embedding: run `wallwm embed` again")
-    dim = col.type.list_size
-    return rows, col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    rows = table.drop_columns(vectors).to_pylist()
+    for name in vectors:
+        if table.column(name).null_count:
+            raise ValueError(
+                f"{table.column(name).null_count} events have no {name}: run `wallwm embed` again"
+            )
+    traj = _vectors(table, "traj_embedding") if trajectories else None
+    return rows, _vectors(table, "embedding"), traj
 
 
 def _label(rows: list[dict[str, Any]]) -> str:
@@ -123,7 +139,7 @@ def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: Clus
     """The run's work inside its failure record."""
     t0 = time.perf_counter()
     before = store.version(schemas.EVENTS)
-    rows, x = _embeddings(store)
+    rows, x, traj = _embeddings(store, trajectories=cfg.dedup == "trajectory")
     summary.events = len(rows)
     if cfg.assign_only:
         clusters = _assign_only(store, rows, x, summary)
@@ -134,7 +150,7 @@ def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: Clus
         [np.asarray(c["centroid"], np.float32) for c in clusters if c["level"] == 1]
     )
     labels, _ = _assign(x, centroids)
-    dup = _duplicates(store, rows, x, labels, centroids, cfg)
+    dup = _duplicates(x, traj, labels, centroids, cfg)
     summary.duplicates = int(dup.sum())
     curated = {
         i: (0.0 if c["excluded"] else float(c["weight"]))
@@ -186,28 +202,18 @@ def _cluster(store: TableStore, cfg: ClusterConfig, run: StageRun, summary: Clus
 
 
 def _duplicates(
-    store: TableStore,
-    rows: list[dict[str, Any]],
     x: np.ndarray,
+    traj: np.ndarray | None,
     labels: IntArray,
     centroids: np.ndarray,
     cfg: ClusterConfig,
 ) -> npt.NDArray[np.bool_]:
-    """The events ``cfg.dedup`` marks duplicate (in ``rows`` order)."""
+    """The events ``cfg.dedup`` marks duplicate (``traj``: their trajectory vectors)."""
     if cfg.dedup == "off":
-        return np.zeros(len(rows), dtype=bool)
+        return np.zeros(len(x), dtype=bool)
     if cfg.dedup == "embedding":
         return semantic_dedup(x, labels, centroids, cfg.dedup_threshold)
-    schema = store.schema(schemas.EVENTS)
-    if schema is None or "traj_embedding" not in schema.names:
-        raise ValueError("events have no trajectory embeddings: run `wallwm embed` again")
-    table = store.read(schemas.EVENTS, columns=["event_id", "traj_embedding"])
-    if table.column("traj_embedding").null_count:
-        raise ValueError("some events have no trajectory embedding: run `wallwm embed` again")
-    col = table.column("traj_embedding").combine_chunks()
-    vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
-    index = {e: i for i, e in enumerate(table.column("event_id").to_pylist())}
-    traj = vectors[[index[r["event_id"]] for r in rows]]
+    assert traj is not None  # read with the embeddings for dedup="trajectory"
     return trajectory_dedup(x, labels, centroids, traj, cfg.dedup_rms)
 
 

@@ -26,7 +26,7 @@ action and state vectors need not list the same quantities in the same order (de
 the gripper last in one, joint angles then end-effector pose in another), so each action dim is
 paired with the state it moves most over the sample (:func:`pairing_scores`: a velocity command
 correlates with its state's next change, a position target's change with it).
-With the state columns rolled by one, pairing by index lost 0.05-0.19 boundary F1 on MetaWorld
+With the state columns rolled by one, pairing by index lost 0.03-0.19 boundary F1 on MetaWorld
 and Jaco; the chosen pairing scores the same rolled or not (BENCHMARKS.md).
 
 Stages choose once per dataset and keep the choice (it is recorded with the segment run), so
