@@ -1,4 +1,4 @@
-"""Curation judged by the policy it produces (issue #29): a messy MetaWorld dataset, four arms.
+"""Curation judged by the policy it produces (issue #29): a messy MetaWorld dataset, six arms.
 
 The dataset (recorded once under ``--root``; MetaWorld MT10 by default, MetaWorld's 39-D
 observation as the state, 96 px corner camera):
@@ -19,7 +19,10 @@ Arms, all with the same model, steps, batch and seed, differing only in what the
   cosine 0.98;
 - ``balanced-nodedup``: the same without dedup (what dedup does to the policy) -- and the
   product's flow since, whose trajectory dedup marks only repeated recordings (none here);
-- ``learned``: ``clusters learn-weights`` on the ``balanced`` tag, imported as proposed;
+- ``learned``: ``clusters learn-weights`` on the ``balanced`` tag, imported as proposed (its
+  first run, 2026-12-05: excess measured per training batch, no shrinkage);
+- ``learned-nodedup``: ``clusters learn-weights`` on the ``balanced-nodedup`` tag (today's
+  default flow), imported as proposed;
 - ``oracle``: trained on the clean demonstrations only, each task ``--demos`` times.
 
 Each arm is evaluated closed-loop on held-out MT10 initial states (``--episodes`` per task,
@@ -54,7 +57,7 @@ from wallwm.trainer.learn_weights import LearnWeightsConfig, learn_weights
 from wallwm.trainer.policy import LocalPolicy, wilson_interval
 from wallwm.trainer.train import TrainConfig, train
 
-ARMS = ("events", "balanced", "balanced-nodedup", "learned", "oracle")
+ARMS = ("events", "balanced", "balanced-nodedup", "learned", "learned-nodedup", "oracle")
 
 
 def _parse() -> argparse.Namespace:
@@ -145,24 +148,28 @@ def _prepare_arm(arm: str, args: argparse.Namespace, messy: Path, oracle: Path) 
     # 2026-12-05); the default trajectory dedup marks none of this dataset's events (no
     # recording repeats another), so its balanced arm is ``balanced-nodedup``.
     semantic = ClusterConfig(dedup="embedding", dedup_threshold=0.98)
+    nodedup = ClusterConfig(dedup="off")
     if arm == "events":
         return messy, _tag(messy, "events", ClusterConfig(strategy="power", alpha=1.0, dedup="off"))
     if arm == "balanced":
         return messy, _tag(messy, "balanced", semantic)
     if arm == "balanced-nodedup":
-        return messy, _tag(messy, "balanced-nodedup", ClusterConfig(dedup="off"))
+        return messy, _tag(messy, "balanced-nodedup", nodedup)
     if arm == "oracle":
         return oracle, _tag(oracle, "oracle", semantic)
+    # learned: on the SemDeDup tag (first run 2026-12-05, excess per training batch);
+    # learned-nodedup: on today's default flow's tag, excess on fixed probes, shrunk by reliability
+    base, cfg = ("balanced", semantic) if arm == "learned" else ("balanced-nodedup", nodedup)
     store = LanceStore(str(messy))
-    if "learned" not in store.tags("events"):
-        _tag(messy, "balanced-again", semantic)  # the balanced clusters, current again
+    if arm not in store.tags("events"):
+        _tag(messy, f"{base}-again", cfg)  # the base clusters, current again
         proposal = learn_weights(LearnWeightsConfig(
-            dataset=str(messy), tag="balanced-again", out=str(Path(args.root) / "learned.json"),
+            dataset=str(messy), tag=f"{base}-again", out=str(Path(args.root) / f"{arm}.json"),
             preset=args.preset, steps=args.learn_steps, batch_size=args.batch_size,
             size=args.size))  # fmt: skip
-        import_clusters(store, proposal.path, "benchmarks/curation.py: learned weights")
-        tag_snapshot(store, "learned")
-    return messy, "learned"
+        import_clusters(store, proposal.path, f"benchmarks/curation.py: {arm} weights")
+        tag_snapshot(store, arm)
+    return messy, arm
 
 
 def _train_and_eval(

@@ -284,6 +284,10 @@ def clusters_learn_weights(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 96,
     eta: Annotated[float, typer.Option(help="Step size of the weights' update.")] = 1.0,
+    probes: Annotated[int, typer.Option(help="Weight updates (excess measured each).")] = 5,
+    probe_repeats: Annotated[
+        int, typer.Option(help="Fixed samples per probe event (more: a steadier proposal).")
+    ] = 8,
     reference: Annotated[
         str | None, typer.Option(help="Reference checkpoint (default: train one).")
     ] = None,
@@ -301,7 +305,8 @@ def clusters_learn_weights(
     try:
         cfg = LearnWeightsConfig(
             dataset=dataset, tag=tag, out=out, preset=preset, steps=steps,
-            batch_size=batch_size, size=size, eta=eta, reference=reference, backbone=backbone,
+            batch_size=batch_size, size=size, eta=eta, probes=probes, probe_repeats=probe_repeats,
+            reference=reference, backbone=backbone,
         )  # fmt: skip
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {validation_message(exc)}")
@@ -317,14 +322,25 @@ def clusters_learn_weights(
     from rich.table import Table
 
     table = Table(title=f"proposed weights -> {result.path} (apply: wallwm clusters import)")
-    for col in ("cluster", "label", "current", "proposed", "mean excess loss"):
+    for col in ("cluster", "label", "current", "proposed", "learned", "mean excess loss"):
         table.add_column(col)
     for c in sorted(result.clusters, key=lambda c: -c["weight"]):
         table.add_row(
             c["cluster_id"], c["label"], f"{c['current_weight']:g}", f"{c['weight']:g}",
-            f"{c['mean_excess_loss']:.4f}",
+            f"{c['learned_weight']:g}", f"{c['mean_excess_loss']:.4f}",
         )  # fmt: skip
     console.print(table)
+    if result.agreement is None:
+        console.print(
+            "reliability unknown (under three clusters with two events): proposed = learned"
+        )
+    else:
+        console.print(
+            f"split-half agreement {result.agreement:.2f} -> reliability {result.reliability:.2f}:"
+            f" each weight moves {result.reliability:.0%} of the way from current to learned"
+            + ("" if result.reliability >= 0.5 else
+               " (mostly noise: more --steps or --probe-repeats, or keep the current weights)")
+        )  # fmt: skip
 
 
 @clusters_app.command("tag")
