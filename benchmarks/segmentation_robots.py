@@ -1,4 +1,4 @@
-"""Segmentation on three robots it must carry to, with the model chosen per dataset.
+"""Segmentation on robots it must carry to, with the model chosen per dataset.
 
 Records (unless present under ``--root``) the suite of ``wallwm sim``:
 
@@ -8,6 +8,9 @@ Records (unless present under ``--root``) the suite of ``wallwm sim``:
   experts (transfer-cube, insertion), 14 joint angles as the state;
 - ``jaco``: Kinova Jaco, 9-D joint and finger velocities from our resolved-rate phase expert
   (lift, stack);
+- ``aloha-joint``: the ALOHA rollouts recorded as a joint-space dataset (LeRobot's scripted
+  ALOHA sim datasets): 14-D joint positions one step ahead with the gripper commands -- the
+  waypoints' kinks smoothed by the arm's dynamics and curved by its kinematics;
 
 each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
 (ALOHA: pauses and few-millimetre swerves; Jaco: pauses). Ground truth: each expert's own
@@ -19,8 +22,9 @@ within 3 frames (episode ends excluded) per robot, variant and task, against the
 chunk length of {4, 8, 16, 24, 32, 48}; the line in time and the state-feedback model forced
 on every robot are shown beside it.
 
-Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picked on two
-robots' recordings from a grid and the table reports the third robot at that value.
+Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picked on the other
+robots' recordings from a grid and the table reports the held-out robot at that value (both
+ALOHA action spaces are one robot).
 
     python benchmarks/segmentation_robots.py [--root bench-data/robots] [--episodes 8]
         [--workers 2] [--size 64]
@@ -60,6 +64,7 @@ VARIANTS = {
     "hesitations": {"action_noise": 0.3, "hesitations": 0.4, "corrections": 0.3},
 }
 CHUNKS = (4, 8, 16, 24, 32, 48)
+ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
 
 
@@ -72,10 +77,11 @@ def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> Non
 
         cfg = MetaWorldConfig(tasks=METAWORLD_OTHER, **kw, **common)
         record_metaworld(out, cfg)
-    elif robot == "aloha":
+    elif robot in ("aloha", "aloha-joint"):
         from wallwm.pipeline.sim.aloha import AlohaConfig, record_aloha
 
-        record_aloha(out, AlohaConfig(**kw, **common))
+        space = "joint" if robot == "aloha-joint" else "ee"
+        record_aloha(out, AlohaConfig(**kw, **common, action_space=space))
     else:
         from wallwm.pipeline.sim.jaco import JacoConfig, record_jaco
 
@@ -154,14 +160,17 @@ def leave_one_robot_out(data: dict[tuple[str, str], list[dict[str, Any]]]) -> di
         selection_module.SWITCH_RATIO = ratio
         f1[ratio] = {k: score(eps, product_config(eps)[0])["overall"].f1 for k, eps in data.items()}
     selection_module.SWITCH_RATIO = 0.75
-    robots = sorted({r for r, _ in data})
+
+    def body(robot: str) -> str:
+        return robot.split("-", maxsplit=1)[0]  # aloha-joint is aloha: the same arms
+
     out: dict[str, Any] = {}
-    for held in robots:
-        train = [k for k in data if k[0] != held]
+    for held in sorted({body(r) for r, _ in data}):
+        train = [k for k in data if body(k[0]) != held]
         best = max(RATIOS, key=lambda r: (statistics.mean(f1[r][k] for k in train), -abs(r - 0.75)))
         out[held] = {
             "ratio": best,
-            "held_out_f1": {v: f1[best][k] for k in data if k[0] == held for v in [k[1]]},
+            "held_out_f1": {f"{r} {v}": f1[best][(r, v)] for r, v in data if body(r) == held},
         }
     return out
 
@@ -173,10 +182,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--robots", nargs="+", default=list(ROBOTS), choices=ROBOTS)
+    parser.add_argument("--no-loro", action="store_true", help="Skip leave-one-robot-out.")
     args = parser.parse_args()
     root = Path(args.root)
     data = {}
-    for robot in ("metaworld", "aloha", "jaco"):
+    for robot in args.robots:
         for variant in VARIANTS:
             out = root / f"{robot}-{variant.replace(' ', '')}"
             if not (out / ".complete").exists():
@@ -215,7 +226,7 @@ def main() -> None:
     for r in rows:
         tasks = ", ".join(f"{k} {v:.2f}" for k, v in r["per_task"].items() if k != "overall")
         print(f"- {r['robot']} / {r['variant']}: {tasks}")
-    loro = leave_one_robot_out(data)
+    loro = {} if args.no_loro else leave_one_robot_out(data)
     print("\nleave-one-robot-out (SWITCH_RATIO picked on the other two robots):")
     for robot, v in loro.items():
         held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())

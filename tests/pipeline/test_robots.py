@@ -60,6 +60,23 @@ def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
     assert states[:, 13].max() > 0.8 and states[:, 13].min() < 0.3
 
 
+def test_aloha_joint_space_records_the_joints_reached_and_the_gripper_commands(tmp_path):
+    cfg = AlohaConfig(tasks=("insertion",), episodes=1, size=32, action_space="joint")
+    (result,) = record_aloha(tmp_path, cfg)
+    ep = tmp_path / result["key"]
+    meta = json.loads((ep / "meta.json").read_text())
+    steps = pq.read_table(ep / "steps.parquet")
+    actions = np.array(steps.column("action").to_pylist())
+    states = np.array(steps.column("state").to_pylist())
+    assert actions.shape == states.shape == (result["frames"], 14)
+    assert meta["action_names"] == STATE_NAMES and meta["action_space"] == "joint"
+    joints = [j for j in range(14) if j not in (6, 13)]
+    assert np.allclose(actions[:-1, joints], states[1:, joints], atol=1e-6)  # a step ahead
+    assert set(np.round(actions[:, 13], 3)) >= {0.0, 1.0}  # commanded: closed and open
+    with pytest.raises(ValueError, match="action_space"):
+        AlohaConfig(action_space="cartesian")
+
+
 @pytest.mark.slow
 def test_jaco_records_joint_velocity_episodes(tmp_path):
     cfg = JacoConfig(tasks=("lift",), episodes=1, size=32, hesitations=1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import click
 import typer
 
 from wallwm.cli.common import console, out_folder
@@ -176,6 +177,13 @@ def aloha(
     ] = 0.0,
     hesitations: HesitationsOpt = 0.0,
     corrections: CorrectionsOpt = 0.0,
+    action_space: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["ee", "joint"]),
+            help="ee: 16-D mocap targets; joint: 14-D joint positions reached (LeRobot's style).",
+        ),
+    ] = "ee",
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -196,6 +204,7 @@ def aloha(
         corrections=corrections,
         workers=workers,
         seed=seed,
+        action_space=action_space,
     )
     _record_with_progress(
         out, len(cfg.tasks) * episodes, lambda on_episode: record_aloha(out, cfg, on_episode)

@@ -11,9 +11,17 @@ its keyframes placed from the objects' sampled poses with jittered durations; ev
 where an arm's commanded motion changes is a ground-truth event start, named after it. Optional
 operator-like hesitations (the whole timeline holds) and corrections (a few millimetres' swerve)
 are *not* decisions; ``action_noise`` jitters the commanded poses in units of the plan's own
-median per-frame step. The scenes and meshes come from the ``gym-aloha`` package; the simulation
-steps MuJoCo directly (50 Hz control, the scene's own physics step), rendering only the recorded
-cameras at the recorded size.
+median per-frame step.
+
+``action_space="joint"`` records what a joint-space dataset of the same rollouts holds instead
+(LeRobot's scripted ALOHA sim datasets replay the joint trajectory of an end-effector rollout):
+each step's action is 14-D -- per arm the 6 joint positions the arm reached one step later and
+the commanded gripper opening -- the same quantities as the state, a step ahead, and the
+waypoints' kinks smoothed by the arm's own dynamics and curved by its kinematics.
+
+The scenes and meshes come from the ``gym-aloha`` package; the simulation steps MuJoCo directly
+(50 Hz control, the scene's own physics step), rendering only the recorded cameras at the
+recorded size.
 """
 
 from __future__ import annotations
@@ -66,6 +74,8 @@ STATE_NAMES = [
         "gripper",
     )
 ]
+#: ``action_space="joint"``: the state's joints, one step ahead (grippers commanded)
+JOINT_ACTION_NAMES = STATE_NAMES
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,12 @@ class AlohaConfig:
     corrections: float = 0.0
     seed: int = 0
     workers: int = 1
+    #: ``ee``: the mocap targets (16-D); ``joint``: the joint positions reached (14-D).
+    action_space: str = "ee"
+
+    def __post_init__(self) -> None:
+        if self.action_space not in ("ee", "joint"):
+            raise ValueError(f"action_space must be ee or joint, not {self.action_space!r}")
 
 
 Quat = tuple[float, float, float, float]
@@ -309,6 +325,18 @@ def _plan(task: str, rng: np.random.Generator) -> tuple[Plan, dict[str, np.ndarr
     return plan_insertion(peg, socket, rng), {"red_peg_joint": peg, "blue_socket_joint": socket}
 
 
+def joint_actions(states_TS: np.ndarray, executed_TA: np.ndarray) -> np.ndarray:
+    """Joint-space actions of a rollout (T, 14): the joints one step later, gripper commands.
+
+    The last step repeats its state (the arm holds). The gripper entries are the commanded
+    openings (the 8th and 16th end-effector action), as a replayed dataset commands them.
+    """
+    ahead_TS = np.concatenate([states_TS[1:], states_TS[-1:]], 0).copy()
+    ahead_TS[:, 6] = executed_TA[:, 7]
+    ahead_TS[:, 13] = executed_TA[:, 15]
+    return ahead_TS
+
+
 def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[str, Any]:
     """Record one episode of ``task``; returns its summary."""
     seed = cfg.seed * 100_003 + index
@@ -335,14 +363,16 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
     finally:
         sim.close()
     key = f"aloha-{task}-{cfg.seed:03d}-{index:04d}"
+    states_TS = np.stack(states)
+    actions_TA = executed if cfg.action_space == "ee" else joint_actions(states_TS, executed)
     write_folder_episode(
         out,
         key,
         instruction=INSTRUCTIONS[task],
         fps=FPS,
-        actions_TA=executed.astype(np.float32),
+        actions_TA=actions_TA.astype(np.float32),
         frames_by_camera={c: np.stack(v) for c, v in frames.items()},
-        states_TS=np.stack(states),
+        states_TS=states_TS,
         robot="aloha",
         events=[{"start_frame": 0, "name": "start"}]
         + [{"start_frame": t, "name": name} for t, name in truth],
@@ -351,8 +381,9 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
             "simulator": "aloha",
             "success": success_at is not None,
             "success_step": success_at,
-            "action_names": ACTION_NAMES,
+            "action_names": ACTION_NAMES if cfg.action_space == "ee" else JOINT_ACTION_NAMES,
             "state_names": STATE_NAMES,
+            "action_space": cfg.action_space,
             "action_noise": cfg.action_noise,
             "hesitations": [list(h) for h in plan.holds],
             "seed": seed,
