@@ -41,14 +41,19 @@ def test_waypoint_plans_know_their_decisions():
     assert len(shifted) == 3 and shifted[0] >= 40  # the same decisions, later by the holds
 
 
-def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
-    cfg = AlohaConfig(tasks=("transfer-cube",), episodes=1, size=32, action_noise=0.3)
+def _record_one_aloha(tmp_path, cfg):
+    """Record one episode; its summary, folder, meta, actions (T, A) and states (T, S)."""
     (result,) = record_aloha(tmp_path, cfg)
     ep = tmp_path / result["key"]
-    meta = json.loads((ep / "meta.json").read_text())
     steps = pq.read_table(ep / "steps.parquet")
     actions = np.array(steps.column("action").to_pylist())
     states = np.array(steps.column("state").to_pylist())
+    return result, ep, json.loads((ep / "meta.json").read_text()), actions, states
+
+
+def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
+    cfg = AlohaConfig(tasks=("transfer-cube",), episodes=1, size=32, action_noise=0.3)
+    result, ep, meta, actions, states = _record_one_aloha(tmp_path, cfg)
     assert actions.shape == (result["frames"], 16) and states.shape == (result["frames"], 14)
     assert meta["action_names"] == ACTION_NAMES and meta["state_names"] == STATE_NAMES
     starts = [e["start_frame"] for e in meta["events"]]
@@ -62,12 +67,7 @@ def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
 
 def test_aloha_joint_space_records_the_joints_reached_and_the_gripper_commands(tmp_path):
     cfg = AlohaConfig(tasks=("insertion",), episodes=1, size=32, action_space="joint")
-    (result,) = record_aloha(tmp_path, cfg)
-    ep = tmp_path / result["key"]
-    meta = json.loads((ep / "meta.json").read_text())
-    steps = pq.read_table(ep / "steps.parquet")
-    actions = np.array(steps.column("action").to_pylist())
-    states = np.array(steps.column("state").to_pylist())
+    result, _, meta, actions, states = _record_one_aloha(tmp_path, cfg)
     assert actions.shape == states.shape == (result["frames"], 14)
     assert meta["action_names"] == STATE_NAMES and meta["action_space"] == "joint"
     joints = [j for j in range(14) if j not in (6, 13)]
