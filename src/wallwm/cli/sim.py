@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import click
 import typer
 
 from wallwm.cli.common import console, out_folder
@@ -179,10 +178,7 @@ def aloha(
     corrections: CorrectionsOpt = 0.0,
     action_space: Annotated[
         str,
-        typer.Option(
-            click_type=click.Choice(["ee", "joint"]),
-            help="ee: 16-D mocap targets; joint: 14-D joint positions reached (LeRobot's style).",
-        ),
+        typer.Option(help="ee: 16-D mocap targets; joint: 14-D joint positions reached (LeRobot)."),
     ] = "ee",
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
@@ -194,6 +190,10 @@ def aloha(
         raise typer.BadParameter(
             f"gym-aloha is not installed ({exc}); pip install 'wallwm[sim]'"
         ) from exc
+    if action_space not in ("ee", "joint"):
+        raise typer.BadParameter(
+            f"{action_space!r} is not ee or joint", param_hint="--action-space"
+        )
     cfg = AlohaConfig(
         tasks=tuple(task or TASKS),
         episodes=episodes,

@@ -87,6 +87,27 @@ def test_closed_loop_control_keeps_state_feedback():
     assert f1(episodes, cfg) == 1.0
 
 
+def as_position_targets(episode: tuple[Signals, list[int]]) -> tuple[Signals, list[int]]:
+    """The same rollout recorded as the states it reached one step later (position targets)."""
+    s, truth = episode
+    ahead = np.concatenate([s.states_TS[1:], s.states_TS[-1:]])
+    return Signals(ahead, s.fps, s.states_TS), truth
+
+
+def test_position_targets_measure_their_noise_as_misfit_not_motion():
+    commands = [controller_episode(seed) for seed in range(6)]
+    targets = [as_position_targets(e) for e in commands]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in targets])
+    assert choice.motion_share is not None and choice.position_targets
+    assert (cfg.action_model, cfg.noise_model) == ("state_feedback", "local_fit")
+    as_motion = cfg.model_copy(update={"noise_model": "differences"})
+    assert f1(targets, cfg) >= 0.8 and f1(targets, as_motion) < 0.5  # the motion hid the cuts
+    # velocity commands: their changes are decisions and noise, not the states' motion
+    _, velocity = resolve(SegmentConfig(), [s for s, _ in commands])
+    assert velocity.motion_share is not None and not velocity.position_targets
+    assert velocity.as_dict()["motion_share"] < 0.3
+
+
 def test_stated_models_and_missing_states():
     s, _ = waypoint_episode(0)
     stated = choose_model([s], SegmentConfig(action_model="state_feedback"))

@@ -18,8 +18,14 @@ compare; the model with the lower total explains the data with fewer, better-fit
 State feedback is the default the line in time must beat decisively (:data:`SWITCH_RATIO`).
 Without states only the line in time is possible. The noise model follows the choice unless
 stated: the line in time measures noise as its own local misfit (a waypoint ramp's slope is no
-noise), state feedback as the spread of first differences floored at ``resolution`` (its
-measured best on MetaWorld, kept).
+noise); state feedback as the spread of first differences floored at ``resolution`` (its
+measured best on MetaWorld, kept) -- unless the commands *move with* their states, i.e. are
+position targets the arm reaches (:func:`motion_share`: the share of a command's step-to-step
+change that its state's change explains, at least :data:`POSITION_TARGET_SHARE`). Then a
+command's first differences are the arm's motion, not noise: measured as noise they hid every
+boundary (F1 0.00-0.27 on MetaWorld, Jaco and ALOHA recorded as the states one step ahead,
+below fixed chunks), and state feedback measures its noise as its own local misfit, like the
+line in time.
 
 Before the model, the *pairing*: which proprio state each action dim is affine in. A robot's
 action and state vectors need not list the same quantities in the same order (deltas first and
@@ -62,6 +68,14 @@ CANDIDATES = ("state_feedback", "time")
 SWITCH_RATIO = 0.75
 #: Episodes a dataset's choice is made on (spread over the dataset by a hash of their ids).
 SAMPLE_EPISODES = 24
+#: Commands whose step-to-step changes their paired states' changes explain at least this
+#: share of (median R^2 over dims and episodes) are position targets (see the module
+#: docstring). Measured: velocity commands 0.02-0.08 (MetaWorld's deltas, Jaco's joint
+#: velocities), ALOHA's end-effector targets against its joints 0.14-0.53, the same three
+#: robots' rollouts recorded as the next state 1.00; halfway between the two sides' edges.
+POSITION_TARGET_SHARE = 0.75
+#: Lags (frames) at which a state's change may follow its command's: a tracking controller's.
+MOTION_LAGS = (0, 1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -76,12 +90,21 @@ class ModelChoice:
     basis: str = "data"
     #: The state index each action dim is paired with (-1: time); None: by index.
     pairing: list[int] | None = None
+    #: How much of the commands' changes their states' changes explain (see
+    #: :func:`motion_share`); None where not measured (no states, or the model was stated).
+    motion_share: float | None = None
+
+    @property
+    def position_targets(self) -> bool:
+        """The commands move with their states: position targets the arm reaches."""
+        return self.motion_share is not None and self.motion_share >= POSITION_TARGET_SHARE
 
     def apply(self, cfg: SegmentConfig) -> SegmentConfig:
         """``cfg`` with every ``auto`` replaced by this choice."""
         noise = cfg.noise_model
         if noise == "auto":
-            noise = "local_fit" if self.action_model == "time" else "differences"
+            moving = self.action_model == "time" or self.position_targets
+            noise = "local_fit" if moving else "differences"
         pairing = cfg.state_pairing
         if pairing == "auto":
             pairing = self.pairing if self.pairing is not None else "index"
@@ -101,6 +124,7 @@ class ModelChoice:
             "episodes": self.episodes,
             "basis": self.basis,
             "pairing": self.pairing,
+            "motion_share": None if self.motion_share is None else round(self.motion_share, 3),
         }
 
 
@@ -134,21 +158,66 @@ def choose_pairing(signals: Iterable[Signals]) -> list[int] | None:
     """Each action dim's state: the one it moves most over ``signals`` (-1: gripper dims).
 
     Scores (:func:`pairing_scores`) are averaged over the episodes, weighted by length; None
-    without states to pair.
+    without states to pair. Action dim ``j`` keeps state ``j`` (the vectors' own order) unless
+    another state's score is higher by more than the sampling error allows: two standard
+    errors of the difference of the two correlations' Fisher z over the frames seen (joints
+    that move in step -- a short episode of synchronised motions -- score alike, and the data
+    then cannot tell them apart).
     """
     total: FloatArray | None = None
     grip: set[int] = set()
+    frames = 0
     for s in signals:
         scores = pairing_scores(s)
         if scores is None or (total is not None and scores.shape != total.shape):
             continue
         weighted = scores * len(s.actions_TA)
         total = weighted if total is None else total + weighted
+        frames += len(s.actions_TA)
         grip |= set(s.gripper_action_dims)
     if total is None:
         return None
-    best = np.argmax(total, axis=1)
-    return [-1 if j in grip else int(k) for j, k in enumerate(best)]
+    z = np.arctanh(np.clip(total / frames, 0.0, 0.9999))
+    margin = 2.0 * np.sqrt(2.0 / max(frames - 3, 1))
+    best = np.argmax(z, axis=1)
+    out = []
+    for j, k in enumerate(best):
+        # a tie within the sampling error: the vectors' own order
+        tied = j < z.shape[1] and z[j, k] - z[j, j] <= margin
+        out.append(-1 if j in grip else j if tied else int(k))
+    return out
+
+
+def _r2(y: FloatArray, x: FloatArray) -> float:
+    if len(y) < 3 or y.std() < 1e-12 or x.std() < 1e-12:
+        return 0.0
+    c = float(np.corrcoef(y, x)[0, 1])
+    return c * c
+
+
+def motion_share(signals: Iterable[Signals], pairing: list[int] | None) -> float | None:
+    """How much of the commands' step-to-step change their paired states' change explains.
+
+    Per moving non-gripper action dim with a paired state and per episode: the R^2 of the
+    command's change on the state's change at the best of :data:`MOTION_LAGS`; the median
+    over all of them. Near 0 for velocity commands (their changes are decisions and noise),
+    near 1 for position targets the arm reaches (their changes are the motion). None without
+    states to compare with.
+    """
+    values = []
+    for s in signals:
+        if s.states_TS is None or len(s.states_TS) != len(s.actions_TA) or len(s.actions_TA) < 8:
+            continue
+        actions = np.asarray(s.actions_TA, dtype=np.float64)
+        states = np.asarray(s.states_TS, dtype=np.float64)
+        grip = set(s.gripper_action_dims)
+        for j in range(actions.shape[1]):
+            k = pairing[j] if pairing is not None else j
+            if j in grip or not 0 <= k < states.shape[1] or np.ptp(actions[:, j]) < 1e-9:
+                continue
+            da, ds = np.diff(actions[:, j]), np.diff(states[:, k])
+            values.append(max(_r2(da[: len(da) - lag], ds[lag:]) for lag in MOTION_LAGS))
+    return float(np.median(values)) if values else None
 
 
 def pairing_text(action_model: str, pairing: list[int] | None) -> str:
@@ -211,7 +280,8 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
     if cfg.state_pairing == "auto":
         pairing = choose_pairing(signals)
     choice = _choose_action_model(signals, cfg, pairing)
-    return dataclasses.replace(choice, pairing=pairing)
+    share = motion_share(signals, pairing) if cfg.noise_model == "auto" else None
+    return dataclasses.replace(choice, pairing=pairing, motion_share=share)
 
 
 def _choose_action_model(
