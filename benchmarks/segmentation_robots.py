@@ -138,6 +138,27 @@ def rolled(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def as_position_targets(episodes: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The episodes recorded as position targets: each motion action dim replaced by the state
+    it is paired with (by index), one step ahead -- what a dataset whose actions are the
+    positions the arm reached holds. None where the actions already are (aloha-joint) or have
+    no same-index state (ALOHA's end-effector targets)."""
+    out = []
+    for ep in episodes:
+        s = ep["signals"]
+        actions = np.asarray(s.actions_TA, dtype=np.float64).copy()
+        states = np.asarray(s.states_TS, dtype=np.float64)
+        motion = [j for j in range(actions.shape[1]) if j not in s.gripper_action_dims]
+        if actions.shape[1] > states.shape[1] or np.allclose(
+            actions[:-1, motion], states[1:, motion]
+        ):
+            return None
+        ahead = np.concatenate([states[1:], states[-1:]])
+        actions[:, motion] = ahead[:, motion]
+        out.append({**ep, "signals": dataclasses.replace(s, actions_TA=actions)})
+    return out
+
+
 def fixed_best(episodes: list[dict[str, Any]]) -> tuple[int, BoundaryScore]:
     """The chunk length with the best F1@3 and its score."""
     best: tuple[int, BoundaryScore] | None = None
@@ -198,8 +219,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     print("| robot | recording | episodes | chosen model | wallwm (chosen) | P / R | "
           "line in time | state feedback | best fixed | vs fixed | states rolled: chosen / "
-          "by index |")  # fmt: skip
-    print("|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|")
+          "by index | as position targets: chosen / best fixed |")  # fmt: skip
+    print("|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for (robot, variant), eps in data.items():
         cfg, choice = product_config(eps)
         ours = score(eps, cfg)
@@ -212,16 +233,25 @@ def main() -> None:
         rolled_f1 = score(mixed, rolled_cfg)["overall"].f1
         index_f1 = score(mixed, rolled_cfg.model_copy(update={"state_pairing": "index"}))
         rolled_index_f1 = index_f1["overall"].f1
+        targets = as_position_targets(eps)
+        target_f1 = target_fixed = None
+        if targets is not None:
+            target_f1 = score(targets, product_config(targets)[0])["overall"].f1
+            target_fixed = fixed_best(targets)[1].f1
         rows.append({"robot": robot, "variant": variant, "choice": choice,
                      "f1": o.f1, "precision": o.precision, "recall": o.recall,
                      "per_task": {k: v.f1 for k, v in ours.items()},
                      "time_f1": time_f1, "state_feedback_f1": sf_f1,
                      "fixed": {"chunk": h, "f1": fixed.f1},
-                     "rolled_f1": rolled_f1, "rolled_index_f1": rolled_index_f1})  # fmt: skip
+                     "rolled_f1": rolled_f1, "rolled_index_f1": rolled_index_f1,
+                     "position_targets_f1": target_f1,
+                     "position_targets_fixed_f1": target_fixed})  # fmt: skip
         print(f"| {robot} | {variant} | {len(eps)} | {cfg.action_model} | **{o.f1:.3f}** | "
               f"{o.precision:.2f} / {o.recall:.2f} | {time_f1:.3f} | {sf_f1:.3f} | "
               f"{fixed.f1:.3f} (H={h}) | {o.f1 - fixed.f1:+.3f} | {rolled_f1:.3f} / "
-              f"{rolled_index_f1:.3f} |", flush=True)  # fmt: skip
+              f"{rolled_index_f1:.3f} | "
+              + ("-" if target_f1 is None else f"{target_f1:.3f} / {target_fixed:.3f}")
+              + " |", flush=True)  # fmt: skip
     print("\nper task (chosen model):")
     for r in rows:
         tasks = ", ".join(f"{k} {v:.2f}" for k, v in r["per_task"].items() if k != "overall")

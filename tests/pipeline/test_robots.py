@@ -75,6 +75,12 @@ def test_aloha_joint_space_records_the_joints_reached_and_the_gripper_commands(t
     assert set(np.round(actions[:, 13], 3)) >= {0.0, 1.0}  # commanded: closed and open
     with pytest.raises(ValueError, match="action_space"):
         AlohaConfig(action_space="cartesian")
+    # the segmenter sees position targets and says how it measures their noise
+    ds, runner = tmp_path / "ds", CliRunner()
+    ran = runner.invoke(app, ["run", str(tmp_path), "-d", str(ds), "--local", "--no-cluster"])
+    assert ran.exit_code == 0, ran.output
+    again = runner.invoke(app, ["segment", "-d", str(ds), "--reselect"])
+    assert again.exit_code == 0 and "position targets" in again.output, again.output
 
 
 @pytest.mark.slow

@@ -176,10 +176,16 @@ def _run_segment_with_progress(
             if summary.model["basis"] == "data"
             else "the dataset's recorded choice (--reselect chooses again)"
         )
-        from wallwm.pipeline.segmentation.selection import pairing_text
+        from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
 
         paired = pairing_text(summary.model["action_model"], summary.model.get("pairing"))
         console.print(f"within an event: {summary.model['action_model']}{paired} -- {how}")
+        share = summary.model.get("motion_share")
+        if share is not None and share >= POSITION_TARGET_SHARE:
+            console.print(
+                f"commands move with their states (position targets, share {share:.2f}): "
+                "noise measured as the law's local misfit"
+            )
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
 
