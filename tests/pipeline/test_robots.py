@@ -75,6 +75,9 @@ def test_aloha_joint_space_records_the_joints_reached_and_the_gripper_commands(t
     assert set(np.round(actions[:, 13], 3)) >= {0.0, 1.0}  # commanded: closed and open
     with pytest.raises(ValueError, match="action_space"):
         AlohaConfig(action_space="cartesian")
+    bad = CliRunner().invoke(app, ["sim", "aloha", "--out", str(tmp_path / "x"),
+                                   "--action-space", "cartesian"])  # fmt: skip
+    assert bad.exit_code == 2 and "--action-space" in bad.output and "Traceback" not in bad.output
     # the segmenter sees position targets and says how it measures their noise
     ds, runner = tmp_path / "ds", CliRunner()
     ran = runner.invoke(app, ["run", str(tmp_path), "-d", str(ds), "--local", "--no-cluster"])

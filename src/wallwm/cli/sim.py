@@ -190,22 +190,21 @@ def aloha(
         raise typer.BadParameter(
             f"gym-aloha is not installed ({exc}); pip install 'wallwm[sim]'"
         ) from exc
-    if action_space not in ("ee", "joint"):
-        raise typer.BadParameter(
-            f"{action_space!r} is not ee or joint", param_hint="--action-space"
+    try:
+        cfg = AlohaConfig(
+            tasks=tuple(task or TASKS),
+            episodes=episodes,
+            cameras=tuple(camera or ["top"]),
+            size=size,
+            action_noise=action_noise,
+            hesitations=hesitations,
+            corrections=corrections,
+            workers=workers,
+            seed=seed,
+            action_space=action_space,
         )
-    cfg = AlohaConfig(
-        tasks=tuple(task or TASKS),
-        episodes=episodes,
-        cameras=tuple(camera or ["top"]),
-        size=size,
-        action_noise=action_noise,
-        hesitations=hesitations,
-        corrections=corrections,
-        workers=workers,
-        seed=seed,
-        action_space=action_space,
-    )
+    except ValueError as exc:  # the one option AlohaConfig checks itself
+        raise typer.BadParameter(str(exc), param_hint="--action-space") from exc
     _record_with_progress(
         out, len(cfg.tasks) * episodes, lambda on_episode: record_aloha(out, cfg, on_episode)
     )

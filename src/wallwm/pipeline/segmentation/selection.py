@@ -71,7 +71,7 @@ SAMPLE_EPISODES = 24
 #: Commands whose step-to-step changes their paired states' changes explain at least this
 #: share of (median R^2 over dims and episodes) are position targets (see the module
 #: docstring). Measured: velocity commands 0.02-0.08 (MetaWorld's deltas, Jaco's joint
-#: velocities), ALOHA's end-effector targets against its joints 0.14-0.53, the same three
+#: velocities), ALOHA's end-effector targets against its joints 0.16-0.57, the same three
 #: robots' rollouts recorded as the next state 1.00; halfway between the two sides' edges.
 POSITION_TARGET_SHARE = 0.75
 #: Lags (frames) at which a state's change may follow its command's: a tracking controller's.
