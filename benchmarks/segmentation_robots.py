@@ -24,7 +24,9 @@ on every robot are shown beside it.
 
 Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picked on the other
 robots' recordings from a grid and the table reports the held-out robot at that value (both
-ALOHA action spaces are one robot).
+ALOHA action spaces are one robot). Likewise the noise multiple of position targets
+(``POSITION_TARGET_NOISE``), on the three robots' position-target recordings: ALOHA's joints,
+MetaWorld's and Jaco's rollouts as the states reached.
 
     python benchmarks/segmentation_robots.py [--root bench-data/robots] [--episodes 8]
         [--workers 2] [--size 64]
@@ -47,6 +49,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from wallwm.pipeline.segmentation import SegmentConfig, segment
+from wallwm.pipeline.segmentation import channels as channels_module
 from wallwm.pipeline.segmentation import selection as selection_module
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
 from wallwm.pipeline.segmentation.selection import resolve
@@ -66,6 +69,9 @@ VARIANTS = {
 CHUNKS = (4, 8, 16, 24, 32, 48)
 ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
+DEFAULT_TARGET_NOISE = channels_module.POSITION_TARGET_NOISE
+#: Multiples of the local-fit noise variance tried for position targets (POSITION_TARGET_NOISE).
+TARGET_NOISES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> None:
@@ -196,6 +202,37 @@ def leave_one_robot_out(data: dict[tuple[str, str], list[dict[str, Any]]]) -> di
     return out
 
 
+def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per held-out robot: the position-target noise multiple picked on the other two robots'
+    position-target recordings (aloha-joint; MetaWorld's and Jaco's as the states reached)."""
+    targets = {}
+    for (robot, variant), eps in data.items():
+        pt = eps if robot == "aloha-joint" else as_position_targets(eps)
+        if pt is not None and (robot == "aloha-joint" or robot in ("metaworld", "jaco")):
+            targets[(robot.split("-", maxsplit=1)[0], variant)] = pt
+    f1: dict[float, dict[tuple[str, str], float]] = {}
+    for k in TARGET_NOISES:
+        channels_module.POSITION_TARGET_NOISE = k
+        f1[k] = {
+            key: score(eps, product_config(eps)[0])["overall"].f1 for key, eps in targets.items()
+        }
+    channels_module.POSITION_TARGET_NOISE = DEFAULT_TARGET_NOISE
+    out: dict[str, Any] = {}
+    for held in sorted({r for r, _ in targets}):
+        train = [key for key in targets if key[0] != held]
+        if not train:
+            continue
+        best = max(TARGET_NOISES, key=lambda k: statistics.mean(f1[k][key] for key in train))
+        out[held] = {
+            "noise": best,
+            "held_out_f1": {v: f1[best][(r, v)] for r, v in targets if r == held},
+            "held_out_f1_by_noise": {
+                str(k): {v: f1[k][(r, v)] for r, v in targets if r == held} for k in TARGET_NOISES
+            },
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
@@ -261,8 +298,14 @@ def main() -> None:
     for robot, v in loro.items():
         held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
         print(f"- {robot}: ratio {v['ratio']} -> {held}")
+    targets_loro = {} if args.no_loro else position_targets_loro(data)
+    print("\nleave-one-robot-out, position targets (noise multiple picked on the other two):")
+    for robot, v in targets_loro.items():
+        held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
+        print(f"- {robot}: x{v['noise']:g} -> {held}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "loro": loro}, indent=1))
+        results = {"rows": rows, "loro": loro, "position_targets_loro": targets_loro}
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ NoiseModelOpt = Annotated[
     str,
     typer.Option(
         help="Channel noise: spread of first differences floored at a share of the range "
-        "(differences) or the within-event model's misfit on short windows (local_fit); auto: "
-        "follows the action model."
+        "(differences), the within-event model's misfit on short windows (local_fit), or that "
+        "misfit scaled to a whole event of a reached path (position_targets); auto: follows "
+        "the action model and whether commands move with their states."
     ),
 ]
 MergeDisturbancesOpt = Annotated[
@@ -176,6 +177,7 @@ def _run_segment_with_progress(
             if summary.model["basis"] == "data"
             else "the dataset's recorded choice (--reselect chooses again)"
         )
+        from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE
         from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
 
         paired = pairing_text(summary.model["action_model"], summary.model.get("pairing"))
@@ -184,7 +186,8 @@ def _run_segment_with_progress(
         if share is not None and share >= POSITION_TARGET_SHARE:
             console.print(
                 f"commands move with their states (position targets, share {share:.2f}): "
-                "noise measured as the law's local misfit"
+                "noise measured as the law's misfit over an event "
+                f"(x{POSITION_TARGET_NOISE:g} its local variance)"
             )
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation import SegmentConfig, Signals, event_penalty, segment, weigh_cuts
 from wallwm.pipeline.segmentation import changepoints as changepoints_module
 from wallwm.pipeline.segmentation.bends import bent_line_cost, bent_line_costs, residual_excess
 from wallwm.pipeline.segmentation.changepoints import LinearCost, optimal_partition, pelt
@@ -16,6 +16,7 @@ from wallwm.pipeline.segmentation.channels import (
     noise_sigma,
 )
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segmentation.selection import resolve
 from wallwm.pipeline.sim.synthetic import SynthConfig, simulate_episode
 
 
@@ -180,6 +181,25 @@ def test_segment_without_traces_cuts_the_same():
     assert lean.starts == full.starts and lean.boundaries == full.boundaries
     assert np.array_equal(lean.score_T, full.score_T)
     assert full.cues_CT and not lean.cues_CT
+
+
+def test_weigh_cuts_gives_the_cuts_and_the_cost_segment_scores_them_by():
+    actions, states = p_controller([(1, 0, 0), (1, 1, 0), (0, 1, 1)], [30, 25, 30], seed=3)
+    s = Signals(actions, fps=20.0, states_TS=states)
+    cfg = resolve(SegmentConfig(), [s])[0]
+    weighed = weigh_cuts(s, cfg)
+    assert weighed is not None
+    cut = segment(s, cfg)
+    assert [0, *weighed.points] == cut.starts  # no event over max_event_s: nothing split
+    assert weighed.penalty == event_penalty(cfg, weighed.cost.dims, len(actions))
+    covered = sorted(i for cols in weighed.columns.values() for i in range(weighed.cost.dims)[cols])
+    assert covered == list(range(weighed.cost.dims))
+    # each boundary's confidence is its gain on this cost, in penalty units
+    ends = np.array([*cut.starts, len(actions)])
+    gain = weighed.cost(ends[:1], ends[2]) - weighed.cost(ends[:2], ends[1:3]).sum()
+    assert cut.boundaries[0].confidence == pytest.approx(1 - np.exp(-gain[0] / weighed.penalty))
+    # nothing to weigh: constant commands
+    assert weigh_cuts(Signals(np.ones((40, 3)), fps=20.0), cfg) is None
 
 
 def p_controller(goals, steps, wall=np.inf, gain=4.0, noise=0.05, seed=0, limit=np.inf):

@@ -56,7 +56,7 @@ from wallwm.pipeline.segmentation.config import (
     SegmentConfig,
     Signals,
 )
-from wallwm.pipeline.segmentation.segment import event_penalty, segment
+from wallwm.pipeline.segmentation.segment import WeighedCuts, event_penalty, segment, weigh_cuts
 
 __all__ = [
     "CUES",
@@ -64,6 +64,8 @@ __all__ = [
     "SegmentConfig",
     "Segmentation",
     "Signals",
+    "WeighedCuts",
     "event_penalty",
     "segment",
+    "weigh_cuts",
 ]

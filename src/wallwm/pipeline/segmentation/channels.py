@@ -67,12 +67,26 @@ def local_fit_sigma(x_TD: FloatArray, z_TD: FloatArray | None, window: int) -> F
     return np.asarray(np.where(sigma > 0, sigma, 1.0), dtype=np.float64)
 
 
+#: Position targets (commands the arm reaches: ``noise_model="position_targets"``) weigh cuts at
+#: this multiple of their local-fit noise *variance*. A reached path is smooth and curved -- a
+#: joint's path under a straight end-effector move, the lagged response to a waypoint -- so what
+#: a law leaves over a whole event grows with the event, where the 0.2 s windows see little of
+#: it, and the local misfit alone cut such recordings into many short pieces (precision
+#: 0.22-0.48). Picked leave-one-robot-out from {1, 2, 4, 8, 16, 32} on three robots recorded as
+#: position targets (ALOHA's joints, Jaco's joints, MetaWorld's hand position): 8 for each
+#: held-out robot (``benchmarks/segmentation_robots.py``, BENCHMARKS.md).
+POSITION_TARGET_NOISE = 8.0
+
+
 def channel_noise(
     x_TD: FloatArray, z_TD: FloatArray | None, cfg: SegmentConfig, fps: float
 ) -> FloatArray:
     """Each column's noise under the config's (resolved) noise model."""
-    if cfg.noise_model == "local_fit":
-        return local_fit_sigma(x_TD, z_TD, max(5, round(LOCAL_FIT_S * fps)))
+    if cfg.noise_model in ("local_fit", "position_targets"):
+        sigma = local_fit_sigma(x_TD, z_TD, max(5, round(LOCAL_FIT_S * fps)))
+        if cfg.noise_model == "position_targets":
+            return np.asarray(sigma * np.sqrt(POSITION_TARGET_NOISE), dtype=np.float64)
+        return sigma
     # A line in time must not chase the curvature of a smooth ramp, hence the full resolution
     # floor; the state-feedback model explains a controller's deceleration by the state, so
     # its channels may resolve changes half as large.

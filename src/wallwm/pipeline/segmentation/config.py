@@ -46,12 +46,14 @@ class SegmentConfig(BaseModel):
         "auto: each action dim with the state that explains it best within events, chosen per "
         "dataset from the data (see wallwm.pipeline.segmentation.selection).",
     )
-    noise_model: Literal["auto", "differences", "local_fit"] = Field(
+    noise_model: Literal["auto", "differences", "local_fit", "position_targets"] = Field(
         "auto",
         description="Each channel's noise: the spread of its first differences, floored at "
-        "`resolution` x its range (differences), or the residual the within-event model leaves "
-        "on short windows (local_fit); auto: local_fit for the line in time, differences for "
-        "state feedback.",
+        "`resolution` x its range (differences), the residual the within-event model leaves "
+        "on short windows (local_fit), or that residual scaled to what the law leaves over a "
+        "whole event of a reached path (position_targets); auto: local_fit for the line in "
+        "time, position_targets for state feedback on commands that move with their states, "
+        "differences otherwise.",
     )
     penalty: float = Field(0.85, gt=0, description="Multiplier of the BIC penalty per event.")
     merge_bends: bool = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -83,6 +84,56 @@ def _cuts(
     return points, fit.cost
 
 
+@dataclasses.dataclass(frozen=True)
+class WeighedCuts:
+    """One episode's cuts and the cost they were weighed with (:func:`weigh_cuts`).
+
+    What the segmentation's boundaries are scored by, and what a diagnostic scores any other
+    cut by (``benchmarks/segmentation_bound.py``).
+    """
+
+    #: Interior cuts, before over-long events are split.
+    points: list[int]
+    #: The unit-noise channels' cost after the noise refit.
+    cost: LinearCost
+    #: BIC price of one more event.
+    penalty: float
+    #: Gripper command switches: always cuts.
+    forced: list[int]
+    #: Each channel group's columns of the cost.
+    columns: dict[str, slice]
+
+
+def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
+    """The optimal cuts of one episode under a resolved ``cfg`` (None: no usable channel)."""
+    t_len = len(s.actions_TA)
+    groups = channel_groups(s, cfg) if t_len >= 3 else {}
+    if not groups:
+        return None
+    channels = list(groups.values())
+    y = np.concatenate([c.y_TD for c in channels], axis=1)
+    z = np.concatenate([c.regressor() for c in channels], axis=1)
+    min_len = max(1, round(cfg.min_event_s * s.fps))
+    forced = gripper_flips(s, min_len)
+    on_state = np.concatenate(
+        [
+            c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
+            for c in channels
+        ]
+    )
+    per_param = cfg.penalty * np.log(max(t_len, 2))
+    fit = ChannelFit(LinearCost(y, z), y, z, on_state, per_param, s.fps)
+    points, cost = _cuts(fit, forced, cfg, min_len)
+    # Each group's columns within y (the groups' channels are concatenated in order).
+    bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
+    columns = {
+        n: slice(int(lo), int(hi))
+        for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
+    }
+    penalty = event_penalty(cfg, y.shape[1], t_len)
+    return WeighedCuts(points, cost, penalty, forced, columns)
+
+
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
     """Cut one episode into events.
 
@@ -101,56 +152,25 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         from wallwm.pipeline.segmentation.selection import resolve
 
         cfg = resolve(cfg, [s])[0]
+    weighed = weigh_cuts(s, cfg)
+    if weighed is None:
+        return Segmentation([0], [t_len], [], np.zeros(t_len), {})
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))
     w = max(2, round(cfg.window_s * s.fps))
-    groups = channel_groups(s, cfg) if t_len >= 3 else {}
-    if not groups:
-        return Segmentation([0], [t_len], [], np.zeros(t_len), {})
-    channels = list(groups.values())
-    y = np.concatenate([c.y_TD for c in channels], axis=1)
-    z = np.concatenate([c.regressor() for c in channels], axis=1)
-    penalty = event_penalty(cfg, y.shape[1], t_len)
-    forced = gripper_flips(s, min_len)
-    on_state = np.concatenate(
-        [
-            c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
-            for c in channels
-        ]
-    )
-    per_param = cfg.penalty * np.log(max(t_len, 2))
-    fit = ChannelFit(LinearCost(y, z), y, z, on_state, per_param, s.fps)
-    points, cost = _cuts(fit, forced, cfg, min_len)
-    strength_TD = local_strength(cost, t_len, w)
+    penalty, forced, points = weighed.penalty, weighed.forced, list(weighed.points)
+    strength_TD = local_strength(weighed.cost, t_len, w)
     strength = strength_TD.sum(axis=1)
-    edges = [0, *points, t_len]
-    for a, b in itertools.pairwise(edges):
+    for a, b in itertools.pairwise([0, *weighed.points, t_len]):
         points.extend(_split_long(a, b, strength, min_len, max_len))
     starts = sorted({0, *points})
-    # Each group's columns within y (the groups' channels are concatenated in order).
-    bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
-    columns = {
-        n: slice(int(lo), int(hi))
-        for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
-    }
     v = _speed(s)
     aux = {"speed_min": speed_min_cue(s, w, v), "direction": direction_cue(s, w, v)}
-    ends = np.array([*starts, t_len], dtype=np.int64)
-    gains_BD = split_gains(cost, ends[:-2], ends[1:-1], ends[2:])
-    boundaries = []
-    for i, b in enumerate(starts[1:]):
-        gain = float(gains_BD[i].sum())
-        fired = [n for n, cols in columns.items() if gains_BD[i, cols].sum() >= 0.25 * penalty]
-        near = slice(max(0, b - w // 2), b + w // 2 + 1)
-        fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
-        confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
-        if b in forced:  # a gripper command switch is certain, however small its cost gain
-            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
-        boundaries.append(Boundary(b, confidence, tuple(fired)))
+    boundaries = _boundaries(weighed, starts, t_len, aux, w)
     cues_CT = (
         {
             n: 1.0 - np.exp(-np.maximum(strength_TD[:, cols].sum(axis=1), 0) / penalty)
-            for n, cols in columns.items()
+            for n, cols in weighed.columns.items()
         }
         | aux
         if traces
@@ -160,3 +180,25 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
     return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
+
+
+def _boundaries(
+    weighed: WeighedCuts, starts: list[int], t_len: int, aux: dict[str, FloatArray], w: int
+) -> list[Boundary]:
+    """Each cut's confidence (its cost reduction in penalty units) and the cues that fired."""
+    penalty = weighed.penalty
+    ends = np.array([*starts, t_len], dtype=np.int64)
+    gains_BD = split_gains(weighed.cost, ends[:-2], ends[1:-1], ends[2:])
+    boundaries = []
+    for i, b in enumerate(starts[1:]):
+        gain = float(gains_BD[i].sum())
+        fired = [
+            n for n, cols in weighed.columns.items() if gains_BD[i, cols].sum() >= 0.25 * penalty
+        ]
+        near = slice(max(0, b - w // 2), b + w // 2 + 1)
+        fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
+        confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
+        if b in weighed.forced:  # a gripper command switch is certain, however small its gain
+            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
+        boundaries.append(Boundary(b, confidence, tuple(fired)))
+    return boundaries

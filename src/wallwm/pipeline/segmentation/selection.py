@@ -24,8 +24,10 @@ position targets the arm reaches (:func:`motion_share`: the share of a command's
 change that its state's change explains, at least :data:`POSITION_TARGET_SHARE`). Then a
 command's first differences are the arm's motion, not noise: measured as noise they hid every
 boundary (F1 0.00-0.27 on MetaWorld, Jaco and ALOHA recorded as the states one step ahead,
-below fixed chunks), and state feedback measures its noise as its own local misfit, like the
-line in time.
+below fixed chunks), and state feedback measures its noise as its own misfit instead
+(``noise_model="position_targets"``): the local misfit, scaled up to what the law leaves over a
+whole event of a smooth, curved reached path (:data:`~wallwm.pipeline.segmentation.channels.
+POSITION_TARGET_NOISE`; the local misfit alone cut such recordings into many short pieces).
 
 Before the model, the *pairing*: which proprio state each action dim is affine in. A robot's
 action and state vectors need not list the same quantities in the same order (deltas first and
@@ -103,8 +105,11 @@ class ModelChoice:
         """``cfg`` with every ``auto`` replaced by this choice."""
         noise = cfg.noise_model
         if noise == "auto":
-            moving = self.action_model == "time" or self.position_targets
-            noise = "local_fit" if moving else "differences"
+            noise = "differences"
+            if self.action_model == "time":
+                noise = "local_fit"
+            elif self.position_targets:
+                noise = "position_targets"
         pairing = cfg.state_pairing
         if pairing == "auto":
             pairing = self.pairing if self.pairing is not None else "index"
