@@ -34,7 +34,7 @@ from wallwm.captioner.stage import CaptionStageConfig, _facts, _load, run_captio
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables.store import LanceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

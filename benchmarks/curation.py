@@ -51,7 +51,7 @@ from wallwm.clustering.stage import ClusterConfig, run_cluster
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.evaluate import evaluate_metaworld
 from wallwm.trainer.learn_weights import LearnWeightsConfig, learn_weights
 from wallwm.trainer.policy import LocalPolicy, wilson_interval

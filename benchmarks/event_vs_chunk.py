@@ -52,12 +52,12 @@ from rich.console import Console
 from rich.table import Table
 
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
-from wallwm.pipeline import schemas
-from wallwm.pipeline.ids import stable_hash
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.ids import stable_hash
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.evaluate import evaluate_metaworld
 from wallwm.trainer.model import MODES
 from wallwm.trainer.policy import LocalPolicy, wilson_interval

@@ -28,10 +28,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.export.lerobot import ExportConfig, ExportSummary, export_lerobot
 from wallwm.pipeline.sources.base import CameraInfo
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.pipeline.video import iter_video_frames
 
 TAG = "bench-export"

@@ -140,7 +140,7 @@ def main() -> None:
     view = materialize(str(ds), None, size=96)
     mat_s = time.perf_counter() - t
     data = EventFrameDataset(view.path, h_max=32, chunk_len=16)
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     keys = {
         r["episode_id"]: r["episode_key"]

@@ -38,15 +38,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.runtime import ensure_ray
 from wallwm.pipeline.segmentation import SegmentConfig, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
 from wallwm.pipeline.segmentation.stage import SegmentStageConfig, episode_signals, run_segment
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import from_vector_series
+from wallwm.pipeline.tables.store import LanceStore
 
 
 def load_episodes(store: LanceStore) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from wallwm.cli.main import app
 from wallwm.pipeline.inspect import list_events
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables.store import LanceStore
 
 TASKS = ("pick-place", "drawer-open", "button-press-topdown")
 

@@ -149,7 +149,7 @@ def test_data_fingerprint_follows_events_and_only_then_captions(
 ) -> None:
     import pyarrow as pa
 
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     def dataset(name: str, ids: list[str], captions: list[str]) -> Path:
         store = LanceStore(str(tmp_path / name))

@@ -18,8 +18,8 @@ import pytest
 
 from wallwm.captioner.backends import CaptionResult, VllmBackend, VllmBackendConfig
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

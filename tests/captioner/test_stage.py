@@ -18,10 +18,10 @@ import pytest
 
 from wallwm.captioner.backends import CaptionJob, CaptionResult
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 FRAMES = re.compile(r"frames (\d+) to (\d+)")
 

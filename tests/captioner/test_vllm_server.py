@@ -17,10 +17,10 @@ from wallwm.captioner.local_server import VllmServer
 from wallwm.captioner.parsing import parse_caption
 from wallwm.captioner.prompting import EventFacts, build_request, load_prompt
 from wallwm.captioner.stage import CaptionStageConfig, run_caption
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[2]

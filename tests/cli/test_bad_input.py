@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

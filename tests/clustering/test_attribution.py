@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from wallwm.cli.main import app
 from wallwm.clustering.attribution import failure_attribution
 from wallwm.clustering.report import write_report
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

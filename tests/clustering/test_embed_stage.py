@@ -9,11 +9,11 @@ import pytest
 
 from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
 from wallwm.clustering.embed_stage import run_embed
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import INDEX_MIN_ROWS, LanceStore, MemoryStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import INDEX_MIN_ROWS, LanceStore, MemoryStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

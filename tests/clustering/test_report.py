@@ -11,7 +11,7 @@ import pytest
 
 from wallwm.clustering.curation import exclude, list_clusters
 from wallwm.clustering.report import write_report
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -21,11 +21,11 @@ from wallwm.clustering.curation import (
 from wallwm.clustering.embed import EmbedConfig, HashingEmbedder
 from wallwm.clustering.embed_stage import run_embed, similar_events
 from wallwm.clustering.stage import ClusterConfig, run_cluster
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

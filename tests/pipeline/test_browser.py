@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.browser import write_episode_browser
 from wallwm.pipeline.quality import dataset_quality
-from wallwm.pipeline.store import LanceStore, sql_quote
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore, sql_quote
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from wallwm.cli.main import app
 from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
-from wallwm.pipeline import schemas
 from wallwm.pipeline.export.lerobot import (
     ExportConfig,
     Span,
@@ -30,7 +29,8 @@ from wallwm.pipeline.export.lerobot import (
 from wallwm.pipeline.ingest import load_episode
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.sources.registry import open_source
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.pipeline.video import iter_video_frames
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,12 +18,12 @@ import lance
 import psutil
 import pytest
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 EPISODES = 40
 

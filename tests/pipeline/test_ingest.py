@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
-from wallwm.pipeline.ids import episode_id
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import from_vector_series
+from wallwm.pipeline.tables.ids import episode_id
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import from_vector_series
 from wallwm.pipeline.ingest import IngestConfig, load_episode, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sources.registry import open_source
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import from_vector_series
+from wallwm.pipeline.tables.store import LanceStore
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-lerobot"

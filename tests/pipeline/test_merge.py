@@ -9,12 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.sources.merge import parse_camera_map
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 
 def ingest(source, ds, **kw):

@@ -120,7 +120,7 @@ def test_quality_cli_exclude_flag_and_report(tmp_path):
     assert typo.exit_code == 1 and "did you mean 'failed'" in typo.output
 
     from wallwm.clustering.report import _quality_section
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     section = "".join(_quality_section(LanceStore(str(ds))))
     assert failed.name in section and "frame_drops" in section

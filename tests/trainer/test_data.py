@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from wallwm.cli.main import app
 from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
-from wallwm.pipeline import schemas
 from wallwm.pipeline.sources.base import CameraInfo
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
 from wallwm.trainer.view import _frames, materialize, same_rows
 

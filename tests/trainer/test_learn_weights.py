@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from wallwm.cli.main import app
 from wallwm.clustering.curation import list_clusters
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.learn_weights import (
     LearnWeightsConfig,
     _Probe,

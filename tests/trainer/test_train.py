@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.data import EventFrameDataset, make_loader
 from wallwm.trainer.model import MODES, WorldActionModel, preset, tokenize
 from wallwm.trainer.train import Run, TrainConfig, train
@@ -288,8 +288,8 @@ def test_holdout_is_excluded_from_training_and_evaluated_offline(dataset, tmp_pa
 
 
 def test_resume_refuses_a_dataset_that_changed_under_the_run(dataset, tmp_path):
-    from wallwm.pipeline import schemas
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
 
     cfg = {"dataset": str(dataset), "size": 24, "preset": "debug", "batch_size": 4}
     train(TrainConfig(**cfg, steps=2, out=str(tmp_path / "run")))

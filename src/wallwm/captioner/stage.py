@@ -45,17 +45,17 @@ from wallwm.captioner.prompting import (
     load_prompt,
 )
 from wallwm.captioner.schema import EventCaption
-from wallwm.pipeline import schemas
-from wallwm.pipeline.ids import stable_hash
-from wallwm.pipeline.lineage import (
+from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.ids import stable_hash
+from wallwm.pipeline.tables.lineage import (
     StageRun,
     event_file,
     failure_row,
     resolve_failures,
     store_failures,
 )
-from wallwm.pipeline.sources.base import EpisodeError
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult
 
 STAGE = "caption"
 #: The previous-caption text when the previous event has no caption (failed or not yet done).

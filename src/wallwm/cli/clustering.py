@@ -149,7 +149,7 @@ def cluster_cmd(
 
 
 def _store(dataset: str) -> Any:
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     return LanceStore(dataset)
 

@@ -27,8 +27,8 @@ def existing_dataset(dataset: str | None) -> str | None:
     URI must hold an ``episodes`` table.
     """
     if dataset and "://" in dataset:
-        from wallwm.pipeline import schemas
-        from wallwm.pipeline.store import LanceStore
+        from wallwm.pipeline.tables import schemas
+        from wallwm.pipeline.tables.store import LanceStore
 
         try:
             found = LanceStore(dataset).exists(schemas.EPISODES)

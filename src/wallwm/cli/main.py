@@ -49,7 +49,7 @@ app.add_typer(sim_cli.app, name="sim", help="Record simulated robot episodes (fo
 @app.command("version")
 def version() -> None:
     """Print the wallwm version (with the git commit in a source checkout)."""
-    from wallwm.pipeline.lineage import code_version
+    from wallwm.pipeline.tables.lineage import code_version
 
     typer.echo(code_version())
 

@@ -82,8 +82,8 @@ def status(dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
     """Show the dataset's tables, row counts, Lance versions, stage progress and failures."""
     from rich.table import Table
 
-    from wallwm.pipeline.status import dataset_status
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.status import dataset_status
+    from wallwm.pipeline.tables.store import LanceStore
 
     info = dataset_status(LanceStore(dataset))
     if as_json:
@@ -118,8 +118,8 @@ def failures(
     """List recorded failures: which file, which stage, what went wrong."""
     from rich.table import Table
 
-    from wallwm.pipeline import schemas
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
 
     store = LanceStore(dataset)
     rows = store.read(schemas.FAILURES, where=None if show_all else "resolved = false").to_pylist()
@@ -153,7 +153,7 @@ def quality(
     from rich.table import Table
 
     from wallwm.pipeline.quality import FLAGS, dataset_quality
-    from wallwm.pipeline.store import LanceStore, StoreError
+    from wallwm.pipeline.tables.store import LanceStore, StoreError
 
     try:
         results = dataset_quality(LanceStore(dataset), tag)

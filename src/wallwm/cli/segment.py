@@ -312,8 +312,8 @@ def run_cmd(
 
 def _needs_recluster(dataset: str) -> bool:
     """A first clustering (or one whose embedding size changed); otherwise assign only."""
-    from wallwm.pipeline import schemas
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
 
     store = LanceStore(dataset)
     if not store.exists(schemas.CLUSTERS):
@@ -334,9 +334,9 @@ def events_list(
     """List events (frame ranges, seconds, confidence, cues, captions when present)."""
     from rich.table import Table
 
-    from wallwm.pipeline import schemas
     from wallwm.pipeline.inspect import list_events
-    from wallwm.pipeline.store import LanceStore, sql_quote
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore, sql_quote
 
     store = LanceStore(dataset)
     rows = list_events(store, episode)
@@ -376,7 +376,7 @@ def events_show(
 ) -> None:
     """Write a PNG grid of an event's keyframes (with its caption when present)."""
     from wallwm.pipeline.inspect import event_grid, get_event
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     try:
         event = get_event(LanceStore(dataset), event_id)
@@ -395,7 +395,7 @@ def episode_plot(
     """Plot an episode's signals, cue traces, chosen boundaries and ground truth."""
     from wallwm.pipeline.inspect import plot_episode
     from wallwm.pipeline.sources.base import EpisodeError
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     try:
         path = plot_episode(LanceStore(dataset), episode_id, out)
@@ -418,7 +418,7 @@ def eval_segmentation(
     from rich.table import Table
 
     from wallwm.pipeline.inspect import evaluate_segmentation
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     result = evaluate_segmentation(LanceStore(dataset), tolerance_frames)
     if as_json:
@@ -558,7 +558,7 @@ def eval_policy(
 
 def _attribution(dataset: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     from wallwm.clustering.attribution import failure_attribution
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables.store import LanceStore
 
     try:
         return failure_attribution(LanceStore(dataset), result)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import TableStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import TableStore
 
 
 def failed_events(result: dict[str, Any]) -> list[str | None]:

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from wallwm.clustering.kmeans import balanced_weights
-from wallwm.pipeline import schemas
-from wallwm.pipeline.lineage import StageRun, recorded_configs
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_quote
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.lineage import StageRun, recorded_configs
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult, sql_quote
 
 TAGGED_TABLES = (schemas.EPISODES, schemas.EVENTS, schemas.CLUSTERS)
 SUMMARY_COLUMNS = [

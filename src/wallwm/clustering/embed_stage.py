@@ -34,10 +34,11 @@ from wallwm.clustering.embed import (
     embed_texts_ray,
     trajectory_features,
 )
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import episode_arrays
-from wallwm.pipeline.ids import stable_hash
-from wallwm.pipeline.lineage import (
+from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import episode_arrays
+from wallwm.pipeline.tables.ids import stable_hash
+from wallwm.pipeline.tables.lineage import (
     StageRun,
     event_file,
     failure_row,
@@ -46,8 +47,7 @@ from wallwm.pipeline.lineage import (
     stage_failures,
     store_failures,
 )
-from wallwm.pipeline.sources.base import EpisodeError
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 
 STAGE = "embed"
 EMBED_COLUMNS = ("text_embedding", "traj_embedding", "visual_embedding", "embedding")

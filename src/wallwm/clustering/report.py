@@ -20,9 +20,9 @@ import numpy as np
 from wallwm.clustering.attribution import failure_attribution
 from wallwm.clustering.curation import list_clusters
 from wallwm.clustering.kmeans import normalised_entropy
-from wallwm.pipeline import schemas
 from wallwm.pipeline.browser import write_episode_browser
-from wallwm.pipeline.store import TableStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import TableStore
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}

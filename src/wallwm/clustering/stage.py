@@ -28,9 +28,9 @@ from wallwm.clustering.kmeans import (
     semantic_dedup,
     trajectory_dedup,
 )
-from wallwm.pipeline import schemas
-from wallwm.pipeline.lineage import StageRun, stage_failures
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.lineage import StageRun, stage_failures
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult
 
 # --------------------------------------------------------------------------- clustering
 

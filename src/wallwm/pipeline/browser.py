@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.quality import FLAGS, dataset_quality
-from wallwm.pipeline.store import TableStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import TableStore
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}

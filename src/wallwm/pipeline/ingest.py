@@ -20,19 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import table_from_ipc, table_to_ipc, to_vector_series
 from wallwm.pipeline.chain import fan_out
-from wallwm.pipeline.ids import episode_id
-from wallwm.pipeline.lineage import (
-    STAGE_LEVEL,
-    StageRun,
-    code_version,
-    failure_row,
-    resolve_failures,
-    store_failures,
-    utcnow,
-)
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
 from wallwm.pipeline.segmentation.stage import (
@@ -54,7 +42,19 @@ from wallwm.pipeline.sources.base import (
 )
 from wallwm.pipeline.sources.merge import CameraRenamer, embodiment_problem, unknown_cameras
 from wallwm.pipeline.sources.registry import open_source
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import table_from_ipc, table_to_ipc, to_vector_series
+from wallwm.pipeline.tables.ids import episode_id
+from wallwm.pipeline.tables.lineage import (
+    STAGE_LEVEL,
+    StageRun,
+    code_version,
+    failure_row,
+    resolve_failures,
+    store_failures,
+    utcnow,
+)
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.validate import validate_record
 from wallwm.pipeline.video import KeyframeGrabber, probe_camera
 

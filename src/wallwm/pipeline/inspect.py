@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
 from wallwm.pipeline.segmentation.selection import pairing_text
-from wallwm.pipeline.store import TableStore, sql_quote
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import TableStore, sql_quote
 
 
 def save_figure(fig: Any, out: str | Path, dpi: int = 100, **kwargs: Any) -> Path:

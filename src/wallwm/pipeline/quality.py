@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wallwm.pipeline.segmentation.idle import is_still
-from wallwm.pipeline.store import TableStore
+from wallwm.pipeline.tables.store import TableStore
 
 FloatArray = npt.NDArray[np.floating]
 
@@ -212,8 +212,8 @@ def unknown_flags(names: list[str]) -> list[str]:
 
 def dataset_quality(store: TableStore, tag: str | None = None) -> list[EpisodeQuality]:
     """Flags of every episode of the dataset (at ``tag``; one scan of the episodes table)."""
-    from wallwm.pipeline import schemas
-    from wallwm.pipeline.arrays import episode_arrays
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.arrays import episode_arrays
 
     if not store.exists(schemas.EPISODES):
         return []

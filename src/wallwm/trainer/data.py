@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wallwm.pipeline.arrays import from_vector_series
+from wallwm.pipeline.tables.arrays import from_vector_series
 
 
 @dataclass(frozen=True)

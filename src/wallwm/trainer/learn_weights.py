@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.factory import ActionModel, model_from_checkpoint
 
 

@@ -14,16 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.lineage import (
+from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.lineage import (
     StageRun,
     failure_row,
     resolve_failures,
     stage_failures,
     store_failures,
 )
-from wallwm.pipeline.sources.base import EpisodeError
-from wallwm.pipeline.store import LanceStore, TableStore, sql_in
+from wallwm.pipeline.tables.store import LanceStore, TableStore, sql_in
 from wallwm.trainer.view import view_path
 
 STAGE = "train"

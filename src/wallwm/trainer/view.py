@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import episode_arrays, to_vector_series
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
-from wallwm.pipeline.store import LanceStore, StoreError
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import episode_arrays, to_vector_series
+from wallwm.pipeline.tables.store import LanceStore, StoreError
 from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri
 
 

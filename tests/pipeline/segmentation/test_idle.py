@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.segmentation.idle import clip_events, idle_trim
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic, simulate_episode
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 from wallwm.pipeline.video import iter_video_frames, write_video
 
 FPS = 20.0

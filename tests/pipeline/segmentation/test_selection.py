@@ -249,12 +249,12 @@ def test_a_stop_where_the_fingers_change_is_a_decision():
 
 
 def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
-    from wallwm.pipeline import schemas
     from wallwm.pipeline.ingest import IngestConfig, run_ingest
     from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
     from wallwm.pipeline.sim.aloha import ACTION_NAMES, STATE_NAMES
     from wallwm.pipeline.sources.folder import write_folder_episode
-    from wallwm.pipeline.store import LanceStore
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
 
     src, ds = tmp_path / "src", tmp_path / "ds"
     for seed in range(4):

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from wallwm.pipeline import schemas
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.inspect import evaluate_segmentation, list_events
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.segmentation.stage import SegmentStageConfig, episode_signals, run_segment
-from wallwm.pipeline.store import LanceStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import episode_arrays
-from wallwm.pipeline.lineage import StageRun
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
-from wallwm.pipeline.store import LanceStore, StoreError, TableStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import episode_arrays
+from wallwm.pipeline.tables.lineage import StageRun
+from wallwm.pipeline.tables.store import LanceStore, StoreError, TableStore
 from wallwm.pipeline.video import (
     VideoWriter,
     iter_hdf5_frames,

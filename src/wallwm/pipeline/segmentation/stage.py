@@ -18,21 +18,21 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.arrays import episode_arrays, table_from_ipc, table_to_ipc
 from wallwm.pipeline.chain import fan_out
-from wallwm.pipeline.ids import event_id
-from wallwm.pipeline.lineage import (
+from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
+from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.arrays import episode_arrays, table_from_ipc, table_to_ipc
+from wallwm.pipeline.tables.ids import event_id
+from wallwm.pipeline.tables.lineage import (
     StageRun,
     failure_row,
     recorded_configs,
     resolve_failures,
     store_failures,
 )
-from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
-from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
-from wallwm.pipeline.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
+from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
 from wallwm.pipeline.video import keyframes_jpeg, motion_energy
 
 STAGE = "segment"

@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wallwm.pipeline.arrays import column_to_2d
 from wallwm.pipeline.sources.base import (
     BadSignalError,
     CameraSpec,
@@ -36,6 +35,7 @@ from wallwm.pipeline.sources.base import (
     MissingFieldError,
     orient_gripper,
 )
+from wallwm.pipeline.tables.arrays import column_to_2d
 
 FORMAT = "folder"
 META = "meta.json"

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wallwm.pipeline.arrays import column_to_2d
 from wallwm.pipeline.sources.base import (
     BadSignalError,
     CameraSpec,
@@ -35,6 +34,7 @@ from wallwm.pipeline.sources.base import (
     gripper_dims,
     start_open_votes,
 )
+from wallwm.pipeline.tables.arrays import column_to_2d
 
 FORMAT = "lerobot"
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")

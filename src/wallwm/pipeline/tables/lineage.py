@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from wallwm import __version__
-from wallwm.pipeline import schemas
-from wallwm.pipeline.ids import failure_id, new_run_id, stable_hash
 from wallwm.pipeline.sources.base import EpisodeError
-from wallwm.pipeline.store import TableStore, WriteResult
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.ids import failure_id, new_run_id, stable_hash
+from wallwm.pipeline.tables.store import TableStore, WriteResult
 
 
 @functools.cache
@@ -107,7 +107,7 @@ class StageRun:
 
 def recorded_configs(store: TableStore, stage: str) -> list[dict[str, Any]]:
     """The config (with its ``details``) of every recorded run of ``stage``, newest first."""
-    from wallwm.pipeline.store import sql_quote
+    from wallwm.pipeline.tables.store import sql_quote
 
     if not store.exists(schemas.RUNS):
         return []
@@ -169,7 +169,7 @@ def resolve_failures(
     ``file`` (caption: one failure per event); ``source_uri`` narrows it to one source (episode
     keys are unique only within their source). Returns how many were resolved.
     """
-    from wallwm.pipeline.store import sql_in, sql_quote
+    from wallwm.pipeline.tables.store import sql_in, sql_quote
 
     if not attempted or not store.exists(schemas.FAILURES):
         return 0

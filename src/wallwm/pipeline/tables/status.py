@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wallwm.pipeline import schemas
-from wallwm.pipeline.store import TableStore
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import TableStore
 
 #: (stage, table it fills, rows done filter, rows to do table) -- later stages join as they land.
 STAGES: tuple[tuple[str, str, str | None, str], ...] = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from wallwm.pipeline.store import LanceStore, MemoryStore, StoreError
+from wallwm.pipeline.tables.store import LanceStore, MemoryStore, StoreError
 
 
 @pytest.fixture(params=["lance", "memory"])
