@@ -7,26 +7,18 @@ what keeps hours of seeds from being lost or silently mixed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "event_vs_chunk.py"
-
 
 @pytest.fixture(scope="module")
-def evc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("event_vs_chunk", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["event_vs_chunk"] = module
-    spec.loader.exec_module(module)
-    return module
+def evc(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("event_vs_chunk")
 
 
 def _args(**over: Any) -> dict[str, Any]:

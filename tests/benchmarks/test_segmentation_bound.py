@@ -7,9 +7,7 @@ threshold over both.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -18,17 +16,10 @@ import pytest
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, weigh_cuts
 from wallwm.pipeline.segmentation.selection import resolve
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "segmentation_bound.py"
-
 
 @pytest.fixture(scope="module")
-def bound() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("segmentation_bound", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["segmentation_bound"] = module
-    spec.loader.exec_module(module)
-    return module
+def bound(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("segmentation_bound")
 
 
 def steps(levels: list[float], lengths: list[int], noise: float, seed: int = 0) -> Signals:
