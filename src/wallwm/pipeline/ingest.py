@@ -470,6 +470,45 @@ def _write_outcome(
     return None
 
 
+def _open_and_list(
+    cfg: IngestConfig, summary: IngestSummary
+) -> tuple[EpisodeSource, list[EpisodeRef], list[EpisodeError]]:
+    """Open the source and list its episodes (and the files its listing refused).
+
+    Raises:
+        EpisodeError: The source itself cannot be opened or listed.
+    """
+    source = open_source(
+        cfg.source,
+        cfg.format,
+        instruction=cfg.instruction,
+        fps=cfg.fps,
+        gripper_open=cfg.gripper_open,
+    )
+    summary.source_format = source.format
+    refs, listing_errors = source.list_episodes()
+    summary.gripper = str(getattr(source, "gripper_decision", "") or "")
+    return source, refs, listing_errors
+
+
+def _record_fused(
+    seg_run: StageRun,
+    store: TableStore,
+    summary: IngestSummary,
+    events_before: int | None,
+    episodes: int,
+) -> None:
+    """Record the segment run that ingest carried out alongside (``wallwm run``)."""
+    after = store.version(schemas.EVENTS)
+    seg_run.record(
+        store,
+        schemas.EVENTS,
+        WriteResult(schemas.EVENTS, summary.events, 0, 0, events_before, after),
+        0,
+        f"fused with ingest {summary.run_id}: episodes={episodes} events={summary.events}",
+    )
+
+
 def run_ingest(
     cfg: IngestConfig,
     store: TableStore | None = None,
@@ -502,16 +541,7 @@ def run_ingest(
             on_outcome(EpisodeOutcome(key, False, error=error))
 
     try:
-        source = open_source(
-            cfg.source,
-            cfg.format,
-            instruction=cfg.instruction,
-            fps=cfg.fps,
-            gripper_open=cfg.gripper_open,
-        )
-        summary.source_format = source.format
-        refs, listing_errors = source.list_episodes()
-        summary.gripper = str(getattr(source, "gripper_decision", "") or "")
+        source, refs, listing_errors = _open_and_list(cfg, summary)
     except EpisodeError as exc:
         fail(exc, "", cfg.source)
         return _finish(store, run, summary, failure_rows, t0)
@@ -549,16 +579,7 @@ def run_ingest(
             on_outcome(EpisodeOutcome(out["episode_key"], True, frames, video_frames))
     writer.flush()
     if seg_run is not None:
-        seg_run.record(
-            store,
-            schemas.EVENTS,
-            WriteResult(
-                schemas.EVENTS, summary.events, 0, 0, events_before, store.version(schemas.EVENTS)
-            ),
-            0,
-            f"fused with ingest {run.run_id}: "
-            f"episodes={len(writer.ok_keys)} events={summary.events}",
-        )
+        _record_fused(seg_run, store, summary, events_before, len(writer.ok_keys))
     # Every key this run tried again: the episodes it read, the source itself (it opened) and
     # the files the listing refused before (the whole listing ran again).
     attempted = [r.episode_key for r in todo] + [STAGE_LEVEL, *_listing_failures(store, source.uri)]
