@@ -12,6 +12,9 @@ from rich.console import Console
 console = Console(highlight=False)
 #: Errors are one line each: never wrapped at the terminal width (a log or grep sees one line).
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: ``wallwm eval``: each part registers the evaluation of what it makes (segmentation beside the
+#: segmenter, policies beside the trainer).
+eval_app = typer.Typer(no_args_is_help=True, help="Measure the pipeline against ground truth.")
 
 
 def _refuse(message: str) -> typer.Exit:

@@ -15,6 +15,7 @@ from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
 from wallwm.cli import trainer as trainer_cli
+from wallwm.cli.common import eval_app
 
 app = typer.Typer(
     name="wallwm",
@@ -42,7 +43,7 @@ app.add_typer(export_cli.app, name="export")
 segment_cli.events_app.command("similar")(clustering_cli.events_similar)
 app.add_typer(segment_cli.events_app, name="events")
 app.add_typer(segment_cli.episode_app, name="episode")
-app.add_typer(segment_cli.eval_app, name="eval")
+app.add_typer(eval_app, name="eval")
 app.add_typer(sim_cli.app, name="sim", help="Record simulated robot episodes (folder format).")
 
 

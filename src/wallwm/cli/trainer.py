@@ -1,22 +1,34 @@
-"""Trainer commands: ``wallwm materialize``, ``wallwm train`` (+ ``plot``), ``wallwm serve``."""
+"""Trainer commands: ``materialize``, ``train`` (+ ``plot``), ``serve``, ``eval policy|offline``.
+
+``eval policy`` runs a trained policy closed loop in MetaWorld, ``eval offline`` scores it on
+held-out events: beside the trainer they evaluate.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wallwm.cli.common import (
     BackboneDirOpt,
     DatasetOpt,
+    JsonOpt,
     RayAddressOpt,
     console,
     err_console,
+    eval_app,
     existing_dataset,
     out_folder,
+    print_json,
     validation_message,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from wallwm.trainer.policy import ChunkPolicy
 
 TrimOpt = Annotated[
     bool,
@@ -329,3 +341,211 @@ def serve_cmd(
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
+
+
+@eval_app.command("policy")
+def eval_policy(
+    task: Annotated[list[str], typer.Option("--task", help="MetaWorld task, repeatable; mt10.")],
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Training checkpoint (checkpoint.pt), run in-process.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Policy server URL (wallwm serve), e.g. http://127.0.0.1:8000."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Server bearer token.", envvar="WALLWM_SERVE_TOKEN")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="Served mode (the server's default).")] = None,
+    sim: Annotated[str, typer.Option(help="Simulator (metaworld).")] = "metaworld",
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 50,
+    max_steps: Annotated[
+        int, typer.Option(help="Step limit per episode (MetaWorld's own limit is 500).")
+    ] = 500,
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MetaWorld camera(s) to render, in the model's order (default: a multi-camera "
+            "model's own cameras, else corner)."
+        ),
+    ] = None,
+    replan_every: Annotated[int, typer.Option(help="Executed steps between replans.")] = 8,
+    noise_scale: Annotated[
+        float,
+        typer.Option(
+            help="Temperature of the flow's starting noise, local checkpoints (0: deterministic)."
+        ),
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Evaluation seed (held-out initial states).")] = 0,
+    device: Annotated[
+        str, typer.Option(help="Where a --checkpoint runs: auto (CUDA if present) | cpu | cuda.")
+    ] = "auto",
+    backbone: BackboneDirOpt = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Attribute failures to this dataset's clusters (the events failed rollouts "
+            "ended in, against each cluster's weight and share of the samples).",
+            callback=existing_dataset,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Closed-loop success rate (95 % interval) in MetaWorld (extra ``sim``).
+
+    The policy runs in this process (``--checkpoint``) or on a policy server (``--server``):
+    both follow the same plan logic, so the served path can be checked against the local one.
+    """
+    if sim != "metaworld":
+        raise typer.BadParameter(f"unknown simulator {sim!r} (metaworld)")
+    if (checkpoint is None) == (server is None):
+        raise typer.BadParameter("give exactly one of --checkpoint or --server")
+    if server is not None and noise_scale != 1.0:  # never silently ignored
+        raise typer.BadParameter("--noise-scale applies to --checkpoint; a server has its own")
+    if server is not None and device != "auto":
+        raise typer.BadParameter("--device applies to --checkpoint; a server has its own")
+    from wallwm.pipeline.sim.metaworld import MT10
+    from wallwm.trainer.evaluate import evaluate_metaworld
+
+    tasks = [
+        t2
+        for t in task
+        for t2 in (MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
+    ]
+    try:
+        policy = _load_policy(
+            checkpoint, server, token, mode, replan_every, seed, noise_scale, device, backbone
+        )
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        err_console.print(
+            f"[red]cannot load the policy from {server or checkpoint}: {exc}[/]", soft_wrap=True
+        )
+        raise typer.Exit(1) from exc
+    # a multi-camera model names the views it reads; one view is rendered from --camera
+    multi = list(policy.spec.cameras) if len(policy.spec.cameras) > 1 else None
+    cameras = camera or multi or ["corner"]
+    try:
+        with console.status(f"evaluating {len(tasks)} tasks x {episodes} episodes"):
+            result = evaluate_metaworld(
+                policy,
+                tasks,
+                episodes,
+                policy.spec.image_size,
+                cameras,
+                max_steps,
+                seed,
+                state_dim=policy.spec.state_dim,
+            )
+    except ValueError as exc:  # an unknown camera, views or a state that do not fit the model
+        err_console.print(
+            f"[red]cannot evaluate in MetaWorld (cameras {cameras}): {exc}[/]", soft_wrap=True
+        )
+        raise typer.Exit(1) from exc
+    attribution = _attribution(dataset, result) if dataset else None
+    if as_json:
+        print_json({**result, **({"attribution": attribution} if attribution else {})})
+        return
+    console.print(_success_table(result, f"{policy.mode} mode, {episodes} episodes per task"))
+    if attribution:
+        console.print(_attribution_table(attribution))
+
+
+def _attribution(dataset: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    from wallwm.clustering.attribution import failure_attribution
+    from wallwm.pipeline.tables.store import LanceStore
+
+    try:
+        return failure_attribution(LanceStore(dataset), result)
+    except ValueError as exc:
+        err_console.print(f"[red]--dataset {dataset}: {exc}[/]")
+        raise typer.Exit(1) from exc
+
+
+def _attribution_table(rows: list[dict[str, Any]]) -> Table:
+    """Failures per cluster against its weight and sample share (clusters with either)."""
+    from rich.table import Table
+
+    table = Table(title="where the policy failed (the event each failed rollout ended in)")
+    for col in ("cluster", "label", "weight", "sample share", "failures", "failure share"):
+        table.add_column(col)
+    for r in rows:
+        if r["failures"] or r["sample_share"] > 0:
+            table.add_row(
+                r["cluster_id"], r["label"], f"{r['weight']:g}", f"{r['sample_share']:.1%}",
+                str(r["failures"]), f"{r['failure_share']:.1%}",
+            )  # fmt: skip
+    return table
+
+
+def _load_policy(
+    checkpoint: str | None,
+    server: str | None,
+    token: str | None,
+    mode: str | None,
+    replan_every: int,
+    seed: int,
+    noise_scale: float,
+    device: str = "auto",
+    backbone: str | None = None,
+) -> ChunkPolicy:
+    """The policy ``eval policy`` runs: a local checkpoint or a client of a policy server."""
+    if server is not None:
+        from wallwm.trainer.serving.client import PolicyClient, RemotePolicy
+
+        return RemotePolicy(PolicyClient(server, token), mode, replan_every=replan_every, seed=seed)
+    from wallwm.trainer.policy import LocalPolicy
+
+    assert checkpoint is not None  # the command checks exactly one of the two is given
+    return LocalPolicy(
+        checkpoint,
+        replan_every=replan_every,
+        seed=seed,
+        noise_scale=noise_scale,
+        device=device,
+        backbone_path=backbone,
+    )
+
+
+def _success_table(result: dict[str, Any], title: str) -> Table:
+    """Per-task and overall success with the 95 % interval, as ``eval policy`` prints it."""
+    from rich.table import Table
+
+    table = Table(title=f"closed-loop success ({title})")
+    for col in ("task", "success", "95% interval"):
+        table.add_column(col)
+    for name, r in [*result["per_task"].items(), ("overall", result["overall"])]:
+        table.add_row(
+            name,
+            f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%}",
+            f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]",
+        )
+    return table
+
+
+@eval_app.command("offline")
+def eval_offline(
+    checkpoint: Annotated[str, typer.Option(help="Training checkpoint (checkpoint.pt).")],
+    batches: Annotated[int, typer.Option(help="Batches of held-out samples.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present) | cpu | cuda.")] = "auto",
+    backbone: BackboneDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Losses, action error and next-event retrieval on the episodes held out of training."""
+    from wallwm.trainer.evaluate import evaluate_offline
+
+    try:
+        result = evaluate_offline(
+            checkpoint, batches, batch_size, device=device, backbone_path=backbone
+        )
+    except (ValueError, OSError, KeyError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"held-out events: {result['held_out_events']} ({result['batches']} batches)")
+    for key, value in result["metrics"].items():
+        console.print(f"  {key:>16}: {value:.4f}")
