@@ -331,14 +331,9 @@ def materialize(
     store = LanceStore(dataset)
     out = view_path(dataset, tag, size, cameras, trim, exclude_flags)
     if out.exists() and not force:  # views are immutable: reuse while their sources are
-        meta = json.loads((out / "meta.json").read_text())
-        now = source_versions(dataset, tag)
-        if meta["versions"] in (now, same_as) or same_view_inputs(dataset, meta["versions"], now):
-            if meta["versions"] != now:  # rewritten unchanged: the view is current at ``now``
-                fresh = out / "meta.json.tmp"
-                fresh.write_text(json.dumps({**meta, "versions": now}, indent=1))
-                fresh.replace(out / "meta.json")
-            return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
+        current = _current_view(out, dataset, tag, same_as)
+        if current is not None:
+            return current
     episodes, ep_version = _read(store, schemas.EPISODES, tag)
     events, ev_version = _read(store, schemas.EVENTS, tag, _VIEW_INPUTS[schemas.EVENTS])
     excluded = _flagged(store, tag, exclude_flags or [])
@@ -376,13 +371,7 @@ def materialize(
             "excluded_episodes": sorted(excluded),
         }
     )
-    # The view appears whole or not at all; an old one goes only once the new one is complete.
-    stale = out.with_name(out.name + ".stale")
-    shutil.rmtree(stale, ignore_errors=True)
-    if out.exists():
-        out.rename(stale)
-    tmp.rename(out)
-    shutil.rmtree(stale, ignore_errors=True)
+    _publish(tmp, out)
     return ViewSummary(
         str(out),
         meta["episodes"],
@@ -391,6 +380,31 @@ def materialize(
         time.perf_counter() - t0,
         reused,
     )
+
+
+def _current_view(
+    out: Path, dataset: str, tag: str | None, same_as: dict[str, int] | None
+) -> ViewSummary | None:
+    """The existing view at ``out`` if its sources still hold the same inputs, else None."""
+    meta = json.loads((out / "meta.json").read_text())
+    now = source_versions(dataset, tag)
+    if meta["versions"] in (now, same_as) or same_view_inputs(dataset, meta["versions"], now):
+        if meta["versions"] != now:  # rewritten unchanged: the view is current at ``now``
+            fresh = out / "meta.json.tmp"
+            fresh.write_text(json.dumps({**meta, "versions": now}, indent=1))
+            fresh.replace(out / "meta.json")
+        return ViewSummary(str(out), meta["episodes"], meta["events"], meta["frames"], 0.0)
+    return None
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished view into place: whole or not at all, the old one gone only after."""
+    stale = out.with_name(out.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    if out.exists():
+        out.rename(stale)
+    tmp.rename(out)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _flagged(store: LanceStore, tag: str | None, flags: list[str]) -> set[str]:
