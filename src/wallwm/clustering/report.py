@@ -108,6 +108,57 @@ def _quality_section(store: TableStore) -> list[str]:
     return out
 
 
+def _cluster_rows(
+    clusters: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    failure: dict[str, float] | None,
+) -> list[str]:
+    """One table row per cluster (its share of the failures when rollouts were given)."""
+    esc = html.escape
+    share: Counter[str] = Counter()
+    for e in events:
+        share[e["cluster_id"]] += float(e["weight"] or 0.0)  # type: ignore[assignment]
+    rows = []
+    for c in clusters:
+        cls = " class='excluded'" if c["excluded"] else ""
+        s = f"{share.get(c['cluster_id'], 0.0):.3f}" if c["level"] == 1 else ""
+        failed = ""
+        if failure is not None:
+            failed = f"<td>{failure.get(c['cluster_id'], 0.0):.3f}</td>" if c["level"] == 1 else ""
+            failed = failed or "<td></td>"
+        rows.append(
+            f"<tr{cls}><td>{esc(c['cluster_id'])}</td><td>{c['level']}</td>"
+            f"<td>{esc(c['parent_id'] or '')}</td><td>{c['size']}</td><td>{c['duplicates']}</td>"
+            f"<td>{esc(c['label'])}</td><td>{c['weight']:g}</td><td>{s}</td>{failed}</tr>"
+        )
+    return rows
+
+
+def _examples(
+    leaves: list[dict[str, Any]], by_cluster: dict[str, list[dict[str, Any]]], examples: int
+) -> list[str]:
+    """Each leaf cluster's first keyframes and captions (near-duplicates left out)."""
+    esc = html.escape
+    parts = []
+    for c in sorted(leaves, key=lambda c: -c["size"]):
+        members = [e for e in by_cluster.get(c["cluster_id"], []) if not e["is_duplicate"]]
+        members = members[:examples]
+        thumbs = "".join(
+            f"<img alt='{esc(e['caption'] or '')}' src='data:image/jpeg;base64,"
+            f"{base64.b64encode(k['jpeg']).decode()}'>"
+            for e in members
+            for k in e["keyframes"][:1]
+        )
+        captions = "".join(f"<li>{esc(e['caption'] or '(no caption)')}</li>" for e in members)
+        parts.append(
+            f"<div class='cluster'><b>{esc(c['cluster_id'])}</b> &mdash; {esc(c['label'])}"
+            f" ({c['size']} events, weight {c['weight']:g}"
+            f"{', excluded' if c['excluded'] else ''})<div class='thumbs'>{thumbs}</div>"
+            f"<ul>{captions}</ul></div>"
+        )
+    return parts
+
+
 def write_report(
     store: TableStore,
     out_dir: str | Path,
@@ -151,45 +202,11 @@ def write_report(
     failure = (
         {r["cluster_id"]: r["failure_share"] for r in failure_attribution(store, rollouts)}
         if rollouts
-        else {}
+        else None
     )
-    share: Counter[str] = Counter()
-    for e in events:
-        share[e["cluster_id"]] += float(e["weight"] or 0.0)  # type: ignore[assignment]
-    for c in clusters:
-        cls = " class='excluded'" if c["excluded"] else ""
-        s = f"{share.get(c['cluster_id'], 0.0):.3f}" if c["level"] == 1 else ""
-        parts.append(
-            f"<tr{cls}><td>{esc(c['cluster_id'])}</td><td>{c['level']}</td>"
-            f"<td>{esc(c['parent_id'] or '')}</td><td>{c['size']}</td><td>{c['duplicates']}</td>"
-            f"<td>{esc(c['label'])}</td><td>{c['weight']:g}</td><td>{s}</td>"
-            + (
-                f"<td>{failure.get(c['cluster_id'], 0.0):.3f}</td>"
-                if rollouts and c["level"] == 1
-                else "<td></td>"
-                if rollouts
-                else ""
-            )
-            + "</tr>"
-        )
+    parts.extend(_cluster_rows(clusters, events, failure))
     parts.append("</table><h2>Examples per cluster</h2>")
-    for c in sorted(leaves, key=lambda c: -c["size"]):
-        members = [e for e in by_cluster.get(c["cluster_id"], []) if not e["is_duplicate"]][
-            :examples
-        ]
-        thumbs = "".join(
-            f"<img alt='{esc(e['caption'] or '')}' src='data:image/jpeg;base64,"
-            f"{base64.b64encode(k['jpeg']).decode()}'>"
-            for e in members
-            for k in e["keyframes"][:1]
-        )
-        captions = "".join(f"<li>{esc(e['caption'] or '(no caption)')}</li>" for e in members)
-        parts.append(
-            f"<div class='cluster'><b>{esc(c['cluster_id'])}</b> &mdash; {esc(c['label'])}"
-            f" ({c['size']} events, weight {c['weight']:g}"
-            f"{', excluded' if c['excluded'] else ''})<div class='thumbs'>{thumbs}</div>"
-            f"<ul>{captions}</ul></div>"
-        )
+    parts.extend(_examples(leaves, by_cluster, examples))
     parts.extend(_quality_section(store))
     parts.append("</body></html>")
     write_episode_browser(store, out)
