@@ -105,7 +105,15 @@ class WeighedCuts:
 
 
 def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
-    """The optimal cuts of one episode under a resolved ``cfg`` (None: no usable channel)."""
+    """The optimal cuts of one episode and their cost (None: no usable channel).
+
+    A config with ``auto`` model choices is resolved on this episode alone, as :func:`segment`
+    does.
+    """
+    if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
+        from wallwm.pipeline.segmentation.selection import resolve
+
+        cfg = resolve(cfg, [s])[0]
     t_len = len(s.actions_TA)
     groups = channel_groups(s, cfg) if t_len >= 3 else {}
     if not groups:
@@ -148,10 +156,6 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return Segmentation([], [], [], np.zeros(0), {})
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
-    if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
-        from wallwm.pipeline.segmentation.selection import resolve
-
-        cfg = resolve(cfg, [s])[0]
     weighed = weigh_cuts(s, cfg)
     if weighed is None:
         return Segmentation([0], [t_len], [], np.zeros(t_len), {})
