@@ -207,8 +207,9 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     position-target recordings (aloha-joint; MetaWorld's and Jaco's as the states reached)."""
     targets = {}
     for (robot, variant), eps in data.items():
+        # aloha-joint already is one; ALOHA's end-effector targets have no same-index state (None)
         pt = eps if robot == "aloha-joint" else as_position_targets(eps)
-        if pt is not None and (robot == "aloha-joint" or robot in ("metaworld", "jaco")):
+        if pt is not None:
             targets[(robot.split("-", maxsplit=1)[0], variant)] = pt
     f1: dict[float, dict[tuple[str, str], float]] = {}
     for k in TARGET_NOISES:
