@@ -211,12 +211,12 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
         pt = eps if robot == "aloha-joint" else as_position_targets(eps)
         if pt is not None:
             targets[(robot.split("-", maxsplit=1)[0], variant)] = pt
+    # the model choice does not read the multiple (it compares models at the local misfit)
+    cfgs = {key: product_config(eps)[0] for key, eps in targets.items()}
     f1: dict[float, dict[tuple[str, str], float]] = {}
     for k in TARGET_NOISES:
         channels_module.POSITION_TARGET_NOISE = k
-        f1[k] = {
-            key: score(eps, product_config(eps)[0])["overall"].f1 for key, eps in targets.items()
-        }
+        f1[k] = {key: score(eps, cfgs[key])["overall"].f1 for key, eps in targets.items()}
     channels_module.POSITION_TARGET_NOISE = DEFAULT_TARGET_NOISE
     out: dict[str, Any] = {}
     for held in sorted({r for r, _ in targets}):
