@@ -106,6 +106,12 @@ def test_sim_record_rejects_unknown_action_labels(tmp_path):
     assert bad.exit_code == 2 and "--action-labels" in bad.output and "expert" in bad.output
 
 
+def test_sim_recorders_reject_an_unknown_operator(tmp_path):
+    for recorder in ("record", "jaco"):
+        bad = invoke("sim", recorder, "--out", tmp_path / "x", "--operator", "human")
+        assert bad.exit_code == 2 and "--operator" in bad.output and "smooth" in bad.output
+
+
 def test_eval_policy_refuses_a_noise_scale_it_cannot_apply():
     bad = invoke(
         "eval", "policy", "--task", "reach", "--server", "http://127.0.0.1:9", "--noise-scale", "0"

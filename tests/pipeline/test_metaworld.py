@@ -186,3 +186,33 @@ def test_operator_disturbances_are_not_decisions(tmp_path, kind):
         json.loads((tmp_path / "clean" / clean["key"] / "meta.json").read_text())["disturbances"]
         == []
     )
+
+
+def test_a_smooth_operator_reaches_the_experts_sub_goals_without_jumps(tmp_path):
+    """``operator="smooth"``: the same expert decides every phase (its phases, the task
+    succeeds; a slower hand may skip its wait for the fingers) while the hand moves on
+    minimum-jerk reaches -- at every decision the commanded motion changes by a small step,
+    where the scripted expert's jumps."""
+
+    def record(operator: str) -> tuple[dict, np.ndarray]:
+        cfg = MetaWorldConfig(tasks=("pick-place-v3",), episodes=1, size=32, max_steps=400,
+                              action_noise=0.0, operator=operator)  # fmt: skip
+        (result,) = record_metaworld(tmp_path / operator, cfg)
+        ep = tmp_path / operator / result["key"]
+        actions = np.array(pq.read_table(ep / "steps.parquet").column("action").to_pylist())
+        return json.loads((ep / "meta.json").read_text()), actions
+
+    smooth, moves = record("smooth")
+    scripted, jumps = record("scripted")
+    assert smooth["success"] and smooth["operator"] == "smooth"
+    names = [e["name"] for e in smooth["events"]]
+    assert len(names) >= 3 and set(names) <= {e["name"] for e in scripted["events"]}
+    assert len(moves) > len(jumps)  # a person is slower than the scripted expert
+
+    def largest_step_at_decisions(meta: dict, actions: np.ndarray) -> float:
+        motion = actions[:, :3]
+        steps = np.abs(np.diff(motion, axis=0)).max(axis=1) / np.abs(motion).max()
+        return float(max(steps[e["start_frame"] - 1] for e in meta["events"][1:]))
+
+    assert largest_step_at_decisions(smooth, moves) < 0.1
+    assert largest_step_at_decisions(scripted, jumps) > 0.5

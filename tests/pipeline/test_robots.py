@@ -101,6 +101,27 @@ def test_jaco_records_joint_velocity_episodes(tmp_path):
     assert np.abs(actions[:, :6]).max() <= 0.84  # the joints' velocity limits
 
 
+@pytest.mark.slow
+def test_a_smooth_jaco_operator_starts_each_reach_from_rest(tmp_path):
+    """``operator="smooth"``: the same phases, each a minimum-jerk reach -- the arm's speed
+    starts near zero and peaks inside the phase, where the scripted expert starts at speed."""
+
+    def first_phase_speed(operator: str) -> tuple[list[str], np.ndarray]:
+        cfg = JacoConfig(tasks=("lift",), episodes=1, size=32, operator=operator)  # type: ignore[arg-type]
+        (result,) = record_jaco(tmp_path / operator, cfg)
+        ep = tmp_path / operator / result["key"]
+        meta = json.loads((ep / "meta.json").read_text())
+        actions = np.array(pq.read_table(ep / "steps.parquet").column("action").to_pylist())
+        speed = np.linalg.norm(actions[: meta["events"][1]["start_frame"], :6], axis=1)
+        return [e["name"] for e in meta["events"]], speed
+
+    smooth_names, smooth = first_phase_speed("smooth")
+    scripted_names, scripted = first_phase_speed("scripted")
+    assert smooth_names == scripted_names
+    assert smooth[1] < 0.2 * smooth.max() and 0.2 * len(smooth) < np.argmax(smooth)
+    assert scripted[1] > 0.5 * scripted.max()
+
+
 def test_run_on_aloha_chooses_the_line_in_time(tmp_path):
     src, ds = tmp_path / "src", tmp_path / "ds"
     record_aloha(src, AlohaConfig(episodes=1, size=32, seed=3))  # both tasks

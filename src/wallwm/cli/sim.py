@@ -21,6 +21,13 @@ HesitationsOpt = Annotated[
 CorrectionsOpt = Annotated[
     float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
 ]
+OperatorOpt = Annotated[
+    str,
+    typer.Option(
+        help="'scripted': the experts' own controllers; 'smooth': a person's minimum-jerk "
+        "reaches to the same sub-goals (the decisions stay the expert's: teleoperation-like)."
+    ),
+]
 WorkersOpt = Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
@@ -100,6 +107,7 @@ def record(
     max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
     hesitations: HesitationsOpt = 0.0,
     corrections: CorrectionsOpt = 0.0,
+    operator: OperatorOpt = "scripted",
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -116,6 +124,7 @@ def record(
         )
     if state not in ("proprio", "observation"):
         raise typer.BadParameter(f"--state must be 'proprio' or 'observation', not {state!r}")
+    _check_operator(operator)
     tasks: list[str] = []
     for t in task or ["pick-place-v3"]:
         tasks.extend(MT10 if t.lower() == "mt10" else [t if t.endswith("-v3") else f"{t}-v3"])
@@ -130,6 +139,7 @@ def record(
         max_steps=max_steps,
         hesitations=hesitations,
         corrections=corrections,
+        operator=operator,  # type: ignore[arg-type]
         workers=workers,
         seed=seed,
     )
@@ -139,6 +149,11 @@ def record(
         lambda on_episode: record_metaworld(out, cfg, on_episode),
         f" of {len(tasks)} tasks",
     )
+
+
+def _check_operator(operator: str) -> None:
+    if operator not in ("scripted", "smooth"):
+        raise typer.BadParameter(f"--operator must be 'scripted' or 'smooth', not {operator!r}")
 
 
 def _record_with_progress(
@@ -222,6 +237,7 @@ def jaco(
         float, typer.Option(help="Joint-velocity noise std, as a share of each joint's limit.")
     ] = 0.0,
     hesitations: HesitationsOpt = 0.0,
+    operator: OperatorOpt = "scripted",
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -232,12 +248,14 @@ def jaco(
         raise typer.BadParameter(
             f"dm_control is not installed ({exc}); pip install 'wallwm[sim]'"
         ) from exc
+    _check_operator(operator)
     cfg = JacoConfig(
         tasks=tuple(task or TASKS),
         episodes=episodes,
         size=size,
         action_noise=action_noise,
         hesitations=hesitations,
+        operator=operator,  # type: ignore[arg-type]
         workers=workers,
         seed=seed,
     )

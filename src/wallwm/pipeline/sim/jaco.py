@@ -22,10 +22,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from wallwm.pipeline.sim.reach import Reacher
 from wallwm.pipeline.sources.folder import write_folder_episode
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -57,6 +58,13 @@ class JacoConfig:
     max_steps: int = 300
     seed: int = 0
     workers: int = 1
+    #: How each motion phase is driven. ``scripted``: resolved-rate control at a constant gain
+    #: (the command is affine in the error to the phase's target, clipped at the limits).
+    #: ``smooth``: a person's point-to-point reach -- a minimum-jerk path from where the hand
+    #: is to the target over a Fitts-like duration, tracked with the same gain -- so the
+    #: commanded speed rises and falls within every phase (bell-shaped), the way teleoperated
+    #: recordings move, and is near zero at most decisions instead of jumping there.
+    operator: Literal["scripted", "smooth"] = "scripted"
 
 
 @dataclass(frozen=True)
@@ -122,13 +130,17 @@ class _Controller:
 
     def velocities(self, target: np.ndarray, gain: float = 4.0) -> np.ndarray:
         """Joint velocities (6) moving the site toward ``target`` with the hand pointing down."""
+        return self.joint_rates(gain * (target - self.position()))
+
+    def joint_rates(self, velocity: np.ndarray) -> np.ndarray:
+        """Joint velocities (6) moving the site at ``velocity`` (m/s) with the hand down."""
         jacp, jacr = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
         self.mj.mj_jacSite(self.model, self.data, jacp, jacr, self.site)
         jac = np.vstack([jacp[:, self.dofs], jacr[:, self.dofs]])
         rot = np.array(self.data.site_xmat[self.site]).reshape(3, 3)
         # orientation error: the site's z axis onto world -z (its yaw left free)
         z_err = np.cross(rot[:, 2], [0.0, 0.0, -1.0])
-        twist = np.concatenate([gain * (target - self.position()), 2.0 * z_err])
+        twist = np.concatenate([velocity, 2.0 * z_err])
         damped = jac.T @ np.linalg.solve(jac @ jac.T + 1e-4 * np.eye(6), twist)
         clipped: np.ndarray = np.clip(damped, -self.limits, self.limits)
         return clipped
@@ -163,9 +175,23 @@ def record_episode(task: str, index: int, cfg: JacoConfig, out: Path) -> dict[st
              if p.target is not None and rng.random() < cfg.hesitations}  # fmt: skip
     actions, states, frames, starts = [], [], [], [(0, plan[0].name)]
     phase, in_phase, hold_at = 0, 0, None
+    reacher = (
+        Reacher(control.position(), float(rng.uniform(0.8, 1.25)))  # this operator's pace
+        if cfg.operator == "smooth"
+        else None
+    )
     for _step in range(cfg.max_steps):
         p = plan[phase]
-        arm = control.velocities(p.target) if p.target is not None else np.zeros(6)
+        hesitating = hold_at is not None and hold_at < holds.get(phase, 0)
+        if p.target is None:
+            arm = np.zeros(6)
+        elif reacher is not None:
+            if not hesitating:  # a hesitation holds the reference where it is
+                reacher.step(p.target, env.control_timestep())
+            velocity = reacher.velocity + 4.0 * (reacher.position - control.position())
+            arm = control.joint_rates(velocity)
+        else:
+            arm = control.velocities(p.target)
         if phase in holds and hold_at is None and in_phase == 6:
             hold_at = 0
         if hold_at is not None and hold_at < holds.get(phase, 0):
@@ -211,6 +237,7 @@ def record_episode(task: str, index: int, cfg: JacoConfig, out: Path) -> dict[st
             "action_names": ACTION_NAMES,
             "state_names": STATE_NAMES,
             "action_noise": cfg.action_noise,
+            "operator": cfg.operator,
             "hesitations": {plan[i].name: n for i, n in holds.items()},
             "seed": seed,
         },

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wallwm.pipeline.sim.reach import Reacher
 from wallwm.pipeline.sources.folder import write_folder_episode
 
 # MuJoCo picks its GL backend when it is first imported: offscreen EGL (Mesa on CPU machines)
@@ -121,6 +122,11 @@ class MetaWorldConfig:
     hesitations: float = 0.0
     #: Share of phases in which the operator swerves a few millimetres part-way.
     corrections: float = 0.0
+    #: How each phase's sub-goal is reached. ``scripted``: MetaWorld's own experts (a
+    #: proportional step toward the sub-goal, clipped). ``smooth``: a person's reach -- a
+    #: minimum-jerk path to the same sub-goal over a Fitts-like duration (``sim.reach``), the
+    #: expert still deciding every phase and the gripper; use a larger ``max_steps``.
+    operator: Literal["scripted", "smooth"] = "scripted"
     #: MetaWorld steps the controller at 80 Hz of simulated time; videos are written at this
     #: rate so that seconds in the dataset are simulated seconds.
     fps: float = 80.0
@@ -286,6 +292,7 @@ class _Operator:
         self.left = 0  # steps of the current disturbance still to run
         self.position = np.zeros(3, np.float32)  # its position command
         self.log: list[dict[str, Any]] = []
+        self.disturbing = False  # whether this step's command is a pause or a swerve
 
     def _draw(self) -> None:
         """At six steps into a phase: maybe a pause or a swerve starting now."""
@@ -313,12 +320,54 @@ class _Operator:
         if self.in_phase == 6:
             self._draw()
         self.step += 1
+        self.disturbing = False
         if not self.left:
             return expert
         self.left -= 1
         self.log[-1]["steps"] += 1
+        self.disturbing = True
         out = expert.copy()
         out[:3] = self.position
+        return out
+
+
+class _SmoothOperator:
+    """``operator="smooth"``: the hand follows a person's reach to the expert's sub-goal.
+
+    The sub-goal is the expert's own (``_desired_pos``; for a policy without one, where its
+    proportional step points), so the decisions -- the ground truth -- stay the expert's; the
+    reference re-plans smoothly when the sub-goal moves on (``sim.reach.Reacher``).
+    """
+
+    #: MetaWorld moves the hand's mocap target by ``action / 100`` per step.
+    ACTION_PER_M = 100.0
+    #: Feedback on the hand's lag behind the reference: the experts' own proportional gain.
+    GAIN = 10.0
+
+    def __init__(self, policy: Any, rng: np.random.Generator, fps: float) -> None:
+        self.policy, self.dt = policy, 1.0 / fps
+        self.pace = float(rng.uniform(0.8, 1.25))  # this operator's speed
+        self.reacher: Reacher | None = None
+
+    def _goal(self, obs: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        desired = getattr(self.policy, "_desired_pos", None)
+        if desired is not None:
+            return np.asarray(desired(self.policy._parse_obs(obs)), dtype=np.float64)
+        return np.asarray(obs[:3], dtype=np.float64) + expert[:3] / self.GAIN
+
+    def command(self, expert: np.ndarray, obs: np.ndarray, hold: bool) -> np.ndarray:
+        """This step's command: the expert's gripper, the reference's motion.
+
+        ``hold``: the reference stays where it is (the operator is pausing or swerving).
+        """
+        hand = np.asarray(obs[:3], dtype=np.float64)
+        if self.reacher is None:
+            self.reacher = Reacher(hand, self.pace)
+        ref = self.reacher.position.copy()
+        ref_next = ref if hold else self.reacher.step(self._goal(obs, expert), self.dt)
+        out = expert.copy()
+        step = self.ACTION_PER_M * (ref_next - ref) + self.GAIN * (ref - hand)
+        out[:3] = np.clip(step, -1.0, 1.0)
         return out
 
 
@@ -337,10 +386,17 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
     success_at = None
     state_dim = len(state_names(cfg.state))
     operator = _Operator(cfg, rng)
+    smooth = _SmoothOperator(policy, rng, cfg.fps) if cfg.operator == "smooth" else None
     try:
         for step in range(cfg.max_steps):
             expert, signature = tracer.call(policy, obs)
-            expert = operator.command(np.clip(expert, -1.0, 1.0).astype(np.float32), signature)
+            expert = np.clip(expert, -1.0, 1.0).astype(np.float32)
+            command = operator.command(expert, signature)
+            if smooth is not None:  # a disturbance holds the reference where it is
+                motion = smooth.command(expert, obs, operator.disturbing)
+                if not operator.disturbing:
+                    command[:3] = motion[:3]
+            expert = command
             action = expert.copy()
             action[:3] += rng.normal(0.0, cfg.action_noise, size=3).astype(np.float32)
             action = np.clip(action, -1.0, 1.0)
@@ -349,9 +405,11 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             states.append(np.asarray(obs[:state_dim], dtype=np.float32))
             actions.append(expert if cfg.action_labels == "expert" else action)
             signatures.append(signature)
-            obs, _r, _term, _trunc, info = env.step(action)
+            obs, _r, _term, truncated, info = env.step(action)
             if success_at is None and info.get("success"):
                 success_at = step
+            if truncated:  # the task's own step limit: the next step would need a reset
+                break
             if success_at is not None and step >= success_at + cfg.steps_after_success:
                 break
     finally:
@@ -383,6 +441,7 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
             "raw_phases": [names.get(sig, str(sig)) for sig in signatures],
             "action_noise": cfg.action_noise,
             "action_labels": cfg.action_labels,
+            "operator": cfg.operator,
             "disturbances": operator.log,
             "seed": seed,
         },
