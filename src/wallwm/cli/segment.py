@@ -35,8 +35,9 @@ ActionModelOpt = Annotated[
     str,
     typer.Option(
         help="Within an event, actions are affine in the paired proprio state (state_feedback: "
-        "closed-loop control) or in time (time: waypoint interpolation); auto: chosen per "
-        "dataset from the data, then kept."
+        "closed-loop control), a line in time (time: waypoint interpolation) or a polynomial "
+        "in time (smooth: a person's reaching, teleoperation); auto: chosen per dataset from "
+        "the data, then kept."
     ),
 ]
 NoiseModelOpt = Annotated[

@@ -133,3 +133,39 @@ def test_kinks_of_few_channels_need_more_signal(dims):
     SNR 40 (0.8 / 0.94), not at 10 (0.38 / 0.55): its position is set by a slope change, which
     noise blurs over several frames (issue #25 notes it as open)."""
     assert min(_scores("linear", dims, 40.0, seeds=10, tolerance=1)) >= (0.75 if dims == 1 else 0.9)
+
+
+def bells(rng: np.random.Generator, dims: int, t_len: int, k: list[int]) -> np.ndarray:
+    """(T, dims) commands that rise and fall within each segment -- a cubic in time per
+    segment, a reach's speed profile -- at mixed scales, jumping at the knots ``k``."""
+    edges = [0, *k, t_len]
+    out = np.zeros((t_len, dims))
+    for a, b in itertools.pairwise(edges):
+        u = np.linspace(0.0, 1.0, b - a)
+        out[a:b] = (u[:, None] ** np.arange(4)) @ rng.normal(size=(4, dims))
+    return out * 10.0 ** rng.uniform(-3, 2, dims)
+
+
+@pytest.mark.parametrize("dims", [1, 3, 8])
+def test_the_smooth_model_recovers_the_knots_of_rising_and_falling_commands(dims):
+    """Where a line per event cannot follow a command (it rises and falls within the event),
+    the smooth model (a polynomial in time per event) finds every knot exactly without noise,
+    and within a frame at SNR 10 once there is more than one channel; the line in time cuts
+    inside the events."""
+    smooth = SegmentConfig(action_model="smooth", noise_model="local_fit")
+    line = SegmentConfig(action_model="time", noise_model="local_fit")
+    false_cuts, noisy_total = 0, None
+    for seed in range(3):
+        rng = np.random.default_rng([seed, dims, 7])
+        k = knots(rng, 300, int(rng.integers(3, 7)), gap=25)
+        actions = bells(rng, dims, 300, k)
+        assert segment(Signals(actions, FPS), smooth).starts[1:] == k, (seed, dims)
+        false_cuts += len(segment(Signals(actions, FPS), line).starts) - 1 - len(k)
+        change = np.median(np.abs(actions[[*k]] - actions[[t - 1 for t in k]]), axis=0)
+        noisy = actions + rng.normal(size=actions.shape) * change / 10.0
+        score = match_boundaries(segment(Signals(noisy, FPS), smooth).starts, k, 300, 1)
+        noisy_total = score if noisy_total is None else noisy_total + score
+    assert false_cuts > 0  # a line per event is the wrong model here
+    assert noisy_total is not None
+    # one channel alone at SNR 10: a jump in a curve is harder to place than on a level
+    assert min(noisy_total.precision, noisy_total.recall) >= (0.6 if dims == 1 else 1.0)

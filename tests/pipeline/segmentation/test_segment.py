@@ -8,7 +8,12 @@ import pytest
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, event_penalty, segment, weigh_cuts
 from wallwm.pipeline.segmentation import changepoints as changepoints_module
 from wallwm.pipeline.segmentation.bends import bent_line_cost, bent_line_costs, residual_excess
-from wallwm.pipeline.segmentation.changepoints import LinearCost, optimal_partition, pelt
+from wallwm.pipeline.segmentation.changepoints import (
+    LinearCost,
+    PolynomialCost,
+    optimal_partition,
+    pelt,
+)
 from wallwm.pipeline.segmentation.channels import (
     channel_groups,
     frame_index,
@@ -171,6 +176,35 @@ def test_a_scaled_cost_equals_the_cost_of_scaled_channels():
     assert np.allclose(
         base.matrix(3, 30)[np.isfinite(base.matrix(3, 30))],
         LinearCost(y, z).matrix(3, 30)[np.isfinite(base.matrix(3, 30))],
+    )
+
+
+def test_polynomial_cost_matches_least_squares_in_every_segment():
+    """Short segments late in a long episode included (the fit runs in each segment's own
+    time); segments shorter than the polynomial are fitted exactly; the matrix, the columns
+    and a rescaled cost agree."""
+    rng = np.random.default_rng(6)
+    t_len = 400
+    y = rng.normal(size=(t_len, 2)).cumsum(axis=0) + 50.0  # far from zero: cancellation
+    cost = PolynomialCost(y, degree=3)
+    segments = [(0, t_len), (380, 392), (396, 400), (10, 12), (0, 3), (199, 200)]
+    segments += [tuple(sorted(rng.choice(t_len + 1, 2, replace=False))) for _ in range(40)]
+    for a, b in segments:
+        u = np.arange(a, b, dtype=np.float64)
+        x = (u[:, None] - u.mean()) ** np.arange(4)
+        coef, *_ = np.linalg.lstsq(x, y[a:b], rcond=None)
+        want = ((y[a:b] - x @ coef) ** 2).sum(axis=0)
+        # the cancellation of any sum-of-squares fit: relative to the segment's own sum
+        tolerance = 1e-8 * float((y[a:b] ** 2).sum())
+        assert cost.columns(np.array([a]), b)[0] == pytest.approx(want, abs=tolerance), (a, b)
+    m = cost.matrix(350, 400)
+    starts, ends = np.triu_indices(51, 1)
+    assert np.allclose(m[starts, ends], cost(starts + 350, ends + 350), rtol=1e-9, atol=1e-9)
+    assert np.isinf(m[np.tril_indices(51)]).all()
+    scale = np.array([0.5, 2.0])
+    assert np.allclose(
+        cost.scaled(scale).columns(starts[:50] + 350, ends[:50] + 350),
+        PolynomialCost(y * scale).columns(starts[:50] + 350, ends[:50] + 350),
     )
 
 

@@ -11,6 +11,7 @@ from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE, channel_noise
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
 from wallwm.pipeline.segmentation.selection import choose_model, resolve
+from wallwm.pipeline.sim.reach import Reacher
 from wallwm.pipeline.sim.waypoints import (
     Keyframe,
     Plan,
@@ -61,6 +62,26 @@ def controller_episode(seed: int, t_len: int = 160) -> tuple[Signals, list[int]]
     return Signals(np.asarray(actions), 20.0, np.asarray(states)), switch[1:]
 
 
+def reaching_episode(seed: int, moves: int = 5, fps: float = 25.0) -> tuple[Signals, list[int]]:
+    """A person's reaches (minimum-jerk, re-planned from where the hand is going): each next
+    goal decided once the hand is within a centimetre of the last -- the speed never jumps."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros(3)
+    reacher = Reacher(x, float(rng.uniform(0.8, 1.25)))
+    goal = x + rng.uniform(-0.2, 0.2, 3)
+    truth, actions, states = [], [], []
+    while len(truth) < moves - 1 or len(actions) < truth[-1] + 10:
+        reacher.step(goal, 1.0 / fps)
+        command = reacher.velocity + 4.0 * (reacher.position - x)  # tracking the reference
+        states.append(x.copy())
+        actions.append(command)
+        x = x + command / fps
+        if len(truth) < moves - 1 and np.linalg.norm(x - goal) < 0.01:
+            truth.append(len(actions))
+            goal = goal + rng.uniform(-0.2, 0.2, 3)
+    return Signals(np.asarray(actions), fps, np.asarray(states)), truth
+
+
 def f1(episodes, cfg: SegmentConfig) -> float:
     total = EMPTY
     for s, truth in episodes:
@@ -86,6 +107,18 @@ def test_closed_loop_control_keeps_state_feedback():
     assert (cfg.action_model, cfg.noise_model) == ("state_feedback", "differences")
     assert choice.costs["state_feedback"] < choice.costs["time"]
     assert f1(episodes, cfg) == 1.0
+
+
+def test_a_persons_reaches_choose_the_smooth_model():
+    """Re-planned minimum-jerk reaches: the speed rises and falls within every move and never
+    jumps at a decision, so neither line model fits an event; a polynomial in time does, and
+    the re-plan (a change of the path's jerk) is found exactly."""
+    episodes = [reaching_episode(seed) for seed in range(6)]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in episodes])
+    assert (cfg.action_model, cfg.noise_model) == ("smooth", "local_fit")
+    assert choice.costs["smooth"] < 0.75 * min(choice.costs["time"], choice.costs["state_feedback"])
+    assert f1(episodes, cfg) == 1.0
+    assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.6
 
 
 def as_position_targets(episode: tuple[Signals, list[int]]) -> tuple[Signals, list[int]]:
@@ -172,7 +205,8 @@ def test_stated_models_and_missing_states():
     assert (cfg.action_model, cfg.noise_model) == ("time", "differences")  # nothing overridden
     no_states = Signals(s.actions_TA, s.fps, None, gripper_action_dims=[7, 15])
     choice = choose_model([no_states], SegmentConfig())
-    assert choice.action_model == "time" and set(choice.costs) == {"time"}
+    # without states the models in time compare, the line the default
+    assert choice.action_model == "time" and set(choice.costs) == {"time", "smooth"}
     still = Signals(np.zeros((40, 3)), 10.0, np.zeros((40, 3)))
     assert choose_model([still], SegmentConfig()).action_model == "state_feedback"  # nothing moves
 

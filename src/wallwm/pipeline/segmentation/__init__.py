@@ -28,7 +28,11 @@ sub-goal commands ``gain * (goal - state)``, so its commands drift as it nears t
 stall when the robot is blocked at a contact, while the *line* relating command to state stays
 the same -- only a new sub-goal (an event) moves it. Without paired states, or with
 ``action_model="time"``, the model is a line in time per dim, which also absorbs a controller's
-smooth deceleration.
+smooth deceleration. A person's reaching (teleoperation) fits neither: its speed rises and
+falls within every move, and a decision re-plans the move without a jump, so with
+``action_model="smooth"`` each dim is a polynomial in time per event (degree
+``SMOOTH_DEGREE``, :class:`~.changepoints.PolynomialCost`), priced by its own parameter count.
+``auto`` (the default) chooses among the three per dataset (:mod:`.selection`).
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or

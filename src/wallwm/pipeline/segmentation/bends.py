@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 
-from wallwm.pipeline.segmentation.changepoints import ChannelFit, LinearCost, _prefix
+from wallwm.pipeline.segmentation.changepoints import ChannelFit, SegmentCost, _prefix
 from wallwm.pipeline.segmentation.config import FloatArray
 
 
@@ -114,7 +114,7 @@ def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]
 
 
 def residual_excess(
-    cost: LinearCost,
+    cost: SegmentCost,
     y_TD: FloatArray,
     z_TD: FloatArray,
     edges: list[int],
@@ -126,7 +126,8 @@ def residual_excess(
     jitter. Where a robot's commands also carry what the events' lines do not follow (a hand's
     slow tremor, actuator lag), every cut would count that excess as evidence; dividing by it
     weighs the cuts at the noise the events actually leave. The fit is close to the one the
-    cuts were judged by: a line per event, bent once anywhere for the ``bends_D`` columns (a command
+    cuts were judged by: the cost's own model per event (a line, or the smooth model's
+    polynomial), bent once anywhere for the ``bends_D`` columns (a command
     leaving its limit is a bend, not residual; unlike the bend test, no minimum state motion is
     asked here, so a stalled column may bend too). Never below 1: a residual under the jitter
     level means the cuts already follow the noise.
@@ -137,7 +138,7 @@ def residual_excess(
     lines_ED = cost.columns(ends[:-1], ends[1:])
     rss_D, params_D = np.zeros(dims), np.zeros(dims)
     for (a, c), rss in zip(itertools.pairwise(edges), lines_ED, strict=True):
-        params = np.full(dims, 2.0)
+        params = np.full(dims, float(cost.params))
         if bends.any() and c - a >= 6:  # a knee with two samples on each side
             knees = bent_line_costs(
                 y_TD[a:c, bends], z_TD[a:c, bends], np.arange(2, c - a - 1, dtype=np.int64)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +27,33 @@ def _prefix(v: FloatArray) -> FloatArray:
     return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)])
 
 
+class SegmentCost(Protocol):
+    """A segment cost over ``dims`` columns, from prefix sums (O(1) per query).
+
+    Each column's residual sum of squares about the within-event model fitted on ``[a, b)``.
+    """
+
+    dims: int
+    #: Parameters each column's fit takes per segment (its BIC price).
+    params: int
+
+    def scaled(self, scale_D: FloatArray) -> SegmentCost:
+        """The cost of the columns multiplied by ``scale_D``."""
+        ...
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``), summed over columns."""
+        ...
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """One residual per column: shape ``(len(a), D)``."""
+        ...
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        ...
+
+
 class LinearCost:
     """Residual sum of squares of a per-dimension straight-line fit on ``[a, b)``.
 
@@ -33,6 +62,8 @@ class LinearCost:
     starts ``a``. Where the regressor is (nearly) constant on a segment the fit falls back to
     the segment's mean.
     """
+
+    params = 2  # an intercept and a slope
 
     def __init__(self, y_TD: FloatArray, z_TD: FloatArray | None = None) -> None:
         """Precompute prefix sums of ``y_TD`` and its regressor."""
@@ -85,6 +116,86 @@ class LinearCost:
         return m
 
 
+class PolynomialCost:
+    """Residual sum of squares of a per-dimension polynomial in time on ``[a, b)``.
+
+    Every column is fitted as ``c0 + c1 u + ... + c_p u^p`` in the segment's own time ``u``
+    (its frames scaled to [-1, 1]): a cubic follows a command whose speed rises and falls
+    within an event (a person's reach) where a line cannot. O(1) per query: the fit's Gram
+    matrix depends only on the segment's length (its pseudo-inverse is tabulated once per
+    length), and the fit's moments ``sum u^k y`` come from prefix sums of ``t^j y`` by the
+    binomial expansion -- in the segment's own time, so a short segment late in a long episode
+    is as well conditioned as one at its start. A segment shorter than the polynomial's order
+    is fitted exactly.
+    """
+
+    def __init__(self, y_TD: FloatArray, degree: int = 3) -> None:
+        """Precompute prefix sums of ``t^j * y_TD`` and the Gram pseudo-inverses."""
+        t_len, self.dims = y_TD.shape
+        self.params = degree + 1
+        powers = np.arange(self.params)
+        t = np.arange(t_len, dtype=np.float64) - 0.5 * (t_len - 1)  # centred: smaller powers
+        self.sty = _prefix(t[:, None, None] ** powers[None, :, None] * y_TD[:, None, :])
+        self.syy = _prefix(y_TD * y_TD)
+        self.centre = 0.5 * (t_len - 1)
+        # binomial(k, j) for the expansion of (t - c)^k
+        self.binom = np.array(
+            [[math.comb(k, j) if j <= k else 0 for j in powers] for k in powers], dtype=np.float64
+        )
+        self.gram_pinv = np.zeros((t_len + 1, self.params, self.params))
+        for length in range(1, t_len + 1):
+            u = (np.arange(length) - 0.5 * (length - 1)) / max(0.5 * (length - 1), 1.0)
+            x = u[:, None] ** powers
+            self.gram_pinv[length] = np.linalg.pinv(x.T @ x)
+
+    def scaled(self, scale_D: FloatArray) -> PolynomialCost:
+        """The cost of ``y_TD * scale_D`` (prefix sums rescaled)."""
+        other = copy.copy(self)
+        other.sty, other.syy = self.sty * scale_D, self.syy * scale_D * scale_D
+        return other
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
+        return np.asarray(self.columns(a, b).sum(axis=-1), dtype=np.float64)
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """One residual per column: shape ``(len(a), D)``."""
+        a = np.asarray(a, dtype=np.int64)
+        b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a.shape)
+        length = b_arr - a
+        moments = self._moments(a, b_arr, length)
+        explained = np.einsum("nkd,nkl,nld->nd", moments, self.gram_pinv[length], moments)
+        return np.asarray(np.maximum(self.syy[b_arr] - self.syy[a] - explained, 0.0))
+
+    def _moments(
+        self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], length: npt.NDArray[np.int64]
+    ) -> FloatArray:
+        """``sum u^k y`` over each segment in its own time ``u``: shape ``(N, P, D)``."""
+        half = 0.5 * (length - 1)
+        centre = a + half - self.centre  # the segment's centre in the centred frame index
+        scale = np.maximum(half, 1.0)
+        raw = self.sty[b] - self.sty[a]  # (N, P, D): sum t^j y
+        powers = np.arange(self.params)
+        # sum ((t - c) / s)^k y = sum_j binom(k, j) (-c)^(k - j) s^-k sum t^j y
+        shift = (-centre[:, None, None]) ** np.maximum(powers[:, None] - powers[None, :], 0)
+        expand = self.binom[None] * shift / scale[:, None, None] ** powers[None, :, None]
+        return np.asarray(np.einsum("nkj,njd->nkd", expand, raw))
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        size = last - first + 1
+        m = np.full((size, size), np.inf)
+        rows = np.arange(size)
+        for length in range(1, size):  # one diagonal per length: its Gram inverse is shared
+            a = rows[: size - length] + first
+            b = a + length
+            moments = self._moments(a, b, np.full(len(a), length))
+            explained = np.einsum("nkd,kl,nld->nd", moments, self.gram_pinv[length], moments)
+            rss = np.maximum(self.syy[b] - self.syy[a] - explained, 0.0)
+            m[rows[: size - length], rows[length:]] = rss.sum(axis=1)
+        return m
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelFit:
     """One episode's unit-noise channels, their regressors and segment cost.
@@ -92,7 +203,7 @@ class ChannelFit:
     What every test on a candidate cut reads (bends, disturbances, pauses).
     """
 
-    cost: LinearCost
+    cost: SegmentCost
     y_TD: FloatArray
     z_TD: FloatArray
     #: Which regressor columns are proprio states (the others run on the clock).
@@ -186,7 +297,7 @@ def _trace_back(prev: npt.NDArray[np.int64]) -> list[int]:
 DENSE_MAX_CELLS = 2_000_000
 
 
-def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: int) -> list[int]:
+def pelt_between(cost: SegmentCost, edges: list[int], penalty: float, min_len: int) -> list[int]:
     """Optimal change points inside each ``[edges[i], edges[i+1])``, plus the inner edges."""
     points: list[int] = []
     for a, b in itertools.pairwise(edges):
@@ -204,7 +315,7 @@ def pelt_between(cost: LinearCost, edges: list[int], penalty: float, min_len: in
 
 
 def split_gains(
-    cost: LinearCost,
+    cost: SegmentCost,
     a: npt.NDArray[np.int64],
     b: npt.NDArray[np.int64],
     c: npt.NDArray[np.int64],
@@ -213,7 +324,7 @@ def split_gains(
     return cost.columns(a, c) - cost.columns(a, b) - cost.columns(b, c)
 
 
-def local_strength(cost: LinearCost, num_frames: int, w: int) -> FloatArray:
+def local_strength(cost: SegmentCost, num_frames: int, w: int) -> FloatArray:
     """Split gain at every frame inside a +-w window, per column: shape ``(T, D)``.
 
     Summed over columns, the trace the plot and the splits of over-long events use.

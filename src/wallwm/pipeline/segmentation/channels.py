@@ -43,24 +43,30 @@ LOCAL_FIT_S = 0.2
 LOCAL_FIT_FLOOR = 1e-3
 
 
-def local_fit_sigma(x_TD: FloatArray, z_TD: FloatArray | None, window: int) -> FloatArray:
+def local_fit_sigma(
+    x_TD: FloatArray, z_TD: FloatArray | None, window: int, degree: int | None = None
+) -> FloatArray:
     """Per-dimension noise as the residual the within-event model leaves on short windows.
 
-    The model (a line in ``z_TD``, or in time) is fitted on every window of ``window`` frames;
+    The model (a line in ``z_TD``, or in time; with ``degree``, a polynomial in time of that
+    degree) is fitted on every window of ``window`` frames;
     the median RMS residual over the windows is the level of what the model does not explain
     locally -- the noise, plus curvature the model cannot follow. The few windows that straddle
     a boundary do not move the median. Unlike first differences, a ramp's slope is no noise.
     Floored at :data:`LOCAL_FIT_FLOOR` of each range and at a quarter of the pooled level.
     """
-    from wallwm.pipeline.segmentation.changepoints import LinearCost
+    from wallwm.pipeline.segmentation.changepoints import LinearCost, PolynomialCost
 
     t_len = len(x_TD)
     floor = LOCAL_FIT_FLOOR * np.ptp(x_TD, axis=0)
+    params = 2 if degree is None else degree + 1
+    window = max(window, 2 * params + 1)  # a few residual degrees of freedom per window
     if t_len < window + 2:
         return np.asarray(np.maximum(noise_sigma(x_TD), floor), dtype=np.float64)
     starts = np.arange(0, t_len - window + 1, dtype=np.int64)
-    rss = LinearCost(x_TD, z_TD).columns(starts, starts + window)
-    sigma = np.maximum(np.median(np.sqrt(rss / (window - 2)), axis=0), floor)
+    cost = LinearCost(x_TD, z_TD) if degree is None else PolynomialCost(x_TD, degree)
+    rss = cost.columns(starts, starts + window)
+    sigma = np.maximum(np.median(np.sqrt(rss / (window - params)), axis=0), floor)
     above = sigma[sigma > floor]
     if above.size:
         sigma = np.maximum(sigma, 0.25 * float(np.median(above)))
@@ -83,14 +89,18 @@ def channel_noise(
 ) -> FloatArray:
     """Each column's noise under the config's (resolved) noise model."""
     if cfg.noise_model in ("local_fit", "position_targets"):
-        sigma = local_fit_sigma(x_TD, z_TD, max(5, round(LOCAL_FIT_S * fps)))
+        from wallwm.pipeline.segmentation.segment import SMOOTH_DEGREE
+
+        degree = SMOOTH_DEGREE if cfg.action_model == "smooth" else None
+        sigma = local_fit_sigma(x_TD, z_TD, max(5, round(LOCAL_FIT_S * fps)), degree)
         if cfg.noise_model == "position_targets":
             return np.asarray(sigma * np.sqrt(POSITION_TARGET_NOISE), dtype=np.float64)
         return sigma
     # A line in time must not chase the curvature of a smooth ramp, hence the full resolution
-    # floor; the state-feedback model explains a controller's deceleration by the state, so
-    # its channels may resolve changes half as large.
-    return noise_sigma(x_TD, cfg.resolution * (0.5 if z_TD is not None else 1.0))
+    # floor; the state-feedback model explains a controller's deceleration by the state, and a
+    # cubic in time a reach's rise and fall, so their channels may resolve changes half as large.
+    follows_curves = z_TD is not None or cfg.action_model == "smooth"
+    return noise_sigma(x_TD, cfg.resolution * (0.5 if follows_curves else 1.0))
 
 
 def _median(x: FloatArray) -> float:

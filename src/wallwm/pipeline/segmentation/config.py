@@ -32,12 +32,13 @@ class SegmentConfig(BaseModel):
         },
         description="Weight of each channel group in the change-point cost (0 disables it).",
     )
-    action_model: Literal["auto", "state_feedback", "time"] = Field(
+    action_model: Literal["auto", "state_feedback", "time", "smooth"] = Field(
         "auto",
         description="Within an event, actions are affine in the paired proprio state "
-        "(state_feedback: a closed-loop controller steering to a sub-goal) or in time (time: "
-        "an open-loop interpolation between waypoints); auto: chosen per dataset from the data "
-        "(see wallwm.pipeline.segmentation.selection).",
+        "(state_feedback: a closed-loop controller steering to a sub-goal), a line in time "
+        "(time: an open-loop interpolation between waypoints) or a cubic in time (smooth: a "
+        "person's reach, its speed rising and falling within the event); auto: chosen per "
+        "dataset from the data (see wallwm.pipeline.segmentation.selection).",
     )
     state_pairing: Literal["auto", "index"] | list[int] = Field(
         "auto",
@@ -65,7 +66,8 @@ class SegmentConfig(BaseModel):
         True,
         description="Drop the boundaries of hesitations and small corrections: short runs of "
         "events after which the motion continues the one before, and a closed-loop arm's "
-        "pauses (an abrupt stop its own law did not ask for).",
+        "pauses (an abrupt stop its own law did not ask for). The line models only "
+        "(state_feedback, time).",
     )
     refit_noise: bool = Field(
         True,

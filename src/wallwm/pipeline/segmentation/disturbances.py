@@ -124,8 +124,12 @@ def merge_disturbances(fit: ChannelFit, starts: list[int], keep: set[int]) -> li
     ``keep`` (gripper switches) always stay. The regressor columns that are states are never
     set back: a robot that pauses holds its state too, and resumes from it. The first
     disturbance found (earliest start, then shortest run) goes, and the search starts again.
+    Only the line models (:class:`LinearCost`) are tested: a run is judged by continuing a line
+    over it.
     """
     cost, y_TD, z_TD, on_state_D = fit.cost, fit.y_TD, fit.z_TD, fit.on_state_D
+    if not isinstance(cost, LinearCost):
+        return starts
     t_len = len(y_TD)
     longest = max(2, round(MAX_DISTURBANCE_S * fit.fps))
 
@@ -178,9 +182,9 @@ class _PauseTest:
     candidates fail them, and only the rest pay for a fitted law.
     """
 
-    def __init__(self, fit: ChannelFit) -> None:
-        """Tests on ``fit``'s channels."""
-        self.cost, self.y_TD, self.z_TD = fit.cost, fit.y_TD, fit.z_TD
+    def __init__(self, fit: ChannelFit, cost: LinearCost) -> None:
+        """Tests on ``fit``'s channels (``cost``: its line model's cost)."""
+        self.cost, self.y_TD, self.z_TD = cost, fit.y_TD, fit.z_TD
         self.on_state_D = fit.on_state_D
         self.allowed = fit.per_param * 2 * fit.y_TD.shape[1]
         zeros = np.zeros((1, fit.y_TD.shape[1]))
@@ -255,13 +259,13 @@ def merge_pauses(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int
     the law (``on_state_D``); the line in time's pauses are the two-cut runs of
     :func:`merge_disturbances`.
     """
-    if not fit.on_state_D.any():
+    if not fit.on_state_D.any() or not isinstance(fit.cost, LinearCost):
         return starts
     t_len, fps = len(fit.y_TD), fit.fps
     longest = max(2, round(MAX_DISTURBANCE_S * fps)) + 1
     lengths = range(max(2, round(MIN_PAUSE_S * fps)), longest)
     event_lengths = range(max(2, round(MIN_PAUSE_EVENT_S * fps)), longest)
-    test = _PauseTest(fit)
+    test = _PauseTest(fit, fit.cost)
 
     def pause_cuts(edges: list[int]) -> set[int]:
         # a pause cut on both sides: the event between two cuts is the run

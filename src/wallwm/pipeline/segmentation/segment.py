@@ -11,6 +11,8 @@ from wallwm.pipeline.segmentation.bends import merge_bends, residual_excess
 from wallwm.pipeline.segmentation.changepoints import (
     ChannelFit,
     LinearCost,
+    PolynomialCost,
+    SegmentCost,
     local_strength,
     pelt_between,
     split_gains,
@@ -46,9 +48,23 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
     return Segmentation(starts, [*starts[1:], t_len], bounds, np.zeros(t_len), {})
 
 
-def event_penalty(cfg: SegmentConfig, dims: int, t_len: int) -> float:
-    """BIC price of one more event: its location and a line (2 parameters) per channel."""
-    return float(cfg.penalty * (2 * dims + 1) * np.log(max(t_len, 2)))
+#: Degree of the ``smooth`` model's polynomial in time. A minimum-jerk reach's speed is a
+#: quartic in time, and a recorded command adds the arm's lag and the operator's re-planning;
+#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings (MetaWorld, Jaco):
+#: 6 on either (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
+SMOOTH_DEGREE = 6
+
+
+def event_penalty(cfg: SegmentConfig, dims: int, t_len: int, params: int = 2) -> float:
+    """BIC price of one more event: its location and ``params`` per channel (a line: 2)."""
+    return float(cfg.penalty * (params * dims + 1) * np.log(max(t_len, 2)))
+
+
+def within_event_cost(cfg: SegmentConfig, y_TD: FloatArray, z_TD: FloatArray) -> SegmentCost:
+    """The resolved model's segment cost of the unit-noise channels ``y_TD``."""
+    if cfg.action_model == "smooth":
+        return PolynomialCost(y_TD, SMOOTH_DEGREE)
+    return LinearCost(y_TD, z_TD)
 
 
 def _change_points(
@@ -56,7 +72,7 @@ def _change_points(
 ) -> list[int]:
     """The optimal cuts of ``fit``'s channels, bends and disturbances dropped."""
     t_len = len(fit.y_TD)
-    penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len)
+    penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len, fit.cost.params)
     points = pelt_between(fit.cost, [0, *forced, t_len], penalty, min_len)
     if cfg.merge_bends and fit.on_state_D.any() and points:
         points = merge_bends(fit, [0, *points], set(forced))[1:]
@@ -67,7 +83,7 @@ def _change_points(
 
 def _cuts(
     fit: ChannelFit, forced: list[int], cfg: SegmentConfig, min_len: int
-) -> tuple[list[int], LinearCost]:
+) -> tuple[list[int], SegmentCost]:
     """The episode's cuts and the cost they were weighed with (noise refitted, pauses merged)."""
     t_len = len(fit.y_TD)
     points = _change_points(fit, forced, cfg, min_len)
@@ -95,7 +111,7 @@ class WeighedCuts:
     #: Interior cuts, before over-long events are split.
     points: list[int]
     #: The unit-noise channels' cost after the noise refit.
-    cost: LinearCost
+    cost: SegmentCost
     #: BIC price of one more event.
     penalty: float
     #: Gripper command switches: always cuts.
@@ -130,7 +146,7 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
         ]
     )
     per_param = cfg.penalty * np.log(max(t_len, 2))
-    fit = ChannelFit(LinearCost(y, z), y, z, on_state, per_param, s.fps)
+    fit = ChannelFit(within_event_cost(cfg, y, z), y, z, on_state, per_param, s.fps)
     points, cost = _cuts(fit, forced, cfg, min_len)
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
@@ -138,7 +154,7 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
         n: slice(int(lo), int(hi))
         for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
     }
-    penalty = event_penalty(cfg, y.shape[1], t_len)
+    penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
     return WeighedCuts(points, cost, penalty, forced, columns)
 
 

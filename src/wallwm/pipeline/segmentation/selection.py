@@ -8,17 +8,22 @@ on anything a user should have to know:
   experts, a joint-velocity arm's resolved-rate controller);
 - an open-loop waypoint expert, or a teleoperator's interpolated targets, commands positions
   that move linearly in time between keyframes, in another space than the recorded joints
-  (``time``; ALOHA's end-effector experts).
+  (``time``; ALOHA's end-effector experts);
+- a person reaching (teleoperation) moves along minimum-jerk paths: the speed rises and falls
+  within every move, and a decision re-plans the move from where the hand is going, without a
+  jump (``smooth``: a polynomial in time per event; the smooth operators of MetaWorld and Jaco).
 
 The choice is a model comparison on a sample of the dataset's episodes: each candidate cuts
 every sampled episode optimally under the same BIC-penalised cost, at one common noise scale
 per action dim -- the smaller of the candidates' local misfits (the residual each leaves on
 short windows, :func:`~wallwm.pipeline.segmentation.channels.local_fit_sigma`) -- so the totals
 compare; the model with the lower total explains the data with fewer, better-fitting events.
-State feedback is the default the line in time must beat decisively (:data:`SWITCH_RATIO`).
-Without states only the line in time is possible. The noise model follows the choice unless
-stated: the line in time measures noise as its own local misfit (a waypoint ramp's slope is no
-noise); state feedback as the spread of first differences floored at ``resolution`` (its
+State feedback is the default another model must beat decisively (:data:`SWITCH_RATIO`); of
+those that do, the lowest total wins. Without states the line in time is the default. The
+polynomial is weighed at the lines' common noise scale (on short windows it would follow the
+noise itself) and pays the BIC price of its own parameters. The noise model follows the choice unless
+stated: the line in time and the polynomial measure noise as their own local misfit (a
+waypoint ramp's slope, a reach's curve is no noise); state feedback as the spread of first differences floored at ``resolution`` (its
 measured best on MetaWorld, kept) -- unless the commands *move with* their states, i.e. are
 position targets the arm reaches (:func:`motion_share`: the share of a command's step-to-step
 change that its state's change explains, at least :data:`POSITION_TARGET_SHARE`). Then a
@@ -51,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from wallwm.pipeline.segmentation.changepoints import LinearCost, pelt_between
+from wallwm.pipeline.segmentation.changepoints import LinearCost, PolynomialCost, pelt_between
 from wallwm.pipeline.segmentation.channels import (
     LOCAL_FIT_S,
     feedback_regressors,
@@ -60,13 +65,15 @@ from wallwm.pipeline.segmentation.channels import (
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
 
-CANDIDATES = ("state_feedback", "time")
-#: The line in time replaces the default state-feedback model only where it explains the
-#: sample at most this share of the state-feedback cost. Both costs are measured at a noise
-#: scale estimated from the data; where that estimate is off (noise that drifts over many
-#: frames, a hand's tremor) both models chase the noise and their costs come out within a few
-#: per cent of each other, while a real open-loop recording separates them by 2x or more
-#: (ALOHA: 0.14-0.56; MetaWorld and Jaco closed loops: 1.05-2.6, i.e. state feedback wins).
+CANDIDATES = ("state_feedback", "time", "smooth")
+#: Another model replaces the default state-feedback model only where it explains the sample
+#: at most this share of the state-feedback cost. The costs are measured at a noise scale
+#: estimated from the data; where that estimate is off (noise that drifts over many frames, a
+#: hand's tremor) the models chase the noise and their costs come out within a few per cent of
+#: each other, while a real open-loop recording separates them by 2x or more (the line in time:
+#: ALOHA 0.14-0.56; MetaWorld and Jaco closed loops 1.05-2.6, i.e. state feedback wins) and a
+#: person's reaching too (the polynomial: MetaWorld's and Jaco's smooth operators 0.55-0.60;
+#: their scripted experts 1.03-2.0).
 SWITCH_RATIO = 0.75
 #: Episodes a dataset's choice is made on (spread over the dataset by a hash of their ids).
 SAMPLE_EPISODES = 24
@@ -106,9 +113,9 @@ class ModelChoice:
         noise = cfg.noise_model
         if noise == "auto":
             noise = "differences"
-            if self.action_model == "time":
+            if self.action_model in ("time", "smooth"):
                 noise = "local_fit"
-            elif self.position_targets:
+            elif self.action_model == "state_feedback" and self.position_targets:
                 noise = "position_targets"
         pairing = cfg.state_pairing
         if pairing == "auto":
@@ -254,7 +261,7 @@ def episode_costs(
 
     Empty when the episode has no moving non-gripper action dim (nothing to compare on).
     """
-    from wallwm.pipeline.segmentation.segment import event_penalty
+    from wallwm.pipeline.segmentation.segment import SMOOTH_DEGREE, event_penalty
 
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip = set(s.gripper_action_dims)
@@ -267,12 +274,17 @@ def episode_costs(
     candidates = _regressors(s, dims, pairing)
     sigma = np.min([local_fit_sigma(x, z, window) for z in candidates.values()], axis=0)
     y = x / sigma
-    penalty = event_penalty(cfg, y.shape[1], t_len)
     min_len = max(1, round(cfg.min_event_s * s.fps))
     edges = [0, *gripper_flips(s, min_len), t_len]
+    costs: dict[str, LinearCost | PolynomialCost] = {
+        n: LinearCost(y, z) for n, z in candidates.items()
+    }
+    # The cubic's local misfit is no noise scale (it follows short windows exactly): it is
+    # weighed at the lines' common one, and pays for its two extra parameters per event.
+    costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE)
     out = {}
-    for name, z in candidates.items():
-        cost = LinearCost(y, z)
+    for name, cost in costs.items():
+        penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
         ends = np.array([0, *pelt_between(cost, edges, penalty, min_len), t_len], dtype=np.int64)
         out[name] = float(cost(ends[:-1], ends[1:]).sum() + penalty * (len(ends) - 1))
     return out
@@ -310,10 +322,12 @@ def _choose_action_model(
     costs = {n: totals[n] for n in CANDIDATES if usable[n]}
     if not episodes or not costs:  # nothing moves: the default model, nothing to compare
         return ModelChoice("state_feedback", episodes=episodes)
-    if "state_feedback" not in costs:  # no paired states: only the line in time is possible
-        return ModelChoice("time", costs, episodes)
-    time_wins = "time" in costs and costs["time"] <= SWITCH_RATIO * costs["state_feedback"]
-    return ModelChoice("time" if time_wins else "state_feedback", costs, episodes)
+    # The default (state feedback; without paired states, the line in time) stays unless
+    # another model explains the sample decisively better; of those that do, the one that
+    # explains it best.
+    default = "state_feedback" if "state_feedback" in costs else "time"
+    better = {n: v for n, v in costs.items() if v <= SWITCH_RATIO * costs[default]}
+    return ModelChoice(min(better, key=better.__getitem__, default=default), costs, episodes)
 
 
 def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
