@@ -13,8 +13,11 @@ Records (unless present under ``--root``) the suite of ``wallwm sim``:
   waypoints' kinks smoothed by the arm's dynamics and curved by its kinematics;
 
 each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
-(ALOHA: pauses and few-millimetre swerves; Jaco: pauses). Ground truth: each expert's own
-decisions.
+(ALOHA: pauses and few-millimetre swerves; Jaco: pauses). MetaWorld and Jaco are also recorded
+with a person's smooth reaching in place of the experts' controllers (``operator="smooth"``:
+minimum-jerk moves to the experts' own sub-goals, re-planned when the expert decides; MetaWorld
+on the eleven tasks where that operator succeeds, up to 500 steps). Ground truth: each
+expert's own decisions.
 
 For every recording the product path runs as ``wallwm run`` does: the within-event model is
 chosen on a spread sample of up to 24 episodes, then every episode is cut with it. Boundary F1
@@ -26,7 +29,8 @@ Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picke
 robots' recordings from a grid and the table reports the held-out robot at that value (both
 ALOHA action spaces are one robot). Likewise the noise multiple of position targets
 (``POSITION_TARGET_NOISE``), on the three robots' position-target recordings: ALOHA's joints,
-MetaWorld's and Jaco's rollouts as the states reached.
+MetaWorld's and Jaco's rollouts as the states reached; and the smooth model's degree
+(``SMOOTH_DEGREE``) on the two smooth-operator recordings.
 
     python benchmarks/segmentation_robots.py [--root bench-data/robots] [--episodes 8]
         [--workers 2] [--size 64]
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import statistics
@@ -61,17 +66,36 @@ METAWORLD_OTHER = (
     "hammer-v3", "handle-press-v3", "lever-pull-v3", "plate-slide-v3", "shelf-place-v3",
     "stick-push-v3", "sweep-into-v3",
 )  # fmt: skip
-VARIANTS = {
+#: The MetaWorld tasks (of the twelve above and MT10) where the smooth operator succeeds.
+METAWORLD_SMOOTH = (
+    "bin-picking-v3", "button-press-topdown-v3", "door-open-v3", "drawer-close-v3",
+    "faucet-open-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3", "plate-slide-v3",
+    "window-close-v3", "window-open-v3",
+)  # fmt: skip
+VARIANTS: dict[str, dict[str, Any]] = {
     "noise 0": {"action_noise": 0.0},
     "noise 0.3": {"action_noise": 0.3},
     "hesitations": {"action_noise": 0.3, "hesitations": 0.4, "corrections": 0.3},
+    "smooth": {"action_noise": 0.0, "operator": "smooth"},
 }
+#: The recorders with a smooth operator.
+SMOOTH_ROBOTS = ("metaworld", "jaco")
 CHUNKS = (4, 8, 16, 24, 32, 48)
 ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
 DEFAULT_TARGET_NOISE = channels_module.POSITION_TARGET_NOISE
 #: Multiples of the local-fit noise variance tried for position targets (POSITION_TARGET_NOISE).
 TARGET_NOISES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+#: The smooth model's polynomial degrees tried (SMOOTH_DEGREE).
+SMOOTH_DEGREES = (2, 3, 4, 5, 6, 7)
+#: The module (the package re-exports its ``segment`` function under the same name).
+segment_module: Any = importlib.import_module("wallwm.pipeline.segmentation.segment")
+DEFAULT_SMOOTH_DEGREE = segment_module.SMOOTH_DEGREE
+
+
+def variants(robot: str) -> list[str]:
+    """The recordings made of ``robot``."""
+    return [v for v in VARIANTS if v != "smooth" or robot in SMOOTH_ROBOTS]
 
 
 def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> None:
@@ -81,7 +105,9 @@ def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> Non
     if robot == "metaworld":
         from wallwm.pipeline.sim.metaworld import MetaWorldConfig, record_metaworld
 
-        cfg = MetaWorldConfig(tasks=METAWORLD_OTHER, **kw, **common)
+        smooth = variant == "smooth"
+        tasks = METAWORLD_SMOOTH if smooth else METAWORLD_OTHER
+        cfg = MetaWorldConfig(tasks=tasks, max_steps=500 if smooth else 200, **kw, **common)
         record_metaworld(out, cfg)
     elif robot in ("aloha", "aloha-joint"):
         from wallwm.pipeline.sim.aloha import AlohaConfig, record_aloha
@@ -234,6 +260,31 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     return out
 
 
+def smooth_degree_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per held-out robot: the smooth model's degree picked on the other robot's
+    smooth-operator recording, and the held-out F1 at it (the product path: chosen model)."""
+    smooth = {robot: eps for (robot, variant), eps in data.items() if variant == "smooth"}
+    f1: dict[int, dict[str, float]] = {}
+    for degree in SMOOTH_DEGREES:
+        segment_module.SMOOTH_DEGREE = degree  # the choice and the cut both read it
+        f1[degree] = {
+            r: score(eps, product_config(eps)[0])["overall"].f1 for r, eps in smooth.items()
+        }
+    segment_module.SMOOTH_DEGREE = DEFAULT_SMOOTH_DEGREE
+    out: dict[str, Any] = {}
+    for held in sorted(smooth):
+        train = [r for r in smooth if r != held]
+        if not train:
+            continue
+        best = max(SMOOTH_DEGREES, key=lambda d: statistics.mean(f1[d][r] for r in train))
+        out[held] = {
+            "degree": best,
+            "held_out_f1": f1[best][held],
+            "f1_by_degree": {str(d): f1[d][held] for d in SMOOTH_DEGREES},
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
@@ -247,7 +298,7 @@ def main() -> None:
     root = Path(args.root)
     data = {}
     for robot in args.robots:
-        for variant in VARIANTS:
+        for variant in variants(robot):
             out = root / f"{robot}-{variant.replace(' ', '')}"
             if not (out / ".complete").exists():
                 t = time.perf_counter()
@@ -304,8 +355,16 @@ def main() -> None:
     for robot, v in targets_loro.items():
         held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
         print(f"- {robot}: x{v['noise']:g} -> {held}")
+    degree_loro = {} if args.no_loro else smooth_degree_loro(data)
+    print(
+        "\nleave-one-robot-out, smooth operators (the smooth model's degree picked on the other):"
+    )
+    for robot, v in degree_loro.items():
+        by = ", ".join(f"{d}: {f:.3f}" for d, f in v["f1_by_degree"].items())
+        print(f"- {robot}: degree {v['degree']} -> {v['held_out_f1']:.3f} (by degree {by})")
     if args.json:
-        results = {"rows": rows, "loro": loro, "position_targets_loro": targets_loro}
+        results = {"rows": rows, "loro": loro, "position_targets_loro": targets_loro,
+                   "smooth_degree_loro": degree_loro}  # fmt: skip
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 

@@ -116,11 +116,31 @@ class LinearCost:
         return m
 
 
+#: Pseudo-inverses of the polynomial fit's Gram matrix by segment length, per degree (shared:
+#: they depend on nothing else).
+_GRAM_PINVS: dict[int, FloatArray] = {}
+
+
+def _gram_pinvs(degree: int, max_len: int) -> FloatArray:
+    """``(max_len + 1, P, P)``: row ``L`` the Gram pseudo-inverse of a length-``L`` segment."""
+    have = _GRAM_PINVS.get(degree)
+    if have is None or len(have) <= max_len:
+        powers = np.arange(degree + 1)
+        size = max(max_len + 1, 2 * (0 if have is None else len(have)))
+        out = np.zeros((size, degree + 1, degree + 1))
+        for length in range(1, size):
+            u = (np.arange(length) - 0.5 * (length - 1)) / max(0.5 * (length - 1), 1.0)
+            x = u[:, None] ** powers
+            out[length] = np.linalg.pinv(x.T @ x)
+        _GRAM_PINVS[degree] = have = out
+    return have
+
+
 class PolynomialCost:
     """Residual sum of squares of a per-dimension polynomial in time on ``[a, b)``.
 
     Every column is fitted as ``c0 + c1 u + ... + c_p u^p`` in the segment's own time ``u``
-    (its frames scaled to [-1, 1]): a cubic follows a command whose speed rises and falls
+    (its frames scaled to [-1, 1]): a polynomial follows a command whose speed rises and falls
     within an event (a person's reach) where a line cannot. O(1) per query: the fit's Gram
     matrix depends only on the segment's length (its pseudo-inverse is tabulated once per
     length), and the fit's moments ``sum u^k y`` come from prefix sums of ``t^j y`` by the
@@ -138,15 +158,12 @@ class PolynomialCost:
         self.sty = _prefix(t[:, None, None] ** powers[None, :, None] * y_TD[:, None, :])
         self.syy = _prefix(y_TD * y_TD)
         self.centre = 0.5 * (t_len - 1)
-        # binomial(k, j) for the expansion of (t - c)^k
+        # binomial(k, j) for the expansion of (t - c)^k, and which power of -c each term takes
         self.binom = np.array(
             [[math.comb(k, j) if j <= k else 0 for j in powers] for k in powers], dtype=np.float64
         )
-        self.gram_pinv = np.zeros((t_len + 1, self.params, self.params))
-        for length in range(1, t_len + 1):
-            u = (np.arange(length) - 0.5 * (length - 1)) / max(0.5 * (length - 1), 1.0)
-            x = u[:, None] ** powers
-            self.gram_pinv[length] = np.linalg.pinv(x.T @ x)
+        self.exponent = np.maximum(powers[:, None] - powers[None, :], 0)
+        self.gram_pinv = _gram_pinvs(degree, t_len)
 
     def scaled(self, scale_D: FloatArray) -> PolynomialCost:
         """The cost of ``y_TD * scale_D`` (prefix sums rescaled)."""
@@ -163,23 +180,26 @@ class PolynomialCost:
         a = np.asarray(a, dtype=np.int64)
         b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a.shape)
         length = b_arr - a
-        moments = self._moments(a, b_arr, length)
-        explained = np.einsum("nkd,nkl,nld->nd", moments, self.gram_pinv[length], moments)
+        moments_NDP = self._moments(a, b_arr, length)
+        weighted = moments_NDP @ self.gram_pinv[length]  # (N, D, P)
+        explained = (weighted * moments_NDP).sum(axis=-1)
         return np.asarray(np.maximum(self.syy[b_arr] - self.syy[a] - explained, 0.0))
 
     def _moments(
         self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], length: npt.NDArray[np.int64]
     ) -> FloatArray:
-        """``sum u^k y`` over each segment in its own time ``u``: shape ``(N, P, D)``."""
+        """``sum u^k y`` over each segment in its own time ``u``: shape ``(N, D, P)``."""
         half = 0.5 * (length - 1)
         centre = a + half - self.centre  # the segment's centre in the centred frame index
-        scale = np.maximum(half, 1.0)
         raw = self.sty[b] - self.sty[a]  # (N, P, D): sum t^j y
-        powers = np.arange(self.params)
         # sum ((t - c) / s)^k y = sum_j binom(k, j) (-c)^(k - j) s^-k sum t^j y
-        shift = (-centre[:, None, None]) ** np.maximum(powers[:, None] - powers[None, :], 0)
-        expand = self.binom[None] * shift / scale[:, None, None] ** powers[None, :, None]
-        return np.asarray(np.einsum("nkj,njd->nkd", expand, raw))
+        neg_powers = np.ones((len(a), self.params))
+        scale_powers = np.ones((len(a), self.params))
+        for e in range(1, self.params):  # (-c)^e and s^-e
+            neg_powers[:, e] = neg_powers[:, e - 1] * -centre
+            scale_powers[:, e] = scale_powers[:, e - 1] / np.maximum(half, 1.0)
+        expand = self.binom * neg_powers[:, self.exponent] * scale_powers[:, :, None]  # (N, P, P)
+        return np.asarray(np.swapaxes(expand @ raw, 1, 2))
 
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
@@ -189,8 +209,8 @@ class PolynomialCost:
         for length in range(1, size):  # one diagonal per length: its Gram inverse is shared
             a = rows[: size - length] + first
             b = a + length
-            moments = self._moments(a, b, np.full(len(a), length))
-            explained = np.einsum("nkd,kl,nld->nd", moments, self.gram_pinv[length], moments)
+            moments_NDP = self._moments(a, b, np.full(len(a), length))
+            explained = ((moments_NDP @ self.gram_pinv[length]) * moments_NDP).sum(axis=-1)
             rss = np.maximum(self.syy[b] - self.syy[a] - explained, 0.0)
             m[rows[: size - length], rows[length:]] = rss.sum(axis=1)
         return m

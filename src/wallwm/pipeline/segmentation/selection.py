@@ -14,25 +14,26 @@ on anything a user should have to know:
   jump (``smooth``: a polynomial in time per event; the smooth operators of MetaWorld and Jaco).
 
 The choice is a model comparison on a sample of the dataset's episodes: each candidate cuts
-every sampled episode optimally under the same BIC-penalised cost, at one common noise scale
-per action dim -- the smaller of the candidates' local misfits (the residual each leaves on
-short windows, :func:`~wallwm.pipeline.segmentation.channels.local_fit_sigma`) -- so the totals
+every sampled episode optimally under the same BIC-penalised cost, at one common noise scale per
+action dim -- the smaller of the candidates' local misfits (the residual each leaves on short
+windows, :func:`~wallwm.pipeline.segmentation.channels.local_fit_sigma`) -- so the totals
 compare; the model with the lower total explains the data with fewer, better-fitting events.
 State feedback is the default another model must beat decisively (:data:`SWITCH_RATIO`); of
 those that do, the lowest total wins. Without states the line in time is the default. The
 polynomial is weighed at the lines' common noise scale (on short windows it would follow the
-noise itself) and pays the BIC price of its own parameters. The noise model follows the choice unless
-stated: the line in time and the polynomial measure noise as their own local misfit (a
-waypoint ramp's slope, a reach's curve is no noise); state feedback as the spread of first differences floored at ``resolution`` (its
-measured best on MetaWorld, kept) -- unless the commands *move with* their states, i.e. are
-position targets the arm reaches (:func:`motion_share`: the share of a command's step-to-step
-change that its state's change explains, at least :data:`POSITION_TARGET_SHARE`). Then a
-command's first differences are the arm's motion, not noise: measured as noise they hid every
-boundary (F1 0.00-0.27 on MetaWorld, Jaco and ALOHA recorded as the states one step ahead,
-below fixed chunks), and state feedback measures its noise as its own misfit instead
-(``noise_model="position_targets"``): the local misfit, scaled up to what the law leaves over a
-whole event of a smooth, curved reached path (:data:`~wallwm.pipeline.segmentation.channels.
-POSITION_TARGET_NOISE`; the local misfit alone cut such recordings into many short pieces).
+noise itself) and pays the BIC price of its own parameters. The noise model follows the choice
+unless stated: the line in time and the polynomial measure noise as their own local misfit (a
+waypoint ramp's slope, a reach's curve is no noise); state feedback as the spread of first
+differences floored at ``resolution`` (its measured best on MetaWorld, kept) -- unless the
+commands *move with* their states, i.e. are position targets the arm reaches
+(:func:`motion_share`: the share of a command's step-to-step change that its state's change
+explains, at least :data:`POSITION_TARGET_SHARE`). Then a command's first differences are the
+arm's motion, not noise: measured as noise they hid every boundary (F1 0.00-0.27 on MetaWorld,
+Jaco and ALOHA recorded as the states one step ahead, below fixed chunks), and state feedback
+measures its noise as its own misfit instead (``noise_model="position_targets"``): the local
+misfit, scaled up to what the law leaves over a whole event of a smooth, curved reached path
+(:data:`~wallwm.pipeline.segmentation.channels.POSITION_TARGET_NOISE`; the local misfit alone
+cut such recordings into many short pieces).
 
 Before the model, the *pairing*: which proprio state each action dim is affine in. A robot's
 action and state vectors need not list the same quantities in the same order (deltas first and
