@@ -36,8 +36,8 @@ ActionModelOpt = Annotated[
     typer.Option(
         help="Within an event, actions are affine in the paired proprio state (state_feedback: "
         "closed-loop control), a line in time (time: waypoint interpolation) or a polynomial "
-        "in time (smooth: a person's reaching, teleoperation); auto: chosen per dataset from "
-        "the data, then kept."
+        "in time plus state feedback (smooth: a person's reaching, teleoperation); auto: "
+        "chosen per dataset from the data, then kept."
     ),
 ]
 NoiseModelOpt = Annotated[
@@ -175,7 +175,8 @@ def _run_segment_with_progress(
         paired = pairing_text(summary.model["action_model"], summary.model.get("pairing"))
         console.print(f"within an event: {summary.model['action_model']}{paired} -- {how}")
         share = summary.model.get("motion_share")
-        if share is not None and share >= POSITION_TARGET_SHARE:
+        feedback = summary.model["action_model"] == "state_feedback"
+        if feedback and share is not None and share >= POSITION_TARGET_SHARE:
             console.print(
                 f"commands move with their states (position targets, share {share:.2f}): "
                 "noise measured as the law's misfit over an event "

@@ -208,6 +208,37 @@ def test_polynomial_cost_matches_least_squares_in_every_segment():
     )
 
 
+def test_polynomial_cost_with_a_paired_state_matches_least_squares():
+    """Each column a polynomial in time plus its own paired regressor (a controller tracking a
+    smooth reference): the Frisch-Waugh-Lovell residual equals the full least-squares fit's;
+    a regressor that does not move on a segment adds nothing."""
+    rng = np.random.default_rng(8)
+    t_len = 300
+    y = rng.normal(size=(t_len, 3)).cumsum(axis=0)
+    z = rng.normal(size=(t_len, 3)).cumsum(axis=0) + 20.0
+    z[100:140, 1] = 3.0  # held: the state of a blocked joint
+    cost = PolynomialCost(y, degree=3, z_TD=z)
+    assert cost.params == 5
+    for a, b in [(0, 300), (10, 60), (280, 300), (100, 140), (95, 150), (5, 12)]:
+        u = np.arange(a, b, dtype=np.float64)
+        basis = (u[:, None] - u.mean()) ** np.arange(4)
+        want = []
+        for d in range(3):
+            x = np.concatenate([basis, z[a:b, d : d + 1]], axis=1)
+            coef, *_ = np.linalg.lstsq(x, y[a:b, d], rcond=None)
+            want.append(float(((y[a:b, d] - x @ coef) ** 2).sum()))
+        tolerance = 1e-8 * float((y[a:b] ** 2).sum()) + 1e-9
+        assert cost.columns(np.array([a]), b)[0] == pytest.approx(want, abs=tolerance), (a, b)
+    starts, ends = np.triu_indices(41, 1)
+    m = cost.matrix(100, 140)
+    assert np.allclose(m[starts, ends], cost(starts + 100, ends + 100), rtol=1e-9, atol=1e-9)
+    scale = np.array([2.0, 0.5, 1.0])
+    assert np.allclose(
+        cost.scaled(scale).columns(starts + 100, ends + 100),
+        PolynomialCost(y * scale, degree=3, z_TD=z).columns(starts + 100, ends + 100),
+    )
+
+
 def test_segment_without_traces_cuts_the_same():
     actions, states = p_controller([(1, 0, 0), (1, 1, 0), (0, 1, 1)], [30, 25, 30], seed=3)
     s = Signals(actions, fps=20.0, states_TS=states)

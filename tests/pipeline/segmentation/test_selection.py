@@ -325,6 +325,40 @@ def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
     assert result["per_robot"]["aloha-like"]["f1"] == 1.0 and result["episodes"] == 4
 
 
+def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path):
+    """The product path on a folder of re-planned reaches: ``wallwm segment`` chooses the
+    smooth model, says which state each action dim is fed back on, and cuts at the decisions."""
+    from typer.testing import CliRunner
+
+    from wallwm.cli.main import app
+    from wallwm.pipeline.sources.folder import write_folder_episode
+
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    for seed in range(4):
+        s, truth = reaching_episode(seed)
+        write_folder_episode(
+            src,
+            f"ep{seed}",
+            instruction="reach the marks",
+            fps=s.fps,
+            actions_TA=s.actions_TA,
+            frames_by_camera={"top": np.zeros((len(s.actions_TA), 16, 16, 3), np.uint8)},
+            states_TS=s.states_TS,
+            robot="reacher",
+            events=[{"start_frame": t, "name": "reach"} for t in [0, *truth]],
+        )
+    runner = CliRunner()
+    ingest = runner.invoke(app, ["ingest", str(src), "--dataset", str(ds)])
+    assert ingest.exit_code == 0, ingest.output
+    cut = runner.invoke(app, ["segment", "--dataset", str(ds)])
+    assert cut.exit_code == 0, cut.output
+    assert "within an event: smooth (action dim->state: 0->0 1->1 2->2)" in cut.output
+    assert "position targets" not in cut.output
+    scored = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["overall"]["f1"] == 1.0
+
+
 def test_each_action_dim_is_paired_with_the_state_it_moves():
     """States in another order than the actions, plus distractors: the pairing is found from
     the data, and the cut is the same as with the states in the actions' order."""

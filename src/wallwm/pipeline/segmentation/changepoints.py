@@ -147,13 +147,19 @@ class PolynomialCost:
     binomial expansion -- in the segment's own time, so a short segment late in a long episode
     is as well conditioned as one at its start. A segment shorter than the polynomial's order
     is fitted exactly.
+
+    With ``z_TD``, column ``d`` is also affine in ``z[:, d]`` (one more parameter): a controller
+    tracking a smooth reference commands the reference's motion (a polynomial in time) plus
+    a gain times the reference minus the state it reaches. The extra regressor is added by
+    Frisch-Waugh-Lovell: the polynomial's residual of ``y`` less its projection on the
+    polynomial's residual of ``z`` -- no per-segment solve beyond the tabulated one.
     """
 
-    def __init__(self, y_TD: FloatArray, degree: int = 3) -> None:
+    def __init__(self, y_TD: FloatArray, degree: int = 3, z_TD: FloatArray | None = None) -> None:
         """Precompute prefix sums of ``t^j * y_TD`` and the Gram pseudo-inverses."""
         t_len, self.dims = y_TD.shape
-        self.params = degree + 1
-        powers = np.arange(self.params)
+        self.params = degree + 1 + (z_TD is not None)
+        powers = np.arange(degree + 1)
         t = np.arange(t_len, dtype=np.float64) - 0.5 * (t_len - 1)  # centred: smaller powers
         self.sty = _prefix(t[:, None, None] ** powers[None, :, None] * y_TD[:, None, :])
         self.syy = _prefix(y_TD * y_TD)
@@ -164,11 +170,19 @@ class PolynomialCost:
         )
         self.exponent = np.maximum(powers[:, None] - powers[None, :], 0)
         self.gram_pinv = _gram_pinvs(degree, t_len)
+        #: The paired regressor's own polynomial cost and its cross sums with ``y_TD``.
+        self.state: PolynomialCost | None = None
+        self.szy = np.zeros((t_len + 1, self.dims))
+        if z_TD is not None:
+            z_centred = z_TD - z_TD.mean(axis=0)
+            self.state = PolynomialCost(z_centred, degree)
+            self.szy = _prefix(z_centred * y_TD)
 
     def scaled(self, scale_D: FloatArray) -> PolynomialCost:
         """The cost of ``y_TD * scale_D`` (prefix sums rescaled)."""
         other = copy.copy(self)
         other.sty, other.syy = self.sty * scale_D, self.syy * scale_D * scale_D
+        other.szy = self.szy * scale_D
         return other
 
     def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
@@ -180,10 +194,26 @@ class PolynomialCost:
         a = np.asarray(a, dtype=np.int64)
         b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a.shape)
         length = b_arr - a
-        moments_NDP = self._moments(a, b_arr, length)
-        weighted = moments_NDP @ self.gram_pinv[length]  # (N, D, P)
-        explained = (weighted * moments_NDP).sum(axis=-1)
-        return np.asarray(np.maximum(self.syy[b_arr] - self.syy[a] - explained, 0.0))
+        return self._rss(a, b_arr, length, self.gram_pinv[length])
+
+    def _rss(
+        self,
+        a: npt.NDArray[np.int64],
+        b: npt.NDArray[np.int64],
+        length: npt.NDArray[np.int64],
+        pinv: FloatArray,
+    ) -> FloatArray:
+        """Each segment's residual per column, ``pinv`` its Gram inverse(s): ``(N, D)``."""
+        moments_NDP = self._moments(a, b, length)
+        weighted = moments_NDP @ pinv  # (N, D, P)
+        rss = self.syy[b] - self.syy[a] - (weighted * moments_NDP).sum(axis=-1)
+        if self.state is not None:  # less the part the paired regressor explains (FWL)
+            z_moments = self.state._moments(a, b, length)
+            z_rss = self.state.syy[b] - self.state.syy[a] - ((z_moments @ pinv) * z_moments).sum(-1)
+            cross = self.szy[b] - self.szy[a] - (weighted * z_moments).sum(axis=-1)
+            moves = z_rss > 1e-9 * (self.state.syy[b] - self.state.syy[a]) + 1e-12
+            rss = rss - np.where(moves, cross**2 / np.where(moves, z_rss, 1.0), 0.0)
+        return np.asarray(np.maximum(rss, 0.0))
 
     def _moments(
         self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], length: npt.NDArray[np.int64]
@@ -193,9 +223,9 @@ class PolynomialCost:
         centre = a + half - self.centre  # the segment's centre in the centred frame index
         raw = self.sty[b] - self.sty[a]  # (N, P, D): sum t^j y
         # sum ((t - c) / s)^k y = sum_j binom(k, j) (-c)^(k - j) s^-k sum t^j y
-        neg_powers = np.ones((len(a), self.params))
-        scale_powers = np.ones((len(a), self.params))
-        for e in range(1, self.params):  # (-c)^e and s^-e
+        neg_powers = np.ones((len(a), len(self.binom)))
+        scale_powers = np.ones((len(a), len(self.binom)))
+        for e in range(1, len(self.binom)):  # (-c)^e and s^-e
             neg_powers[:, e] = neg_powers[:, e - 1] * -centre
             scale_powers[:, e] = scale_powers[:, e - 1] / np.maximum(half, 1.0)
         expand = self.binom * neg_powers[:, self.exponent] * scale_powers[:, :, None]  # (N, P, P)
@@ -209,9 +239,7 @@ class PolynomialCost:
         for length in range(1, size):  # one diagonal per length: its Gram inverse is shared
             a = rows[: size - length] + first
             b = a + length
-            moments_NDP = self._moments(a, b, np.full(len(a), length))
-            explained = ((moments_NDP @ self.gram_pinv[length]) * moments_NDP).sum(axis=-1)
-            rss = np.maximum(self.syy[b] - self.syy[a] - explained, 0.0)
+            rss = self._rss(a, b, np.full(len(a), length), self.gram_pinv[length])
             m[rows[: size - length], rows[length:]] = rss.sum(axis=1)
         return m
 

@@ -98,7 +98,8 @@ def channel_noise(
         return sigma
     # A line in time must not chase the curvature of a smooth ramp, hence the full resolution
     # floor; the state-feedback model explains a controller's deceleration by the state, and a
-    # cubic in time a reach's rise and fall, so their channels may resolve changes half as large.
+    # polynomial in time a reach's rise and fall, so their channels may resolve changes half as
+    # large.
     follows_curves = z_TD is not None or cfg.action_model == "smooth"
     return noise_sigma(x_TD, cfg.resolution * (0.5 if follows_curves else 1.0))
 
@@ -170,7 +171,7 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
     grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
     motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
     regressors: dict[str, tuple[FloatArray, npt.NDArray[np.bool_]] | None] = {}
-    if cfg.action_model == "state_feedback":
+    if cfg.action_model in ("state_feedback", "smooth"):
         regressors["action_change"] = feedback_regressors(s, motion_dims, cfg.pairing())
     measured_gripper = (
         None if s.gripper_TG is None or grip_dims else np.asarray(s.gripper_TG, dtype=np.float64)

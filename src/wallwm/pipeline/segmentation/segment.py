@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 
 import numpy as np
+import numpy.typing as npt
 
 from wallwm.pipeline.segmentation.bends import merge_bends, residual_excess
 from wallwm.pipeline.segmentation.changepoints import (
@@ -50,10 +51,9 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
 
 #: Degree of the ``smooth`` model's polynomial in time. A minimum-jerk reach's speed is a
 #: quartic in time, and a recorded command adds the arm's lag and the operator's re-planning;
-#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings (MetaWorld, Jaco):
-#: 5 on MetaWorld, 5 and 6 tied on Jaco, either giving the held-out robot the same F1 (Jaco
-#: 0.860, MetaWorld 0.295; degree 2: 0.47 / 0.23). The unit tests' synthetic reaches are
-#: exact at 6 (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
+#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings: 6 on MetaWorld
+#: (Jaco held out: 0.816), 7 on Jaco by 0.01 (MetaWorld held out: 0.521; at 6: 0.543); degree 2
+#: gives 0.59 / 0.35 (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
 SMOOTH_DEGREE = 6
 
 
@@ -62,10 +62,19 @@ def event_penalty(cfg: SegmentConfig, dims: int, t_len: int, params: int = 2) ->
     return float(cfg.penalty * (params * dims + 1) * np.log(max(t_len, 2)))
 
 
-def within_event_cost(cfg: SegmentConfig, y_TD: FloatArray, z_TD: FloatArray) -> SegmentCost:
-    """The resolved model's segment cost of the unit-noise channels ``y_TD``."""
+def within_event_cost(
+    cfg: SegmentConfig, y_TD: FloatArray, z_TD: FloatArray, on_state_D: npt.NDArray[np.bool_]
+) -> SegmentCost:
+    """The resolved model's segment cost of the unit-noise channels ``y_TD``.
+
+    The smooth model is a polynomial in time, plus feedback on the paired states where there
+    are any (``on_state_D``: the columns whose regressor is a state).
+    """
     if cfg.action_model == "smooth":
-        return PolynomialCost(y_TD, SMOOTH_DEGREE)
+        if not on_state_D.any():
+            return PolynomialCost(y_TD, SMOOTH_DEGREE)
+        z = np.where(on_state_D, z_TD, 0.0)  # no state: nothing to add (a constant regressor)
+        return PolynomialCost(y_TD, SMOOTH_DEGREE, z)
     return LinearCost(y_TD, z_TD)
 
 
@@ -76,7 +85,9 @@ def _change_points(
     t_len = len(fit.y_TD)
     penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len, fit.cost.params)
     points = pelt_between(fit.cost, [0, *forced, t_len], penalty, min_len)
-    if cfg.merge_bends and fit.on_state_D.any() and points:
+    # A bend is a kink of the state-feedback line (a command leaving its limit): line models.
+    bends = cfg.merge_bends and isinstance(fit.cost, LinearCost) and fit.on_state_D.any()
+    if bends and points:
         points = merge_bends(fit, [0, *points], set(forced))[1:]
     if cfg.merge_disturbances and len(points) >= 2:
         points = merge_disturbances(fit, [0, *points], set(forced))[1:]
@@ -90,7 +101,8 @@ def _cuts(
     t_len = len(fit.y_TD)
     points = _change_points(fit, forced, cfg, min_len)
     if cfg.refit_noise:
-        bends = fit.on_state_D if cfg.merge_bends else None
+        lines = isinstance(fit.cost, LinearCost)
+        bends = fit.on_state_D if cfg.merge_bends and lines else None
         excess_D = residual_excess(fit.cost, fit.y_TD, fit.z_TD, [0, *points, t_len], bends)
         if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
             fit = fit.scaled(1.0 / np.sqrt(excess_D))
@@ -148,7 +160,7 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
         ]
     )
     per_param = cfg.penalty * np.log(max(t_len, 2))
-    fit = ChannelFit(within_event_cost(cfg, y, z), y, z, on_state, per_param, s.fps)
+    fit = ChannelFit(within_event_cost(cfg, y, z, on_state), y, z, on_state, per_param, s.fps)
     points, cost = _cuts(fit, forced, cfg, min_len)
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])

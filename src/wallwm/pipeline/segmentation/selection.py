@@ -11,7 +11,8 @@ on anything a user should have to know:
   (``time``; ALOHA's end-effector experts);
 - a person reaching (teleoperation) moves along minimum-jerk paths: the speed rises and falls
   within every move, and a decision re-plans the move from where the hand is going, without a
-  jump (``smooth``: a polynomial in time per event; the smooth operators of MetaWorld and Jaco).
+  jump; the robot's controller tracks that reference (``smooth``: a polynomial in time plus
+  feedback on the paired state per event; the smooth operators of MetaWorld and Jaco).
 
 The choice is a model comparison on a sample of the dataset's episodes: each candidate cuts
 every sampled episode optimally under the same BIC-penalised cost, at one common noise scale per
@@ -234,8 +235,8 @@ def motion_share(signals: Iterable[Signals], pairing: list[int] | None) -> float
 
 
 def pairing_text(action_model: str, pairing: list[int] | None) -> str:
-    """`` (action dim->state: 0->0 1->1)`` for a state-feedback pairing, else empty."""
-    if action_model != "state_feedback" or not pairing:
+    """`` (action dim->state: 0->0 1->1)`` for a model with state feedback, else empty."""
+    if action_model not in ("state_feedback", "smooth") or not pairing:
         return ""
     return (
         " (action dim->state: "
@@ -280,9 +281,12 @@ def episode_costs(
     costs: dict[str, LinearCost | PolynomialCost] = {
         n: LinearCost(y, z) for n, z in candidates.items()
     }
-    # The cubic's local misfit is no noise scale (it follows short windows exactly): it is
-    # weighed at the lines' common one, and pays for its two extra parameters per event.
-    costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE)
+    # The polynomial's local misfit is no noise scale (it follows short windows exactly): it is
+    # weighed at the lines' common one, and pays for its extra parameters per event. It adds
+    # feedback on the paired states where there are any, as the smooth model cuts with.
+    paired = feedback_regressors(s, dims, pairing)
+    state = None if paired is None or not paired[1].any() else np.where(paired[1], paired[0], 0.0)
+    costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE, state)
     out = {}
     for name, cost in costs.items():
         penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
