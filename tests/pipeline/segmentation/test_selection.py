@@ -282,29 +282,40 @@ def test_a_stop_where_the_fingers_change_is_a_decision():
         assert any(abs(c - truth[0]) <= 3 for c in starts), (starts, truth)
 
 
+def write_source(
+    src, episodes: list[tuple[Signals, list[int]]], robot: str, meta: dict | None = None
+) -> None:
+    """The episodes as a folder source (blank video), their decisions as its events."""
+    from wallwm.pipeline.sources.folder import write_folder_episode
+
+    for i, (s, truth) in enumerate(episodes):
+        write_folder_episode(
+            src,
+            f"ep{i}",
+            instruction="do the task",
+            fps=s.fps,
+            actions_TA=s.actions_TA,
+            frames_by_camera={"top": np.zeros((len(s.actions_TA), 16, 16, 3), np.uint8)},
+            states_TS=s.states_TS,
+            robot=robot,
+            events=[{"start_frame": t, "name": "decision"} for t in [0, *truth]],
+            extra_meta=meta,
+        )
+
+
 def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
     from wallwm.pipeline.ingest import IngestConfig, run_ingest
     from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
     from wallwm.pipeline.sim.aloha import ACTION_NAMES, STATE_NAMES
-    from wallwm.pipeline.sources.folder import write_folder_episode
     from wallwm.pipeline.tables import schemas
     from wallwm.pipeline.tables.store import LanceStore
 
     src, ds = tmp_path / "src", tmp_path / "ds"
-    for seed in range(4):
-        s, truth = waypoint_episode(seed)
-        write_folder_episode(
-            src,
-            f"ep{seed}",
-            instruction="hand the cube over",
-            fps=50.0,
-            actions_TA=s.actions_TA,
-            frames_by_camera={"top": np.zeros((len(s.actions_TA), 16, 16, 3), np.uint8)},
-            states_TS=s.states_TS[:, :14],
-            robot="aloha-like",
-            events=[{"start_frame": t, "name": "k"} for t in [0, *truth]],
-            extra_meta={"action_names": ACTION_NAMES, "state_names": STATE_NAMES},
-        )
+    episodes = [waypoint_episode(seed) for seed in range(4)]
+    for s, _ in episodes:
+        s.states_TS = s.states_TS[:, :14]
+    meta = {"action_names": ACTION_NAMES, "state_names": STATE_NAMES}
+    write_source(src, episodes, "aloha-like", meta)
     run_ingest(IngestConfig(source=str(src), dataset=str(ds), executor="local"))
     first = run_segment(SegmentStageConfig(dataset=str(ds), executor="local"))
     assert first.model is not None and first.model["basis"] == "data"
@@ -331,22 +342,9 @@ def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path)
     from typer.testing import CliRunner
 
     from wallwm.cli.main import app
-    from wallwm.pipeline.sources.folder import write_folder_episode
 
     src, ds = tmp_path / "src", tmp_path / "ds"
-    for seed in range(4):
-        s, truth = reaching_episode(seed)
-        write_folder_episode(
-            src,
-            f"ep{seed}",
-            instruction="reach the marks",
-            fps=s.fps,
-            actions_TA=s.actions_TA,
-            frames_by_camera={"top": np.zeros((len(s.actions_TA), 16, 16, 3), np.uint8)},
-            states_TS=s.states_TS,
-            robot="reacher",
-            events=[{"start_frame": t, "name": "reach"} for t in [0, *truth]],
-        )
+    write_source(src, [reaching_episode(seed) for seed in range(4)], "reacher")
     runner = CliRunner()
     ingest = runner.invoke(app, ["ingest", str(src), "--dataset", str(ds)])
     assert ingest.exit_code == 0, ingest.output
