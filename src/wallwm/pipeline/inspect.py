@@ -197,7 +197,11 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         for g in (gt["gt_events"] or [])[1:]:
             ax.axvline(g["start_frame"], color="tab:green", lw=1.2, ls="--")
         ax.legend(fontsize=6, loc="upper right", ncol=3)
-    model = {"state_feedback": "actions affine in the state", "time": "actions linear in time"}
+    model = {
+        "state_feedback": "actions affine in the state",
+        "time": "actions linear in time",
+        "smooth": "actions a polynomial in time plus state feedback",
+    }
     paired = pairing_text(cfg.action_model, cfg.pairing())
     axes[0].set_title(
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
