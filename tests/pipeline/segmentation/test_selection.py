@@ -121,6 +121,41 @@ def test_a_persons_reaches_choose_the_smooth_model():
     assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.6
 
 
+def tracked_episode(seed: int, events: int = 5, fps: float = 25.0) -> tuple[Signals, list[int]]:
+    """A controller tracking a person's reference while something pushes the arm about: each
+    command a rise-and-fall in time plus a gain on its state, which moves on its own."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(30, 50, events)
+    t_len = int(lengths.sum())
+    states = np.cumsum(rng.normal(0, 0.05, (t_len, 3)), axis=0)
+    actions = np.zeros((t_len, 3))
+    truth, start = [], 0
+    for n in lengths:
+        u = np.linspace(0.0, 1.0, n)
+        bell = (u * (1 - u))[:, None] * rng.uniform(-4, 4, 3)
+        offset = rng.uniform(-0.5, 0.5, 3)
+        actions[start : start + n] = bell + offset - 2.0 * states[start : start + n]
+        start += n
+        truth.append(start)
+    return Signals(actions, fps, states), truth[:-1]
+
+
+def test_the_smooth_model_feeds_back_the_states_where_they_pay():
+    """The smooth model's two forms are nested, so the cheaper decides: where a contact pushes
+    the arm off its reference the states are fed back (and the cut is exact; without them it
+    is not), where the arm follows its reference they are not."""
+    tracked = [tracked_episode(seed) for seed in range(6)]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in tracked])
+    assert (cfg.action_model, cfg.state_pairing) == ("smooth", [0, 1, 2])
+    assert choice.costs["smooth+state"] < choice.costs["smooth"]
+    assert f1(tracked, cfg) == 1.0
+    assert f1(tracked, cfg.model_copy(update={"state_pairing": [-1, -1, -1]})) < 0.9
+    reaches = [reaching_episode(seed) for seed in range(6)]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in reaches])
+    assert (cfg.action_model, cfg.state_pairing) == ("smooth", [-1, -1, -1])
+    assert choice.costs["smooth"] < choice.costs["smooth+state"]
+
+
 def as_position_targets(episode: tuple[Signals, list[int]]) -> tuple[Signals, list[int]]:
     """The same rollout recorded as the states it reached one step later (position targets)."""
     s, truth = episode
@@ -338,7 +373,7 @@ def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
 
 def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path):
     """The product path on a folder of re-planned reaches: ``wallwm segment`` chooses the
-    smooth model, says which state each action dim is fed back on, and cuts at the decisions."""
+    smooth model, shows both its forms' costs, and cuts at the decisions."""
     from typer.testing import CliRunner
 
     from wallwm.cli.main import app
@@ -350,7 +385,8 @@ def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path)
     assert ingest.exit_code == 0, ingest.output
     cut = runner.invoke(app, ["segment", "--dataset", str(ds)])
     assert cut.exit_code == 0, cut.output
-    assert "within an event: smooth (action dim->state: 0->0 1->1 2->2)" in cut.output
+    # the hand follows its reference exactly here: the polynomial alone, no state fed back
+    assert "within an event: smooth --" in cut.output and "smooth+state" in cut.output
     assert "position targets" not in cut.output
     scored = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
     assert scored.exit_code == 0, scored.output

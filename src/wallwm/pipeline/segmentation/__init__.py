@@ -31,9 +31,9 @@ the same -- only a new sub-goal (an event) moves it. Without paired states, or w
 smooth deceleration. A person's reaching (teleoperation) fits neither: its speed rises and
 falls within every move, and a decision re-plans the move without a jump, so with
 ``action_model="smooth"`` each dim is a polynomial in time per event (degree
-``SMOOTH_DEGREE``, :class:`~.changepoints.PolynomialCost`) plus feedback on its paired state --
-the robot's controller tracking the person's reference, which a contact holds back -- priced by
-its own parameter count.
+``SMOOTH_DEGREE``, :class:`~.changepoints.PolynomialCost`), plus feedback on its paired state
+where the dataset's choice finds it pays (the robot's controller tracking the person's
+reference, which a contact holds back), priced by its own parameter count.
 ``auto`` (the default) chooses among the three per dataset (:mod:`.selection`).
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command

@@ -37,8 +37,9 @@ class SegmentConfig(BaseModel):
         description="Within an event, actions are affine in the paired proprio state "
         "(state_feedback: a closed-loop controller steering to a sub-goal), a line in time "
         "(time: an open-loop interpolation between waypoints) or a polynomial in time plus "
-        "feedback on the paired state (smooth: a person's reach -- its speed rising and falling "
-        "within the event -- tracked by the robot's controller); auto: chosen per "
+        "feedback on the paired state, if any is paired (smooth: a person's reach -- its speed "
+        "rising and falling within the event -- tracked by the robot's controller); auto: "
+        "chosen per "
         "dataset from the data (see wallwm.pipeline.segmentation.selection).",
     )
     state_pairing: Literal["auto", "index"] | list[int] = Field(

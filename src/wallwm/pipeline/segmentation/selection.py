@@ -11,8 +11,9 @@ on anything a user should have to know:
   (``time``; ALOHA's end-effector experts);
 - a person reaching (teleoperation) moves along minimum-jerk paths: the speed rises and falls
   within every move, and a decision re-plans the move from where the hand is going, without a
-  jump; the robot's controller tracks that reference (``smooth``: a polynomial in time plus
-  feedback on the paired state per event; the smooth operators of MetaWorld and Jaco).
+  jump; the robot's controller tracks that reference (``smooth``: a polynomial in time per
+  event, plus feedback on the paired state where that pays -- where a contact holds the arm
+  back from its reference; the smooth operators of MetaWorld and Jaco).
 
 The choice is a model comparison on a sample of the dataset's episodes: each candidate cuts
 every sampled episode optimally under the same BIC-penalised cost, at one common noise scale per
@@ -22,7 +23,9 @@ compare; the model with the lower total explains the data with fewer, better-fit
 State feedback is the default another model must beat decisively (:data:`SWITCH_RATIO`); of
 those that do, the lowest total wins. Without states the line in time is the default. The
 polynomial is weighed at the lines' common noise scale (on short windows it would follow the
-noise itself) and pays the BIC price of its own parameters. The noise model follows the choice
+noise itself) and pays the BIC price of its own parameters; it is costed with and without
+feedback on the paired states, and the cheaper of the two nested forms stands for it (without:
+the pairing is recorded as all -1). The noise model follows the choice
 unless stated: the line in time and the polynomial measure noise as their own local misfit (a
 waypoint ramp's slope, a reach's curve is no noise); state feedback as the spread of first
 differences floored at ``resolution`` (its measured best on MetaWorld, kept) -- unless the
@@ -68,6 +71,11 @@ from wallwm.pipeline.segmentation.channels import (
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
 
 CANDIDATES = ("state_feedback", "time", "smooth")
+#: The smooth model with feedback on the paired states, costed beside it: the two are nested,
+#: so the lower penalised cost decides whether the states are fed back (a controller held back
+#: at contacts: MetaWorld's smooth operator, 0.73 of the polynomial's cost) or not (Jaco, whose
+#: law runs through the arm's Jacobian: 1.08).
+SMOOTH_FEEDBACK = "smooth+state"
 #: Another model replaces the default state-feedback model only where it explains the sample
 #: at most this share of the state-feedback cost. The costs are measured at a noise scale
 #: estimated from the data; where that estimate is off (noise that drifts over many frames, a
@@ -104,6 +112,8 @@ class ModelChoice:
     #: How much of the commands' changes their states' changes explain (see
     #: :func:`motion_share`); None where not measured (no states, or the model was stated).
     motion_share: float | None = None
+    #: Whether the smooth model feeds back the paired states (else the polynomial alone).
+    feedback: bool = True
 
     @property
     def position_targets(self) -> bool:
@@ -236,7 +246,7 @@ def motion_share(signals: Iterable[Signals], pairing: list[int] | None) -> float
 
 def pairing_text(action_model: str, pairing: list[int] | None) -> str:
     """`` (action dim->state: 0->0 1->1)`` for a model with state feedback, else empty."""
-    if action_model not in ("state_feedback", "smooth") or not pairing:
+    if action_model not in ("state_feedback", "smooth") or not pairing or max(pairing) < 0:
         return ""
     return (
         " (action dim->state: "
@@ -285,8 +295,10 @@ def episode_costs(
     # weighed at the lines' common one, and pays for its extra parameters per event. It adds
     # feedback on the paired states where there are any, as the smooth model cuts with.
     paired = feedback_regressors(s, dims, pairing)
-    state = None if paired is None or not paired[1].any() else np.where(paired[1], paired[0], 0.0)
-    costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE, state)
+    costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE)
+    if paired is not None and paired[1].any():  # and with the states, where it pays for them
+        state = np.where(paired[1], paired[0], 0.0)
+        costs[SMOOTH_FEEDBACK] = PolynomialCost(y, SMOOTH_DEGREE, state)
     out = {}
     for name, cost in costs.items():
         penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
@@ -303,6 +315,8 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
         pairing = choose_pairing(signals)
     choice = _choose_action_model(signals, cfg, pairing)
     share = motion_share(signals, pairing) if cfg.noise_model == "auto" else None
+    if choice.action_model == "smooth" and not choice.feedback and pairing is not None:
+        pairing = [-1] * len(pairing)  # the polynomial alone: no state pays for its parameter
     return dataclasses.replace(choice, pairing=pairing, motion_share=share)
 
 
@@ -311,28 +325,36 @@ def _choose_action_model(
 ) -> ModelChoice:
     if cfg.action_model != "auto":
         return ModelChoice(cfg.action_model, basis="stated")
-    totals = dict.fromkeys(CANDIDATES, 0.0)
-    usable = dict.fromkeys(CANDIDATES, True)
+    names = (*CANDIDATES, SMOOTH_FEEDBACK)
+    totals = dict.fromkeys(names, 0.0)
+    usable = dict.fromkeys(names, True)
     episodes = 0
     for s in signals:
         costs = episode_costs(s, cfg, pairing)
         if not costs:
             continue
         episodes += 1
-        for name in CANDIDATES:
+        for name in names:
             if name in costs:
                 totals[name] += costs[name]
             else:  # a candidate that cannot model one episode cannot model the dataset
                 usable[name] = False
-    costs = {n: totals[n] for n in CANDIDATES if usable[n]}
+    costs = {n: totals[n] for n in names if usable[n]}
     if not episodes or not costs:  # nothing moves: the default model, nothing to compare
         return ModelChoice("state_feedback", episodes=episodes)
+    # The smooth model's two forms are nested: the cheaper one stands for it.
+    forms = {n: costs[n] for n in ("smooth", SMOOTH_FEEDBACK) if n in costs}
+    compared = {n: v for n, v in costs.items() if n not in forms}
+    form = min(forms, key=forms.__getitem__) if forms else "smooth"
+    if forms:
+        compared["smooth"] = forms[form]
     # The default (state feedback; without paired states, the line in time) stays unless
     # another model explains the sample decisively better; of those that do, the one that
     # explains it best.
-    default = "state_feedback" if "state_feedback" in costs else "time"
-    better = {n: v for n, v in costs.items() if v <= SWITCH_RATIO * costs[default]}
-    return ModelChoice(min(better, key=better.__getitem__, default=default), costs, episodes)
+    default = "state_feedback" if "state_feedback" in compared else "time"
+    better = {n: v for n, v in compared.items() if v <= SWITCH_RATIO * compared[default]}
+    chosen = min(better, key=better.__getitem__, default=default)
+    return ModelChoice(chosen, costs, episodes, feedback=form == SMOOTH_FEEDBACK)
 
 
 def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
