@@ -51,9 +51,9 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
 
 #: Degree of the ``smooth`` model's polynomial in time. A minimum-jerk reach's speed is a
 #: quartic in time, and a recorded command adds the arm's lag and the operator's re-planning;
-#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings: 6 on MetaWorld
-#: (Jaco held out: 0.816), 7 on Jaco by 0.01 (MetaWorld held out: 0.521; at 6: 0.543); degree 2
-#: gives 0.59 / 0.35 (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
+#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings: 6 for either
+#: held-out robot (Jaco 0.860, tied with 5; MetaWorld 0.543); degree 2 gives 0.47 / 0.35
+#: (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
 SMOOTH_DEGREE = 6
 
 
