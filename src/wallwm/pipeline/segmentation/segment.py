@@ -71,11 +71,18 @@ def within_event_cost(
     are any (``on_state_D``: the columns whose regressor is a state).
     """
     if cfg.action_model == "smooth":
-        if not on_state_D.any():
-            return PolynomialCost(y_TD, SMOOTH_DEGREE)
-        z = np.where(on_state_D, z_TD, 0.0)  # no state: nothing to add (a constant regressor)
-        return PolynomialCost(y_TD, SMOOTH_DEGREE, z)
+        return smooth_cost(y_TD, z_TD, on_state_D)
     return LinearCost(y_TD, z_TD)
+
+
+def smooth_cost(
+    y_TD: FloatArray, z_TD: FloatArray, on_state_D: npt.NDArray[np.bool_]
+) -> PolynomialCost:
+    """The smooth model's cost: a polynomial in time, plus feedback on the state columns."""
+    if not on_state_D.any():
+        return PolynomialCost(y_TD, SMOOTH_DEGREE)
+    # a column without a state gets nothing added (a zero regressor explains nothing)
+    return PolynomialCost(y_TD, SMOOTH_DEGREE, np.where(on_state_D, z_TD, 0.0))
 
 
 def _change_points(

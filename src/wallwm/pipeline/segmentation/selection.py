@@ -255,17 +255,6 @@ def pairing_text(action_model: str, pairing: list[int] | None) -> str:
     )
 
 
-def _regressors(
-    s: Signals, dims: list[int], pairing: list[int] | None
-) -> dict[str, FloatArray | None]:
-    """Each candidate's regressors for the motion dims (None: a line in time)."""
-    out: dict[str, FloatArray | None] = {"time": None}
-    paired = feedback_regressors(s, dims, pairing)
-    if paired is not None and paired[1].any():
-        out["state_feedback"] = paired[0]
-    return out
-
-
 def episode_costs(
     s: Signals, cfg: SegmentConfig, pairing: list[int] | None = None
 ) -> dict[str, float]:
@@ -273,7 +262,7 @@ def episode_costs(
 
     Empty when the episode has no moving non-gripper action dim (nothing to compare on).
     """
-    from wallwm.pipeline.segmentation.segment import SMOOTH_DEGREE, event_penalty
+    from wallwm.pipeline.segmentation.segment import SMOOTH_DEGREE, event_penalty, smooth_cost
 
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip = set(s.gripper_action_dims)
@@ -283,7 +272,12 @@ def episode_costs(
         return {}
     x = actions[:, dims]
     window = max(5, round(LOCAL_FIT_S * s.fps))
-    candidates = _regressors(s, dims, pairing)
+    # Each line model's regressors (None: a line in time); the states where any is paired.
+    paired = feedback_regressors(s, dims, pairing)
+    state = None if paired is None or not paired[1].any() else paired
+    candidates: dict[str, FloatArray | None] = {"time": None}
+    if state is not None:
+        candidates["state_feedback"] = state[0]
     sigma = np.min([local_fit_sigma(x, z, window) for z in candidates.values()], axis=0)
     y = x / sigma
     min_len = max(1, round(cfg.min_event_s * s.fps))
@@ -292,13 +286,11 @@ def episode_costs(
         n: LinearCost(y, z) for n, z in candidates.items()
     }
     # The polynomial's local misfit is no noise scale (it follows short windows exactly): it is
-    # weighed at the lines' common one, and pays for its extra parameters per event. It adds
-    # feedback on the paired states where there are any, as the smooth model cuts with.
-    paired = feedback_regressors(s, dims, pairing)
+    # weighed at the lines' common one, and pays for its extra parameters per event -- alone,
+    # and with feedback on the paired states where there are any.
     costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE)
-    if paired is not None and paired[1].any():  # and with the states, where it pays for them
-        state = np.where(paired[1], paired[0], 0.0)
-        costs[SMOOTH_FEEDBACK] = PolynomialCost(y, SMOOTH_DEGREE, state)
+    if state is not None:
+        costs[SMOOTH_FEEDBACK] = smooth_cost(y, *state)
     out = {}
     for name, cost in costs.items():
         penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
