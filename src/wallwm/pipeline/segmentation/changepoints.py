@@ -204,31 +204,39 @@ class PolynomialCost:
         pinv: FloatArray,
     ) -> FloatArray:
         """Each segment's residual per column, ``pinv`` its Gram inverse(s): ``(N, D)``."""
-        moments_NDP = self._moments(a, b, length)
+        expand = self._expansion(a, length)  # shared by the columns and the paired regressor
+        moments_NDP = self._moments(a, b, expand)
         weighted = moments_NDP @ pinv  # (N, D, P)
         rss = self.syy[b] - self.syy[a] - (weighted * moments_NDP).sum(axis=-1)
         if self.state is not None:  # less the part the paired regressor explains (FWL)
-            z_moments = self.state._moments(a, b, length)
+            z_moments = self.state._moments(a, b, expand)
             z_rss = self.state.syy[b] - self.state.syy[a] - ((z_moments @ pinv) * z_moments).sum(-1)
             cross = self.szy[b] - self.szy[a] - (weighted * z_moments).sum(axis=-1)
             moves = z_rss > 1e-9 * (self.state.syy[b] - self.state.syy[a]) + 1e-12
             rss = rss - np.where(moves, cross**2 / np.where(moves, z_rss, 1.0), 0.0)
         return np.asarray(np.maximum(rss, 0.0))
 
-    def _moments(
-        self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], length: npt.NDArray[np.int64]
-    ) -> FloatArray:
-        """``sum u^k y`` over each segment in its own time ``u``: shape ``(N, D, P)``."""
+    def _expansion(self, a: npt.NDArray[np.int64], length: npt.NDArray[np.int64]) -> FloatArray:
+        """``(N, P, P)``: what turns a segment's ``sum t^j y`` into its ``sum u^k y``.
+
+        ``sum ((t - c) / s)^k y = sum_j binom(k, j) (-c)^(k - j) s^-k sum t^j y``, with ``c``
+        the segment's centre and ``s`` its half-width; the same for every column and for the
+        paired regressor's sums.
+        """
         half = 0.5 * (length - 1)
         centre = a + half - self.centre  # the segment's centre in the centred frame index
-        raw = self.sty[b] - self.sty[a]  # (N, P, D): sum t^j y
-        # sum ((t - c) / s)^k y = sum_j binom(k, j) (-c)^(k - j) s^-k sum t^j y
         neg_powers = np.ones((len(a), len(self.binom)))
         scale_powers = np.ones((len(a), len(self.binom)))
         for e in range(1, len(self.binom)):  # (-c)^e and s^-e
             neg_powers[:, e] = neg_powers[:, e - 1] * -centre
             scale_powers[:, e] = scale_powers[:, e - 1] / np.maximum(half, 1.0)
-        expand = self.binom * neg_powers[:, self.exponent] * scale_powers[:, :, None]  # (N, P, P)
+        return np.asarray(self.binom * neg_powers[:, self.exponent] * scale_powers[:, :, None])
+
+    def _moments(
+        self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], expand: FloatArray
+    ) -> FloatArray:
+        """``sum u^k y`` over each segment in its own time ``u``: shape ``(N, D, P)``."""
+        raw = self.sty[b] - self.sty[a]  # (N, P, D): sum t^j y
         return np.asarray(np.swapaxes(expand @ raw, 1, 2))
 
     def matrix(self, first: int, last: int) -> FloatArray:
