@@ -16,8 +16,9 @@ each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
 (ALOHA: pauses and few-millimetre swerves; Jaco: pauses). MetaWorld and Jaco are also recorded
 with a person's smooth reaching in place of the experts' controllers (``operator="smooth"``:
 minimum-jerk moves to the experts' own sub-goals, re-planned when the expert decides; MetaWorld
-on the eleven tasks where that operator succeeds, up to 500 steps). Ground truth: each
-expert's own decisions.
+on the eleven tasks where that operator succeeds, up to 500 steps), and so again with the
+person's hesitations (pauses, and on MetaWorld sideways swerves, six steps into most phases;
+no action noise). Ground truth: each expert's own decisions.
 
 For every recording the product path runs as ``wallwm run`` does: the within-event model is
 chosen on a spread sample of up to 24 episodes, then every episode is cut with it. Boundary F1
@@ -77,6 +78,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "noise 0.3": {"action_noise": 0.3},
     "hesitations": {"action_noise": 0.3, "hesitations": 0.4, "corrections": 0.3},
     "smooth": {"action_noise": 0.0, "operator": "smooth"},
+    "smooth hesitations": {
+        "action_noise": 0.0,
+        "operator": "smooth",
+        "hesitations": 0.4,
+        "corrections": 0.3,
+    },
 }
 #: The recorders with a smooth operator.
 SMOOTH_ROBOTS = ("metaworld", "jaco")
@@ -95,7 +102,7 @@ DEFAULT_SMOOTH_DEGREE = segment_module.SMOOTH_DEGREE
 
 def variants(robot: str) -> list[str]:
     """The recordings made of ``robot``."""
-    return [v for v in VARIANTS if v != "smooth" or robot in SMOOTH_ROBOTS]
+    return [v for v in VARIANTS if not v.startswith("smooth") or robot in SMOOTH_ROBOTS]
 
 
 def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> None:
@@ -105,7 +112,7 @@ def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> Non
     if robot == "metaworld":
         from wallwm.pipeline.sim.metaworld import MetaWorldConfig, record_metaworld
 
-        smooth = variant == "smooth"
+        smooth = kw.get("operator") == "smooth"
         tasks = METAWORLD_SMOOTH if smooth else METAWORLD_OTHER
         cfg = MetaWorldConfig(tasks=tasks, max_steps=500 if smooth else 200, **kw, **common)
         record_metaworld(out, cfg)

@@ -2,8 +2,9 @@
 
 Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
 noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
-:mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray stage over
-a dataset), :mod:`.evaluate` (boundary metrics).
+:mod:`.disturbances` and :mod:`.hesitations` (what is no event), :mod:`.selection` (the model
+choice), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray
+stage over a dataset), :mod:`.evaluate` (boundary metrics).
 
 The episode's signals are grouped into cue channels, each scaled to unit noise using noise
 estimated from the episode itself (robust spread of first differences, ignoring held/clipped
@@ -42,7 +43,9 @@ anywhere in the two events for one more parameter) explains the signals within t
 the parameters a cut adds, the boundary is dropped (``merge_bends``).
 A run of short events within 0.6 s whose surroundings continue each other is a hesitation or
 a small correction, and a closed-loop arm's abrupt stop its law did not ask for is a pause: their
-cuts go (``merge_disturbances``, :mod:`.disturbances`).
+cuts go (``merge_disturbances``, :mod:`.disturbances`). The smooth model cannot continue a line
+over a stop: a person's hesitations -- abrupt stops after which the move carries on the way it was
+going -- are taken out of its signals before it cuts (:mod:`.hesitations`).
 The noise each channel is scaled by is then re-estimated from the residuals the chosen events
 leave (never below the first-difference level) and the episode is cut again
 (``refit_noise``): slowly drifting noise -- a hand's tremor, lag no line follows -- is invisible

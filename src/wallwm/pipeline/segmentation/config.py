@@ -68,8 +68,9 @@ class SegmentConfig(BaseModel):
         True,
         description="Drop the boundaries of hesitations and small corrections: short runs of "
         "events after which the motion continues the one before, and a closed-loop arm's "
-        "pauses (an abrupt stop its own law did not ask for). The line models only "
-        "(state_feedback, time).",
+        "pauses (an abrupt stop its own law did not ask for), for the line models "
+        "(state_feedback, time); a person's stops after which the move carries on are taken "
+        "out of the signals before the smooth model cuts (and before the model choice).",
     )
     refit_noise: bool = Field(
         True,

@@ -28,6 +28,7 @@ from wallwm.pipeline.segmentation.config import (
 )
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
+from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -103,22 +104,24 @@ def _change_points(
 
 def _cuts(
     fit: ChannelFit, forced: list[int], cfg: SegmentConfig, min_len: int
-) -> tuple[list[int], SegmentCost]:
-    """The episode's cuts and the cost they were weighed with (noise refitted, pauses merged)."""
+) -> tuple[list[int], FloatArray]:
+    """The episode's cuts (noise refitted, pauses merged) and the refit's scale per column."""
     t_len = len(fit.y_TD)
+    scale_D = np.ones(fit.y_TD.shape[1])
     points = _change_points(fit, forced, cfg, min_len)
     if cfg.refit_noise:
         lines = isinstance(fit.cost, LinearCost)
         bends = fit.on_state_D if cfg.merge_bends and lines else None
         excess_D = residual_excess(fit.cost, fit.y_TD, fit.z_TD, [0, *points, t_len], bends)
         if (excess_D > 1.0).any():  # the events leave more than noise: weigh the cuts again
-            fit = fit.scaled(1.0 / np.sqrt(excess_D))
+            scale_D = 1.0 / np.sqrt(excess_D)
+            fit = fit.scaled(scale_D)
             points = _change_points(fit, forced, cfg, min_len)
     if cfg.merge_disturbances and points:
         # After the noise refit, not inside it: a pause left in its event is misfit that the
         # refit would read as noise, weighing every other cut down (measured: recall fell).
         points = merge_pauses(fit, [0, *points], set(forced))[1:]
-    return points, fit.cost
+    return points, scale_D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +144,17 @@ class WeighedCuts:
     columns: dict[str, slice]
 
 
-def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
-    """The optimal cuts of one episode and their cost (None: no usable channel).
+@dataclasses.dataclass(frozen=True)
+class _Channels:
+    """One episode's unit-noise channels, ready to cut."""
 
-    A config with ``auto`` model choices is resolved on this episode alone, as :func:`segment`
-    does.
-    """
-    if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
-        from wallwm.pipeline.segmentation.selection import resolve
+    fit: ChannelFit
+    forced: list[int]
+    columns: dict[str, slice]
 
-        cfg = resolve(cfg, [s])[0]
+
+def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
+    """The episode's channel fit under the resolved ``cfg`` (None: no usable channel)."""
     t_len = len(s.actions_TA)
     groups = channel_groups(s, cfg) if t_len >= 3 else {}
     if not groups:
@@ -158,8 +162,6 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     channels = list(groups.values())
     y = np.concatenate([c.y_TD for c in channels], axis=1)
     z = np.concatenate([c.regressor() for c in channels], axis=1)
-    min_len = max(1, round(cfg.min_event_s * s.fps))
-    forced = gripper_flips(s, min_len)
     on_state = np.concatenate(
         [
             c.on_state_D if c.on_state_D is not None else np.zeros(c.y_TD.shape[1], bool)
@@ -168,15 +170,54 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     )
     per_param = cfg.penalty * np.log(max(t_len, 2))
     fit = ChannelFit(within_event_cost(cfg, y, z, on_state), y, z, on_state, per_param, s.fps)
-    points, cost = _cuts(fit, forced, cfg, min_len)
+    forced = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
     columns = {
         n: slice(int(lo), int(hi))
         for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
     }
-    penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
-    return WeighedCuts(points, cost, penalty, forced, columns)
+    return _Channels(fit, forced, columns)
+
+
+def _cuts_without_hesitations(
+    s: Signals, whole: _Channels, cfg: SegmentConfig, min_len: int
+) -> tuple[list[int], FloatArray]:
+    """:func:`_cuts` of the episode with a person's hesitations taken out (:mod:`.hesitations`).
+
+    The channels' noise is measured and the cuts are made without them; the cuts come back in
+    the episode's frames.
+    """
+    runs = hesitation_runs(s.actions_TA, s.gripper_action_dims, s.fps)
+    excision = Excision.of(len(s.actions_TA), runs)
+    inner = _channels(excision.signals(s), cfg) if runs else None
+    if inner is None or inner.fit.y_TD.shape[1] != whole.fit.y_TD.shape[1]:
+        return _cuts(whole.fit, whole.forced, cfg, min_len)  # a channel only the stops moved
+    points, scale_D = _cuts(inner.fit, inner.forced, cfg, min_len)
+    return excision.back(points, keep=set(inner.forced)), scale_D
+
+
+def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
+    """The optimal cuts of one episode and their cost (None: no usable channel).
+
+    A config with ``auto`` model choices is resolved on this episode alone, as :func:`segment`
+    does. The smooth model cuts the episode without its hesitations (``merge_disturbances``).
+    """
+    if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
+        from wallwm.pipeline.segmentation.selection import resolve
+
+        cfg = resolve(cfg, [s])[0]
+    whole = _channels(s, cfg)
+    if whole is None:
+        return None
+    min_len = max(1, round(cfg.min_event_s * s.fps))
+    if cfg.action_model == "smooth" and cfg.merge_disturbances:
+        points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
+    else:
+        points, scale_D = _cuts(whole.fit, whole.forced, cfg, min_len)
+    cost = whole.fit.cost.scaled(scale_D) if (scale_D != 1.0).any() else whole.fit.cost
+    penalty = event_penalty(cfg, whole.fit.y_TD.shape[1], len(s.actions_TA), cost.params)
+    return WeighedCuts(points, cost, penalty, whole.forced, whole.columns)
 
 
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:

@@ -20,6 +20,9 @@ every sampled episode optimally under the same BIC-penalised cost, at one common
 action dim -- the smaller of the candidates' local misfits (the residual each leaves on short
 windows, :func:`~wallwm.pipeline.segmentation.channels.local_fit_sigma`) -- so the totals
 compare; the model with the lower total explains the data with fewer, better-fitting events.
+Each episode is weighed without a person's hesitations (:mod:`.hesitations`): a pause inside a
+reach costs every model alike and would hide what tells them apart (Jaco's smooth operator with
+pauses: the polynomial's cost 0.85 of state feedback's with them, 0.73 without).
 State feedback is the default another model must beat decisively (:data:`SWITCH_RATIO`); of
 those that do, the lowest total wins. Without states the line in time is the default. The
 polynomial is weighed at the lines' common noise scale (on short windows it would follow the
@@ -69,6 +72,7 @@ from wallwm.pipeline.segmentation.channels import (
     local_fit_sigma,
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+from wallwm.pipeline.segmentation.hesitations import without_hesitations
 
 CANDIDATES = ("state_feedback", "time", "smooth")
 #: The smooth model with feedback on the paired states, costed beside it: the two are nested,
@@ -264,6 +268,8 @@ def episode_costs(
     """
     from wallwm.pipeline.segmentation.segment import SMOOTH_DEGREE, event_penalty, smooth_cost
 
+    if cfg.merge_disturbances:  # every model is weighed on the motion the operator made
+        s = without_hesitations(s)
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip = set(s.gripper_action_dims)
     dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
