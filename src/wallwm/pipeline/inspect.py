@@ -161,7 +161,8 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     row, actions, states = _load_episode(store.root, episode_id)
     events = list_events(store, episode_id)
     cfg, basis = _segment_config_of(store, events[0]["segment_run_id"] if events else None)
-    seg: Segmentation = segment(episode_signals(row, actions, states, None), cfg)
+    signals = episode_signals(row, actions, states, None)
+    seg: Segmentation = segment(signals, cfg)
     gt = store.read(
         schemas.EPISODES,
         columns=["gt_events", "instruction"],
@@ -187,11 +188,18 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     from wallwm.pipeline.segmentation.idle import episode_trim
 
     trim_start, trim_end = episode_trim(row, actions, states)
+    hesitations = []  # the stops the smooth model cut the episode without
+    if cfg.action_model == "smooth" and cfg.merge_disturbances:
+        from wallwm.pipeline.segmentation.hesitations import hesitation_runs
+
+        hesitations = hesitation_runs(signals.actions_TA, signals.gripper_action_dims, signals.fps)
     for ax in axes:
         if trim_start > 0:  # the idle margins materialize/export leave out (grey)
             ax.axvspan(0, trim_start, color="0.85", zorder=0)
         if trim_end < len(actions):
             ax.axvspan(trim_end, len(actions), color="0.85", zorder=0)
+        for a, b in hesitations:
+            ax.axvspan(a, b, color="tab:orange", alpha=0.2, zorder=0)
         for e in events[1:]:
             ax.axvline(e["start_frame"], color="tab:red", lw=1.2)
         for g in (gt["gt_events"] or [])[1:]:
@@ -207,7 +215,8 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
         f"({len(events)} events), green dashed: ground truth; within an event: "
         f"{model.get(cfg.action_model, cfg.action_model)}{paired}, noise by "
-        f"{cfg.noise_model} ({basis}); grey: idle margins trimmed",
+        f"{cfg.noise_model} ({basis}); grey: idle margins trimmed"
+        + ("; orange: hesitations taken out" if hesitations else ""),
         fontsize=9,
     )
     fig.tight_layout()

@@ -121,3 +121,29 @@ def test_cuts_go_back_to_the_episode_without_the_arm_resuming() -> None:
     inner = excision.signals(s)
     assert inner.actions_TA.shape == (25, 2) and inner.states_TS is not None
     assert inner.states_TS[10, 0] == 15.0
+
+
+def test_the_product_path_cuts_a_person_s_hesitant_reaches_at_the_decisions(
+    tmp_path, write_source
+) -> None:
+    """``wallwm segment`` on a folder of hesitant reaches chooses the smooth model, cuts at the
+    decisions, and ``wallwm episode plot`` draws the stops it took out."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from wallwm.cli.main import app
+
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    write_source(src, [hesitant_episode(seed)[:2] for seed in range(4)], "reacher")
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(src), "--dataset", str(ds)]).exit_code == 0
+    cut = runner.invoke(app, ["segment", "--dataset", str(ds)])
+    assert cut.exit_code == 0 and "within an event: smooth" in cut.output, cut.output
+    scored = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
+    assert json.loads(scored.output)["overall"]["f1"] >= 0.8, scored.output
+    events = json.loads(runner.invoke(app, ["events", "list", "-d", str(ds), "--json"]).output)
+    plot = tmp_path / "plot.png"
+    args = ["episode", "plot", events[0]["episode_id"], "-d", str(ds), "--out", str(plot)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert plot.stat().st_size > 10_000

@@ -317,28 +317,7 @@ def test_a_stop_where_the_fingers_change_is_a_decision():
         assert any(abs(c - truth[0]) <= 3 for c in starts), (starts, truth)
 
 
-def write_source(
-    src, episodes: list[tuple[Signals, list[int]]], robot: str, meta: dict | None = None
-) -> None:
-    """The episodes as a folder source (blank video), their decisions as its events."""
-    from wallwm.pipeline.sources.folder import write_folder_episode
-
-    for i, (s, truth) in enumerate(episodes):
-        write_folder_episode(
-            src,
-            f"ep{i}",
-            instruction="do the task",
-            fps=s.fps,
-            actions_TA=s.actions_TA,
-            frames_by_camera={"top": np.zeros((len(s.actions_TA), 16, 16, 3), np.uint8)},
-            states_TS=s.states_TS,
-            robot=robot,
-            events=[{"start_frame": t, "name": "decision"} for t in [0, *truth]],
-            extra_meta=meta,
-        )
-
-
-def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
+def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path, write_source):
     from wallwm.pipeline.ingest import IngestConfig, run_ingest
     from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
     from wallwm.pipeline.sim.aloha import ACTION_NAMES, STATE_NAMES
@@ -371,7 +350,7 @@ def test_a_stage_chooses_once_and_keeps_the_choice(tmp_path):
     assert result["per_robot"]["aloha-like"]["f1"] == 1.0 and result["episodes"] == 4
 
 
-def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path):
+def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path, write_source):
     """The product path on a folder of re-planned reaches: ``wallwm segment`` chooses the
     smooth model, shows both its forms' costs, and cuts at the decisions."""
     from typer.testing import CliRunner
