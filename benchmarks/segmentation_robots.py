@@ -13,9 +13,11 @@ Records (unless present under ``--root``) the suite of ``wallwm sim``:
   waypoints' kinks smoothed by the arm's dynamics and curved by its kinematics;
 
 each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
-(ALOHA: pauses and few-millimetre swerves; Jaco: pauses). MetaWorld and Jaco are also recorded
-with a person's smooth reaching in place of the experts' controllers (``operator="smooth"``:
-minimum-jerk moves to the experts' own sub-goals, re-planned when the expert decides; MetaWorld
+(ALOHA: pauses and few-millimetre swerves; Jaco: pauses). MetaWorld, Jaco and ALOHA are also
+recorded with a person's smooth reaching in place of the experts' controllers
+(``operator="smooth"``: minimum-jerk moves to the experts' own sub-goals, re-planned when the
+expert decides; ALOHA's between the waypoint plan's keyframes at their times, from rest to rest;
+MetaWorld
 on the eleven tasks where that operator succeeds, up to 500 steps), and so again with the
 person's hesitations (pauses, and on MetaWorld sideways swerves, six steps into most phases;
 no action noise). Ground truth: each expert's own decisions.
@@ -86,7 +88,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 #: The recorders with a smooth operator.
-SMOOTH_ROBOTS = ("metaworld", "jaco")
+SMOOTH_ROBOTS = ("metaworld", "jaco", "aloha")
 CHUNKS = (4, 8, 16, 24, 32, 48)
 ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
@@ -268,8 +270,8 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
 
 
 def smooth_degree_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per held-out robot: the smooth model's degree picked on the other robot's
-    smooth-operator recording, and the held-out F1 at it (the product path: chosen model)."""
+    """Per held-out robot: the smooth model's degree picked on the other robots'
+    smooth-operator recordings (their mean F1), and the held-out F1 at it (the product path)."""
     smooth = {robot: eps for (robot, variant), eps in data.items() if variant == "smooth"}
     f1: dict[int, dict[str, float]] = {}
     for degree in SMOOTH_DEGREES:

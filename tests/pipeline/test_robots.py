@@ -41,6 +41,29 @@ def test_waypoint_plans_know_their_decisions():
     assert len(shifted) == 3 and shifted[0] >= 40  # the same decisions, later by the holds
 
 
+def test_a_person_s_waypoint_moves_are_minimum_jerk_between_the_same_keyframes():
+    """The smooth operator passes every keyframe at its time, at rest, with a bell of speed
+    between (no jump anywhere); the decisions are the plan's; the gripper stays linear."""
+    keys = [
+        Keyframe(0, (0, 0, 0), (1, 0, 0, 0), 0.0, "start"),
+        Keyframe(30, (0.1, 0, 0), (1, 0, 0, 0), 0.0, "move"),
+        Keyframe(50, (0.1, 0.05, 0), (1, 0, 0, 0), 1.0, "open and move on"),
+    ]
+    plan = Plan([keys])
+    linear, smooth = commands(plan), commands(plan, smooth=True)
+    assert np.allclose(smooth[[0, 30, 50]], linear[[0, 30, 50]])  # through the keyframes
+    speed = np.linalg.norm(np.diff(smooth[:, :3], axis=0), axis=1)
+    assert speed[0] < 0.1 * speed[15] and speed[29] < 0.1 * speed[15]  # from rest to rest
+    assert speed[15] == pytest.approx(1.875 * 0.1 / 30, rel=0.02)  # the min-jerk peak
+    assert np.abs(np.diff(speed)).max() < 0.5 * speed.max()  # no jump
+    assert np.allclose(smooth[:, 7], linear[:, 7])  # the gripper command is the expert's
+    assert decisions(plan, smooth) == decisions(plan, linear)
+    with pytest.raises(ValueError, match="operator"):
+        AlohaConfig(operator="person")
+    bad = CliRunner().invoke(app, ["sim", "aloha", "--out", "x", "--operator", "person"])
+    assert bad.exit_code == 2 and "--operator" in bad.output and "Traceback" not in bad.output
+
+
 def _record_one_aloha(tmp_path, cfg):
     """Record one episode; its summary, folder, meta, actions (T, A) and states (T, S)."""
     (result,) = record_aloha(tmp_path, cfg)

@@ -195,6 +195,7 @@ def aloha(
         str,
         typer.Option(help="ee: 16-D mocap targets; joint: 14-D joint positions reached (LeRobot)."),
     ] = "ee",
+    operator: OperatorOpt = "scripted",
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
@@ -217,9 +218,11 @@ def aloha(
             workers=workers,
             seed=seed,
             action_space=action_space,
+            operator=operator,
         )
-    except ValueError as exc:  # the one option AlohaConfig checks itself
-        raise typer.BadParameter(str(exc), param_hint="--action-space") from exc
+    except ValueError as exc:  # the options AlohaConfig checks itself
+        hint = "--operator" if str(exc).startswith("operator") else "--action-space"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
     _record_with_progress(
         out, len(cfg.tasks) * episodes, lambda on_episode: record_aloha(out, cfg, on_episode)
     )

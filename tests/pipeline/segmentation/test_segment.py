@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from wallwm.pipeline.segmentation.changepoints import (
     PolynomialCost,
     optimal_partition,
     pelt,
+    pelt_between,
 )
 from wallwm.pipeline.segmentation.channels import (
     channel_groups,
@@ -206,6 +209,32 @@ def test_polynomial_cost_matches_least_squares_in_every_segment():
         cost.scaled(scale).columns(starts[:50] + 350, ends[:50] + 350),
         PolynomialCost(y * scale).columns(starts[:50] + 350, ends[:50] + 350),
     )
+
+
+def test_polynomial_cost_keeps_its_digits_for_a_far_offset_small_range_command():
+    """A hand held near 0.5 m and moved by millimetres, in units of its noise: values near
+    2e5 that vary by 1e3. The smooth model's degree on a long episode must still get short
+    segments right (it once priced two-frame segments at 1e9 and cut every frame)."""
+    rng = np.random.default_rng(11)
+    t_len, degree = 400, 6
+    knots = [0, 90, 170, 260, 330, t_len]
+    y = np.zeros((t_len, 2))
+    for a, b in itertools.pairwise(knots):
+        u = np.linspace(0.0, 1.0, b - a)
+        y[a:b] = (u[:, None] ** np.arange(6)) @ rng.normal(size=(6, 2)) * 300.0
+    y += 2.3e5
+    cost = PolynomialCost(y, degree=degree)
+    for a, b in [(376, 378), (100, 102), (0, 7), (393, 400), (380, 390), (200, 215), (0, 400)]:
+        u = np.linspace(-1.0, 1.0, b - a)
+        x = u[:, None] ** np.arange(degree + 1)
+        coef, *_ = np.linalg.lstsq(x, y[a:b], rcond=None)
+        want = ((y[a:b] - x @ coef) ** 2).sum(axis=0)
+        centred = float(((y[a:b] - y[a:b].mean(axis=0)) ** 2).sum())
+        got = cost.columns(np.array([a]), b)[0]
+        assert got == pytest.approx(want, abs=1e-6 * centred + 1e-6), (a, b)
+    assert (cost.columns(np.arange(390, 393), np.arange(390, 393) + degree + 1) == 0).all()
+    penalty = 0.85 * (2 * (degree + 1) + 1) * np.log(t_len)
+    assert pelt_between(cost, [0, t_len], penalty, 1) == knots[1:-1]
 
 
 def test_polynomial_cost_with_a_paired_state_matches_least_squares():

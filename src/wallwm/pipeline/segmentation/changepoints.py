@@ -159,6 +159,11 @@ class PolynomialCost:
         """Precompute prefix sums of ``t^j * y_TD`` and the Gram pseudo-inverses."""
         t_len, self.dims = y_TD.shape
         self.params = degree + 1 + (z_TD is not None)
+        # Each column about its mean (the fit has an intercept, so no residual changes): a
+        # command with a large offset and a small range -- a hand held near 0.5 m, moved by
+        # millimetres, in units of its noise -- otherwise sums to magnitudes where the
+        # expansion below loses every digit of a short segment's residual.
+        y_TD = y_TD - y_TD.mean(axis=0)
         powers = np.arange(degree + 1)
         t = np.arange(t_len, dtype=np.float64) - 0.5 * (t_len - 1)  # centred: smaller powers
         self.sty = _prefix(t[:, None, None] ** powers[None, :, None] * y_TD[:, None, :])
@@ -214,6 +219,9 @@ class PolynomialCost:
             cross = self.szy[b] - self.szy[a] - (weighted * z_moments).sum(axis=-1)
             moves = z_rss > 1e-9 * (self.state.syy[b] - self.state.syy[a]) + 1e-12
             rss = rss - np.where(moves, cross**2 / np.where(moves, z_rss, 1.0), 0.0)
+        # as many frames as parameters or fewer: fitted exactly (the expansion would only add
+        # rounding error to a zero)
+        rss = np.where((length <= self.params)[:, None], 0.0, rss)
         return np.asarray(np.maximum(rss, 0.0))
 
     def _expansion(self, a: npt.NDArray[np.int64], length: npt.NDArray[np.int64]) -> FloatArray:

@@ -19,12 +19,14 @@ A run of frames is a hesitation when
 - the stop is *abrupt* at both ends: the step into the hold and out of it is at least
   :data:`ABRUPT` times the motion's own steps beside it (in some dim) -- an operator freezing,
   not a steady cruise, a smooth curve's turning point or a wiggly command passing a quiet
-  stretch;
-- the move *continues*: relative to the held command, the commands at the stop's two edges
-  point the same way (cosine at least :data:`MIN_CONTINUATION`, each dim in units of its
-  spread; at least two moving dims, or there is no direction). A stop where the expert
-  decides -- fingers closing on a brick, a hand that arrives and turns to the next sub-goal --
-  changes direction across it and stays in the signals.
+  stretch. A velocity command freezes by jumping to its held value; a position target freezes
+  where it was, so there the test runs on its steps (its rate jumps to zero);
+- the move *continues*: relative to the held command (or the held rate), the commands (or
+  steps) at the stop's two edges point the same way (cosine at least
+  :data:`MIN_CONTINUATION`, each dim in units of its spread; at least two moving dims, or there
+  is no direction). A stop where the expert decides -- fingers closing on a brick, a hand that
+  arrives and turns to the next sub-goal -- changes direction across it and stays in the
+  signals.
 
 The smooth model then cuts the signals without the hesitations (the clock after each set back
 by its length: the reference was held), measuring their noise without them too; a cut within
@@ -60,7 +62,7 @@ HOLD_SE = 4.0
 #: pass for stops (and lose the decisions next to them). From {1.5, 2, 3, 5} on both smooth
 #: operators' recordings with pauses: 1.5 to 3 score alike, at 5 Jaco's pauses go unseen
 #: (0.825 -> 0.354); at 3 a 25 Hz pause that resumes into a fast move is missed (the tests'
-#: reaches), hence 2 (BENCHMARKS.md).
+#: reaches), hence 2; ALOHA's position targets score alike at every value (BENCHMARKS.md).
 ABRUPT = 2.0
 #: Seconds of motion each side of a stop that show which way the move was going.
 SIDE_S = 0.1
@@ -68,7 +70,7 @@ SIDE_S = 0.1
 #: move to continue: within 60 degrees. From {0.3, 0.5, 0.7} on both smooth operators'
 #: recordings: Jaco needs 0.5 or more (at 0.3 its grasps -- the arm stops while the fingers
 #: close, then lifts -- are taken for pauses: F1 0.86 -> 0.67), MetaWorld scores best at the
-#: lowest, so the lowest Jaco allows (BENCHMARKS.md).
+#: lowest, so the lowest Jaco allows; ALOHA's alike at every value (BENCHMARKS.md).
 MIN_CONTINUATION = 0.5
 #: A cut this close to where a hesitation was taken out is the arm resuming, not a decision.
 JUNCTION_FRAMES = 2
@@ -87,7 +89,14 @@ def hesitation_runs(
     # the noise about a local cubic: a smooth move's curvature is no noise, and a slow move
     # drifts out of the hold however small its steps
     x = actions[:, dims]
-    stops = _Stops(x, local_fit_sigma(x, None, max(5, round(LOCAL_FIT_S * fps)), degree=3))
+    window = max(5, round(LOCAL_FIT_S * fps))
+    rate = np.diff(x, axis=0)
+    stops = _Stops(
+        x,
+        local_fit_sigma(x, None, window, degree=3),
+        rate,
+        local_fit_sigma(rate, None, window, degree=3),
+    )
     switch_T = np.zeros(t_len + 1, bool)  # a gripper command changes into frame t
     if grip:
         switch_T[1:t_len] = (np.abs(np.diff(actions[:, grip], axis=0)) > 1e-9).any(axis=1)
@@ -110,37 +119,41 @@ class _Stops:
     #: The moving non-gripper commands and their noise.
     x_TD: FloatArray
     sigma_D: FloatArray
+    #: Their steps (``x[t + 1] - x[t]``) and the steps' own noise (a position target's steps
+    #: are smooth where its values curve).
+    rate_TD: FloatArray
+    rate_sigma_D: FloatArray
 
     def carries_on(self, actions_TA: FloatArray, start: int, end: int, side: int) -> bool:
         """Whether the hold ``[start, end)`` is an abrupt stop after which the move carries on.
 
-        ``side`` frames each side show the move; a hold that drifts is no stop.
+        ``side`` frames each side show the move; a hold that drifts is no stop. A velocity
+        command stops by jumping to its held value; a position target stops by its *rate*
+        jumping to zero (the target freezes where it was) and carries on at the rate it had --
+        so the tests run on the commands, or else on their steps.
         """
         before, after = min(side, start), min(side, len(actions_TA) - end)
         if min(before, after) < 2 or self._drifts(start, end):
             return False
-        if not (self._abrupt(start, start - before) and self._abrupt(end - 1, end + after)):
-            return False  # the motion glides into the hold or out of it
-        spread_A = actions_TA.std(axis=0) + 1e-12
-        level_A = actions_TA[start] / spread_A
-        # the commands at the stop's edges (a line through each side's frames, so that a move
-        # still turning from its last re-plan is read where it stopped, not on average)
-        way_in = _edge(actions_TA[start - before : start], at_end=True) / spread_A - level_A
-        way_out = _edge(actions_TA[end : end + after], at_end=False) / spread_A - level_A
+        x, sigma = self.x_TD, self.sigma_D
+        if _abrupt(x, sigma, start, start - before) and _abrupt(x, sigma, end - 1, end + after):
+            series_TA, lo, hi = actions_TA, start, end
+        else:  # the steps: step t is x[t + 1] - x[t], held over [start, end - 1)
+            rate, rate_sigma = self.rate_TD, self.rate_sigma_D
+            if end - start < 3 or not (
+                _abrupt(rate, rate_sigma, start, start - before)
+                and _abrupt(rate, rate_sigma, end - 2, end - 1 + after)
+            ):
+                return False  # the motion glides into the hold or out of it
+            series_TA, lo, hi = np.diff(actions_TA, axis=0), start, end - 1
+        spread_A = series_TA.std(axis=0) + 1e-12
+        level_A = series_TA[lo] / spread_A
+        # the commands (or steps) at the stop's edges, a line through each side's frames: a
+        # move still turning from its last re-plan is read where it stopped, not on average
+        way_in = _edge(series_TA[lo - min(before, lo) : lo], at_end=True) / spread_A - level_A
+        way_out = _edge(series_TA[hi : hi + after], at_end=False) / spread_A - level_A
         norms = float(np.linalg.norm(way_in) * np.linalg.norm(way_out))
         return norms > 0 and float(way_in @ way_out) >= MIN_CONTINUATION * norms
-
-    def _abrupt(self, edge: int, far: int) -> bool:
-        """Whether the step from the hold's ``edge`` frame towards ``far`` is a jump.
-
-        At least :data:`ABRUPT` times the motion's own steps there, and beyond the noise.
-        """
-        out = 1 if far > edge else -1
-        step_D = np.abs(self.x_TD[edge + out] - self.x_TD[edge])
-        lo, hi = sorted((edge + out, far))
-        steps_ND = np.abs(np.diff(self.x_TD[lo:hi], axis=0))
-        typical_D = np.median(steps_ND, axis=0) if len(steps_ND) else np.zeros_like(step_D)
-        return bool((step_D / np.maximum(typical_D, HOLD_SE * self.sigma_D)).max() >= ABRUPT)
 
     def _drifts(self, start: int, end: int) -> bool:
         """Whether a line through the hold drifts by over :data:`HOLD_SE` standard errors."""
@@ -149,6 +162,21 @@ class _Stops:
         t = np.arange(n, dtype=np.float64) - 0.5 * (n - 1)
         change_D = (t @ (x_ND - x_ND.mean(axis=0))) / float(t @ t) * (n - 1)
         return bool((np.abs(change_D) > HOLD_SE * self.sigma_D * np.sqrt(12.0 / n)).any())
+
+
+def _abrupt(x_TD: FloatArray, sigma_D: FloatArray, edge: int, far: int) -> bool:
+    """Whether the step from a hold's ``edge`` frame towards ``far`` is a jump.
+
+    At least :data:`ABRUPT` times the motion's own steps there, and beyond the noise.
+    """
+    out = 1 if far > edge else -1
+    if not 0 <= edge + out < len(x_TD):
+        return False
+    step_D = np.abs(x_TD[edge + out] - x_TD[edge])
+    lo, hi = sorted((edge + out, far))
+    steps_ND = np.abs(np.diff(x_TD[max(lo, 0) : hi], axis=0))
+    typical_D = np.median(steps_ND, axis=0) if len(steps_ND) else np.zeros_like(step_D)
+    return bool((step_D / np.maximum(typical_D, HOLD_SE * sigma_D)).max() >= ABRUPT)
 
 
 def _edge(v_TA: FloatArray, at_end: bool) -> FloatArray:

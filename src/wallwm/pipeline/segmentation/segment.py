@@ -51,10 +51,11 @@ def _fixed(t_len: int, chunk_len: int) -> Segmentation:
 
 
 #: Degree of the ``smooth`` model's polynomial in time. A minimum-jerk reach's speed is a
-#: quartic in time, and a recorded command adds the arm's lag and the operator's re-planning;
-#: picked leave-one-robot-out from 2..7 on the two smooth-operator recordings: 6 for either
-#: held-out robot (Jaco 0.860, tied with 5; MetaWorld 0.543); degree 2 gives 0.47 / 0.35
-#: (BENCHMARKS.md, ``benchmarks/segmentation_robots.py``).
+#: quartic in time (its position a quintic), and a recorded command adds the arm's lag and the
+#: operator's re-planning. From 2..7 on three smooth-operator recordings (MetaWorld, Jaco,
+#: ALOHA): 6 has the best mean F1 (0.731; 5: 0.728, 7: 0.712); leave-one-robot-out picks 5-7,
+#: all within 0.03 on each training pair; degree 2 gives 0.36-0.68 (BENCHMARKS.md,
+#: ``benchmarks/segmentation_robots.py``).
 SMOOTH_DEGREE = 6
 
 

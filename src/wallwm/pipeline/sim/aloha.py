@@ -96,10 +96,15 @@ class AlohaConfig:
     workers: int = 1
     #: ``ee``: the mocap targets (16-D); ``joint``: the joint positions reached (14-D).
     action_space: str = "ee"
+    #: ``scripted``: the waypoint expert's linear moves; ``smooth``: a person's minimum-jerk
+    #: reaches between the same keyframes at the same times (the decisions stay the plan's).
+    operator: str = "scripted"
 
     def __post_init__(self) -> None:
         if self.action_space not in ("ee", "joint"):
             raise ValueError(f"action_space must be ee or joint, not {self.action_space!r}")
+        if self.operator not in ("scripted", "smooth"):
+            raise ValueError(f"operator must be scripted or smooth, not {self.operator!r}")
 
 
 Quat = tuple[float, float, float, float]
@@ -343,7 +348,7 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
     rng = np.random.default_rng([seed, TASKS.index(task)])
     plan, poses = _plan(task, rng)
     plan = add_hesitations(plan, rng, cfg.hesitations)
-    planned = commands(plan)
+    planned = commands(plan, smooth=cfg.operator == "smooth")
     truth = decisions(plan, planned)
     executed = add_noise(
         add_corrections(planned, plan, rng, cfg.corrections), 2, rng, cfg.action_noise
@@ -385,6 +390,7 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
             "state_names": STATE_NAMES,
             "action_space": cfg.action_space,
             "action_noise": cfg.action_noise,
+            "operator": cfg.operator,
             "hesitations": [list(h) for h in plan.holds],
             "seed": seed,
         },

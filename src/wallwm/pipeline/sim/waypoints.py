@@ -56,12 +56,25 @@ class Plan:
         return max(arm[-1].t for arm in self.arms) + 1 + sum(n for _, n in self.holds)
 
 
-def interpolate(keys: list[Keyframe], frames: int) -> FloatArray:
-    """Commands (T, 8) of one arm: linear between keyframes, held after the last."""
+def interpolate(keys: list[Keyframe], frames: int, smooth: bool = False) -> FloatArray:
+    """Commands (T, 8) of one arm: linear between keyframes, held after the last.
+
+    ``smooth``: the pose (position and quaternion) moves as a person's reach instead -- a
+    minimum-jerk path from rest at one keyframe to rest at the next in the same time (Flash &
+    Hogan: ``10 s^3 - 15 s^4 + 6 s^5`` of the way at ``s`` of the time), so the speed rises and
+    falls within every move and only the jerk changes at a decision; the gripper stays linear.
+    """
     times = np.array([k.t for k in keys], dtype=np.float64)
     values = np.stack([k.vector() for k in keys])
     t = np.arange(frames, dtype=np.float64)
-    return np.stack([np.interp(t, times, values[:, d]) for d in range(values.shape[1])], axis=1)
+    pose_t = t
+    if smooth and len(times) > 1:
+        k = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2)
+        span = np.maximum(times[k + 1] - times[k], 1.0)
+        s = np.clip((t - times[k]) / span, 0.0, 1.0)
+        pose_t = times[k] + span * s**3 * (10.0 - 15.0 * s + 6.0 * s**2)
+    columns = [np.interp(pose_t if d < 7 else t, times, values[:, d]) for d in range(8)]
+    return np.stack(columns, axis=1)
 
 
 def _warp(plan_frames: int, holds: list[tuple[int, int]]) -> npt.NDArray[np.int64]:
@@ -72,11 +85,16 @@ def _warp(plan_frames: int, holds: list[tuple[int, int]]) -> npt.NDArray[np.int6
     return np.array([t for t in range(plan_frames) for _ in range(1 + extra[t])], dtype=np.int64)
 
 
-def commands(plan: Plan) -> FloatArray:
-    """Every arm's commands, (T, 8 x arms), with the plan's holds applied."""
+def commands(plan: Plan, smooth: bool = False) -> FloatArray:
+    """Every arm's commands, (T, 8 x arms), with the plan's holds applied.
+
+    ``smooth``: a person's reaches between the keyframes (:func:`interpolate`).
+    """
     plan_frames = max(arm[-1].t for arm in plan.arms) + 1
     warp = _warp(plan_frames, plan.holds)
-    return np.concatenate([interpolate(keys, plan_frames)[warp] for keys in plan.arms], axis=1)
+    return np.concatenate(
+        [interpolate(keys, plan_frames, smooth)[warp] for keys in plan.arms], axis=1
+    )
 
 
 def recorded_frame(plan: Plan, t_plan: int) -> int:
