@@ -11,6 +11,7 @@ import numpy as np
 
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.segment import hesitations_taken_out
 from wallwm.pipeline.segmentation.selection import pairing_text
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import TableStore, sql_quote
@@ -188,11 +189,7 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     from wallwm.pipeline.segmentation.idle import episode_trim
 
     trim_start, trim_end = episode_trim(row, actions, states)
-    hesitations = []  # the stops the smooth model cut the episode without
-    if cfg.action_model == "smooth" and cfg.merge_disturbances:
-        from wallwm.pipeline.segmentation.hesitations import hesitation_runs
-
-        hesitations = hesitation_runs(signals.actions_TA, signals.gripper_action_dims, signals.fps)
+    hesitations = hesitations_taken_out(signals, cfg)  # the stops the cut was made without
     for ax in axes:
         if trim_start > 0:  # the idle margins materialize/export leave out (grey)
             ax.axvspan(0, trim_start, color="0.85", zorder=0)

@@ -86,11 +86,11 @@ def hesitation_runs(
     dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
     if len(dims) < 2 or t_len < 8:
         return []  # one moving dim has no direction to carry on in
-    # the noise about a local cubic: a smooth move's curvature is no noise, and a slow move
-    # drifts out of the hold however small its steps
     x = actions[:, dims]
     window = max(5, round(LOCAL_FIT_S * fps))
     rate = np.diff(x, axis=0)
+    # the noise about a local cubic: a smooth move's curvature is no noise, and a slow move
+    # drifts out of the hold however small its steps
     stops = _Stops(
         x,
         local_fit_sigma(x, None, window, degree=3),

@@ -181,15 +181,27 @@ def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
     return _Channels(fit, forced, columns)
 
 
+def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
+    """The hesitations ``[start, end)`` the cut takes out of ``s`` under the resolved ``cfg``.
+
+    None but for the smooth model with ``merge_disturbances`` (the line models drop a pause's
+    cuts instead, :mod:`.disturbances`).
+    """
+    if cfg.action_model != "smooth" or not cfg.merge_disturbances:
+        return []
+    return hesitation_runs(s.actions_TA, s.gripper_action_dims, s.fps)
+
+
 def _cuts_without_hesitations(
     s: Signals, whole: _Channels, cfg: SegmentConfig, min_len: int
 ) -> tuple[list[int], FloatArray]:
     """:func:`_cuts` of the episode with a person's hesitations taken out (:mod:`.hesitations`).
 
     The channels' noise is measured and the cuts are made without them; the cuts come back in
-    the episode's frames.
+    the episode's frames. The refit's scale comes back too: the whole episode's cost (what the
+    boundaries' confidences and the cue traces read) takes it on its own noise scale.
     """
-    runs = hesitation_runs(s.actions_TA, s.gripper_action_dims, s.fps)
+    runs = hesitations_taken_out(s, cfg)
     excision = Excision.of(len(s.actions_TA), runs)
     inner = _channels(excision.signals(s), cfg) if runs else None
     if inner is None or inner.fit.y_TD.shape[1] != whole.fit.y_TD.shape[1]:
@@ -212,10 +224,7 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     if whole is None:
         return None
     min_len = max(1, round(cfg.min_event_s * s.fps))
-    if cfg.action_model == "smooth" and cfg.merge_disturbances:
-        points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
-    else:
-        points, scale_D = _cuts(whole.fit, whole.forced, cfg, min_len)
+    points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
     cost = whole.fit.cost.scaled(scale_D) if (scale_D != 1.0).any() else whole.fit.cost
     penalty = event_penalty(cfg, whole.fit.y_TD.shape[1], len(s.actions_TA), cost.params)
     return WeighedCuts(points, cost, penalty, whole.forced, whole.columns)
