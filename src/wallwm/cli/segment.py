@@ -164,11 +164,18 @@ def _run_segment_with_progress(
     )
     if summary.model:
         costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary.model["costs"].items())
-        how = (
-            f"chosen on {summary.model['episodes']} episodes (penalised cost: {costs})"
-            if summary.model["basis"] == "data"
-            else "the dataset's recorded choice (--reselect chooses again)"
-        )
+        basis = summary.model["basis"]
+        if basis == "data":
+            how = f"chosen on {summary.model['episodes']} episodes (penalised cost: {costs})"
+        elif basis == "stated":  # the smooth model's form is still the data's to choose
+            how = "as stated" + (
+                f"; with or without the states chosen on {summary.model['episodes']} episodes "
+                f"(penalised cost: {costs})"
+                if costs
+                else ""
+            )
+        else:
+            how = "the dataset's recorded choice (--reselect chooses again)"
         from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE
         from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
 

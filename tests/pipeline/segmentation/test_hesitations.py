@@ -164,6 +164,10 @@ def test_the_product_path_cuts_a_person_s_hesitant_reaches_at_the_decisions(
     assert cut.exit_code == 0 and "within an event: smooth" in cut.output, cut.output
     scored = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
     assert json.loads(scored.output)["overall"]["f1"] >= 0.8, scored.output
+    # named outright, the smooth model still takes its cheaper form: no state fed back here
+    stated = runner.invoke(app, ["segment", "-d", str(ds), "--action-model", "smooth"])
+    assert stated.exit_code == 0 and "as stated; with or without the states" in stated.output
+    assert "action dim->state" not in stated.output, stated.output
     events = json.loads(runner.invoke(app, ["events", "list", "-d", str(ds), "--json"]).output)
     plot = tmp_path / "plot.png"
     args = ["episode", "plot", events[0]["episode_id"], "-d", str(ds), "--out", str(plot)]

@@ -321,8 +321,37 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
 def _choose_action_model(
     signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None
 ) -> ModelChoice:
-    if cfg.action_model != "auto":
+    stated_smooth = cfg.action_model == "smooth" and cfg.state_pairing == "auto"
+    if cfg.action_model != "auto" and not stated_smooth:
         return ModelChoice(cfg.action_model, basis="stated")
+    costs, episodes = _sample_costs(signals, cfg, pairing)
+    # The smooth model's two forms are nested: the cheaper one stands for it -- also where the
+    # user named the model, since whether the states pay is the data's to say.
+    forms = {n: costs[n] for n in ("smooth", SMOOTH_FEEDBACK) if n in costs}
+    form = min(forms, key=forms.__getitem__) if forms else "smooth"
+    if stated_smooth:
+        return ModelChoice("smooth", costs, episodes, "stated", feedback=form == SMOOTH_FEEDBACK)
+    if not episodes or not costs:  # nothing moves: the default model, nothing to compare
+        return ModelChoice("state_feedback", episodes=episodes)
+    compared = {n: v for n, v in costs.items() if n not in forms}
+    if forms:
+        compared["smooth"] = forms[form]
+    # The default (state feedback; without paired states, the line in time) stays unless
+    # another model explains the sample decisively better; of those that do, the one that
+    # explains it best.
+    default = "state_feedback" if "state_feedback" in compared else "time"
+    better = {n: v for n, v in compared.items() if v <= SWITCH_RATIO * compared[default]}
+    chosen = min(better, key=better.__getitem__, default=default)
+    return ModelChoice(chosen, costs, episodes, feedback=form == SMOOTH_FEEDBACK)
+
+
+def _sample_costs(
+    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None
+) -> tuple[dict[str, float], int]:
+    """Each candidate's total cost over the episodes that move, and how many those are.
+
+    A candidate that cannot model one episode cannot model the dataset: it is left out.
+    """
     names = (*CANDIDATES, SMOOTH_FEEDBACK)
     totals = dict.fromkeys(names, 0.0)
     usable = dict.fromkeys(names, True)
@@ -335,24 +364,9 @@ def _choose_action_model(
         for name in names:
             if name in costs:
                 totals[name] += costs[name]
-            else:  # a candidate that cannot model one episode cannot model the dataset
+            else:
                 usable[name] = False
-    costs = {n: totals[n] for n in names if usable[n]}
-    if not episodes or not costs:  # nothing moves: the default model, nothing to compare
-        return ModelChoice("state_feedback", episodes=episodes)
-    # The smooth model's two forms are nested: the cheaper one stands for it.
-    forms = {n: costs[n] for n in ("smooth", SMOOTH_FEEDBACK) if n in costs}
-    compared = {n: v for n, v in costs.items() if n not in forms}
-    form = min(forms, key=forms.__getitem__) if forms else "smooth"
-    if forms:
-        compared["smooth"] = forms[form]
-    # The default (state feedback; without paired states, the line in time) stays unless
-    # another model explains the sample decisively better; of those that do, the one that
-    # explains it best.
-    default = "state_feedback" if "state_feedback" in compared else "time"
-    better = {n: v for n, v in compared.items() if v <= SWITCH_RATIO * compared[default]}
-    chosen = min(better, key=better.__getitem__, default=default)
-    return ModelChoice(chosen, costs, episodes, feedback=form == SMOOTH_FEEDBACK)
+    return {n: totals[n] for n in names if usable[n]}, episodes
 
 
 def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
