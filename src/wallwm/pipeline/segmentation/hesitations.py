@@ -88,7 +88,7 @@ def hesitation_runs(
         return []  # one moving dim has no direction to carry on in
     x = actions[:, dims]
     window = max(5, round(LOCAL_FIT_S * fps))
-    rate = np.diff(x, axis=0)
+    rate, action_steps = np.diff(x, axis=0), np.diff(actions, axis=0)
     # the noise about a local cubic: a smooth move's curvature is no noise, and a slow move
     # drifts out of the hold however small its steps
     stops = _Stops(
@@ -96,6 +96,10 @@ def hesitation_runs(
         local_fit_sigma(x, None, window, degree=3),
         rate,
         local_fit_sigma(rate, None, window, degree=3),
+        actions,
+        action_steps,
+        actions.std(axis=0) + 1e-12,
+        action_steps.std(axis=0) + 1e-12,
     )
     switch_T = np.zeros(t_len + 1, bool)  # a gripper command changes into frame t
     if grip:
@@ -108,7 +112,7 @@ def hesitation_runs(
         for start, end in _held_runs(x, stops.sigma_D, shortest)
         if end - start <= longest
         and not switch_T[start : end + 1].any()
-        and stops.carries_on(actions, start, end, side)
+        and stops.carries_on(start, end, side)
     ]
 
 
@@ -123,8 +127,14 @@ class _Stops:
     #: are smooth where its values curve).
     rate_TD: FloatArray
     rate_sigma_D: FloatArray
+    #: Every action dim and its steps (the direction is read on all of them), each with its
+    #: spread over the episode (the unit the direction is read in).
+    actions_TA: FloatArray
+    action_steps_TA: FloatArray
+    spread_A: FloatArray
+    step_spread_A: FloatArray
 
-    def carries_on(self, actions_TA: FloatArray, start: int, end: int, side: int) -> bool:
+    def carries_on(self, start: int, end: int, side: int) -> bool:
         """Whether the hold ``[start, end)`` is an abrupt stop after which the move carries on.
 
         ``side`` frames each side show the move; a hold that drifts is no stop. A velocity
@@ -132,12 +142,12 @@ class _Stops:
         jumping to zero (the target freezes where it was) and carries on at the rate it had --
         so the tests run on the commands, or else on their steps.
         """
-        before, after = min(side, start), min(side, len(actions_TA) - end)
+        before, after = min(side, start), min(side, len(self.actions_TA) - end)
         if min(before, after) < 2 or self._drifts(start, end):
             return False
         x, sigma = self.x_TD, self.sigma_D
         if _abrupt(x, sigma, start, start - before) and _abrupt(x, sigma, end - 1, end + after):
-            series_TA, lo, hi = actions_TA, start, end
+            steps, lo, hi = False, start, end
         else:  # the steps: step t is x[t + 1] - x[t], held over [start, end - 1)
             rate, rate_sigma = self.rate_TD, self.rate_sigma_D
             if end - start < 3 or not (
@@ -145,8 +155,9 @@ class _Stops:
                 and _abrupt(rate, rate_sigma, end - 2, end - 1 + after)
             ):
                 return False  # the motion glides into the hold or out of it
-            series_TA, lo, hi = np.diff(actions_TA, axis=0), start, end - 1
-        spread_A = series_TA.std(axis=0) + 1e-12
+            steps, lo, hi = True, start, end - 1
+        series_TA = self.action_steps_TA if steps else self.actions_TA
+        spread_A = self.step_spread_A if steps else self.spread_A
         level_A = series_TA[lo] / spread_A
         # the commands (or steps) at the stop's edges, a line through each side's frames: a
         # move still turning from its last re-plan is read where it stopped, not on average

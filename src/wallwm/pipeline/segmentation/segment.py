@@ -202,9 +202,9 @@ def _cuts_without_hesitations(
     boundaries' confidences and the cue traces read) takes it on its own noise scale.
     """
     runs = hesitations_taken_out(s, cfg)
-    excision = Excision.of(len(s.actions_TA), runs)
-    inner = _channels(excision.signals(s), cfg) if runs else None
-    if inner is None or inner.fit.y_TD.shape[1] != whole.fit.y_TD.shape[1]:
+    excision = Excision.of(len(s.actions_TA), runs) if runs else None
+    inner = None if excision is None else _channels(excision.signals(s), cfg)
+    if excision is None or inner is None or inner.fit.y_TD.shape[1] != whole.fit.y_TD.shape[1]:
         return _cuts(whole.fit, whole.forced, cfg, min_len)  # a channel only the stops moved
     points, scale_D = _cuts(inner.fit, inner.forced, cfg, min_len)
     return excision.back(points, keep=set(inner.forced)), scale_D
