@@ -20,7 +20,10 @@ expert decides; ALOHA's between the waypoint plan's keyframes at their times, fr
 MetaWorld
 on the eleven tasks where that operator succeeds, up to 500 steps), and so again with the
 person's hesitations (pauses, and on MetaWorld sideways swerves, six steps into most phases;
-no action noise). Ground truth: each expert's own decisions.
+no action noise). A person's commands are never exact (a hand's tremor, a leader arm's encoders):
+``smooth 2% noise`` is the smooth recording with Gaussian noise of 2 % of each motion command's
+spread over its episode added to the recorded commands (seeded; derived, not recorded). Ground
+truth: each expert's own decisions.
 
 For every recording the product path runs as ``wallwm run`` does: the within-event model is
 chosen on a spread sample of up to 24 episodes, then every episode is cut with it. Boundary F1
@@ -89,6 +92,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: The recorders with a smooth operator.
 SMOOTH_ROBOTS = ("metaworld", "jaco", "aloha")
+#: Variants derived from a recording: its name, and the noise added to its motion commands (a
+#: share of each command's spread over its episode).
+DERIVED: dict[str, tuple[str, float]] = {"smooth 2% noise": ("smooth", 0.02)}
 CHUNKS = (4, 8, 16, 24, 32, 48)
 ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
@@ -200,6 +206,23 @@ def as_position_targets(episodes: list[dict[str, Any]]) -> list[dict[str, Any]] 
     return out
 
 
+def with_command_noise(
+    episodes: list[dict[str, Any]], share: float, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The episodes with Gaussian noise of ``share`` of each motion command's spread over its
+    episode added to the commands (gripper commands stay exact)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ep in episodes:
+        s = ep["signals"]
+        actions = np.asarray(s.actions_TA, dtype=np.float64).copy()
+        for j in range(actions.shape[1]):
+            if j not in s.gripper_action_dims:
+                actions[:, j] += rng.normal(0.0, share * actions[:, j].std(), len(actions))
+        out.append({**ep, "signals": dataclasses.replace(s, actions_TA=actions)})
+    return out
+
+
 def fixed_best(episodes: list[dict[str, Any]]) -> tuple[int, BoundaryScore]:
     """The chunk length with the best F1@3 and its score."""
     best: tuple[int, BoundaryScore] | None = None
@@ -242,6 +265,8 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     position-target recordings (aloha-joint; MetaWorld's and Jaco's as the states reached)."""
     targets = {}
     for (robot, variant), eps in data.items():
+        if variant in DERIVED:  # the same states as the recording it derives from
+            continue
         # aloha-joint already is one; ALOHA's end-effector targets have no same-index state (None)
         pt = eps if robot == "aloha-joint" else as_position_targets(eps)
         if pt is not None:
@@ -314,6 +339,9 @@ def main() -> None:
                 record(robot, variant, out, args)
                 (out / ".complete").write_text(f"{time.perf_counter() - t:.0f} s\n")
             data[(robot, variant)] = load(out)
+        for name, (variant, share) in DERIVED.items():
+            if (robot, variant) in data:
+                data[(robot, name)] = with_command_noise(data[(robot, variant)], share)
     rows: list[dict[str, Any]] = []
     print("| robot | recording | episodes | chosen model | wallwm (chosen) | P / R | "
           "line in time | state feedback | best fixed | vs fixed | states rolled: chosen / "
@@ -331,7 +359,8 @@ def main() -> None:
         rolled_f1 = score(mixed, rolled_cfg)["overall"].f1
         index_f1 = score(mixed, rolled_cfg.model_copy(update={"state_pairing": "index"}))
         rolled_index_f1 = index_f1["overall"].f1
-        targets = as_position_targets(eps)
+        # a derived recording's noise is on its commands, which its position targets replace
+        targets = None if variant in DERIVED else as_position_targets(eps)
         target_f1 = target_fixed = None
         if targets is not None:
             target_f1 = score(targets, product_config(targets)[0])["overall"].f1

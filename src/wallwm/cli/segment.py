@@ -164,6 +164,8 @@ def _run_segment_with_progress(
     )
     if summary.model:
         costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary.model["costs"].items())
+        if costs and summary.model.get("noise_floor"):
+            costs += f"; noise floor {summary.model['noise_floor']:,.0f}"
         basis = summary.model["basis"]
         if basis == "data":
             how = f"chosen on {summary.model['episodes']} episodes (penalised cost: {costs})"

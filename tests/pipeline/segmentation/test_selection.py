@@ -10,7 +10,12 @@ import pytest
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE, channel_noise
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
-from wallwm.pipeline.segmentation.selection import choose_model, resolve
+from wallwm.pipeline.segmentation.selection import (
+    SWITCH_RATIO,
+    choose_model,
+    decisive_model,
+    resolve,
+)
 from wallwm.pipeline.sim.reach import Reacher
 from wallwm.pipeline.sim.waypoints import (
     Keyframe,
@@ -23,10 +28,8 @@ from wallwm.pipeline.sim.waypoints import (
 )
 
 
-def waypoint_episode(seed: int, hesitations: float = 0.0, corrections: float = 0.0, noise=0.0):
-    """A two-arm open-loop waypoint plan: targets linear in time, joints a nonlinear function
-    of them (the recorded state is in another space than the actions)."""
-    rng = np.random.default_rng(seed)
+def two_arm_plan(rng: np.random.Generator) -> Plan:
+    """Two arms' keyframes, on one clock (decisions are shared or far apart)."""
     arms = []
     for _arm in range(2):
         t, keys = 0, []
@@ -38,7 +41,14 @@ def waypoint_episode(seed: int, hesitations: float = 0.0, corrections: float = 0
         arms.append(keys)
     # the second arm's keyframes on the first arm's clock, so decisions are shared or far apart
     arms[1] = [Keyframe(a.t, b.xyz, b.quat, b.gripper, b.name) for a, b in zip(*arms, strict=True)]
-    plan = add_hesitations(Plan(arms), rng, hesitations)
+    return Plan(arms)
+
+
+def waypoint_episode(seed: int, hesitations: float = 0.0, corrections: float = 0.0, noise=0.0):
+    """A two-arm open-loop waypoint plan: targets linear in time, joints a nonlinear function
+    of them (the recorded state is in another space than the actions)."""
+    rng = np.random.default_rng(seed)
+    plan = add_hesitations(two_arm_plan(rng), rng, hesitations)
     planned = commands(plan)
     truth = [t for t, _ in decisions(plan, planned)]
     executed = add_noise(add_corrections(planned, plan, rng, corrections), 2, rng, noise)
@@ -119,6 +129,55 @@ def test_a_persons_reaches_choose_the_smooth_model():
     assert choice.costs["smooth"] < 0.75 * min(choice.costs["time"], choice.costs["state_feedback"])
     assert f1(episodes, cfg) == 1.0
     assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.6
+
+
+def moved_by_hand(seed: int, noise: float) -> tuple[Signals, list[int]]:
+    """The two-arm plan moved as a person reaches (minimum-jerk between keyframes, from rest
+    to rest), Gaussian noise of ``noise`` of each moving command's spread on the commands (a
+    hand's tremor, a leader arm's encoders); joints a nonlinear map of the targets."""
+    rng = np.random.default_rng(seed)
+    plan = two_arm_plan(rng)
+    planned = commands(plan, smooth=True)
+    truth = [t for t, _ in decisions(plan, planned)]
+    moving = [j for j in range(16) if j not in (7, 15) and np.ptp(planned[:, j]) > 0]
+    executed = planned.copy()
+    jitter = rng.normal(size=(len(planned), len(moving))) * planned[:, moving].std(axis=0)
+    executed[:, moving] += noise * jitter
+    joints = np.tanh(planned @ rng.normal(size=(16, 12)))
+    return Signals(executed, 50.0, joints, gripper_action_dims=[7, 15]), truth
+
+
+def test_a_persons_noisy_reaches_still_choose_the_smooth_model():
+    """With 2 % noise on the commands every model's total is mostly the noise floor they all
+    pay: the totals' plain ratio (0.78 here) no longer looked decisive and the choice fell back
+    to state feedback (F1 0.24). Read above the floor, the polynomial still leaves about half
+    of what state feedback leaves, and it finds every decision."""
+    episodes = [moved_by_hand(seed, 0.02) for seed in range(6)]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in episodes])
+    smooth = min(choice.costs["smooth"], choice.costs["smooth+state"])
+    default = choice.costs["state_feedback"]
+    assert smooth > SWITCH_RATIO * default  # the plain ratio: not decisive
+    floor = choice.noise_floor
+    assert floor == sum(
+        len(s.actions_TA) * (np.ptp(s.actions_TA, axis=0) > 0).sum() - 2 * len(s.actions_TA)
+        for s, _ in episodes
+    )  # frames x moving dims (the grippers are no channel of the choice)
+    assert smooth - floor <= SWITCH_RATIO * (default - floor)
+    assert cfg.action_model == "smooth" and choice.as_dict()["noise_floor"] == floor
+    assert f1(episodes, cfg) >= 0.95
+    assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.5
+
+
+def test_the_totals_are_read_above_the_floor_only_where_the_default_is_above_it():
+    """Above the floor what each model leaves over it decides; where the default's total is at
+    or below the floor the noise scale overstates the noise and the plain totals decide."""
+    assert decisive_model({"time": 130.0, "smooth": 125.0}, floor=100.0) == "time"
+    assert decisive_model({"time": 130.0, "smooth": 120.0}, floor=100.0) == "smooth"
+    sf = {"state_feedback": 140.0, "time": 120.0, "smooth": 124.0}
+    assert decisive_model(sf, floor=100.0) == "time"  # 20 and 24 <= 0.75 * 40: the lesser
+    below = {"state_feedback": 90.0, "time": 80.0, "smooth": 60.0}
+    assert decisive_model(below, floor=100.0) == "smooth"  # 60 <= 0.75 * 90
+    assert decisive_model({**below, "smooth": 70.0}, floor=100.0) == "state_feedback"
 
 
 def tracked_episode(seed: int, events: int = 5, fps: float = 25.0) -> tuple[Signals, list[int]]:
@@ -366,6 +425,7 @@ def test_wallwm_segment_chooses_the_smooth_model_for_a_persons_reaches(tmp_path,
     assert cut.exit_code == 0, cut.output
     # the hand follows its reference exactly here: the polynomial alone, no state fed back
     assert "within an event: smooth --" in cut.output and "smooth+state" in cut.output
+    assert "noise floor" in cut.output  # what the totals are read above
     assert "position targets" not in cut.output
     scored = runner.invoke(app, ["eval", "segmentation", "--dataset", str(ds), "--json"])
     assert scored.exit_code == 0, scored.output
