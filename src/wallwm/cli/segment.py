@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -108,6 +108,38 @@ def _segment_config(
         raise typer.Exit(2) from exc
 
 
+def _print_model_choice(model: dict[str, Any]) -> None:
+    """The within-event model of the segment run, where it came from and what it weighed."""
+    costs = ", ".join(f"{k} {v:,.0f}" for k, v in model["costs"].items())
+    if costs and model.get("noise_floor"):
+        costs += f"; noise floor {model['noise_floor']:,.0f}"
+    basis = model["basis"]
+    if basis == "data":
+        how = f"chosen on {model['episodes']} episodes (penalised cost: {costs})"
+    elif basis == "stated":  # the smooth model's form is still the data's to choose
+        how = "as stated" + (
+            f"; with or without the states chosen on {model['episodes']} episodes "
+            f"(penalised cost: {costs})"
+            if costs
+            else ""
+        )
+    else:
+        how = "the dataset's recorded choice (--reselect chooses again)"
+    from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE
+    from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
+
+    paired = pairing_text(model["action_model"], model.get("pairing"))
+    console.print(f"within an event: {model['action_model']}{paired} -- {how}")
+    share = model.get("motion_share")
+    feedback = model["action_model"] == "state_feedback"
+    if feedback and share is not None and share >= POSITION_TARGET_SHARE:
+        console.print(
+            f"commands move with their states (position targets, share {share:.2f}): "
+            "noise measured as the law's misfit over an event "
+            f"(x{POSITION_TARGET_NOISE:g} its local variance)"
+        )
+
+
 def _run_segment_with_progress(
     dataset: str,
     seg: SegmentConfig,
@@ -163,34 +195,7 @@ def _run_segment_with_progress(
         soft_wrap=True,
     )
     if summary.model:
-        costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary.model["costs"].items())
-        if costs and summary.model.get("noise_floor"):
-            costs += f"; noise floor {summary.model['noise_floor']:,.0f}"
-        basis = summary.model["basis"]
-        if basis == "data":
-            how = f"chosen on {summary.model['episodes']} episodes (penalised cost: {costs})"
-        elif basis == "stated":  # the smooth model's form is still the data's to choose
-            how = "as stated" + (
-                f"; with or without the states chosen on {summary.model['episodes']} episodes "
-                f"(penalised cost: {costs})"
-                if costs
-                else ""
-            )
-        else:
-            how = "the dataset's recorded choice (--reselect chooses again)"
-        from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE
-        from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
-
-        paired = pairing_text(summary.model["action_model"], summary.model.get("pairing"))
-        console.print(f"within an event: {summary.model['action_model']}{paired} -- {how}")
-        share = summary.model.get("motion_share")
-        feedback = summary.model["action_model"] == "state_feedback"
-        if feedback and share is not None and share >= POSITION_TARGET_SHARE:
-            console.print(
-                f"commands move with their states (position targets, share {share:.2f}): "
-                "noise measured as the law's misfit over an event "
-                f"(x{POSITION_TARGET_NOISE:g} its local variance)"
-            )
+        _print_model_choice(summary.model)
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
 
