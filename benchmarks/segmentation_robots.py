@@ -35,8 +35,9 @@ Leave-one-robot-out: the one threshold of the choice (``SWITCH_RATIO``) is picke
 robots' recordings from a grid and the table reports the held-out robot at that value (both
 ALOHA action spaces are one robot). Likewise the noise multiple of position targets
 (``POSITION_TARGET_NOISE``), on the three robots' position-target recordings: ALOHA's joints,
-MetaWorld's and Jaco's rollouts as the states reached; and the smooth model's degree
-(``SMOOTH_DEGREE``) on the two smooth-operator recordings.
+MetaWorld's and Jaco's rollouts as the states reached; the rates' clearance above which those
+are cut on their rates (``RATES_CLEARANCE``, on the same recordings); and the smooth model's
+degree (``SMOOTH_DEGREE``) on the smooth-operator recordings.
 
     python benchmarks/segmentation_robots.py [--root bench-data/robots] [--episodes 8]
         [--workers 2] [--size 64]
@@ -101,6 +102,9 @@ RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
 DEFAULT_TARGET_NOISE = channels_module.POSITION_TARGET_NOISE
 #: Multiples of the local-fit noise variance tried for position targets (POSITION_TARGET_NOISE).
 TARGET_NOISES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+#: Clearances of the rates over their noise tried as the threshold of cutting position targets
+#: on their rates (RATES_CLEARANCE).
+CLEARANCES = (5.0, 10.0, 15.4, 20.0, 30.0, 50.0, 100.0)
 #: The smooth model's polynomial degrees tried (SMOOTH_DEGREE).
 SMOOTH_DEGREES = (2, 3, 4, 5, 6, 7)
 #: The module (the package re-exports its ``segment`` function under the same name).
@@ -166,11 +170,14 @@ def score(episodes: list[dict[str, Any]], cfg: SegmentConfig) -> dict[str, Bound
     return per
 
 
-def product_config(episodes: list[dict[str, Any]]) -> tuple[SegmentConfig, dict[str, Any]]:
-    """The config ``wallwm run`` resolves for this recording (choice on a spread sample)."""
+def product_config(
+    episodes: list[dict[str, Any]], **stated: Any
+) -> tuple[SegmentConfig, dict[str, Any]]:
+    """The config ``wallwm run`` resolves for this recording (choice on a spread sample), with
+    any ``stated`` options."""
     keys = spread_sample([e["key"] for e in episodes])
     sample = [e["signals"] for e in episodes if e["key"] in set(keys)]
-    cfg, choice = resolve(SegmentConfig(), sample)
+    cfg, choice = resolve(SegmentConfig(**stated), sample)
     return cfg, choice.as_dict()
 
 
@@ -260,9 +267,11 @@ def leave_one_robot_out(data: dict[tuple[str, str], list[dict[str, Any]]]) -> di
     return out
 
 
-def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per held-out robot: the position-target noise multiple picked on the other two robots'
-    position-target recordings (aloha-joint; MetaWorld's and Jaco's as the states reached)."""
+def target_recordings(
+    data: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The three robots' position-target recordings by (robot body, variant): aloha-joint, and
+    MetaWorld's and Jaco's rollouts as the states reached."""
     targets = {}
     for (robot, variant), eps in data.items():
         if variant in DERIVED:  # the same states as the recording it derives from
@@ -271,6 +280,48 @@ def position_targets_loro(data: dict[tuple[str, str], list[dict[str, Any]]]) -> 
         pt = eps if robot == "aloha-joint" else as_position_targets(eps)
         if pt is not None:
             targets[(robot.split("-", maxsplit=1)[0], variant)] = pt
+    return targets
+
+
+def rates_clearance_loro(
+    targets: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Per held-out robot: the rates' clearance above which position targets are cut on their
+    rates (RATES_CLEARANCE), picked on the other two robots' position-target recordings from
+    :data:`CLEARANCES` (their mean F1; ties to the middle of the tied range), and the held-out
+    recordings' form and F1 at it."""
+    measured = {}
+    for key, eps in targets.items():
+        choice = product_config(eps)[1]
+        f1 = {
+            form: score(eps, product_config(eps, action_form=form)[0])["overall"].f1
+            for form in ("values", "rates")
+        }
+        measured[key] = (choice["rates_clearance"], f1)
+
+    def f1_at(key: tuple[str, str], threshold: float) -> float:
+        clearance, f1 = measured[key]
+        rates = clearance is not None and clearance >= threshold
+        return f1["rates" if rates else "values"]
+
+    out: dict[str, Any] = {"recordings": {f"{r} {v}": m for (r, v), m in measured.items()}}
+    for held in sorted({r for r, _ in targets}):
+        train = [key for key in targets if key[0] != held]
+        means = {c: statistics.mean(f1_at(key, c) for key in train) for c in CLEARANCES}
+        tied = [c for c in CLEARANCES if means[c] >= max(means.values()) - 1e-9]
+        best = tied[len(tied) // 2]
+        out[held] = {
+            "clearance": best,
+            "held_out_f1": {v: f1_at((r, v), best) for r, v in targets if r == held},
+        }
+    return out
+
+
+def position_targets_loro(
+    targets: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Per held-out robot: the position-target noise multiple picked on the other two robots'
+    position-target recordings (:func:`target_recordings`)."""
     # the model choice does not read the multiple (it compares models at the local misfit)
     cfgs = {key: product_config(eps)[0] for key, eps in targets.items()}
     f1: dict[float, dict[tuple[str, str], float]] = {}
@@ -388,11 +439,22 @@ def main() -> None:
     for robot, v in loro.items():
         held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
         print(f"- {robot}: ratio {v['ratio']} -> {held}")
-    targets_loro = {} if args.no_loro else position_targets_loro(data)
+    recorded_targets = {} if args.no_loro else target_recordings(data)
+    targets_loro = position_targets_loro(recorded_targets) if recorded_targets else {}
     print("\nleave-one-robot-out, position targets (noise multiple picked on the other two):")
     for robot, v in targets_loro.items():
         held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
         print(f"- {robot}: x{v['noise']:g} -> {held}")
+    clearance_loro = rates_clearance_loro(recorded_targets) if recorded_targets else {}
+    print("\nposition targets, values vs rates (the rates' clearance over their noise):")
+    for key, (clearance, f1) in clearance_loro.get("recordings", {}).items():
+        print(f"- {key}: clearance {clearance}, values {f1['values']:.3f}, "
+              f"rates {f1['rates']:.3f}")  # fmt: skip
+    print("leave-one-robot-out (the clearance threshold picked on the other two):")
+    for robot, v in clearance_loro.items():
+        if robot != "recordings":
+            held = ", ".join(f"{k} {f:.3f}" for k, f in v["held_out_f1"].items())
+            print(f"- {robot}: {v['clearance']:g} -> {held}")
     degree_loro = {} if args.no_loro else smooth_degree_loro(data)
     print(
         "\nleave-one-robot-out, smooth operators (the smooth model's degree picked on the other):"
@@ -402,6 +464,7 @@ def main() -> None:
         print(f"- {robot}: degree {v['degree']} -> {v['held_out_f1']:.3f} (by degree {by})")
     if args.json:
         results = {"rows": rows, "loro": loro, "position_targets_loro": targets_loro,
+                   "rates_clearance_loro": clearance_loro,
                    "smooth_degree_loro": degree_loro}  # fmt: skip
         Path(args.json).write_text(json.dumps(results, indent=1))
 

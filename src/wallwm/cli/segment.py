@@ -49,6 +49,14 @@ NoiseModelOpt = Annotated[
         "the action model and whether commands move with their states."
     ),
 ]
+ActionFormOpt = Annotated[
+    str,
+    typer.Option(
+        help="What the cut reads of each command: its values, or its rates of change (rates: "
+        "a position target bends at a decision, its rate steps there); auto: rates for "
+        "position targets whose rates stand clear of their noise, chosen per dataset."
+    ),
+]
 MergeDisturbancesOpt = Annotated[
     bool,
     typer.Option(
@@ -85,6 +93,7 @@ def _segment_config(
     refit_noise: bool = True,
     noise_model: str = "auto",
     merge_disturbances: bool = True,
+    action_form: str = "auto",
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -97,6 +106,7 @@ def _segment_config(
             penalty=penalty,
             action_model=action_model,  # type: ignore[arg-type]
             noise_model=noise_model,  # type: ignore[arg-type]
+            action_form=action_form,  # type: ignore[arg-type]
             merge_bends=merge_bends,
             merge_disturbances=merge_disturbances,
             refit_noise=refit_noise,
@@ -137,6 +147,26 @@ def _print_model_choice(model: dict[str, Any]) -> None:
             f"commands move with their states (position targets, share {share:.2f}): "
             "noise measured as the law's misfit over an event "
             f"(x{POSITION_TARGET_NOISE:g} its local variance)"
+        )
+    _print_action_form(model)
+
+
+def _print_action_form(model: dict[str, Any]) -> None:
+    """Whether the cut read the commands' rates, and the clearance that decided it."""
+    from wallwm.pipeline.segmentation.forms import RATES_CLEARANCE
+
+    clearance = model.get("rates_clearance")
+    if model.get("action_form") == "rates":
+        why = (
+            ""
+            if clearance is None
+            else (f", their rates {clearance:.1f}x their noise (>= {RATES_CLEARANCE:g})")
+        )
+        console.print(f"cut on the commands' rates of change (position targets{why})")
+    elif clearance is not None:
+        console.print(
+            f"cut on the commands' values: position targets whose rates stand only "
+            f"{clearance:.1f}x above their noise (rates from {RATES_CLEARANCE:g}x)"
         )
 
 
@@ -206,6 +236,7 @@ def segment_cmd(
     penalty: PenaltyOpt = 0.85,
     action_model: ActionModelOpt = "auto",
     noise_model: NoiseModelOpt = "auto",
+    action_form: ActionFormOpt = "auto",
     merge_bends: MergeBendsOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
@@ -230,6 +261,7 @@ def segment_cmd(
         refit_noise,
         noise_model,
         merge_disturbances,
+        action_form,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
@@ -250,6 +282,7 @@ def run_cmd(
     penalty: PenaltyOpt = 0.85,
     action_model: ActionModelOpt = "auto",
     noise_model: NoiseModelOpt = "auto",
+    action_form: ActionFormOpt = "auto",
     merge_bends: MergeBendsOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
@@ -279,6 +312,7 @@ def run_cmd(
         refit_noise,
         noise_model,
         merge_disturbances,
+        action_form,
     )
     from pydantic import ValidationError
 

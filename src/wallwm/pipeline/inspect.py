@@ -133,6 +133,8 @@ def _segment_config_of(store: TableStore, run_id: str | None) -> tuple[SegmentCo
 
     Also says how its within-event model was chosen (for the plot's title).
     """
+    from wallwm.pipeline.segmentation.stage import run_segment_config
+
     if run_id and store.exists(schemas.RUNS):
         rows = store.read(
             schemas.RUNS, columns=["config_json"], where=f"run_id = {sql_quote(run_id)}"
@@ -142,7 +144,7 @@ def _segment_config_of(store: TableStore, run_id: str | None) -> tuple[SegmentCo
             choice = config.get("details", {}).get("choice") or {}
             how = {"data": "chosen from the data", "recorded": "the dataset's recorded choice"}
             basis = how.get(choice.get("basis", ""), "as configured")
-            return SegmentConfig(**config["segment"]), basis
+            return run_segment_config(config["segment"]), basis
     return SegmentConfig(), "defaults"
 
 
@@ -208,10 +210,11 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         "smooth": "actions a polynomial in time plus state feedback",
     }
     paired = pairing_text(cfg.action_model, cfg.pairing())
+    form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
     axes[0].set_title(
         f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
         f"({len(events)} events), green dashed: ground truth; within an event: "
-        f"{model.get(cfg.action_model, cfg.action_model)}{paired}, noise by "
+        f"{model.get(cfg.action_model, cfg.action_model)}{paired}{form}, noise by "
         f"{cfg.noise_model} ({basis}); grey: idle margins trimmed"
         + ("; orange: hesitations taken out" if hesitations else ""),
         fontsize=9,

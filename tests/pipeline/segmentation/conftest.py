@@ -42,3 +42,47 @@ def _write_source(
 def write_source() -> WriteSource:
     """Writes ``(signals, decisions)`` episodes as a folder source: ``(src, episodes, robot)``."""
     return _write_source
+
+
+def _two_link_ik(p: np.ndarray) -> np.ndarray:
+    """Joint angles of a planar arm with two unit links reaching ``p`` (elbow down)."""
+    x, y = p
+    q2 = np.arccos(np.clip((min(x * x + y * y, 3.96) - 2.0) / 2.0, -1.0, 1.0))
+    return np.array([np.arctan2(y, x) - np.arctan2(np.sin(q2), 1 + np.cos(q2)), q2])
+
+
+def _reached_joints_episode(
+    seed: int, moves: int = 6, lag: float = 0.3
+) -> tuple[Signals, list[int]]:
+    """Joint targets of a two-link arm whose hand moves straight between waypoints.
+
+    The commanded hand path is piecewise linear in time; the hand follows it with a first-order
+    lag, and the recorded actions are the joint angles reached one step later (a joint-space
+    dataset): smooth, curved within every move, the waypoints' kinks spread over a few frames.
+    """
+    rng = np.random.default_rng(seed)
+    points = [np.array([1.2, 0.3])]
+    while len(points) <= moves:
+        q = points[-1] + rng.uniform(-0.7, 0.7, 2)
+        if 0.6 < np.linalg.norm(q) < 1.8:
+            points.append(q)
+    lengths = rng.integers(25, 50, moves)
+    hand = np.concatenate(
+        [
+            np.linspace(a, b, n, endpoint=False)
+            for a, b, n in zip(points[:-1], points[1:], lengths, strict=True)
+        ]
+        + [np.repeat(points[-1][None], 15, axis=0)]
+    )
+    reached = [hand[0]]
+    for target in hand[1:]:
+        reached.append(reached[-1] + lag * (target - reached[-1]))
+    joints = np.array([_two_link_ik(p) for p in reached])
+    ahead = np.concatenate([joints[1:], joints[-1:]])
+    return Signals(ahead, 20.0, joints), np.cumsum(lengths).tolist()
+
+
+@pytest.fixture
+def reached_joints() -> Callable[..., tuple[Signals, list[int]]]:
+    """Position targets of a two-link arm between waypoints: ``(seed, moves, lag)``."""
+    return _reached_joints_episode

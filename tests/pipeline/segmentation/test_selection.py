@@ -236,45 +236,10 @@ def test_position_targets_measure_their_noise_as_misfit_not_motion():
     assert velocity.as_dict()["motion_share"] < 0.3
 
 
-def two_link_ik(p: np.ndarray) -> np.ndarray:
-    """Joint angles of a planar arm with two unit links reaching ``p`` (elbow down)."""
-    x, y = p
-    q2 = np.arccos(np.clip((min(x * x + y * y, 3.96) - 2.0) / 2.0, -1.0, 1.0))
-    return np.array([np.arctan2(y, x) - np.arctan2(np.sin(q2), 1 + np.cos(q2)), q2])
-
-
-def reached_joints_episode(seed: int, moves: int = 6, lag: float = 0.3):
-    """Joint targets of a two-link arm whose hand moves straight between waypoints.
-
-    The commanded hand path is piecewise linear in time; the hand follows it with a first-order
-    lag, and the recorded actions are the joint angles reached one step later (a joint-space
-    dataset): smooth, curved within every move, the waypoints' kinks spread over a few frames.
-    """
-    rng = np.random.default_rng(seed)
-    points = [np.array([1.2, 0.3])]
-    while len(points) <= moves:
-        q = points[-1] + rng.uniform(-0.7, 0.7, 2)
-        if 0.6 < np.linalg.norm(q) < 1.8:
-            points.append(q)
-    lengths = rng.integers(25, 50, moves)
-    hand = np.concatenate(
-        [
-            np.linspace(a, b, n, endpoint=False)
-            for a, b, n in zip(points[:-1], points[1:], lengths, strict=True)
-        ]
-        + [np.repeat(points[-1][None], 15, axis=0)]
-    )
-    reached = [hand[0]]
-    for target in hand[1:]:
-        reached.append(reached[-1] + lag * (target - reached[-1]))
-    joints = np.array([two_link_ik(p) for p in reached])
-    ahead = np.concatenate([joints[1:], joints[-1:]])
-    return Signals(ahead, 20.0, joints), np.cumsum(lengths).tolist()
-
-
-def test_position_targets_weigh_cuts_at_an_events_misfit_not_a_windows():
-    episodes = [reached_joints_episode(seed) for seed in range(6)]
-    cfg, choice = resolve(SegmentConfig(), [s for s, _ in episodes])
+def test_position_targets_weigh_cuts_at_an_events_misfit_not_a_windows(reached_joints):
+    episodes = [reached_joints(seed) for seed in range(6)]
+    # on their values (noise-free, these are cut on their rates: test_forms.py)
+    cfg, choice = resolve(SegmentConfig(action_form="values"), [s for s, _ in episodes])
     assert choice.position_targets and cfg.noise_model == "position_targets"
     # the same law's local misfit alone: the curved moves are cut into pieces
     local = cfg.model_copy(update={"noise_model": "local_fit"})

@@ -3,7 +3,7 @@
 Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
 noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
 :mod:`.disturbances` and :mod:`.hesitations` (what is no event), :mod:`.selection` (the model
-choice), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray
+choice), :mod:`.forms` (values or rates), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray
 stage over a dataset), :mod:`.evaluate` (boundary metrics).
 
 The episode's signals are grouped into cue channels, each scaled to unit noise using noise
@@ -36,6 +36,9 @@ falls within every move, and a decision re-plans the move without a jump, so wit
 where the dataset's choice finds it pays (the robot's controller tracking the person's
 reference, which a contact holds back), priced by its own parameter count.
 ``auto`` (the default) chooses among the three per dataset (:mod:`.selection`).
+Position targets (the positions an arm reaches) bend at a decision without a jump; where their
+rates of change stand clear of their noise, the cut reads the rates, on which each bend is a
+step (``action_form``, :mod:`.forms`).
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or

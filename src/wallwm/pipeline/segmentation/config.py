@@ -58,6 +58,13 @@ class SegmentConfig(BaseModel):
         "time, position_targets for state feedback on commands that move with their states, "
         "differences otherwise.",
     )
+    action_form: Literal["auto", "values", "rates"] = Field(
+        "auto",
+        description="What the cut reads of each command: its values as recorded, or its rates "
+        "of change (first differences x fps: a position target bends at a decision without "
+        "a jump, its rate steps there); auto: rates for position targets whose rates stand "
+        "clear of their noise, values otherwise (see wallwm.pipeline.segmentation.forms).",
+    )
     penalty: float = Field(0.85, gt=0, description="Multiplier of the BIC penalty per event.")
     merge_bends: bool = Field(
         True,
@@ -93,6 +100,7 @@ class SegmentConfig(BaseModel):
             self.action_model != "auto"
             and self.noise_model != "auto"
             and self.state_pairing != "auto"
+            and self.action_form != "auto"
         )
 
     def pairing(self) -> list[int] | None:

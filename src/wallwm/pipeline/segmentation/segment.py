@@ -28,6 +28,7 @@ from wallwm.pipeline.segmentation.config import (
 )
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
+from wallwm.pipeline.segmentation.forms import cut_signals
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
 
 
@@ -187,9 +188,14 @@ def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int
     None but for the smooth model with ``merge_disturbances`` (the line models drop a pause's
     cuts instead, :mod:`.disturbances`).
     """
+    return _hesitations(cut_signals(s, cfg), cfg)
+
+
+def _hesitations(cut: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
+    """:func:`hesitations_taken_out` of the signals the cut reads (:func:`.forms.cut_signals`)."""
     if cfg.action_model != "smooth" or not cfg.merge_disturbances:
         return []
-    return hesitation_runs(s.actions_TA, s.gripper_action_dims, s.fps)
+    return hesitation_runs(cut.actions_TA, cut.gripper_action_dims, cut.fps)
 
 
 def _cuts_without_hesitations(
@@ -199,9 +205,10 @@ def _cuts_without_hesitations(
 
     The channels' noise is measured and the cuts are made without them; the cuts come back in
     the episode's frames. The refit's scale comes back too: the whole episode's cost (what the
-    boundaries' confidences and the cue traces read) takes it on its own noise scale.
+    boundaries' confidences and the cue traces read) takes it on its own noise scale. ``s`` is
+    what the cut reads (:func:`.forms.cut_signals`).
     """
-    runs = hesitations_taken_out(s, cfg)
+    runs = _hesitations(s, cfg)
     excision = Excision.of(len(s.actions_TA), runs) if runs else None
     inner = None if excision is None else _channels(excision.signals(s), cfg)
     if excision is None or inner is None or inner.fit.y_TD.shape[1] != whole.fit.y_TD.shape[1]:
@@ -214,12 +221,14 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     """The optimal cuts of one episode and their cost (None: no usable channel).
 
     A config with ``auto`` model choices is resolved on this episode alone, as :func:`segment`
-    does. The smooth model cuts the episode without its hesitations (``merge_disturbances``).
+    does. The cut reads the config's ``action_form`` of the commands (:mod:`.forms`); the smooth
+    model cuts the episode without its hesitations (``merge_disturbances``).
     """
     if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
         from wallwm.pipeline.segmentation.selection import resolve
 
         cfg = resolve(cfg, [s])[0]
+    s = cut_signals(s, cfg)  # a position target's rates, where the config reads them
     whole = _channels(s, cfg)
     if whole is None:
         return None

@@ -57,6 +57,10 @@ correlates with its state's next change, a position target's change with it).
 With the state columns rolled by one, pairing by index lost 0.03-0.19 boundary F1 on MetaWorld
 and Jaco; the chosen pairing scores the same rolled or not (BENCHMARKS.md).
 
+Position targets are cut on their *rates* of change where those stand clear of their noise
+(:func:`choose_form`, :mod:`.forms`); the rates of a reached path rise and fall within an event,
+and the model on them is the polynomial's (with or without the paired states, as the costs say).
+
 Stages choose once per dataset and keep the choice (it is recorded with the segment run), so
 episodes ingested later are cut with the same model; ``wallwm segment --reselect`` chooses
 again.
@@ -79,6 +83,7 @@ from wallwm.pipeline.segmentation.channels import (
     local_fit_sigma,
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+from wallwm.pipeline.segmentation.forms import RATES_CLEARANCE, command_rates, rates_clearance
 from wallwm.pipeline.segmentation.hesitations import without_hesitations
 
 CANDIDATES = ("state_feedback", "time", "smooth")
@@ -127,6 +132,11 @@ class ModelChoice:
     #: What every candidate's total pays for the noise alone: one unit per observation compared
     #: (frames x moving action dims over the sampled episodes).
     noise_floor: float = 0.0
+    #: What the cut reads of each command: "values" or "rates" (:mod:`.forms`).
+    action_form: str = "values"
+    #: The position targets' rates' spread over their noise (:func:`.forms.rates_clearance`);
+    #: None where not measured (no position targets, or the form was stated).
+    rates_clearance: float | None = None
 
     @property
     def position_targets(self) -> bool:
@@ -145,11 +155,13 @@ class ModelChoice:
         pairing = cfg.state_pairing
         if pairing == "auto":
             pairing = self.pairing if self.pairing is not None else "index"
+        form = self.action_form if cfg.action_form == "auto" else cfg.action_form
         return cfg.model_copy(
             update={
                 "action_model": self.action_model,
                 "noise_model": noise,
                 "state_pairing": pairing,
+                "action_form": form,
             }
         )
 
@@ -163,6 +175,10 @@ class ModelChoice:
             "basis": self.basis,
             "pairing": self.pairing,
             "motion_share": None if self.motion_share is None else round(self.motion_share, 3),
+            "action_form": self.action_form,
+            "rates_clearance": (
+                None if self.rates_clearance is None else round(self.rates_clearance, 1)
+            ),
         }
 
 
@@ -326,16 +342,51 @@ def episode_costs(
 
 
 def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
-    """The within-event model and pairing for these episodes (see the module docstring)."""
+    """The within-event model, pairing and action form for these episodes (module docstring)."""
     signals = list(signals)
     pairing = cfg.pairing()
     if cfg.state_pairing == "auto":
         pairing = choose_pairing(signals)
+    measure = "auto" in (cfg.noise_model, cfg.action_form)
+    share = motion_share(signals, pairing) if measure else None
+    form, clearance = choose_form(signals, cfg, share)
+    chosen_by_data = cfg.action_model == "auto"
+    if form == "rates":
+        # The model is the polynomial's (a reached path's rate rises and falls within an
+        # event; the line in time on the rates 0.23-0.46 where the polynomial scores 0.43-0.74);
+        # whether the paired states pay is still the data's to say.
+        signals = [command_rates(s) for s in signals]
+        if chosen_by_data:
+            cfg = cfg.model_copy(update={"action_model": "smooth"})
     choice = _choose_action_model(signals, cfg, pairing)
-    share = motion_share(signals, pairing) if cfg.noise_model == "auto" else None
+    if form == "rates" and chosen_by_data and choice.costs:
+        choice = dataclasses.replace(choice, basis="data")
     if choice.action_model == "smooth" and not choice.feedback and pairing is not None:
         pairing = [-1] * len(pairing)  # the polynomial alone: no state pays for its parameter
-    return dataclasses.replace(choice, pairing=pairing, motion_share=share)
+    return dataclasses.replace(
+        choice, pairing=pairing, motion_share=share, action_form=form, rates_clearance=clearance
+    )
+
+
+def choose_form(
+    signals: list[Signals], cfg: SegmentConfig, share: float | None
+) -> tuple[str, float | None]:
+    """Values or rates (:mod:`.forms`), and the rates' clearance where it was measured.
+
+    The rates are chosen only for position targets (a ``motion_share`` of at least
+    :data:`POSITION_TARGET_SHARE`) whose rates stand clear of their noise
+    (:data:`~.forms.RATES_CLEARANCE`), and only where the model is the data's to choose or the
+    polynomial's (the one measured on rates); a stated line model reads the values it was made
+    for.
+    """
+    if cfg.action_form != "auto":
+        return cfg.action_form, None
+    targets = share is not None and share >= POSITION_TARGET_SHARE
+    if not targets or cfg.action_model not in ("auto", "smooth"):
+        return "values", None
+    clearance = rates_clearance(signals)
+    clear = clearance is not None and clearance >= RATES_CLEARANCE
+    return ("rates" if clear else "values"), clearance
 
 
 def _choose_action_model(
@@ -410,6 +461,9 @@ def _sample_costs(
 def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
     """``cfg`` with its model choices made on ``signals`` (as is when nothing is ``auto``)."""
     if cfg.resolved():
-        return cfg, ModelChoice(cfg.action_model, basis="stated", pairing=cfg.pairing())
+        stated = ModelChoice(
+            cfg.action_model, basis="stated", pairing=cfg.pairing(), action_form=cfg.action_form
+        )
+        return cfg, stated
     choice = choose_model(signals, cfg)
     return choice.apply(cfg), choice

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wallwm.pipeline.chain import fan_out
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
@@ -140,9 +140,25 @@ def recorded_model(store: TableStore, requested: SegmentConfig) -> SegmentConfig
     """The model the dataset's last segment run chose for this requested config, if any."""
     wanted = requested.model_dump()
     for config in recorded_configs(store, STAGE):
-        if config.get("details", {}).get("requested") == wanted:
-            return SegmentConfig(**config["segment"])
+        if _requested(config.get("details", {}).get("requested")) == wanted:
+            return run_segment_config(config["segment"])
     return None
+
+
+def run_segment_config(recorded: dict[str, Any]) -> SegmentConfig:
+    """The segmenter config a run recorded in lineage (its ``segment`` entry).
+
+    Runs recorded before the action form was chosen cut the commands' values.
+    """
+    return SegmentConfig(**{"action_form": "values", **recorded})
+
+
+def _requested(asked: Any) -> dict[str, Any] | None:
+    """A recorded request as today's config (a field added since had its default then)."""
+    try:
+        return SegmentConfig(**asked).model_dump() if isinstance(asked, dict) else None
+    except ValidationError:  # a field since removed: another request
+        return None
 
 
 def dataset_model(
@@ -161,7 +177,9 @@ def dataset_model(
         return requested, {}
     recorded = None if reselect else recorded_model(store, requested)
     if recorded is not None:
-        choice = ModelChoice(recorded.action_model, basis="recorded")
+        choice = ModelChoice(
+            recorded.action_model, basis="recorded", action_form=recorded.action_form
+        )
         return recorded, {"requested": requested.model_dump(), "choice": choice.as_dict()}
     resolved, choice = resolve(requested, sample())
     return resolved, {"requested": requested.model_dump(), "choice": choice.as_dict()}

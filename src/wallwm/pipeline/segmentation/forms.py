@@ -1,0 +1,91 @@
+"""What the cut reads of a command: its values, or -- for position targets -- its rates.
+
+A position target (the positions an arm reaches: ALOHA's joints, LeRobot's scripted sim
+datasets, a teleoperator's leader arm) never jumps at a decision: the path bends there. On the
+values a bend is a kink, which a polynomial per event (or a law on the state) absorbs into
+either side at little cost; on the rates of change (first differences x fps) the same bend is
+a step, the kind of change every within-event model sees best. Differencing also doubles the
+noise's variance and takes away the slow part of the signal, so the rates pay only where they
+stand clear of their noise (:func:`rates_clearance`, :data:`RATES_CLEARANCE`).
+
+Measured on the three robots' position-target recordings (``benchmarks/segmentation_robots.py``,
+the smooth model on the rates against the product on the values, boundary F1@3): noise-free and
+smooth ones gain (Jaco 0.521 -> 0.735, Jaco's smooth operator 0.486 -> 0.711, MetaWorld 0.580
+-> 0.634), noisy ones lose (ALOHA's joints at action noise 0.3 0.663 -> 0.576, Jaco at 0.3
+0.558 -> 0.432), and the rates' clearance over their noise separates the two sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma
+from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+
+#: Position targets are cut on their rates where the rates' spread stands at least this many
+#: times above their noise (:func:`rates_clearance`). Measured on thirteen position-target
+#: recordings of three robots: 32-258 where the rates gain or tie (MetaWorld noise-free and
+#: smooth, Jaco noise-free and smooth, ALOHA's noise-free joints 38: -0.02), 17.5 at MetaWorld's
+#: action noise 0.3 (+0.02), 5-14 where they lose 0.03-0.13 (every other noisy or hesitating
+#: recording); the geometric middle of the gap 13.6-17.5. Leave-one-robot-out picks the same
+#: side of every held-out recording (BENCHMARKS.md).
+RATES_CLEARANCE = 15.4
+#: The polynomial the rates' noise is measured against: the smooth model's (a reach's speed is
+#: a quartic in time, plus the arm's lag).
+_NOISE_DEGREE = 6
+
+
+def command_rates(s: Signals) -> Signals:
+    """``s`` with every non-gripper command replaced by its rate of change (per second).
+
+    The rate at frame ``t`` is ``(a[t] - a[t-1]) * fps`` -- the change *into* frame ``t``, so a
+    bend at ``t`` is a step at ``t``. The first frame has no change into it: its rate is
+    extrapolated from the next three (an episode may start in motion: a zero, or the next
+    frame's rate, there would be a step no decision made). Gripper commands stay as they are
+    (their switches are cut on their own).
+    """
+    actions = np.asarray(s.actions_TA, dtype=np.float64).copy()
+    grip = set(s.gripper_action_dims)
+    motion = [j for j in range(actions.shape[1]) if j not in grip]
+    if not motion:
+        return dataclasses.replace(s, actions_TA=actions)
+    steps = np.diff(actions[:, motion], axis=0) * s.fps
+    if len(steps) >= 3:  # the quadratic through the next three rates
+        first = 3.0 * steps[0] - 3.0 * steps[1] + steps[2]
+    else:
+        first = steps[0] if len(steps) else np.zeros(len(motion))
+    actions[:, motion] = np.concatenate([first[None], steps])
+    return dataclasses.replace(s, actions_TA=actions)
+
+
+def cut_signals(s: Signals, cfg: SegmentConfig) -> Signals:
+    """What the cut reads of ``s`` under the resolved ``cfg`` (its ``action_form``)."""
+    return command_rates(s) if cfg.action_form == "rates" else s
+
+
+def episode_clearance(s: Signals) -> float | None:
+    """The median over moving non-gripper commands of their rates' spread over their noise.
+
+    The noise is the rates' own local misfit (:func:`~.channels.local_fit_sigma` of the smooth
+    model's polynomial on :data:`~.channels.LOCAL_FIT_S` windows). None where no command moves
+    or the episode is too short to measure.
+    """
+    rates = np.asarray(command_rates(s).actions_TA, dtype=np.float64)
+    grip = set(s.gripper_action_dims)
+    actions = np.asarray(s.actions_TA, dtype=np.float64)
+    dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
+    window = max(5, round(LOCAL_FIT_S * s.fps))
+    if not dims or len(rates) < 8:
+        return None
+    x: FloatArray = rates[:, dims]
+    sigma = local_fit_sigma(x, None, window, _NOISE_DEGREE)
+    return float(np.median(x.std(axis=0) / sigma))
+
+
+def rates_clearance(signals: Iterable[Signals]) -> float | None:
+    """The median of :func:`episode_clearance` over the episodes that have one."""
+    values = [c for c in map(episode_clearance, signals) if c is not None]
+    return float(np.median(values)) if values else None
