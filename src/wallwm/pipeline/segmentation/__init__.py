@@ -3,8 +3,8 @@
 Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
 noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
 :mod:`.disturbances` and :mod:`.hesitations` (what is no event), :mod:`.selection` (the model
-choice), :mod:`.forms` (values or rates), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one episode), :mod:`.stage` (the Ray
-stage over a dataset), :mod:`.evaluate` (boundary metrics).
+choice), :mod:`.forms` (values or rates), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one
+episode), :mod:`.stage` (the Ray stage over a dataset), :mod:`.evaluate` (boundary metrics).
 
 The episode's signals are grouped into cue channels, each scaled to unit noise using noise
 estimated from the episode itself (robust spread of first differences, ignoring held/clipped
