@@ -157,12 +157,13 @@ def _print_action_form(model: dict[str, Any]) -> None:
 
     clearance = model.get("rates_clearance")
     if model.get("action_form") == "rates":
-        why = (
-            ""
-            if clearance is None
-            else (f", their rates {clearance:.1f}x their noise (>= {RATES_CLEARANCE:g})")
-        )
-        console.print(f"cut on the commands' rates of change (position targets{why})")
+        why = ""
+        if clearance is not None:
+            why = (
+                f": position targets whose rates stand {clearance:.1f}x above their noise "
+                f"(rates from {RATES_CLEARANCE:g}x)"
+            )
+        console.print(f"cut on the commands' rates of change{why}")
     elif clearance is not None:
         console.print(
             f"cut on the commands' values: position targets whose rates stand only "
