@@ -10,9 +10,9 @@ stand clear of their noise (:func:`rates_clearance`, :data:`RATES_CLEARANCE`).
 
 Measured on the three robots' position-target recordings (``benchmarks/segmentation_robots.py``,
 the smooth model on the rates against the product on the values, boundary F1@3): noise-free and
-smooth ones gain (Jaco 0.521 -> 0.735, Jaco's smooth operator 0.486 -> 0.711, MetaWorld 0.580
--> 0.634), noisy ones lose (ALOHA's joints at action noise 0.3 0.663 -> 0.576, Jaco at 0.3
-0.558 -> 0.432), and the rates' clearance over their noise separates the two sides.
+smooth ones gain (Jaco 0.521 -> 0.739, Jaco's smooth operator 0.486 -> 0.715, MetaWorld 0.580
+-> 0.635), noisy ones lose (ALOHA's joints at action noise 0.3 0.663 -> 0.576, Jaco at 0.3
+0.558 -> 0.423), and the rates' clearance over their noise separates the two sides.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signa
 
 #: Position targets are cut on their rates where the rates' spread stands at least this many
 #: times above their noise (:func:`rates_clearance`). Measured on thirteen position-target
-#: recordings of three robots: 32-258 where the rates gain or tie (MetaWorld noise-free and
-#: smooth, Jaco noise-free and smooth, ALOHA's noise-free joints 38: -0.02), 17.5 at MetaWorld's
-#: action noise 0.3 (+0.02), 5-14 where they lose 0.03-0.13 (every other noisy or hesitating
-#: recording); the geometric middle of the gap 13.6-17.5. Leave-one-robot-out picks the same
-#: side of every held-out recording (BENCHMARKS.md).
+#: recordings of three robots: 32-280 where the rates gain (MetaWorld noise-free and smooth,
+#: Jaco noise-free and smooth; ALOHA's noise-free joints, 38, lose 0.02), 17.8 at MetaWorld's
+#: action noise 0.3 (+0.02), 5-13 where they lose 0.03-0.14 (every other noisy or hesitating
+#: recording); inside the gap 12.6-17.8 (the geometric middle of 13.6-17.5, the gap first
+#: measured on each recording's first 24 episodes). Leave-one-robot-out over 5-100 picks 15.4
+#: with ALOHA or Jaco held out, 20 with MetaWorld held out (BENCHMARKS.md).
 RATES_CLEARANCE = 15.4
 #: The polynomial the rates' noise is measured against: the smooth model's (a reach's speed is
 #: a quartic in time, plus the arm's lag).
