@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 from wallwm.cli.main import app
 from wallwm.pipeline.sim.aloha import ACTION_NAMES, STATE_NAMES, AlohaConfig, record_aloha
 from wallwm.pipeline.sim.jaco import JacoConfig, record_jaco
-from wallwm.pipeline.sim.waypoints import Keyframe, Plan, add_hesitations, commands, decisions
+from wallwm.pipeline.sim.waypoints import (
+    Keyframe,
+    Plan,
+    add_hesitations,
+    changed_runs,
+    commands,
+    decisions,
+)
 
 
 def test_waypoint_plans_know_their_decisions():
@@ -86,6 +93,19 @@ def test_aloha_records_bimanual_waypoint_episodes(tmp_path):
     assert (ep / "top.mp4").exists() and meta["simulator"] == "aloha"
     # the grippers follow their commands (0 closed .. 1 open): the joints are measured
     assert states[:, 13].max() > 0.8 and states[:, 13].min() < 0.3
+
+
+def test_aloha_records_where_its_operator_swerved(tmp_path):
+    """The swerves (a few millimetres out and back inside a motion) are in the metadata, as
+    the hesitations are: a benchmark can tell a false cut at a swerve from any other."""
+    cfg = AlohaConfig(tasks=("transfer-cube",), episodes=1, size=32, corrections=1.0)
+    result, _, meta, _, _ = _record_one_aloha(tmp_path, cfg)
+    assert meta["corrections"] and meta["hesitations"] == []
+    for arm, start, length in meta["corrections"]:  # one arm's hand, out and back
+        assert arm in (0, 1) and 8 <= length <= 15  # 10-16 frames, the ends on the path
+        assert 0 < start < start + length < result["frames"]
+    after = np.array([[0, 0], [1, 0], [0, 2], [0, 0], [0, 0], [3, 3]])
+    assert changed_runs(np.zeros((6, 2)), after) == [(1, 2), (5, 1)]
 
 
 def test_aloha_joint_space_records_the_joints_reached_and_the_gripper_commands(tmp_path):

@@ -42,6 +42,7 @@ from wallwm.pipeline.sim.waypoints import (
     add_corrections,
     add_hesitations,
     add_noise,
+    changed_runs,
     commands,
     decisions,
 )
@@ -350,9 +351,8 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
     plan = add_hesitations(plan, rng, cfg.hesitations)
     planned = commands(plan, smooth=cfg.operator == "smooth")
     truth = decisions(plan, planned)
-    executed = add_noise(
-        add_corrections(planned, plan, rng, cfg.corrections), 2, rng, cfg.action_noise
-    )
+    corrected = add_corrections(planned, plan, rng, cfg.corrections)
+    executed = add_noise(corrected, 2, rng, cfg.action_noise)
     sim = AlohaSim(task, cfg.cameras, cfg.size)
     frames: dict[str, list[np.ndarray]] = {c: [] for c in cfg.cameras}
     states, success_at = [], None
@@ -392,6 +392,14 @@ def record_episode(task: str, index: int, cfg: AlohaConfig, out: Path) -> dict[s
             "action_noise": cfg.action_noise,
             "operator": cfg.operator,
             "hesitations": [list(h) for h in plan.holds],
+            # the swerves, as (arm, start frame, length): disturbances, not decisions
+            "corrections": [
+                [arm, start, length]
+                for arm in range(2)
+                for start, length in changed_runs(
+                    planned[:, 8 * arm : 8 * arm + 8], corrected[:, 8 * arm : 8 * arm + 8]
+                )
+            ],
             "seed": seed,
         },
     )

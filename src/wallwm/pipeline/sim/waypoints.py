@@ -167,6 +167,17 @@ def add_corrections(
     return out
 
 
+def changed_runs(before_TD: FloatArray, after_TD: FloatArray) -> list[tuple[int, int]]:
+    """The runs of frames where ``after_TD`` differs from ``before_TD``: ``(start, length)``.
+
+    What :func:`add_corrections` swerved (recorded with the episode, as its hesitations are).
+    """
+    changed = np.any(after_TD != before_TD, axis=1).astype(np.int8)
+    edges = np.diff(np.concatenate([[0], changed, [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+
+
 def add_noise(
     commands_TD: FloatArray, arms: int, rng: np.random.Generator, scale: float
 ) -> FloatArray:
