@@ -36,6 +36,14 @@ def noise_sigma(x_TD: FloatArray, resolution: float = 0.0) -> FloatArray:
     return np.asarray(np.maximum(sigma, floor), dtype=np.float64)
 
 
+def moving_dims(actions_TA: FloatArray, gripper_dims: list[int]) -> list[int]:
+    """The non-gripper action dims that move at all in this episode (constant ones say nothing)."""
+    grip = set(gripper_dims)
+    return [
+        j for j in range(actions_TA.shape[1]) if j not in grip and np.ptp(actions_TA[:, j]) > 1e-9
+    ]
+
+
 #: Window of the local-fit noise estimate, seconds (at least 5 frames).
 LOCAL_FIT_S = 0.2
 #: The local-fit noise never goes below this fraction of a channel's range: recordings of

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma
+from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma, moving_dims
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
 
 #: Position targets are cut on their rates where the rates' spread stands at least this many
@@ -75,9 +75,7 @@ def episode_clearance(s: Signals) -> float | None:
     or the episode is too short to measure.
     """
     rates = np.asarray(command_rates(s).actions_TA, dtype=np.float64)
-    grip = set(s.gripper_action_dims)
-    actions = np.asarray(s.actions_TA, dtype=np.float64)
-    dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
+    dims = moving_dims(np.asarray(s.actions_TA, dtype=np.float64), s.gripper_action_dims)
     window = max(5, round(LOCAL_FIT_S * s.fps))
     if not dims or len(rates) < 8:
         return None

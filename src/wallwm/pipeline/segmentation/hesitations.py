@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma
+from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma, moving_dims
 from wallwm.pipeline.segmentation.config import FloatArray, Signals
 
 #: Shortest hesitation, seconds (and never under three frames: two equal frames are a bell's
@@ -83,7 +83,7 @@ def hesitation_runs(
     actions = np.asarray(actions_TA, dtype=np.float64)
     t_len = len(actions)
     grip = sorted(set(gripper_dims))
-    dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
+    dims = moving_dims(actions, grip)
     if len(dims) < 2 or t_len < 8:
         return []  # one moving dim has no direction to carry on in
     x = actions[:, dims]

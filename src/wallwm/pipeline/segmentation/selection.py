@@ -81,6 +81,7 @@ from wallwm.pipeline.segmentation.channels import (
     feedback_regressors,
     gripper_flips,
     local_fit_sigma,
+    moving_dims,
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
 from wallwm.pipeline.segmentation.forms import RATES_CLEARANCE, command_rates, rates_clearance
@@ -307,8 +308,7 @@ def episode_costs(
     if cfg.merge_disturbances:  # every model is weighed on the motion the operator made
         s = without_hesitations(s)
     actions = np.asarray(s.actions_TA, dtype=np.float64)
-    grip = set(s.gripper_action_dims)
-    dims = [j for j in range(actions.shape[1]) if j not in grip and np.ptp(actions[:, j]) > 1e-9]
+    dims = moving_dims(actions, s.gripper_action_dims)
     t_len = len(actions)
     if not dims or t_len < 8:
         return None
@@ -353,8 +353,9 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
     chosen_by_data = cfg.action_model == "auto"
     if form == "rates":
         # The model is the polynomial's (a reached path's rate rises and falls within an
-        # event; the line in time on the rates 0.23-0.46 where the polynomial scores 0.43-0.74);
-        # whether the paired states pay is still the data's to say.
+        # event; the line in time on the rates scored 0.08-0.59, below the polynomial on twelve
+        # of the thirteen position-target recordings); whether the paired states pay is still
+        # the data's to say.
         signals = [command_rates(s) for s in signals]
         if chosen_by_data:
             cfg = cfg.model_copy(update={"action_model": "smooth"})
