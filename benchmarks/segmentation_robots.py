@@ -22,8 +22,10 @@ on the eleven tasks where that operator succeeds, up to 500 steps), and so again
 person's hesitations (pauses, and on MetaWorld sideways swerves, six steps into most phases;
 no action noise). A person's commands are never exact (a hand's tremor, a leader arm's encoders):
 ``smooth 2% noise`` is the smooth recording with Gaussian noise of 2 % of each motion command's
-spread over its episode added to the recorded commands (seeded; derived, not recorded). Ground
-truth: each expert's own decisions.
+spread over its episode added to the recorded commands (seeded; derived, not recorded);
+``smooth 2% speed noise`` the same in RMS, each frame's share proportional to the command's
+speed there (a person's motor noise grows with the movement's speed). Ground truth: each
+expert's own decisions.
 
 For every recording the product path runs as ``wallwm run`` does: the within-event model is
 chosen on a spread sample of up to 24 episodes, then every episode is cut with it. Boundary F1
@@ -93,9 +95,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: The recorders with a smooth operator.
 SMOOTH_ROBOTS = ("metaworld", "jaco", "aloha")
-#: Variants derived from a recording: its name, and the noise added to its motion commands (a
-#: share of each command's spread over its episode).
-DERIVED: dict[str, tuple[str, float]] = {"smooth 2% noise": ("smooth", 0.02)}
+#: Variants derived from a recording: its name, the noise added to its motion commands (a share
+#: of each command's spread over its episode, in RMS), and whether the noise grows with the
+#: command's speed (a person's motor noise does: Harris & Wolpert 1998) or is even.
+DERIVED: dict[str, tuple[str, float, bool]] = {
+    "smooth 2% noise": ("smooth", 0.02, False),
+    "smooth 2% speed noise": ("smooth", 0.02, True),
+}
 CHUNKS = (4, 8, 16, 24, 32, 48)
 ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
@@ -214,10 +220,11 @@ def as_position_targets(episodes: list[dict[str, Any]]) -> list[dict[str, Any]] 
 
 
 def with_command_noise(
-    episodes: list[dict[str, Any]], share: float, seed: int = 0
+    episodes: list[dict[str, Any]], share: float, seed: int = 0, with_speed: bool = False
 ) -> list[dict[str, Any]]:
     """The episodes with Gaussian noise of ``share`` of each motion command's spread over its
-    episode added to the commands (gripper commands stay exact)."""
+    episode added to the commands (gripper commands stay exact); ``with_speed``: each frame's
+    noise proportional to the command's speed there, ``share`` in RMS over the episode."""
     rng = np.random.default_rng(seed)
     out = []
     for ep in episodes:
@@ -225,7 +232,13 @@ def with_command_noise(
         actions = np.asarray(s.actions_TA, dtype=np.float64).copy()
         for j in range(actions.shape[1]):
             if j not in s.gripper_action_dims:
-                actions[:, j] += rng.normal(0.0, share * actions[:, j].std(), len(actions))
+                profile = np.ones(len(actions))
+                if with_speed:
+                    speed = np.abs(np.gradient(actions[:, j])) if len(actions) > 1 else profile
+                    rms = float(np.sqrt(np.mean(speed**2)))
+                    profile = speed / rms if rms > 0 else np.zeros(len(actions))
+                noise = rng.normal(0.0, share * actions[:, j].std(), len(actions))
+                actions[:, j] += noise * profile
         out.append({**ep, "signals": dataclasses.replace(s, actions_TA=actions)})
     return out
 
@@ -390,9 +403,11 @@ def main() -> None:
                 record(robot, variant, out, args)
                 (out / ".complete").write_text(f"{time.perf_counter() - t:.0f} s\n")
             data[(robot, variant)] = load(out)
-        for name, (variant, share) in DERIVED.items():
+        for name, (variant, share, with_speed) in DERIVED.items():
             if (robot, variant) in data:
-                data[(robot, name)] = with_command_noise(data[(robot, variant)], share)
+                data[(robot, name)] = with_command_noise(
+                    data[(robot, variant)], share, with_speed=with_speed
+                )
     rows: list[dict[str, Any]] = []
     print("| robot | recording | episodes | chosen model | wallwm (chosen) | P / R | "
           "line in time | state feedback | best fixed | vs fixed | states rolled: chosen / "

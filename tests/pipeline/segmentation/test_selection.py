@@ -1,14 +1,21 @@
-"""The within-event model chosen from the data; hesitations and corrections are no events."""
+"""The within-event model chosen from the data; hesitations and corrections are no events;
+noise that grows with speed is weighed where it is."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import pytest
 
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE, channel_noise
+from wallwm.pipeline.segmentation import selection as selection_module
+from wallwm.pipeline.segmentation.channels import (
+    POSITION_TARGET_NOISE,
+    channel_noise,
+    local_noise_variance,
+)
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
 from wallwm.pipeline.segmentation.selection import (
     SWITCH_RATIO,
@@ -26,6 +33,9 @@ from wallwm.pipeline.sim.waypoints import (
     commands,
     decisions,
 )
+
+#: The module (the package re-exports its ``segment`` function under the same name).
+segment_module = importlib.import_module("wallwm.pipeline.segmentation.segment")
 
 
 def two_arm_plan(rng: np.random.Generator) -> Plan:
@@ -426,3 +436,53 @@ def test_each_action_dim_is_paired_with_the_state_it_moves():
     # a pairing of the wrong length is one clear error
     with pytest.raises(ValueError, match="state_pairing has 2 entries for 3 action dims"):
         segment(shuffled[0][0], cfg.model_copy(update={"state_pairing": [0, 1]}))
+
+
+def test_a_fast_smooth_move_or_a_boundary_is_no_noise():
+    """Noise-free minimum-jerk reaches with jerk changes at the decisions: neither the reaches'
+    speed nor the decisions raise the noise anywhere (each read sees one, not both)."""
+    rng = np.random.default_rng(2)
+    plan = two_arm_plan(rng)
+    planned = commands(plan, smooth=True)
+    moving = [j for j in range(16) if j not in (7, 15) and np.ptp(planned[:, j]) > 0]
+    y = planned[:, moving] / (1e-3 * np.ptp(planned[:, moving], axis=0))  # the noise floor unit
+    variance = local_noise_variance(y, 50.0, 6)
+    assert variance is None or np.quantile(variance, 0.99) < 1.5
+
+
+def speed_noise_episode(seed: int, share: float) -> tuple[Signals, list[int]]:
+    """The two-arm plan moved as a person reaches, with motor noise that grows with speed
+    (signal-dependent noise, Harris & Wolpert 1998): each frame's sd proportional to the
+    command's speed there, ``share`` of its spread in RMS over the episode."""
+    rng = np.random.default_rng(seed)
+    plan = two_arm_plan(rng)
+    planned = commands(plan, smooth=True)
+    truth = [t for t, _ in decisions(plan, planned)]
+    executed = planned.copy()
+    for j in range(16):
+        speed = np.abs(np.gradient(planned[:, j]))
+        if j in (7, 15) or not speed.any():
+            continue
+        sd = share * planned[:, j].std() * speed / np.sqrt(np.mean(speed**2))
+        executed[:, j] += sd * rng.normal(size=len(planned))
+    joints = np.tanh(planned @ rng.normal(size=(16, 12)))
+    return Signals(executed, 50.0, joints, gripper_action_dims=[7, 15]), truth
+
+
+def test_a_persons_speed_dependent_noise_is_weighed_where_it_is(monkeypatch):
+    """With noise that grows with speed the episode's median noise is the slow stretches'; read
+    at that one level the fast ones look full of events, and the choice and the cut follow the
+    noise. Weighed at each stretch's own noise, the polynomial is chosen and cuts well."""
+    episodes = [speed_noise_episode(seed, 0.02) for seed in range(6)]
+    cfg, _ = resolve(SegmentConfig(), [s for s, _ in episodes])
+    assert cfg.action_model == "smooth"
+    weighed = f1(episodes, cfg)
+    assert weighed >= 0.8
+
+    def one_level(*_: object, **__: object) -> None:
+        return None  # the episode's median noise everywhere
+
+    monkeypatch.setattr(segment_module, "local_noise_variance", one_level)
+    monkeypatch.setattr(selection_module, "local_noise_variance", one_level)
+    cfg_flat, _ = resolve(SegmentConfig(), [s for s, _ in episodes])
+    assert max(f1(episodes, cfg_flat), f1(episodes, cfg)) < weighed - 0.15

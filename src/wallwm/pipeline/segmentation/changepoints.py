@@ -260,6 +260,53 @@ class PolynomialCost:
         return m
 
 
+class LocalNoiseCost:
+    """A segment cost weighed at the noise its own frames carry.
+
+    Unit-noise channels assume one noise level per column over the episode (a median). Where
+    the noise rises and falls within the episode -- a person's motor noise grows with the
+    speed of the movement (signal-dependent noise: Harris & Wolpert 1998), a follower arm
+    jitters while it holds an object in contact -- a segment's misfit in its noisy stretches
+    would count as evidence and cut them every few frames, and the model choice would prefer
+    whichever model follows that noise. Each segment's misfit is divided by the mean noise
+    variance of its frames (O(1) by prefix sums): the segment's own noise level, the way a
+    likelihood with piecewise-stationary noise would weigh it.
+    """
+
+    def __init__(self, inner: SegmentCost, variance_TD: FloatArray) -> None:
+        """``variance_TD``: each frame's noise variance in the channels' unit (>= 1)."""
+        self.inner = inner
+        self.dims, self.params = inner.dims, inner.params
+        self.variance_TD = variance_TD
+        self.prefix = _prefix(variance_TD)
+
+    def scaled(self, scale_D: FloatArray) -> LocalNoiseCost:
+        """The cost of the columns multiplied by ``scale_D`` (the same frames' noise)."""
+        return LocalNoiseCost(self.inner.scaled(scale_D), self.variance_TD)
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
+        return np.asarray(self.columns(a, b).sum(axis=-1), dtype=np.float64)
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """One residual per column over the segment's mean noise variance: ``(len(a), D)``."""
+        a = np.asarray(a, dtype=np.int64)
+        b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a.shape)
+        length = np.maximum(b_arr - a, 1)[:, None]
+        variance = (self.prefix[b_arr] - self.prefix[a]) / length
+        return np.asarray(self.inner.columns(a, b_arr) / variance, dtype=np.float64)
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        size = last - first + 1
+        m = np.full((size, size), np.inf)
+        rows = np.arange(size)
+        for length in range(1, size):  # one diagonal per length
+            a = rows[: size - length] + first
+            m[rows[: size - length], rows[length:]] = self(a, a + length)
+        return m
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelFit:
     """One episode's unit-noise channels, their regressors and segment cost.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,64 @@ def local_fit_sigma(
     if above.size:
         sigma = np.maximum(sigma, 0.25 * float(np.median(above)))
     return np.asarray(np.where(sigma > 0, sigma, 1.0), dtype=np.float64)
+
+
+#: Span of the running median that reads the local noise level, seconds: long against the
+#: few windows a boundary disturbs, short against a movement's stretch of fast motion or an
+#: object held in contact.
+LOCAL_NOISE_SPAN_S = 0.5
+#: Order of the differences the local noise level is also read from (a white noise's third
+#: differences have 20x its variance; a reach's own third differences are its jerk, small at
+#: frame rate).
+_NOISE_DIFF_ORDER = 3
+
+
+def local_noise_variance(y_TD: FloatArray, fps: float, degree: int) -> FloatArray | None:
+    """Each frame's noise variance in the unit-noise channels ``y_TD``, where it rises above 1.
+
+    The noise level around each frame is the running median (:data:`LOCAL_NOISE_SPAN_S`) of
+    two local reads, the smaller taken: a ``degree`` polynomial's RMS misfit on
+    :data:`LOCAL_FIT_S` windows (which a boundary inside a window raises) and the scale of the
+    third differences (which a fast smooth movement raises, a boundary only for a frame or
+    two). Noise raises both. Floored at 1: the channels' unit is already the episode's median
+    level, and only a stretch well above it is weighed down. None where the episode is too
+    short to read or nothing rises above 1 (the unit holds everywhere).
+    """
+    from wallwm.pipeline.segmentation.changepoints import PolynomialCost
+
+    t_len = len(y_TD)
+    params = degree + 1
+    window = max(5, round(LOCAL_FIT_S * fps), 2 * params + 1)
+    span = max(3, round(LOCAL_NOISE_SPAN_S * fps)) | 1  # odd: centred on its frame
+    if t_len < max(window, span) + 2:
+        return None
+    starts = np.arange(0, t_len - window + 1, dtype=np.int64)
+    rss = PolynomialCost(y_TD, degree).columns(starts, starts + window)
+    fit = _centred(np.sqrt(rss / (window - params)), t_len)
+    k = _NOISE_DIFF_ORDER
+    steps = np.abs(np.diff(y_TD, n=k, axis=0)) / np.sqrt(math.comb(2 * k, k))
+    diffs = 1.4826 * _centred(steps, t_len)  # a median of |N(0, s)| is s / 1.4826
+    level = np.minimum(_running_median(fit, span), _running_median(diffs, span))
+    if not (level > 1.0).any():
+        return None
+    return np.asarray(np.maximum(level, 1.0) ** 2, dtype=np.float64)
+
+
+def _centred(x_ND: FloatArray, t_len: int) -> FloatArray:
+    """``x_ND`` (one value per window) placed at the windows' centres, edges held: ``(T, D)``."""
+    before = (t_len - len(x_ND)) // 2
+    return np.pad(x_ND, ((before, t_len - len(x_ND) - before), (0, 0)), mode="edge")
+
+
+def _running_median(x_TD: FloatArray, span: int) -> FloatArray:
+    """The centred running median of each column over ``span`` frames (edges held)."""
+    half = span // 2
+    padded = np.pad(x_TD, ((half, half), (0, 0)), mode="edge")
+    out = np.empty_like(x_TD)
+    for d in range(x_TD.shape[1]):  # one column at a time: a (T, span) view, not (T, span, D)
+        windows = np.lib.stride_tricks.sliding_window_view(padded[:, d], span)
+        out[:, d] = np.median(windows, axis=1)
+    return out
 
 
 #: Position targets (commands the arm reaches: ``noise_model="position_targets"``) weigh cuts at

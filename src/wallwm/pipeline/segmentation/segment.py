@@ -12,13 +12,18 @@ from wallwm.pipeline.segmentation.bends import merge_bends, residual_excess
 from wallwm.pipeline.segmentation.changepoints import (
     ChannelFit,
     LinearCost,
+    LocalNoiseCost,
     PolynomialCost,
     SegmentCost,
     local_strength,
     pelt_between,
     split_gains,
 )
-from wallwm.pipeline.segmentation.channels import channel_groups, gripper_flips
+from wallwm.pipeline.segmentation.channels import (
+    channel_groups,
+    gripper_flips,
+    local_noise_variance,
+)
 from wallwm.pipeline.segmentation.config import (
     Boundary,
     FloatArray,
@@ -86,6 +91,16 @@ def smooth_cost(
         return PolynomialCost(y_TD, SMOOTH_DEGREE)
     # a column without a state gets nothing added (a zero regressor explains nothing)
     return PolynomialCost(y_TD, SMOOTH_DEGREE, np.where(on_state_D, z_TD, 0.0))
+
+
+def with_local_noise(cost: SegmentCost, y_TD: FloatArray, fps: float) -> SegmentCost:
+    """``cost`` weighed at each segment's own noise where it rises above the channels' unit.
+
+    The noise is read by :func:`~.channels.local_noise_variance`; the cost is
+    :class:`~.changepoints.LocalNoiseCost`.
+    """
+    variance = local_noise_variance(y_TD, fps, SMOOTH_DEGREE)
+    return cost if variance is None else LocalNoiseCost(cost, variance)
 
 
 def _change_points(
@@ -171,7 +186,10 @@ def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
         ]
     )
     per_param = cfg.penalty * np.log(max(t_len, 2))
-    fit = ChannelFit(within_event_cost(cfg, y, z, on_state), y, z, on_state, per_param, s.fps)
+    cost = within_event_cost(cfg, y, z, on_state)
+    if cfg.action_model == "smooth":  # its unit is a median local misfit: where noise rises,
+        cost = with_local_noise(cost, y, s.fps)  # weigh the misfit at the frames' own noise
+    fit = ChannelFit(cost, y, z, on_state, per_param, s.fps)
     forced = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])

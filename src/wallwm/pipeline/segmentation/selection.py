@@ -75,12 +75,18 @@ from typing import Any
 
 import numpy as np
 
-from wallwm.pipeline.segmentation.changepoints import LinearCost, PolynomialCost, pelt_between
+from wallwm.pipeline.segmentation.changepoints import (
+    LinearCost,
+    LocalNoiseCost,
+    PolynomialCost,
+    pelt_between,
+)
 from wallwm.pipeline.segmentation.channels import (
     LOCAL_FIT_S,
     feedback_regressors,
     gripper_flips,
     local_fit_sigma,
+    local_noise_variance,
     moving_dims,
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
@@ -333,8 +339,13 @@ def episode_costs(
     costs["smooth"] = PolynomialCost(y, SMOOTH_DEGREE)
     if state is not None:
         costs[SMOOTH_FEEDBACK] = smooth_cost(y, *state)
+    # Where the noise rises within the episode (a person's noise grows with speed), every model
+    # is weighed at the frames' own noise: otherwise whichever cuts most often to follow the
+    # noisy stretches looks cheapest.
+    variance = local_noise_variance(y, s.fps, SMOOTH_DEGREE)
     out = {}
-    for name, cost in costs.items():
+    for name, plain in costs.items():
+        cost = plain if variance is None else LocalNoiseCost(plain, variance)
         penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
         ends = np.array([0, *pelt_between(cost, edges, penalty, min_len), t_len], dtype=np.int64)
         out[name] = float(cost(ends[:-1], ends[1:]).sum() + penalty * (len(ends) - 1))
