@@ -83,9 +83,12 @@ def local_fit_sigma(
 
 
 #: Span of the running median that reads the local noise level, seconds: long against the
-#: few windows a boundary disturbs, short against a movement's stretch of fast motion or an
-#: object held in contact.
-LOCAL_NOISE_SPAN_S = 0.5
+#: few windows a boundary disturbs, short against a stretch of fast motion (a person's noise
+#: peaks mid-reach) or an object held in contact. From {0.15, 0.25, 0.35, 0.5} on 21 recordings
+#: of the smooth model on three robots: mean F1@3 0.570 / 0.575 / 0.577 / 0.572 (0.516 without);
+#: Jaco and MetaWorld best at 0.35, ALOHA within 0.004 of its best (0.15); at 1 s ALOHA's reaches
+#: with 1 % speed-dependent noise fell from 0.69 to 0.11 (BENCHMARKS.md).
+LOCAL_NOISE_SPAN_S = 0.35
 #: Order of the differences the local noise level is also read from (a white noise's third
 #: differences have 20x its variance; a reach's own third differences are its jerk, small at
 #: frame rate).
