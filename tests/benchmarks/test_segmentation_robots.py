@@ -48,3 +48,23 @@ def test_the_clearance_threshold_is_picked_on_the_other_robots(robots, monkeypat
     # a and b tie over (12, 30]: 15.4, 20, 30 -> the middle, 20; c's edge (18) keeps its values
     assert out["c"] == {"clearance": 20.0, "held_out_f1": {"edge": 0.5, "noisy": 0.6}}
     assert out["b"]["clearance"] == 15.4  # a and c: (8, 18]
+
+
+def test_speed_noise_grows_with_the_commands_speed_and_keeps_its_share(robots):
+    """The derived ``smooth 2% speed noise`` rows: none where a command rests, the share of its
+    spread in RMS over the episode, grippers exact."""
+    import numpy as np
+
+    from wallwm.pipeline.segmentation import Signals
+
+    t = np.arange(400)
+    reach = np.where(t < 200, 0.0, 0.5 - 0.5 * np.cos(np.pi * np.minimum(t - 200, 100) / 100))
+    actions = np.stack([reach, (t > 250).astype(float)], axis=1)
+    episode = {"key": "e", "signals": Signals(actions, 50.0, None, gripper_action_dims=[1])}
+    (noisy,) = robots.with_command_noise([episode], 0.02, with_speed=True)
+    noise = noisy["signals"].actions_TA - actions
+    assert np.all(noise[:199, 0] == 0.0) and np.all(noise[302:, 0] == 0.0)  # at rest: none
+    assert np.sqrt(np.mean(noise[:, 0] ** 2)) == pytest.approx(0.02 * reach.std(), rel=0.3)
+    assert np.all(noise[:, 1] == 0.0)
+    (even,) = robots.with_command_noise([episode], 0.02)
+    assert np.all(even["signals"].actions_TA[:199, 0] != 0.0)  # even noise everywhere
