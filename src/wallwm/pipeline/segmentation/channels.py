@@ -103,7 +103,7 @@ def local_noise_variance(y_TD: FloatArray, fps: float, degree: int) -> FloatArra
     :data:`LOCAL_FIT_S` windows (which a boundary inside a window raises) and the scale of the
     third differences (which a fast smooth movement raises, a boundary only for a frame or
     two). Noise raises both. Floored at 1: the channels' unit is already the episode's median
-    level, and only a stretch well above it is weighed down. None where the episode is too
+    level, and only a stretch above it is weighed down. None where the episode is too
     short to read or nothing rises above 1 (the unit holds everywhere).
     """
     from wallwm.pipeline.segmentation.changepoints import PolynomialCost
