@@ -141,10 +141,12 @@ def test_a_persons_reaches_choose_the_smooth_model():
     assert f1(episodes, SegmentConfig(action_model="state_feedback")) < 0.6
 
 
-def moved_by_hand(seed: int, noise: float) -> tuple[Signals, list[int]]:
+def moved_by_hand(seed: int, noise: float, with_speed: bool = False) -> tuple[Signals, list[int]]:
     """The two-arm plan moved as a person reaches (minimum-jerk between keyframes, from rest
     to rest), Gaussian noise of ``noise`` of each moving command's spread on the commands (a
-    hand's tremor, a leader arm's encoders); joints a nonlinear map of the targets."""
+    hand's tremor, a leader arm's encoders); joints a nonlinear map of the targets.
+    ``with_speed``: motor noise that grows with speed (signal-dependent noise, Harris & Wolpert
+    1998) -- each frame's sd proportional to the command's speed there, ``noise`` in RMS."""
     rng = np.random.default_rng(seed)
     plan = two_arm_plan(rng)
     planned = commands(plan, smooth=True)
@@ -152,6 +154,9 @@ def moved_by_hand(seed: int, noise: float) -> tuple[Signals, list[int]]:
     moving = [j for j in range(16) if j not in (7, 15) and np.ptp(planned[:, j]) > 0]
     executed = planned.copy()
     jitter = rng.normal(size=(len(planned), len(moving))) * planned[:, moving].std(axis=0)
+    if with_speed:
+        speed = np.abs(np.gradient(planned[:, moving], axis=0))
+        jitter *= speed / np.sqrt(np.mean(speed**2, axis=0))
     executed[:, moving] += noise * jitter
     joints = np.tanh(planned @ rng.normal(size=(16, 12)))
     return Signals(executed, 50.0, joints, gripper_action_dims=[7, 15]), truth
@@ -450,30 +455,11 @@ def test_a_fast_smooth_move_or_a_boundary_is_no_noise():
     assert variance is None or np.quantile(variance, 0.99) < 1.5
 
 
-def speed_noise_episode(seed: int, share: float) -> tuple[Signals, list[int]]:
-    """The two-arm plan moved as a person reaches, with motor noise that grows with speed
-    (signal-dependent noise, Harris & Wolpert 1998): each frame's sd proportional to the
-    command's speed there, ``share`` of its spread in RMS over the episode."""
-    rng = np.random.default_rng(seed)
-    plan = two_arm_plan(rng)
-    planned = commands(plan, smooth=True)
-    truth = [t for t, _ in decisions(plan, planned)]
-    executed = planned.copy()
-    for j in range(16):
-        speed = np.abs(np.gradient(planned[:, j]))
-        if j in (7, 15) or not speed.any():
-            continue
-        sd = share * planned[:, j].std() * speed / np.sqrt(np.mean(speed**2))
-        executed[:, j] += sd * rng.normal(size=len(planned))
-    joints = np.tanh(planned @ rng.normal(size=(16, 12)))
-    return Signals(executed, 50.0, joints, gripper_action_dims=[7, 15]), truth
-
-
 def test_a_persons_speed_dependent_noise_is_weighed_where_it_is(monkeypatch):
     """With noise that grows with speed the episode's median noise is the slow stretches'; read
     at that one level the fast ones look full of events, and the choice and the cut follow the
     noise. Weighed at each stretch's own noise, the polynomial is chosen and cuts well."""
-    episodes = [speed_noise_episode(seed, 0.02) for seed in range(6)]
+    episodes = [moved_by_hand(seed, 0.02, with_speed=True) for seed in range(6)]
     cfg, _ = resolve(SegmentConfig(), [s for s, _ in episodes])
     assert cfg.action_model == "smooth"
     weighed = f1(episodes, cfg)
