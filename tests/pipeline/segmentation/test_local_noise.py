@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wallwm.pipeline.segmentation import changepoints
 from wallwm.pipeline.segmentation.changepoints import LocalNoiseCost, PolynomialCost
 from wallwm.pipeline.segmentation.channels import local_noise_variance
 
@@ -29,6 +30,23 @@ def test_local_noise_cost_divides_each_segment_by_its_frames_mean_variance():
         cost.scaled(scale).columns(a, b), expected * scale**2, rtol=1e-10
     )  # the same frames' noise, the columns rescaled
     assert (cost.params, cost.dims) == (inner.params, inner.dims)
+
+
+def test_the_dense_matrix_is_every_segments_cost_across_its_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matrix is built from chunks of segments at a time: a chunk ending mid-diagonal
+    (37 pairs per chunk here) changes no entry."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(60, 2)).cumsum(axis=0)
+    cost = LocalNoiseCost(PolynomialCost(y, 3), rng.uniform(1.0, 4.0, size=(60, 2)))
+    whole = cost.matrix(5, 45)
+    monkeypatch.setattr(changepoints, "PAIRS_PER_CHUNK", 37)
+    chunked = cost.matrix(5, 45)
+    starts, ends = np.triu_indices(41, 1)
+    np.testing.assert_allclose(chunked[starts, ends], cost(starts + 5, ends + 5), rtol=1e-12)
+    np.testing.assert_array_equal(chunked, whole)
+    assert np.isinf(chunked[np.tril_indices(41)]).all()
 
 
 def test_the_local_noise_is_read_where_it_rises_and_nowhere_else():

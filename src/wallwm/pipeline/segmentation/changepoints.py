@@ -249,15 +249,7 @@ class PolynomialCost:
 
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
-        size = last - first + 1
-        m = np.full((size, size), np.inf)
-        rows = np.arange(size)
-        for length in range(1, size):  # one diagonal per length: its Gram inverse is shared
-            a = rows[: size - length] + first
-            b = a + length
-            rss = self._rss(a, b, np.full(len(a), length), self.gram_pinv[length])
-            m[rows[: size - length], rows[length:]] = rss.sum(axis=1)
-        return m
+        return pair_matrix(self, first, last)
 
 
 class LocalNoiseCost:
@@ -298,13 +290,29 @@ class LocalNoiseCost:
 
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
-        size = last - first + 1
-        m = np.full((size, size), np.inf)
-        rows = np.arange(size)
-        for length in range(1, size):  # one diagonal per length
-            a = rows[: size - length] + first
-            m[rows[: size - length], rows[length:]] = self(a, a + length)
-        return m
+        return pair_matrix(self, first, last)
+
+
+#: Segments costed per vector operation when a dense matrix is built pair by pair: the
+#: polynomial fit's temporaries are then a few MB (``pairs x P x P`` and ``pairs x D x P``).
+PAIRS_PER_CHUNK = 8192
+
+
+def pair_matrix(cost: SegmentCost, first: int, last: int) -> FloatArray:
+    """``M[i, j]`` = ``cost`` of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere).
+
+    Every segment of the window at once, in chunks of :data:`PAIRS_PER_CHUNK`, for costs whose
+    matrix has no closed form cheaper than their queries: one vector operation per chunk
+    rather than one per diagonal (an episode of a few hundred frames has as many diagonals, and
+    each query's fixed overhead dominated the model choice).
+    """
+    size = last - first + 1
+    m = np.full((size, size), np.inf)
+    starts, ends = np.triu_indices(size, k=1)
+    for lo in range(0, len(starts), PAIRS_PER_CHUNK):
+        i, j = starts[lo : lo + PAIRS_PER_CHUNK], ends[lo : lo + PAIRS_PER_CHUNK]
+        m[i, j] = cost(i + first, j + first)
+    return m
 
 
 @dataclasses.dataclass(frozen=True)
