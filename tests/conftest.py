@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,47 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which runs every test: {reason}"
     return report
+
+
+def _drop_realtime(after: str) -> None:
+    """Set every real-time (SCHED_FIFO/RR) thread of this process back to normal scheduling.
+
+    Twice a clean-clone run hung starting a Ray Data executor thread (tests/trainer/
+    test_backbone.py's ``view`` fixture) while the pytest process's main thread ran under
+    SCHED_FIFO 99: a thread it starts inherits the policy, and on two busy cores a normal
+    thread it waits for may never run. What switched it was not found (some native library
+    raising its threads' priority; the tests run as root, so nothing refuses). Lowering a
+    policy needs no privilege; the line names the test it was seen after.
+    """
+    tasks = Path("/proc/self/task")
+    if not hasattr(os, "sched_getscheduler") or not tasks.is_dir():
+        return
+    raised = []
+    for tid in (int(t.name) for t in tasks.iterdir()):
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                raised.append(tid)
+        except OSError:  # the thread ended meanwhile
+            continue
+    if raised:
+        sys.stderr.write(
+            f"\n[conftest] {len(raised)} thread(s) ran real-time after {after}; set back to "
+            "SCHED_OTHER\n"
+        )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run started under a real-time policy starts every thread real-time."""
+    _drop_realtime("the session start")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """After each test (and the fixtures it set up), before the next one starts any thread."""
+    result = yield
+    _drop_realtime(item.nodeid)
+    return result
 
 
 @pytest.fixture(scope="session")
