@@ -56,9 +56,11 @@ def _drop_realtime(after: str) -> None:
     Twice a clean-clone run hung starting a Ray Data executor thread (tests/trainer/
     test_backbone.py's ``view`` fixture) while the pytest process's main thread ran under
     SCHED_FIFO 99: a thread it starts inherits the policy, and on two busy cores a normal
-    thread it waits for may never run. What switched it was not found (some native library
-    raising its threads' priority; the tests run as root, so nothing refuses). Lowering a
-    policy needs no privilege; the line names the test it was seen after.
+    thread it waits for may never run. The cause was SVT-AV1 run as root (the AV1 fixtures
+    below), which the video writer now undoes itself (``video.scheduling_kept``); this stays
+    as the net for any other native library that raises a thread's priority (the tests run as
+    root, so nothing refuses). Lowering a policy needs no privilege; the line names the test it
+    was seen after.
     """
     tasks = Path("/proc/self/task")
     if not hasattr(os, "sched_getscheduler") or not tasks.is_dir():

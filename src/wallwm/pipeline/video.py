@@ -7,6 +7,8 @@ share one video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_tim
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +232,28 @@ def read_frames(info: CameraInfo, fmt: str = "rgb24") -> Iterator[UInt8Array]:
         yield np.asarray(frame, dtype=np.uint8)
 
 
+@contextlib.contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy and priority on the way out.
+
+    SVT-AV1 (``libsvtav1``), run as root -- a container's default user -- switches the thread
+    that opens it to real-time scheduling (SCHED_FIFO, priority 99) and leaves it there. Every
+    thread that thread starts afterwards inherits the policy, and on a busy machine a normal
+    thread it waits for may never run: a Ray Data executor started later in the same process
+    hung that way (the test suite saw it after its AV1 fixtures). Lowering a policy back needs
+    no privilege.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux: nothing is switched
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 class VideoWriter:
     """An open video file that frames are appended to (PyAV; H.264 by default).
 
@@ -281,18 +305,20 @@ class VideoWriter:
         if self.stream is None and len(frames_THWC):
             height, width = frames_THWC.shape[1:3]
             self._open(height * 2 // 3 if fmt == "yuv420p" else height, width)
-        for frame_HWC in frames_THWC:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format=fmt)
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+        with scheduling_kept():  # the encoder opens at its first frame
+            for frame_HWC in frames_THWC:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format=fmt)
+                for packet in self.stream.encode(frame):
+                    self.container.mux(packet)
         self.frames += len(frames_THWC)
 
     def close(self) -> None:
         """Flush the encoder and close the file."""
-        if self.stream is not None:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        self.container.close()
+        with scheduling_kept():
+            if self.stream is not None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+            self.container.close()
 
 
 def write_video(

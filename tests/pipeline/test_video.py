@@ -1,0 +1,31 @@
+"""Video writing: the encoders leave the process as they found it."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wallwm.pipeline.video import iter_video_frames, write_video
+
+
+@pytest.mark.parametrize("codec", ["libsvtav1", "libx264"])
+def test_encoding_keeps_the_calling_threads_scheduling(tmp_path: Path, codec: str) -> None:
+    """SVT-AV1 run as root switched the encoding thread to SCHED_FIFO 99 for good (every
+    thread it started later inherited it; a Ray Data executor then hung). The writer restores
+    it; the video is intact."""
+    if not hasattr(os, "sched_getscheduler"):
+        pytest.skip("thread scheduling policies are Linux's")
+    frames = (np.random.default_rng(0).random((12, 64, 64, 3)) * 255).astype(np.uint8)
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    write_video(str(tmp_path / "v.mp4"), frames, 10.0, codec=codec)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    others: list[int] = []  # a thread started now inherits the policy: it must be normal too
+    thread = threading.Thread(target=lambda: others.append(os.sched_getscheduler(0)))
+    thread.start()
+    thread.join()
+    assert others == [before[0]]
+    assert sum(1 for _ in iter_video_frames(str(tmp_path / "v.mp4"))) == 12
