@@ -29,3 +29,12 @@ def test_encoding_keeps_the_calling_threads_scheduling(tmp_path: Path, codec: st
     thread.join()
     assert others == [before[0]]
     assert sum(1 for _ in iter_video_frames(str(tmp_path / "v.mp4"))) == 12
+
+
+def test_the_av1_encoder_prints_nothing_but_errors(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SVT-AV1's banner (its version, build, every config line) and warnings stay off stderr."""
+    frames = (np.random.default_rng(1).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    write_video(str(tmp_path / "v.mp4"), frames, 10.0, codec="libsvtav1")
+    assert "Svt[" not in capfd.readouterr().err

@@ -293,6 +293,10 @@ class VideoWriter:
             }
         elif self.codec == "libsvtav1":
             stream.options = {"crf": "35", "preset": self.preset or "12"}
+            # Errors only: SVT-AV1 prints a 20-line banner and its warnings to stderr for every
+            # stream it opens, between the command's own progress lines. Read once per process,
+            # at its first encoder; a level the user set stays.
+            os.environ.setdefault("SVT_LOG", "1")
         self.stream = stream
 
     def write(self, frames_THWC: UInt8Array, fmt: str = "rgb24") -> None:
