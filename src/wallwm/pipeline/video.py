@@ -306,10 +306,10 @@ class VideoWriter:
         """
         import av
 
-        if self.stream is None and len(frames_THWC):
-            height, width = frames_THWC.shape[1:3]
-            self._open(height * 2 // 3 if fmt == "yuv420p" else height, width)
-        with scheduling_kept():  # the encoder opens at its first frame
+        with scheduling_kept():  # whichever call opens the encoder
+            if self.stream is None and len(frames_THWC):
+                height, width = frames_THWC.shape[1:3]
+                self._open(height * 2 // 3 if fmt == "yuv420p" else height, width)
             for frame_HWC in frames_THWC:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format=fmt)
                 for packet in self.stream.encode(frame):
