@@ -211,6 +211,21 @@ def test_polynomial_cost_matches_least_squares_in_every_segment():
     )
 
 
+@pytest.mark.parametrize("degree", [1, 3, 6])
+def test_polynomial_gram_table_equals_each_lengths_own_gram(degree):
+    """The Gram matrices of every segment length, built at once from power sums, are each
+    length's ``X^T X`` in its own time -- odd and even lengths, the one-frame segment, and a
+    segment of 6,000 frames (an episode at 1 kHz) where summing powers of the frame offsets
+    must not lose digits."""
+    grams = changepoints_module._grams(degree, 6001)
+    assert (grams[0] == 0).all()
+    for length in [1, 2, 3, 4, 7, 8, 15, 64, 257, 6000]:
+        u = (np.arange(length) - 0.5 * (length - 1)) / max(0.5 * (length - 1), 1.0)
+        x = u[:, None] ** np.arange(degree + 1)
+        want = x.T @ x
+        assert np.allclose(grams[length], want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
 def test_polynomial_cost_keeps_its_digits_for_a_far_offset_small_range_command():
     """A hand held near 0.5 m and moved by millimetres, in units of its noise: values near
     2e5 that vary by 1e3. The smooth model's degree on a long episode must still get short

@@ -125,15 +125,35 @@ def _gram_pinvs(degree: int, max_len: int) -> FloatArray:
     """``(max_len + 1, P, P)``: row ``L`` the Gram pseudo-inverse of a length-``L`` segment."""
     have = _GRAM_PINVS.get(degree)
     if have is None or len(have) <= max_len:
-        powers = np.arange(degree + 1)
         size = max(max_len + 1, 2 * (0 if have is None else len(have)))
-        out = np.zeros((size, degree + 1, degree + 1))
-        for length in range(1, size):
-            u = (np.arange(length) - 0.5 * (length - 1)) / max(0.5 * (length - 1), 1.0)
-            x = u[:, None] ** powers
-            out[length] = np.linalg.pinv(x.T @ x)
-        _GRAM_PINVS[degree] = have = out
+        _GRAM_PINVS[degree] = have = np.asarray(np.linalg.pinv(_grams(degree, size)))
     return have
+
+
+def _grams(degree: int, size: int) -> FloatArray:
+    """``(size, P, P)``: row ``L`` the Gram matrix of a length-``L`` segment (row 0 zeros).
+
+    Entry ``(j, k)`` is ``sum_i u_i^(j+k)`` in the segment's own time ``u`` (its frames scaled
+    to [-1, 1]). From power sums, every length at once: a segment's frames sit at integer (odd
+    ``L``) or half-integer (even ``L``) offsets ``+-k`` from its centre, so ``sum_i u_i^m`` is
+    twice the prefix sum of ``k^m`` up to ``L // 2`` (the centre frame adds 1 to ``m = 0``; odd
+    powers cancel), scaled by the half-width to the power ``-m``. Every term is positive: no
+    cancellation, however long the segment (an episode of 10,000 frames at 1 kHz).
+    """
+    powers = np.arange(2 * degree + 1)
+    offsets = np.arange(1, size // 2 + 1, dtype=np.float64)
+    whole = _prefix(offsets[:, None] ** powers)  # (size // 2 + 1, M): sum_{k <= h} k^m
+    halves = _prefix((offsets - 0.5)[:, None] ** powers)  # sum_{k <= h} (k - 1/2)^m
+    lengths = np.arange(size)
+    odd = lengths % 2 == 1
+    sums = 2.0 * np.where(odd[:, None], whole[lengths // 2], halves[lengths // 2])
+    sums[:, 0] += odd  # the centre frame of an odd length: u = 0, u^0 = 1
+    sums[:, 1::2] = 0.0
+    half_width = np.maximum(0.5 * (lengths - 1), 1.0)
+    sums *= half_width[:, None] ** -powers.astype(np.float64)
+    sums[0] = 0.0
+    index = np.arange(degree + 1)
+    return np.asarray(sums[:, index[:, None] + index[None, :]])
 
 
 class PolynomialCost:
