@@ -125,7 +125,9 @@ def _print_model_choice(model: dict[str, Any]) -> None:
         costs += f"; noise floor {model['noise_floor']:,.0f}"
     basis = model["basis"]
     if basis == "data":
-        how = f"chosen on {model['episodes']} episodes (penalised cost: {costs})"
+        every = int(model.get("read_every") or 1)
+        read = f", reading one frame in {every}" if every > 1 else ""
+        how = f"chosen on {model['episodes']} episodes{read} (penalised cost: {costs})"
     elif basis == "stated":  # the smooth model's form is still the data's to choose
         how = "as stated" + (
             f"; with or without the states chosen on {model['episodes']} episodes "

@@ -472,3 +472,33 @@ def test_a_persons_speed_dependent_noise_is_weighed_where_it_is(monkeypatch):
     monkeypatch.setattr(selection_module, "local_noise_variance", one_level)
     cfg_flat, _ = resolve(SegmentConfig(), [s for s, _ in episodes])
     assert max(f1(episodes, cfg_flat), f1(episodes, cfg)) < weighed - 0.15
+
+
+def test_a_fast_recording_is_read_at_the_choices_rate_and_cut_at_its_own(tmp_path, write_source):
+    """Above CHOICE_MAX_HZ the choice reads every k-th frame (its totals are those of that
+    reading; the lineage and ``wallwm segment`` say k); at or below it reads every frame; the
+    cut always does."""
+    from typer.testing import CliRunner
+
+    from wallwm.cli.main import app
+
+    episodes = [controller_episode(seed, t_len=400) for seed in range(3)]
+    fast = [Signals(s.actions_TA, 400.0, s.states_TS) for s, _ in episodes]
+    read, every = selection_module.at_choice_rate(fast[0])
+    assert every == 5 and read.fps == 80.0 and len(read.actions_TA) == 80
+    np.testing.assert_array_equal(read.states_TS, fast[0].states_TS[::5])
+    _, choice = resolve(SegmentConfig(), fast)
+    slow = [Signals(s.actions_TA[::5], 80.0, s.states_TS[::5]) for s in fast]
+    _, by_hand = resolve(SegmentConfig(), slow)
+    assert choice.costs == by_hand.costs and choice.action_model == by_hand.action_model
+    assert choice.read_every == 5 and choice.as_dict()["read_every"] == 5
+    assert by_hand.read_every == 1 and selection_module.at_choice_rate(slow[0]) == (slow[0], 1)
+    cfg = choice.apply(SegmentConfig())
+    assert segment(fast[0], cfg).ends[-1] == 400  # the cut reads all 400 frames
+    src, ds = tmp_path / "src", tmp_path / "ds"
+    write_source(src, [(f, truth) for f, (_, truth) in zip(fast, episodes, strict=True)], "fast")
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(src), "--dataset", str(ds)]).exit_code == 0
+    cut = runner.invoke(app, ["segment", "--dataset", str(ds)])
+    assert cut.exit_code == 0, cut.output
+    assert "chosen on 3 episodes, reading one frame in 5" in " ".join(cut.output.split())
