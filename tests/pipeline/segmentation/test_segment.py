@@ -226,6 +226,47 @@ def test_polynomial_gram_table_equals_each_lengths_own_gram(degree):
         assert np.allclose(grams[length], want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_polynomial_cost_keeps_its_digits_far_from_a_long_episodes_centre(paired):
+    """6,000 frames at a signal-to-noise ratio of 500, in noise units: short and long segments
+    at the start, the middle and the end cost what least squares leaves, to a tenth of a noise
+    unit or 1e-5 of the misfit (one table over the episode was off by hundreds); an episode of
+    512 frames or fewer is costed from its one table exactly as before."""
+    rng = np.random.default_rng(12)
+    t_len, degree = 6000, 6
+    t = np.arange(t_len) / 25.0
+    y = np.stack([np.sin(1.3 * t), np.cos(0.7 * t)], axis=1) * 500 + rng.normal(size=(t_len, 2))
+    # a state that is no polynomial over a few frames (else the fit is degenerate there)
+    z = np.stack([np.sin(0.4 * t), t / 10], axis=1) * 300 + rng.normal(size=(t_len, 2)) * 5
+    z = z if paired else None
+    cost = PolynomialCost(y, degree, z)
+    assert cost.strides == [64, 256, 1024]
+    for length in (9, 20, 64, 65, 300, 513, 2000):
+        for a in (0, t_len // 2 - length // 2, t_len - length, 123):
+            b = a + length
+            u = np.linspace(-1.0, 1.0, length)
+            x = u[:, None] ** np.arange(degree + 1)
+            got = cost.columns(np.array([a]), b)[0]
+            for d in range(2):
+                xd = x if z is None else np.column_stack([x, z[a:b, d]])
+                coef, *_ = np.linalg.lstsq(xd, y[a:b, d], rcond=None)
+                want = float(((y[a:b, d] - xd @ coef) ** 2).sum())
+                assert got[d] == pytest.approx(want, rel=1e-5, abs=0.1), (length, a, d)
+    scale = np.array([0.5, 2.0])
+    starts = np.arange(100, 5000, 37)
+    assert np.allclose(
+        cost.scaled(scale).columns(starts, starts + 50),
+        PolynomialCost(y * scale, degree, z).columns(starts, starts + 50),
+        rtol=1e-9,
+        atol=1e-6,
+    )
+    short = PolynomialCost(y[:512], degree, None if z is None else z[:512])
+    table = changepoints_module._PolynomialTable(y[:512], degree, None if z is None else z[:512])
+    starts, ends = np.triu_indices(513, 1)
+    assert not short.strides
+    np.testing.assert_array_equal(short.columns(starts, ends), table.columns(starts, ends))
+
+
 def test_polynomial_cost_keeps_its_digits_for_a_far_offset_small_range_command():
     """A hand held near 0.5 m and moved by millimetres, in units of its noise: values near
     2e5 that vary by 1e3. The smooth model's degree on a long episode must still get short

@@ -156,8 +156,128 @@ def _grams(degree: int, size: int) -> FloatArray:
     return np.asarray(sums[:, index[:, None] + index[None, :]])
 
 
+#: Episodes up to this many frames are costed from one table of prefix sums centred on the
+#: episode; a longer one from tables over overlapping windows, chosen by the segment's length
+#: (:class:`PolynomialCost`). Every suite recording is shorter, so its cuts are the one table's.
+SINGLE_TABLE_FRAMES = 512
+#: The shortest windows' stride (frames; each window spans two strides), and the factor from one
+#: level's stride to the next: a segment is costed at the first level whose stride it fits, so
+#: its centre is at most 8 half-widths from its window's (the expansion keeps all but 8^6 of its
+#: digits' worth at degree 6, where the whole episode's table lost 300^6 on 5,000 frames).
+WINDOW_STRIDE = 64
+WINDOW_GROWTH = 4
+#: Windows kept per level (the change-point search moves along the episode; others are rebuilt).
+WINDOWS_KEPT = 32
+
+
 class PolynomialCost:
     """Residual sum of squares of a per-dimension polynomial in time on ``[a, b)``.
+
+    Every column is fitted as ``c0 + c1 u + ... + c_p u^p`` in the segment's own time ``u``
+    (its frames scaled to [-1, 1]): a polynomial follows a command whose speed rises and falls
+    within an event (a person's reach) where a line cannot. O(1) per query from prefix sums
+    (:class:`_PolynomialTable`). With ``z_TD``, column ``d`` is also affine in ``z[:, d]`` (a
+    controller tracking a smooth reference; see the table).
+
+    The fit's moments come from prefix sums of ``t^j y`` by a binomial expansion about each
+    segment's centre, which cancels ``(distance / half-width)^degree`` of the digits: a short
+    segment far from the table's centre is costed from noise. On a long episode (over
+    :data:`SINGLE_TABLE_FRAMES`) every segment is therefore costed from a table over a window
+    near it: windows of two strides at every stride, the stride growing by
+    :data:`WINDOW_GROWTH` from :data:`WINDOW_STRIDE` per level, a segment at the first level
+    whose stride is at least its length (the one table of the episode above the last). Measured
+    on 5,000 frames at a signal-to-noise ratio of 500: the worst residual of a short segment was
+    off by 263 noise units with one table, by 0.013 from the windows; a 32-episode session of
+    Jaco's smooth reaching (4,804 frames) was cut at F1 0.36, now 0.83.
+    """
+
+    def __init__(self, y_TD: FloatArray, degree: int = 3, z_TD: FloatArray | None = None) -> None:
+        """Precompute the table(s) of prefix sums (windows: as they are first queried)."""
+        t_len, self.dims = y_TD.shape
+        self.params = degree + 1 + (z_TD is not None)
+        self.degree = degree
+        self.y_TD, self.z_TD = y_TD, z_TD
+        self.scale_D: FloatArray | None = None
+        self.strides: list[int] = []
+        stride = WINDOW_STRIDE
+        while t_len > SINGLE_TABLE_FRAMES:
+            self.strides.append(stride)
+            # above the last stride the whole episode's table: its segments are then longer
+            # than 1/8 of the episode (the same worst case as the windows')
+            if 8 * stride >= t_len:
+                break
+            stride *= WINDOW_GROWTH
+        self._whole: _PolynomialTable | None = (
+            None if self.strides else _PolynomialTable(y_TD, degree, z_TD)
+        )
+        self._windows: list[dict[int, _PolynomialTable]] = [{} for _ in self.strides]
+
+    def scaled(self, scale_D: FloatArray) -> PolynomialCost:
+        """The cost of ``y_TD * scale_D`` (every table's prefix sums rescaled)."""
+        other = copy.copy(self)
+        other.scale_D = scale_D if self.scale_D is None else self.scale_D * scale_D
+        other._whole = None if self._whole is None else self._whole.scaled(scale_D)
+        other._windows = [{} for _ in self.strides]
+        return other
+
+    def __call__(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """Cost of the segments ``[a_i, b)`` (or ``[a_i, b_i)``)."""
+        return np.asarray(self.columns(a, b).sum(axis=-1), dtype=np.float64)
+
+    def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
+        """One residual per column: shape ``(len(a), D)``."""
+        a = np.asarray(a, dtype=np.int64)
+        b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a.shape)
+        if not self.strides:
+            return self._table_of_whole().columns(a, b_arr)
+        out = np.empty((len(a), self.dims))
+        length = b_arr - a
+        level = np.searchsorted(np.asarray(self.strides), length)  # first stride >= length
+        for lv in np.unique(level):
+            rows = np.flatnonzero(level == lv)
+            if lv == len(self.strides):
+                out[rows] = self._table_of_whole().columns(a[rows], b_arr[rows])
+                continue
+            stride = self.strides[lv]
+            window = a[rows] // stride
+            for k in np.unique(window):
+                sel = rows[window == k]
+                first = int(k) * stride
+                out[sel] = self._window(int(lv), int(k)).columns(a[sel] - first, b_arr[sel] - first)
+        return out
+
+    def matrix(self, first: int, last: int) -> FloatArray:
+        """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        return pair_matrix(self, first, last)
+
+    def _table(self, first: int, last: int) -> _PolynomialTable:
+        """The table of frames ``[first, last)``, at this cost's scale."""
+        z = None if self.z_TD is None else self.z_TD[first:last]
+        table = _PolynomialTable(self.y_TD[first:last], self.degree, z)
+        return table if self.scale_D is None else table.scaled(self.scale_D)
+
+    def _table_of_whole(self) -> _PolynomialTable:
+        if self._whole is None:
+            self._whole = self._table(0, len(self.y_TD))
+        return self._whole
+
+    def _window(self, level: int, k: int) -> _PolynomialTable:
+        """Level ``level``'s window ``k``: frames ``[k s, k s + 2 s)`` (``s`` its stride)."""
+        kept = self._windows[level]
+        table = kept.pop(k, None)
+        if table is None:
+            stride = self.strides[level]
+            table = self._table(k * stride, min((k + 2) * stride, len(self.y_TD)))
+            if len(kept) >= WINDOWS_KEPT:
+                kept.pop(next(iter(kept)))  # the least recently used (dicts keep order)
+        kept[k] = table  # most recently used last
+        return table
+
+
+class _PolynomialTable:
+    """One table of prefix sums for :class:`PolynomialCost` (the whole cost of a short episode).
+
+    Residual sum of squares of a per-dimension polynomial in time on ``[a, b)``.
 
     Every column is fitted as ``c0 + c1 u + ... + c_p u^p`` in the segment's own time ``u``
     (its frames scaled to [-1, 1]): a polynomial follows a command whose speed rises and falls
@@ -196,14 +316,14 @@ class PolynomialCost:
         self.exponent = np.maximum(powers[:, None] - powers[None, :], 0)
         self.gram_pinv = _gram_pinvs(degree, t_len)
         #: The paired regressor's own polynomial cost and its cross sums with ``y_TD``.
-        self.state: PolynomialCost | None = None
+        self.state: _PolynomialTable | None = None
         self.szy = np.zeros((t_len + 1, self.dims))
         if z_TD is not None:
             z_centred = z_TD - z_TD.mean(axis=0)
-            self.state = PolynomialCost(z_centred, degree)
+            self.state = _PolynomialTable(z_centred, degree)
             self.szy = _prefix(z_centred * y_TD)
 
-    def scaled(self, scale_D: FloatArray) -> PolynomialCost:
+    def scaled(self, scale_D: FloatArray) -> _PolynomialTable:
         """The cost of ``y_TD * scale_D`` (prefix sums rescaled)."""
         other = copy.copy(self)
         other.sty, other.syy = self.sty * scale_D, self.syy * scale_D * scale_D
