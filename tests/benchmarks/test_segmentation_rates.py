@@ -1,5 +1,6 @@
 """The frame-rate benchmark's bookkeeping: which frames a lower-rate logger keeps, where each
-expert decision lands among them, and the event lengths it reports."""
+expert decision lands among them, the event lengths it reports, and a recording resampled at a
+higher rate (its decisions' jumps where they were)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,24 @@ def test_event_frames_is_the_median_true_event_length(rates):
     eps = [episode(30, [10, 14]), episode(20, [5])]
     # lengths 10, 4, 16 and 5, 15 -> median 10
     assert rates.event_frames(eps) == 10.0
+
+
+def test_resampling_is_smooth_within_events_and_jumps_at_decisions(rates):
+    t = np.arange(20, dtype=float)
+    # a ramp that turns into a level at frame 10 (a decision), and a two-level finger command
+    command = np.where(t < 10, 0.1 * t**2, 50.0)
+    finger = np.where(t < 10, -5.0, 5.0)
+    s = Signals(np.stack([command, finger], axis=1), fps=25.0, states_TS=t[:, None])
+    up = rates.resampled(s, 4, [10])
+    assert up.fps == 100.0 and len(up.actions_TA) == 77 == len(up.states_TS)
+    a = up.actions_TA
+    np.testing.assert_allclose(a[::4, 0], command)  # the recorded samples are kept
+    np.testing.assert_allclose(a[:37, 0], 0.1 * (np.arange(37) / 4) ** 2, atol=1e-9)  # a cubic
+    assert (a[40:, 0] == 50.0).all()  # no ringing after the jump at frame 10 (40 at 4x)
+    assert set(a[:, 1]) == {-5.0, 5.0} and (a[:40, 1] == -5.0).all() and (a[40:, 1] == 5.0).all()
+
+
+def test_upsampled_truth_stays_at_the_same_instants(rates):
+    (ep,) = rates.upsampled([episode(30, [10, 20])], 0.5)
+    assert ep["signals"].fps == 160.0 and ep["frames"] == 59 == len(ep["signals"].actions_TA)
+    assert ep["truth"] == [20, 40]

@@ -128,11 +128,12 @@ MOTION_LAGS = (0, 1, 2, 3, 4, 5)
 #: than it tells: PELT keeps every start of the current event, so its work grows with the frames
 #: times an event's length (one ALOHA episode resampled at 1,600 Hz, 8,609 frames: 16.8 s to
 #: choose on every frame, 0.4 s at 76.9 Hz, 0.6 s to cut; ``benchmarks/segmentation_length.py``),
-#: and each model's total sums its misfit over
-#: frames while its events' prices do not grow with the rate -- Jaco's noise-free closed loop
-#: resampled at 100 Hz took the polynomial (F1 0.854 at 25 Hz -> 0.58; read at 50 Hz 0.788).
+#: and each model's total sums its misfit over frames while its events' prices do not grow with
+#: the rate -- Jaco's noise-free closed loop resampled at 100 Hz took the polynomial (F1 0.854
+#: at 25 Hz -> 0.58; read at 50 Hz 0.788).
 #: Read this way, the suite's six other noise-free recordings resampled at 2x and 4x keep
-#: their choice and F1 (within 0.02); with 1 % noise at the faster rate none flips either way.
+#: their choice, F1 within 0.03 (ALOHA's joints at 100 Hz +0.03); with 1 % noise at the faster
+#: rate none flips either way.
 CHOICE_MAX_HZ = 80.0
 
 
