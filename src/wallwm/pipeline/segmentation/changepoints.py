@@ -162,8 +162,8 @@ def _grams(degree: int, size: int) -> FloatArray:
 SINGLE_TABLE_FRAMES = 512
 #: The shortest windows' stride (frames; each window spans two strides), and the factor from one
 #: level's stride to the next: a segment is costed at the first level whose stride it fits, so
-#: its centre is at most 8 half-widths from its window's (the expansion keeps all but 8^6 of its
-#: digits' worth at degree 6, where the whole episode's table lost 300^6 on 5,000 frames).
+#: its centre is at most 8 of its half-widths from its window's (the expansion amplifies
+#: rounding by at most 8^6 at degree 6; the whole table of 5,000 frames, by up to 600^6).
 WINDOW_STRIDE = 64
 WINDOW_GROWTH = 4
 #: Windows kept per level (the change-point search moves along the episode; others are rebuilt).
