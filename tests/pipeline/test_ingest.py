@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import from_vector_series
@@ -209,3 +210,23 @@ def test_hdf5_ingest_needs_an_instruction(hdf5_source, tmp_path):
     rows = LanceStore(str(tmp_path / "ds")).read(schemas.EPISODES).to_pylist()
     assert {r["instruction"] for r in rows} == {"fold the towel"}
     assert {c["codec"] for r in rows for c in r["cameras"]} == {"raw-rgb24", "jpeg"}
+
+
+def test_a_fused_run_leaves_an_episode_with_bad_signals_to_its_own_failure(folder_source, tmp_path):
+    """``wallwm run`` chooses the segmentation model on a sample of the source, and each worker
+    cuts its episode, before the validation decode: an episode whose fps or actions are
+    unusable (NaN) is left out of the choice and fails alone with its one clear line -- the run
+    goes on (the choice raised, and a worker's cut failed as an "unexpected error")."""
+    src, ds = folder_source(4, cameras=("top",)), tmp_path / "ds"
+    eps = sorted(p for p in src.iterdir() if p.is_dir())
+    meta = json.loads((eps[0] / "meta.json").read_text())
+    meta["fps"] = float("nan")
+    (eps[0] / "meta.json").write_text(json.dumps(meta))
+    steps = pq.read_table(eps[1] / "steps.parquet").to_pylist()
+    steps[3]["action"][0] = float("nan")
+    pq.write_table(pa.Table.from_pylist(steps), eps[1] / "steps.parquet")
+    summary = _ingest(src, ds, segment=SegmentConfig(), executor="local")
+    assert summary.written == 2 and summary.failed == 2 and summary.events > 0
+    classes = {f.error_class for f in summary.failures}
+    assert classes == {"BadFps", "NonFiniteValues"}
+    assert any("fps must be a positive number" in f.problem for f in summary.failures)

@@ -185,6 +185,7 @@ def load_and_segment(
     segmentation = None
     grabs: dict[str, KeyframeGrabber] = {}
     if seg is not None and len(record.actions_TA):
+        validate_record(record, frame_tolerance)  # the signals the cut reads (nothing probed yet)
         segmentation = segment(record_signals(record), seg, traces=False)
         wanted = keyframe_frames(segmentation)
         grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
@@ -442,9 +443,11 @@ def _fused_segment(
         out = []
         for key in spread_sample(list(by_key)):
             try:
-                out.append(record_signals(source.read(by_key[key])))
+                record = source.read(by_key[key])
+                validate_record(record, cfg.frame_tolerance)  # its signals (nothing probed yet)
             except EpisodeError:  # a broken episode fails in its own worker, named there
                 continue
+            out.append(record_signals(record))
         return out
 
     resolved, details = dataset_model(store, stage_cfg.segment, sample)
