@@ -229,4 +229,6 @@ def test_a_fused_run_leaves_an_episode_with_bad_signals_to_its_own_failure(folde
     assert summary.written == 2 and summary.failed == 2 and summary.events > 0
     classes = {f.error_class for f in summary.failures}
     assert classes == {"BadFps", "NonFiniteValues"}
-    assert any("fps must be a positive number" in f.problem for f in summary.failures)
+    bad_fps = next(f for f in summary.failures if f.error_class == "BadFps")
+    assert "must be a positive number, got nan" in bad_fps.problem
+    assert bad_fps.file.endswith("meta.json")  # the file that holds it

@@ -16,6 +16,7 @@ recorded failure.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,10 @@ class FolderSource:
         fps = meta.get("fps")
         if not isinstance(fps, int | float):
             raise MissingFieldError(str(d / META), "'fps' is missing or not a number", "MissingFps")
+        if not (math.isfinite(fps) and fps > 0):  # JSON's NaN and Infinity read as numbers
+            raise MissingFieldError(
+                str(d / META), f"'fps' must be a positive number, got {fps!r}", "BadFps"
+            )
         return EpisodeRecord(
             ref=ref,
             fps=float(fps),
