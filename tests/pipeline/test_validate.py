@@ -13,7 +13,7 @@ from wallwm.pipeline.sources.base import (
     FrameCountError,
     MissingFieldError,
 )
-from wallwm.pipeline.validate import validate_record
+from wallwm.pipeline.validate import validate_cameras, validate_record, validate_signals
 
 
 def record(t=10, **kw):
@@ -77,3 +77,14 @@ def test_empty_episode_and_bad_fps():
 def test_ground_truth_must_be_sorted_and_inside():
     with pytest.raises(BadSignalError, match="ground-truth"):
         validate_record(record(gt_events=[(0, "a"), (12, "b")]), 0)
+
+
+def test_signals_and_cameras_are_checked_apart():
+    """The fused ingest checks the signals before it cuts (nothing probed) and the cameras after."""
+    short_camera = [CameraInfo("top", "/data/ep0/top.mp4", 1, "h264", 8, 8, 7)]
+    validate_signals(record(probed=short_camera))  # the video is not its business
+    with pytest.raises(FrameCountError, match="7 frames"):
+        validate_cameras(record(probed=short_camera), 1)
+    validate_cameras(record(actions_TA=np.full((10, 3), np.nan, np.float32)), 0)
+    with pytest.raises(BadSignalError, match="non-finite"):
+        validate_signals(record(actions_TA=np.full((10, 3), np.nan, np.float32)))

@@ -55,7 +55,7 @@ from wallwm.pipeline.tables.lineage import (
     utcnow,
 )
 from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult, sql_in, sql_quote
-from wallwm.pipeline.validate import validate_record
+from wallwm.pipeline.validate import validate_cameras, validate_signals
 from wallwm.pipeline.video import KeyframeGrabber, probe_camera
 
 STAGE = "ingest"
@@ -184,13 +184,13 @@ def load_and_segment(
     record = source.read(ref)
     segmentation = None
     grabs: dict[str, KeyframeGrabber] = {}
-    if seg is not None and len(record.actions_TA):
-        validate_record(record, frame_tolerance)  # the signals the cut reads (nothing probed yet)
+    validate_signals(record)  # before the cut, which reads them; before any decoding
+    if seg is not None:
         segmentation = segment(record_signals(record), seg, traces=False)
         wanted = keyframe_frames(segmentation)
         grabs = {spec.name: KeyframeGrabber(wanted, keyframe_side) for spec in record.cameras}
     record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]
-    validate_record(record, frame_tolerance)
+    validate_cameras(record, frame_tolerance)
     return record, segmentation, {name: g.jpegs for name, g in grabs.items()}
 
 
@@ -444,7 +444,7 @@ def _fused_segment(
         for key in spread_sample(list(by_key)):
             try:
                 record = source.read(by_key[key])
-                validate_record(record, cfg.frame_tolerance)  # its signals (nothing probed yet)
+                validate_signals(record)  # nothing probed yet
             except EpisodeError:  # a broken episode fails in its own worker, named there
                 continue
             out.append(record_signals(record))

@@ -46,6 +46,16 @@ def validate_record(record: EpisodeRecord, frame_tolerance: int) -> None:
             and recorders commonly drop or duplicate the final frame, so 1 is the default; the
             stored ``num_frames`` is always the number of action rows.
     """
+    validate_signals(record)
+    validate_cameras(record, frame_tolerance)
+
+
+def validate_signals(record: EpisodeRecord) -> None:
+    """The checks that need no video: fps, actions, states, grippers, instruction, ground truth.
+
+    The fused ingest runs them before it cuts an episode (the cut reads only these) and
+    :func:`validate_cameras` once the cameras are probed.
+    """
     file = record.ref.files[0] if record.ref.files else record.ref.source_uri
     if not (np.isfinite(record.fps) and record.fps > 0):
         raise BadSignalError(file, f"fps must be a positive number, got {record.fps!r}", "BadFps")
@@ -64,13 +74,6 @@ def validate_record(record: EpisodeRecord, frame_tolerance: int) -> None:
             "missing instruction (give one in the source or with --instruction)",
             "MissingInstruction",
         )
-    for cam in record.probed:
-        if abs(cam.num_frames - num_frames) > frame_tolerance:
-            raise FrameCountError(
-                cam.uri,
-                f"camera {cam.name!r} has {cam.num_frames} frames but the episode has "
-                f"{num_frames} action rows (tolerance {frame_tolerance})",
-            )
     if record.gt_events:
         starts = [s for s, _ in record.gt_events]
         if any(s < 0 or s >= num_frames for s in starts) or starts != sorted(starts):
@@ -78,4 +81,16 @@ def validate_record(record: EpisodeRecord, frame_tolerance: int) -> None:
                 file,
                 f"ground-truth event starts {starts} must be sorted and inside [0, {num_frames})",
                 "BadGroundTruth",
+            )
+
+
+def validate_cameras(record: EpisodeRecord, frame_tolerance: int) -> None:
+    """Each probed camera's frame count against the action rows (after :func:`validate_signals`)."""
+    num_frames = int(record.actions_TA.shape[0])
+    for cam in record.probed:
+        if abs(cam.num_frames - num_frames) > frame_tolerance:
+            raise FrameCountError(
+                cam.uri,
+                f"camera {cam.name!r} has {cam.num_frames} frames but the episode has "
+                f"{num_frames} action rows (tolerance {frame_tolerance})",
             )
