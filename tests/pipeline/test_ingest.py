@@ -232,3 +232,19 @@ def test_a_fused_run_leaves_an_episode_with_bad_signals_to_its_own_failure(folde
     bad_fps = next(f for f in summary.failures if f.error_class == "BadFps")
     assert "must be a positive number, got nan" in bad_fps.problem
     assert bad_fps.file.endswith("meta.json")  # the file that holds it
+
+
+def test_states_of_no_dims_are_ingested_as_no_states(folder_source, tmp_path):
+    """A recorder that writes an empty state list every step: the episodes are stored without
+    states and cut from their actions (each failed as "unexpected error: list_size needs to be
+    a strict positive integer" -- Arrow has no list column of size 0)."""
+    src, ds = folder_source(3, cameras=("top",)), tmp_path / "ds"
+    for ep in sorted(p for p in src.iterdir() if p.is_dir()):
+        steps = pq.read_table(ep / "steps.parquet").to_pylist()
+        for row in steps:
+            row["state"] = []
+        pq.write_table(pa.Table.from_pylist(steps), ep / "steps.parquet")
+    summary = _ingest(src, ds, segment=SegmentConfig(), executor="local")
+    assert (summary.written, summary.failed) == (3, 0) and summary.events >= 3
+    rows = LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
+    assert all(not r["states"] for r in rows)

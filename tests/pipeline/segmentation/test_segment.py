@@ -533,3 +533,33 @@ def test_dense_partition_and_pelt_find_the_same_optimum(min_len, monkeypatch):
     short = segment(sig, SegmentConfig(min_event_s=min_len / 20))
     monkeypatch.setattr(changepoints_module, "DENSE_MAX_CELLS", 0)  # long episodes take PELT
     assert segment(sig, SegmentConfig(min_event_s=min_len / 20)).starts == short.starts
+
+
+def test_a_cue_window_wider_than_the_episode_keeps_every_trace_to_its_frames():
+    """A short episode at a high frame rate: the pause cue's window (0.1 s) spans 200 frames of
+    a 40-frame episode. Every trace must still have one value per frame (its smoothing returned
+    the window's length), and a window past the episode's length must cost no more than one
+    of it (an fps of 1e6 took 10 s per episode)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(40, 3)).cumsum(axis=0)
+    for fps in (2000.0, 1e6):
+        seg = segment(Signals(a, fps, a.copy()), SegmentConfig(action_model="time"))
+        assert {len(trace) for trace in seg.cues_CT.values()} == {40}
+        assert len(seg.score_T) == 40 and seg.ends[-1] == 40
+
+
+def test_a_state_vector_of_no_dims_is_no_state_vector():
+    """A source may store states (or gripper values) with zero columns: the same as none, in
+    the model choice (whose pairing took an argmax over no states) and the cut."""
+    rng = np.random.default_rng(4)
+    a = np.repeat(rng.normal(size=(5, 3)), 30, axis=0) + rng.normal(0, 0.05, (150, 3))
+    empty = Signals(a, 20.0, np.zeros((150, 0)), gripper_TG=np.zeros((150, 0)))
+    assert empty.states_TS is None and empty.gripper_TG is None
+    cfg, choice = resolve(SegmentConfig(), [empty])
+    plain_cfg, plain_choice = resolve(SegmentConfig(), [Signals(a, 20.0)])
+    assert choice.as_dict() == plain_choice.as_dict()
+    assert (
+        segment(empty, cfg).starts
+        == segment(Signals(a, 20.0), plain_cfg).starts
+        == [0, 30, 60, 90, 120]
+    )

@@ -124,6 +124,17 @@ class Signals:
     #: Indices of action dims that are gripper commands (grouped with the gripper cue).
     gripper_action_dims: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # A source may store a state or gripper vector of no dims: the same as none.
+        if _no_dims(self.states_TS):
+            self.states_TS = None
+        if _no_dims(self.gripper_TG):
+            self.gripper_TG = None
+
+
+def _no_dims(values: npt.NDArray[np.floating] | None) -> bool:
+    return values is not None and np.ndim(values) == 2 and np.shape(values)[1] == 0
+
 
 @dataclass(frozen=True)
 class Boundary:

@@ -33,7 +33,10 @@ def speed_min_cue(s: Signals, w: int, v_TD: FloatArray | None = None) -> FloatAr
     ``v_TD`` is the noise-scaled velocity if the caller has it already.
     """
     v = _speed(s) if v_TD is None else v_TD
-    kernel = np.ones(max(1, w)) / max(1, w)
+    # A window longer than the episode sees no more than the episode; np.convolve's "same"
+    # would also return the kernel's length, not the episode's.
+    w = max(1, min(w, len(v)))
+    kernel = np.ones(w) / w
     speed = np.convolve(np.linalg.norm(v, axis=1), kernel, mode="same")
     left = np.maximum(_sliding(speed, -2 * w, 0, "max"), 0.0)
     right = np.maximum(_sliding(speed, 1, 2 * w + 1, "max"), 0.0)

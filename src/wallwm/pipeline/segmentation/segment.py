@@ -276,7 +276,7 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return Segmentation([0], [t_len], [], np.zeros(t_len), {})
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))
-    w = max(2, round(cfg.window_s * s.fps))
+    w = max(2, min(round(cfg.window_s * s.fps), t_len))  # wider than the episode sees no more
     penalty, forced, points = weighed.penalty, weighed.forced, list(weighed.points)
     strength_TD = local_strength(weighed.cost, t_len, w)
     strength = strength_TD.sum(axis=1)

@@ -179,6 +179,18 @@ class EpisodeRecord:
     success: bool | None = None
     probed: list[CameraInfo] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # A recorder may write a state or gripper vector of no dims: stored as none (a list
+        # column of size 0 is no Arrow type), never as an error of the episode.
+        if _no_dims(self.states_TS):
+            self.states_TS, self.state_names = None, None
+        if _no_dims(self.gripper_TG):
+            self.gripper_TG = None
+
+
+def _no_dims(values: FloatArray | None) -> bool:
+    return values is not None and np.ndim(values) == 2 and np.shape(values)[1] == 0
+
 
 @runtime_checkable
 class EpisodeSource(Protocol):
