@@ -248,3 +248,23 @@ def test_states_of_no_dims_are_ingested_as_no_states(folder_source, tmp_path):
     assert (summary.written, summary.failed) == (3, 0) and summary.events >= 3
     rows = LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
     assert all(not r["states"] for r in rows)
+
+
+def test_a_fused_run_of_mixed_embodiments_keeps_the_common_one(folder_source, tmp_path):
+    """One episode of another embodiment (7-d actions), listed first: ``wallwm run`` chooses
+    its model on the source's common dims and that episode alone fails as a dims mismatch,
+    before it is cut or decoded (the choice raised an IndexError out of the whole run; and the
+    odd episode, written first, would have made every other one the mismatch)."""
+    src, ds = folder_source(4, cameras=("top",)), tmp_path / "ds"
+    odd = sorted(p for p in src.iterdir() if p.is_dir())[0]
+    steps = pq.read_table(odd / "steps.parquet").to_pylist()
+    for r in steps:
+        r["action"] = [*r["action"], 0.0, 0.0, 0.0]
+    pq.write_table(pa.Table.from_pylist(steps), odd / "steps.parquet")
+    summary = _ingest(src, ds, segment=SegmentConfig(), executor="local")
+    assert (summary.written, summary.failed) == (3, 1) and summary.events >= 3
+    failure = summary.failures[0]
+    assert failure.error_class == "DimensionMismatch" and failure.file.startswith(str(odd))
+    assert "(7, 4) differ from the dataset's (4, 4)" in failure.problem
+    stored = LanceStore(str(ds)).read(schemas.EPISODES, columns=["action_dim"])
+    assert stored.column(0).to_pylist() == [4, 4, 4]

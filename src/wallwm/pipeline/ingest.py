@@ -175,16 +175,22 @@ def load_and_segment(
     frame_tolerance: int,
     seg: SegmentConfig | None,
     keyframe_side: int = 128,
+    dims: tuple[int, int] | None = None,
 ) -> tuple[EpisodeRecord, Segmentation | None, dict[str, dict[int, bytes]]]:
     """:func:`load_episode`, optionally cutting the episode into events in the same pass.
 
     Segmentation needs only the signals, so the cut happens before decoding and the keyframes
     are grabbed by the validation decode itself: one decode per camera for both stages.
+    ``dims``: the (action, state) dims ``seg`` was chosen for; an episode of others fails
+    (``DimensionMismatch``) before it is cut or decoded.
     """
     record = source.read(ref)
     segmentation = None
     grabs: dict[str, KeyframeGrabber] = {}
     validate_signals(record)  # before the cut, which reads them; before any decoding
+    if dims is not None and signal_dims(record) != dims:
+        file = record.ref.files[0] if record.ref.files else record.ref.source_uri
+        raise EpisodeError(file, _dims_problem(signal_dims(record), dims), "DimensionMismatch")
     if seg is not None:
         segmentation = segment(record_signals(record), seg, traces=False)
         wanted = keyframe_frames(segmentation)
@@ -192,6 +198,12 @@ def load_and_segment(
     record.probed = [probe_camera(spec, grabs.get(spec.name)) for spec in record.cameras]
     validate_cameras(record, frame_tolerance)
     return record, segmentation, {name: g.jpegs for name, g in grabs.items()}
+
+
+def signal_dims(record: EpisodeRecord | Signals) -> tuple[int, int]:
+    """An episode's (action dims, state dims); 0 state dims without states."""
+    states = record.states_TS
+    return int(record.actions_TA.shape[1]), 0 if states is None else int(states.shape[1])
 
 
 def content_hash(record: EpisodeRecord) -> str:
@@ -290,6 +302,8 @@ class FusedSegment:
     config: SegmentConfig
     keyframe_side: int
     lineage: tuple[str, str, str]  # (method, segment config hash, segment run id)
+    #: The (action, state) dims the model was chosen for; an episode of others is refused.
+    dims: tuple[int, int] | None = None
 
 
 def process_one(
@@ -315,8 +329,10 @@ def process_one(
         "message": "",
     }
     try:
-        seg_cfg, side = (fused.config, fused.keyframe_side) if fused else (None, 128)
-        record, cut, keyframes = load_and_segment(source, ref, frame_tolerance, seg_cfg, side)
+        seg_cfg, side, dims = (
+            (fused.config, fused.keyframe_side, fused.dims) if fused else (None, 128, None)
+        )
+        record, cut, keyframes = load_and_segment(source, ref, frame_tolerance, seg_cfg, side, dims)
         row_table = episode_row(record, lineage)
         out["payload"] = table_to_ipc(row_table)
         if fused is not None and cut is not None:
@@ -416,9 +432,12 @@ def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
             s.field("states").type.value_type.list_size,
         )
 
-    (ga, gs), (wa, ws) = dims(got), dims(want)
+    return _dims_problem(dims(got), dims(want))
+
+
+def _dims_problem(got: tuple[int, int], want: tuple[int, int]) -> str:
     return (
-        f"action/state dims ({ga}, {gs}) differ from the dataset's ({wa}, {ws}); "
+        f"action/state dims {got} differ from the dataset's {want}; "
         "ingest each embodiment into its own --dataset"
     )
 
@@ -435,6 +454,8 @@ def _fused_segment(
     if stage_cfg is None:
         return None, None
 
+    sampled: list[tuple[int, int]] = []  # the shape a source sample was cut down to
+
     def sample() -> list[Signals]:
         stored = table_sample(store.root) if isinstance(store, LanceStore) else []
         if len(stored) >= min(SAMPLE_EPISODES, len(refs)):
@@ -448,14 +469,44 @@ def _fused_segment(
             except EpisodeError:  # a broken episode fails in its own worker, named there
                 continue
             out.append(record_signals(record))
-        return out
+        kept, shape = one_shape(out)
+        sampled.extend([shape] if shape else [])
+        return kept
 
     resolved, details = dataset_model(store, stage_cfg.segment, sample)
     stage_cfg = stage_cfg.model_copy(update={"segment": resolved})
     seg_run = StageRun("segment", stage_cfg.lineage_config(), details=details)
     seg_run.record_start(store, schemas.EVENTS)
     lineage = (stage_cfg.segment.method, seg_run.config_hash, seg_run.run_id)
-    return seg_run, FusedSegment(stage_cfg.segment, stage_cfg.keyframe_side, lineage)
+    # The stored table's dims are the dataset's (the writer holds every row to them); a new
+    # dataset's are those of the sample the model was chosen on.
+    dims = _stored_dims(store) or (sampled[0] if sampled else None)
+    fused = FusedSegment(stage_cfg.segment, stage_cfg.keyframe_side, lineage, dims)
+    return seg_run, fused
+
+
+def one_shape(signals: list[Signals]) -> tuple[list[Signals], tuple[int, int] | None]:
+    """The episodes of the sample's most common (action, state) dims, and those dims.
+
+    A model is chosen for one embodiment: a source that mixes several (merged folders) is
+    sampled at its most common one (the first seen on a tie); the others fail in their
+    workers as a dims mismatch, as they would at the writer.
+    """
+    shapes = [signal_dims(s) for s in signals]
+    if not shapes:
+        return [], None
+    common = max(dict.fromkeys(shapes), key=shapes.count)
+    return [s for s, shape in zip(signals, shapes, strict=True) if shape == common], common
+
+
+def _stored_dims(store: TableStore) -> tuple[int, int] | None:
+    """The dataset's (action, state) dims, from its stored episodes (None: none stored)."""
+    if not store.exists(schemas.EPISODES):
+        return None
+    table = store.read(schemas.EPISODES, columns=["action_dim", "state_dim"])
+    if not table.num_rows:
+        return None
+    return int(table.column(0)[0].as_py()), int(table.column(1)[0].as_py())
 
 
 def _write_outcome(
