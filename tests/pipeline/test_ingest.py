@@ -109,7 +109,12 @@ def _break(src):
     broken[eps[1].name] = ("EmptyVideo", "side.mp4", "zero frames")
     # 3. more action rows than video frames
     steps = pq.read_table(eps[2] / "steps.parquet")
-    pq.write_table(pa.concat_tables([steps, steps.slice(0, 5)]), eps[2] / "steps.parquet")
+    extra = steps.slice(0, 5).to_pylist()
+    end_s = steps.column("timestamp")[-1].as_py()
+    for i, row in enumerate(extra, 1):  # the recording goes on: its clock too
+        row.update(timestamp=end_s + i / 20, frame_index=len(steps) + i - 1)
+    longer = pa.concat_tables([steps, pa.Table.from_pylist(extra, steps.schema)])
+    pq.write_table(longer, eps[2] / "steps.parquet")
     broken[eps[2].name] = ("FrameCountError", ".mp4", "action rows (tolerance 1)")
     # 4. NaN actions
     rows = steps.to_pylist()
@@ -268,3 +273,25 @@ def test_a_fused_run_of_mixed_embodiments_keeps_the_common_one(folder_source, tm
     assert "(7, 4) differ from the dataset's (4, 4)" in failure.problem
     stored = LanceStore(str(ds)).read(schemas.EPISODES, columns=["action_dim"])
     assert stored.column(0).to_pylist() == [4, 4, 4]
+
+
+def test_a_source_read_that_breaks_unexpectedly_fails_only_its_episode(
+    folder_source, tmp_path, monkeypatch
+):
+    """A reader bug (any exception, not a named bad input) on one episode: the fused run's
+    model choice skips it and its worker records it; the others are ingested and cut."""
+    from wallwm.pipeline.sources.folder import FolderSource
+
+    src, ds = folder_source(4, cameras=("top",)), tmp_path / "ds"
+    bad = sorted(p.name for p in src.iterdir() if p.is_dir())[2]
+    read = FolderSource.read
+
+    def flaky(self, ref):
+        if ref.episode_key == bad:
+            raise RuntimeError("reader bug")
+        return read(self, ref)
+
+    monkeypatch.setattr(FolderSource, "read", flaky)
+    summary = _ingest(src, ds, segment=SegmentConfig(), executor="local")
+    assert (summary.written, summary.failed) == (3, 1) and summary.events >= 3
+    assert summary.failures[0].problem == "unexpected error: reader bug"

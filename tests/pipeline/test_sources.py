@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from wallwm.pipeline.ingest import load_episode
-from wallwm.pipeline.sources.base import UnknownFormatError, gripper_dims, start_open_votes
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    EpisodeError,
+    UnknownFormatError,
+    gripper_dims,
+    start_open_votes,
+)
 from wallwm.pipeline.sources.registry import detect_format, open_source
 
 
@@ -40,6 +51,45 @@ def test_folder_source_reads_signals_video_and_ground_truth(folder_source):
     assert all(c.num_frames == t and c.codec == "h264" and c.width == 64 for c in rec.probed)
     assert rec.gt_events[0][0] == 0 and len(rec.gt_events) >= 3
     assert rec.instruction and rec.fps == 20.0
+
+
+@pytest.mark.parametrize(
+    "key,value,says",
+    [
+        ("instruction", 42, "'instruction' must be a string, got 42"),
+        ("robot", ["a"], "'robot' must be a string"),
+        ("action_names", "dx dy", "'action_names' must be a list of strings"),
+        ("state_names", [1, 2], "'state_names' must be a list of strings"),
+        ("events", [{"start_frame": 0, "name": 7}], "'events' names must be strings"),
+    ],
+)
+def test_folder_meta_fields_of_the_wrong_type_name_meta_json(folder_source, key, value, says):
+    """A field of the wrong JSON type is one line naming meta.json (an instruction of 42 raised
+    an AttributeError out of ``wallwm run``'s model choice)."""
+    root = folder_source(1, cameras=("top",))
+    source = open_source(root)
+    ref = source.list_episodes()[0][0]
+    meta_path = root / ref.episode_key / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta[key] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(BadSignalError, match=says) as err:
+        source.read(ref)
+    assert err.value.file == str(meta_path)
+
+
+def test_a_folder_state_column_null_on_every_row_is_no_states(folder_source):
+    root = folder_source(1, cameras=("top",))
+    source = open_source(root)
+    ref = source.list_episodes()[0][0]
+    steps = root / ref.episode_key / "steps.parquet"
+    rows = pq.read_table(steps).to_pylist()
+    pq.write_table(pa.Table.from_pylist([{**r, "state": None} for r in rows]), steps)
+    assert source.read(ref).states_TS is None
+    rows[2]["state"] = None  # null on some rows only: a gap in the data, refused by frame
+    pq.write_table(pa.Table.from_pylist(rows), steps)
+    with pytest.raises(BadSignalError, match="state is null at frame 2"):
+        source.read(ref)
 
 
 def test_lerobot_v3_offsets_into_shared_files(lerobot_v3):
@@ -83,6 +133,27 @@ def test_lerobot_v3_video_window_frames_match_source(lerobot_v3):
     assert err_own < 12 and err_own < err_prev
 
 
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        ({"fps": "thirty"}, "'fps' is missing or not a number (got 'thirty')"),
+        ({"fps": None}, "'fps' is missing or not a number"),
+        ({"fps": -30}, "'fps' must be a positive number, got -30"),
+        ({"features": [1]}, "must hold an object with a 'features' object"),
+    ],
+)
+def test_lerobot_info_json_of_the_wrong_shape_is_one_line(lerobot_v3, change, says):
+    """Each raised a ValueError / KeyError / AttributeError out of ``wallwm ingest``."""
+    root, _ = lerobot_v3(1, cameras=("top",))
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info.update(change)
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(EpisodeError, match=re.escape(says)) as err:
+        open_source(root)
+    assert err.value.file == str(info_path)
+
+
 def test_lerobot_v21(lerobot_v21):
     root, eps = lerobot_v21(3)
     source = open_source(root, "lerobot")
@@ -92,6 +163,34 @@ def test_lerobot_v21(lerobot_v21):
     np.testing.assert_allclose(rec.actions_TA, eps[1]["actions"], rtol=1e-6)
     assert rec.probed[0].num_frames == len(eps[1]["actions"])
     assert rec.instruction == eps[1]["instruction"] and rec.gt_events is None
+
+
+@pytest.mark.parametrize(
+    "field,value,says",
+    [
+        ("action", np.array(["a", "b"]).astype("S"), "action: expected numbers"),
+        ("action", 3.0, "action: expected numbers, one row per frame"),
+        ("action", np.array([[0.0, 1e300]] * 4), "float32 cannot represent (1e+300"),
+        ("fps", "fast", "fps attribute 'fast' is not a number"),
+    ],
+)
+def test_hdf5_datasets_and_attributes_of_the_wrong_kind_are_named(hdf5_source, field, value, says):
+    """Each was an "unexpected error" (or an infinity reported as NaN/inf) before."""
+    import h5py
+
+    root, _ = hdf5_source()
+    path = root / "episode_0.hdf5"
+    with h5py.File(path, "a") as f:
+        if field == "fps":
+            f.attrs["fps"] = value
+        else:
+            del f[field]
+            f[field] = value
+    source = open_source(root)
+    ref = next(r for r in source.list_episodes()[0] if str(path) in str(r.locator["file"]))
+    with pytest.raises(EpisodeError, match=re.escape(says)) as err:
+        source.read(ref)
+    assert err.value.file == str(path)
 
 
 def test_hdf5_aloha_and_robomimic(hdf5_source):

@@ -88,3 +88,20 @@ def test_signals_and_cameras_are_checked_apart():
     validate_cameras(record(actions_TA=np.full((10, 3), np.nan, np.float32)), 0)
     with pytest.raises(BadSignalError, match="non-finite"):
         validate_signals(record(actions_TA=np.full((10, 3), np.nan, np.float32)))
+
+
+def test_timestamps_one_per_row_finite_and_never_going_back():
+    validate_record(record(timestamps_s=np.array([0.0, 0.1, 0.1, *np.arange(3, 10) / 10])), 0)
+    stamps = np.arange(10) / 10.0
+    stamps[6] = 0.2
+    with pytest.raises(BadSignalError, match=r"go back at frame 6 \(0.2 s after 0.5 s\)"):
+        validate_record(record(timestamps_s=stamps), 0)
+    with pytest.raises(BadSignalError, match="timestamp at frame 3 is not finite"):
+        validate_record(record(timestamps_s=np.where(np.arange(10) == 3, np.nan, stamps)), 0)
+    with pytest.raises(BadSignalError, match="timestamps have 9 rows"):
+        validate_record(record(timestamps_s=np.arange(9) / 10.0), 0)
+
+
+def test_an_episode_without_rows_says_so_whatever_its_width():
+    with pytest.raises(BadSignalError, match="no action rows"):  # a parquet of no rows
+        validate_record(record(t=0, actions_TA=np.zeros((0, 0), np.float32), probed=[]), 0)

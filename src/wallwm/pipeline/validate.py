@@ -37,6 +37,28 @@ def _check_series(values: FloatArray | None, num_frames: int, what: str, file: s
     _check_finite(values, what, file)
 
 
+def _check_timestamps(stamps: np.ndarray | None, num_frames: int, file: str) -> None:
+    """Per-frame timestamps, where given: one per action row, finite, never going back."""
+    if stamps is None:
+        return
+    if len(stamps) != num_frames:
+        raise BadSignalError(
+            file, f"timestamps have {len(stamps)} rows but actions have {num_frames}"
+        )
+    if not np.isfinite(stamps).all():
+        frame = int(np.flatnonzero(~np.isfinite(stamps))[0])
+        raise BadSignalError(file, f"timestamp at frame {frame} is not finite", "BadTimestamps")
+    back = np.flatnonzero(np.diff(stamps) < 0)
+    if back.size:
+        frame = int(back[0]) + 1
+        raise BadSignalError(
+            file,
+            f"timestamps go back at frame {frame} ({stamps[frame]:g} s after "
+            f"{stamps[frame - 1]:g} s)",
+            "BadTimestamps",
+        )
+
+
 def validate_record(record: EpisodeRecord, frame_tolerance: int) -> None:
     """Check one probed episode; raise an :class:`EpisodeError` subclass on the first problem.
 
@@ -60,14 +82,15 @@ def validate_signals(record: EpisodeRecord) -> None:
     if not (np.isfinite(record.fps) and record.fps > 0):
         raise BadSignalError(file, f"fps must be a positive number, got {record.fps!r}", "BadFps")
     actions = record.actions_TA
+    if actions.ndim >= 1 and actions.shape[0] == 0:
+        raise BadSignalError(file, "episode has no action rows", "EmptyEpisode")
     if actions.ndim != 2 or actions.shape[1] == 0:
         raise BadSignalError(file, f"actions must be (frames, dims), got shape {actions.shape}")
     num_frames = int(actions.shape[0])
-    if num_frames == 0:
-        raise BadSignalError(file, "episode has no action rows", "EmptyEpisode")
     _check_finite(actions, "actions", file)
     _check_series(record.states_TS, num_frames, "states", file)
     _check_series(record.gripper_TG, num_frames, "gripper values", file)
+    _check_timestamps(record.timestamps_s, num_frames, file)
     if not (record.instruction or "").strip():
         raise MissingFieldError(
             file,

@@ -130,15 +130,15 @@ class FolderSource:
         return EpisodeRecord(
             ref=ref,
             fps=float(fps),
-            instruction=meta.get("instruction"),
-            robot=meta.get("robot"),
+            instruction=_text(meta, "instruction", d / META),
+            robot=_text(meta, "robot", d / META),
             actions_TA=actions,
             cameras=cameras,
             states_TS=states,
             gripper_TG=orient_gripper(gripper, self.gripper_open),
             timestamps_s=timestamps,
-            action_names=meta.get("action_names"),
-            state_names=meta.get("state_names"),
+            action_names=_names(meta, "action_names", d / META),
+            state_names=_names(meta, "state_names", d / META),
             gt_events=_gt_events(meta, d / META),
             gt_events_source="meta.json events" if meta.get("events") else None,
             success=meta["success"] if isinstance(meta.get("success"), bool) else None,
@@ -171,7 +171,31 @@ def _read_parquet(path: str) -> pa.Table:
 def _optional_2d(table: pa.Table, name: str, file: str) -> FloatArray | None:
     if name not in table.column_names:
         return None
+    if len(table) and table.column(name).null_count == len(table):
+        return None  # null on every row: a recorder's way of writing none
     return column_to_2d(table.column(name), name, file)
+
+
+def _text(meta: dict[str, Any], key: str, path: Path) -> str | None:
+    """A text field of meta.json (None when absent or null)."""
+    value = meta.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadSignalError(
+            str(path), f"{key!r} must be a string, got {value!r}"[:200], "BadMetadata"
+        )
+    return value
+
+
+def _names(meta: dict[str, Any], key: str, path: Path) -> list[str] | None:
+    """A list-of-names field of meta.json (None when absent or null)."""
+    value = meta.get(key)
+    if value is not None and not (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        raise BadSignalError(
+            str(path), f"{key!r} must be a list of strings, got {value!r}"[:200], "BadMetadata"
+        )
+    return value
 
 
 def _gt_events(meta: dict[str, Any], path: Path) -> list[tuple[int, str | None]] | None:
@@ -179,11 +203,14 @@ def _gt_events(meta: dict[str, Any], path: Path) -> list[tuple[int, str | None]]
     if not events:
         return None
     try:
-        return [(int(e["start_frame"]), e.get("name")) for e in events]
+        out = [(int(e["start_frame"]), e.get("name")) for e in events]
     except (TypeError, KeyError, ValueError) as exc:
         raise BadSignalError(
             str(path), f"'events' must be a list of {{start_frame, name}}: {exc}", "BadGroundTruth"
         ) from exc
+    if any(name is not None and not isinstance(name, str) for _, name in out):
+        raise BadSignalError(str(path), "'events' names must be strings", "BadGroundTruth")
+    return out
 
 
 def write_folder_episode(

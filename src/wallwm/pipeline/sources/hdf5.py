@@ -42,6 +42,7 @@ from wallwm.pipeline.sources.base import (
     MissingFieldError,
     orient_gripper,
 )
+from wallwm.pipeline.tables.arrays import float32_values
 from wallwm.pipeline.video import HDF5_SEPARATOR
 
 FORMAT = "hdf5"
@@ -68,11 +69,19 @@ def _attr_text(attrs: Any, names: tuple[str, ...]) -> str | None:
 
 
 def _array(f: Any, key: str, file: str) -> FloatArray:
+    """A per-frame dataset as (frames, dims) float32."""
     try:
-        values = np.asarray(f[key], dtype=np.float32)
+        raw = np.asarray(f[key])
     except (OSError, ValueError, TypeError) as exc:
         raise BadSignalError(file, f"{key}: unreadable dataset: {exc}") from exc
-    return values.reshape(len(values), -1)
+    if raw.ndim == 0 or raw.dtype.kind not in "biuf":
+        raise BadSignalError(
+            file, f"{key}: expected numbers, one row per frame; got {raw.dtype} of shape "
+            f"{raw.shape}", "BadType",
+        )  # fmt: skip
+    width = int(np.prod(raw.shape[1:], dtype=np.int64))
+    flat = float32_values(raw.reshape(-1), max(width, 1), key, file)
+    return flat.reshape(len(raw), width)
 
 
 class HDF5Source:
@@ -201,7 +210,12 @@ class HDF5Source:
             raise CorruptVideoError(file, f"unreadable HDF5 file: {exc}", "BadHDF5") from exc
         except KeyError as exc:
             raise MissingFieldError(file, f"{group_path}: missing dataset {exc}") from exc
-        fps = float(fps_attr) if fps_attr else (self.fps or DEFAULT_FPS[layout])
+        try:
+            fps = float(fps_attr) if fps_attr else (self.fps or DEFAULT_FPS[layout])
+        except ValueError:
+            raise MissingFieldError(
+                file, f"{group_path}: fps attribute {fps_attr!r} is not a number", "MissingFps"
+            ) from None
         return EpisodeRecord(
             ref=ref,
             fps=fps,

@@ -15,6 +15,7 @@ inside an episode.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,18 @@ def _index_table(path: Path, index_col: str, text_col: str) -> dict[int, str]:
     return {}
 
 
+def _info_fps(info: dict[str, Any], path: str) -> float:
+    """info.json's ``fps``: a positive, finite number (one line naming info.json otherwise)."""
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, int | float):
+        raise MissingFieldError(
+            path, f"'fps' is missing or not a number (got {fps!r})", "MissingFps"
+        )
+    if not (math.isfinite(fps) and fps > 0):
+        raise MissingFieldError(path, f"'fps' must be a positive number, got {fps!r}", "BadFps")
+    return float(fps)
+
+
 class LeRobotSource:
     """Reader of local LeRobot datasets (v2.0, v2.1, v3.0)."""
 
@@ -112,10 +125,15 @@ class LeRobotSource:
         info_path = self.root / "meta" / "info.json"
         try:
             info = json.loads(info_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadSignalError(
                 str(info_path), f"unreadable info.json: {exc}", "BadMetadata"
             ) from exc
+        if not isinstance(info, dict) or not isinstance(info.get("features", {}), dict):
+            raise BadSignalError(
+                str(info_path), "info.json must hold an object with a 'features' object",
+                "BadMetadata",
+            )  # fmt: skip
         self.version = str(info.get("codebase_version", ""))
         if self.version not in SUPPORTED_VERSIONS:
             raise UnknownFormatError(
@@ -124,9 +142,11 @@ class LeRobotSource:
                 f"(supported: {SUPPORTED_VERSIONS})",
             )
         self.info = info
-        self.fps = float(info["fps"])
-        self.robot = info.get("robot_type")
-        features: dict[str, Any] = info.get("features", {})
+        self.fps = _info_fps(info, str(info_path))
+        self.robot = info.get("robot_type") if isinstance(info.get("robot_type"), str) else None
+        features: dict[str, Any] = {
+            k: f for k, f in info.get("features", {}).items() if isinstance(f, dict)
+        }
         self.video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
         action_keys = [k for k in features if k == "action"] or [
             k for k in features if k.startswith("action")

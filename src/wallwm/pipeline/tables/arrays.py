@@ -39,15 +39,34 @@ def column_to_2d(column: pa.ChunkedArray | pa.Array, what: str, file: str) -> Fl
         values = arr.flatten()
         if values.null_count:
             raise BadSignalError(file, f"{what} contains null elements", "NullValues")
-        flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        flat = float32_values(values.to_numpy(zero_copy_only=False), max(width, 1), what, file)
         return np.asarray(flat.reshape(len(arr), width), dtype=np.float32)
     if (
         pa.types.is_integer(arr.type)
         or pa.types.is_floating(arr.type)
         or pa.types.is_boolean(arr.type)
     ):
-        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, 1)
+        return float32_values(arr.to_numpy(zero_copy_only=False), 1, what, file).reshape(-1, 1)
     raise BadSignalError(file, f"{what} has unsupported type {arr.type}", "BadType")
+
+
+def float32_values(values: np.ndarray, width: int, what: str, file: str) -> FloatArray:
+    """``values`` (flat, ``width`` per frame) as float32 (flat).
+
+    A finite value float32 cannot hold is refused by name: the cast would make it infinite,
+    then reported as a NaN/inf that the file does not hold.
+    """
+    if values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        big = np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max)
+        if big.any():
+            index = int(np.flatnonzero(big)[0])
+            raise BadSignalError(
+                file,
+                f"{what} holds a value float32 cannot represent ({values[index]:.3g}; the limit "
+                f"is 3.4e38) at frame {index // width}, dimension {index % width}",
+                "OutOfRange",
+            )
+    return np.asarray(values, dtype=np.float32)
 
 
 def to_vector_series(values: FloatArray, dim: int) -> pa.Array:
