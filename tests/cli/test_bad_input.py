@@ -53,7 +53,7 @@ CASES: list[tuple[str, int, str]] = [
     ("events list -d {ds} --episode nosuch", 1, "--episode nosuch: no such episode"),
     ("events show nosuch -d {ds} --out {bad}/x.png", 1, "no event 'nosuch'"),
     ("events similar nosuch -d {ds}", 1, "no event 'nosuch'"),
-    ("episode plot nosuch -d {ds}", 1, "episode nosuch not found"),
+    ("episode plot nosuch -d {ds}", 1, "no episode has the id or key 'nosuch'"),
     ("clusters show L1-nope -d {ds}", 1, "no cluster 'L1-nope'"),
     ("clusters set-weight L1-nope 2 -d {ds}", 1, "unknown cluster ids: ['L1-nope']"),
     ("clusters set-weight {cluster} nan -d {ds}", 1, "finite number"),

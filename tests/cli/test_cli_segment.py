@@ -43,6 +43,17 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     plot = tmp_path / "plot.png"
     assert invoke("episode", "plot", one, "--dataset", ds, "--out", plot).exit_code == 0
     assert plot.stat().st_size > 10_000
+    # by the key the console prints ("failed ep_0003: ..."), not only by the id
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
+
+    rows = LanceStore(str(ds)).read(schemas.EPISODES, columns=["episode_id", "episode_key"])
+    key = next(r["episode_key"] for r in rows.to_pylist() if r["episode_id"] == one)
+    by_key = tmp_path / "by_key.png"
+    assert invoke("episode", "plot", key, "--dataset", ds, "--out", by_key).exit_code == 0
+    assert by_key.read_bytes() == plot.read_bytes()
+    unknown = invoke("episode", "plot", "nope", "--dataset", ds, "--out", by_key)
+    assert unknown.exit_code == 1 and "no episode has the id or key 'nope'" in unknown.output
 
     ev = json.loads(invoke("eval", "segmentation", "--dataset", ds, "--json").output)
     assert ev["episodes"] == 4 and 0 <= ev["overall"]["f1"] <= 1

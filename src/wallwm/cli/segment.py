@@ -432,7 +432,7 @@ def events_show(
 
 @episode_app.command("plot")
 def episode_plot(
-    episode_id: Annotated[str, typer.Argument(help="Episode id.")],
+    episode_id: Annotated[str, typer.Argument(help="Episode id, or its key (e.g. ep_0003).")],
     dataset: DatasetOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")] = "episode.png",
 ) -> None:
@@ -486,6 +486,6 @@ def eval_segmentation(
             f"{m['precision']:.3f}",
             f"{m['recall']:.3f}",
             f"{m['f1']:.3f}",
-            f"{m['mean_offset_frames']:.2f}",
+            "-" if m["mean_offset_frames"] is None else f"{m['mean_offset_frames']:.2f}",
         )
     console.print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,10 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wallwm.pipeline.segmentation.stage import _load_episode, episode_signals
+    from wallwm.pipeline.segmentation.stage import episode_signals, find_episode
 
-    row, actions, states = _load_episode(store.root, episode_id)
+    row, actions, states = find_episode(store.root, episode_id)
+    episode_id = str(row["episode_id"])  # the argument may have been its key
     events = list_events(store, episode_id)
     cfg, basis = _segment_config_of(store, events[0]["segment_run_id"] if events else None)
     signals = episode_signals(row, actions, states, None)
@@ -173,15 +175,16 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     ).to_pylist()[0]
     t = np.arange(len(actions))
     fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    dot = "o" if len(t) < 3 else None  # a line through one or two frames is invisible
     for j in range(actions.shape[1]):
         name = (row.get("action_names") or [])[j] if j < len(row.get("action_names") or []) else j
-        axes[0].plot(t, actions[:, j], lw=0.9, label=f"action {name}")
+        axes[0].plot(t, actions[:, j], lw=0.9, marker=dot, label=f"action {name}")
     axes[0].set_ylabel("actions")
     if row.get("gripper"):
         axes[1].plot(t, np.asarray(row["gripper"]), color="k", lw=1.2, label="gripper")
     if states is not None:
         for j in range(min(states.shape[1], 6)):
-            axes[1].plot(t, states[:, j], lw=0.7, alpha=0.7, label=f"state {j}")
+            axes[1].plot(t, states[:, j], lw=0.7, alpha=0.7, marker=dot, label=f"state {j}")
     axes[1].set_ylabel("states / gripper")
     axes[2].plot(t, seg.score_T, color="k", lw=1.5, label="boundary strength")
     for name, trace in seg.cues_CT.items():
@@ -211,13 +214,15 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     }
     paired = pairing_text(cfg.action_model, cfg.pairing())
     form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
-    axes[0].set_title(
-        f"{row['episode_key']}: {gt['instruction']}\nred: chosen boundaries "
-        f"({len(events)} events), green dashed: ground truth; within an event: "
+    legend = (
+        f"red: chosen boundaries ({len(events)} event{'s' if len(events) != 1 else ''}), "
+        f"green dashed: ground truth; within an event: "
         f"{model.get(cfg.action_model, cfg.action_model)}{paired}{form}, noise by "
         f"{cfg.noise_model} ({basis}); grey: idle margins trimmed"
-        + ("; orange: hesitations taken out" if hesitations else ""),
-        fontsize=9,
+        + ("; orange: hesitations taken out" if hesitations else "")
     )
+    # Wrapped to the figure's width: a 16-dim pairing alone is longer than one line.
+    title = f"{row['episode_key']}: {gt['instruction']}"
+    axes[0].set_title(textwrap.fill(title, 140) + "\n" + textwrap.fill(legend, 150), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out, dpi=100)

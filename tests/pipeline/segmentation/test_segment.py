@@ -563,3 +563,15 @@ def test_a_state_vector_of_no_dims_is_no_state_vector():
         == segment(Signals(a, 20.0), plain_cfg).starts
         == [0, 30, 60, 90, 120]
     )
+
+
+def test_scores_with_nothing_matched_are_strict_json():
+    """No true boundary matched: the mean offset is None, not NaN (``json.loads`` of NaN works
+    in Python, but jq and every strict parser refuse ``wallwm eval segmentation --json``)."""
+    import json
+
+    none_matched = match_boundaries([0, 10, 20], [0], 30, 3)
+    out = json.dumps(none_matched.as_dict(), allow_nan=False)
+    assert json.loads(out)["mean_offset_frames"] is None
+    matched = match_boundaries([0, 11], [0, 10], 30, 3).as_dict()
+    assert matched["mean_offset_frames"] == 1.0

@@ -44,13 +44,13 @@ class BoundaryScore:
             self.offset_sum + other.offset_sum,
         )
 
-    def as_dict(self) -> dict[str, float]:
-        """JSON-ready numbers."""
+    def as_dict(self) -> dict[str, float | None]:
+        """JSON-ready numbers (the mean offset None when nothing matched: JSON has no NaN)."""
         return {
             "precision": self.precision,
             "recall": self.recall,
             "f1": self.f1,
-            "mean_offset_frames": self.mean_offset,
+            "mean_offset_frames": self.mean_offset if self.true_positives else None,
             "true_positives": self.true_positives,
             "predicted": self.predicted,
             "actual": self.actual,

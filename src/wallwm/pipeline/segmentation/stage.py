@@ -285,12 +285,33 @@ def load_episodes(dataset: str, episode_ids: list[str]) -> dict[str, Loaded]:
     return out
 
 
-def _load_episode(dataset: str, episode_id: str) -> Loaded:
-    loaded = load_episodes(dataset, [episode_id])
-    if episode_id not in loaded:
-        uri = LanceStore(dataset).uri(schemas.EPISODES)
-        raise EpisodeError(uri, f"episode {episode_id} not found")
-    return loaded[episode_id]
+def find_episode(dataset: str, id_or_key: str) -> Loaded:
+    """One stored episode by its id, or by its key (the name the console and sources use).
+
+    Raises:
+        EpisodeError: No episode has that id or key, or the key names episodes of several
+            sources (their ids are listed).
+    """
+    loaded = load_episodes(dataset, [id_or_key])
+    if id_or_key in loaded:
+        return loaded[id_or_key]
+    store = LanceStore(dataset)
+    uri = store.uri(schemas.EPISODES)
+    if not store.exists(schemas.EPISODES):
+        raise EpisodeError(uri, "the dataset has no episodes table (run `wallwm ingest` first)")
+    matches = store.read(
+        schemas.EPISODES,
+        columns=["episode_id", "source_uri"],
+        where=sql_in("episode_key", [id_or_key]),
+    ).to_pylist()
+    if not matches:
+        raise EpisodeError(uri, f"no episode has the id or key {id_or_key!r}")
+    if len(matches) > 1:
+        ids = ", ".join(f"{m['episode_id']} ({m['source_uri']})" for m in matches)
+        raise EpisodeError(
+            uri, f"key {id_or_key!r} names {len(matches)} episodes; give an id: {ids}"
+        )
+    return load_episodes(dataset, [matches[0]["episode_id"]])[matches[0]["episode_id"]]
 
 
 def _result(ep: dict[str, Any]) -> dict[str, Any]:
