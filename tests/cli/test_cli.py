@@ -138,3 +138,14 @@ def test_commands_that_read_a_dataset_refuse_one_that_is_not_there(tmp_path):
     empty.mkdir()
     result = runner.invoke(app, ["status", "--dataset", str(empty)])
     assert result.exit_code == 2 and "not a wallwm dataset" in result.output
+
+
+def test_json_output_has_no_nan(capsys):
+    """Every ``--json`` goes through one printer: a NaN or infinity becomes null (strict JSON)."""
+    import json
+
+    from wallwm.cli.common import print_json
+
+    print_json({"f1": 0.5, "offset": float("nan"), "rows": [float("inf"), 1.0, (2.0, None)]})
+    out = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert out == {"f1": 0.5, "offset": None, "rows": [None, 1.0, [2.0, None]]}

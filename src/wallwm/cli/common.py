@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -161,5 +162,19 @@ def validation_message(exc: Any) -> str:
 
 
 def print_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (no rich markup, so it pipes cleanly into jq)."""
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    """Print ``obj`` as JSON on stdout (no rich markup, so it pipes cleanly into jq).
+
+    A NaN or infinite number is written as null: JSON has neither, and strict parsers (jq,
+    JavaScript's ``JSON.parse``) refuse Python's ``NaN``.
+    """
+    typer.echo(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
