@@ -124,14 +124,15 @@ def _print_model_choice(model: dict[str, Any]) -> None:
     if costs and model.get("noise_floor"):
         costs += f"; noise floor {model['noise_floor']:,.0f}"
     basis = model["basis"]
+    count = int(model.get("episodes") or 0)
+    episodes = f"{count} episode{'' if count == 1 else 's'}"
     if basis == "data":
         every = int(model.get("read_every") or 1)
         read = f", reading one frame in {every}" if every > 1 else ""
-        how = f"chosen on {model['episodes']} episodes{read} (penalised cost: {costs})"
+        how = f"chosen on {episodes}{read} (penalised cost: {costs})"
     elif basis == "stated":  # the smooth model's form is still the data's to choose
         how = "as stated" + (
-            f"; with or without the states chosen on {model['episodes']} episodes "
-            f"(penalised cost: {costs})"
+            f"; with or without the states chosen on {episodes} (penalised cost: {costs})"
             if costs
             else ""
         )
