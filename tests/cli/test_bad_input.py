@@ -50,7 +50,7 @@ CASES: list[tuple[str, int, str]] = [
     ("cluster -d {ds} --strategy bogus", 2, "--strategy: Input should be 'uniform' or 'power'"),
     ("cluster -d {ds} --k a,b", 2, "--k must be integers"),
     ("cluster -d {ds} --levels 2 --k 6", 2, "--k gives 1 levels but --levels is 2"),
-    ("events list -d {ds} --episode nosuch", 1, "--episode nosuch: no such episode"),
+    ("events list -d {ds} --episode nosuch", 1, "--episode nosuch: no episode has the id or key"),
     ("events show nosuch -d {ds} --out {bad}/x.png", 1, "no event 'nosuch'"),
     ("events similar nosuch -d {ds}", 1, "no event 'nosuch'"),
     ("episode plot nosuch -d {ds}", 1, "no episode has the id or key 'nosuch'"),

@@ -52,6 +52,8 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     by_key = tmp_path / "by_key.png"
     assert invoke("episode", "plot", key, "--dataset", ds, "--out", by_key).exit_code == 0
     assert by_key.read_bytes() == plot.read_bytes()
+    listed = json.loads(invoke("events", "list", "-d", ds, "--episode", key, "--json").output)
+    assert listed == only  # the same episode's events, named by key
     unknown = invoke("episode", "plot", "nope", "--dataset", ds, "--out", by_key)
     assert unknown.exit_code == 1 and "no episode has the id or key 'nope'" in unknown.output
 

@@ -373,26 +373,27 @@ def _needs_recluster(dataset: str) -> bool:
 @events_app.command("list")
 def events_list(
     dataset: DatasetOpt,
-    episode: Annotated[str | None, typer.Option(help="Only this episode id.")] = None,
+    episode: Annotated[
+        str | None, typer.Option(help="Only this episode (its id, or its key).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List events (frame ranges, seconds, confidence, cues, captions when present)."""
     from rich.table import Table
 
     from wallwm.pipeline.inspect import list_events
-    from wallwm.pipeline.tables import schemas
-    from wallwm.pipeline.tables.store import LanceStore, sql_quote
+    from wallwm.pipeline.segmentation.stage import resolve_episode_id
+    from wallwm.pipeline.sources.base import EpisodeError
+    from wallwm.pipeline.tables.store import LanceStore
 
     store = LanceStore(dataset)
+    if episode is not None:
+        try:
+            episode = resolve_episode_id(store, episode)
+        except EpisodeError as exc:
+            err_console.print(f"[red]--episode {episode}: {exc.problem} in {dataset}[/]")
+            raise typer.Exit(1) from exc
     rows = list_events(store, episode)
-    known = (
-        episode is None
-        or rows
-        or store.count(schemas.EPISODES, f"episode_id = {sql_quote(episode)}")
-    )
-    if not known:
-        err_console.print(f"[red]--episode {episode}: no such episode in {dataset}[/]")
-        raise typer.Exit(1)
     if as_json:
         print_json(rows)
         return

@@ -286,19 +286,23 @@ def load_episodes(dataset: str, episode_ids: list[str]) -> dict[str, Loaded]:
 
 
 def find_episode(dataset: str, id_or_key: str) -> Loaded:
-    """One stored episode by its id, or by its key (the name the console and sources use).
+    """One stored episode by its id, or by its key (:func:`resolve_episode_id`)."""
+    episode_id = resolve_episode_id(LanceStore(dataset), id_or_key)
+    return load_episodes(dataset, [episode_id])[episode_id]
+
+
+def resolve_episode_id(store: LanceStore, id_or_key: str) -> str:
+    """The id of the stored episode with that id, or that key (the name the console uses).
 
     Raises:
         EpisodeError: No episode has that id or key, or the key names episodes of several
             sources (their ids are listed).
     """
-    loaded = load_episodes(dataset, [id_or_key])
-    if id_or_key in loaded:
-        return loaded[id_or_key]
-    store = LanceStore(dataset)
     uri = store.uri(schemas.EPISODES)
     if not store.exists(schemas.EPISODES):
         raise EpisodeError(uri, "the dataset has no episodes table (run `wallwm ingest` first)")
+    if store.count(schemas.EPISODES, sql_in("episode_id", [id_or_key])):
+        return id_or_key
     matches = store.read(
         schemas.EPISODES,
         columns=["episode_id", "source_uri"],
@@ -311,7 +315,7 @@ def find_episode(dataset: str, id_or_key: str) -> Loaded:
         raise EpisodeError(
             uri, f"key {id_or_key!r} names {len(matches)} episodes; give an id: {ids}"
         )
-    return load_episodes(dataset, [matches[0]["episode_id"]])[matches[0]["episode_id"]]
+    return str(matches[0]["episode_id"])
 
 
 def _result(ep: dict[str, Any]) -> dict[str, Any]:
