@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from wallwm.pipeline.sources.base import no_dims
+
 FloatArray = npt.NDArray[np.float64]
 #: A segment cost: ``cost(starts, end)`` for the segments ``[starts_i, end)``.
 CostFn = Callable[[npt.NDArray[np.int64], "int | npt.NDArray[np.int64]"], FloatArray]
@@ -126,14 +128,10 @@ class Signals:
 
     def __post_init__(self) -> None:
         # A source may store a state or gripper vector of no dims: the same as none.
-        if _no_dims(self.states_TS):
+        if no_dims(self.states_TS):
             self.states_TS = None
-        if _no_dims(self.gripper_TG):
+        if no_dims(self.gripper_TG):
             self.gripper_TG = None
-
-
-def _no_dims(values: npt.NDArray[np.floating] | None) -> bool:
-    return values is not None and np.ndim(values) == 2 and np.shape(values)[1] == 0
 
 
 @dataclass(frozen=True)

@@ -182,13 +182,14 @@ class EpisodeRecord:
     def __post_init__(self) -> None:
         # A recorder may write a state or gripper vector of no dims: stored as none (a list
         # column of size 0 is no Arrow type), never as an error of the episode.
-        if _no_dims(self.states_TS):
+        if no_dims(self.states_TS):
             self.states_TS, self.state_names = None, None
-        if _no_dims(self.gripper_TG):
+        if no_dims(self.gripper_TG):
             self.gripper_TG = None
 
 
-def _no_dims(values: FloatArray | None) -> bool:
+def no_dims(values: npt.NDArray[np.floating] | None) -> bool:
+    """Whether a per-frame series is present but has no dims (``(T, 0)``): the same as none."""
     return values is not None and np.ndim(values) == 2 and np.shape(values)[1] == 0
 
 
