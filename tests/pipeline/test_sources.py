@@ -154,6 +154,34 @@ def test_lerobot_info_json_of_the_wrong_shape_is_one_line(lerobot_v3, change, sa
     assert err.value.file == str(info_path)
 
 
+@pytest.mark.parametrize(
+    "file,text,says",
+    [
+        ("episodes.jsonl", '{"episode_index": 0\n', "episodes.jsonl: line 1: "),
+        ("episodes.jsonl", "[1, 2]\n", "line 1 is not a JSON object"),
+        ("tasks.jsonl", '{"task": "pick"}\n', "every line needs an integer 'task_index'"),
+        ("tasks.jsonl", "not json\n", "tasks.jsonl: line 1: "),
+    ],
+)
+def test_lerobot_metadata_lines_that_do_not_parse_are_one_line(lerobot_v21, file, text, says):
+    """A broken line of episodes.jsonl or tasks.jsonl raised a JSONDecodeError / KeyError out of
+    ``wallwm ingest``; now one line naming the file (and the line)."""
+    root, _ = lerobot_v21(2)
+    (root / "meta" / file).write_text(text)
+    with pytest.raises(EpisodeError) as err:
+        open_source(root)
+    assert says in f"{err.value.file}: {err.value.problem}"
+
+
+def test_lerobot_v3_unreadable_episodes_parquet_is_one_line(lerobot_v3):
+    root, _ = lerobot_v3(1, cameras=("top",))
+    broken = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))[0]
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(EpisodeError, match="unreadable parquet") as err:
+        open_source(root)
+    assert err.value.file == str(broken)
+
+
 def test_lerobot_v21(lerobot_v21):
     root, eps = lerobot_v21(3)
     source = open_source(root, "lerobot")

@@ -63,17 +63,50 @@ def _flat_names(feature: dict[str, Any] | None) -> list[str] | None:
     return None
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines metadata file (one line naming the file and line otherwise)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadSignalError(str(path), f"unreadable: {exc}", "BadMetadata") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadSignalError(str(path), f"line {number}: {exc}", "BadMetadata") from exc
+        if not isinstance(row, dict):
+            raise BadSignalError(str(path), f"line {number} is not a JSON object", "BadMetadata")
+        rows.append(row)
+    return rows
+
+
+def _read_meta_parquet(path: Path, skip_prefix: str | None = None) -> pa.Table:
+    """A metadata parquet file (without the columns under ``skip_prefix``)."""
+    try:
+        names = pq.read_schema(path).names
+        keep = [n for n in names if not (skip_prefix and n.startswith(skip_prefix))]
+        return pq.read_table(path, columns=keep)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadSignalError(str(path), f"unreadable parquet: {exc}", "BadMetadata") from exc
+
+
 def _index_table(path: Path, index_col: str, text_col: str) -> dict[int, str]:
     """Read ``tasks``/``subtasks`` (jsonl, or parquet with the text as a column or the index)."""
     if path.with_suffix(".jsonl").is_file():
-        rows = [
-            json.loads(line)
-            for line in path.with_suffix(".jsonl").read_text().splitlines()
-            if line.strip()
-        ]
-        return {int(r[index_col]): str(r[text_col]) for r in rows}
+        rows = _jsonl(path.with_suffix(".jsonl"))
+        try:
+            return {int(r[index_col]): str(r[text_col]) for r in rows}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadSignalError(
+                str(path.with_suffix(".jsonl")),
+                f"every line needs an integer {index_col!r} and a {text_col!r} ({exc!r})",
+                "BadMetadata",
+            ) from exc
     if path.with_suffix(".parquet").is_file():
-        table = pq.read_table(path.with_suffix(".parquet"))
+        table = _read_meta_parquet(path.with_suffix(".parquet"))
         text_cols = [c for c in table.column_names if c != index_col]
         col = text_col if text_col in table.column_names else (text_cols[0] if text_cols else None)
         if col is None or index_col not in table.column_names:
@@ -174,18 +207,13 @@ class LeRobotSource:
             path = meta / "episodes.jsonl"
             if not path.is_file():
                 raise MissingFieldError(str(path), "episodes.jsonl is missing")
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return _jsonl(path)
         files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise MissingFieldError(
                 str(meta / "episodes"), "no meta/episodes/chunk-*/file-*.parquet"
             )
-        tables = []
-        for f in files:
-            schema = pq.read_schema(f)
-            tables.append(
-                pq.read_table(f, columns=[n for n in schema.names if not n.startswith("stats/")])
-            )
+        tables = [_read_meta_parquet(f, skip_prefix="stats/") for f in files]
         rows: list[dict[str, Any]] = pa.concat_tables(tables, promote_options="default").to_pylist()
         return rows
 
