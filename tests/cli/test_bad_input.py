@@ -42,6 +42,8 @@ CASES: list[tuple[str, int, str]] = [
     ("ingest {src} -d {bad}/file", 2, "--dataset {bad}/file: exists and is not a folder"),
     ("ingest {src} -d {bad}/file/ds", 2, "is a file, not a folder"),
     ("segment -d {ds} --method bogus", 2, "--method: Input should be 'events' or 'fixed'"),
+    ("ingest {src} -d {bad}/new5 --fps inf", 2, "--fps: Input should be a finite number"),
+    ("segment -d {ds} --penalty nan", 2, "--penalty: Input should be a finite number"),
     ("caption -d {ds} --prompt nosuch_prompt", 2, "no prompt template 'nosuch_prompt'"),
     ("caption -d {ds} --backend bogus", 2, "unknown backend 'bogus'"),
     ("embed -d {ds} --text-model /no/such/model", 1, "/no/such/model: no such model"),

@@ -75,14 +75,14 @@ class CaptionBackend(Protocol):
 class SignalsBackendConfig(BaseModel):
     """Deterministic captions from signals (no model)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kind: Literal["signals"] = "signals"
 
 
 class OpenAIBackendConfig(BaseModel):
     """An OpenAI-compatible chat-completions server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kind: Literal["openai"] = "openai"
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = Field(..., description="Model name as the server knows it.")
@@ -97,7 +97,7 @@ class OpenAIBackendConfig(BaseModel):
 class VllmBackendConfig(BaseModel):
     """The in-process vLLM engine in Ray actors (GPU clusters)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kind: Literal["vllm"] = "vllm"
     model: str = Field(..., description="Local model directory (Hugging Face layout).")
     num_actors: int = Field(1, ge=1, description="One engine per GPU.")

@@ -76,7 +76,7 @@ CAPTION_COLUMNS = [
 class CaptionStageConfig(BaseModel):
     """Options of one ``wallwm caption`` run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str
     backend: BackendConfig = Field(default_factory=SignalsBackendConfig)

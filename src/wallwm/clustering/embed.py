@@ -164,7 +164,7 @@ class VisualEncoder:
 class EmbedConfig(BaseModel):
     """Options of ``wallwm embed`` (also used by ``wallwm cluster``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     text_model: str | None = Field(None, description="Local sentence-transformers directory.")
     visual_weights: str | None = Field(None, description="TorchScript image encoder path.")

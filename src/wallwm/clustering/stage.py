@@ -38,7 +38,7 @@ from wallwm.pipeline.tables.store import LanceStore, TableStore, WriteResult
 class ClusterConfig(BaseModel):
     """Options of ``wallwm cluster``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ks: list[int] = Field(
         default_factory=lambda: [64, 8], description="Clusters per level, finest first."

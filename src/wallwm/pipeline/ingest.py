@@ -65,7 +65,7 @@ VOLATILE = ("ingest_run_id", "ingested_at", "code_version", "config_hash")
 class IngestConfig(BaseModel):
     """Options of one ingest run (``wallwm ingest``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     source: str = Field(description="Source path (LeRobot dataset, folder source, HDF5 file/dir).")
     dataset: str = Field(description="Dataset root where the Lance tables live.")

@@ -48,7 +48,7 @@ from wallwm.trainer.factory import ActionModel, model_from_checkpoint
 class LearnWeightsConfig(BaseModel):
     """Options of ``wallwm clusters learn-weights``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str
     tag: str | None = None

@@ -65,7 +65,7 @@ Reporter = Callable[[dict[str, float], Path | None], None]
 class TrainConfig(BaseModel):
     """Options of ``wallwm train`` (defaults: the best settings measured in BENCHMARKS.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str
     tag: str | None = None

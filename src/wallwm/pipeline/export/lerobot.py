@@ -55,7 +55,7 @@ IMAGE_PREFIX = "observation.images."
 class ExportConfig(BaseModel):
     """Options of ``wallwm export lerobot``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str
     tag: str | None = Field(None, description="Snapshot to export (None: the current versions).")

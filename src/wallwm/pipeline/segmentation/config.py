@@ -21,7 +21,7 @@ CUES = ("action_change", "gripper", "state_motion", "visual", "speed_min", "dire
 class SegmentConfig(BaseModel):
     """Segmenter parameters (``wallwm segment`` options)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     method: Literal["events", "fixed"] = "events"
     chunk_len: int = Field(16, ge=1, description="Frames per chunk for method=fixed.")

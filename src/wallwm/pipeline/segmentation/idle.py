@@ -36,7 +36,7 @@ FloatArray = npt.NDArray[np.floating]
 class IdleConfig(BaseModel):
     """How idle starts and ends are told from motion (defaults: see BENCHMARKS.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     probe_s: float = Field(0.1, gt=0, description="Seconds whose median is the start/end pose.")
     noise_k: float = Field(6.0, gt=0, description="Motion beyond this many noise sigmas.")

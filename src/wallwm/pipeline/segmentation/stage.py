@@ -59,7 +59,7 @@ EPISODE_COLUMNS = [
 class SegmentStageConfig(BaseModel):
     """Options of one ``wallwm segment`` run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str
     segment: SegmentConfig = Field(default_factory=SegmentConfig)

@@ -52,7 +52,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class ServeConfig(BaseModel):
     """Options of ``wallwm serve``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     checkpoints: list[str] = Field(min_length=1)
     host: str = "127.0.0.1"
