@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,20 @@ class EpisodeRecord:
             self.states_TS, self.state_names = None, None
         if no_dims(self.gripper_TG):
             self.gripper_TG = None
+
+
+def metadata_fps(fps: object, file: str) -> float:
+    """A metadata file's ``fps``: a positive, finite number (one line naming ``file`` otherwise).
+
+    JSON's NaN and Infinity read as numbers, and a JSON ``true`` as an int: both refused.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, int | float):
+        raise MissingFieldError(
+            file, f"'fps' is missing or not a number (got {fps!r})", "MissingFps"
+        )
+    if not (math.isfinite(fps) and fps > 0):
+        raise MissingFieldError(file, f"'fps' must be a positive number, got {fps!r}", "BadFps")
+    return float(fps)
 
 
 def no_dims(values: npt.NDArray[np.floating] | None) -> bool:

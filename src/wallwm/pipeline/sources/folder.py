@@ -16,7 +16,6 @@ recorded failure.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    metadata_fps,
     orient_gripper,
 )
 from wallwm.pipeline.tables.arrays import column_to_2d
@@ -120,16 +120,10 @@ class FolderSource:
                     "MissingCamera",
                 )
             cameras.append(CameraSpec(cam, str(path)))
-        fps = meta.get("fps")
-        if not isinstance(fps, int | float):
-            raise MissingFieldError(str(d / META), "'fps' is missing or not a number", "MissingFps")
-        if not (math.isfinite(fps) and fps > 0):  # JSON's NaN and Infinity read as numbers
-            raise MissingFieldError(
-                str(d / META), f"'fps' must be a positive number, got {fps!r}", "BadFps"
-            )
+        fps = metadata_fps(meta.get("fps"), str(d / META))
         return EpisodeRecord(
             ref=ref,
-            fps=float(fps),
+            fps=fps,
             instruction=_text(meta, "instruction", d / META),
             robot=_text(meta, "robot", d / META),
             actions_TA=actions,

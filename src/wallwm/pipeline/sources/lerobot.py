@@ -15,7 +15,6 @@ inside an episode.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from wallwm.pipeline.sources.base import (
     MissingFieldError,
     UnknownFormatError,
     gripper_dims,
+    metadata_fps,
     start_open_votes,
 )
 from wallwm.pipeline.tables.arrays import column_to_2d
@@ -123,18 +123,6 @@ def _index_table(path: Path, index_col: str, text_col: str) -> dict[int, str]:
     return {}
 
 
-def _info_fps(info: dict[str, Any], path: str) -> float:
-    """info.json's ``fps``: a positive, finite number (one line naming info.json otherwise)."""
-    fps = info.get("fps")
-    if isinstance(fps, bool) or not isinstance(fps, int | float):
-        raise MissingFieldError(
-            path, f"'fps' is missing or not a number (got {fps!r})", "MissingFps"
-        )
-    if not (math.isfinite(fps) and fps > 0):
-        raise MissingFieldError(path, f"'fps' must be a positive number, got {fps!r}", "BadFps")
-    return float(fps)
-
-
 class LeRobotSource:
     """Reader of local LeRobot datasets (v2.0, v2.1, v3.0)."""
 
@@ -175,7 +163,7 @@ class LeRobotSource:
                 f"(supported: {SUPPORTED_VERSIONS})",
             )
         self.info = info
-        self.fps = _info_fps(info, str(info_path))
+        self.fps = metadata_fps(info.get("fps"), str(info_path))
         self.robot = info.get("robot_type") if isinstance(info.get("robot_type"), str) else None
         features: dict[str, Any] = {
             k: f for k, f in info.get("features", {}).items() if isinstance(f, dict)
