@@ -193,15 +193,30 @@ def test_dimension_mismatch_is_a_failure(folder_source, tmp_path):
     _ingest(folder_source(2), ds)  # 4-d actions, 4-d states
     src = tmp_path / "seven"
     record_synthetic(src, SynthConfig(episodes=2, size=48, seed=9))
-    ep = sorted(src.iterdir())[1]  # the first matches (the source passes the merge check) ...
+    ep = sorted(src.iterdir())[0]  # listed first: the source as a whole still fits ...
     steps = pq.read_table(ep / "steps.parquet").to_pylist()
     for r in steps:
         r["action"] = [*r["action"], 0.0, 0.0, 0.0]
     pq.write_table(pa.Table.from_pylist(steps), ep / "steps.parquet")
-    summary = _ingest(src, ds)  # ... the second does not: it alone fails
+    summary = _ingest(src, ds)  # ... this one does not: it alone fails (was: the whole source)
     assert summary.written == 1 and summary.failed == 1
     assert summary.failures[0].error_class == "DimensionMismatch"
     assert "(7, 4) differ from the dataset's (4, 4)" in summary.failures[0].problem
+
+
+def test_a_stateless_episode_in_a_dataset_with_states_says_0_state_dims(folder_source, tmp_path):
+    """The message reads the row's state_dim, not the column's placeholder width (it said
+    "(4, 1)" for an episode with no states)."""
+    ds = tmp_path / "ds"
+    _ingest(folder_source(2), ds)  # 4-d actions, 4-d states
+    src = tmp_path / "bare"
+    record_synthetic(src, SynthConfig(episodes=2, size=48, seed=9))
+    ep = sorted(src.iterdir())[1]
+    steps = pq.read_table(ep / "steps.parquet").drop_columns(["state"])
+    pq.write_table(steps, ep / "steps.parquet")
+    summary = _ingest(src, ds)
+    assert (summary.written, summary.failed) == (1, 1)
+    assert "(4, 0) differ from the dataset's (4, 4)" in summary.failures[0].problem
 
 
 def test_hdf5_ingest_needs_an_instruction(hdf5_source, tmp_path):

@@ -400,7 +400,7 @@ class _BatchWriter:
         schema = self.schema
         if table.schema != schema:
             key = table.column("episode_key")[0].as_py()
-            return EpisodeError(key, _dim_mismatch(table.schema, schema), "DimensionMismatch")
+            return EpisodeError(key, _dim_mismatch(table, schema), "DimensionMismatch")
         self.pending.append(table)
         if events is not None:
             self.pending_events.append(events)
@@ -425,14 +425,16 @@ class _BatchWriter:
             self.summary.events += events.num_rows
 
 
-def _dim_mismatch(got: pa.Schema, want: pa.Schema) -> str:
-    def dims(s: pa.Schema) -> tuple[int, int]:
-        return (
-            s.field("actions").type.value_type.list_size,
-            s.field("states").type.value_type.list_size,
-        )
-
-    return _dims_problem(dims(got), dims(want))
+def _dim_mismatch(row: pa.Table, want: pa.Schema) -> str:
+    """The dims message for an episode row that does not fit the stored schema ``want``."""
+    # A state-less row's column has the placeholder width: its state_dim column is the truth.
+    state_dim = int(row.column("state_dim")[0].as_py())
+    got = (row.schema.field("actions").type.value_type.list_size, state_dim)
+    stored = (
+        want.field("actions").type.value_type.list_size,
+        want.field("states").type.value_type.list_size,
+    )
+    return _dims_problem(got, stored)
 
 
 def _dims_problem(got: tuple[int, int], want: tuple[int, int]) -> str:
@@ -661,9 +663,12 @@ def _merge_problem(
             continue
     if not records:
         return None
-    problem = embodiment_problem(store.schema(schemas.EPISODES), records[0])
-    if problem is not None:
-        return EpisodeError(source.uri, problem, "OtherEmbodiment")
+    # Refused whole only when no probed episode fits: one odd episode among fitting ones fails
+    # alone (DimensionMismatch, when written) and does not take the others with it.
+    stored = store.schema(schemas.EPISODES)
+    problems = [embodiment_problem(stored, r) for r in records]
+    if all(p is not None for p in problems):
+        return EpisodeError(source.uri, str(problems[0]), "OtherEmbodiment")
     seen = {c.name for r in records for c in r.cameras}
     unknown = unknown_cameras(camera_map, seen)
     if unknown:

@@ -285,6 +285,20 @@ def test_stated_models_and_missing_states():
     assert choose_model([still], SegmentConfig()).action_model == "state_feedback"  # nothing moves
 
 
+def test_a_sample_of_two_embodiments_is_a_clear_error():
+    """The library API handed episodes of two robots: one clear ValueError (an IndexError out of
+    the pairing before); episodes without states beside ones with them are one embodiment."""
+    s, _ = waypoint_episode(0)
+    wider = Signals(np.hstack([s.actions_TA, s.actions_TA[:, :2]]), s.fps, s.states_TS)
+    with pytest.raises(ValueError, match=r"mix embodiments \(action dims \[16, 18\]"):
+        choose_model([s, wider], SegmentConfig())
+    fewer_states = Signals(s.actions_TA, s.fps, s.states_TS[:, :3])
+    with pytest.raises(ValueError, match=r"state dims \[3, 12\]"):
+        choose_model([s, fewer_states], SegmentConfig())
+    no_states = Signals(s.actions_TA, s.fps, None)
+    assert choose_model([s, no_states], SegmentConfig()).action_model == "time"
+
+
 def test_hesitations_and_corrections_are_no_events():
     cfg = SegmentConfig(action_model="time")
     merged = kept = EMPTY

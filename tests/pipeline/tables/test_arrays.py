@@ -35,3 +35,15 @@ def test_null_and_ragged_rows_are_refused_by_frame():
         column_to_2d(pa.array([[1.0], None]), "state", "f")
     with pytest.raises(BadSignalError, match=r"different lengths \(2 vs 1 at frame 1\)"):
         column_to_2d(pa.array([[1.0, 2.0], [3.0]]), "state", "f")
+
+
+def test_elements_that_are_not_numbers_are_refused_by_type():
+    """A list column of strings (a CSV converted without types): numpy parsed "0.5" as a number
+    without a word, and an "n/a" failed the episode as an "unexpected error")."""
+    for column in (pa.array([["0.5", "1"], ["2", "3"]]), pa.array([[[1.0]], [[2.0]]])):
+        with pytest.raises(BadSignalError, match="unsupported element type") as err:
+            column_to_2d(column, "action", "steps.parquet")
+        assert err.value.error_class == "BadType"
+    with pytest.raises(BadSignalError, match="unsupported type string"):
+        column_to_2d(pa.array(["0.5", "1"]), "action", "steps.parquet")
+    assert column_to_2d(pa.array([[True, False]]), "gripper", "f").tolist() == [[1.0, 0.0]]

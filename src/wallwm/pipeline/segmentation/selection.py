@@ -400,7 +400,13 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
     """The within-event model, pairing and action form for these episodes (module docstring).
 
     Each episode is read at :data:`CHOICE_MAX_HZ` or below (:func:`at_choice_rate`).
+
+    Raises:
+        ValueError: The episodes are of more than one embodiment (action dims, or state dims
+            among those with states): one model and pairing cannot serve them.
     """
+    signals = list(signals)
+    _one_embodiment(signals)
     read = [at_choice_rate(s) for s in signals]
     signals = [s for s, _ in read]
     every = max((k for _, k in read), default=1)
@@ -432,6 +438,16 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
         rates_clearance=clearance,
         read_every=every,
     )
+
+
+def _one_embodiment(signals: list[Signals]) -> None:
+    actions = sorted({int(s.actions_TA.shape[1]) for s in signals})
+    states = sorted({int(s.states_TS.shape[1]) for s in signals if s.states_TS is not None})
+    if len(actions) > 1 or len(states) > 1:
+        raise ValueError(
+            f"choose_model: the episodes mix embodiments (action dims {actions}, state dims "
+            f"{states}); choose a model for each embodiment's episodes"
+        )
 
 
 def choose_form(

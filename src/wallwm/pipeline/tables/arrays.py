@@ -37,17 +37,24 @@ def column_to_2d(column: pa.ChunkedArray | pa.Array, what: str, file: str) -> Fl
             )
         width = int(lengths[0]) if len(lengths) else 0
         values = arr.flatten()
+        # numpy would parse "0.5" strings without a word; empty lists infer no type at all
+        if not _numeric(values.type) and len(values):
+            raise BadSignalError(
+                file, f"{what} has unsupported element type {values.type}", "BadType"
+            )
         if values.null_count:
             raise BadSignalError(file, f"{what} contains null elements", "NullValues")
         flat = float32_values(values.to_numpy(zero_copy_only=False), max(width, 1), what, file)
         return np.asarray(flat.reshape(len(arr), width), dtype=np.float32)
-    if (
-        pa.types.is_integer(arr.type)
-        or pa.types.is_floating(arr.type)
-        or pa.types.is_boolean(arr.type)
-    ):
+    if _numeric(arr.type):
         return float32_values(arr.to_numpy(zero_copy_only=False), 1, what, file).reshape(-1, 1)
     raise BadSignalError(file, f"{what} has unsupported type {arr.type}", "BadType")
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    )
 
 
 def float32_values(values: np.ndarray, width: int, what: str, file: str) -> FloatArray:
