@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wallwm.cli.main import app
+from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
 
@@ -28,9 +29,16 @@ def world(tmp_path_factory, synth_dataset) -> dict[str, str]:
     (bad / "garbage.json").write_text("{not json")
     (bad / "encoder.pt").write_bytes(b"garbage")
     (bad / "file").write_text("a file, not a folder")
+    run_ingest(IngestConfig(source=str(root / "src"), dataset=str(root / "bare"), executor="local"))
     store = LanceStore(str(ds))
     cluster = store.read(schemas.CLUSTERS, columns=["cluster_id"]).column(0)[0].as_py()
-    return {"ds": str(ds), "src": str(root / "src"), "bad": str(bad), "cluster": cluster}
+    return {
+        "ds": str(ds),
+        "src": str(root / "src"),
+        "bad": str(bad),
+        "cluster": cluster,
+        "bare": str(root / "bare"),  # ingested only: no events yet
+    }
 
 
 # (arguments, exit code, what the message must say); {ds} {src} {bad} {cluster} are filled in
@@ -52,6 +60,9 @@ CASES: list[tuple[str, int, str]] = [
     ("cluster -d {ds} --strategy bogus", 2, "--strategy: Input should be 'uniform' or 'power'"),
     ("cluster -d {ds} --k a,b", 2, "--k must be integers"),
     ("cluster -d {ds} --levels 2 --k 6", 2, "--k gives 1 levels but --levels is 2"),
+    ("cluster -d {ds} --k 0,2", 2, "--k must be positive integers like 64,8, got '0,2'"),
+    ("materialize -d {ds} --size 0", 2, "Invalid value for '--size'"),
+    ("train -d {ds} --size 5000 --local", 2, "--size: Input should be less than or equal to 1024"),
     ("events list -d {ds} --episode nosuch", 1, "--episode nosuch: no episode has the id or key"),
     ("events show nosuch -d {ds} --out {bad}/x.png", 1, "no event 'nosuch'"),
     ("events similar nosuch -d {ds}", 1, "no event 'nosuch'"),
@@ -87,6 +98,11 @@ CASES: list[tuple[str, int, str]] = [
     ("export lerobot -d {ds} --tag nosuch -o {bad}/e1", 1, "no tag 'nosuch'"),
     ("export lerobot -d {ds} -o {bad}/file", 2, "--out {bad}/file: exists and is not a folder"),
     ("export lerobot -d {ds} -o {bad}", 1, "exists and is not empty (--overwrite replaces it)"),
+    ("caption -d {bare}", 1, "no events yet: run `wallwm segment` first"),
+    ("embed -d {bare}", 1, "no events yet: run `wallwm segment` first"),
+    ("materialize -d {bare}", 1, "no events yet: run `wallwm segment` first"),
+    ("train -d {bare} --local", 1, "no events yet: run `wallwm segment` first"),
+    ("eval segmentation -d {bare}", 1, "nothing to score -- no episode has both ground-truth"),
 ]
 
 

@@ -17,8 +17,9 @@ from wallwm.clustering.curation import exclude, list_clusters, tag_snapshot
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
+from wallwm.trainer import view as view_module
 from wallwm.trainer.data import ClusterBalancedSampler, EventFrameDataset, make_loader
-from wallwm.trainer.view import _frames, materialize, same_rows
+from wallwm.trainer.view import _exactly, _frames, materialize, same_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -38,8 +39,7 @@ def test_view_at_a_tag_and_sample_correctness(curated):
     view = materialize(str(ds), "v1", size=32)
     meta = json.loads((__import__("pathlib").Path(view.path) / "meta.json").read_text())
     assert (
-        meta["tag"] == "v1"
-        and meta["versions"]["events"] == store._open(schemas.EVENTS, "v1").version
+        meta["tag"] == "v1" and meta["versions"]["events"] == store.at(schemas.EVENTS, "v1").version
     )
     assert view.events == store.count(schemas.EVENTS) and view.episodes == 9
     assert view.frames == sum(
@@ -66,7 +66,7 @@ def test_view_at_a_tag_and_sample_correctness(curated):
         assert torch.equal(s["chunk_in_event_C"], torch.arange(12) < inside)
         c = min(12, len(actions) - s["t"])  # the chunk crosses event boundaries
         np.testing.assert_allclose(s["chunk_CA"][:c].numpy(), actions[s["t"] : s["t"] + c])
-        frames = _frames(CameraInfo(**ep["cameras"][0]), 32)
+        frames = np.stack(list(_frames(CameraInfo(**ep["cameras"][0]), 32)))
         assert torch.equal(
             s["images_NCHW"], torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())[None]
         )
@@ -165,7 +165,7 @@ def test_multi_camera_view_model_and_serving(tmp_path, synth_dataset):
     )
     assert [c["name"] for c in ep["cameras"]] == meta["cameras"]
     for n, cam in enumerate(ep["cameras"]):  # each view its own frames
-        frames = _frames(CameraInfo(**cam), 24)
+        frames = np.stack(list(_frames(CameraInfo(**cam), 24)))
         want = torch.from_numpy(frames[s["t"]].transpose(2, 0, 1).copy())
         assert torch.equal(s["images_NCHW"][n], want)
     top = materialize(str(ds), None, size=24, cameras=["top"])
@@ -244,3 +244,25 @@ def test_same_rows_compares_streams_whatever_their_batch_boundaries():
     assert not same_rows(rows.to_batches(), rows.slice(0, 9).to_batches())  # a row less
     assert not same_rows(rows.slice(0, 9).to_batches(), rows.to_batches())
     assert same_rows(iter([]), iter([]))
+
+
+def test_frames_are_written_in_chunks_identical_to_one_write(tmp_path, synth_dataset, monkeypatch):
+    """A large view's episode in one write overflowed Arrow's 32-bit offsets (a Lance panic at
+    --size 5000) and was held in memory whole: it is streamed in bounded chunks of rows."""
+    ds = synth_dataset(tmp_path, episodes=3, size=32, seed=5, cameras=("top", "side"))
+    whole = materialize(str(ds), None, size=24)
+    rows = lance.dataset(str(Path(whole.path) / "frames.lance")).to_table()
+    monkeypatch.setattr(view_module, "FRAME_CHUNK_BYTES", 5 * 2 * 24 * 24 * 3)  # 5 rows a write
+    chunked = materialize(str(ds), None, size=24, force=True)
+    frames = lance.dataset(str(Path(chunked.path) / "frames.lance"))
+    assert len(frames.get_fragments()) > 3 and frames.to_table().equals(rows)
+    with pytest.raises(ValueError, match="--size 2000: the view's frame side must be 16 to 1024"):
+        materialize(str(ds), None, size=2000)
+
+
+def test_a_stream_is_cut_or_padded_to_the_episodes_frames():
+    a, b = np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)
+    assert [f.max() for f in _exactly(iter([a, b, a]), 2, "v.mp4")] == [0, 1]
+    assert [f.max() for f in _exactly(iter([a, b]), 4, "v.mp4")] == [0, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"v\.mp4: no frame decodes"):
+        list(_exactly(iter([]), 3, "v.mp4"))

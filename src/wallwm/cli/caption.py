@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, console, err_console
+from wallwm.cli.common import DatasetOpt, console, err_console, require_events
 
 if TYPE_CHECKING:
     from wallwm.captioner.backends import BackendConfig
@@ -134,5 +134,6 @@ def caption_cmd(
     grid: Annotated[bool, typer.Option(help="Tile all keyframes into one image.")] = False,
 ) -> None:
     """Caption every event whose prompt, model or previous caption changed."""
+    require_events(dataset)
     cfg = backend_config(backend, base_url, model, concurrency, max_tokens)
     raise typer.Exit(caption_with_progress(dataset, cfg, limit, prompt, max_images, grid))

@@ -15,6 +15,7 @@ from wallwm.cli.common import (
     err_console,
     out_folder,
     print_json,
+    require_events,
     validation_message,
 )
 
@@ -51,6 +52,8 @@ def embed_cmd(
 
     from wallwm.clustering.embed import EmbedConfig
     from wallwm.clustering.embed_stage import run_embed
+
+    require_events(dataset)
 
     try:
         cfg = EmbedConfig(
@@ -111,6 +114,8 @@ def cluster_cmd(
         ks = [int(v) for v in k.split(",") if v.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"--k must be integers like 64,8, got {k!r}") from exc
+    if any(v < 1 for v in ks):
+        raise typer.BadParameter(f"--k must be positive integers like 64,8, got {k!r}")
     if len(ks) != levels:
         raise typer.BadParameter(f"--k gives {len(ks)} levels but --levels is {levels}")
     try:

@@ -52,6 +52,16 @@ def existing_dataset(dataset: str | None) -> str | None:
     return dataset
 
 
+def require_events(dataset: str) -> None:
+    """A stage that reads events, run before any were written: one line and exit 1."""
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
+
+    if not LanceStore(dataset).exists(schemas.EVENTS):
+        err_console.print("[red]no events yet: run `wallwm segment` first[/]", soft_wrap=True)
+        raise typer.Exit(1)
+
+
 def folder_to_write(path: str, option: str) -> str:
     """A folder a command creates or writes into: refused in one line when it cannot be one."""
     if path and "://" not in path:

@@ -470,6 +470,14 @@ def eval_segmentation(
     if as_json:
         print_json(result)
         return
+    if not result["episodes"]:  # a score of nothing is no score (the table read 1.000)
+        err_console.print(
+            f"[red]{dataset}: nothing to score -- no episode has both ground-truth events and "
+            f"events ({result['episodes_without_ground_truth_or_events']} without); "
+            "run `wallwm segment` first, or ingest a source with ground truth[/]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     table = Table(
         title=f"segmentation vs ground truth (tolerance {tolerance_frames} frames, "
         f"{result['episodes']} episodes)"

@@ -54,7 +54,7 @@ CameraOpt = Annotated[
 def materialize_cmd(
     dataset: DatasetOpt,
     tag: Annotated[str | None, typer.Option(help="Curated snapshot (wallwm clusters tag).")] = None,
-    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 96,
+    size: Annotated[int, typer.Option(help="Frame side in pixels.", min=16, max=1024)] = 96,
     force: Annotated[bool, typer.Option(help="Rewrite an existing view.")] = False,
     camera: CameraOpt = None,
     trim: TrimOpt = True,

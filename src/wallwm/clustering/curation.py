@@ -62,7 +62,7 @@ def _clusters(store: TableStore, version: int | str | None = None) -> pa.Table:
     if not isinstance(store, LanceStore):
         raise CurationError("versions and tags need the Lance store")
     try:
-        return store._open(schemas.CLUSTERS, version).to_table()
+        return store.at(schemas.CLUSTERS, version).to_table()
     except Exception as exc:
         raise CurationError(f"no clusters version or tag {version!r}: {exc}") from exc
 
@@ -208,12 +208,11 @@ def tag_snapshot(store: TableStore, name: str) -> dict[str, int]:
         raise CurationError("tags need the Lance store")
     versions = {}
     for table in TAGGED_TABLES:
-        ds = store._open(table)
-        if name in ds.tags.list():
+        if name in store.tags(table):
             raise CurationError(f"tag {name!r} already exists on {table} (tags are immutable)")
-        versions[table] = int(ds.version)
+        versions[table] = int(store.at(table).version)
     for table, version in versions.items():
-        store._open(table).tags.create(name, version)
+        store.create_tag(table, name, version)
     return versions
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,8 +40,10 @@ class ClusterConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    ks: list[int] = Field(
-        default_factory=lambda: [64, 8], description="Clusters per level, finest first."
+    ks: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [64, 8],
+        min_length=1,
+        description="Clusters per level, finest first.",
     )
     assign_only: bool = Field(False, description="Place events in existing clusters; report drift.")
     dedup: Literal["trajectory", "embedding", "off"] = Field(

@@ -70,7 +70,11 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
         "tolerance_frames": tolerance_frames,
         "episodes": sum(counted["task"].values()),
         "episodes_without_ground_truth_or_events": skipped,
-        "overall": overall.as_dict(),
+        # nothing scored is no score: null, not the perfect score of an empty sum
+        "overall": {
+            **overall.as_dict(),
+            **({} if counted["task"] else dict.fromkeys(("precision", "recall", "f1"))),
+        },
         "per_task": table("task"),
         "per_robot": table("robot"),
     }

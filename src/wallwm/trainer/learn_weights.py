@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
 from wallwm.trainer.factory import ActionModel, model_from_checkpoint
+from wallwm.trainer.view import MAX_VIEW_SIZE, MIN_VIEW_SIZE
 
 
 class LearnWeightsConfig(BaseModel):
@@ -56,7 +57,7 @@ class LearnWeightsConfig(BaseModel):
     preset: str = "small"
     steps: int = Field(500, ge=1, description="Steps of the reference and of the proxy.")
     batch_size: int = Field(32, ge=1)
-    size: int = Field(96, ge=16)
+    size: int = Field(96, ge=MIN_VIEW_SIZE, le=MAX_VIEW_SIZE)
     eta: float = Field(1.0, gt=0, description="Step size of the weights' exponentiated update.")
     smoothing: float = Field(1e-3, ge=0, lt=1, description="Mixed-in share of uniform weights.")
     probes: int = Field(5, ge=1, description="Weight updates: the excess is measured this often.")

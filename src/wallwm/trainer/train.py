@@ -50,7 +50,14 @@ from wallwm.trainer.logs import RunLog
 from wallwm.trainer.model import TEXT_CONDITIONED, ModelConfig, preset
 from wallwm.trainer.optim import warmup_cosine
 from wallwm.trainer.step import MetricLog, StepResult, TrainStep
-from wallwm.trainer.view import ViewSummary, materialize, same_view_inputs, source_versions
+from wallwm.trainer.view import (
+    MAX_VIEW_SIZE,
+    MIN_VIEW_SIZE,
+    ViewSummary,
+    materialize,
+    same_view_inputs,
+    source_versions,
+)
 
 if TYPE_CHECKING:
     from wallwm.trainer.backbone.config import BackboneConfig
@@ -69,7 +76,7 @@ class TrainConfig(BaseModel):
 
     dataset: str
     tag: str | None = None
-    size: int = Field(96, ge=16)
+    size: int = Field(96, ge=MIN_VIEW_SIZE, le=MAX_VIEW_SIZE)
     cameras: list[str] | None = Field(
         None, description="Camera streams the model sees (None: every camera of the dataset)."
     )

@@ -23,11 +23,12 @@ version.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,25 +97,48 @@ def resize_frame(frame_HWC: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(cv2.resize(frame_HWC, (size, size), interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def _frames(cam: CameraInfo, size: int) -> np.ndarray:
-    """All frames of a camera stream, resized to size x size RGB uint8, in one decode pass."""
+def _frames(cam: CameraInfo, size: int) -> Iterator[np.ndarray]:
+    """A camera stream's frames, each resized to size x size RGB uint8, as they are decoded."""
     h5 = split_hdf5_uri(cam.uri)
     if h5 is not None:
-        out = [resize_frame(f, size) for f in iter_hdf5_frames(*h5)]
-    else:
-        out = [
-            resize_frame(frame, size)  # type: ignore[arg-type]
-            for _t, frame in iter_video_frames(
-                cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, "rgb24"
-            )
-        ]
-    return np.stack(out).astype(np.uint8) if out else np.zeros((0, size, size, 3), np.uint8)
+        for frame in iter_hdf5_frames(*h5):
+            yield resize_frame(frame, size)
+        return
+    for _t, picture in iter_video_frames(
+        cam.uri, cam.from_timestamp_s, cam.to_timestamp_s, "rgb24"
+    ):
+        yield resize_frame(picture, size)  # type: ignore[arg-type]
+
+
+def _exactly(frames: Iterator[np.ndarray], num_frames: int, uri: str) -> Iterator[np.ndarray]:
+    """``num_frames`` of ``frames``: cut after, or the last repeated (within ingest's tolerance)."""
+    last = None
+    for last in itertools.islice(frames, num_frames):
+        yield last
+        num_frames -= 1
+    if last is None:
+        raise ValueError(f"{uri}: no frame decodes")
+    for _ in range(num_frames):
+        yield last
+
+
+#: Frame rows per write of the view: a chunk's bytes stay well inside Arrow's 32-bit offsets
+#: (one write of a large view's episode -- four cameras at 512 px over 400 frames is 1.3 GB --
+#: overflowed them) and an episode is never held in memory whole.
+FRAME_CHUNK_BYTES = 64 << 20
+
+#: The view's frame side: the smallest the model's patches tile, the largest any policy
+#: backbone reads (a 1024 px frame is 3 MB; larger only upsamples what the cameras recorded).
+MIN_VIEW_SIZE, MAX_VIEW_SIZE = 16, 1024
 
 
 def _open_at(store: LanceStore, table: str, tag: str | None) -> Any:
     try:
-        return store._open(table, tag)
+        return store.at(table, tag)
     except StoreError as exc:
+        if tag is None:  # the current version: the table itself is missing
+            step = "wallwm segment" if table == schemas.EVENTS else "wallwm ingest"
+            raise ValueError(f"no {table} yet: run `{step}` first") from exc
         raise ValueError(
             f"no tag {tag!r} on {table} (create it with `wallwm clusters tag`)"
         ) from exc
@@ -173,7 +197,7 @@ def same_view_inputs(dataset: str, then: dict[str, int], now: dict[str, int]) ->
             # Streamed in small batches: the episodes' actions and states of a large dataset
             # do not fit in memory twice over.
             old, new = (
-                store._open(table, v).to_batches(columns=columns, batch_size=_COMPARE_BATCH_ROWS)
+                store.at(table, v).to_batches(columns=columns, batch_size=_COMPARE_BATCH_ROWS)
                 for v in (then[table], now[table])
             )
             if not same_rows(old, new):
@@ -228,8 +252,6 @@ class _ViewWriter:
         states: np.ndarray,
         events: list[dict[str, Any]],
     ) -> None:
-        import lance
-
         by_name = {c["name"]: c for c in row["cameras"]}
         if self.cameras is None:
             self.cameras = list(by_name)
@@ -237,15 +259,7 @@ class _ViewWriter:
             self.skipped.append(row["episode_id"])
             return
         if self.decode:
-            views = [self._camera(CameraInfo(**by_name[n]), len(actions)) for n in self.cameras]
-            frames = np.stack(views, axis=1)  # (T, N, S, S, 3)
-            width = len(self.cameras) * self.size * self.size * 3
-            table = pa.table({"frame": pa.array([f.tobytes() for f in frames], pa.binary(width))})
-            lance.write_dataset(
-                table,
-                str(self.tmp / "frames.lance"),
-                mode="append" if self.frame_rows else "create",
-            )
+            self._write_frames([CameraInfo(**by_name[n]) for n in self.cameras], len(actions))
         for k, e in enumerate(events):
             weight = e["weight"] if e["weight"] is not None else 1.0
             self.events.append(
@@ -264,11 +278,24 @@ class _ViewWriter:
         self.states.append(states)
         self.frame_rows += len(actions)  # _camera pads or cuts every stream to the actions
 
-    def _camera(self, cam: CameraInfo, num_frames: int) -> np.ndarray:
-        frames = _frames(cam, self.size)[:num_frames]
-        if len(frames) < num_frames:  # within the ingest tolerance: repeat the last frame
-            frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(frames), 0)])
-        return frames
+    def _write_frames(self, cams: list[CameraInfo], num_frames: int) -> None:
+        """One row per frame: every camera's view at it, streamed in chunks of rows."""
+        import lance
+
+        width = len(cams) * self.size * self.size * 3
+        streams = [_exactly(_frames(c, self.size), num_frames, c.uri) for c in cams]
+        rows = zip(*streams, strict=True)  # (N, S, S, 3) per frame
+        per_chunk = max(1, FRAME_CHUNK_BYTES // width)
+        written = 0
+        while chunk := list(itertools.islice(rows, per_chunk)):
+            frames = pa.array(
+                [b"".join(v.tobytes() for v in row) for row in chunk], pa.binary(width)
+            )
+            mode = "append" if self.frame_rows or written else "create"
+            lance.write_dataset(
+                pa.table({"frame": frames}), str(self.tmp / "frames.lance"), mode=mode
+            )
+            written += len(chunk)
 
     def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
         import lance
@@ -327,6 +354,10 @@ def materialize(
     ``exclude_flags``: leave out the episodes with any of these quality flags
     (:mod:`wallwm.pipeline.quality`).
     """
+    if not MIN_VIEW_SIZE <= size <= MAX_VIEW_SIZE:
+        raise ValueError(
+            f"--size {size}: the view's frame side must be {MIN_VIEW_SIZE} to {MAX_VIEW_SIZE} px"
+        )
     t0 = time.perf_counter()
     store = LanceStore(dataset)
     out = view_path(dataset, tag, size, cameras, trim, exclude_flags)

@@ -221,6 +221,20 @@ class LanceStore:
         except ValueError as exc:
             raise StoreError(f"table {table!r} at {self.uri(table)}: {exc}") from exc
 
+    def at(self, table: str, version: int | str | None = None) -> Any:
+        """``table``'s Lance dataset at a version number or tag (None: the current one).
+
+        For reads the row interface does not cover: streaming batches, a version's number.
+
+        Raises:
+            StoreError: No such table, version or tag.
+        """
+        return self._open(table, version)
+
+    def create_tag(self, table: str, name: str, version: int) -> None:
+        """Tag ``version`` of ``table`` as ``name`` (tags are immutable: an existing one raises)."""
+        self._open(table).tags.create(name, version)
+
     def tags(self, table: str) -> list[str]:
         """The names of ``table``'s tags (none for a table not created yet)."""
         return sorted(self._open(table).tags.list()) if self.exists(table) else []
