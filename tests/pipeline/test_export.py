@@ -210,3 +210,17 @@ def test_hdf5_frames_are_encoded_and_round_trip(hdf5_source, tmp_path):
             src = episodes[m["wallwm/episode_id"]]
             np.testing.assert_array_equal(rec.actions_TA, np.asarray(src["actions"], np.float32))
             assert rec.probed[0].num_frames == src["num_frames"]
+
+
+def test_an_odd_sized_camera_is_reencoded(tmp_path, synth_dataset):
+    """The re-encode passes a video's YUV 4:2:0 planes through, which exist only for even
+    sides: a 33 px camera is re-encoded from RGB (it raised out of the export)."""
+    ds = synth_dataset(tmp_path, episodes=2, size=33, seed=6)
+    out = tmp_path / "lerobot"
+    summary = export_lerobot(ExportConfig(dataset=str(ds), out=str(out), reencode=True))
+    assert summary.videos_encoded == 1 and summary.episodes_out == 2
+    source = open_source(out)
+    refs, errors = source.list_episodes()
+    assert errors == [] and len(refs) == 2
+    rec = load_episode(source, refs[0], frame_tolerance=0)
+    assert (rec.probed[0].width, rec.probed[0].height) == (33, 33)

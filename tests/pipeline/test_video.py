@@ -38,3 +38,14 @@ def test_the_av1_encoder_prints_nothing_but_errors(
     frames = (np.random.default_rng(1).random((6, 32, 32, 3)) * 255).astype(np.uint8)
     write_video(str(tmp_path / "v.mp4"), frames, 10.0, codec="libsvtav1")
     assert "Svt[" not in capfd.readouterr().err
+
+
+def test_an_odd_sized_stream_is_encoded_at_its_own_size(tmp_path: Path) -> None:
+    """H.264 4:2:0 needs even sides: a 33 x 35 camera (a simulator at --size 33, HDF5 frames
+    re-encoded by the export) failed to open the encoder. It keeps full chroma at its size."""
+    frames = (np.random.default_rng(2).random((5, 35, 33, 3)) * 255).astype(np.uint8)
+    frames[:] = frames[:1] // 32 * 32  # a still, blocky picture: what H.264 keeps closely
+    write_video(str(tmp_path / "v.mp4"), frames, 10.0)
+    decoded = np.stack([f for _t, f in iter_video_frames(str(tmp_path / "v.mp4"))])
+    assert decoded.shape == frames.shape
+    assert np.abs(decoded.astype(int) - frames).mean() < 8

@@ -266,3 +266,15 @@ def test_a_stream_is_cut_or_padded_to_the_episodes_frames():
     assert [f.max() for f in _exactly(iter([a, b]), 4, "v.mp4")] == [0, 1, 1, 1]
     with pytest.raises(ValueError, match=r"v\.mp4: no frame decodes"):
         list(_exactly(iter([]), 3, "v.mp4"))
+
+
+def test_a_snapshot_of_an_unclustered_dataset_is_tagged_and_trained_on(tmp_path, synth_dataset):
+    """`clusters tag` before `cluster` raised a StoreError traceback (no clusters table to tag):
+    a segmented dataset's episodes and events are tagged, and a view is made of them."""
+    ds = synth_dataset(tmp_path, episodes=3, size=32, seed=7)
+    store = LanceStore(str(ds))
+    assert not store.exists(schemas.CLUSTERS)
+    versions = tag_snapshot(store, "raw")
+    assert set(versions) == {schemas.EPISODES, schemas.EVENTS}
+    view = materialize(str(ds), "raw", size=24)
+    assert view.episodes == 3 and view.events == store.count(schemas.EVENTS)

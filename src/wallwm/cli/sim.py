@@ -13,13 +13,15 @@ OutOpt = Annotated[
     str,
     typer.Option("--out", "-o", help="Output folder (folder source format).", callback=out_folder),
 ]
-EpisodesOpt = Annotated[int, typer.Option(help="Episodes per task.")]
-SizeOpt = Annotated[int, typer.Option(help="Image side in pixels.")]
+EpisodesOpt = Annotated[int, typer.Option(help="Episodes per task.", min=1)]
+SizeOpt = Annotated[int, typer.Option(help="Image side in pixels.", min=16, max=1024)]
 HesitationsOpt = Annotated[
-    float, typer.Option(help="Share of motions that pause part-way (not decisions).")
+    float,
+    typer.Option(help="Share of motions that pause part-way (not decisions).", min=0.0, max=1.0),
 ]
 CorrectionsOpt = Annotated[
-    float, typer.Option(help="Share of motions with a few mm swerve (not decisions).")
+    float,
+    typer.Option(help="Share of motions with a few mm swerve (not decisions).", min=0.0, max=1.0),
 ]
 OperatorOpt = Annotated[
     str,
@@ -28,7 +30,7 @@ OperatorOpt = Annotated[
         "reaches to the same sub-goals (the decisions stay the expert's: teleoperation-like)."
     ),
 ]
-WorkersOpt = Annotated[int, typer.Option(help="Episodes recorded in parallel processes.")]
+WorkersOpt = Annotated[int, typer.Option(help="Episodes recorded in parallel processes.", min=1)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
 
@@ -38,16 +40,16 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("synth")
 def synth(
     out: OutOpt,
-    episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 6,
+    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)] = 6,
     task: Annotated[
         list[str] | None, typer.Option("--task", help="pick-place | push | reach (repeatable).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 96,
-    fps: Annotated[float, typer.Option(help="Recording frame rate.")] = 20.0,
+    size: SizeOpt = 96,
+    fps: Annotated[float, typer.Option(help="Recording frame rate.", min=1.0, max=1000.0)] = 20.0,
     camera: Annotated[
         list[str] | None, typer.Option("--camera", help="top | side (repeatable).")
     ] = None,
-    action_noise: Annotated[float, typer.Option(help="Relative action noise.")] = 0.1,
+    action_noise: Annotated[float, typer.Option(help="Relative action noise.", min=0.0)] = 0.1,
     seed: SeedOpt = 0,
 ) -> None:
     """Record episodes of the built-in top-down gripper simulator, with ground-truth events."""
@@ -88,7 +90,7 @@ def record(
     ] = None,
     size: SizeOpt = 128,
     action_noise: Annotated[
-        float, typer.Option(help="Gaussian noise std on position deltas.")
+        float, typer.Option(help="Gaussian noise std on position deltas.", min=0.0)
     ] = 0.3,
     action_labels: Annotated[
         str,
@@ -104,7 +106,7 @@ def record(
             "'observation' (object poses and goal too: privileged simulator state) as the state."
         ),
     ] = "proprio",
-    max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 200,
+    max_steps: Annotated[int, typer.Option(help="Step limit per episode.", min=1)] = 200,
     hesitations: HesitationsOpt = 0.0,
     corrections: CorrectionsOpt = 0.0,
     operator: OperatorOpt = "scripted",
@@ -187,7 +189,8 @@ def aloha(
     ] = None,
     size: SizeOpt = 128,
     action_noise: Annotated[
-        float, typer.Option(help="Pose jitter std, in units of the plan's median per-step move.")
+        float,
+        typer.Option(help="Pose jitter std, in units of the plan's median per-step move.", min=0.0),
     ] = 0.0,
     hesitations: HesitationsOpt = 0.0,
     corrections: CorrectionsOpt = 0.0,
@@ -237,7 +240,8 @@ def jaco(
     episodes: EpisodesOpt = 5,
     size: SizeOpt = 128,
     action_noise: Annotated[
-        float, typer.Option(help="Joint-velocity noise std, as a share of each joint's limit.")
+        float,
+        typer.Option(help="Joint-velocity noise std, as a share of each joint's limit.", min=0.0),
     ] = 0.0,
     hesitations: HesitationsOpt = 0.0,
     operator: OperatorOpt = "scripted",

@@ -203,11 +203,17 @@ def import_clusters(store: TableStore, path: str | Path, message: str = "") -> i
 
 
 def tag_snapshot(store: TableStore, name: str) -> dict[str, int]:
-    """Tag the current versions of episodes, events and clusters with ``name``."""
+    """Tag the current versions of episodes, events and clusters with ``name``.
+
+    A dataset not clustered yet tags its episodes and events (a snapshot to train on uncurated);
+    one without events cannot be trained on and is refused.
+    """
     if not isinstance(store, LanceStore):
         raise CurationError("tags need the Lance store")
+    if not store.exists(schemas.EVENTS):
+        raise CurationError("no events yet: run `wallwm segment` first")
     versions = {}
-    for table in TAGGED_TABLES:
+    for table in (t for t in TAGGED_TABLES if store.exists(t)):
         if name in store.tags(table):
             raise CurationError(f"tag {name!r} already exists on {table} (tags are immutable)")
         versions[table] = int(store.at(table).version)

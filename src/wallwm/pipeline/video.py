@@ -285,7 +285,11 @@ class VideoWriter:
             self.codec, rate=Fraction(self.fps).limit_denominator(1001)
         )
         stream.width, stream.height = int(width), int(height)
-        stream.pix_fmt = "yuv420p"
+        # x264 cannot subsample the chroma of an odd-sized frame (4:2:0 halves each side): such
+        # a stream keeps full chroma at its own size rather than fail to open or be cropped.
+        # SVT-AV1 has only 4:2:0 and pads odd sizes itself.
+        odd = width % 2 or height % 2
+        stream.pix_fmt = "yuv444p" if odd and self.codec == "libx264" else "yuv420p"
         if self.codec == "libx264":
             stream.options = {
                 "crf": str(self.crf),

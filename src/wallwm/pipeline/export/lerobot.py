@@ -304,7 +304,9 @@ class _Writer:
         while len(self.in_flight) >= 4 * (os.cpu_count() or 1):
             self.in_flight.popleft().result()
         # a video file's frames stay in the decoder's YUV: no RGB round trip before encoding
-        fmt = "rgb24" if split_hdf5_uri(cam.uri) is not None else "yuv420p"
+        # (4:2:0 planes exist only for even sizes; an odd-sized stream goes through RGB)
+        odd = cam.width % 2 or cam.height % 2
+        fmt = "rgb24" if split_hdf5_uri(cam.uri) is not None or odd else "yuv420p"
         decoded = self.pool.submit(decode_span, cam, span.start, span.end, self.fps, fmt)
         self.in_flight.append(out.append(decoded, span.end - span.start, fmt))
         prefix = f"videos/{key}"
