@@ -316,3 +316,57 @@ def test_hdf5_gripper_openings(tmp_path):
     np.testing.assert_allclose(aloha.gripper_TG, qpos[:, [6, 13]])
     low = open_source(tmp_path, gripper_open="low").read(refs["aloha.hdf5"])
     np.testing.assert_allclose(low.gripper_TG, -qpos[:, [6, 13]])
+
+
+def _reencode_camera(episode_dir, ext: str, codec: str, pix_fmt: str) -> None:
+    """Replace the episode's top.mp4 with the same frames in another container and codec."""
+    from fractions import Fraction
+
+    import av
+
+    from wallwm.pipeline.video import iter_video_frames
+
+    frames = [f for _t, f in iter_video_frames(str(episode_dir / "top.mp4"))]
+    (episode_dir / "top.mp4").unlink()
+    with av.open(str(episode_dir / f"top{ext}"), "w") as out:
+        stream = out.add_stream(codec, rate=Fraction(20))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, pix_fmt
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_a_folder_reads_cameras_in_other_containers_and_codecs(folder_source, tmp_path):
+    """A team's recorder writes .webm (VP9), .avi (MJPEG) or .mkv (FFV1): the folder source
+    listed only .mp4 files, so such an episode had no cameras. One camera in two containers is
+    refused for that episode; the export re-encodes what an MP4 file cannot hold as it is."""
+    from wallwm.pipeline.export.lerobot import copyable
+
+    src = folder_source(4, cameras=("top",))
+    eps = sorted(p for p in src.iterdir() if p.is_dir())
+    for ep, (ext, codec, pix_fmt) in zip(
+        eps,
+        [
+            (".webm", "libvpx-vp9", "yuv420p"),
+            (".avi", "mjpeg", "yuvj420p"),
+            (".mkv", "ffv1", "yuv420p"),
+        ],
+        strict=False,
+    ):
+        _reencode_camera(ep, ext, codec, pix_fmt)
+    source = open_source(src)
+    refs, errors = source.list_episodes()
+    assert errors == [] and len(refs) == 4
+    codecs = {}
+    for ref in refs:
+        rec = load_episode(source, ref, frame_tolerance=0)
+        (cam,) = rec.probed
+        assert cam.name == "top" and cam.num_frames == len(rec.actions_TA)
+        codecs[cam.uri.rsplit(".", 1)[1]] = cam.codec
+        assert copyable(cam) == (cam.codec == "h264")
+    assert codecs == {"webm": "vp9", "avi": "mjpeg", "mkv": "ffv1", "mp4": "h264"}
+
+    (eps[3] / "top.mkv").write_bytes((eps[0] / "top.webm").read_bytes())  # top twice
+    ref = next(r for r in source.list_episodes()[0] if r.episode_key == eps[3].name)
+    with pytest.raises(EpisodeError, match=r"camera 'top' has 2 videos \(top.mkv, top.mp4\)"):
+        source.read(ref)

@@ -268,7 +268,7 @@ class _Writer:
         key = camera_key(cam.name)
         self.cameras.setdefault(key, cam)
         prefix = f"videos/{key}"
-        if split_hdf5_uri(cam.uri) is None and not self.cfg.reencode:
+        if copyable(cam) and not self.cfg.reencode:
             file_index = self.copied.get((key, cam.uri))
             if file_index is None:
                 file_index = self.copied[(key, cam.uri)] = self._next_file(key)
@@ -437,6 +437,22 @@ def _vector_feature(dim: int, names: list[str] | None) -> dict[str, Any]:
 def _index_parquet(index: dict[str, int], name: str, column: str, path: Path) -> None:
     pa_table = pa.table({name: list(index), column: pa.array(list(index.values()), pa.int64())})
     pq.write_table(pa_table, path)
+
+
+#: Streams a LeRobot dataset's .mp4 files hold as they are (what its decoders read).
+COPIED_CODECS = frozenset({"h264", "hevc", "av1"})
+
+
+def copyable(cam: CameraInfo) -> bool:
+    """Whether the camera's file can be copied into the export as it is.
+
+    An MP4 file of a codec LeRobot reads; any other container (a folder source's .webm, .mkv,
+    .avi) or codec (VP9, MJPEG, FFV1, MPEG-4 part 2), and HDF5 frames, are re-encoded -- a copied
+    Matroska file named .mp4 would only decode where the decoder sniffs the content.
+    """
+    if split_hdf5_uri(cam.uri) is not None:
+        return False
+    return Path(cam.uri).suffix.lower() == ".mp4" and cam.codec in COPIED_CODECS
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

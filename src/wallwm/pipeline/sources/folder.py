@@ -8,6 +8,8 @@ Layout::
                                     state list<float>, gripper float|list<float>, timestamp float
                                     (gripper: the opening per gripper, larger = more open)
     SOURCE/<episode>/<camera>.mp4   one video per camera, same frame count as steps.parquet
+                                    (.mkv, .webm, .mov and .avi are read too; the recorders
+                                    write .mp4)
 
 Every episode is expected to have every camera seen in the source; an episode missing one is a
 recorded failure.
@@ -42,13 +44,25 @@ FORMAT = "folder"
 META = "meta.json"
 STEPS = "steps.parquet"
 VIDEO_EXT = ".mp4"
+#: Containers a camera may come in (anything FFmpeg decodes inside them: H.264/5, AV1, VP9,
+#: MJPEG, ...). A camera is its file's stem; one stem in two containers is refused.
+VIDEO_EXTS = (VIDEO_EXT, ".mkv", ".webm", ".mov", ".avi")
 
 
 def is_episode_dir(path: Path) -> bool:
     """Whether ``path`` looks like one episode of the folder format."""
     return path.is_dir() and (
-        (path / META).exists() or (path / STEPS).exists() or any(path.glob(f"*{VIDEO_EXT}"))
+        (path / META).exists() or (path / STEPS).exists() or bool(_videos(path))
     )
+
+
+def _videos(episode_dir: Path) -> dict[str, list[Path]]:
+    """The episode's video files by camera name (more than one: the same camera twice)."""
+    out: dict[str, list[Path]] = {}
+    for path in sorted(episode_dir.iterdir()):
+        if path.suffix.lower() in VIDEO_EXTS and path.is_file():
+            out.setdefault(path.stem, []).append(path)
+    return out
 
 
 def looks_like(root: Path) -> bool:
@@ -78,7 +92,8 @@ class FolderSource:
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
         """One ref per episode directory; the camera set is the union over all episodes."""
         dirs = sorted(p for p in self.root.iterdir() if is_episode_dir(p))
-        cameras = sorted({v.stem for d in dirs for v in d.glob(f"*{VIDEO_EXT}")})
+        videos = {d: _videos(d) for d in dirs}
+        cameras = sorted({c for found in videos.values() for c in found})
         refs: list[EpisodeRef] = []
         errors: list[EpisodeError] = []
         for d in dirs:
@@ -88,7 +103,9 @@ class FolderSource:
                     MissingFieldError(str(d / missing[0]), f"episode {d.name!r} lacks {missing[0]}")
                 )
                 continue
-            files = [str(d / STEPS), str(d / META)] + [str(d / f"{c}{VIDEO_EXT}") for c in cameras]
+            # a camera missing here keeps its would-be path: the fingerprint sees it appear
+            paths = [videos[d].get(c, [d / f"{c}{VIDEO_EXT}"])[0] for c in cameras]
+            files = [str(d / STEPS), str(d / META)] + [str(p) for p in paths]
             refs.append(EpisodeRef(self.uri, FORMAT, d.name, tuple(files), {"cameras": cameras}))
         return refs, errors
 
@@ -110,16 +127,24 @@ class FolderSource:
         )
         cameras = []
         expected = [str(c) for c in _as_list(ref.locator.get("cameras"))]
+        videos = _videos(d)
         for cam in expected:
-            path = d / f"{cam}{VIDEO_EXT}"
-            if not path.exists():
+            found = videos.get(cam, [])
+            if not found:
                 raise MissingFieldError(
-                    str(path),
+                    str(d / f"{cam}{VIDEO_EXT}"),
                     f"camera {cam!r} is missing in this episode "
                     f"(the source has cameras {expected})",
                     "MissingCamera",
                 )
-            cameras.append(CameraSpec(cam, str(path)))
+            if len(found) > 1:
+                raise BadSignalError(
+                    str(found[0]),
+                    f"camera {cam!r} has {len(found)} videos ({', '.join(p.name for p in found)}); "
+                    "keep one",
+                    "DuplicateCamera",
+                )
+            cameras.append(CameraSpec(cam, str(found[0])))
         fps = metadata_fps(meta.get("fps"), str(d / META))
         return EpisodeRecord(
             ref=ref,
