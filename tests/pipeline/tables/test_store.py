@@ -87,3 +87,43 @@ def test_update_columns_touches_only_given_columns(store):
     got = {x["id"]: (x["value"], x["run"]) for x in store.read("t").to_pylist()}
     assert got == {"a": (1, "r1"), "b": (2, "r9")}
     assert not store.update_columns("t", pa.table({"id": ["b"], "run": ["r9"]}), "id").changed
+
+
+def test_two_writers_creating_one_table_both_land(tmp_path, monkeypatch):
+    """Two ingests into one new dataset: both saw no table, the second's create failed with
+    "Dataset already exists" (a traceback; its episodes unwritten). It merges instead."""
+    store = LanceStore(str(tmp_path / "ds"))
+    LanceStore(str(tmp_path / "ds")).upsert("t", rows(["a", "b"], [1, 2]), "id")  # the other
+    real_version = LanceStore.version
+    seen: list[str] = []
+
+    def not_yet(self, table):  # this writer looked before the other one created the table
+        if table not in seen:
+            seen.append(table)
+            return None
+        return real_version(self, table)
+
+    monkeypatch.setattr(LanceStore, "version", not_yet)
+    result = store.upsert("t", rows(["b", "c"], [20, 3]), "id")
+    assert (result.inserted, result.updated) == (1, 1)
+    got = {x["id"]: x["value"] for x in store.read("t").to_pylist()}
+    assert got == {"a": 1, "b": 20, "c": 3}
+
+
+def test_concurrent_ingests_into_one_new_dataset(tmp_path):
+    """The same race for real: processes writing the same new table at once all land."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_one, args=(str(tmp_path / "ds"), k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert LanceStore(str(tmp_path / "ds")).count("t") == 3 * 20
+
+
+def _write_one(root: str, k: int) -> None:
+    ids = [f"{k}-{i:02d}" for i in range(20)]
+    LanceStore(root).upsert("t", rows(ids, list(range(20))), "id")

@@ -10,6 +10,7 @@ touching Lance, so an idempotent re-run leaves every table version unchanged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
 
 #: Below this many rows a flat scan is as fast as a vector index, so none is built.
 INDEX_MIN_ROWS = 256
@@ -285,8 +288,16 @@ class LanceStore:
         if before is None:
             if rows.num_rows == 0:
                 return WriteResult(table, 0, 0, 0, None, None)
-            lance.write_dataset(rows, self.uri(table), mode="create")
-            return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+            try:
+                lance.write_dataset(rows, self.uri(table), mode="create")
+                return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+            except OSError as exc:
+                # Another writer (a second ingest into the same new dataset) created the table
+                # first: merge into it like any later write; Lance retries conflicting commits.
+                if not self.exists(table):
+                    raise
+                log.info("%s was created by another writer (%s): merging", table, exc)
+                before = self.version(table)
         rows = _align(rows, self._open(table).schema, table)
         rows = _drop_unchanged(self, table, rows, key, volatile)
         if rows.num_rows == 0:
