@@ -130,3 +130,25 @@ def test_a_user_error_is_one_clear_line_never_a_traceback(world, args, code, say
     if not usage_box:
         assert len(lines) == 1, output
     assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3, 4))  # none created
+
+
+def test_a_damaged_table_is_one_line_from_any_command(world, tmp_path, monkeypatch, capsys):
+    """A table's data file deleted (a half-copied dataset, a cleanup script): every command that
+    reads it raised Lance's error as a traceback; the console script names the table instead."""
+    import shutil
+
+    from wallwm.cli.main import damaged_table, main
+
+    ds = tmp_path / "damaged"
+    shutil.copytree(world["ds"], ds)
+    for data in (ds / "episodes.lance" / "data").iterdir():
+        data.unlink()
+    for args in (["quality", "-d", str(ds)], ["segment", "-d", str(ds), "--force", "--local"]):
+        monkeypatch.setattr("sys.argv", ["wallwm", *args])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and "Traceback" not in err, err
+        assert f"{ds}/episodes.lance: the table is damaged (" in _words(err)
+        assert "`wallwm ingest`" in _words(err) and len(err.strip().splitlines()) == 1, err
+    assert damaged_table(ValueError("division by zero")) is None  # other errors stay errors

@@ -6,6 +6,9 @@ and shell completion stay instant.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import typer
 
 from wallwm.cli import caption as caption_cli
@@ -15,7 +18,7 @@ from wallwm.cli import pipeline as pipeline_cli
 from wallwm.cli import segment as segment_cli
 from wallwm.cli import sim as sim_cli
 from wallwm.cli import trainer as trainer_cli
-from wallwm.cli.common import eval_app
+from wallwm.cli.common import err_console, eval_app
 
 app = typer.Typer(
     name="wallwm",
@@ -55,5 +58,53 @@ def version() -> None:
     typer.echo(code_version())
 
 
+def main() -> None:
+    """The ``wallwm`` console script: the app, with a damaged dataset said in one line.
+
+    A Lance table whose files were deleted, truncated or half-copied fails deep inside Lance or
+    Arrow, in whichever command reads it first; every command answers the same way instead of
+    with a traceback: the file, and that the table is damaged.
+    """
+    try:
+        app()
+    except Exception as exc:
+        problem = damaged_table(exc)
+        if problem is None:
+            raise
+        err_console.print(f"[red]{problem}[/]", soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+#: Lance's and Arrow's words for a table file that is gone or unreadable.
+_DAMAGE = re.compile(
+    r"not found|no such file|corrupt|invalid (?:file|manifest)|unexpected eof", re.I
+)
+
+
+#: The command that writes each table anew (a damaged one is re-created by running it again).
+_WRITTEN_BY = {"episodes": "ingest", "events": "segment", "clusters": "cluster"}
+
+
+def damaged_table(exc: BaseException) -> str | None:
+    """One line for an error that is a damaged Lance table (in ``exc`` or its causes), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = re.sub(r",?\s*\S+\.rs:\d+:\d+", "", str(seen))  # Lance's own source lines
+        path = re.search(r"(\S*?\.lance)(?:/\S*)?", text)
+        if path and _DAMAGE.search(text):
+            table = path.group(1).rstrip(",")
+            if not table.startswith("/") and Path("/" + table).exists():
+                table = "/" + table  # Lance drops the leading slash of a local path
+            name = Path(table).name.removesuffix(".lance")
+            again = f"`wallwm {_WRITTEN_BY[name]}`" if name in _WRITTEN_BY else "its stage"
+            first = text.strip().splitlines()[0][:300]
+            return (
+                f"{table}: the table is damaged ({first}); restore the dataset folder from a "
+                f"copy, or write this table again with {again} into a new dataset"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 if __name__ == "__main__":
-    app()
+    main()
