@@ -370,3 +370,34 @@ def test_a_folder_reads_cameras_in_other_containers_and_codecs(folder_source, tm
     ref = next(r for r in source.list_episodes()[0] if r.episode_key == eps[3].name)
     with pytest.raises(EpisodeError, match=r"camera 'top' has 2 videos \(top.mkv, top.mp4\)"):
         source.read(ref)
+
+
+def test_hdf5_frames_in_other_layouts_are_read_as_rgb(hdf5_source):
+    """Channels-first frames (a PyTorch pipeline's (3, H, W)), floats in [0, 1], grey and RGBA:
+    read as the same (H, W, 3) uint8 pictures. (3, H, W) was probed as a 3-row image W wide,
+    grey frames were refused, floats cast as they were (0.5 -> 0)."""
+    import h5py
+
+    from wallwm.pipeline.video import read_frames, rgb_frame
+
+    root, eps = hdf5_source()
+    frames = eps[0]["frames"]["top"]
+    path = root / "episode_0.hdf5"
+    source = open_source(root)
+    ref = next(r for r in source.list_episodes()[0] if r.files[0] == str(path))
+    for stored, want in (
+        (np.moveaxis(frames, -1, 1), frames),
+        (frames.astype(np.float32) / 255.0, frames),
+        (frames[..., 1], np.repeat(frames[..., 1:2], 3, axis=-1)),
+        (np.concatenate([frames, np.full_like(frames[..., :1], 255)], axis=-1), frames),
+    ):
+        with h5py.File(path, "a") as f:
+            del f["observations/images/cam_high"]
+            f["observations/images/cam_high"] = stored
+        rec = load_episode(source, ref, frame_tolerance=0)
+        (cam,) = rec.probed
+        assert (cam.height, cam.width, cam.codec) == (*frames.shape[1:3], "raw-rgb24")
+        got = np.stack(list(read_frames(cam)))
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(EpisodeError, match=r"frames must be images .* got \(2, 5, 7, 9\)"):
+        rgb_frame(np.zeros((2, 5, 7, 9), np.uint8), "f.hdf5::/obs/x")

@@ -177,14 +177,48 @@ def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
             if key not in f:
                 raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
             dset = f[key]
+            where = f"{path}{HDF5_SEPARATOR}{key}"
             encoded = dset.ndim <= 2  # (T,) vlen bytes or (T, max_len) padded JPEG (ALOHA)
             for i in range(dset.shape[0]):
                 frame = np.asarray(dset[i])
-                yield (
-                    _decode_image_bytes(frame, f"{path}{HDF5_SEPARATOR}{key}") if encoded else frame
-                )
+                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where)
     except OSError as exc:
         raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+
+
+def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
+    """A stored image as (H, W, 3) uint8 RGB, whichever common layout it was stored in.
+
+    Channels first (C, H, W) as PyTorch pipelines save them, grey (H, W) or (H, W, 1), RGBA, and
+    floats in [0, 1] (or [0, 255]) are converted; anything else is refused naming ``where``.
+    """
+    file, _, key = where.partition(HDF5_SEPARATOR)
+    if frame.ndim == 3 and frame.shape[0] in (1, 3, 4) and frame.shape[2] not in (1, 3, 4):
+        frame = np.moveaxis(frame, 0, -1)  # (C, H, W) -> (H, W, C)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        raise CorruptVideoError(
+            file,
+            f"{key}: frames must be images (H, W, 3), (3, H, W), "
+            f"(H, W, 4) or (H, W), got {frame.shape}",
+        )
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    frame = frame[:, :, :3]
+    if frame.dtype == np.uint8:
+        return np.asarray(frame, dtype=np.uint8)
+    if frame.dtype.kind == "f":
+        values = np.nan_to_num(frame.astype(np.float32))
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return np.asarray(np.clip(values * scale + 0.5, 0, 255), dtype=np.uint8)
+    if frame.dtype.kind in "ui":  # 16-bit and wider: keep the top 8 bits of the type's range
+        top = np.iinfo(frame.dtype).max
+        return np.asarray(np.clip(frame * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
+    raise CorruptVideoError(
+        file,
+        f"{key}: frames of type {frame.dtype} are not images",
+    )
 
 
 def _probe_hdf5(
@@ -198,7 +232,7 @@ def _probe_hdf5(
                 raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
             dset = f[key]
             byte_length = int(dset.id.get_storage_size())
-            raw = dset.ndim == 4
+            raw = dset.ndim >= 3  # pixels (any layout rgb_frame reads), not encoded bytes
     except OSError as exc:
         raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
     num_frames, height, width = 0, 0, 0

@@ -5,6 +5,8 @@ ALOHA (one episode per file)::
     /action                          (T, A)
     /observations/qpos               (T, S)
     /observations/images/<camera>    (T, H, W, 3) uint8, or (T, N) padded JPEG bytes if compressed
+                                     (raw frames may also be (T, 3, H, W), grey, RGBA or floats in
+                                     [0, 1]: :func:`~wallwm.pipeline.video.rgb_frame`)
 
 robomimic (many demos per file)::
 
