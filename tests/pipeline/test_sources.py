@@ -401,3 +401,55 @@ def test_hdf5_frames_in_other_layouts_are_read_as_rgb(hdf5_source):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(EpisodeError, match=r"frames must be images .* got \(2, 5, 7, 9\)"):
         rgb_frame(np.zeros((2, 5, 7, 9), np.uint8), "f.hdf5::/obs/x")
+
+
+def _as_image_features(root, eps, camera="observation.images.top"):
+    """Rewrite a LeRobot fixture's camera as an ``image`` feature: PNG bytes per row of the data
+    parquet, as a Hugging Face Image column ({bytes, path}); no videos."""
+    import shutil
+
+    import cv2
+
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"][camera] = {"dtype": "image", "shape": [64, 64, 3], "names": None}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    shutil.rmtree(root / "videos")
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for data in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(data)
+        cells = [
+            {"bytes": cv2.imencode(".png", eps[e]["frames"]["top"][f][..., ::-1])[1].tobytes(),
+             "path": None}
+            for e, f in zip(
+                table.column("episode_index").to_pylist(),
+                table.column("frame_index").to_pylist(),
+                strict=True,
+            )
+        ]  # fmt: skip
+        pq.write_table(table.append_column(camera, pa.array(cells, image)), data)
+
+
+@pytest.mark.parametrize("version", ["v21", "v3"])
+def test_lerobot_image_features_are_cameras(lerobot_v21, lerobot_v3, tmp_path, version):
+    """LeRobot datasets that keep frames as ``image`` features in the data parquet (converted
+    LIBERO and PushT datasets do) had no cameras: episodes were ingested without frames. The
+    images are read from the parquet, frame-exact, in episode order; a missing column is named."""
+    from wallwm.pipeline.image_frames import split_parquet_uri
+    from wallwm.pipeline.video import read_frames
+
+    root, eps = lerobot_v21(3) if version == "v21" else lerobot_v3(4, cameras=("top",))
+    _as_image_features(root, eps)
+    source = open_source(root)
+    refs, errors = source.list_episodes()
+    assert errors == [] and len(refs) == len(eps)
+    for ref in refs:
+        rec = load_episode(source, ref, frame_tolerance=0)
+        (cam,) = rec.probed
+        index = int(ref.locator["episode_index"])
+        assert split_parquet_uri(cam.uri)[1:] == ("observation.images.top", index)
+        assert (cam.codec, cam.num_frames, cam.width) == ("png", len(rec.actions_TA), 64)
+        np.testing.assert_array_equal(np.stack(list(read_frames(cam))), eps[index]["frames"]["top"])
+    data = split_parquet_uri(cam.uri)[0]
+    pq.write_table(pq.read_table(data).drop_columns(["observation.images.top"]), data)
+    with pytest.raises(EpisodeError, match="image column 'observation.images.top' is missing"):
+        load_episode(source, refs[-1], frame_tolerance=0)

@@ -1,8 +1,8 @@
-"""Video probing and decoding (PyAV), plus frames stored inside HDF5 files.
+"""Video probing and decoding (PyAV), and every reader of a camera's frames.
 
-A camera URI is either a video file path, or ``<file.hdf5>#<dataset path>`` for frames stored as
-arrays (raw uint8 ``(T, H, W, 3)`` or JPEG/PNG bytes per frame) in HDF5 episodes. Episodes that
-share one video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_timestamp_s)`` window.
+A camera URI is either a video file path, or frames stored as images inside a data file (an HDF5
+dataset, a parquet image column: :mod:`wallwm.pipeline.image_frames`). Episodes that share one
+video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_timestamp_s)`` window.
 """
 
 from __future__ import annotations
@@ -17,6 +17,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from wallwm.pipeline.image_frames import (
+    HDF5_SEPARATOR,
+    iter_hdf5_frames,
+    rgb_frame,
+    split_hdf5_uri,
+    stored_frames,
+    stored_layout,
+)
 from wallwm.pipeline.sources.base import (
     CameraInfo,
     CameraSpec,
@@ -24,16 +32,14 @@ from wallwm.pipeline.sources.base import (
     MissingFieldError,
 )
 
+__all__ = [  # re-exported: the stored-frame readers' names as callers know them
+    "HDF5_SEPARATOR",
+    "iter_hdf5_frames",
+    "rgb_frame",
+    "split_hdf5_uri",
+]
+
 UInt8Array = npt.NDArray[np.uint8]
-HDF5_SEPARATOR = "#"
-
-
-def split_hdf5_uri(uri: str) -> tuple[str, str] | None:
-    """``("file.hdf5", "/observations/images/cam")`` for an HDF5 frame URI, else None."""
-    path, sep, key = uri.partition(HDF5_SEPARATOR)
-    if sep and path.endswith((".hdf5", ".h5")):
-        return path, key
-    return None
 
 
 def _open_container(path: str) -> Any:
@@ -120,9 +126,9 @@ def probe_camera(spec: CameraSpec, grab: KeyframeGrabber | None = None) -> Camer
         CorruptVideoError: Unreadable, truncated or empty stream.
         MissingFieldError: The file or HDF5 dataset does not exist.
     """
-    h5 = split_hdf5_uri(spec.uri)
-    if h5 is not None:
-        return _probe_hdf5(spec, *h5, grab)
+    frames = stored_frames(spec.uri)
+    if frames is not None:
+        return _probe_stored(spec, frames, grab)
     container = _open_container(spec.uri)
     try:
         ctx = container.streams.video[0].codec_context
@@ -159,97 +165,25 @@ def probe_camera(spec: CameraSpec, grab: KeyframeGrabber | None = None) -> Camer
     )
 
 
-def _decode_image_bytes(buf: npt.NDArray[np.uint8], where: str) -> UInt8Array:
-    import cv2
-
-    img = cv2.imdecode(np.asarray(buf, dtype=np.uint8).reshape(-1), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CorruptVideoError(where, "an encoded image frame could not be decoded")
-    return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), dtype=np.uint8)
-
-
-def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
-    """Yield RGB frames stored in an HDF5 dataset (raw ``(T, H, W, 3)`` or encoded bytes)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
-            dset = f[key]
-            where = f"{path}{HDF5_SEPARATOR}{key}"
-            encoded = dset.ndim <= 2  # (T,) vlen bytes or (T, max_len) padded JPEG (ALOHA)
-            for i in range(dset.shape[0]):
-                frame = np.asarray(dset[i])
-                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where)
-    except OSError as exc:
-        raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
-
-
-def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
-    """A stored image as (H, W, 3) uint8 RGB, whichever common layout it was stored in.
-
-    Channels first (C, H, W) as PyTorch pipelines save them, grey (H, W) or (H, W, 1), RGBA, and
-    floats in [0, 1] (or [0, 255]) are converted; anything else is refused naming ``where``.
-    """
-    file, _, key = where.partition(HDF5_SEPARATOR)
-    if frame.ndim == 3 and frame.shape[0] in (1, 3, 4) and frame.shape[2] not in (1, 3, 4):
-        frame = np.moveaxis(frame, 0, -1)  # (C, H, W) -> (H, W, C)
-    if frame.ndim == 2:
-        frame = frame[:, :, None]
-    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
-        raise CorruptVideoError(
-            file,
-            f"{key}: frames must be images (H, W, 3), (3, H, W), "
-            f"(H, W, 4) or (H, W), got {frame.shape}",
-        )
-    if frame.shape[2] == 1:
-        frame = np.repeat(frame, 3, axis=2)
-    frame = frame[:, :, :3]
-    if frame.dtype == np.uint8:
-        return np.asarray(frame, dtype=np.uint8)
-    if frame.dtype.kind == "f":
-        values = np.nan_to_num(frame.astype(np.float32))
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
-        return np.asarray(np.clip(values * scale + 0.5, 0, 255), dtype=np.uint8)
-    if frame.dtype.kind in "ui":  # 16-bit and wider: keep the top 8 bits of the type's range
-        top = np.iinfo(frame.dtype).max
-        return np.asarray(np.clip(frame * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
-    raise CorruptVideoError(
-        file,
-        f"{key}: frames of type {frame.dtype} are not images",
-    )
-
-
-def _probe_hdf5(
-    spec: CameraSpec, path: str, key: str, grab: KeyframeGrabber | None = None
+def _probe_stored(
+    spec: CameraSpec, frames: Iterator[UInt8Array], grab: KeyframeGrabber | None = None
 ) -> CameraInfo:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
-            dset = f[key]
-            byte_length = int(dset.id.get_storage_size())
-            raw = dset.ndim >= 3  # pixels (any layout rgb_frame reads), not encoded bytes
-    except OSError as exc:
-        raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+    """Count and size the frames of a camera stored as images, grabbing keyframes on the way."""
+    byte_length, codec = stored_layout(spec.uri)
     num_frames, height, width = 0, 0, 0
-    for frame in iter_hdf5_frames(path, key):
-        if frame.ndim != 3:
-            raise CorruptVideoError(path, f"{key}: frames must be (H, W, C), got {frame.shape}")
+    for frame in frames:
         height, width = int(frame.shape[0]), int(frame.shape[1])
         if grab is not None:
             grab.offer_array(num_frames, frame)
         num_frames += 1
     if num_frames == 0:
-        raise CorruptVideoError(path, f"{key}: zero frames", "EmptyVideo")
+        file, _, where = spec.uri.partition(HDF5_SEPARATOR)
+        raise CorruptVideoError(file, f"{where}: zero frames", "EmptyVideo")
     return CameraInfo(
         name=spec.name,
         uri=spec.uri,
         byte_length=byte_length,
-        codec="raw-rgb24" if raw else "jpeg",
+        codec=codec,
         width=width,
         height=height,
         num_frames=num_frames,
@@ -258,9 +192,9 @@ def _probe_hdf5(
 
 def read_frames(info: CameraInfo, fmt: str = "rgb24") -> Iterator[UInt8Array]:
     """Yield every frame of a probed camera stream as an ``(H, W, C)`` uint8 array."""
-    h5 = split_hdf5_uri(info.uri)
-    if h5 is not None:
-        yield from iter_hdf5_frames(*h5)
+    stored = stored_frames(info.uri)
+    if stored is not None:
+        yield from stored
         return
     for _t, frame in iter_video_frames(info.uri, info.from_timestamp_s, info.to_timestamp_s, fmt):
         yield np.asarray(frame, dtype=np.uint8)
@@ -394,13 +328,13 @@ def motion_energy(info: CameraInfo, side: int = 32) -> npt.NDArray[np.float32]:
 
     values: list[float] = []
     prev: npt.NDArray[np.float32] | None = None
-    h5 = split_hdf5_uri(info.uri)
-    if h5 is not None:
+    stored = stored_frames(info.uri)
+    if stored is not None:
         frames: Iterator[npt.NDArray[np.float32]] = (
             cv2.resize(
                 cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (side, side), interpolation=cv2.INTER_AREA
             ).astype(np.float32)
-            for f in iter_hdf5_frames(*h5)
+            for f in stored
         )
     else:
         frames = (
@@ -488,9 +422,9 @@ def keyframes_jpeg(
     One decode pass, stopping after the last wanted frame.
     """
     grab = KeyframeGrabber(indices, max_side, quality)
-    h5 = split_hdf5_uri(info.uri)
-    if h5 is not None:
-        for i, rgb in enumerate(iter_hdf5_frames(*h5)):
+    stored = stored_frames(info.uri)
+    if stored is not None:
+        for i, rgb in enumerate(stored):
             grab.offer_array(i, rgb)
             if i >= grab.last:
                 break

@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from wallwm.pipeline.image_frames import stored_frames
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import episode_arrays, to_vector_series
 from wallwm.pipeline.tables.store import LanceStore, StoreError
-from wallwm.pipeline.video import iter_hdf5_frames, iter_video_frames, split_hdf5_uri
+from wallwm.pipeline.video import iter_video_frames
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,9 @@ def resize_frame(frame_HWC: np.ndarray, size: int) -> np.ndarray:
 
 def _frames(cam: CameraInfo, size: int) -> Iterator[np.ndarray]:
     """A camera stream's frames, each resized to size x size RGB uint8, as they are decoded."""
-    h5 = split_hdf5_uri(cam.uri)
-    if h5 is not None:
-        for frame in iter_hdf5_frames(*h5):
+    stored = stored_frames(cam.uri)
+    if stored is not None:
+        for frame in stored:
             yield resize_frame(frame, size)
         return
     for _t, picture in iter_video_frames(

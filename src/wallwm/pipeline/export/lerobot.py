@@ -34,18 +34,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from wallwm.pipeline.image_frames import is_stored, stored_frames
 from wallwm.pipeline.segmentation.idle import clip_events, episode_trim
 from wallwm.pipeline.sources.base import CameraInfo
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import episode_arrays
 from wallwm.pipeline.tables.lineage import StageRun
 from wallwm.pipeline.tables.store import LanceStore, StoreError, TableStore
-from wallwm.pipeline.video import (
-    VideoWriter,
-    iter_hdf5_frames,
-    iter_video_frames,
-    split_hdf5_uri,
-)
+from wallwm.pipeline.video import VideoWriter, iter_video_frames
 
 CODEBASE_VERSION = "v3.0"
 CHUNK = "chunk-000"
@@ -306,7 +302,7 @@ class _Writer:
         # a video file's frames stay in the decoder's YUV: no RGB round trip before encoding
         # (4:2:0 planes exist only for even sizes; an odd-sized stream goes through RGB)
         odd = cam.width % 2 or cam.height % 2
-        fmt = "rgb24" if split_hdf5_uri(cam.uri) is not None or odd else "yuv420p"
+        fmt = "rgb24" if is_stored(cam.uri) or odd else "yuv420p"
         decoded = self.pool.submit(decode_span, cam, span.start, span.end, self.fps, fmt)
         self.in_flight.append(out.append(decoded, span.end - span.start, fmt))
         prefix = f"videos/{key}"
@@ -450,7 +446,7 @@ def copyable(cam: CameraInfo) -> bool:
     .avi) or codec (VP9, MJPEG, FFV1, MPEG-4 part 2), and HDF5 frames, are re-encoded -- a copied
     Matroska file named .mp4 would only decode where the decoder sniffs the content.
     """
-    if split_hdf5_uri(cam.uri) is not None:
+    if is_stored(cam.uri):
         return False
     return Path(cam.uri).suffix.lower() == ".mp4" and cam.codec in COPIED_CODECS
 
@@ -469,11 +465,12 @@ def decode_span(
     """Frames ``[start, end)`` of a camera stream, (T, H, W, 3) uint8 RGB by default.
 
     A video file's frames come in ``fmt`` (``yuv420p``: (T, H * 3/2, W) planes, to re-encode
-    without converting colours); HDF5 frames are RGB whatever ``fmt``.
+    without converting colours); frames stored as images (HDF5, parquet) are RGB whatever
+    ``fmt``.
     """
-    h5 = split_hdf5_uri(cam.uri)
-    if h5 is not None:
-        stream: Iterable[Any] = itertools.islice(iter_hdf5_frames(*h5), start, end)
+    stored = stored_frames(cam.uri)
+    if stored is not None:
+        stream: Iterable[Any] = itertools.islice(stored, start, end)
     else:  # the span's own window: the decoder seeks there, and stops at its end
         from_s = cam.from_timestamp_s + start / fps
         frames_s = iter_video_frames(cam.uri, from_s, from_s + (end - start) / fps, fmt)

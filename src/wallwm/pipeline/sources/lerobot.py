@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wallwm.pipeline.image_frames import parquet_frames_uri
 from wallwm.pipeline.sources.base import (
     BadSignalError,
     CameraSpec,
@@ -169,6 +170,8 @@ class LeRobotSource:
             k: f for k, f in info.get("features", {}).items() if isinstance(f, dict)
         }
         self.video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
+        #: Cameras stored as encoded images in the data parquet (``dtype: image``), not video.
+        self.image_keys = [k for k, f in features.items() if f.get("dtype") == "image"]
         action_keys = [k for k in features if k == "action"] or [
             k for k in features if k.startswith("action")
         ]
@@ -222,7 +225,7 @@ class LeRobotSource:
                 )
                 for k in self.video_keys
             ]
-            return str(self.root / data), cams
+            return str(self.root / data), cams + self._image_cameras(str(self.root / data), idx)
         data = self.info["data_path"].format(
             chunk_index=int(ep["data/chunk_index"]), file_index=int(ep["data/file_index"])
         )
@@ -242,7 +245,11 @@ class LeRobotSource:
                     None if to_s is None else float(to_s),
                 )
             )
-        return str(self.root / data), cams
+        return str(self.root / data), cams + self._image_cameras(str(self.root / data), idx)
+
+    def _image_cameras(self, data: str, idx: int) -> list[CameraSpec]:
+        """The episode's cameras stored as image columns of its data parquet."""
+        return [CameraSpec(k, parquet_frames_uri(data, k, idx)) for k in self.image_keys]
 
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
         """One ref per row of the episodes metadata."""

@@ -1,0 +1,196 @@
+"""Camera frames stored as images inside data files, not as video.
+
+Two kinds of URI name such a camera stream:
+
+- ``<file.hdf5>#<dataset path>``: frames as an HDF5 dataset (ALOHA, robomimic) -- raw pixels
+  (``(T, H, W, 3)`` and the other layouts :func:`rgb_frame` reads) or JPEG/PNG bytes per frame;
+- ``<file.parquet>#<column>@<episode index>``: one encoded image (PNG/JPEG) per row of a parquet
+  column, the rows of one episode in ``frame_index`` order -- LeRobot's ``image`` features,
+  which a Hugging Face ``Image`` column stores as ``{bytes, path}``.
+
+:func:`stored_frames` iterates either as (H, W, 3) uint8 RGB; every reader of frames (probing,
+keyframes, the training view, the export) goes through it for a URI that is not a video file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from wallwm.pipeline.sources.base import CorruptVideoError, MissingFieldError
+
+UInt8Array = npt.NDArray[np.uint8]
+HDF5_SEPARATOR = "#"
+#: Between a parquet image column and the episode whose rows it means.
+EPISODE_MARK = "@"
+
+
+def split_hdf5_uri(uri: str) -> tuple[str, str] | None:
+    """``("file.hdf5", "/observations/images/cam")`` for an HDF5 frame URI, else None."""
+    path, sep, key = uri.partition(HDF5_SEPARATOR)
+    if sep and path.endswith((".hdf5", ".h5")):
+        return path, key
+    return None
+
+
+def _decode_image_bytes(buf: npt.NDArray[np.uint8], where: str) -> UInt8Array:
+    import cv2
+
+    img = cv2.imdecode(np.asarray(buf, dtype=np.uint8).reshape(-1), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CorruptVideoError(where, "an encoded image frame could not be decoded")
+    return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
+    """Yield RGB frames stored in an HDF5 dataset (raw ``(T, H, W, 3)`` or encoded bytes)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise MissingFieldError(path, f"camera dataset {key} is missing", "MissingCamera")
+            dset = f[key]
+            where = f"{path}{HDF5_SEPARATOR}{key}"
+            encoded = dset.ndim <= 2  # (T,) vlen bytes or (T, max_len) padded JPEG (ALOHA)
+            for i in range(dset.shape[0]):
+                frame = np.asarray(dset[i])
+                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where)
+    except OSError as exc:
+        raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+
+
+def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
+    """A stored image as (H, W, 3) uint8 RGB, whichever common layout it was stored in.
+
+    Channels first (C, H, W) as PyTorch pipelines save them, grey (H, W) or (H, W, 1), RGBA, and
+    floats in [0, 1] (or [0, 255]) are converted; anything else is refused naming ``where``.
+    """
+    file, _, key = where.partition(HDF5_SEPARATOR)
+    if frame.ndim == 3 and frame.shape[0] in (1, 3, 4) and frame.shape[2] not in (1, 3, 4):
+        frame = np.moveaxis(frame, 0, -1)  # (C, H, W) -> (H, W, C)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        raise CorruptVideoError(
+            file,
+            f"{key}: frames must be images (H, W, 3), (3, H, W), "
+            f"(H, W, 4) or (H, W), got {frame.shape}",
+        )
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    frame = frame[:, :, :3]
+    if frame.dtype == np.uint8:
+        return np.asarray(frame, dtype=np.uint8)
+    if frame.dtype.kind == "f":
+        values = np.nan_to_num(frame.astype(np.float32))
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return np.asarray(np.clip(values * scale + 0.5, 0, 255), dtype=np.uint8)
+    if frame.dtype.kind in "ui":  # 16-bit and wider: keep the top 8 bits of the type's range
+        top = np.iinfo(frame.dtype).max
+        return np.asarray(np.clip(frame * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
+    raise CorruptVideoError(
+        file,
+        f"{key}: frames of type {frame.dtype} are not images",
+    )
+
+
+def parquet_frames_uri(path: str, column: str, episode_index: int) -> str:
+    """The URI of one episode's frames in a parquet image column."""
+    return f"{path}{HDF5_SEPARATOR}{column}{EPISODE_MARK}{episode_index}"
+
+
+def split_parquet_uri(uri: str) -> tuple[str, str, int] | None:
+    """``(file.parquet, column, episode index)`` for a parquet image URI, else None."""
+    path, sep, rest = uri.partition(HDF5_SEPARATOR)
+    column, mark, index = rest.rpartition(EPISODE_MARK)
+    if sep and mark and path.endswith(".parquet") and index.isdigit():
+        return path, column, int(index)
+    return None
+
+
+def _parquet_images(path: str, column: str, episode_index: int) -> list[object]:
+    """The episode's cells of the image column, in frame order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise MissingFieldError(path, "episode data parquet is missing", "MissingData")
+    try:
+        names = set(pq.read_schema(path).names)
+        if column not in names:
+            raise MissingFieldError(path, f"image column {column!r} is missing", "MissingCamera")
+        order = ["frame_index"] if "frame_index" in names else []
+        table = pq.read_table(
+            path, columns=[column, *order], filters=[("episode_index", "=", episode_index)]
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptVideoError(path, f"unreadable parquet: {exc}") from exc
+    if order:
+        table = table.sort_by("frame_index")
+    cells: list[object] = table.column(column).to_pylist()
+    return cells
+
+
+def _image_bytes(cell: object, where: str) -> bytes:
+    """An image cell's encoded bytes: ``{bytes, path}`` (a Hugging Face Image) or raw bytes."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return bytes(cell["bytes"])
+        raise CorruptVideoError(where, f"an image cell has no bytes (path {cell.get('path')!r})")
+    if isinstance(cell, bytes | bytearray):
+        return bytes(cell)
+    raise CorruptVideoError(where, f"an image cell is {type(cell).__name__}, not image bytes")
+
+
+def iter_parquet_frames(path: str, column: str, episode_index: int) -> Iterator[UInt8Array]:
+    """Yield one episode's RGB frames from a parquet column of encoded images."""
+    where = parquet_frames_uri(path, column, episode_index)
+    for cell in _parquet_images(path, column, episode_index):
+        buf = np.frombuffer(_image_bytes(cell, where), dtype=np.uint8)
+        yield _decode_image_bytes(buf, where)
+
+
+def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
+    """The frames of a camera stored as images (HDF5 or parquet); None for a video file."""
+    h5 = split_hdf5_uri(uri)
+    if h5 is not None:
+        return iter_hdf5_frames(*h5)
+    images = split_parquet_uri(uri)
+    if images is not None:
+        return iter_parquet_frames(*images)
+    return None
+
+
+def is_stored(uri: str) -> bool:
+    """Whether ``uri`` names frames stored as images (not a video file)."""
+    return split_hdf5_uri(uri) is not None or split_parquet_uri(uri) is not None
+
+
+def stored_layout(uri: str) -> tuple[int, str]:
+    """(bytes on disk, codec name) of a stored camera stream, for its ``CameraInfo``."""
+    h5 = split_hdf5_uri(uri)
+    if h5 is not None:
+        import h5py
+
+        path, key = h5
+        try:
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise MissingFieldError(
+                        path, f"camera dataset {key} is missing", "MissingCamera"
+                    )
+                dset = f[key]
+                raw = dset.ndim >= 3  # pixels (any layout rgb_frame reads), not encoded bytes
+                return int(dset.id.get_storage_size()), "raw-rgb24" if raw else "jpeg"
+        except OSError as exc:
+            raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+    images = split_parquet_uri(uri)
+    if images is None:
+        raise ValueError(f"{uri}: not a stored-frames URI")
+    cells = [_image_bytes(c, uri) for c in _parquet_images(*images)]
+    codec = "png" if cells and cells[0][:4] == b"\x89PNG" else "jpeg"
+    return sum(len(c) for c in cells), codec
