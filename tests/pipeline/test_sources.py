@@ -451,5 +451,5 @@ def test_lerobot_image_features_are_cameras(lerobot_v21, lerobot_v3, tmp_path, v
         np.testing.assert_array_equal(np.stack(list(read_frames(cam))), eps[index]["frames"]["top"])
     data = split_parquet_uri(cam.uri)[0]
     pq.write_table(pq.read_table(data).drop_columns(["observation.images.top"]), data)
-    with pytest.raises(EpisodeError, match="image column 'observation.images.top' is missing"):
+    with pytest.raises(EpisodeError, match=r"image column 'observation\.images\.top' is missing"):
         load_episode(source, refs[-1], frame_tolerance=0)
