@@ -1,9 +1,11 @@
 """Writes a small dataset with the `lerobot` library itself (run inside .venv-lerobot).
 
-Usage: python write_dataset.py OUT_DIR MANIFEST_JSON [so100|aloha]
+Usage: python write_dataset.py OUT_DIR MANIFEST_JSON [so100|aloha|so100-images]
 With lerobot 0.4 it writes format v3.0; with lerobot 0.3 (on PYTHONPATH) format v2.1.
 so100: two cameras of different sizes, SO-100 joint names (gripper last); aloha: a bimanual
-robot, 14-D actions (two arms, two grippers that close at different times), three cameras.
+robot, 14-D actions (two arms, two grippers that close at different times), three cameras;
+so100-images: so100 with its cameras as ``image`` features (frames in the data parquet, no
+videos).
 Three episodes of different lengths and two tasks; the manifest records what was written so
 the test can compare.
 """
@@ -43,13 +45,21 @@ def _action(names: list[str], t: int, length: int) -> np.ndarray:
     return action.astype(np.float32)
 
 
+def picture(t: int, k: int, h: int, w: int) -> np.ndarray:
+    """Camera k's frame t: a grey level that changes per frame, and a white block that moves."""
+    image = np.full((h, w, 3), (t * 7 + 40 * k) % 255, np.uint8)
+    image[10:20, t % (w - 4) : t % (w - 4) + 4] = 255
+    return image
+
+
 def main(out: Path, manifest: Path, robot: str = "so100") -> None:
     shutil.rmtree(out, ignore_errors=True)
-    spec = ROBOTS[robot]
+    images = robot.endswith("-images")
+    spec = ROBOTS[robot.removesuffix("-images")]
     names = spec["names"]
     features = {
         f"observation.images.{cam}": {
-            "dtype": "video",
+            "dtype": "image" if images else "video",
             "shape": (h, w, 3),
             "names": ["height", "width", "channels"],
         }
@@ -63,7 +73,7 @@ def main(out: Path, manifest: Path, robot: str = "so100") -> None:
         root=out,
         robot_type=spec["type"],
         features=features,
-        use_videos=True,
+        use_videos=not images,
         image_writer_threads=2,
     )
     rng = np.random.default_rng(0)
@@ -79,9 +89,7 @@ def main(out: Path, manifest: Path, robot: str = "so100") -> None:
                 "task": task,
             }
             for k, (cam, (h, w)) in enumerate(spec["cameras"].items()):
-                image = np.full((h, w, 3), (t * 7 + 40 * k) % 255, np.uint8)
-                image[10:20, t % (w - 4) : t % (w - 4) + 4] = 255
-                frame[f"observation.images.{cam}"] = image
+                frame[f"observation.images.{cam}"] = picture(t, k, h, w)
             if "task" in inspect.signature(ds.add_frame).parameters:  # lerobot < 0.4 (v2.1)
                 ds.add_frame(frame, task=frame.pop("task"))
             else:
@@ -91,7 +99,15 @@ def main(out: Path, manifest: Path, robot: str = "so100") -> None:
     if hasattr(ds, "finalize"):
         ds.finalize()
     manifest.write_text(
-        json.dumps({"fps": 15, "episodes": episodes, "names": names, "cameras": spec["cameras"]})
+        json.dumps(
+            {
+                "fps": 15,
+                "episodes": episodes,
+                "names": names,
+                "cameras": spec["cameras"],
+                "images": images,
+            }
+        )
     )
 
 

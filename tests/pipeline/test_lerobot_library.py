@@ -20,6 +20,7 @@ from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import from_vector_series
 from wallwm.pipeline.tables.store import LanceStore
+from wallwm.pipeline.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-lerobot"
@@ -28,11 +29,14 @@ WRITER = ROOT / "tests" / "lerobot_support" / "write_dataset.py"
 
 
 @pytest.fixture(
-    scope="module", params=[("v3.0", "so100"), ("v3.0", "aloha"), ("v2.1", "aloha")], ids=str
+    scope="module",
+    params=[("v3.0", "so100"), ("v3.0", "aloha"), ("v2.1", "aloha"), ("v3.0", "so100-images")],
+    ids=str,
 )
 def written(request, tmp_path_factory) -> tuple[Path, dict]:
     """Single-arm SO-100 and bimanual ALOHA (14-D, two grippers, 3 cameras) datasets, written
-    by lerobot 0.4 (format v3.0) and lerobot 0.3 (format v2.1)."""
+    by lerobot 0.4 (format v3.0) and lerobot 0.3 (format v2.1); and SO-100 with its cameras as
+    ``image`` features (frames in the data parquet)."""
     if not READY.exists():
         pytest.skip(f"{VENV} could not be built (see scripts/build_lerobot_env.sh in `make test`)")
     version, robot = request.param
@@ -65,6 +69,14 @@ def test_lerobot_written_dataset_reads_exactly(written):
         }
         grippers = [n for n in manifest["names"] if "gripper" in n]
         assert rec.gripper_TG is not None and rec.gripper_TG.shape[1] == len(grippers)
+        if manifest["images"]:  # PNG in the parquet: the writer's pictures, pixel for pixel
+            for k, (cam, (h, w)) in enumerate(manifest["cameras"].items()):
+                (info,) = [c for c in rec.probed if c.name == f"observation.images.{cam}"]
+                assert info.codec == "png"
+                for t, got in enumerate(read_frames(info)):
+                    want = np.full((h, w, 3), (t * 7 + 40 * k) % 255, np.uint8)
+                    want[10:20, t % (w - 4) : t % (w - 4) + 4] = 255
+                    np.testing.assert_array_equal(got, want)
     # the writer's grippers start at 0 and close to 1: the vote finds the low end open
     assert source.gripper_signs == [-1] * len(grippers)
 

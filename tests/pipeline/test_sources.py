@@ -453,3 +453,28 @@ def test_lerobot_image_features_are_cameras(lerobot_v21, lerobot_v3, tmp_path, v
     pq.write_table(pq.read_table(data).drop_columns(["observation.images.top"]), data)
     with pytest.raises(EpisodeError, match=r"image column 'observation\.images\.top' is missing"):
         load_episode(source, refs[-1], frame_tolerance=0)
+
+
+def test_an_image_cell_with_only_a_path_reads_its_file(lerobot_v21):
+    """Images not embedded in the parquet (a recording in progress): the cell's path, relative
+    to the dataset root, is read; a path that leads nowhere is named."""
+    from wallwm.pipeline.image_frames import iter_parquet_frames
+
+    root, eps = lerobot_v21(1)
+    _as_image_features(root, eps)
+    data = next((root / "data").rglob("*.parquet"))
+    table = pq.read_table(data)
+    cells = table.column("observation.images.top").to_pylist()
+    for t, cell in enumerate(cells):
+        rel = f"images/top/frame-{t:06d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(cell["bytes"])
+        cells[t] = {"bytes": None, "path": rel}
+    column = table.schema.get_field_index("observation.images.top")
+    image = table.schema.field(column).type
+    pq.write_table(table.set_column(column, "observation.images.top", pa.array(cells, image)), data)
+    got = np.stack(list(iter_parquet_frames(str(data), "observation.images.top", 0)))
+    np.testing.assert_array_equal(got, eps[0]["frames"]["top"])
+    (root / "images" / "top" / "frame-000003.png").unlink()
+    with pytest.raises(EpisodeError, match=r"no readable file .*frame-000003\.png"):
+        list(iter_parquet_frames(str(data), "observation.images.top", 0))

@@ -136,11 +136,23 @@ def _parquet_images(path: str, column: str, episode_index: int) -> list[object]:
 
 
 def _image_bytes(cell: object, where: str) -> bytes:
-    """An image cell's encoded bytes: ``{bytes, path}`` (a Hugging Face Image) or raw bytes."""
+    """An image cell's encoded bytes: ``{bytes, path}`` (a Hugging Face Image) or raw bytes.
+
+    A cell with only a path (images not embedded: LeRobot writes them beside the data while
+    recording) reads that file, absolute or under the dataset root (the parent of ``data/``).
+    """
     if isinstance(cell, dict):
         if cell.get("bytes"):
             return bytes(cell["bytes"])
-        raise CorruptVideoError(where, f"an image cell has no bytes (path {cell.get('path')!r})")
+        if isinstance(cell.get("path"), str):
+            parquet = Path(where.partition(HDF5_SEPARATOR)[0])
+            root = next((p.parent for p in parquet.parents if p.name == "data"), parquet.parent)
+            file = Path(cell["path"]) if Path(cell["path"]).is_absolute() else root / cell["path"]
+            if file.is_file():
+                return file.read_bytes()
+        raise CorruptVideoError(
+            where, f"an image cell has no bytes and no readable file (path {cell.get('path')!r})"
+        )
     if isinstance(cell, bytes | bytearray):
         return bytes(cell)
     raise CorruptVideoError(where, f"an image cell is {type(cell).__name__}, not image bytes")
