@@ -104,6 +104,8 @@ CASES: list[tuple[str, int, str]] = [
     ("sim synth --out {bad}/s3 --action-noise -1", 2, "Invalid value for '--action-noise'"),
     ("sim jaco --out {bad}/s4 --hesitations 2", 2, "Invalid value for '--hesitations'"),
     ("clusters tag t -d {bare}", 1, "no events yet: run `wallwm segment` first"),
+    ("ingest {src} -d {bad}/new6 --ray-address 127.0.0.1:1", 2, "no Ray cluster answers there"),
+    ("segment -d {ds} --ray-address nonsense", 2, "--ray-address nonsense: expected HOST:PORT"),
     ("caption -d {bare}", 1, "no events yet: run `wallwm segment` first"),
     ("embed -d {bare}", 1, "no events yet: run `wallwm segment` first"),
     ("materialize -d {bare}", 1, "no events yet: run `wallwm segment` first"),
@@ -129,7 +131,7 @@ def test_a_user_error_is_one_clear_line_never_a_traceback(world, args, code, say
     usage_box = lines and lines[0].startswith("Usage:")  # click's own answer to a bad command line
     if not usage_box:
         assert len(lines) == 1, output
-    assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3, 4))  # none created
+    assert not any(Path(world["bad"], f"new{i}").exists() for i in (1, 2, 3, 4, 6))  # none created
 
 
 def test_a_damaged_table_is_one_line_from_any_command(world, tmp_path, monkeypatch, capsys):

@@ -128,9 +128,27 @@ BackboneDirOpt = Annotated[
         "path it trained with; its content must match).",
     ),
 ]
+
+
+def reachable_ray(address: str | None) -> str | None:
+    """``--ray-address``: a cluster must answer there (``ray.init`` would wait for minutes)."""
+    if address:
+        from wallwm.pipeline.runtime import check_ray_address
+
+        try:
+            check_ray_address(address)
+        except ValueError as exc:
+            raise _refuse(str(exc)) from exc
+    return address
+
+
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option("--ray-address", help="Join a running Ray cluster instead of a local Ray."),
+    typer.Option(
+        "--ray-address",
+        help="Join a running Ray cluster instead of a local Ray.",
+        callback=reachable_ray,
+    ),
 ]
 GripperOpenOpt = Annotated[
     str,

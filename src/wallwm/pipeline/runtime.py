@@ -31,10 +31,43 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         "configure_logging": True,
     }
     if address:
+        check_ray_address(address)
         ray.init(address=address, **kwargs)  # type: ignore[arg-type]
     else:
         _start_local(num_cpus or os.cpu_count() or 1, kwargs)
     quiet_ray_data()
+
+
+#: Seconds to wait for a cluster's head to accept a connection before saying none answers.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse an address where no Ray head listens, at once and in one line.
+
+    ``ray.init`` waits minutes for an unreachable head (its GCS client retries), printing
+    reconnect warnings. ``HOST:PORT`` (the head's GCS) and ``ray://HOST:PORT`` (Ray Client)
+    are tried with a plain TCP connect; ``auto`` and ``local`` are Ray's to resolve.
+
+    Raises:
+        ValueError: The address is malformed, or nothing accepts connections there.
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address}: expected HOST:PORT (or ray://HOST:PORT, auto)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster answers there ({exc}); start one with "
+            "`ray start --head`, or leave the option out for a local Ray"
+        ) from exc
 
 
 #: Attempts at starting the embedded Ray (see ``_start_local``).
