@@ -93,3 +93,14 @@ def test_an_engine_that_stays_dead_fails_its_events_and_a_rerun_does_the_rest(
     assert second.failed == 0 and all(right_captions(store))
     assert second.cached >= first.captioned - first.failed  # the rest was not asked again
     assert store.count(schemas.FAILURES, "stage = 'caption' AND resolved = false") == 0
+
+
+def test_engines_that_need_gpus_the_cluster_lacks_are_refused(monkeypatch):
+    """``--backend vllm`` on a machine without a GPU: Ray kept the engine actors pending forever
+    and the caption run hung. It is refused in one line naming the remedies."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    engine = VllmBackend(VllmBackendConfig(model="m", num_actors=2), engine=DyingEngine)
+    with pytest.raises(ValueError, match="needs 1 GPU per engine and this Ray cluster has 0"):
+        engine.generate([])

@@ -54,6 +54,7 @@ CASES: list[tuple[str, int, str]] = [
     ("segment -d {ds} --penalty nan", 2, "--penalty: Input should be a finite number"),
     ("caption -d {ds} --prompt nosuch_prompt", 2, "no prompt template 'nosuch_prompt'"),
     ("caption -d {ds} --backend bogus", 2, "unknown backend 'bogus'"),
+    ("caption -d {ds} --backend vllm --model /no/such/m", 2, "--model /no/such/m: no such model"),
     ("embed -d {ds} --text-model /no/such/model", 1, "/no/such/model: no such model"),
     ("embed -d {ds} --visual-weights {bad}/encoder.pt", 1, "not a TorchScript image encoder"),
     ("embed -d {ds} --text-weight -1", 2, "weights must be finite and >= 0"),

@@ -16,7 +16,9 @@ any order and the caption stage matches results by id, never by position.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
@@ -92,6 +94,12 @@ class OpenAIBackendConfig(BaseModel):
     max_retries: int = Field(3, ge=0)
     max_tokens: int = Field(128, ge=8)
     temperature: float = Field(0.0, ge=0)
+    startup_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long the first call waits for the server to answer at all (a vLLM "
+        "server still loading its model) before the run is refused in one line.",
+    )
 
 
 class VllmBackendConfig(BaseModel):
@@ -259,6 +267,7 @@ class OpenAIBackend:
         """Use the server and limits in ``cfg``."""
         self.cfg = cfg
         self.model = cfg.model
+        self._checked = False  # the server looked at once, before the first requests
 
     def sampling(self) -> dict[str, Any]:
         """What shapes the output."""
@@ -299,6 +308,9 @@ class OpenAIBackend:
         async with httpx.AsyncClient(
             base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits
         ) as client:
+            if not self._checked:
+                await self._check_server(client)
+                self._checked = True
 
             async def one(job: CaptionJob) -> CaptionResult:
                 async with limit:
@@ -308,6 +320,44 @@ class OpenAIBackend:
                 return result
 
             return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+    async def _check_server(self, client: Any) -> None:
+        """Refuse the run in one line where no server answers, or it does not serve the model.
+
+        Without this, every event of the dataset was sent, retried and recorded as failed (a
+        typo in the port cost minutes per thousand events). A server still starting is waited
+        for up to ``startup_wait_s``; one that does not list its models (no ``/models``) is
+        not judged. Later outages stay per-event failures, retried on the next run.
+        """
+        import httpx
+
+        url = self.cfg.base_url
+        deadline = time.monotonic() + self.cfg.startup_wait_s
+        while True:
+            try:
+                response = await client.get("/models")
+                break
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                if time.monotonic() >= deadline:
+                    raise ValueError(
+                        f"--base-url {url}: no server answers ({type(exc).__name__}: {exc}; "
+                        f"waited {self.cfg.startup_wait_s:g} s)"
+                    ) from exc
+                await asyncio.sleep(1.0)
+        if response.status_code in (401, 403):
+            raise ValueError(
+                f"--base-url {url}: the server refused the API key (HTTP {response.status_code})"
+            )
+        try:
+            served = [str(m["id"]) for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            return  # no model listing here: the requests themselves will tell
+        if served and self.cfg.model not in served:
+            close = difflib.get_close_matches(self.cfg.model, served, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"--model {self.cfg.model}: not served at {url} (it serves {served[:8]}){hint}"
+            )
 
     async def _call(self, client: Any, request: CaptionRequest) -> CaptionResult:
         import httpx
@@ -379,6 +429,15 @@ class VllmBackend:
         from wallwm.pipeline.runtime import ensure_ray
 
         ensure_ray()
+        have = float(ray.cluster_resources().get("GPU", 0.0))
+        need = self.cfg.gpus_per_actor
+        if need > have:  # Ray would keep the actors pending forever: the run would hang
+            raise ValueError(
+                f"--backend vllm needs {need:g} GPU per engine and this Ray cluster has "
+                f"{have:g}: run on a GPU machine (or --ray-address a GPU cluster), caption "
+                "against a running server with --backend openai --base-url, or use vLLM's CPU "
+                "build with gpus_per_actor=0"
+            )
         actor_cls = ray.remote(
             num_gpus=self.cfg.gpus_per_actor,
             max_restarts=self.cfg.restarts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -40,6 +41,9 @@ def backend_config(
             concurrency=concurrency,
             max_tokens=max_tokens,
         )
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        # a path, not a hub name: the engine would start on every GPU and fail there, late
+        raise typer.BadParameter(f"--model {model}: no such model directory")
     return VllmBackendConfig(model=model, max_tokens=max_tokens)
 
 
