@@ -30,7 +30,7 @@ def ingest(
     source: SourceArg,
     dataset: NewDatasetOpt,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
+        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
     ] = "auto",
     instruction: Annotated[
         str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5).")

@@ -274,10 +274,13 @@ def run_cmd(
     source: SourceArg,
     dataset: NewDatasetOpt,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5")
+        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
     ] = "auto",
     instruction: Annotated[
         str | None, typer.Option(help="Instruction for episodes with none.")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr).")
     ] = None,
     gripper_open: GripperOpenOpt = "auto",
     camera_map_items: CameraMapOpt = None,
@@ -326,6 +329,7 @@ def run_cmd(
             dataset=dataset,
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
+            fps=fps,
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),
             executor="local" if local else "ray",

@@ -6,7 +6,9 @@ Two kinds of URI name such a camera stream:
   (``(T, H, W, 3)`` and the other layouts :func:`rgb_frame` reads) or JPEG/PNG bytes per frame;
 - ``<file.parquet>#<column>@<episode index>``: one encoded image (PNG/JPEG) per row of a parquet
   column, the rows of one episode in ``frame_index`` order -- LeRobot's ``image`` features,
-  which a Hugging Face ``Image`` column stores as ``{bytes, path}``.
+  which a Hugging Face ``Image`` column stores as ``{bytes, path}``;
+- ``<store.zarr>#<array>@<start>:<end>``: rows ``[start, end)`` of an image array in a Zarr
+  replay buffer (Diffusion Policy, UMI), every episode's frames concatenated.
 
 :func:`stored_frames` iterates either as (H, W, 3) uint8 RGB; every reader of frames (probing,
 keyframes, the training view, the export) goes through it for a URI that is not a video file.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -166,20 +169,91 @@ def iter_parquet_frames(path: str, column: str, episode_index: int) -> Iterator[
         yield _decode_image_bytes(buf, where)
 
 
+ZARR_SUFFIXES = (".zarr", ".zarr.zip")
+#: Frames read from a Zarr image array per slice: its chunks decode a block at a time.
+ZARR_BLOCK_FRAMES = 64
+
+
+def zarr_frames_uri(store: str, array: str, start: int, end: int) -> str:
+    """The URI of rows ``[start, end)`` of an image array in a Zarr store."""
+    return f"{store}{HDF5_SEPARATOR}{array}{EPISODE_MARK}{start}:{end}"
+
+
+def split_zarr_uri(uri: str) -> tuple[str, str, int, int] | None:
+    """``(store, array, start, end)`` for a Zarr image URI, else None."""
+    path, sep, rest = uri.partition(HDF5_SEPARATOR)
+    array, mark, span = rest.rpartition(EPISODE_MARK)
+    start, colon, end = span.partition(":")
+    if (
+        sep
+        and mark
+        and colon
+        and path.endswith(ZARR_SUFFIXES)
+        and start.isdigit()
+        and end.isdigit()
+    ):
+        return path, array, int(start), int(end)
+    return None
+
+
+def open_zarr(path: str) -> Any:
+    """A Zarr store's root group, read-only (a directory, or a ``.zarr.zip`` file)."""
+    import zarr
+
+    try:  # UMI's stores compress frames with imagecodecs' codecs, found by id once registered
+        from imagecodecs.numcodecs import register_codecs  # type: ignore[import-not-found]
+
+        register_codecs()
+    except ImportError:
+        pass
+    try:
+        if path.endswith(".zip"):
+            return zarr.open_group(zarr.ZipStore(path, mode="r"), mode="r")
+        return zarr.open_group(path, mode="r")
+    except (OSError, ValueError, KeyError) as exc:  # zarr: "group not found at path ''"
+        raise CorruptVideoError(path, f"unreadable Zarr store: {exc}", "BadZarr") from exc
+
+
+def read_zarr(group: Any, key: str, path: str, rows: slice = slice(None)) -> np.ndarray:
+    """Rows of one array of a Zarr group; a codec that is not installed is named."""
+    if key not in group:
+        raise MissingFieldError(path, f"{key}: no such array in the Zarr store")
+    try:
+        return np.asarray(group[key][rows])
+    except (ValueError, RuntimeError, TypeError) as exc:  # numcodecs: "codec not available"
+        raise CorruptVideoError(
+            path, f"{key}: cannot be decoded ({exc}); a compressor from imagecodecs (UMI's "
+            "JPEG-XL / JPEG 2000) needs `pip install imagecodecs`", "BadZarr",
+        ) from exc  # fmt: skip
+
+
+def iter_zarr_frames(path: str, array: str, start: int, end: int) -> Iterator[UInt8Array]:
+    """Yield rows ``[start, end)`` of a Zarr image array as RGB frames, a block at a time."""
+    group = open_zarr(path)
+    where = f"{path}{HDF5_SEPARATOR}{array}"
+    for first in range(start, end, ZARR_BLOCK_FRAMES):
+        block = read_zarr(group, array, path, slice(first, min(end, first + ZARR_BLOCK_FRAMES)))
+        for frame in block:
+            yield rgb_frame(frame, where)
+
+
 def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
-    """The frames of a camera stored as images (HDF5 or parquet); None for a video file."""
+    """The frames of a camera stored as images (HDF5, parquet, Zarr); None for a video file."""
     h5 = split_hdf5_uri(uri)
     if h5 is not None:
         return iter_hdf5_frames(*h5)
     images = split_parquet_uri(uri)
     if images is not None:
         return iter_parquet_frames(*images)
+    rows = split_zarr_uri(uri)
+    if rows is not None:
+        return iter_zarr_frames(*rows)
     return None
 
 
 def is_stored(uri: str) -> bool:
     """Whether ``uri`` names frames stored as images (not a video file)."""
-    return split_hdf5_uri(uri) is not None or split_parquet_uri(uri) is not None
+    return any(f(uri) is not None for f in (split_hdf5_uri, split_parquet_uri, split_zarr_uri))
 
 
 def stored_layout(uri: str) -> tuple[int, str]:
@@ -200,6 +274,18 @@ def stored_layout(uri: str) -> tuple[int, str]:
                 return int(dset.id.get_storage_size()), "raw-rgb24" if raw else "jpeg"
         except OSError as exc:
             raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
+    rows = split_zarr_uri(uri)
+    if rows is not None:
+        path, array, start, end = rows
+        group = open_zarr(path)
+        if array not in group:
+            raise MissingFieldError(path, f"{array}: no such array in the Zarr store")
+        full = group[array]
+        per_frame = int(np.prod(full.shape[1:], dtype=np.int64)) * full.dtype.itemsize
+        stored = full.nbytes_stored if isinstance(full.nbytes_stored, int) else full.nbytes
+        share = (end - start) / max(int(full.shape[0]), 1)  # this episode's part of the array
+        codec = "raw-rgb24" if full.compressor is None else str(full.compressor.codec_id)
+        return max(int(stored * share), 0) or per_frame * (end - start), codec
     images = split_parquet_uri(uri)
     if images is None:
         raise ValueError(f"{uri}: not a stored-frames URI")

@@ -2,7 +2,8 @@
 
 ``open_source(path, "auto")`` detects the format: a LeRobot dataset has ``meta/info.json``, a folder
 source has ``<episode>/meta.json`` + ``steps.parquet``, an HDF5 source is a ``.hdf5`` file or a
-directory of them.
+directory of them, a Zarr replay buffer a ``*.zarr`` directory with ``meta/episode_ends`` (or a
+``*.zarr.zip``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from wallwm.pipeline.sources import folder, hdf5, lerobot
+from wallwm.pipeline.sources import folder, hdf5, lerobot, zarr_buffer
 from wallwm.pipeline.sources.base import EpisodeSource, GripperOpen, UnknownFormatError
 
-SourceFormat = Literal["auto", "lerobot", "folder", "hdf5"]
-FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5")
+SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr"]
+FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr")
 
 
 def detect_format(path: str | Path) -> str:
@@ -31,12 +32,15 @@ def detect_format(path: str | Path) -> str:
         return lerobot.FORMAT
     if folder.looks_like(root):
         return folder.FORMAT
+    if zarr_buffer.looks_like(root):
+        return zarr_buffer.FORMAT
     if hdf5.looks_like(root):
         return hdf5.FORMAT
     raise UnknownFormatError(
         str(path),
         "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
-        "<episode>/meta.json + steps.parquet (folder), or .hdf5 files (ALOHA/robomimic)",
+        "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), or a "
+        ".zarr replay buffer (Diffusion Policy/UMI)",
     )
 
 
@@ -65,6 +69,10 @@ def open_source(
         return folder.FolderSource(path, gripper_open=gripper_open)
     if fmt == hdf5.FORMAT:
         return hdf5.HDF5Source(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
+    if fmt == zarr_buffer.FORMAT:
+        return zarr_buffer.ZarrSource(
+            path, instruction=instruction, fps=fps, gripper_open=gripper_open
+        )
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UnknownFormatError(str(path), f"unknown format {fmt!r} (choose from {FORMATS}){hint}")
