@@ -7,7 +7,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -187,6 +187,25 @@ class EpisodeRecord:
             self.states_TS, self.state_names = None, None
         if no_dims(self.gripper_TG):
             self.gripper_TG = None
+
+
+#: Attribute names a file format's metadata may give the instruction under.
+INSTRUCTION_ATTRS = ("instruction", "language_instruction", "task", "lang")
+
+
+def attr_text(attrs: Any, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` in a file's attributes (HDF5, Zarr) as text; None if none is set.
+
+    Bytes are decoded and anything else is written as text (an HDF5 ``fps`` of 50 is "50");
+    an empty value counts as unset.
+    """
+    for name in names:
+        if name in attrs:
+            value = attrs[name]
+            text = (value.decode() if isinstance(value, bytes) else str(value)).strip()
+            if text:
+                return text
+    return None
 
 
 def metadata_fps(fps: object, file: str) -> float:

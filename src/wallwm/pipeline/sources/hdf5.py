@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from wallwm.pipeline.sources.base import (
+    INSTRUCTION_ATTRS,
     BadSignalError,
     CameraSpec,
     CorruptVideoError,
@@ -42,6 +43,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    attr_text,
     orient_gripper,
 )
 from wallwm.pipeline.tables.arrays import float32_values
@@ -50,7 +52,6 @@ from wallwm.pipeline.video import HDF5_SEPARATOR
 FORMAT = "hdf5"
 SUFFIXES = (".hdf5", ".h5")
 DEFAULT_FPS = {"aloha": 50.0, "robomimic": 20.0}
-_INSTRUCTION_ATTRS = ("instruction", "language_instruction", "task", "lang")
 #: ALOHA ``qpos`` widths and where each arm's gripper position sits in them.
 _ALOHA_GRIPPER_DIMS = {14: [6, 13], 7: [6]}
 
@@ -60,14 +61,6 @@ def looks_like(root: Path) -> bool:
     if root.is_file():
         return root.suffix in SUFFIXES
     return root.is_dir() and any(p.suffix in SUFFIXES for p in root.rglob("*") if p.is_file())
-
-
-def _attr_text(attrs: Any, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        if name in attrs:
-            value = attrs[name]
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
 
 
 def _array(f: Any, key: str, file: str) -> FloatArray:
@@ -201,11 +194,11 @@ class HDF5Source:
                             key = f"{group_path.rstrip('/')}/{image_group}/{name}"
                             cams.append(CameraSpec(name, f"{file}{HDF5_SEPARATOR}{key}"))
                 instruction = (
-                    _attr_text(group.attrs, _INSTRUCTION_ATTRS)
-                    or _attr_text(f.attrs, _INSTRUCTION_ATTRS)
+                    attr_text(group.attrs, INSTRUCTION_ATTRS)
+                    or attr_text(f.attrs, INSTRUCTION_ATTRS)
                     or self.instruction
                 )
-                fps_attr = _attr_text(group.attrs, ("fps", "control_freq")) or _attr_text(
+                fps_attr = attr_text(group.attrs, ("fps", "control_freq")) or attr_text(
                     f.attrs, ("fps", "control_freq")
                 )
         except OSError as exc:

@@ -26,6 +26,7 @@ import numpy as np
 
 from wallwm.pipeline.image_frames import ZARR_SUFFIXES, open_zarr, read_zarr, zarr_frames_uri
 from wallwm.pipeline.sources.base import (
+    INSTRUCTION_ATTRS,
     BadSignalError,
     CameraSpec,
     EpisodeError,
@@ -34,13 +35,13 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    attr_text,
     metadata_fps,
     orient_gripper,
 )
 from wallwm.pipeline.tables.arrays import float32_values
 
 FORMAT = "zarr"
-_INSTRUCTION_ATTRS = ("instruction", "language_instruction", "task", "lang")
 _GRIPPER = re.compile(r"robot\d+_gripper_width")
 
 
@@ -49,14 +50,6 @@ def looks_like(root: Path) -> bool:
     if root.is_file():
         return root.name.endswith(".zarr.zip")
     return root.name.endswith(".zarr") and (root / "meta" / "episode_ends").exists()
-
-
-def _text(attrs: Any, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = attrs.get(name)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return None
 
 
 class ZarrSource:
@@ -163,8 +156,8 @@ class ZarrSource:
         return EpisodeRecord(
             ref=ref,
             fps=fps,
-            instruction=_text(attrs, _INSTRUCTION_ATTRS) or self.instruction,
-            robot=_text(attrs, ("robot", "robot_type")),
+            instruction=attr_text(attrs, INSTRUCTION_ATTRS) or self.instruction,
+            robot=attr_text(attrs, ("robot", "robot_type")),
             actions_TA=actions,
             cameras=cameras,
             states_TS=states,
