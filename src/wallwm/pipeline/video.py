@@ -1,8 +1,9 @@
 """Video probing and decoding (PyAV), and every reader of a camera's frames.
 
-A camera URI is either a video file path, or frames stored as images inside a data file (an HDF5
-dataset, a parquet image column: :mod:`wallwm.pipeline.image_frames`). Episodes that share one
-video file (LeRobot v3) are addressed by a ``[from_timestamp_s, to_timestamp_s)`` window.
+A camera URI is either a video file path, or frames stored as images inside a data file (an
+HDF5 dataset, a parquet image column, a Zarr array: :mod:`wallwm.pipeline.image_frames`).
+Episodes that share one video file (LeRobot v3) are addressed by a
+``[from_timestamp_s, to_timestamp_s)`` window.
 """
 
 from __future__ import annotations
