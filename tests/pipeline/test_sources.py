@@ -478,3 +478,37 @@ def test_an_image_cell_with_only_a_path_reads_its_file(lerobot_v21):
     (root / "images" / "top" / "frame-000003.png").unlink()
     with pytest.raises(EpisodeError, match=r"no readable file .*frame-000003\.png"):
         list(iter_parquet_frames(str(data), "observation.images.top", 0))
+
+
+def test_libero_hdf5_has_its_cameras_instruction_and_gripper(tmp_path, synth_episodes):
+    """LIBERO's robomimic-style files name their cameras ``agentview_rgb`` / ``eye_in_hand_rgb``
+    (only ``*_image`` was a camera: episodes were ingested without frames), keep the
+    instruction in ``data``'s ``problem_info`` JSON and the fingers in ``gripper_states``."""
+    import h5py
+
+    eps = synth_episodes(2, seed=4, size=32)
+    path = tmp_path / "libero" / "put_the_bowl_on_the_plate_demo.hdf5"
+    path.parent.mkdir()
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps(
+            {"problem_name": "libero_tabletop", "language_instruction": "put the bowl on the plate"}
+        )
+        for i, ep in enumerate(eps):
+            g = data.create_group(f"demo_{i}")
+            g["actions"] = ep["actions"]
+            g["obs/agentview_rgb"] = ep["frames"]["top"]
+            g["obs/eye_in_hand_rgb"] = ep["frames"]["top"][:, ::-1]
+            g["obs/agentview_depth"] = np.zeros((len(ep["actions"]), 32, 32, 1), np.float32)
+            g["obs/ee_pos"] = ep["states"][:, :3]
+            half = ep["states"][:, 3:] / 2
+            g["obs/gripper_states"] = np.concatenate([half, -half], axis=1)
+    source = open_source(tmp_path / "libero")
+    refs, errors = source.list_episodes()
+    assert errors == [] and len(refs) == 2
+    for ref, ep in zip(refs, eps, strict=True):
+        rec = load_episode(source, ref, frame_tolerance=0)
+        assert rec.instruction == "put the bowl on the plate" and rec.fps == 20.0
+        assert [c.name for c in rec.probed] == ["agentview_rgb", "eye_in_hand_rgb"]  # no depth
+        assert rec.states_TS.shape[1] == 5  # ee_pos (3) + the two finger joints
+        np.testing.assert_allclose(rec.gripper_TG[:, 0], ep["states"][:, 3], rtol=1e-5)

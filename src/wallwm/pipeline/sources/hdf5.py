@@ -8,10 +8,10 @@ ALOHA (one episode per file)::
                                      (raw frames may also be (T, 3, H, W), grey, RGBA or floats in
                                      [0, 1]: :func:`~wallwm.pipeline.video.rgb_frame`)
 
-robomimic (many demos per file)::
+robomimic and LIBERO (many demos per file)::
 
     /data/demo_<i>/actions           (T, A)
-    /data/demo_<i>/obs/<name>_image  (T, H, W, 3) uint8
+    /data/demo_<i>/obs/<name>_image  (T, H, W, 3) uint8 (LIBERO: ``agentview_rgb``, ...)
     /data/demo_<i>/obs/<low-dim>     (T, D)  -> concatenated (sorted by name) into the state
 
 The gripper opening (larger = more open) comes from the state: ALOHA's 14-D ``qpos`` holds each
@@ -26,6 +26,7 @@ defaults to the layout's usual control rate (ALOHA 50 Hz, robomimic 20 Hz).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,36 @@ def looks_like(root: Path) -> bool:
     if root.is_file():
         return root.suffix in SUFFIXES
     return root.is_dir() and any(p.suffix in SUFFIXES for p in root.rglob("*") if p.is_file())
+
+
+#: Mirrored finger joints whose gap is a gripper's opening: robosuite's per-arm
+#: ``robot<k>_gripper_qpos``, LIBERO's ``gripper_states``.
+_FINGERS = re.compile(r"robot\d+_gripper_qpos|gripper_states")
+
+
+def _is_camera(name: str, dset: Any) -> bool:
+    """Whether a robomimic-layout observation is a camera (colour frames, not depth).
+
+    Frames of 3+ dims, or encoded images named ``*_image``: robomimic's ``agentview_image``,
+    LIBERO's ``agentview_rgb`` / ``eye_in_hand_rgb``.
+    """
+    if "depth" in name.lower() or not hasattr(dset, "ndim"):
+        return False
+    return bool(name.endswith("image") or (dset.ndim >= 3 and dset.dtype.kind == "u"))
+
+
+def _problem_instruction(f: Any) -> str | None:
+    """LIBERO's instruction: ``language_instruction`` in the ``data`` group's ``problem_info``."""
+    data = f.get("data")
+    raw = attr_text(data.attrs, ("problem_info",)) if data is not None else None
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    text = info.get("language_instruction") if isinstance(info, dict) else None
+    return text.strip() if isinstance(text, str) and text.strip() else None
 
 
 def _array(f: Any, key: str, file: str) -> FloatArray:
@@ -188,7 +219,7 @@ class HDF5Source:
                 cams = []
                 if image_group in group:
                     for name, dset in sorted(group[image_group].items()):
-                        if layout == "robomimic" and not name.endswith("image"):
+                        if layout == "robomimic" and not _is_camera(name, dset):
                             continue
                         if isinstance(dset, h5py.Dataset):
                             key = f"{group_path.rstrip('/')}/{image_group}/{name}"
@@ -196,6 +227,7 @@ class HDF5Source:
                 instruction = (
                     attr_text(group.attrs, INSTRUCTION_ATTRS)
                     or attr_text(f.attrs, INSTRUCTION_ATTRS)
+                    or _problem_instruction(f)
                     or self.instruction
                 )
                 fps_attr = attr_text(group.attrs, ("fps", "control_freq")) or attr_text(
@@ -227,14 +259,18 @@ class HDF5Source:
         obs = group.get("obs")
         if obs is None:
             return None, None
-        keys = sorted(k for k, v in obs.items() if not k.endswith("image") and v.ndim <= 2)
+        keys = sorted(
+            k
+            for k, v in obs.items()
+            if not k.endswith("image") and v.ndim <= 2 and v.dtype.kind in "biuf"
+        )
         if not keys:
             return None, None
         states = np.concatenate([_array(obs, k, file) for k in keys], axis=1)
         # robosuite's parallel-jaw fingers mirror each other (one joint +, one -): the gap
         # between them is the opening, one value per arm
         openings = []
-        for key in sorted(k for k in keys if re.fullmatch(r"robot\d+_gripper_qpos", k)):
+        for key in sorted(k for k in keys if _FINGERS.fullmatch(k)):
             q = _array(obs, key, file)
             openings.append(q[:, 0] - q[:, 1] if q.shape[1] == 2 else q[:, 0])
         return states, (np.stack(openings, axis=1) if openings else None)
