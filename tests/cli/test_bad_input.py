@@ -45,6 +45,7 @@ def world(tmp_path_factory, synth_dataset) -> dict[str, str]:
 CASES: list[tuple[str, int, str]] = [
     ("ingest /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
     ("run /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
+    ("ingest lerobot/pusht -d {bad}/new1", 2, "--repo-type dataset lerobot/pusht --local-dir"),
     ("ingest {src} -d {bad}/new2 --format lerobto", 2, "--format: Input should be"),
     ("run {src} -d {bad}/new3 --format lerobto", 2, "--format: Input should be"),
     ("ingest {src} -d {bad}/file", 2, "--dataset {bad}/file: exists and is not a folder"),

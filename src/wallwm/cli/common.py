@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -87,7 +88,14 @@ def out_folder(path: str) -> str:
 def existing_source(source: str) -> str:
     """The SOURCE of ingest/run: a local path must exist (a typo must not create a dataset)."""
     if source and "://" not in source and not Path(source).exists():
-        raise _refuse(f"SOURCE {source}: no such file or folder")
+        hint = ""
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):
+            # a Hub repo id (lerobot/pusht): sources are read from disk, never downloaded
+            hint = (
+                f" (a Hugging Face dataset? download it first: `huggingface-cli download "
+                f"--repo-type dataset {source} --local-dir DIR`, then ingest DIR)"
+            )
+        raise _refuse(f"SOURCE {source}: no such file or folder{hint}")
     return source
 
 
