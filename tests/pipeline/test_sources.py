@@ -33,6 +33,19 @@ def test_detect_formats(folder_source, lerobot_v3, hdf5_source, tmp_path):
         detect_format(tmp_path / "nope")
 
 
+def test_a_folder_of_datasets_names_them(lerobot_v21, lerobot_v3, tmp_path):
+    """A Hub cache (``cache/lerobot/<name>``) given as SOURCE: "unknown source format" did not
+    say that it holds datasets; it names each one to ingest."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lerobot_v21(1)[0], cache / "lerobot" / "pusht")
+    shutil.copytree(lerobot_v3(2)[0], cache / "lerobot" / "aloha_sim")
+    with pytest.raises(UnknownFormatError, match=r"a folder of 2: lerobot/aloha_sim \(lerobot\), "
+                       r"lerobot/pusht \(lerobot\); ingest each"):  # fmt: skip
+        detect_format(cache)
+
+
 def test_unknown_format_name_suggests(tmp_path):
     with pytest.raises(UnknownFormatError, match="did you mean 'lerobot'"):
         open_source(tmp_path, "lerobt")

@@ -36,12 +36,35 @@ def detect_format(path: str | Path) -> str:
         return zarr_buffer.FORMAT
     if hdf5.looks_like(root):
         return hdf5.FORMAT
+    inside = _sources_below(root)
+    if inside:  # a folder of datasets (a Hub cache, a lab's share): name them
+        shown = ", ".join(f"{p.relative_to(root)} ({fmt})" for p, fmt in inside[:6])
+        more = f" and {len(inside) - 6} more" if len(inside) > 6 else ""
+        raise UnknownFormatError(
+            str(path),
+            f"not one source but a folder of {len(inside)}: {shown}{more}; ingest each "
+            "(a dataset holds one embodiment)",
+        )
     raise UnknownFormatError(
         str(path),
         "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
         "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), or a "
         ".zarr replay buffer (Diffusion Policy/UMI)",
     )
+
+
+def _sources_below(root: Path) -> list[tuple[Path, str]]:
+    """Sources one or two levels below ``root`` (``cache/lerobot/pusht``), with their formats."""
+    if not root.is_dir():
+        return []
+    found = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        for candidate in (child, *sorted(p for p in child.iterdir() if p.is_dir())):
+            if lerobot.looks_like(candidate):
+                found.append((candidate, lerobot.FORMAT))
+            elif zarr_buffer.looks_like(candidate):
+                found.append((candidate, zarr_buffer.FORMAT))
+    return found
 
 
 def open_source(
