@@ -412,6 +412,10 @@ def test_hdf5_frames_in_other_layouts_are_read_as_rgb(hdf5_source):
         assert (cam.height, cam.width, cam.codec) == (*frames.shape[1:3], "raw-rgb24")
         got = np.stack(list(read_frames(cam)))
         np.testing.assert_array_equal(got, want)
+    wide = frames[0].astype(np.int64)  # 8-bit values stored in a wider type stay as they are
+    np.testing.assert_array_equal(rgb_frame(wide, "f.hdf5#/x"), frames[0])
+    deep = frames[0].astype(np.uint16) * 257  # a 16-bit image: its top 8 bits
+    np.testing.assert_array_equal(rgb_frame(deep, "f.hdf5#/x"), frames[0])
     with pytest.raises(EpisodeError, match=r"frames must be images .* got \(2, 5, 7, 9\)"):
         rgb_frame(np.zeros((2, 5, 7, 9), np.uint8), "f.hdf5::/obs/x")
 

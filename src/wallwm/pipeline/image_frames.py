@@ -92,8 +92,9 @@ def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
         values = np.nan_to_num(frame.astype(np.float32))
         scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
         return np.asarray(np.clip(values * scale + 0.5, 0, 255), dtype=np.uint8)
-    if frame.dtype.kind in "ui":  # 16-bit and wider: keep the top 8 bits of the type's range
-        top = np.iinfo(frame.dtype).max
+    if frame.dtype.kind in "ui":
+        # 8-bit values in a wider type (int64 arrays of 0-255) stay; a 16-bit image is scaled
+        top = 255.0 if frame.size and frame.max() <= 255 else float(np.iinfo(frame.dtype).max)
         return np.asarray(np.clip(frame * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
     raise CorruptVideoError(
         file,
