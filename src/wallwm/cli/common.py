@@ -103,7 +103,8 @@ def existing_source(source: str) -> str:
 SourceArg = Annotated[
     str,
     typer.Argument(
-        help="LeRobot dataset dir, folder source, or HDF5 file/dir.", callback=existing_source
+        help="LeRobot dataset dir, folder source, HDF5 file/dir, or Zarr replay buffer.",
+        callback=existing_source,
     ),
 ]
 

@@ -28,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+app.command("inspect")(pipeline_cli.inspect_cmd)
 app.command("ingest")(pipeline_cli.ingest)
 app.command("status")(pipeline_cli.status)
 app.command("failures")(pipeline_cli.failures)

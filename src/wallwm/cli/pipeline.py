@@ -78,6 +78,71 @@ def ingest(
     raise typer.Exit(ingest_with_progress(cfg))
 
 
+def inspect_cmd(
+    source: SourceArg,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
+    ] = "auto",
+    instruction: Annotated[
+        str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frame rate for sources that store none.")
+    ] = None,
+    episodes: Annotated[
+        int, typer.Option(help="Episodes to read, spread over the source.", min=1)
+    ] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Look at a source before ingesting it: format, episodes, dims, cameras, fps, problems.
+
+    Reads the signals of a few episodes spread over the source (no video decoded, nothing
+    written); each problem is the line ingest would record.
+    """
+    from rich.table import Table
+
+    from wallwm.pipeline.sources.base import EpisodeError
+    from wallwm.pipeline.sources.peek import peek_source
+
+    try:
+        found = peek_source(source, fmt, instruction=instruction, fps=fps, sample=episodes)
+    except EpisodeError as exc:
+        err_console.print(f"[red]{exc.file}: {exc.problem}[/]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print_json(found.as_dict())
+        return
+    console.print(
+        f"[bold]{found.uri}[/] ({found.format}): {found.listed} episodes listed, "
+        f"{len(found.listing_failures)} refused by the listing",
+        soft_wrap=True,
+    )
+    for line in found.listing_failures[:10]:
+        console.print(f"[red]refused[/] {line}", soft_wrap=True)
+    table = Table(title=f"{len(found.sampled)} episodes read (signals only)")
+    for col in ("episode", "frames", "fps", "actions/states", "cameras", "truth events"):
+        table.add_column(col, overflow="fold")
+    for ep in found.sampled:
+        if ep.problem:
+            continue
+        table.add_row(
+            ep.key,
+            f"{ep.frames} ({ep.duration_s:.1f} s)",
+            f"{ep.fps:g}",
+            f"{ep.action_dim} / {ep.state_dim}",
+            ", ".join(ep.cameras) or "-",
+            "-" if ep.ground_truth_events is None else str(ep.ground_truth_events),
+        )
+    if table.row_count:
+        console.print(table)
+    for ep in found.sampled:
+        if ep.problem:
+            console.print(f"[red]would fail[/] {ep.key}: {ep.problem}", soft_wrap=True)
+    tasks = sorted({ep.instruction for ep in found.sampled if ep.instruction})
+    if tasks:
+        console.print("instructions: " + "; ".join(tasks[:10]), soft_wrap=True)
+
+
 def status(dataset: DatasetOpt, as_json: JsonOpt = False) -> None:
     """Show the dataset's tables, row counts, Lance versions, stage progress and failures."""
     from rich.table import Table

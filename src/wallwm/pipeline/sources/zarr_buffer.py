@@ -106,9 +106,10 @@ class ZarrSource:
         group = open_zarr(self.uri)
         ends = self._ends(group)
         arrays = sorted(f"data/{k}" for k in group["data"].array_keys())
-        files = tuple(str(self.root / a) for a in ["meta/episode_ends", *arrays])
-        if self.root.is_file():
-            files = (str(self.root),)
+        # the store first (what a problem's line names), then what its fingerprint watches
+        files: tuple[str, ...] = (str(self.root),)
+        if self.root.is_dir():
+            files += tuple(str(self.root / a) for a in ["meta/episode_ends", *arrays])
         refs = [
             EpisodeRef(
                 self.uri,

@@ -1,0 +1,50 @@
+"""``wallwm inspect``: a source looked at before ingest -- nothing decoded, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+from wallwm.pipeline.sources.base import EpisodeRef
+from wallwm.pipeline.sources.peek import peek_source, spread
+
+
+def test_spread_takes_first_last_and_between():
+    refs = [EpisodeRef("s", "folder", f"e{i}", (), {}) for i in range(10)]
+    assert [r.episode_key for r in spread(refs, 3)] == ["e0", "e4", "e9"]
+    assert len(spread(refs, 20)) == 10 and spread(refs, 0) == [] and spread([], 3) == []
+
+
+def test_a_source_is_described_and_its_problems_named(folder_source, tmp_path):
+    src = folder_source(4, cameras=("top", "side"))
+    eps = sorted(p for p in src.iterdir() if p.is_dir())
+    steps = pq.read_table(eps[0] / "steps.parquet").to_pylist()
+    steps[2]["action"][1] = float("nan")
+    pq.write_table(pa.Table.from_pylist(steps), eps[0] / "steps.parquet")
+    found = peek_source(str(src), sample=4)
+    assert (found.format, found.listed, found.listing_failures) == ("folder", 4, [])
+    bad, *good = found.sampled
+    assert "steps.parquet" in bad.problem and "non-finite" in bad.problem
+    assert {(e.action_dim, e.state_dim, tuple(e.cameras)) for e in good} == {
+        (4, 4, ("side", "top"))
+    }
+    assert all(e.frames and e.fps == 20 and e.ground_truth_events for e in good)
+
+    out = CliRunner().invoke(app, ["inspect", str(src), "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["listed"] == 4
+    text = CliRunner().invoke(app, ["inspect", str(src), "--episodes", "2"])
+    words = " ".join(text.output.split())
+    assert text.exit_code == 0 and "(folder): 4 episodes listed" in words
+    assert f"would fail {eps[0].name}" in words and "Traceback" not in words
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_source_that_does_not_open_is_one_line(tmp_path):
+    (tmp_path / "junk").mkdir()
+    out = CliRunner().invoke(app, ["inspect", str(tmp_path / "junk")])
+    assert out.exit_code == 1 and "unknown source format" in out.output
+    assert len(out.output.strip().splitlines()) == 1
