@@ -48,3 +48,15 @@ def test_a_source_that_does_not_open_is_one_line(tmp_path):
     out = CliRunner().invoke(app, ["inspect", str(tmp_path / "junk")])
     assert out.exit_code == 1 and "unknown source format" in out.output
     assert len(out.output.strip().splitlines()) == 1
+
+
+def test_a_sample_of_two_embodiments_is_pointed_out(folder_source):
+    src = folder_source(3, cameras=("top",))
+    odd = sorted(p for p in src.iterdir() if p.is_dir())[1]
+    steps = pq.read_table(odd / "steps.parquet").to_pylist()
+    for r in steps:
+        r["action"] = [*r["action"], 0.0, 0.0, 0.0]
+    pq.write_table(pa.Table.from_pylist(steps), odd / "steps.parquet")
+    out = CliRunner().invoke(app, ["inspect", str(src)])
+    words = " ".join(out.output.split())
+    assert out.exit_code == 0 and "mixes embodiments (actions/states 4/4 x2, 7/4 x1)" in words

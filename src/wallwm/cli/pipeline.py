@@ -99,6 +99,8 @@ def inspect_cmd(
     Reads the signals of a few episodes spread over the source (no video decoded, nothing
     written); each problem is the line ingest would record.
     """
+    from collections import Counter
+
     from rich.table import Table
 
     from wallwm.pipeline.sources.base import EpisodeError
@@ -138,6 +140,14 @@ def inspect_cmd(
     for ep in found.sampled:
         if ep.problem:
             console.print(f"[red]would fail[/] {ep.key}: {ep.problem}", soft_wrap=True)
+    dims = Counter((ep.action_dim, ep.state_dim) for ep in found.sampled if not ep.problem)
+    if len(dims) > 1:  # one dataset holds one embodiment: say so before ingest fails the rest
+        mix = ", ".join(f"{a}/{st} x{n}" for (a, st), n in dims.most_common())
+        console.print(
+            f"[yellow]the sample mixes embodiments (actions/states {mix}): a dataset holds one; "
+            "ingest each embodiment into its own --dataset[/]",
+            soft_wrap=True,
+        )
     tasks = sorted({ep.instruction for ep in found.sampled if ep.instruction})
     if tasks:
         console.print("instructions: " + "; ".join(tasks[:10]), soft_wrap=True)
