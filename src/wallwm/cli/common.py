@@ -159,6 +159,16 @@ RayAddressOpt = Annotated[
         callback=reachable_ray,
     ),
 ]
+#: The options that tell a reader what the source does not store (ingest, run, inspect).
+FormatOpt = Annotated[
+    str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
+]
+InstructionOpt = Annotated[
+    str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5, Zarr).")
+]
+FpsOpt = Annotated[
+    float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr).")
+]
 GripperOpenOpt = Annotated[
     str,
     typer.Option(

@@ -10,7 +10,10 @@ import typer
 from wallwm.cli.common import (
     CameraMapOpt,
     DatasetOpt,
+    FormatOpt,
+    FpsOpt,
     GripperOpenOpt,
+    InstructionOpt,
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
@@ -29,15 +32,9 @@ if TYPE_CHECKING:
 def ingest(
     source: SourceArg,
     dataset: NewDatasetOpt,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
-    ] = "auto",
-    instruction: Annotated[
-        str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5).")
-    ] = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Frame rate for sources that store none.")
-    ] = None,
+    fmt: FormatOpt = "auto",
+    instruction: InstructionOpt = None,
+    fps: FpsOpt = None,
     frame_tolerance: Annotated[
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
     ] = 1,
@@ -80,15 +77,9 @@ def ingest(
 
 def inspect_cmd(
     source: SourceArg,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
-    ] = "auto",
-    instruction: Annotated[
-        str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5).")
-    ] = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Frame rate for sources that store none.")
-    ] = None,
+    fmt: FormatOpt = "auto",
+    instruction: InstructionOpt = None,
+    fps: FpsOpt = None,
     episodes: Annotated[
         int, typer.Option(help="Episodes to read, spread over the source.", min=1)
     ] = 5,

@@ -9,7 +9,10 @@ import typer
 from wallwm.cli.common import (
     CameraMapOpt,
     DatasetOpt,
+    FormatOpt,
+    FpsOpt,
     GripperOpenOpt,
+    InstructionOpt,
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
@@ -273,15 +276,9 @@ def segment_cmd(
 def run_cmd(
     source: SourceArg,
     dataset: NewDatasetOpt,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
-    ] = "auto",
-    instruction: Annotated[
-        str | None, typer.Option(help="Instruction for episodes with none.")
-    ] = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr).")
-    ] = None,
+    fmt: FormatOpt = "auto",
+    instruction: InstructionOpt = None,
+    fps: FpsOpt = None,
     gripper_open: GripperOpenOpt = "auto",
     camera_map_items: CameraMapOpt = None,
     method: MethodOpt = "events",
