@@ -103,7 +103,8 @@ def existing_source(source: str) -> str:
 SourceArg = Annotated[
     str,
     typer.Argument(
-        help="LeRobot dataset dir, folder source, HDF5 file/dir, or Zarr replay buffer.",
+        help="LeRobot dataset dir, folder source, HDF5 file/dir, Zarr replay buffer, or RLDS "
+        "dataset (TFDS directory).",
         callback=existing_source,
     ),
 ]
@@ -161,13 +162,14 @@ RayAddressOpt = Annotated[
 ]
 #: The options that tell a reader what the source does not store (ingest, run, inspect).
 FormatOpt = Annotated[
-    str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr")
+    str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr | rlds")
 ]
 InstructionOpt = Annotated[
-    str | None, typer.Option(help="Instruction for episodes that carry none (e.g. HDF5, Zarr).")
+    str | None,
+    typer.Option(help="Instruction for episodes that carry none (e.g. HDF5, Zarr, RLDS)."),
 ]
 FpsOpt = Annotated[
-    float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr).")
+    float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr, RLDS).")
 ]
 GripperOpenOpt = Annotated[
     str,

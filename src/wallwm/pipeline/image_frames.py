@@ -8,7 +8,9 @@ Two kinds of URI name such a camera stream:
   column, the rows of one episode in ``frame_index`` order -- LeRobot's ``image`` features,
   which a Hugging Face ``Image`` column stores as ``{bytes, path}``;
 - ``<store.zarr>#<array>@<start>:<end>``: rows ``[start, end)`` of an image array in a Zarr
-  replay buffer (Diffusion Policy, UMI), every episode's frames concatenated.
+  replay buffer (Diffusion Policy, UMI), every episode's frames concatenated;
+- ``<shard.tfrecord-…>#<feature key>@<byte offset>``: a per-step image feature (one encoded
+  JPEG/PNG per step) of the episode whose record starts at that offset of an RLDS shard.
 
 :func:`stored_frames` iterates either as (H, W, 3) uint8 RGB; every reader of frames (probing,
 keyframes, the training view, the export) goes through it for a URI that is not a video file.
@@ -238,8 +240,46 @@ def iter_zarr_frames(path: str, array: str, start: int, end: int) -> Iterator[UI
             yield rgb_frame(frame, where)
 
 
+def tfrecord_frames_uri(shard: str, key: str, offset: int) -> str:
+    """The URI of one episode's frames: a per-step image feature of the record at ``offset``."""
+    return f"{shard}{HDF5_SEPARATOR}{key}{EPISODE_MARK}{offset}"
+
+
+def split_tfrecord_uri(uri: str) -> tuple[str, str, int] | None:
+    """``(shard, feature key, record offset)`` for an RLDS frame URI, else None."""
+    path, sep, rest = uri.partition(HDF5_SEPARATOR)
+    key, mark, offset = rest.rpartition(EPISODE_MARK)
+    if sep and mark and ".tfrecord" in Path(path).name and offset.isdigit():
+        return path, key, int(offset)
+    return None
+
+
+def _tfrecord_images(path: str, key: str, offset: int) -> list[bytes]:
+    """The encoded images of one per-step image feature of one RLDS record."""
+    from wallwm.pipeline.sources import tfrecord
+
+    where = tfrecord_frames_uri(path, key, offset)
+    if not Path(path).is_file():
+        raise MissingFieldError(path, "the RLDS shard is missing", "MissingData")
+    try:
+        example = tfrecord.parse_example(tfrecord.read_record(path, offset), want=key.__eq__)
+    except (OSError, tfrecord.RecordError) as exc:
+        raise CorruptVideoError(where, f"unreadable record: {exc}") from exc
+    images = example.get(key)
+    if not isinstance(images, list):
+        raise MissingFieldError(where, "no such image feature in the record", "MissingCamera")
+    return images
+
+
+def iter_tfrecord_frames(path: str, key: str, offset: int) -> Iterator[UInt8Array]:
+    """Yield one RLDS episode's RGB frames from a per-step image feature."""
+    where = tfrecord_frames_uri(path, key, offset)
+    for image in _tfrecord_images(path, key, offset):
+        yield _decode_image_bytes(np.frombuffer(image, dtype=np.uint8), where)
+
+
 def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
-    """The frames of a camera stored as images (HDF5, parquet, Zarr); None for a video file."""
+    """The frames of a camera stored as images (HDF5, parquet, Zarr, RLDS); None for a video."""
     h5 = split_hdf5_uri(uri)
     if h5 is not None:
         return iter_hdf5_frames(*h5)
@@ -249,12 +289,16 @@ def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
     rows = split_zarr_uri(uri)
     if rows is not None:
         return iter_zarr_frames(*rows)
+    record = split_tfrecord_uri(uri)
+    if record is not None:
+        return iter_tfrecord_frames(*record)
     return None
 
 
 def is_stored(uri: str) -> bool:
     """Whether ``uri`` names frames stored as images (not a video file)."""
-    return any(f(uri) is not None for f in (split_hdf5_uri, split_parquet_uri, split_zarr_uri))
+    splits = (split_hdf5_uri, split_parquet_uri, split_zarr_uri, split_tfrecord_uri)
+    return any(f(uri) is not None for f in splits)
 
 
 def stored_layout(uri: str) -> tuple[int, str]:
@@ -287,9 +331,13 @@ def stored_layout(uri: str) -> tuple[int, str]:
         share = (end - start) / max(int(full.shape[0]), 1)  # this episode's part of the array
         codec = "raw-rgb24" if full.compressor is None else str(full.compressor.codec_id)
         return max(int(stored * share), 0) or per_frame * (end - start), codec
+    record = split_tfrecord_uri(uri)
     images = split_parquet_uri(uri)
-    if images is None:
+    if record is not None:
+        cells = _tfrecord_images(*record)
+    elif images is not None:
+        cells = [_image_bytes(c, uri) for c in _parquet_images(*images)]
+    else:
         raise ValueError(f"{uri}: not a stored-frames URI")
-    cells = [_image_bytes(c, uri) for c in _parquet_images(*images)]
     codec = "png" if cells and cells[0][:4] == b"\x89PNG" else "jpeg"
     return sum(len(c) for c in cells), codec

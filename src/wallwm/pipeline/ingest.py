@@ -69,7 +69,7 @@ class IngestConfig(BaseModel):
 
     source: str = Field(description="Source path (LeRobot dataset, folder source, HDF5 file/dir).")
     dataset: str = Field(description="Dataset root where the Lance tables live.")
-    format: Literal["auto", "lerobot", "folder", "hdf5", "zarr"] = "auto"
+    format: Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds"] = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
     gripper_open: GripperOpen = Field(

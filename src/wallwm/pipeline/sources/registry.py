@@ -3,7 +3,8 @@
 ``open_source(path, "auto")`` detects the format: a LeRobot dataset has ``meta/info.json``, a folder
 source has ``<episode>/meta.json`` + ``steps.parquet``, an HDF5 source is a ``.hdf5`` file or a
 directory of them, a Zarr replay buffer a ``*.zarr`` directory with ``meta/episode_ends`` (or a
-``*.zarr.zip``).
+``*.zarr.zip``), an RLDS dataset a TFDS version directory (``dataset_info.json`` +
+``features.json``) or a folder of versions.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from wallwm.pipeline.sources import folder, hdf5, lerobot, zarr_buffer
+from wallwm.pipeline.sources import folder, hdf5, lerobot, rlds, zarr_buffer
 from wallwm.pipeline.sources.base import EpisodeSource, GripperOpen, UnknownFormatError
 
-SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr"]
-FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr")
+SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds"]
+FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr", "rlds")
 
 
 def detect_format(path: str | Path) -> str:
@@ -34,6 +35,8 @@ def detect_format(path: str | Path) -> str:
         return folder.FORMAT
     if zarr_buffer.looks_like(root):
         return zarr_buffer.FORMAT
+    if rlds.looks_like(root):
+        return rlds.FORMAT
     if hdf5.looks_like(root):
         return hdf5.FORMAT
     inside = _sources_below(root)
@@ -48,23 +51,37 @@ def detect_format(path: str | Path) -> str:
     raise UnknownFormatError(
         str(path),
         "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
-        "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), or a "
-        ".zarr replay buffer (Diffusion Policy/UMI)",
+        "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), a "
+        ".zarr replay buffer (Diffusion Policy/UMI), or an RLDS dataset (dataset_info.json + "
+        "features.json, Open X-Embodiment)",
     )
 
 
 def _sources_below(root: Path) -> list[tuple[Path, str]]:
-    """Sources one or two levels below ``root`` (``cache/lerobot/pusht``), with their formats."""
+    """Sources one or two levels below ``root`` (``cache/lerobot/pusht``), with their formats.
+
+    A child that is a source is not looked into (an RLDS dataset's version directories are
+    the dataset, read at its newest version).
+    """
     if not root.is_dir():
         return []
     found = []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
         for candidate in (child, *sorted(p for p in child.iterdir() if p.is_dir())):
-            if lerobot.looks_like(candidate):
-                found.append((candidate, lerobot.FORMAT))
-            elif zarr_buffer.looks_like(candidate):
-                found.append((candidate, zarr_buffer.FORMAT))
+            fmt = _collection_format(candidate)
+            if fmt is not None:
+                found.append((candidate, fmt))
+                if candidate == child:
+                    break
     return found
+
+
+def _collection_format(path: Path) -> str | None:
+    """The format of a dataset found inside a folder of datasets (formats kept as a tree)."""
+    for module in (lerobot, zarr_buffer, rlds):
+        if module.looks_like(path):
+            return str(module.FORMAT)
+    return None
 
 
 def open_source(
@@ -96,6 +113,8 @@ def open_source(
         return zarr_buffer.ZarrSource(
             path, instruction=instruction, fps=fps, gripper_open=gripper_open
         )
+    if fmt == rlds.FORMAT:
+        return rlds.RldsSource(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UnknownFormatError(str(path), f"unknown format {fmt!r} (choose from {FORMATS}){hint}")

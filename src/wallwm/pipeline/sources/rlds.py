@@ -1,0 +1,393 @@
+"""RLDS datasets as TensorFlow Datasets writes them: Open X-Embodiment's format (no TensorFlow).
+
+A TFDS dataset version directory holds::
+
+    <name>/<version>/
+        dataset_info.json                       splits, their shards and episode counts
+        features.json                           the feature tree: shapes, dtypes, encodings
+        <name>-<split>.tfrecord-00000-of-000NN  one tf.train.Example per episode
+
+An RLDS episode is a ``steps`` sequence (a ``tfds.features.Dataset``) beside optional
+``episode_metadata``. TFDS flattens it into one ``Example``: ``steps/action`` holds every step's
+action concatenated (T x A floats), ``steps/observation/image`` one encoded JPEG/PNG per step,
+``steps/language_instruction`` one string per step, nested dicts joined by ``/``.
+
+What is read from a step:
+
+- **actions**: ``action`` -- one tensor, or (RT-1 / fractal) a dict of tensors concatenated in
+  the feature tree's order (``gripper_closedness_action``, ``rotation_delta``, ...), named;
+- **state**: every numeric ``observation`` tensor of at most two dims, concatenated in that order
+  -- except language (``*instruction*``, ``*language*``, ``*embedding*``: a sentence embedding is
+  no proprioception);
+- **cameras**: every ``observation`` Image of 1 or 3 channels not named ``*depth*``;
+- **instruction**: the first step's text named ``*instruction*`` / ``*language*`` / ``*task*``
+  (``steps/language_instruction``, ``observation/natural_language_instruction``), else
+  ``episode_metadata``'s, else ``--instruction``.
+
+RLDS stores no frame rate: it comes from ``--fps`` (each dataset's control rate is listed by
+Open X-Embodiment), else every episode fails naming the option. A folder holding version
+directories (``bridge/``) reads its newest version, as ``tfds.load`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wallwm.pipeline.image_frames import tfrecord_frames_uri
+from wallwm.pipeline.sources import tfrecord
+from wallwm.pipeline.sources.base import (
+    BadSignalError,
+    CameraSpec,
+    CorruptVideoError,
+    EpisodeError,
+    EpisodeRecord,
+    EpisodeRef,
+    FloatArray,
+    GripperOpen,
+    MissingFieldError,
+    UnknownFormatError,
+    orient_gripper,
+)
+
+FORMAT = "rlds"
+INFO = "dataset_info.json"
+FEATURES = "features.json"
+#: ``observation`` entries that hold language, not proprioception.
+_LANGUAGE = re.compile(r"instruction|language|embedding|lang_", re.IGNORECASE)
+#: Text features that may hold an episode's instruction, in order of preference.
+_INSTRUCTION = re.compile(r"instruction|language|task", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One leaf of the feature tree, as its flattened ``Example`` key."""
+
+    key: str  # "steps/observation/state"
+    kind: str  # "tensor" | "image" | "text" | "other"
+    dtype: str = "float32"
+    shape: tuple[int, ...] = ()
+    encoding: str = "none"  # a tensor's: "none" | "bytes" | "zlib"
+    per_step: bool = False
+
+    @property
+    def width(self) -> int:
+        """Values per step (the product of the static shape; -1 dims count as unknown)."""
+        return int(np.prod(self.shape, dtype=np.int64)) if all(d > 0 for d in self.shape) else -1
+
+    @property
+    def leaf(self) -> str:
+        """The key below ``steps/`` (``observation/wrist_image``)."""
+        return self.key.partition("/")[2] if self.per_step else self.key
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
+
+
+def dataset_dir(root: Path) -> Path | None:
+    """The TFDS version directory at ``root``, or the newest one below it; None if neither."""
+    if (root / INFO).is_file() and (root / FEATURES).is_file():
+        return root
+    if not root.is_dir():
+        return None
+    versions = [p for p in root.iterdir() if p.is_dir() and (p / INFO).is_file()]
+    versions = [p for p in versions if (p / FEATURES).is_file()]
+    return max(versions, key=lambda p: _version_key(p.name)) if versions else None
+
+
+def looks_like(root: Path) -> bool:
+    """Whether ``root`` is a TFDS (RLDS) dataset: a version directory or a folder of them."""
+    return dataset_dir(root) is not None
+
+
+def _shape(info: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(int(d) for d in info.get("shape", {}).get("dimensions", []))
+
+
+def feature_specs(
+    tree: dict[str, Any], prefix: str = "", per_step: bool = False
+) -> list[FeatureSpec]:
+    """Every leaf of a ``features.json`` tree, keyed as TFDS flattens it into an ``Example``."""
+    specs: list[FeatureSpec] = []
+    if "featuresDict" in tree:
+        for name, child in tree["featuresDict"].get("features", {}).items():
+            specs += feature_specs(child, f"{prefix}/{name}" if prefix else name, per_step)
+    elif "sequence" in tree:  # a Dataset (RLDS steps) or a Sequence: one value per step
+        specs += feature_specs(tree["sequence"].get("feature", {}), prefix, True)
+    elif "tensor" in tree:
+        t = tree["tensor"]
+        encoding = str(t.get("encoding", "none")).lower()
+        specs.append(
+            FeatureSpec(prefix, "tensor", str(t.get("dtype", "float32")), _shape(t), encoding,
+                        per_step)
+        )  # fmt: skip
+    elif "classLabel" in tree:
+        specs.append(FeatureSpec(prefix, "tensor", "int64", (), "none", per_step))
+    elif "image" in tree:
+        i = tree["image"]
+        specs.append(FeatureSpec(prefix, "image", str(i.get("dtype", "uint8")), _shape(i), "none",
+                                 per_step))  # fmt: skip
+    elif "text" in tree:
+        specs.append(FeatureSpec(prefix, "text", "string", (), "none", per_step))
+    else:
+        specs.append(FeatureSpec(prefix, "other", per_step=per_step))
+    return specs
+
+
+def _is_action(spec: FeatureSpec) -> bool:
+    return (
+        spec.per_step
+        and spec.kind == "tensor"
+        and (spec.leaf == "action" or spec.leaf.startswith("action/"))
+    )
+
+
+def _is_state(spec: FeatureSpec) -> bool:
+    leaf = spec.leaf.removeprefix("observation/")
+    return (
+        spec.per_step
+        and spec.kind == "tensor"
+        and spec.leaf.startswith("observation/")
+        and len(spec.shape) <= 2
+        and spec.dtype != "string"
+        and not _LANGUAGE.search(leaf)
+    )
+
+
+def _is_camera(spec: FeatureSpec) -> bool:
+    channels = spec.shape[-1] if spec.shape else 3
+    return (
+        spec.per_step
+        and spec.kind == "image"
+        and spec.leaf.startswith("observation/")
+        and spec.dtype == "uint8"
+        and channels in (1, 3, -1)
+        and "depth" not in spec.leaf.lower()
+    )
+
+
+def _names(spec: FeatureSpec, prefix: str) -> list[str]:
+    """Per-dim names: the leaf below ``prefix`` (``world_vector_0``); one dim keeps the leaf."""
+    base = spec.leaf.removeprefix(prefix).strip("/") or prefix
+    return [base] if spec.width == 1 else [f"{base}_{i}" for i in range(spec.width)]
+
+
+class RldsSource:
+    """Reader of an RLDS dataset written by TFDS (Open X-Embodiment and its conversions)."""
+
+    format = FORMAT
+
+    def __init__(
+        self,
+        root: str | Path,
+        instruction: str | None = None,
+        fps: float | None = None,
+        gripper_open: GripperOpen = "auto",
+    ) -> None:
+        """Open the dataset at ``root`` (a version directory, or a folder of them).
+
+        Args:
+            root: ``<name>/<version>`` as TFDS writes it, or ``<name>`` (newest version).
+            instruction: Instruction of episodes whose steps carry none.
+            fps: Frame rate (RLDS stores none).
+            gripper_open: ``low``: observed gripper values shrink as it opens (negated on read).
+
+        Raises:
+            UnknownFormatError: No dataset there, or its shards are not TFRecord.
+            EpisodeError: ``dataset_info.json`` / ``features.json`` unreadable.
+        """
+        found = dataset_dir(Path(root).resolve())
+        if found is None:
+            raise UnknownFormatError(str(root), f"no {INFO} and {FEATURES} (a TFDS dataset)")
+        self.root = found
+        self.uri = str(found)
+        self.instruction = instruction
+        self.fps = fps
+        self.gripper_open = gripper_open
+        self.info = self._json(INFO)
+        file_format = str(self.info.get("fileFormat", "tfrecord"))
+        if file_format != "tfrecord":
+            raise UnknownFormatError(
+                str(found / INFO), f"shards in {file_format!r} are not read, only TFRecord "
+                "(TFDS writes TFRecord unless asked otherwise)",
+            )  # fmt: skip
+        self.specs = feature_specs(self._json(FEATURES))
+        self.actions = [s for s in self.specs if _is_action(s)]
+        self.states = [s for s in self.specs if _is_state(s)]
+        self.cameras = [s for s in self.specs if _is_camera(s)]
+        texts = [s for s in self.specs if s.kind == "text" and _INSTRUCTION.search(s.key)]
+        self.texts = sorted(texts, key=lambda s: not s.per_step)  # a step's text first
+        if not self.actions:
+            raise MissingFieldError(
+                str(found / FEATURES), "no steps/action tensor in the feature tree (not RLDS?)"
+            )
+
+    def _json(self, name: str) -> dict[str, Any]:
+        path = self.root / name
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MissingFieldError(str(path), f"unreadable: {exc}", "BadMetadata") from exc
+        if not isinstance(data, dict):
+            raise MissingFieldError(str(path), "expected a JSON object", "BadMetadata")
+        return data
+
+    def _shards(self, split: str) -> list[Path]:
+        return sorted(self.root.glob(f"*-{split}.tfrecord-*-of-*"))
+
+    def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
+        """One ref per record of every split's shards (reading only the records' headers)."""
+        refs: list[EpisodeRef] = []
+        errors: list[EpisodeError] = []
+        for split in self.info.get("splits", []):
+            name = str(split.get("name", "train"))
+            shards = self._shards(name)
+            stated = len(split.get("shardLengths", [])) or len(shards)
+            if len(shards) < stated:
+                errors.append(MissingFieldError(
+                    str(self.root), f"split {name!r}: {stated} shards stated in {INFO}, "
+                    f"{len(shards)} found", "MissingShard",
+                ))  # fmt: skip
+            for s, shard in enumerate(shards):
+                try:
+                    spans = list(tfrecord.record_offsets(shard))
+                except tfrecord.RecordError as exc:
+                    errors.append(CorruptVideoError(str(shard), str(exc).partition(": ")[2],
+                                                    "BadShard"))  # fmt: skip
+                    spans = self._readable_prefix(shard)
+                refs += [
+                    EpisodeRef(
+                        self.uri,
+                        FORMAT,
+                        f"{name}_{s:05d}_{r:06d}",
+                        (str(shard),),
+                        {"split": name, "shard": str(shard), "offset": span.offset, "record": r},
+                    )
+                    for r, span in enumerate(spans)
+                ]
+        return refs, errors
+
+    @staticmethod
+    def _readable_prefix(shard: Path) -> list[tfrecord.RecordSpan]:
+        """The records before a shard's damage (the rest of the shard is reported, not read)."""
+        spans: list[tfrecord.RecordSpan] = []
+        with contextlib.suppress(tfrecord.RecordError):
+            spans.extend(tfrecord.record_offsets(shard))  # keeps what came before the error
+        return spans
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode's steps (signals now; frames lazily by camera URI)."""
+        shard, offset = str(ref.locator["shard"]), int(ref.locator["offset"])  # type: ignore[call-overload]
+        where = f"{shard} (record {ref.locator['record']})"
+        wanted = {s.key for s in (*self.actions, *self.states, *self.texts)}
+        try:
+            example = tfrecord.parse_example(
+                tfrecord.read_record(shard, offset), want=wanted.__contains__
+            )
+        except (OSError, tfrecord.RecordError) as exc:
+            raise CorruptVideoError(where, f"unreadable record: {exc}", "BadShard") from exc
+        actions = self._stack(example, self.actions, where, None)
+        steps = len(actions)
+        if steps == 0:
+            raise BadSignalError(where, "the episode has no steps", "EmptyEpisode")
+        states = self._stack(example, self.states, where, steps) if self.states else None
+        state_names = [n for s in self.states for n in _names(s, "observation")]
+        grips = [i for i, n in enumerate(state_names) if "grip" in n.lower()]
+        if self.fps is None:
+            raise MissingFieldError(
+                where, "an RLDS dataset stores no frame rate: pass --fps (the dataset's control "
+                "rate)", "MissingFps",
+            )  # fmt: skip
+        return EpisodeRecord(
+            ref=ref,
+            fps=float(self.fps),
+            instruction=self._instruction(example) or self.instruction,
+            robot=None,
+            actions_TA=actions,
+            cameras=[
+                CameraSpec(
+                    s.leaf.removeprefix("observation/"),
+                    tfrecord_frames_uri(shard, s.key, offset),
+                )
+                for s in self.cameras
+            ],
+            states_TS=states,
+            gripper_TG=orient_gripper(
+                states[:, grips] if states is not None and grips else None, self.gripper_open
+            ),
+            action_names=(
+                [n for s in self.actions for n in _names(s, "action")]
+                if len(self.actions) > 1 or self.actions[0].leaf != "action"
+                else None
+            ),
+            state_names=state_names or None,
+        )
+
+    def _stack(
+        self, example: dict[str, tfrecord.Feature], specs: list[FeatureSpec], where: str,
+        steps: int | None,
+    ) -> FloatArray:  # fmt: skip
+        """The specs' values as one (steps, dims) float32 array, columns in spec order."""
+        columns = []
+        for spec in specs:
+            values = _tensor_values(example.get(spec.key), spec, where)
+            width = spec.width if spec.width > 0 else (values.size // steps if steps else 1)
+            if width <= 0 or values.size % width:
+                raise BadSignalError(
+                    where, f"{spec.key}: {values.size} values do not divide into steps of "
+                    f"{width}", "BadShape",
+                )  # fmt: skip
+            column = values.reshape(-1, width)
+            if steps is not None and len(column) != steps:
+                raise BadSignalError(
+                    where, f"{spec.key}: {len(column)} steps, the actions have {steps}",
+                    "FrameCountMismatch",
+                )  # fmt: skip
+            steps = len(column)
+            columns.append(column)
+        return np.concatenate(columns, axis=1).astype(np.float32)
+
+    def _instruction(self, example: dict[str, tfrecord.Feature]) -> str | None:
+        for spec in self.texts:
+            values = example.get(spec.key)
+            for value in values if isinstance(values, list) else []:
+                text = value.decode("utf-8", errors="replace").strip()
+                if text:
+                    return text
+        return None
+
+
+def _tensor_values(feature: tfrecord.Feature | None, spec: FeatureSpec, where: str) -> np.ndarray:
+    """A tensor feature's values, flat, as float64 (per its encoding: lists, bytes or zlib)."""
+    if feature is None:
+        raise MissingFieldError(where, f"{spec.key}: missing from the record")
+    if spec.encoding in ("bytes", "zlib") or isinstance(feature, list):
+        if not isinstance(feature, list):
+            raise BadSignalError(where, f"{spec.key}: expected bytes per step", "BadType")
+        try:
+            dtype = np.dtype(spec.dtype).newbyteorder("<")
+            blobs = [zlib.decompress(b) if spec.encoding == "zlib" else b for b in feature]
+            return np.concatenate([np.frombuffer(b, dtype=dtype) for b in blobs]).astype(
+                np.float64
+            ) if blobs else np.zeros(0)  # fmt: skip
+        except (TypeError, ValueError, zlib.error) as exc:
+            raise BadSignalError(where, f"{spec.key}: undecodable ({exc})", "BadType") from exc
+    return np.asarray(feature, dtype=np.float64)  # non-finite values: named by validation
+
+
+__all__ = [
+    "FORMAT",
+    "FeatureSpec",
+    "RldsSource",
+    "dataset_dir",
+    "feature_specs",
+    "looks_like",
+]
