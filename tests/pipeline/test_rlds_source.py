@@ -237,6 +237,33 @@ def test_what_rlds_does_not_store_is_asked_for_in_one_line(tmp_path):
     assert "shards in 'array_record' are not read, only TFRecord" in " ".join(result.output.split())
 
 
+def test_an_instruction_stored_as_code_points_is_read(tmp_path):
+    """Language-Table keeps its instruction as a zero-padded int32 vector per step."""
+    root = _copy(OXE, tmp_path / "lt")
+    tree = json.loads((root / "features.json").read_text())
+    step = tree["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]
+    del step["features"]["language_instruction"]
+    obs = step["features"]["observation"]["featuresDict"]["features"]
+    obs["instruction"] = {
+        "pythonClassName": "tensorflow_datasets.core.features.tensor_feature.Tensor",
+        "tensor": {"dtype": "int32", "encoding": "none", "shape": {"dimensions": ["12"]}},
+    }
+    (root / "features.json").write_text(json.dumps(tree))
+    codes = [ord(c) for c in "push red"] + [0] * 4  # zero-padded to the tensor's 12
+    text = np.array(codes * 2)  # two steps
+    steps = {
+        "steps/action": np.zeros(8, np.float32),
+        "steps/observation/state": np.zeros(8, np.float32),
+        "steps/observation/image": [],
+        "steps/observation/wrist_image": [],
+        "steps/observation/instruction": text,
+    }
+    _shard(root).write_bytes(_record(_example(steps)))
+    source = open_source(root, fps=5)
+    rec = source.read(source.list_episodes()[0][0])
+    assert rec.instruction == "push red" and rec.states_TS.shape == (2, 4)  # not a state
+
+
 def test_a_folder_of_rlds_datasets_names_each(tmp_path):
     cache = tmp_path / "tensorflow_datasets"
     _copy(OXE, cache / "oxe_template" / "1.0.0")

@@ -22,7 +22,8 @@ What is read from a step:
 - **cameras**: every ``observation`` Image of 1 or 3 channels not named ``*depth*``;
 - **instruction**: the first step's text named ``*instruction*`` / ``*language*`` / ``*task*``
   (``steps/language_instruction``, ``observation/natural_language_instruction``), else
-  ``episode_metadata``'s, else ``--instruction``.
+  ``episode_metadata``'s, else an integer tensor named ``*instruction*`` read as code points
+  (Language-Table), else ``--instruction``.
 
 RLDS stores no frame rate: it comes from ``--fps`` (each dataset's control rate is listed by
 Open X-Embodiment), else every episode fails naming the option. A folder holding version
@@ -225,6 +226,13 @@ class RldsSource:
         self.cameras = [s for s in self.specs if _is_camera(s)]
         texts = [s for s in self.specs if s.kind == "text" and _INSTRUCTION.search(s.key)]
         self.texts = sorted(texts, key=lambda s: not s.per_step)  # a step's text first
+        #: Instructions stored as integer code points (Language-Table's ``observation/
+        #: instruction``: a zero-padded int32 vector), read where no text feature gives one.
+        self.coded_texts = [
+            s for s in self.specs
+            if s.per_step and s.kind == "tensor" and s.dtype.startswith("int")
+            and "instruction" in s.leaf.lower()
+        ]  # fmt: skip
         if not self.actions:
             raise MissingFieldError(
                 str(found / FEATURES), "no steps/action tensor in the feature tree (not RLDS?)"
@@ -287,7 +295,7 @@ class RldsSource:
         """Read one episode's steps (signals now; frames lazily by camera URI)."""
         shard, offset = str(ref.locator["shard"]), int(ref.locator["offset"])  # type: ignore[call-overload]
         where = f"{shard} (record {ref.locator['record']})"
-        wanted = {s.key for s in (*self.actions, *self.states, *self.texts)}
+        wanted = {s.key for s in (*self.actions, *self.states, *self.texts, *self.coded_texts)}
         try:
             example = tfrecord.parse_example(
                 tfrecord.read_record(shard, offset), want=wanted.__contains__
@@ -360,6 +368,13 @@ class RldsSource:
             values = example.get(spec.key)
             for value in values if isinstance(values, list) else []:
                 text = value.decode("utf-8", errors="replace").strip()
+                if text:
+                    return text
+        for spec in self.coded_texts:
+            codes = example.get(spec.key)
+            if isinstance(codes, np.ndarray) and spec.width > 0 and codes.size >= spec.width:
+                first = codes[: spec.width]  # the first step's
+                text = "".join(chr(c) for c in first if 0 < c < 0x110000).strip()
                 if text:
                     return text
         return None
