@@ -41,6 +41,8 @@ class CaptionResult:
     completion_tokens: int = 0
     #: Transport-level failure (timeout, connection refused, HTTP error) after all retries.
     error: str | None = None
+    #: Not sent at all: the backend had given up on its server (``error`` says why).
+    unsent: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,13 @@ class OpenAIBackendConfig(BaseModel):
         ge=0,
         description="How long the first call waits for the server to answer at all (a vLLM "
         "server still loading its model) before the run is refused in one line.",
+    )
+    give_up_after: int = Field(
+        16,
+        ge=1,
+        description="Requests in a row that reach no server, each after its retries, before "
+        "the rest of the run is not sent (the server went down mid-run: without this every "
+        "remaining event paid its retries). A rerun captions what is left.",
     )
 
 
@@ -268,6 +277,8 @@ class OpenAIBackend:
         self.cfg = cfg
         self.model = cfg.model
         self._checked = False  # the server looked at once, before the first requests
+        self._unreachable = 0  # requests in a row that reached no server, after their retries
+        self._down: str | None = None  # why nothing more is sent, once the server is given up
 
     def sampling(self) -> dict[str, Any]:
         """What shapes the output."""
@@ -364,7 +375,10 @@ class OpenAIBackend:
 
         body = self.payload(request)
         error = "no attempt made"
+        reached = False  # whether any attempt got an HTTP answer: the server is up
         for attempt in range(self.cfg.max_retries + 1):
+            if self._down is not None:  # given up meanwhile: stop retrying into the void
+                return CaptionResult(request.event_id, error=self._down, unsent=True)
             if attempt:
                 # Exponential backoff with jitter, so a restarting server is not stampeded.
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random()))  # noqa: S311
@@ -373,6 +387,8 @@ class OpenAIBackend:
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 continue
+            reached = True
+            self._unreachable = 0
             if response.status_code == 429 or response.status_code >= 500:
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
@@ -389,9 +405,21 @@ class OpenAIBackend:
                 int(usage.get("prompt_tokens", 0)),
                 int(usage.get("completion_tokens", 0)),
             )
+        if not reached:
+            self._note_unreachable(error)
         return CaptionResult(
             request.event_id, error=f"gave up after {self.cfg.max_retries + 1} attempts: {error}"
         )
+
+    def _note_unreachable(self, error: str) -> None:
+        """Count a request that reached no server; past ``give_up_after`` in a row, stop."""
+        self._unreachable += 1
+        if self._unreachable >= self.cfg.give_up_after and self._down is None:
+            self._down = (
+                f"not sent: the server at {self.cfg.base_url} stopped answering "
+                f"({self._unreachable} requests in a row got no answer, each after "
+                f"{self.cfg.max_retries + 1} attempts; last: {error})"
+            )
 
 
 # --------------------------------------------------------------------------- vllm

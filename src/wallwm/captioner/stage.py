@@ -96,6 +96,10 @@ class CaptionSummary:
     captioned: int = 0
     reasked: int = 0
     failed: int = 0
+    #: Of ``failed``: events not sent because the backend gave up on its server mid-run.
+    unsent: int = 0
+    #: Why they were not sent (the backend's words), where some were not.
+    unsent_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -407,7 +411,7 @@ def _run_wave(
         if job is None:  # a backend answered something nobody asked: never attach it anywhere
             continue
         if result.error:
-            errors[result.event_id] = ("BackendError", result.error)
+            errors[result.event_id] = (_error_class(result), result.error)
             continue
         try:
             rows.append(
@@ -431,7 +435,7 @@ def _run_wave(
             if result.event_id not in errors:
                 continue
             if result.error:
-                errors[result.event_id] = ("BackendError", f"re-ask failed: {result.error}")
+                errors[result.event_id] = (_error_class(result), f"re-ask failed: {result.error}")
                 continue
             try:
                 caption = parse_caption(result.text)
@@ -446,14 +450,36 @@ def _run_wave(
     for event_id in by_id:
         if event_id not in answered and event_id not in errors:
             errors[event_id] = ("BackendError", "the backend returned no answer for this event")
+    _record_failures(errors, wave, summary, failures, run_id)
+    summary.captioned += len(rows)
+    return rows
+
+
+def _record_failures(
+    errors: dict[str, tuple[str, str]],
+    wave: _Wave,
+    summary: CaptionSummary,
+    failures: list[dict[str, Any]],
+    run_id: str,
+) -> None:
+    """Count each failed event of a wave and keep its failure row."""
     for event_id, (error_class, message) in errors.items():
         ep = wave.episode_of[event_id]
         summary.failed += 1
+        if error_class == SERVER_DOWN:
+            summary.unsent += 1
+            summary.unsent_reason = message.removeprefix("re-ask failed: ")
         err = EpisodeError(event_file(event_id), message, error_class)
         summary.failures.append(err)
         failures.append(failure_row(err, ep.source_uri, STAGE, ep.episode_key, run_id))
-    summary.captioned += len(rows)
-    return rows
+
+
+#: The failure class of events not sent because the backend gave up on its server.
+SERVER_DOWN = "ServerDown"
+
+
+def _error_class(result: CaptionResult) -> str:
+    return SERVER_DOWN if result.unsent else "BackendError"
 
 
 def _count_tokens(results: list[CaptionResult], summary: CaptionSummary) -> list[CaptionResult]:

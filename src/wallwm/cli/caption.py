@@ -70,7 +70,7 @@ def caption_with_progress(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wallwm.captioner.backends import CaptionResult
-    from wallwm.captioner.stage import CaptionStageConfig, run_caption
+    from wallwm.captioner.stage import SERVER_DOWN, CaptionStageConfig, run_caption
 
     cfg = CaptionStageConfig(
         dataset=dataset,
@@ -108,10 +108,17 @@ def caption_with_progress(
         except ValueError as exc:  # unknown prompt template and the like
             err_console.print(f"[red]{exc}[/]")
             return 2
-    for f in summary.failures[:20]:
+    shown = [f for f in summary.failures if f.error_class != SERVER_DOWN]
+    for f in shown[:20]:
         console.print(f"[red]failed[/] {f.file}: {f.error_class}: {f.problem}", soft_wrap=True)
-    if len(summary.failures) > 20:
-        console.print(f"... and {len(summary.failures) - 20} more (wallwm failures)")
+    if len(shown) > 20:
+        console.print(f"... and {len(shown) - 20} more (wallwm failures)")
+    if summary.unsent:
+        err_console.print(
+            f"[red]caption: {summary.unsent} events {summary.unsent_reason}[/]; rerun "
+            "`wallwm caption` once it is back (what was captioned is kept)",
+            soft_wrap=True,
+        )
     console.print(
         f"[bold]caption[/] ({backend.kind}): {summary.captioned} captioned, "
         f"{summary.cached} cached, {summary.reasked} re-asked, [red]{summary.failed} failed[/] "
@@ -120,6 +127,8 @@ def caption_with_progress(
         f"{summary.tokens_per_s:,.0f} tokens/s",
         soft_wrap=True,
     )
+    if summary.unsent:
+        return 1  # the run stopped short: a scheduler must see it
     return 1 if summary.failed and not summary.captioned and not summary.cached else 0
 
 
