@@ -60,20 +60,58 @@ def version() -> None:
 
 
 def main() -> None:
-    """The ``wallwm`` console script: the app, with a damaged dataset said in one line.
+    """The ``wallwm`` console script: the app, with a damaged dataset and Ctrl-C said in one line.
 
     A Lance table whose files were deleted, truncated or half-copied fails deep inside Lance or
     Arrow, in whichever command reads it first; every command answers the same way instead of
-    with a traceback: the file, and that the table is damaged.
+    with a traceback: the file, and that the table is damaged. Ctrl-C exits 130 (typer's) with
+    a line saying what was kept; Ray started by the command is shut down here, where a second
+    Ctrl-C is caught, not in its exit hook (which printed a traceback for it).
     """
+    had_ray = _ray_running()
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            err_console.print(INTERRUPTED_LINE, soft_wrap=True)
+        raise
     except Exception as exc:
         problem = damaged_table(exc)
         if problem is None:
             raise
         err_console.print(f"[red]{problem}[/]", soft_wrap=True)
         raise SystemExit(1) from None
+    finally:
+        if not had_ray:
+            _stop_ray()
+
+
+#: The exit code of a command stopped by Ctrl-C (typer's, the shell's 128 + SIGINT).
+INTERRUPTED = 130
+INTERRUPTED_LINE = (
+    "[yellow]interrupted: what was written before it is kept -- run the same command again to "
+    "finish (stages skip what is done; `train` takes --resume)[/]"
+)
+
+
+def _ray_running() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this command started (a no-op where it started none)."""
+    if not _ray_running():
+        return
+    import ray
+
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:  # Ctrl-C while Ray stops its workers (it takes seconds)
+        err_console.print(INTERRUPTED_LINE, soft_wrap=True)
+        raise SystemExit(INTERRUPTED) from None
 
 
 #: Lance's and Arrow's words for a table file that is gone or unreadable.
