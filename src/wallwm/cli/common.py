@@ -103,8 +103,8 @@ def existing_source(source: str) -> str:
 SourceArg = Annotated[
     str,
     typer.Argument(
-        help="LeRobot dataset dir, folder source, HDF5 file/dir, Zarr replay buffer, or RLDS "
-        "dataset (TFDS directory).",
+        help="LeRobot dataset dir, folder source, HDF5 file/dir, Zarr replay buffer, RLDS "
+        "dataset (TFDS directory), or ROS bag(s).",
         callback=existing_source,
     ),
 ]
@@ -162,14 +162,27 @@ RayAddressOpt = Annotated[
 ]
 #: The options that tell a reader what the source does not store (ingest, run, inspect).
 FormatOpt = Annotated[
-    str, typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr | rlds")
+    str,
+    typer.Option("--format", "-f", help="auto | lerobot | folder | hdf5 | zarr | rlds | rosbag"),
 ]
 InstructionOpt = Annotated[
     str | None,
     typer.Option(help="Instruction for episodes that carry none (e.g. HDF5, Zarr, RLDS)."),
 ]
 FpsOpt = Annotated[
-    float | None, typer.Option(help="Frame rate for sources that store none (HDF5, Zarr, RLDS).")
+    float | None,
+    typer.Option(
+        help="Frame rate for sources that store none (HDF5, Zarr, RLDS); a ROS bag is read at "
+        "this rate (default: its first camera's)."
+    ),
+]
+ActionTopicOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--action-topic",
+        help="A ROS bag topic whose messages are the actions (repeat for several, concatenated "
+        "in order; default: every command topic).",
+    ),
 ]
 GripperOpenOpt = Annotated[
     str,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from wallwm.cli.common import (
+    ActionTopicOpt,
     CameraMapOpt,
     DatasetOpt,
     FormatOpt,
@@ -35,6 +36,7 @@ def ingest(
     fmt: FormatOpt = "auto",
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
+    action_topic: ActionTopicOpt = None,
     frame_tolerance: Annotated[
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
     ] = 1,
@@ -60,6 +62,7 @@ def ingest(
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
             fps=fps,
+            action_topics=tuple(action_topic or ()),
             frame_tolerance=frame_tolerance,
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),
@@ -80,6 +83,7 @@ def inspect_cmd(
     fmt: FormatOpt = "auto",
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
+    action_topic: ActionTopicOpt = None,
     episodes: Annotated[
         int, typer.Option(help="Episodes to read, spread over the source.", min=1)
     ] = 5,
@@ -98,7 +102,10 @@ def inspect_cmd(
     from wallwm.pipeline.sources.peek import peek_source
 
     try:
-        found = peek_source(source, fmt, instruction=instruction, fps=fps, sample=episodes)
+        found = peek_source(
+            source, fmt, instruction=instruction, fps=fps, sample=episodes,
+            action_topics=tuple(action_topic or ()),
+        )  # fmt: skip
     except EpisodeError as exc:
         err_console.print(f"[red]{exc.file}: {exc.problem}[/]")
         raise typer.Exit(1) from exc

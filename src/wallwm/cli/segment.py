@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wallwm.cli.common import (
+    ActionTopicOpt,
     CameraMapOpt,
     DatasetOpt,
     FormatOpt,
@@ -279,6 +280,7 @@ def run_cmd(
     fmt: FormatOpt = "auto",
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
+    action_topic: ActionTopicOpt = None,
     gripper_open: GripperOpenOpt = "auto",
     camera_map_items: CameraMapOpt = None,
     method: MethodOpt = "events",
@@ -327,6 +329,7 @@ def run_cmd(
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
             fps=fps,
+            action_topics=tuple(action_topic or ()),
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),
             executor="local" if local else "ray",

@@ -10,7 +10,9 @@ Two kinds of URI name such a camera stream:
 - ``<store.zarr>#<array>@<start>:<end>``: rows ``[start, end)`` of an image array in a Zarr
   replay buffer (Diffusion Policy, UMI), every episode's frames concatenated;
 - ``<shard.tfrecord-…>#<feature key>@<byte offset>``: a per-step image feature (one encoded
-  JPEG/PNG per step) of the episode whose record starts at that offset of an RLDS shard.
+  JPEG/PNG per step) of the episode whose record starts at that offset of an RLDS shard;
+- ``<bag>#<topic>@<start_ns>+<step_ns>x<count>``: a ROS bag's image topic read on the episode's
+  clock (:mod:`wallwm.pipeline.sources.rosbag`).
 
 :func:`stored_frames` iterates either as (H, W, 3) uint8 RGB; every reader of frames (probing,
 keyframes, the training view, the export) goes through it for a URI that is not a video file.
@@ -292,13 +294,20 @@ def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
     record = split_tfrecord_uri(uri)
     if record is not None:
         return iter_tfrecord_frames(*record)
+    from wallwm.pipeline.sources import rosbag
+
+    topic = rosbag.split_rosbag_uri(uri)
+    if topic is not None:
+        return rosbag.iter_rosbag_frames(*topic)
     return None
 
 
 def is_stored(uri: str) -> bool:
     """Whether ``uri`` names frames stored as images (not a video file)."""
+    from wallwm.pipeline.sources.rosbag import split_rosbag_uri
+
     splits = (split_hdf5_uri, split_parquet_uri, split_zarr_uri, split_tfrecord_uri)
-    return any(f(uri) is not None for f in splits)
+    return any(f(uri) is not None for f in (*splits, split_rosbag_uri))
 
 
 def stored_layout(uri: str) -> tuple[int, str]:
@@ -331,6 +340,11 @@ def stored_layout(uri: str) -> tuple[int, str]:
         share = (end - start) / max(int(full.shape[0]), 1)  # this episode's part of the array
         codec = "raw-rgb24" if full.compressor is None else str(full.compressor.codec_id)
         return max(int(stored * share), 0) or per_frame * (end - start), codec
+    from wallwm.pipeline.sources import rosbag
+
+    topic = rosbag.split_rosbag_uri(uri)
+    if topic is not None:
+        return rosbag.rosbag_layout(topic[0], topic[1])
     record = split_tfrecord_uri(uri)
     images = split_parquet_uri(uri)
     if record is not None:

@@ -69,7 +69,7 @@ class IngestConfig(BaseModel):
 
     source: str = Field(description="Source path (LeRobot dataset, folder source, HDF5 file/dir).")
     dataset: str = Field(description="Dataset root where the Lance tables live.")
-    format: Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds"] = "auto"
+    format: Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag"] = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
     gripper_open: GripperOpen = Field(
@@ -77,6 +77,10 @@ class IngestConfig(BaseModel):
         description="Which end of the source's gripper values is open (auto: LeRobot gripper "
         "commands are decided by the end most episodes start at; other formats store openings).",
     )
+    action_topics: tuple[str, ...] = Field(
+        (), description="A ROS bag's topics whose messages are the actions (default: every "
+        "command topic).",
+    )  # fmt: skip
     frame_tolerance: int = Field(1, ge=0, description="Accepted |video frames - action rows|.")
     batch_episodes: int = Field(32, ge=1, description="Episodes per merge_insert commit.")
     force: bool = Field(False, description="Re-read episodes whose files did not change.")
@@ -111,6 +115,8 @@ class IngestConfig(BaseModel):
             keys.add("gripper_open")
         if self.camera_map:
             keys.add("camera_map")
+        if self.action_topics:
+            keys.add("action_topics")
         return self.model_dump(include=keys)
 
 
@@ -540,6 +546,7 @@ def _open_and_list(
         instruction=cfg.instruction,
         fps=cfg.fps,
         gripper_open=cfg.gripper_open,
+        action_topics=cfg.action_topics,
     )
     summary.source_format = source.format
     refs, listing_errors = source.list_episodes()

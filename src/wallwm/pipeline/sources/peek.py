@@ -86,13 +86,17 @@ def peek_source(
     fps: float | None = None,
     gripper_open: GripperOpen = "auto",
     sample: int = 5,
+    action_topics: tuple[str, ...] = (),
 ) -> SourcePeek:
     """Open and list ``path``, and read ``sample`` spread episodes' signals.
 
     Raises:
         EpisodeError: The source itself cannot be opened or listed (as ingest would record).
     """
-    source = open_source(path, fmt, instruction=instruction, fps=fps, gripper_open=gripper_open)
+    source = open_source(
+        path, fmt, instruction=instruction, fps=fps, gripper_open=gripper_open,
+        action_topics=action_topics,
+    )  # fmt: skip
     refs, errors = source.list_episodes()
     return SourcePeek(
         uri=source.uri,

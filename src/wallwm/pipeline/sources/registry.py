@@ -13,11 +13,11 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from wallwm.pipeline.sources import folder, hdf5, lerobot, rlds, zarr_buffer
+from wallwm.pipeline.sources import folder, hdf5, lerobot, rlds, rosbag, zarr_buffer
 from wallwm.pipeline.sources.base import EpisodeSource, GripperOpen, UnknownFormatError
 
-SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds"]
-FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr", "rlds")
+SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag"]
+FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag")
 
 
 def detect_format(path: str | Path) -> str:
@@ -37,6 +37,8 @@ def detect_format(path: str | Path) -> str:
         return zarr_buffer.FORMAT
     if rlds.looks_like(root):
         return rlds.FORMAT
+    if rosbag.looks_like(root):
+        return rosbag.FORMAT
     if hdf5.looks_like(root):
         return hdf5.FORMAT
     inside = _sources_below(root)
@@ -52,8 +54,9 @@ def detect_format(path: str | Path) -> str:
         str(path),
         "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
         "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), a "
-        ".zarr replay buffer (Diffusion Policy/UMI), or an RLDS dataset (dataset_info.json + "
-        "features.json, Open X-Embodiment)",
+        ".zarr replay buffer (Diffusion Policy/UMI), an RLDS dataset (dataset_info.json + "
+        "features.json, Open X-Embodiment), or ROS bags (a .bag file, a directory with "
+        "metadata.yaml, or a folder of them)",
     )
 
 
@@ -91,11 +94,13 @@ def open_source(
     instruction: str | None = None,
     fps: float | None = None,
     gripper_open: GripperOpen = "auto",
+    action_topics: tuple[str, ...] = (),
 ) -> EpisodeSource:
     """Open a source, detecting its format when ``fmt`` is ``"auto"``.
 
     ``gripper_open`` says which end of the source's gripper values is open (readers return
     larger = more open); ``auto`` decides from the data where the format has no convention.
+    ``action_topics`` names a ROS bag's action topics (other formats have no topics: refused).
 
     Raises:
         UnknownFormatError: Unknown format name or undetectable layout.
@@ -103,6 +108,15 @@ def open_source(
     """
     if fmt == "auto":
         fmt = detect_format(path)
+    if action_topics and fmt != rosbag.FORMAT:
+        raise UnknownFormatError(
+            str(path), f"--action-topic is for ROS bags; this source is {fmt}", "BadOption"
+        )
+    if fmt == rosbag.FORMAT:
+        return rosbag.RosbagSource(
+            path, instruction=instruction, fps=fps, gripper_open=gripper_open,
+            action_topics=action_topics,
+        )  # fmt: skip
     if fmt == lerobot.FORMAT:
         return lerobot.LeRobotSource(path, gripper_open=gripper_open)
     if fmt == folder.FORMAT:

@@ -1,0 +1,218 @@
+"""ROS bags (ROS 2 MCAP and SQLite, ROS 1), written here by the rosbags library's own writers
+with the standard message types, read on one clock per episode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from wallwm.cli.main import app
+from wallwm.pipeline.ingest import IngestConfig, load_episode, run_ingest
+from wallwm.pipeline.segmentation import SegmentConfig
+from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.sources.registry import detect_format, open_source
+from wallwm.pipeline.tables import schemas
+from wallwm.pipeline.tables.store import LanceStore
+from wallwm.pipeline.video import read_frames
+
+T0_NS = 1_700_000_000_000_000_000  # a wall-clock recorder's epoch times
+SIZE = 16
+
+
+def _frame(i: int) -> np.ndarray:
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    img[:, :, 0] = 10 * (i % 20)  # red carries the frame's index
+    img[i % SIZE, :, 1] = 255
+    return img
+
+
+def _cmd(t_s: float) -> float:
+    return round(0.1 * np.floor(t_s / 0.3), 6)  # a velocity command changing every 0.3 s
+
+
+def write_bag(path: Path, kind: str = "mcap", *, seconds: float = 2.0, topics: tuple = ()) -> Path:
+    """A demonstration: a 10 Hz rgb8 camera and a 10 Hz PNG wrist camera, 100 Hz joint states
+    (arm and gripper joints), 50 Hz twist commands, a 5 Hz gripper command, an instruction.
+    ``topics`` leaves out the named roles."""
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS1_NOETIC if kind == "ros1" else Stores.ROS2_HUMBLE)
+    t = ts.types
+    header = t["std_msgs/msg/Header"]
+    stamp = t["builtin_interfaces/msg/Time"]
+    vec = t["geometry_msgs/msg/Vector3"]
+    if kind == "ros1":
+        from rosbags.rosbag1 import Writer
+
+        writer = Writer(path)
+        serialize = ts.serialize_ros1
+    else:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        plugin = StoragePlugin.MCAP if kind == "mcap" else StoragePlugin.SQLITE3
+        writer = Writer(path, version=9, storage_plugin=plugin)
+        serialize = ts.serialize_cdr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    messages = []  # (time ns, topic, message)
+
+    def head(t_ns: int) -> object:
+        kw = {"seq": 0} if kind == "ros1" else {}
+        return header(stamp=stamp(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="", **kw)
+
+    n_cam = int(seconds * 10)
+    for i in range(n_cam):
+        t_ns = T0_NS + i * 100_000_000
+        if "camera" not in topics:
+            img = _frame(i)
+            msg = t["sensor_msgs/msg/Image"](
+                header=head(t_ns), height=SIZE, width=SIZE, encoding="bgr8", is_bigendian=0,
+                step=SIZE * 3, data=img[:, :, ::-1].reshape(-1).copy(),
+            )  # fmt: skip
+            messages.append((t_ns, "/camera/color/image_raw", msg))
+            png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].reshape(-1)
+            msg = t["sensor_msgs/msg/CompressedImage"](header=head(t_ns + 1000), format="png",
+                                                        data=png)  # fmt: skip
+            messages.append((t_ns + 1000, "/wrist/image/compressed", msg))
+        depth = t["sensor_msgs/msg/Image"](
+            header=head(t_ns), height=2, width=2, encoding="16UC1", is_bigendian=0, step=4,
+            data=np.zeros(8, np.uint8),
+        )  # fmt: skip
+        messages.append((t_ns, "/camera/depth/image_raw", depth))
+    for i in range(int(seconds * 100)):
+        t_ns = T0_NS + 2_000_000 + i * 10_000_000
+        msg = t["sensor_msgs/msg/JointState"](
+            header=head(t_ns), name=["shoulder", "elbow", "gripper_finger"],
+            position=np.array([i * 0.01, -i * 0.01, 0.04 if i < 100 else 0.0]),
+            velocity=np.zeros(0), effort=np.zeros(0),
+        )  # fmt: skip
+        messages.append((t_ns, "/joint_states", msg))
+    for i in range(int(seconds * 50)):
+        t_ns = T0_NS + 1_000_000 + i * 20_000_000
+        if "command" not in topics:
+            v = _cmd(i * 0.02)
+            msg = t["geometry_msgs/msg/Twist"](linear=vec(x=v, y=0.0, z=-v),
+                                               angular=vec(x=0.0, y=0.0, z=0.0))  # fmt: skip
+            messages.append((t_ns, "/servo/cmd_vel", msg))
+        if i % 10 == 0 and "gripper" not in topics:
+            grip = t["std_msgs/msg/Float64"](data=1.0 if i < 50 else 0.0)
+            # two nodes publish it (in a ROS 1 bag: two connections of one topic)
+            messages.append((t_ns, "/gripper/command", grip, f"/teleop_{i // 10 % 2}"))
+    messages.append((T0_NS, "/task_instruction", t["std_msgs/msg/String"](data="stack the cups")))
+    with writer:
+        conns = {}
+        for t_ns, topic, msg, *node in sorted(messages, key=lambda m: m[0]):
+            key = (topic, *node) if kind == "ros1" else (topic,)
+            if key not in conns:
+                kw = {"callerid": node[0]} if kind == "ros1" and node else {}
+                conns[key] = writer.add_connection(topic, msg.__msgtype__, typestore=ts, **kw)
+            writer.write(conns[key], t_ns, bytes(serialize(msg, msg.__msgtype__)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bags")
+    write_bag(root / "mon" / "demo_0", "mcap")
+    write_bag(root / "mon" / "demo_1", "sqlite3", seconds=1.5)
+    write_bag(root / "tue" / "demo_2.bag", "ros1")
+    return root
+
+
+@pytest.mark.parametrize("name", ["mon/demo_0", "mon/demo_1", "tue/demo_2.bag"])
+def test_every_topic_is_read_on_the_first_cameras_clock(bags, name):
+    bag = bags / name
+    assert detect_format(bag) == "rosbag"
+    source = open_source(bag)
+    (ref,) = source.list_episodes()[0]
+    rec = load_episode(source, ref, frame_tolerance=0)
+    # the clock: 10 Hz (the first camera's), from when every used topic has spoken
+    assert rec.fps == pytest.approx(10.0)
+    ticks_s = 0.002 + np.arange(len(rec.actions_TA)) * 0.1  # the joint states speak last
+    # the command topics side by side, each holding its latest message
+    assert rec.action_names == ["gripper.command", *[f"servo.cmd_vel.{k}" for k in
+                                ("vx", "vy", "vz", "wx", "wy", "wz")]]  # fmt: skip
+    held_cmd = [_cmd(np.floor((t - 0.001) / 0.02) * 0.02) for t in ticks_s]
+    np.testing.assert_array_equal(rec.actions_TA[:, 0], np.where(ticks_s < 1.0, 1.0, 0.0))
+    np.testing.assert_allclose(rec.actions_TA[:, 1], held_cmd, atol=1e-6)
+    np.testing.assert_allclose(rec.actions_TA[:, 3], -np.asarray(held_cmd), atol=1e-6)
+    # states: the joint positions by name; the gripper joint is the opening
+    assert rec.state_names == ["shoulder", "elbow", "gripper_finger"]
+    np.testing.assert_allclose(rec.states_TS[:, 0], np.round((ticks_s - 0.002) / 0.01) * 0.01,
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_array_equal(rec.gripper_TG[:, 0], rec.states_TS[:, 2])
+    assert rec.instruction == "stack the cups"
+    # cameras: colour and compressed, not depth; frames pixel for pixel, BGR turned RGB
+    assert [c.name for c in rec.probed] == ["camera.color.image_raw", "wrist.image.compressed"]
+    for cam in rec.probed:
+        frames = np.stack(list(read_frames(cam)))
+        assert len(frames) == len(rec.actions_TA)
+        for k in (0, 5, len(frames) - 1):  # tick k holds the image of 0.1 k s (tick > image)
+            np.testing.assert_array_equal(frames[k], _frame(k))
+
+
+def test_a_folder_of_bags_runs_through_the_pipeline(bags, tmp_path):
+    ds = tmp_path / "ds"
+    cfg = IngestConfig(source=str(bags), dataset=str(ds), executor="local")
+    report = run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
+    assert (report.written, report.failed) == (3, 0) and report.events >= 3
+    rows = LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
+    assert sorted(r["episode_key"] for r in rows) == ["mon/demo_0", "mon/demo_1", "tue/demo_2.bag"]
+    assert {c["codec"] for r in rows for c in r["cameras"]} == {"raw-rgb24", "png"}
+    assert (run_ingest(cfg).written, run_ingest(cfg).unchanged) == (0, 3)
+
+
+def test_the_action_topics_and_the_rate_can_be_stated(bags):
+    bag = str(bags / "mon" / "demo_0")
+    source = open_source(bag, fps=25, action_topics=("/servo/cmd_vel",))
+    rec = source.read(source.list_episodes()[0][0])
+    assert rec.fps == pytest.approx(25.0) and rec.actions_TA.shape[1] == 6
+    with pytest.raises(EpisodeError, match=r"--action-topic /arm/cmd: no messages on it"):
+        open_source(bag, action_topics=("/arm/cmd",)).read(source.list_episodes()[0][0])
+    bad = open_source(bag, action_topics=("/camera/color/image_raw",))
+    with pytest.raises(EpisodeError, match=r"sensor_msgs/msg/Image are not read as actions"):
+        bad.read(source.list_episodes()[0][0])
+
+
+def test_bag_problems_are_one_line(bags, tmp_path):
+    quiet = write_bag(tmp_path / "no_twist", "mcap", topics=("command",))
+    source = open_source(quiet)
+    # the gripper command is still a command: only the twist is gone
+    assert source.read(source.list_episodes()[0][0]).action_names == ["gripper.command"]
+    quiet = write_bag(tmp_path / "no_commands", "mcap", topics=("command", "gripper"))
+    source = open_source(quiet)
+    with pytest.raises(EpisodeError, match=r"no command topic: pass --action-topic \(topics: "):
+        source.read(source.list_episodes()[0][0])
+    runner = CliRunner()
+    broken = tmp_path / "broken"
+    write_bag(broken, "mcap")
+    (mcap,) = broken.glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[:3000])
+    result = runner.invoke(app, ["inspect", str(broken)])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0 and "Traceback" not in out
+    assert f"would fail .: {broken}: unreadable bag:" in out
+    result = runner.invoke(app, ["inspect", str(bags / "mon"), "--action-topic", "/nope"])
+    assert "--action-topic /nope: no messages on it in this bag (topics: " in " ".join(
+        result.output.split()
+    )
+    rlds = Path(__file__).resolve().parents[1] / "data" / "rlds" / "oxe_template"
+    result = runner.invoke(app, ["inspect", str(rlds), "--action-topic", "/cmd"])
+    assert result.exit_code == 1
+    assert "--action-topic is for ROS bags; this source is rlds" in " ".join(result.output.split())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_cli_passes_the_action_topic_to_ingest_and_run(bags, tmp_path):
+    runner = CliRunner()
+    bag = str(bags / "mon" / "demo_0")
+    for command in ("ingest", "run"):
+        args = [command, bag, "-d", str(tmp_path / command), "--action-topic", "/servo/cmd_vel"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "1 written" in " ".join(result.output.split())
+        (row,) = LanceStore(str(tmp_path / command)).read(schemas.EPISODES).to_pylist()
+        assert row["action_dim"] == 6  # the twist alone, not the gripper command beside it
