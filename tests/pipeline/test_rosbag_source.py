@@ -216,3 +216,15 @@ def test_the_cli_passes_the_action_topic_to_ingest_and_run(bags, tmp_path):
         assert "1 written" in " ".join(result.output.split())
         (row,) = LanceStore(str(tmp_path / command)).read(schemas.EPISODES).to_pylist()
         assert row["action_dim"] == 6  # the twist alone, not the gripper command beside it
+
+
+def test_inspect_names_the_columns_each_topic_gave(bags):
+    """Which topics became which columns is what a user of a new robot checks first."""
+    import json
+
+    runner = CliRunner()
+    words = " ".join(runner.invoke(app, ["inspect", str(bags / "mon")]).output.split())
+    assert "actions: gripper.command, servo.cmd_vel.vx, servo.cmd_vel.vy" in words
+    assert "states: shoulder, elbow, gripper_finger" in words
+    found = json.loads(runner.invoke(app, ["inspect", str(bags / "mon"), "--json"]).output)
+    assert found["sampled"][0]["state_names"] == ["shoulder", "elbow", "gripper_finger"]

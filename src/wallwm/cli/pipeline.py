@@ -28,6 +28,7 @@ from wallwm.cli.common import (
 
 if TYPE_CHECKING:
     from wallwm.pipeline.ingest import IngestConfig
+    from wallwm.pipeline.sources.peek import SourcePeek
 
 
 def ingest(
@@ -94,10 +95,6 @@ def inspect_cmd(
     Reads the signals of a few episodes spread over the source (no video decoded, nothing
     written); each problem is the line ingest would record.
     """
-    from collections import Counter
-
-    from rich.table import Table
-
     from wallwm.pipeline.sources.base import EpisodeError
     from wallwm.pipeline.sources.peek import peek_source
 
@@ -112,6 +109,15 @@ def inspect_cmd(
     if as_json:
         print_json(found.as_dict())
         return
+    _show_peek(found)
+
+
+def _show_peek(found: SourcePeek) -> None:
+    """``inspect``'s text: the listing, a table of the sample, its problems and columns."""
+    from collections import Counter
+
+    from rich.table import Table
+
     console.print(
         f"[bold]{found.uri}[/] ({found.format}): {found.listed} episodes listed, "
         f"{len(found.listing_failures)} refused by the listing",
@@ -146,6 +152,12 @@ def inspect_cmd(
             "ingest each embodiment into its own --dataset[/]",
             soft_wrap=True,
         )
+    read = [ep for ep in found.sampled if not ep.problem]
+    for what, names in (("actions", read[0].action_names if read else None),
+                        ("states", read[0].state_names if read else None)):  # fmt: skip
+        if names:  # what the columns are, as the first episode read names them
+            more = f" ... ({len(names)})" if len(names) > 16 else ""
+            console.print(f"{what}: " + ", ".join(names[:16]) + more, soft_wrap=True)
     tasks = sorted({ep.instruction for ep in found.sampled if ep.instruction})
     if tasks:
         console.print("instructions: " + "; ".join(tasks[:10]), soft_wrap=True)

@@ -27,6 +27,9 @@ class EpisodePeek:
     action_dim: int | None = None
     state_dim: int | None = None
     cameras: list[str] = field(default_factory=list)
+    #: What each action / state dim is, where the source names them (None: unnamed).
+    action_names: list[str] | None = None
+    state_names: list[str] | None = None
     instruction: str | None = None
     ground_truth_events: int | None = None
     problem: str | None = None
@@ -73,6 +76,8 @@ def peek_episode(source: object, ref: EpisodeRef) -> EpisodePeek:
         action_dim=int(record.actions_TA.shape[1]),
         state_dim=0 if record.states_TS is None else int(record.states_TS.shape[1]),
         cameras=[c.name for c in record.cameras],
+        action_names=None if record.action_names is None else list(record.action_names),
+        state_names=None if record.state_names is None else list(record.state_names),
         instruction=record.instruction,
         ground_truth_events=None if record.gt_events is None else len(record.gt_events),
     )
