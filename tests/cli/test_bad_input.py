@@ -46,6 +46,12 @@ CASES: list[tuple[str, int, str]] = [
     ("ingest /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
     ("run /no/such/src -d {bad}/new1", 2, "SOURCE /no/such/src: no such file or folder"),
     ("ingest lerobot/pusht -d {bad}/new1", 2, "--repo-type dataset lerobot/pusht --local-dir"),
+    (
+        "ingest gs://gresearch/robotics/bridge/0.1.0 -d {bad}/new1",
+        2,
+        "(`gcloud storage cp -r gs://gresearch/robotics/bridge/0.1.0 DIR`), then ingest DIR",
+    ),
+    ("inspect s3://lab/demos", 2, "SOURCE s3://lab/demos: sources are read from local disk"),
     ("ingest {src} -d {bad}/new2 --format lerobto", 2, "--format: Input should be"),
     ("run {src} -d {bad}/new3 --format lerobto", 2, "--format: Input should be"),
     ("ingest {src} -d {bad}/file", 2, "--dataset {bad}/file: exists and is not a folder"),

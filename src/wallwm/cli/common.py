@@ -85,9 +85,26 @@ def out_folder(path: str) -> str:
     return folder_to_write(path, "--out")
 
 
+#: How to bring a remote SOURCE to disk, by URL scheme (sources are read from local files).
+_COPY_COMMANDS = {
+    "gs": "gcloud storage cp -r {url} DIR",  # Open X-Embodiment's RLDS datasets live there
+    "s3": "aws s3 sync {url} DIR",
+    "hf": "huggingface-cli download --repo-type dataset REPO --local-dir DIR",
+}
+
+
 def existing_source(source: str) -> str:
     """The SOURCE of ingest/run: a local path must exist (a typo must not create a dataset)."""
-    if source and "://" not in source and not Path(source).exists():
+    scheme, sep, _ = source.partition("://")
+    if sep and scheme != "file":
+        command = _COPY_COMMANDS.get(scheme.lower())
+        copy = f" (`{command.format(url=source)}`)" if command else " to a local DIR"
+        raise _refuse(
+            f"SOURCE {source}: sources are read from local disk (the --dataset may live on "
+            f"object storage); copy it first{copy}, then ingest DIR"
+        )
+    source = source.removeprefix("file://") if sep else source
+    if source and not Path(source).exists():
         hint = ""
         if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):
             # a Hub repo id (lerobot/pusht): sources are read from disk, never downloaded
