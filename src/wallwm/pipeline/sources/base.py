@@ -227,6 +227,38 @@ def no_dims(values: npt.NDArray[np.floating] | None) -> bool:
     return values is not None and np.ndim(values) == 2 and np.shape(values)[1] == 0
 
 
+class OptionedSource:
+    """Base of the readers whose files may not store what ingest needs (HDF5, Zarr, RLDS, bags).
+
+    The instruction, the frame rate and the gripper's open end then come from the options; each
+    reader's docstring says what its files do store.
+    """
+
+    format: str
+
+    def __init__(
+        self,
+        root: str | Path,
+        instruction: str | None = None,
+        fps: float | None = None,
+        gripper_open: GripperOpen = "auto",
+    ) -> None:
+        """Remember where the source is and the options' fallbacks.
+
+        Args:
+            root: The source's file or directory.
+            instruction: Instruction of episodes whose files carry none.
+            fps: Frame rate of episodes whose files carry none.
+            gripper_open: ``low``: the gripper values read shrink as it opens (negated on
+                read); ``auto``/``high``: they grow.
+        """
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+        self.instruction = instruction
+        self.fps = fps
+        self.gripper_open = gripper_open
+
+
 @runtime_checkable
 class EpisodeSource(Protocol):
     """A reader of one recorded-episode format."""

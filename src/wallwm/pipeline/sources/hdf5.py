@@ -42,8 +42,8 @@ from wallwm.pipeline.sources.base import (
     EpisodeRecord,
     EpisodeRef,
     FloatArray,
-    GripperOpen,
     MissingFieldError,
+    OptionedSource,
     attr_text,
     orient_gripper,
 )
@@ -110,32 +110,14 @@ def _array(f: Any, key: str, file: str) -> FloatArray:
     return flat.reshape(len(raw), width)
 
 
-class HDF5Source:
-    """Reader of ALOHA / robomimic HDF5 episodes."""
+class HDF5Source(OptionedSource):
+    """Reader of ALOHA / robomimic HDF5 episodes.
+
+    ``root``: a ``.hdf5`` file or a directory searched recursively; ``gripper_open`` ``auto``
+    keeps both layouts' own conventions (the stored positions grow as the gripper opens).
+    """
 
     format = FORMAT
-
-    def __init__(
-        self,
-        root: str | Path,
-        instruction: str | None = None,
-        fps: float | None = None,
-        gripper_open: GripperOpen = "auto",
-    ) -> None:
-        """Open an HDF5 file or a directory of them.
-
-        Args:
-            root: A ``.hdf5`` file or a directory searched recursively.
-            instruction: Instruction for episodes whose files carry none.
-            fps: Frame rate for episodes whose files carry none.
-            gripper_open: ``low``: the stored gripper positions shrink as it opens (negated on
-                read); ``auto``/``high``: they grow, as in both layouts' own conventions.
-        """
-        self.root = Path(root).resolve()
-        self.uri = str(self.root)
-        self.instruction = instruction
-        self.fps = fps
-        self.gripper_open = gripper_open
 
     def _files(self) -> list[Path]:
         if self.root.is_file():

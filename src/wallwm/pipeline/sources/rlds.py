@@ -54,6 +54,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    OptionedSource,
     UnknownFormatError,
     orient_gripper,
 )
@@ -181,7 +182,7 @@ def _names(spec: FeatureSpec, prefix: str) -> list[str]:
     return [base] if spec.width == 1 else [f"{base}_{i}" for i in range(spec.width)]
 
 
-class RldsSource:
+class RldsSource(OptionedSource):
     """Reader of an RLDS dataset written by TFDS (Open X-Embodiment and its conversions)."""
 
     format = FORMAT
@@ -208,11 +209,7 @@ class RldsSource:
         found = dataset_dir(Path(root).resolve())
         if found is None:
             raise UnknownFormatError(str(root), f"no {INFO} and {FEATURES} (a TFDS dataset)")
-        self.root = found
-        self.uri = str(found)
-        self.instruction = instruction
-        self.fps = fps
-        self.gripper_open = gripper_open
+        super().__init__(found, instruction, fps, gripper_open)
         self.info = self._json(INFO)
         file_format = str(self.info.get("fileFormat", "tfrecord"))
         if file_format != "tfrecord":

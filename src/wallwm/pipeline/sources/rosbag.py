@@ -43,6 +43,7 @@ from wallwm.pipeline.sources.base import (
     FloatArray,
     GripperOpen,
     MissingFieldError,
+    OptionedSource,
     orient_gripper,
 )
 
@@ -305,7 +306,7 @@ class _Series:
     names: list[str]
 
 
-class RosbagSource:
+class RosbagSource(OptionedSource):
     """Reader of ROS 1 / ROS 2 bags, one episode per bag."""
 
     format = FORMAT
@@ -328,11 +329,7 @@ class RosbagSource:
             action_topics: The topics whose messages are the actions (default: every
                 command topic, see the module docstring).
         """
-        self.root = Path(root).resolve()
-        self.uri = str(self.root)
-        self.instruction = instruction
-        self.fps = fps
-        self.gripper_open = gripper_open
+        super().__init__(root, instruction, fps, gripper_open)
         self.action_topics = tuple(action_topics)
 
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:

@@ -33,8 +33,8 @@ from wallwm.pipeline.sources.base import (
     EpisodeRecord,
     EpisodeRef,
     FloatArray,
-    GripperOpen,
     MissingFieldError,
+    OptionedSource,
     attr_text,
     metadata_fps,
     orient_gripper,
@@ -52,31 +52,13 @@ def looks_like(root: Path) -> bool:
     return root.name.endswith(".zarr") and (root / "meta" / "episode_ends").exists()
 
 
-class ZarrSource:
-    """Reader of a Zarr replay buffer (Diffusion Policy / UMI)."""
+class ZarrSource(OptionedSource):
+    """Reader of a Zarr replay buffer (Diffusion Policy / UMI).
+
+    ``root``: the ``.zarr`` directory or ``.zarr.zip`` file.
+    """
 
     format = FORMAT
-
-    def __init__(
-        self,
-        root: str | Path,
-        instruction: str | None = None,
-        fps: float | None = None,
-        gripper_open: GripperOpen = "auto",
-    ) -> None:
-        """Open the store at ``root``.
-
-        Args:
-            root: The ``.zarr`` directory or ``.zarr.zip`` file.
-            instruction: Instruction of every episode (the buffer stores none).
-            fps: Frame rate, where the store's attributes give none.
-            gripper_open: ``low``: the gripper widths shrink as it opens (negated on read).
-        """
-        self.root = Path(root).resolve()
-        self.uri = str(self.root)
-        self.instruction = instruction
-        self.fps = fps
-        self.gripper_open = gripper_open
 
     def _ends(self, group: Any) -> list[int]:
         """Each episode's end row; refused in one line unless cumulative and within the data."""
