@@ -122,9 +122,18 @@ def bags(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["mon/demo_0", "mon/demo_1", "tue/demo_2.bag"])
-def test_every_topic_is_read_on_the_first_cameras_clock(bags, name):
-    bag = bags / name
+@pytest.fixture(scope="module")
+def solo_mcap(bags, tmp_path_factory) -> Path:
+    """A ROS 2 bag's MCAP file shared on its own (no metadata.yaml)."""
+    import shutil
+
+    (mcap,) = (bags / "mon" / "demo_0").glob("*.mcap")
+    return Path(shutil.copy(mcap, tmp_path_factory.mktemp("solo") / "demo_3.mcap"))
+
+
+@pytest.mark.parametrize("name", ["mon/demo_0", "mon/demo_1", "tue/demo_2.bag", "solo"])
+def test_every_topic_is_read_on_the_first_cameras_clock(bags, solo_mcap, name):
+    bag = solo_mcap if name == "solo" else bags / name
     assert detect_format(bag) == "rosbag"
     source = open_source(bag)
     (ref,) = source.list_episodes()[0]

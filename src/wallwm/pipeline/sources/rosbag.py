@@ -1,7 +1,8 @@
 """ROS bags: one recorded demonstration per bag (via rosbags, pure Python: no ROS install).
 
 A SOURCE is a ROS 2 bag (a directory with ``metadata.yaml`` and its ``.mcap`` or ``.db3``
-files), a ROS 1 ``.bag`` file, or a folder holding many bags -- each bag one episode. Topics
+files), a ROS 2 ``.mcap`` file on its own, a ROS 1 ``.bag`` file, or a folder holding many bags
+-- each bag one episode. Topics
 play roles by their message type:
 
 - **cameras**: every ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, mono16) and
@@ -69,8 +70,13 @@ def _is_ros2_bag(path: Path) -> bool:
     return path.is_dir() and (path / "metadata.yaml").is_file()
 
 
+#: Bag files read without a ``metadata.yaml``: ROS 1 bags, and a ROS 2 bag's MCAP file shared
+#: on its own (it carries its message definitions).
+BAG_SUFFIXES = (".bag", ".mcap")
+
+
 def _is_bag(path: Path) -> bool:
-    return _is_ros2_bag(path) or (path.is_file() and path.suffix == ".bag")
+    return _is_ros2_bag(path) or (path.is_file() and path.suffix in BAG_SUFFIXES)
 
 
 def bags_under(root: Path) -> list[Path]:
@@ -94,7 +100,7 @@ def looks_like(root: Path) -> bool:
         return True
     if not root.is_dir():
         return False
-    return any(p.suffix == ".bag" or p.name == "metadata.yaml" for p in root.rglob("*"))
+    return any(p.suffix in BAG_SUFFIXES or p.name == "metadata.yaml" for p in root.rglob("*"))
 
 
 # --- messages as vectors -----------------------------------------------------------------
@@ -212,7 +218,7 @@ def split_rosbag_uri(uri: str) -> tuple[str, str, Clock] | None:
     """``(bag, topic, clock)`` for a ROS bag camera URI, else None."""
     path, sep, rest = uri.partition("#")
     match = _URI.fullmatch(rest) if sep else None
-    if match is None or not (path.endswith(".bag") or Path(path, "metadata.yaml").is_file()):
+    if match is None or not (path.endswith(BAG_SUFFIXES) or Path(path, "metadata.yaml").is_file()):
         return None
     clock = Clock(int(match["start"]), int(match["step"]), int(match["count"]))
     return path, match["topic"], clock
@@ -322,7 +328,8 @@ class RosbagSource(OptionedSource):
         """Open the bag, or the folder of bags, at ``root``.
 
         Args:
-            root: A ROS 2 bag directory, a ROS 1 ``.bag`` file, or a folder of either.
+            root: A ROS 2 bag directory or ``.mcap`` file, a ROS 1 ``.bag`` file, or a folder
+                of them.
             instruction: Instruction of episodes whose bag publishes none.
             fps: The episode clock's rate (default: the first camera's median rate).
             gripper_open: ``low``: joint positions named ``*grip*`` shrink as it opens.
