@@ -55,7 +55,7 @@ def detect_format(path: str | Path) -> str:
         "unknown source format: expected meta/info.json (LeRobot v2.1/v3.0), "
         "<episode>/meta.json + steps.parquet (folder), .hdf5 files (ALOHA/robomimic), a "
         ".zarr replay buffer (Diffusion Policy/UMI), an RLDS dataset (dataset_info.json + "
-        "features.json, Open X-Embodiment), or ROS bags (a .bag file, a directory with "
+        "features.json, Open X-Embodiment), or ROS bags (a .bag or .mcap file, a directory with "
         "metadata.yaml, or a folder of them)",
     )
 
