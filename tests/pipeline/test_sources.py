@@ -412,6 +412,17 @@ def test_hdf5_frames_in_other_layouts_are_read_as_rgb(hdf5_source):
         assert (cam.height, cam.width, cam.codec) == (*frames.shape[1:3], "raw-rgb24")
         got = np.stack(list(read_frames(cam)))
         np.testing.assert_array_equal(got, want)
+    # the value range is the stream's, not each frame's: a dark first frame of a 0-255 float
+    # stream (max 1.0) read as [0, 1] and came out white; a dark 16-bit frame read as 8-bit
+    dark = frames.copy()
+    dark[0] = np.minimum(dark[0], 1)
+    for stored, want in ((dark.astype(np.float32), dark),
+                         (dark.astype(np.uint16) * 257, dark)):  # fmt: skip
+        with h5py.File(path, "a") as f:
+            del f["observations/images/cam_high"]
+            f["observations/images/cam_high"] = stored
+        (cam,) = load_episode(source, ref, frame_tolerance=0).probed
+        np.testing.assert_array_equal(np.stack(list(read_frames(cam))), want)
     wide = frames[0].astype(np.int64)  # 8-bit values stored in a wider type stay as they are
     np.testing.assert_array_equal(rgb_frame(wide, "f.hdf5#/x"), frames[0])
     deep = frames[0].astype(np.uint16) * 257  # a 16-bit image: its top 8 bits

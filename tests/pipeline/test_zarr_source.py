@@ -101,3 +101,20 @@ def test_a_buffer_without_fps_or_with_broken_episode_ends_says_so(replay_buffer,
     zarr.open_group(str(path), mode="a")["meta/episode_ends"][1] = 5  # falls back
     with pytest.raises(EpisodeError, match="episode 1 does not"):
         open_source(path).list_episodes()
+
+
+def test_float_frames_are_scaled_by_their_episodes_range(replay_buffer):
+    """Frames stored as 0-255 floats, the first one dark (max 1.0): the range is the episode
+    stream's, so the dark frame stays dark (judged alone it read as [0, 1], white)."""
+    import zarr
+
+    path, _ = replay_buffer(fps=10)
+    root = zarr.open_group(str(path), mode="a")
+    pixels = np.asarray(root["data/camera0_rgb"][:]).astype(np.float32)
+    pixels[0] = np.minimum(pixels[0], 1.0)
+    del root["data/camera0_rgb"]
+    root["data"].create_dataset("camera0_rgb", data=pixels, chunks=(8, 48, 48, 3))
+    source = open_source(path, instruction="push the T")
+    rec = load_episode(source, source.list_episodes()[0][0], frame_tolerance=0)
+    got = np.stack(list(read_frames(rec.probed[0])))
+    np.testing.assert_array_equal(got, pixels[: len(got)].astype(np.uint8))

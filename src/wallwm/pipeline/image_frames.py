@@ -63,18 +63,47 @@ def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
             dset = f[key]
             where = f"{path}{HDF5_SEPARATOR}{key}"
             encoded = dset.ndim <= 2  # (T,) vlen bytes or (T, max_len) padded JPEG (ALOHA)
+            top = None if encoded else value_top(dset, where)
             for i in range(dset.shape[0]):
                 frame = np.asarray(dset[i])
-                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where)
+                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where, top)
     except OSError as exc:
         raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
 
 
-def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
+#: Frames a stream's value range is read from (spread over it): one dark frame must not decide.
+RANGE_SAMPLE_FRAMES = 16
+
+
+def value_top(frames: Any, where: str) -> float | None:
+    """The value that means full brightness for a stream of raw frames (None: uint8, as is).
+
+    Decided once per camera stream from up to :data:`RANGE_SAMPLE_FRAMES` frames spread over
+    it -- per frame, a dark frame of a 0-255 float stream (max <= 1) read as [0, 1] and was
+    brightened 255x, and a dark 16-bit frame (max <= 255) read as 8-bit. Floats: 1.0 if every
+    sampled value is within [0, 1], else 255; integers wider than 8 bits: 255 if every sampled
+    value fits in 8 bits, else their type's maximum.
+    """
+    dtype = np.dtype(frames.dtype)
+    if dtype == np.uint8 or dtype.kind not in "fui" or not len(frames):
+        return None
+    picks = np.unique(np.linspace(0, len(frames) - 1, RANGE_SAMPLE_FRAMES).round().astype(int))
+    try:
+        peak = max(float(np.nanmax(np.asarray(frames[int(i)]))) for i in picks)
+    except ValueError:  # all-NaN frames: nothing to learn the range from
+        return None
+    if dtype.kind == "f":
+        return 1.0 if peak <= 1.0 else 255.0
+    return 255.0 if peak <= 255 else float(np.iinfo(dtype).max)
+
+
+def rgb_frame(frame: np.ndarray, where: str, top: float | None = None) -> UInt8Array:
     """A stored image as (H, W, 3) uint8 RGB, whichever common layout it was stored in.
 
     Channels first (C, H, W) as PyTorch pipelines save them, grey (H, W) or (H, W, 1), RGBA, and
     floats in [0, 1] (or [0, 255]) are converted; anything else is refused naming ``where``.
+    ``top`` is the value of full brightness, from :func:`value_top` over the frame's stream
+    (None: judged from this frame alone).
     """
     file, _, key = where.partition(HDF5_SEPARATOR)
     if frame.ndim == 3 and frame.shape[0] in (1, 3, 4) and frame.shape[2] not in (1, 3, 4):
@@ -92,18 +121,12 @@ def rgb_frame(frame: np.ndarray, where: str) -> UInt8Array:
     frame = frame[:, :, :3]
     if frame.dtype == np.uint8:
         return np.asarray(frame, dtype=np.uint8)
-    if frame.dtype.kind == "f":
-        values = np.nan_to_num(frame.astype(np.float32))
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
-        return np.asarray(np.clip(values * scale + 0.5, 0, 255), dtype=np.uint8)
-    if frame.dtype.kind in "ui":
-        # 8-bit values in a wider type (int64 arrays of 0-255) stay; a 16-bit image is scaled
-        top = 255.0 if frame.size and frame.max() <= 255 else float(np.iinfo(frame.dtype).max)
-        return np.asarray(np.clip(frame * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
-    raise CorruptVideoError(
-        file,
-        f"{key}: frames of type {frame.dtype} are not images",
-    )
+    if frame.dtype.kind not in "fui":
+        raise CorruptVideoError(file, f"{key}: frames of type {frame.dtype} are not images")
+    if top is None:
+        top = value_top(frame[None], where) or 255.0
+    values = np.nan_to_num(frame.astype(np.float32))
+    return np.asarray(np.clip(values * (255.0 / top) + 0.5, 0, 255), dtype=np.uint8)
 
 
 def parquet_frames_uri(path: str, column: str, episode_index: int) -> str:
@@ -236,10 +259,27 @@ def iter_zarr_frames(path: str, array: str, start: int, end: int) -> Iterator[UI
     """Yield rows ``[start, end)`` of a Zarr image array as RGB frames, a block at a time."""
     group = open_zarr(path)
     where = f"{path}{HDF5_SEPARATOR}{array}"
+    if array not in group:
+        raise MissingFieldError(path, f"{array}: no such array in the Zarr store")
+    top = value_top(_Rows(group[array], start, end), where)
     for first in range(start, end, ZARR_BLOCK_FRAMES):
         block = read_zarr(group, array, path, slice(first, min(end, first + ZARR_BLOCK_FRAMES)))
         for frame in block:
-            yield rgb_frame(frame, where)
+            yield rgb_frame(frame, where, top)
+
+
+class _Rows:
+    """Rows ``[start, end)`` of an array, indexable from 0 (one episode's frames)."""
+
+    def __init__(self, array: Any, start: int, end: int) -> None:
+        self.array, self.start, self.end = array, start, end
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int) -> Any:
+        return self.array[self.start + i]
 
 
 def tfrecord_frames_uri(shard: str, key: str, offset: int) -> str:
