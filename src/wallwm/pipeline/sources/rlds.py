@@ -176,10 +176,10 @@ def _is_camera(spec: FeatureSpec) -> bool:
     )
 
 
-def _names(spec: FeatureSpec, prefix: str) -> list[str]:
+def _names(spec: FeatureSpec, prefix: str, width: int) -> list[str]:
     """Per-dim names: the leaf below ``prefix`` (``world_vector_0``); one dim keeps the leaf."""
     base = spec.leaf.removeprefix(prefix).strip("/") or prefix
-    return [base] if spec.width == 1 else [f"{base}_{i}" for i in range(spec.width)]
+    return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
 
 
 class RldsSource(OptionedSource):
@@ -299,12 +299,14 @@ class RldsSource(OptionedSource):
             )
         except (OSError, tfrecord.RecordError) as exc:
             raise CorruptVideoError(where, f"unreadable record: {exc}", "BadShard") from exc
-        actions = self._stack(example, self.actions, where, None)
+        actions, action_names = _stack(example, self.actions, where, None, "action")
         steps = len(actions)
         if steps == 0:
             raise BadSignalError(where, "the episode has no steps", "EmptyEpisode")
-        states = self._stack(example, self.states, where, steps) if self.states else None
-        state_names = [n for s in self.states for n in _names(s, "observation")]
+        states, state_names = (
+            _stack(example, self.states, where, steps, "observation")
+            if self.states else (None, [])
+        )  # fmt: skip
         grips = [i for i, n in enumerate(state_names) if "grip" in n.lower()]
         if self.fps is None:
             raise MissingFieldError(
@@ -328,37 +330,10 @@ class RldsSource(OptionedSource):
             gripper_TG=orient_gripper(
                 states[:, grips] if states is not None and grips else None, self.gripper_open
             ),
-            action_names=(
-                [n for s in self.actions for n in _names(s, "action")]
-                if len(self.actions) > 1 or self.actions[0].leaf != "action"
-                else None
-            ),
+            # one unnamed ``action`` tensor: no names (``action_0``... would say nothing more)
+            action_names=action_names if [s.leaf for s in self.actions] != ["action"] else None,
             state_names=state_names or None,
         )
-
-    def _stack(
-        self, example: dict[str, tfrecord.Feature], specs: list[FeatureSpec], where: str,
-        steps: int | None,
-    ) -> FloatArray:  # fmt: skip
-        """The specs' values as one (steps, dims) float32 array, columns in spec order."""
-        columns = []
-        for spec in specs:
-            values = _tensor_values(example.get(spec.key), spec, where)
-            width = spec.width if spec.width > 0 else (values.size // steps if steps else 1)
-            if width <= 0 or values.size % width:
-                raise BadSignalError(
-                    where, f"{spec.key}: {values.size} values do not divide into steps of "
-                    f"{width}", "BadShape",
-                )  # fmt: skip
-            column = values.reshape(-1, width)
-            if steps is not None and len(column) != steps:
-                raise BadSignalError(
-                    where, f"{spec.key}: {len(column)} steps, the actions have {steps}",
-                    "FrameCountMismatch",
-                )  # fmt: skip
-            steps = len(column)
-            columns.append(column)
-        return np.concatenate(columns, axis=1).astype(np.float32)
 
     def _instruction(self, example: dict[str, tfrecord.Feature]) -> str | None:
         for spec in self.texts:
@@ -375,6 +350,32 @@ class RldsSource(OptionedSource):
                 if text:
                     return text
         return None
+
+
+def _stack(
+    example: dict[str, tfrecord.Feature], specs: list[FeatureSpec], where: str,
+    steps: int | None, prefix: str,
+) -> tuple[FloatArray, list[str]]:  # fmt: skip
+    """The specs' values as one (steps, dims) float32 array, columns in spec order, named."""
+    columns, names = [], []
+    for spec in specs:
+        values = _tensor_values(example.get(spec.key), spec, where)
+        width = spec.width if spec.width > 0 else (values.size // steps if steps else 1)
+        if width <= 0 or values.size % width:
+            raise BadSignalError(
+                where, f"{spec.key}: {values.size} values do not divide into steps of "
+                f"{width}", "BadShape",
+            )  # fmt: skip
+        column = values.reshape(-1, width)
+        if steps is not None and len(column) != steps:
+            raise BadSignalError(
+                where, f"{spec.key}: {len(column)} steps, the actions have {steps}",
+                "FrameCountMismatch",
+            )  # fmt: skip
+        steps = len(column)
+        columns.append(column)
+        names += _names(spec, prefix, width)
+    return np.concatenate(columns, axis=1).astype(np.float32), names
 
 
 def _tensor_values(feature: tfrecord.Feature | None, spec: FeatureSpec, where: str) -> np.ndarray:
