@@ -237,3 +237,19 @@ def test_inspect_names_the_columns_each_topic_gave(bags):
     assert "states: shoulder, elbow, gripper_finger" in words
     found = json.loads(runner.invoke(app, ["inspect", str(bags / "mon"), "--json"]).output)
     assert found["sampled"][0]["state_names"] == ["shoulder", "elbow", "gripper_finger"]
+
+
+def test_the_episode_plot_names_the_columns(bags, tmp_path, monkeypatch):
+    """The plot's legend read ``state 0, state 1`` where the source names its joints."""
+    from wallwm.pipeline import inspect
+
+    ds = tmp_path / "ds"
+    cfg = IngestConfig(source=str(bags / "mon" / "demo_0"), dataset=str(ds), executor="local")
+    run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
+    figures = []
+    monkeypatch.setattr(inspect, "save_figure", lambda fig, out, **kw: figures.append(fig))
+    (row,) = LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
+    inspect.plot_episode(LanceStore(str(ds)), row["episode_id"], tmp_path / "p.png")
+    labels = [line.get_label() for ax in figures[0].axes for line in ax.get_lines()]
+    assert "action servo.cmd_vel.vx" in labels
+    assert "state elbow" in labels

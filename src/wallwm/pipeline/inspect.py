@@ -153,6 +153,11 @@ def _segment_config_of(store: TableStore, run_id: str | None) -> tuple[SegmentCo
     return SegmentConfig(), "defaults"
 
 
+def _dim_name(names: list[str] | None, j: int) -> str:
+    """Dim ``j``'s name where the source named it, else its index."""
+    return str(names[j]) if names and j < len(names) else str(j)
+
+
 def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     """PNG timeline of an episode: signals, cue traces, chosen boundaries and ground truth.
 
@@ -181,14 +186,15 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
     dot = "o" if len(t) < 3 else None  # a line through one or two frames is invisible
     for j in range(actions.shape[1]):
-        name = (row.get("action_names") or [])[j] if j < len(row.get("action_names") or []) else j
-        axes[0].plot(t, actions[:, j], lw=0.9, marker=dot, label=f"action {name}")
+        axes[0].plot(t, actions[:, j], lw=0.9, marker=dot,
+                     label=f"action {_dim_name(row.get('action_names'), j)}")  # fmt: skip
     axes[0].set_ylabel("actions")
     if row.get("gripper"):
         axes[1].plot(t, np.asarray(row["gripper"]), color="k", lw=1.2, label="gripper")
     if states is not None:
         for j in range(min(states.shape[1], 6)):
-            axes[1].plot(t, states[:, j], lw=0.7, alpha=0.7, marker=dot, label=f"state {j}")
+            label = f"state {_dim_name(row.get('state_names'), j)}"
+            axes[1].plot(t, states[:, j], lw=0.7, alpha=0.7, marker=dot, label=label)
     axes[1].set_ylabel("states / gripper")
     axes[2].plot(t, seg.score_T, color="k", lw=1.5, label="boundary strength")
     for name, trace in seg.cues_CT.items():

@@ -51,6 +51,7 @@ EPISODE_COLUMNS = [
     "gripper",
     "timestamps_s",
     "action_names",
+    "state_names",
     "cameras",
     "content_hash",
 ]
