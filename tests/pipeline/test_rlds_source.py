@@ -296,3 +296,23 @@ def test_the_length_crc_is_crc32c_masked():
         tfrecord.masked_crc32c(b"123456789")
         == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
     )
+
+
+def test_rlds_converts_to_lerobot_with_its_events(tmp_path):
+    """OXE data to a LeRobot v3.0 dataset, events as subtasks: the export re-ingests to the same
+    actions, every camera as video with every frame."""
+    from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
+
+    ds, out = tmp_path / "ds", tmp_path / "lerobot"
+    cfg = IngestConfig(source=str(RT1), dataset=str(ds), executor="local", fps=3.0)
+    run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
+    summary = export_lerobot(ExportConfig(dataset=str(ds), out=str(out), trim=False))
+    assert summary.episodes_out == 3 and detect_format(out) == "lerobot"
+    expected = np.load(RT1 / "expected.npz")
+    source = open_source(out)
+    exported = [load_episode(source, ref, frame_tolerance=0) for ref in source.list_episodes()[0]]
+    for i in range(3):  # each RLDS episode is one exported episode, its actions bit for bit
+        assert sum(np.array_equal(e.actions_TA, expected[f"{i}/action"]) for e in exported) == 1
+    assert all(len(e.probed) == 1 and e.probed[0].num_frames == len(e.actions_TA)
+               for e in exported)  # fmt: skip
+    assert all(e.gt_events for e in exported)  # the events, as subtasks
