@@ -41,7 +41,7 @@ from wallwm.pipeline.sources.base import (
     GripperOpen,
 )
 from wallwm.pipeline.sources.merge import CameraRenamer, embodiment_problem, unknown_cameras
-from wallwm.pipeline.sources.registry import open_source
+from wallwm.pipeline.sources.registry import SourceFormat, open_source
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import table_from_ipc, table_to_ipc, to_vector_series
 from wallwm.pipeline.tables.ids import episode_id
@@ -67,9 +67,9 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    source: str = Field(description="Source path (LeRobot dataset, folder source, HDF5 file/dir).")
+    source: str = Field(description="Source path (any format of the source registry).")
     dataset: str = Field(description="Dataset root where the Lance tables live.")
-    format: Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag"] = "auto"
+    format: SourceFormat = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
     gripper_open: GripperOpen = Field(
