@@ -32,7 +32,6 @@ directories (``bridge/``) reads its newest version, as ``tfds.load`` does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import zlib
@@ -262,12 +261,12 @@ class RldsSource(OptionedSource):
                     f"{len(shards)} found", "MissingShard",
                 ))  # fmt: skip
             for s, shard in enumerate(shards):
-                try:
-                    spans = list(tfrecord.record_offsets(shard))
+                spans: list[tfrecord.RecordSpan] = []
+                try:  # the records before a shard's damage are kept; the rest is one line
+                    spans.extend(tfrecord.record_offsets(shard))
                 except tfrecord.RecordError as exc:
                     errors.append(CorruptVideoError(str(shard), str(exc).partition(": ")[2],
                                                     "BadShard"))  # fmt: skip
-                    spans = self._readable_prefix(shard)
                 refs += [
                     EpisodeRef(
                         self.uri,
@@ -279,14 +278,6 @@ class RldsSource(OptionedSource):
                     for r, span in enumerate(spans)
                 ]
         return refs, errors
-
-    @staticmethod
-    def _readable_prefix(shard: Path) -> list[tfrecord.RecordSpan]:
-        """The records before a shard's damage (the rest of the shard is reported, not read)."""
-        spans: list[tfrecord.RecordSpan] = []
-        with contextlib.suppress(tfrecord.RecordError):
-            spans.extend(tfrecord.record_offsets(shard))  # keeps what came before the error
-        return spans
 
     def read(self, ref: EpisodeRef) -> EpisodeRecord:
         """Read one episode's steps (signals now; frames lazily by camera URI)."""
