@@ -4,17 +4,23 @@
 source has ``<episode>/meta.json`` + ``steps.parquet``, an HDF5 source is a ``.hdf5`` file or a
 directory of them, a Zarr replay buffer a ``*.zarr`` directory with ``meta/episode_ends`` (or a
 ``*.zarr.zip``), an RLDS dataset a TFDS version directory (``dataset_info.json`` +
-``features.json``) or a folder of versions.
+``features.json``) or a folder of versions, ROS bags a ``.bag`` / ``.mcap`` file, a directory
+with ``metadata.yaml``, or a folder of them.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from wallwm.pipeline.sources import folder, hdf5, lerobot, rlds, rosbag, zarr_buffer
-from wallwm.pipeline.sources.base import EpisodeSource, GripperOpen, UnknownFormatError
+from wallwm.pipeline.sources.base import (
+    EpisodeSource,
+    GripperOpen,
+    UnknownFormatError,
+)
 
 SourceFormat = Literal["auto", "lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag"]
 FORMATS: tuple[str, ...] = ("lerobot", "folder", "hdf5", "zarr", "rlds", "rosbag")
@@ -87,6 +93,15 @@ def _collection_format(path: Path) -> str | None:
     return None
 
 
+#: The readers whose files may not store the instruction or fps (:class:`OptionedSource`s):
+#: the options give them.
+_OPTIONED: dict[str, Callable[..., EpisodeSource]] = {
+    hdf5.FORMAT: hdf5.HDF5Source,
+    zarr_buffer.FORMAT: zarr_buffer.ZarrSource,
+    rlds.FORMAT: rlds.RldsSource,
+}
+
+
 def open_source(
     path: str | Path,
     fmt: str = "auto",
@@ -121,14 +136,9 @@ def open_source(
         return lerobot.LeRobotSource(path, gripper_open=gripper_open)
     if fmt == folder.FORMAT:
         return folder.FolderSource(path, gripper_open=gripper_open)
-    if fmt == hdf5.FORMAT:
-        return hdf5.HDF5Source(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
-    if fmt == zarr_buffer.FORMAT:
-        return zarr_buffer.ZarrSource(
-            path, instruction=instruction, fps=fps, gripper_open=gripper_open
-        )
-    if fmt == rlds.FORMAT:
-        return rlds.RldsSource(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
+    optioned = _OPTIONED.get(fmt)
+    if optioned is not None:
+        return optioned(path, instruction=instruction, fps=fps, gripper_open=gripper_open)
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UnknownFormatError(str(path), f"unknown format {fmt!r} (choose from {FORMATS}){hint}")
