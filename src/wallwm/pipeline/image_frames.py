@@ -43,7 +43,8 @@ def split_hdf5_uri(uri: str) -> tuple[str, str] | None:
     return None
 
 
-def _decode_image_bytes(buf: npt.NDArray[np.uint8], where: str) -> UInt8Array:
+def decode_image_bytes(buf: npt.NDArray[np.uint8], where: str) -> UInt8Array:
+    """An encoded image (JPEG, PNG, ...) as (H, W, 3) uint8 RGB; undecodable: one line."""
     import cv2
 
     img = cv2.imdecode(np.asarray(buf, dtype=np.uint8).reshape(-1), cv2.IMREAD_COLOR)
@@ -66,7 +67,7 @@ def iter_hdf5_frames(path: str, key: str) -> Iterator[UInt8Array]:
             top = None if encoded else value_top(dset, where)
             for i in range(dset.shape[0]):
                 frame = np.asarray(dset[i])
-                yield _decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where, top)
+                yield decode_image_bytes(frame, where) if encoded else rgb_frame(frame, where, top)
     except OSError as exc:
         raise CorruptVideoError(path, f"unreadable HDF5 file: {exc}") from exc
 
@@ -194,7 +195,7 @@ def iter_parquet_frames(path: str, column: str, episode_index: int) -> Iterator[
     where = parquet_frames_uri(path, column, episode_index)
     for cell in _parquet_images(path, column, episode_index):
         buf = np.frombuffer(_image_bytes(cell, where), dtype=np.uint8)
-        yield _decode_image_bytes(buf, where)
+        yield decode_image_bytes(buf, where)
 
 
 ZARR_SUFFIXES = (".zarr", ".zarr.zip")
@@ -317,7 +318,7 @@ def iter_tfrecord_frames(path: str, key: str, offset: int) -> Iterator[UInt8Arra
     """Yield one RLDS episode's RGB frames from a per-step image feature."""
     where = tfrecord_frames_uri(path, key, offset)
     for image in _tfrecord_images(path, key, offset):
-        yield _decode_image_bytes(np.frombuffer(image, dtype=np.uint8), where)
+        yield decode_image_bytes(np.frombuffer(image, dtype=np.uint8), where)
 
 
 def stored_frames(uri: str) -> Iterator[UInt8Array] | None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from wallwm.pipeline.image_frames import decode_image_bytes, rgb_frame
 from wallwm.pipeline.sources.base import (
     BadSignalError,
     CameraSpec,
@@ -158,13 +159,8 @@ READABLE = {
 
 def image_frame(msg: Any, msgtype: str, where: str) -> npt.NDArray[np.uint8]:
     """A camera message as (H, W, 3) uint8 RGB."""
-    import cv2
-
     if msgtype == COMPRESSED:
-        img = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise CorruptVideoError(where, f"a {msg.format!r} image could not be decoded")
-        return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        return decode_image_bytes(np.frombuffer(bytes(msg.data), np.uint8), where)
     encoding = str(msg.encoding).lower()
     channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
                 "mono16": 1, "16uc1": 1}.get(encoding)  # fmt: skip
@@ -179,10 +175,10 @@ def image_frame(msg: Any, msgtype: str, where: str) -> npt.NDArray[np.uint8]:
     )  # fmt: skip
     if wide:
         pixels = (pixels >> 8).astype(np.uint8)  # the top 8 bits, as for 16-bit HDF5 frames
-    if channels == 1:
-        return np.repeat(pixels, 3, axis=2)
-    rgb = pixels[:, :, :3]
-    return np.ascontiguousarray(rgb[:, :, ::-1] if encoding.startswith("bgr") else rgb)
+    if encoding.startswith("bgr"):
+        pixels = pixels[:, :, 2::-1]  # BGR(A) -> RGB
+    # grey and alpha as every stored frame: (H, W, 1) repeated, (H, W, 4) cut to three
+    return np.ascontiguousarray(rgb_frame(pixels, where))
 
 
 # --- the clock ---------------------------------------------------------------------------
