@@ -335,7 +335,7 @@ def stored_frames(uri: str) -> Iterator[UInt8Array] | None:
     record = split_tfrecord_uri(uri)
     if record is not None:
         return iter_tfrecord_frames(*record)
-    from wallwm.pipeline.sources import rosbag
+    from wallwm.pipeline.sources import rosbag  # here: it decodes through this module
 
     topic = rosbag.split_rosbag_uri(uri)
     if topic is not None:
