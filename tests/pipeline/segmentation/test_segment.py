@@ -12,6 +12,7 @@ from wallwm.pipeline.segmentation import changepoints as changepoints_module
 from wallwm.pipeline.segmentation.bends import bent_line_cost, bent_line_costs, residual_excess
 from wallwm.pipeline.segmentation.changepoints import (
     LinearCost,
+    LocalNoiseCost,
     PolynomialCost,
     optimal_partition,
     pelt,
@@ -519,6 +520,36 @@ def test_cuts_are_weighed_at_the_noise_the_events_leave():
     y = np.random.default_rng(0).normal(0, 1, (200, 2)) * [1.0, 3.0]
     excess = residual_excess(LinearCost(y), y, frame_index(200, 2), [0, 200])
     assert excess[0] == 1.0 and 7.0 < excess[1] < 11.0
+
+
+@pytest.mark.parametrize("block", [2, 7, 64])
+def test_pelt_by_blocks_of_ends_is_pelt_end_by_end(block, monkeypatch):
+    """Costing a block of ends at once changes no cut: the same optimum, ties and pruning."""
+    rng = np.random.default_rng(block)
+    for trial in range(12):
+        t_len, dims = int(rng.integers(30, 700)), int(rng.integers(1, 5))
+        knots = sorted({int(k) for k in rng.integers(1, t_len, int(rng.integers(0, 9)))})
+        y = np.concatenate(
+            [
+                rng.normal(0, 3, dims) + np.arange(b - a)[:, None] * rng.normal(0, 0.05, dims)
+                for a, b in itertools.pairwise([0, *knots, t_len])
+            ]
+        ) + rng.normal(0, 1, (t_len, dims))
+        if trial % 3 == 0:  # ties: a constant stretch costs nothing however it is cut
+            y[: t_len // 5] = 0.0
+        z = np.cumsum(y, axis=0) * 0.01
+        cost = [
+            LinearCost(y),
+            LinearCost(y, z),
+            PolynomialCost(y, 3),
+            LocalNoiseCost(PolynomialCost(y, 3, z), 1.0 + rng.random((t_len, dims))),
+        ][trial % 4]
+        min_len = int(rng.choice([1, 2, 5]))
+        penalty = float(rng.choice([1.0, 10.0, 60.0])) * np.log(t_len)
+        monkeypatch.setattr(changepoints_module, "PELT_BLOCK", 1)  # one end at a time
+        end_by_end = pelt(cost, t_len, penalty, min_len)
+        monkeypatch.setattr(changepoints_module, "PELT_BLOCK", block)
+        assert pelt(cost, t_len, penalty, min_len) == end_by_end, (trial, block)
 
 
 @pytest.mark.parametrize("min_len", [1, 4])
