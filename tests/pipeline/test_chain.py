@@ -1,4 +1,4 @@
-"""The Ray Data fan-out: every item once, and episodes really processed in parallel."""
+"""The Ray Data fan-out and the Ray task map: every item once, really processed in parallel."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from wallwm.pipeline.chain import fan_out, work_dataset
+from wallwm.pipeline.chain import fan_out, map_items, work_dataset
 
 
 def _overlap_probe(item: dict[str, Any], root: str, wait_s: float = 2.0) -> dict[str, Any]:
@@ -59,3 +59,35 @@ def test_work_dataset_turns_off_cpu_reservation_for_itself_only() -> None:
     assert ds.context.op_resource_reservation_enabled is False
     # Other Ray Data pipelines of the process (the captioner's actor pools) keep the default.
     assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
+
+
+def _square_or_fail(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return x * x
+
+
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_map_items_keeps_the_order_and_raises_what_fn_raises(executor: str, request) -> None:
+    if executor == "ray":
+        request.getfixturevalue("ray_local")
+    items = [5, 3, 0, 7, 1, 2]
+    assert map_items(_square_or_fail, items, executor) == [25, 9, 0, 49, 1, 4]
+    assert map_items(_square_or_fail, [], executor) == []
+    with pytest.raises(ValueError, match="negative item -2"):
+        map_items(_square_or_fail, [1, -2, 3], executor)
+
+
+def _pid_after_a_while(_item: int) -> int:
+    time.sleep(0.5)
+    return os.getpid()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_map_items_spreads_the_items_over_the_cpus() -> None:
+    import ray
+
+    if ray.cluster_resources().get("CPU", 1) < 2:
+        pytest.skip("needs a Ray cluster with two CPUs")
+    pids = map_items(_pid_after_a_while, list(range(4)))
+    assert os.getpid() not in pids and len(set(pids)) >= 2

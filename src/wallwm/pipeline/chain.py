@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     import ray.data
 
 #: A worker returns one result row per item, or a list of rows (1:N items such as groups).
 Worker = Callable[..., dict[str, Any] | list[dict[str, Any]]]
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 def _apply(batch: dict[str, Any], fn: Worker, kwargs: dict[str, Any]) -> dict[str, list[Any]]:
@@ -79,3 +81,33 @@ def work_dataset(
         num_cpus=1,
         batch_format="numpy",
     )
+
+
+def map_items(
+    fn: Callable[[ItemT], ResultT],
+    items: list[ItemT],
+    executor: Literal["ray", "local"] = "ray",
+    ray_address: str | None = None,
+) -> list[ResultT]:
+    """``[fn(item) for item in items]``, one Ray task per item over the cluster's CPUs, in order.
+
+    For a few CPU-heavy items whose results the driver needs before it can go on -- the model
+    choice's sample, where each long episode's candidate cuts take seconds and the workers
+    would otherwise wait idle -- not for a stage's episodes (:func:`fan_out` streams those to
+    the writer). Items and results are Python objects, pickled to and from the tasks; ``fn``
+    is shipped once. Its exceptions propagate (as Ray's task error, a subclass of the same).
+    """
+    if executor == "local" or len(items) < 2:
+        return [fn(item) for item in items]
+    import ray
+
+    from wallwm.pipeline.runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    task = ray.remote(num_cpus=1)(_call)
+    shipped = ray.put(fn)  # a task argument that is an object ref arrives as its value
+    return list(ray.get([task.remote(shipped, item) for item in items]))
+
+
+def _call(fn: Callable[[ItemT], ResultT], item: ItemT) -> ResultT:
+    return fn(item)

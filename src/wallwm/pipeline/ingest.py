@@ -9,6 +9,7 @@ and a re-run of an unchanged source writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline.chain import fan_out
+from wallwm.pipeline.chain import fan_out, map_items
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
 from wallwm.pipeline.segmentation.stage import (
@@ -481,7 +482,8 @@ def _fused_segment(
         sampled.extend([shape] if shape else [])
         return kept
 
-    resolved, details = dataset_model(store, stage_cfg.segment, sample)
+    spread = functools.partial(map_items, executor=cfg.executor, ray_address=cfg.ray_address)
+    resolved, details = dataset_model(store, stage_cfg.segment, sample, map_fn=spread)
     stage_cfg = stage_cfg.model_copy(update={"segment": resolved})
     seg_run = StageRun("segment", stage_cfg.lineage_config(), details=details)
     seg_run.record_start(store, schemas.EVENTS)

@@ -534,3 +534,21 @@ def test_a_long_session_of_reaches_is_cut_as_its_episodes_are():
     assert choice.action_model == "smooth"
     cut = segment(Signals(actions, 25.0, states), cfg, traces=False).starts
     assert match_boundaries(cut, truth[1:], len(actions), 3).f1 >= 0.95
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_choice_costs_its_sample_through_the_map_it_is_given():
+    """The stages spread the sample's costs over Ray's CPUs: the same choice as one by one."""
+    from wallwm.pipeline.chain import map_items
+
+    episodes = [controller_episode(seed)[0] for seed in range(4)]
+    mapped: list[int] = []
+
+    def backwards(fn, signals):  # a map that costs the episodes in another order
+        mapped.append(len(signals))
+        return [fn(s) for s in reversed(signals)][::-1]
+
+    serial = choose_model(episodes, SegmentConfig())
+    assert choose_model(episodes, SegmentConfig(), backwards) == serial and mapped == [4]
+    assert choose_model(episodes, SegmentConfig(), map_items) == serial
+    assert serial.episodes == 4 and serial.costs

@@ -72,8 +72,9 @@ again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,6 +324,22 @@ class EpisodeCosts:
     noise_floor: float
 
 
+#: How the model choice costs its sample: ``map_fn(fn, episodes)`` is ``[fn(e) for e in
+#: episodes]``, in order. Each candidate cuts each episode optimally, seconds per episode of a
+#: few thousand frames, so the stages spread the episodes over Ray's CPUs
+#: (:func:`wallwm.pipeline.chain.map_items`); the pure core maps them one after the other.
+SampleMap = Callable[
+    [Callable[[Signals], "EpisodeCosts | None"], list[Signals]], list["EpisodeCosts | None"]
+]
+
+
+def serial_map(
+    fn: Callable[[Signals], EpisodeCosts | None], signals: list[Signals]
+) -> list[EpisodeCosts | None]:
+    """:data:`SampleMap` in this process, one episode after the other."""
+    return [fn(s) for s in signals]
+
+
 def episode_costs(
     s: Signals, cfg: SegmentConfig, pairing: list[int] | None = None
 ) -> EpisodeCosts | None:
@@ -396,10 +413,13 @@ def at_choice_rate(s: Signals) -> tuple[Signals, int]:
     return read, every
 
 
-def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
+def choose_model(
+    signals: Iterable[Signals], cfg: SegmentConfig, map_fn: SampleMap | None = None
+) -> ModelChoice:
     """The within-event model, pairing and action form for these episodes (module docstring).
 
     Each episode is read at :data:`CHOICE_MAX_HZ` or below (:func:`at_choice_rate`).
+    ``map_fn`` costs the episodes (:data:`SampleMap`; one after the other by default).
 
     Raises:
         ValueError: The episodes are of more than one embodiment (action dims, or state dims
@@ -425,7 +445,7 @@ def choose_model(signals: Iterable[Signals], cfg: SegmentConfig) -> ModelChoice:
         signals = [command_rates(s) for s in signals]
         if chosen_by_data:
             cfg = cfg.model_copy(update={"action_model": "smooth"})
-    choice = _choose_action_model(signals, cfg, pairing)
+    choice = _choose_action_model(signals, cfg, pairing, map_fn or serial_map)
     if form == "rates" and chosen_by_data and choice.costs:
         choice = dataclasses.replace(choice, basis="data")
     if choice.action_model == "smooth" and not choice.feedback and pairing is not None:
@@ -472,12 +492,12 @@ def choose_form(
 
 
 def _choose_action_model(
-    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None
+    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None, map_fn: SampleMap
 ) -> ModelChoice:
     stated_smooth = cfg.action_model == "smooth" and cfg.state_pairing == "auto"
     if cfg.action_model != "auto" and not stated_smooth:
         return ModelChoice(cfg.action_model, basis="stated")
-    costs, episodes, floor = _sample_costs(signals, cfg, pairing)
+    costs, episodes, floor = _sample_costs(signals, cfg, pairing, map_fn)
     # The smooth model's two forms are nested: the cheaper one stands for it -- also where the
     # user named the model, since whether the states pay is the data's to say.
     forms = {n: costs[n] for n in ("smooth", SMOOTH_FEEDBACK) if n in costs}
@@ -516,7 +536,7 @@ def decisive_model(totals: dict[str, float], floor: float) -> str:
 
 
 def _sample_costs(
-    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None
+    signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None, map_fn: SampleMap
 ) -> tuple[dict[str, float], int, float]:
     """Each candidate's total cost over the episodes that move, their count and noise floor.
 
@@ -526,8 +546,7 @@ def _sample_costs(
     totals = dict.fromkeys(names, 0.0)
     usable = dict.fromkeys(names, True)
     episodes, floor = 0, 0.0
-    for s in signals:
-        weighed = episode_costs(s, cfg, pairing)
+    for weighed in map_fn(functools.partial(episode_costs, cfg=cfg, pairing=pairing), signals):
         if weighed is None:
             continue
         episodes += 1
@@ -540,12 +559,17 @@ def _sample_costs(
     return {n: totals[n] for n in names if usable[n]}, episodes, floor
 
 
-def resolve(cfg: SegmentConfig, signals: Iterable[Signals]) -> tuple[SegmentConfig, ModelChoice]:
-    """``cfg`` with its model choices made on ``signals`` (as is when nothing is ``auto``)."""
+def resolve(
+    cfg: SegmentConfig, signals: Iterable[Signals], map_fn: SampleMap | None = None
+) -> tuple[SegmentConfig, ModelChoice]:
+    """``cfg`` with its model choices made on ``signals`` (as is when nothing is ``auto``).
+
+    ``map_fn``: how the sample's episodes are costed (:data:`SampleMap`).
+    """
     if cfg.resolved():
         stated = ModelChoice(
             cfg.action_model, basis="stated", pairing=cfg.pairing(), action_form=cfg.action_form
         )
         return cfg, stated
-    choice = choose_model(signals, cfg)
+    choice = choose_model(signals, cfg, map_fn)
     return choice.apply(cfg), choice

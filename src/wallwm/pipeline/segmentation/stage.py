@@ -10,6 +10,7 @@ unchanged since their last segmentation are skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,9 +19,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wallwm.pipeline.chain import fan_out
+from wallwm.pipeline.chain import fan_out, map_items
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES, ModelChoice, resolve
+from wallwm.pipeline.segmentation.selection import (
+    SAMPLE_EPISODES,
+    ModelChoice,
+    SampleMap,
+    resolve,
+)
 from wallwm.pipeline.sources.base import CameraInfo, EpisodeError, EpisodeRecord, gripper_dims
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import episode_arrays, table_from_ipc, table_to_ipc
@@ -167,12 +173,14 @@ def dataset_model(
     requested: SegmentConfig,
     sample: Callable[[], list[Signals]],
     reselect: bool = False,
+    map_fn: SampleMap | None = None,
 ) -> tuple[SegmentConfig, dict[str, Any]]:
     """The segmenter config of a dataset's run: ``auto`` choices made once and kept.
 
     Returns the resolved config and the details the run's lineage records (the requested
     config and the evidence of the choice). ``sample`` gives the episodes to choose on; it is
-    called only when a choice is made (no recorded one, or ``reselect``).
+    called only when a choice is made (no recorded one, or ``reselect``). ``map_fn`` costs
+    them (:data:`~.selection.SampleMap`: the stages spread them over Ray's CPUs).
     """
     if requested.resolved() or requested.method == "fixed":
         return requested, {}
@@ -182,7 +190,7 @@ def dataset_model(
             recorded.action_model, basis="recorded", action_form=recorded.action_form
         )
         return recorded, {"requested": requested.model_dump(), "choice": choice.as_dict()}
-    resolved, choice = resolve(requested, sample())
+    resolved, choice = resolve(requested, sample(), map_fn)
     return resolved, {"requested": requested.model_dump(), "choice": choice.as_dict()}
 
 
@@ -462,8 +470,9 @@ def run_segment(
     """Segment every episode that needs it and write the ``events`` table."""
     store = store or LanceStore(cfg.dataset)
     t0 = time.perf_counter()
+    spread = functools.partial(map_items, executor=cfg.executor, ray_address=cfg.ray_address)
     resolved, details = dataset_model(
-        store, cfg.segment, lambda: table_sample(store.root), cfg.reselect
+        store, cfg.segment, lambda: table_sample(store.root), cfg.reselect, spread
     )
     cfg = cfg.model_copy(update={"segment": resolved})
     run = StageRun(STAGE, cfg.lineage_config(), details=details)
