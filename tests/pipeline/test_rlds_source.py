@@ -25,6 +25,7 @@ from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sources import tfrecord
 from wallwm.pipeline.sources.base import EpisodeError
 from wallwm.pipeline.sources.registry import detect_format, open_source
+from wallwm.pipeline.sources.rlds import doc_names
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
 from wallwm.pipeline.video import read_frames
@@ -133,6 +134,57 @@ def test_names_instruction_and_cameras_follow_the_feature_tree():
     # the zlib-encoded float64 tensor decodes; the gripper's observation is the opening's column
     assert rec.state_names[:2] == ["base_orientation_0", "base_orientation_1"]
     np.testing.assert_array_equal(rec.gripper_TG[:, 0], rec.states_TS[:, -1])
+
+
+def test_doc_names_read_the_oxe_builders_lists():
+    """The RLDS builder template's ``doc=`` convention, as Open X-Embodiment datasets carry it."""
+    doc = (
+        "Robot action, consists of [7x joint velocities, 2x gripper velocities, "
+        "1x terminate episode]."
+    )
+    names = doc_names(doc, 10)
+    assert names[:2] == ["joint_velocities_0", "joint_velocities_1"]
+    assert names[7:] == ["gripper_velocities_0", "gripper_velocities_1", "terminate_episode"]
+    state = (
+        "Robot state, consists of [3x robot EEF position, 3x robot EEF orientation "
+        "yaw/pitch/roll calibrated, 1x gripper position]."
+    )
+    assert doc_names(state, 7)[3:] == [
+        "robot_eef_orientation_yaw_pitch_roll_calibrated_0",
+        "robot_eef_orientation_yaw_pitch_roll_calibrated_1",
+        "robot_eef_orientation_yaw_pitch_roll_calibrated_2",
+        "gripper_position",
+    ]
+    assert doc_names(doc, 9) is None  # the counts must add up to the tensor's width
+    assert doc_names("Robot action in the robot base frame.", 7) is None  # prose names nothing
+    assert doc_names("consists of [3x position, orientation]", 4) is None  # a part without count
+    assert doc_names("consists of [1x x, 1x x]", 2) is None  # two dims of one name say nothing
+
+
+def test_a_documented_action_and_state_are_named_and_the_gripper_found(tmp_path):
+    root = _copy(OXE, tmp_path / "oxe" / "1.0.0")
+    features = json.loads((root / "features.json").read_text())
+    steps = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]
+    steps["features"]["action"]["description"] = (
+        "Robot action, consists of [3x EEF delta, 1x gripper open/close]."
+    )
+    observation = steps["features"]["observation"]["featuresDict"]["features"]
+    observation["state"]["description"] = (
+        "Robot state, consists of [3x robot EEF position, 1x gripper position]."
+    )
+    (root / "features.json").write_text(json.dumps(features))
+    source = open_source(root, fps=5)
+    rec = source.read(source.list_episodes()[0][0])
+    assert rec.action_names == ["eef_delta_0", "eef_delta_1", "eef_delta_2", "gripper_open_close"]
+    assert rec.state_names[-1] == "gripper_position"
+    # the opening is read from the state the doc names a gripper's (undocumented: none)
+    np.testing.assert_array_equal(rec.gripper_TG[:, 0], rec.states_TS[:, 3])
+    assert open_source(OXE, fps=5).read(source.list_episodes()[0][0]).gripper_TG is None
+    # a doc whose parts do not add up to the tensor names nothing
+    observation["state"]["description"] = "Robot state, consists of [7x joint angles]."
+    (root / "features.json").write_text(json.dumps(features))
+    source = open_source(root, fps=5)
+    assert source.read(source.list_episodes()[0][0]).state_names == [f"state_{i}" for i in range(4)]
 
 
 def test_rlds_runs_through_the_pipeline_and_reruns_unchanged(tmp_path):

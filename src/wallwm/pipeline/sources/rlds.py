@@ -77,6 +77,8 @@ class FeatureSpec:
     shape: tuple[int, ...] = ()
     encoding: str = "none"  # a tensor's: "none" | "bytes" | "zlib"
     per_step: bool = False
+    #: The builder's ``doc=`` of the feature (``features.json``'s ``description``).
+    doc: str = ""
 
     @property
     def width(self) -> int:
@@ -128,7 +130,7 @@ def feature_specs(
         encoding = str(t.get("encoding", "none")).lower()
         specs.append(
             FeatureSpec(prefix, "tensor", str(t.get("dtype", "float32")), _shape(t), encoding,
-                        per_step)
+                        per_step, str(tree.get("description", "")))
         )  # fmt: skip
     elif "classLabel" in tree:
         specs.append(FeatureSpec(prefix, "tensor", "int64", (), "none", per_step))
@@ -175,8 +177,43 @@ def _is_camera(spec: FeatureSpec) -> bool:
     )
 
 
+#: The list of parts in a feature's doc: "Robot action, consists of [7x joint velocities, ...]".
+_DOC_PARTS = re.compile(r"\[([^\[\]]+)\]")
+#: One part: how many dims, and what they are ("7x joint velocities", "1 x gripper position").
+_DOC_PART = re.compile(r"^\s*(\d+)\s*x\s+(.+?)\s*$", re.IGNORECASE)
+
+
+def doc_names(doc: str, width: int) -> list[str] | None:
+    """Per-dim names from a feature's doc in the Open X-Embodiment builders' convention.
+
+    The RLDS dataset-builder template documents a tensor as a bracketed list of parts, each a
+    count and what it is: ``"Robot state, consists of [7x robot joint angles, 2x gripper
+    position, 1x door opening angle]."`` -> ``robot_joint_angles_0`` ... ``gripper_position_1``,
+    ``door_opening_angle``. None unless every part reads so and the counts add up to ``width``
+    (prose, or a doc of another tensor, names nothing).
+    """
+    lists = _DOC_PARTS.findall(doc)
+    if len(lists) != 1:
+        return None
+    names: list[str] = []
+    for part in lists[0].split(","):
+        match = _DOC_PART.match(part)
+        if match is None:
+            return None
+        count, what = int(match.group(1)), re.sub(r"[^0-9a-z]+", "_", match.group(2).lower())
+        what = what.strip("_") or "dim"
+        names += [what] if count == 1 else [f"{what}_{i}" for i in range(count)]
+    return names if len(names) == width and len(set(names)) == width else None
+
+
 def _names(spec: FeatureSpec, prefix: str, width: int) -> list[str]:
-    """Per-dim names: the leaf below ``prefix`` (``world_vector_0``); one dim keeps the leaf."""
+    """Per-dim names: the feature doc's parts (:func:`doc_names`), else its leaf's.
+
+    The leaf below ``prefix`` (``world_vector_0``); one dim keeps the leaf.
+    """
+    documented = doc_names(spec.doc, width)
+    if documented is not None:
+        return documented
     base = spec.leaf.removeprefix(prefix).strip("/") or prefix
     return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
 
@@ -321,10 +358,15 @@ class RldsSource(OptionedSource):
             gripper_TG=orient_gripper(
                 states[:, grips] if states is not None and grips else None, self.gripper_open
             ),
-            # one unnamed ``action`` tensor: no names (``action_0``... would say nothing more)
-            action_names=action_names if [s.leaf for s in self.actions] != ["action"] else None,
+            # one undocumented ``action`` tensor: no names (``action_0``... would say no more)
+            action_names=None if self._bare_action(actions.shape[1]) else action_names,
             state_names=state_names or None,
         )
+
+    def _bare_action(self, width: int) -> bool:
+        """Whether the actions are one ``action`` tensor whose doc lists no parts."""
+        (first, *more) = self.actions
+        return not more and first.leaf == "action" and doc_names(first.doc, width) is None
 
     def _instruction(self, example: dict[str, tfrecord.Feature]) -> str | None:
         for spec in self.texts:
