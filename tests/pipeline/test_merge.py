@@ -81,3 +81,27 @@ def test_camera_map_typos_and_malformed_items(folder_source, tmp_path):
         "cam_high": "top",
         "wrist": "hand",
     }
+
+
+def test_robot_names_the_episodes_whose_source_names_none(folder_source, tmp_path):
+    import json
+
+    src, ds = folder_source(3, cameras=("top",)), tmp_path / "ds"
+    first = sorted(p for p in src.iterdir() if p.is_dir())[0]
+    meta = json.loads((first / "meta.json").read_text())
+    del meta["robot"]  # this episode's files name no robot; the others name theirs
+    (first / "meta.json").write_text(json.dumps(meta))
+    args = ["ingest", str(src), "-d", str(ds), "--robot", "ur5e", "--local"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = LanceStore(str(ds)).read(schemas.EPISODES, columns=["episode_key", "robot"])
+    robots = dict(zip(*(rows.column(c).to_pylist() for c in ("episode_key", "robot")), strict=True))
+    assert robots.pop(first.name) == "ur5e"
+    assert set(robots.values()) == {"wallwm-synthetic-gripper"}  # a stored name stays
+    # like --instruction and --fps, another name applies to unchanged files with --force
+    again = CliRunner().invoke(app, [*args[:-2], "other", "--force", "--local"])
+    assert again.exit_code == 0, again.output
+    rows = LanceStore(str(ds)).read(schemas.EPISODES, columns=["episode_key", "robot"])
+    robots = dict(zip(*(rows.column(c).to_pylist() for c in ("episode_key", "robot")), strict=True))
+    assert robots.pop(first.name) == "other"
+    assert set(robots.values()) == {"wallwm-synthetic-gripper"}

@@ -356,10 +356,16 @@ def test_rlds_converts_to_lerobot_with_its_events(tmp_path):
     from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
 
     ds, out = tmp_path / "ds", tmp_path / "lerobot"
-    cfg = IngestConfig(source=str(RT1), dataset=str(ds), executor="local", fps=3.0)
+    # RLDS names no robot: --robot does, for the rows and the export's robot_type
+    cfg = IngestConfig(
+        source=str(RT1), dataset=str(ds), executor="local", fps=3.0, robot="google_robot"
+    )
     run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
+    rows = LanceStore(str(ds)).read(schemas.EPISODES, columns=["robot"]).column(0).to_pylist()
+    assert rows == ["google_robot"] * 3
     summary = export_lerobot(ExportConfig(dataset=str(ds), out=str(out), trim=False))
     assert summary.episodes_out == 3 and detect_format(out) == "lerobot"
+    assert json.loads((out / "meta" / "info.json").read_text())["robot_type"] == "google_robot"
     expected = np.load(RT1 / "expected.npz")
     source = open_source(out)
     exported = [load_episode(source, ref, frame_tolerance=0) for ref in source.list_episodes()[0]]

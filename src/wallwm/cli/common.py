@@ -193,6 +193,14 @@ FpsOpt = Annotated[
         "this rate (default: its first camera's)."
     ),
 ]
+RobotOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The robot's name for sources that store none (RLDS, HDF5, ROS bags): kept with "
+        "every episode, the per-robot rows of `eval segmentation`, the LeRobot export's "
+        "robot_type."
+    ),
+]
 ActionTopicOpt = Annotated[
     list[str] | None,
     typer.Option(

@@ -18,6 +18,7 @@ from wallwm.cli.common import (
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
+    RobotOpt,
     SourceArg,
     camera_map,
     console,
@@ -37,6 +38,7 @@ def ingest(
     fmt: FormatOpt = "auto",
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
+    robot: RobotOpt = None,
     action_topic: ActionTopicOpt = None,
     frame_tolerance: Annotated[
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
@@ -63,6 +65,7 @@ def ingest(
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
             fps=fps,
+            robot=robot,
             action_topics=tuple(action_topic or ()),
             frame_tolerance=frame_tolerance,
             gripper_open=gripper_open,  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from wallwm.cli.common import (
     JsonOpt,
     NewDatasetOpt,
     RayAddressOpt,
+    RobotOpt,
     SourceArg,
     camera_map,
     console,
@@ -280,6 +281,7 @@ def run_cmd(
     fmt: FormatOpt = "auto",
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
+    robot: RobotOpt = None,
     action_topic: ActionTopicOpt = None,
     gripper_open: GripperOpenOpt = "auto",
     camera_map_items: CameraMapOpt = None,
@@ -329,6 +331,7 @@ def run_cmd(
             format=fmt,  # type: ignore[arg-type]
             instruction=instruction,
             fps=fps,
+            robot=robot,
             action_topics=tuple(action_topic or ()),
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),

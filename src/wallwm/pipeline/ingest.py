@@ -41,7 +41,7 @@ from wallwm.pipeline.sources.base import (
     EpisodeSource,
     GripperOpen,
 )
-from wallwm.pipeline.sources.merge import CameraRenamer, embodiment_problem, unknown_cameras
+from wallwm.pipeline.sources.merge import StatedSource, embodiment_problem, unknown_cameras
 from wallwm.pipeline.sources.registry import SourceFormat, open_source
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.arrays import table_from_ipc, table_to_ipc, to_vector_series
@@ -72,6 +72,12 @@ class IngestConfig(BaseModel):
     dataset: str = Field(description="Dataset root where the Lance tables live.")
     format: SourceFormat = "auto"
     instruction: str | None = Field(None, description="Instruction for episodes that have none.")
+    robot: str | None = Field(
+        None,
+        min_length=1,
+        description="The robot of episodes whose source names none (RLDS, HDF5, ROS bags): "
+        "the rows, eval segmentation's per-robot table, the LeRobot export's robot_type.",
+    )
     fps: float | None = Field(None, gt=0, description="Frame rate for sources that store none.")
     gripper_open: GripperOpen = Field(
         "auto",
@@ -118,6 +124,8 @@ class IngestConfig(BaseModel):
             keys.add("camera_map")
         if self.action_topics:
             keys.add("action_topics")
+        if self.robot:
+            keys.add("robot")
         return self.model_dump(include=keys)
 
 
@@ -620,8 +628,8 @@ def run_ingest(
     if refusal is not None:  # the whole source, in one line: nothing of it is read
         fail(refusal, "", source.uri)
         return _finish(store, run, summary, failure_rows, t0)
-    if cfg.camera_map:
-        source = CameraRenamer(source, cfg.camera_map)
+    if cfg.camera_map or cfg.robot:
+        source = StatedSource(source, cfg.camera_map, cfg.robot)
     if on_start:
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())

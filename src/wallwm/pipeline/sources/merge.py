@@ -2,10 +2,13 @@
 
 Teams record the same robot with different rigs and tools: one LeRobot dataset calls the overhead
 camera ``observation.images.cam_high``, a folder export calls it ``top``. ``--camera-map
-old=new`` renames a source's cameras as it is read (:class:`CameraRenamer` wraps any source), so
+old=new`` renames a source's cameras as it is read (:class:`StatedSource` wraps any source), so
 every episode of the dataset shares one set of names -- what the training view and the exporter
-select cameras by. A source of a *different* embodiment (another action or state layout) cannot
-share a dataset's tables: :func:`embodiment_problem` says so in one line before anything is read.
+select cameras by; ``--robot`` names the robot where the source names none (RLDS, HDF5, ROS
+bags), so the dataset's rows, ``eval segmentation``'s per-robot table and the LeRobot export's
+``robot_type`` carry it. A source of a *different* embodiment (another action or state layout)
+cannot share a dataset's tables: :func:`embodiment_problem` says so in one line before anything
+is read.
 """
 
 from __future__ import annotations
@@ -31,13 +34,19 @@ def parse_camera_map(items: list[str]) -> dict[str, str]:
     return out
 
 
-class CameraRenamer:
-    """An :class:`EpisodeSource` whose episodes' cameras are renamed by ``camera_map``."""
+class StatedSource:
+    """An :class:`EpisodeSource` read with what the user states about its episodes.
 
-    def __init__(self, source: EpisodeSource, camera_map: dict[str, str]) -> None:
+    Cameras renamed by ``camera_map``; ``robot`` where an episode names none.
+    """
+
+    def __init__(
+        self, source: EpisodeSource, camera_map: dict[str, str], robot: str | None = None
+    ) -> None:
         """Wrap ``source`` (its listing and every other attribute pass through)."""
         self.inner = source
         self.camera_map = dict(camera_map)
+        self.robot = robot
         self.format = source.format
         self.uri = source.uri
 
@@ -52,8 +61,9 @@ class CameraRenamer:
         return self.inner.list_episodes()
 
     def read(self, ref: EpisodeRef) -> EpisodeRecord:
-        """The wrapped source's episode with its cameras renamed."""
+        """The wrapped source's episode with its cameras renamed and its robot named."""
         record = self.inner.read(ref)
+        record.robot = record.robot or self.robot
         names = [self.camera_map.get(c.name, c.name) for c in record.cameras]
         if len(set(names)) < len(names):
             raise EpisodeError(
