@@ -98,10 +98,13 @@ def test_robot_names_the_episodes_whose_source_names_none(folder_source, tmp_pat
     robots = dict(zip(*(rows.column(c).to_pylist() for c in ("episode_key", "robot")), strict=True))
     assert robots.pop(first.name) == "ur5e"
     assert set(robots.values()) == {"wallwm-synthetic-gripper"}  # a stored name stays
-    # like --instruction and --fps, another name applies to unchanged files with --force
-    again = CliRunner().invoke(app, [*args[:-2], "other", "--force", "--local"])
+    # a rerun under another name reads the unchanged files again, so the name reaches them
+    # (the skip compares the options' hash too), and a rerun after that reads nothing
+    again = CliRunner().invoke(app, [*args[:-2], "other", "--local"])
     assert again.exit_code == 0, again.output
     rows = LanceStore(str(ds)).read(schemas.EPISODES, columns=["episode_key", "robot"])
     robots = dict(zip(*(rows.column(c).to_pylist() for c in ("episode_key", "robot")), strict=True))
     assert robots.pop(first.name) == "other"
     assert set(robots.values()) == {"wallwm-synthetic-gripper"}
+    cfg = IngestConfig(source=str(src), dataset=str(ds), executor="local", robot="other")
+    assert run_ingest(cfg).unchanged == 3

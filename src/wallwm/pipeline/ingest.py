@@ -60,7 +60,10 @@ from wallwm.pipeline.validate import validate_cameras, validate_signals
 from wallwm.pipeline.video import KeyframeGrabber, probe_camera
 
 STAGE = "ingest"
-VOLATILE = ("ingest_run_id", "ingested_at", "code_version", "config_hash")
+#: Lineage columns that alone do not make a row new. Not ``config_hash``: a row re-read under
+#: other options (``--instruction``, ``--fps``, ``--robot``, ``--camera-map``...) is written with
+#: the new hash even where its content came out the same, so the next rerun skips it again.
+VOLATILE = ("ingest_run_id", "ingested_at", "code_version")
 
 
 class IngestConfig(BaseModel):
@@ -379,20 +382,25 @@ def _ingest_item(
 # --------------------------------------------------------------------------- driver
 
 
-def _unchanged_keys(store: TableStore, refs: list[EpisodeRef]) -> set[str]:
-    """Keys of episodes already stored with the same source fingerprint (skipped on re-run)."""
+def _unchanged_keys(store: TableStore, refs: list[EpisodeRef], config_hash: str) -> set[str]:
+    """Keys of episodes already stored from the same files under the same options (skipped).
+
+    An episode whose files are unchanged but whose stated options changed (``--instruction``,
+    ``--fps``, ``--robot``, ...: the config hash) is read again, so the options reach it.
+    """
     if not store.exists(schemas.EPISODES) or not refs:
         return set()
     ids = {episode_id(r.source_uri, r.episode_key): r for r in refs}
     stored = store.read(
         schemas.EPISODES,
-        columns=["episode_id", "source_fingerprint"],
+        columns=["episode_id", "source_fingerprint", "config_hash"],
         where=sql_in("episode_id", list(ids)),
     ).to_pylist()
     return {
         ids[row["episode_id"]].episode_key
         for row in stored
         if ids[row["episode_id"]].fingerprint() == row["source_fingerprint"]
+        and row["config_hash"] == config_hash
     }
 
 
@@ -621,7 +629,7 @@ def run_ingest(
     for err in listing_errors:
         fail(err, err.file, source.uri)
     summary.listed = len(refs) + len(listing_errors)
-    unchanged = set() if cfg.force else _unchanged_keys(store, refs)
+    unchanged = set() if cfg.force else _unchanged_keys(store, refs, run.config_hash)
     todo = [r for r in refs if r.episode_key not in unchanged]
     summary.unchanged = len(refs) - len(todo)
     refusal = _merge_problem(store, source, todo, cfg.camera_map)
