@@ -466,7 +466,8 @@ def eval_segmentation(
 ) -> None:
     """Boundary precision, recall, F1 and mean offset against the ground truth.
 
-    Per robot (the recorded robot, else the source), per task and overall.
+    Per robot (the recorded robot, else the source), per task and overall; then the recall per
+    ground-truth event (which kinds of boundary the cut misses).
     """
     from rich.table import Table
 
@@ -505,4 +506,28 @@ def eval_segmentation(
             f"{m['f1']:.3f}",
             "-" if m["mean_offset_frames"] is None else f"{m['mean_offset_frames']:.2f}",
         )
+    console.print(table)
+    _show_event_recall(result["per_event"])
+
+
+#: Ground-truth events listed by ``eval segmentation`` (the least found first).
+EVENT_ROWS = 20
+
+
+def _show_event_recall(per_event: dict[str, dict[str, float]]) -> None:
+    """The recall of each ground-truth event's starting boundary, the least found first."""
+    from rich.table import Table
+
+    if not per_event:
+        return
+    worst = sorted(per_event.items(), key=lambda kv: (kv[1]["recall"], -kv[1]["boundaries"]))
+    more = len(worst) - EVENT_ROWS
+    table = Table(
+        title="recall by ground-truth event (the boundary where it starts)"
+        + (f"; the {EVENT_ROWS} least found of {len(worst)} (--json: all)" if more > 0 else "")
+    )
+    for col in ("event", "boundaries", "found", "recall"):
+        table.add_column(col, overflow="fold")
+    for name, m in worst[:EVENT_ROWS]:
+        table.add_row(name, str(m["boundaries"]), str(m["found"]), f"{m['recall']:.3f}")
     console.print(table)

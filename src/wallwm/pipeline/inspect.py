@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
-from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, matched_truths
 from wallwm.pipeline.segmentation.segment import hesitations_taken_out
 from wallwm.pipeline.segmentation.selection import pairing_text
 from wallwm.pipeline.tables import schemas
@@ -33,8 +33,9 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
     """Boundary precision/recall/F1 and mean offset of the stored events.
 
     Per task (an episode's instruction), per robot (its recorded robot, else its source) and
-    overall. Only episodes with ground-truth events count; episode start and end are not
-    boundaries.
+    overall; and the recall per ground-truth event name (the event a boundary starts): which
+    kinds of boundary the cut misses. Only episodes with ground-truth events count; episode
+    start and end are not boundaries.
     """
     episodes = store.read(
         schemas.EPISODES,
@@ -46,15 +47,21 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
             starts[r["episode_id"]].append(r["start_frame"])
     groups: dict[str, dict[str, BoundaryScore]] = {"task": {}, "robot": {}}
     counted: dict[str, dict[str, int]] = {"task": defaultdict(int), "robot": defaultdict(int)}
+    by_event: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # name: [found, boundaries]
     skipped = 0
     for ep in episodes:
         if ep["gt_events"] is None or ep["episode_id"] not in starts:
             skipped += 1
             continue
         truth = [e["start_frame"] for e in ep["gt_events"]]
-        score = match_boundaries(
+        score, found = matched_truths(
             starts[ep["episode_id"]], truth, ep["num_frames"], tolerance_frames
         )
+        for e in ep["gt_events"]:
+            if 0 < e["start_frame"] < ep["num_frames"]:  # a boundary, as the score counts them
+                counts = by_event[e["name"] or "-"]
+                counts[0] += e["start_frame"] in found
+                counts[1] += 1
         keys = {"task": ep["instruction"] or "-", "robot": ep["robot"] or ep["source_uri"]}
         for by, key in keys.items():
             groups[by][key] = groups[by].get(key, EMPTY) + score
@@ -77,6 +84,10 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
         },
         "per_task": table("task"),
         "per_robot": table("robot"),
+        "per_event": {
+            name: {"boundaries": n, "found": k, "recall": k / n}
+            for name, (k, n) in sorted(by_event.items())
+        },
     }
 
 

@@ -606,3 +606,14 @@ def test_scores_with_nothing_matched_are_strict_json():
     assert json.loads(out)["mean_offset_frames"] is None
     matched = match_boundaries([0, 11], [0, 10], 30, 3).as_dict()
     assert matched["mean_offset_frames"] == 1.0
+
+
+def test_matched_truths_says_which_boundaries_were_found():
+    from wallwm.pipeline.segmentation.evaluate import matched_truths
+
+    # closest pairs first: 21 takes 20, 10 takes 12; 50 and 40 find nothing within 3 frames
+    score, found = matched_truths([10, 21, 50], [12, 20, 40], num_frames=100, tolerance=3)
+    assert found == {12, 20} and (score.true_positives, score.predicted, score.actual) == (2, 3, 3)
+    assert score == match_boundaries([10, 21, 50], [12, 20, 40], 100, 3)
+    # the episode's ends are no boundaries on either side
+    assert matched_truths([0, 100], [0, 100], 100, 3)[1] == set()

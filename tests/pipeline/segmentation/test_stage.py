@@ -85,6 +85,13 @@ def test_eval_segmentation_against_ground_truth(ingested):
     run_segment(SegmentStageConfig(dataset=str(ds)))
     result = evaluate_segmentation(store, 3)
     assert result["episodes"] == 6 and set(result["per_task"]) and result["overall"]["f1"] > 0.5
+    # the recall per ground-truth event: the recorder's event names, adding up to the overall
+    per_event = result["per_event"]
+    assert per_event and "-" not in per_event and all(m["boundaries"] for m in per_event.values())
+    found = sum(m["found"] for m in per_event.values())
+    assert found / sum(m["boundaries"] for m in per_event.values()) == pytest.approx(
+        result["overall"]["recall"]
+    )
     run_segment(
         SegmentStageConfig(dataset=str(ds), segment=SegmentConfig(method="fixed", chunk_len=40))
     )

@@ -68,6 +68,13 @@ def match_boundaries(
     Episode start (frame 0) and end (``num_frames``) are not boundaries and are dropped from
     both sides. Pairs are matched closest first, so one prediction cannot claim two truths.
     """
+    return matched_truths(predicted, actual, num_frames, tolerance)[0]
+
+
+def matched_truths(
+    predicted: Iterable[int], actual: Iterable[int], num_frames: int, tolerance: int
+) -> tuple[BoundaryScore, set[int]]:
+    """:func:`match_boundaries`, and which ground-truth boundaries (frames) were found."""
     pred = sorted({int(p) for p in predicted if 0 < int(p) < num_frames})
     true = sorted({int(a) for a in actual if 0 < int(a) < num_frames})
     pairs = sorted(
@@ -85,4 +92,5 @@ def match_boundaries(
         used_p.add(i)
         used_a.add(j)
         offset += dist
-    return BoundaryScore(len(used_p), len(pred), len(true), offset)
+    score = BoundaryScore(len(used_p), len(pred), len(true), offset)
+    return score, {true[j] for j in used_a}
