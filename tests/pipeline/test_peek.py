@@ -33,6 +33,7 @@ def test_a_source_is_described_and_its_problems_named(folder_source, tmp_path):
         (4, 4, ("side", "top"))
     }
     assert all(e.frames and e.fps == 20 and e.ground_truth_events for e in good)
+    assert {e.robot for e in good} == {"wallwm-synthetic-gripper"}  # what --robot would not change
 
     out = CliRunner().invoke(app, ["inspect", str(src), "--json"])
     assert out.exit_code == 0 and json.loads(out.output)["listed"] == 4
@@ -40,6 +41,7 @@ def test_a_source_is_described_and_its_problems_named(folder_source, tmp_path):
     words = " ".join(text.output.split())
     assert text.exit_code == 0 and "(folder): 4 episodes listed" in words
     assert f"would fail {eps[0].name}" in words and "Traceback" not in words
+    assert "robot: wallwm-synthetic-gripper" in words
     assert not (tmp_path / "ds").exists()
 
 

@@ -119,6 +119,8 @@ def test_tfds_written_rlds_reads_as_tfds_reads_it(root):
 
 
 def test_names_instruction_and_cameras_follow_the_feature_tree():
+    text = CliRunner().invoke(app, ["inspect", str(OXE), "--fps", "5"])
+    assert "robot: none named (--robot names it)" in " ".join(text.output.split())
     oxe = open_source(OXE, fps=5)
     rec = oxe.read(oxe.list_episodes()[0][0])
     # one action tensor has no names; the sentence embedding is not state

@@ -164,6 +164,12 @@ def _show_peek(found: SourcePeek) -> None:
     tasks = sorted({ep.instruction for ep in found.sampled if ep.instruction})
     if tasks:
         console.print("instructions: " + "; ".join(tasks[:10]), soft_wrap=True)
+    if read:
+        robots = sorted({ep.robot for ep in read if ep.robot})
+        console.print(
+            "robot: " + ", ".join(robots) if robots else "robot: none named (--robot names it)",
+            soft_wrap=True,
+        )
 
 
 def status(dataset: DatasetOpt, as_json: JsonOpt = False) -> None:

@@ -31,6 +31,8 @@ class EpisodePeek:
     action_names: list[str] | None = None
     state_names: list[str] | None = None
     instruction: str | None = None
+    #: The robot the source names (None: it names none -- ``--robot`` can).
+    robot: str | None = None
     ground_truth_events: int | None = None
     problem: str | None = None
 
@@ -79,6 +81,7 @@ def peek_episode(source: object, ref: EpisodeRef) -> EpisodePeek:
         action_names=None if record.action_names is None else list(record.action_names),
         state_names=None if record.state_names is None else list(record.state_names),
         instruction=record.instruction,
+        robot=record.robot or None,
         ground_truth_events=None if record.gt_events is None else len(record.gt_events),
     )
 
