@@ -12,6 +12,14 @@ Records (unless present under ``--root``) the suite of ``wallwm sim``:
   ALOHA sim datasets): 14-D joint positions one step ahead with the gripper commands -- the
   waypoints' kinks smoothed by the arm's dynamics and curved by its kinematics;
 
+- ``panda``: robosuite's Panda under its OSC_POSE controller -- robomimic's and LIBERO's action
+  space: 7-D end-effector position and rotation deltas with a +/-1 gripper -- from our
+  phase-scripted expert (lift, stack), ``2 x --episodes`` each. Held out from every tuning (it
+  joined the suite on 2026-12-07, after every constant was set). robosuite pins numpy and
+  mujoco versions of its own, so it records in a scratch venv (``--robosuite-python``,
+  ``benchmarks/robosuite_support/README.md``); without one, a missing Panda recording is
+  skipped with a line saying so;
+
 each at action noise 0 and 0.3 and with operator-like hesitations at noise 0.3
 (ALOHA: pauses and few-millimetre swerves; Jaco: pauses). MetaWorld, Jaco and ALOHA are also
 recorded with a person's smooth reaching in place of the experts' controllers
@@ -53,6 +61,8 @@ import importlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -103,7 +113,11 @@ DERIVED: dict[str, tuple[str, float, bool]] = {
     "smooth 2% speed noise": ("smooth", 0.02, True),
 }
 CHUNKS = (4, 8, 16, 24, 32, 48)
-ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint")
+ROBOTS = ("metaworld", "aloha", "jaco", "aloha-joint", "panda")
+#: Robots whose simulator cannot share the project's environment: recorded by a script of
+#: their own in a scratch venv (``--robosuite-python``).
+EXTERNAL = ("panda",)
+SUPPORT = Path(__file__).parent / "robosuite_support"
 RATIOS = (0.5, 0.6, 0.75, 0.9, 1.0)
 DEFAULT_TARGET_NOISE = channels_module.POSITION_TARGET_NOISE
 #: Multiples of the local-fit noise variance tried for position targets (POSITION_TARGET_NOISE).
@@ -144,6 +158,30 @@ def record(robot: str, variant: str, out: Path, args: argparse.Namespace) -> Non
 
         kw.pop("corrections", None)
         record_jaco(out, JacoConfig(**kw, **common))
+
+
+def record_external(robot: str, variant: str, out: Path, args: argparse.Namespace) -> bool:
+    """Record ``robot`` with its scratch venv's Python (False: none given, nothing recorded).
+
+    ``args.workers`` recorder processes share the episodes; their episodes are turned into a
+    folder source at ``out`` in this environment.
+    """
+    python = args.robosuite_python
+    if not python:
+        return False
+    kw = VARIANTS[variant]
+    raw = out.with_name(out.name + "-raw")
+    flags = ["--episodes", str(2 * args.episodes), "--noise", str(kw["action_noise"])]
+    flags += ["--hesitations", str(kw.get("hesitations", 0.0))]
+    script = str(SUPPORT / "record_panda.py")
+    shards = [
+        subprocess.Popen([python, script, str(raw), *flags, "--shard", f"{i}/{args.workers}"])
+        for i in range(args.workers)
+    ]
+    if any(p.wait() != 0 for p in shards):
+        raise SystemExit(f"{robot} {variant}: the recorder failed (see its output above)")
+    subprocess.run([sys.executable, str(SUPPORT / "to_folder.py"), str(raw), str(out)], check=True)
+    return True
 
 
 def load(root: Path) -> list[dict[str, Any]]:
@@ -392,6 +430,12 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--robots", nargs="+", default=list(ROBOTS), choices=ROBOTS)
     parser.add_argument("--no-loro", action="store_true", help="Skip leave-one-robot-out.")
+    parser.add_argument(
+        "--robosuite-python",
+        default=os.environ.get("WALLWM_ROBOSUITE_PYTHON"),
+        help="Python of a scratch venv with robosuite, to record the Panda "
+        "(benchmarks/robosuite_support/README.md)",
+    )
     args = parser.parse_args()
     root = Path(args.root)
     data = {}
@@ -400,7 +444,12 @@ def main() -> None:
             out = root / f"{robot}-{variant.replace(' ', '')}"
             if not (out / ".complete").exists():
                 t = time.perf_counter()
-                record(robot, variant, out, args)
+                if robot not in EXTERNAL:
+                    record(robot, variant, out, args)
+                elif not record_external(robot, variant, out, args):
+                    print(f"{robot} {variant}: not recorded -- it needs --robosuite-python "
+                          f"(see {SUPPORT / 'README.md'}); skipped")  # fmt: skip
+                    continue
                 (out / ".complete").write_text(f"{time.perf_counter() - t:.0f} s\n")
             data[(robot, variant)] = load(out)
         for name, (variant, share, with_speed) in DERIVED.items():

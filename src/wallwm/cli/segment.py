@@ -157,6 +157,10 @@ def _print_model_choice(model: dict[str, Any]) -> None:
             f"(x{POSITION_TARGET_NOISE:g} its local variance)"
         )
     _print_action_form(model)
+    quiet = model.get("quiet_dims") or []
+    if quiet:
+        dims = ", ".join(str(j) for j in quiet)
+        console.print(f"left out of the cut: action dims {dims} (noise alone over the sample)")
 
 
 def _print_action_form(model: dict[str, Any]) -> None:

@@ -235,6 +235,8 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     }
     paired = pairing_text(cfg.action_model, cfg.pairing())
     form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
+    if cfg.left_out():
+        form += ", action dims " + " ".join(map(str, cfg.left_out())) + " left out (noise alone)"
     legend = (
         f"red: chosen boundaries ({len(events)} event{'s' if len(events) != 1 else ''}), "
         f"green dashed: ground truth; within an event: "

@@ -132,7 +132,8 @@ def test_a_dataset_keeps_its_form_and_older_runs_cut_the_values(tmp_path, write_
     runs = store.read(schemas.RUNS, where="stage = 'segment'").to_pylist()
     assert json.loads(runs[0]["config_json"])["segment"]["action_form"] == "rates"
 
-    # a run recorded before the form existed: its request and config lack the field
+    # a run recorded before the form (and the quiet dims) existed: its request and config lack
+    # the fields
     older = tmp_path / "older"
     run_ingest(IngestConfig(source=str(src), dataset=str(older), executor="local"))
     old = LanceStore(str(older))
@@ -140,7 +141,7 @@ def test_a_dataset_keeps_its_form_and_older_runs_cut_the_values(tmp_path, write_
                              state_pairing=[0, 1]).model_dump()  # fmt: skip
     requested = SegmentConfig().model_dump()
     for config in (resolved, requested):
-        del config["action_form"]
+        del config["action_form"], config["quiet_dims"]
     StageRun("segment", {"segment": resolved}, details={"requested": requested}).record_start(
         old, schemas.EVENTS
     )

@@ -3,6 +3,7 @@ noise that grows with speed is weighed where it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 
@@ -21,6 +22,7 @@ from wallwm.pipeline.segmentation.selection import (
     SWITCH_RATIO,
     choose_model,
     decisive_model,
+    quiet_dims,
     resolve,
 )
 from wallwm.pipeline.sim.reach import Reacher
@@ -552,3 +554,49 @@ def test_the_choice_costs_its_sample_through_the_map_it_is_given():
     assert choose_model(episodes, SegmentConfig(), backwards) == serial and mapped == [4]
     assert choose_model(episodes, SegmentConfig(), map_items) == serial
     assert serial.episodes == 4 and serial.costs
+
+
+def controller_with_quiet_dims(seed: int, noise: float, quiet: int = 4, t_len: int = 160):
+    """:func:`controller_episode` under heavy command noise, with ``quiet`` more action dims
+    that no one commands: noise alone."""
+    rng = np.random.default_rng(seed)
+    x, states, actions = np.zeros(3), [], []
+    goals = [rng.uniform(-1, 1, 3) for _ in range(3)]
+    switch = [0, 55, 110]
+    for t in range(t_len):
+        goal = goals[sum(t >= s for s in switch) - 1]
+        states.append(x.copy())
+        actions.append(np.clip(3.0 * (goal - x), -1, 1) + rng.normal(0, noise, 3))
+        x = x + 0.04 * actions[-1]
+    jitter = rng.normal(0, noise, (t_len, quiet))
+    signals = Signals(np.concatenate([actions, jitter], axis=1), 20.0, np.asarray(states))
+    return signals, switch[1:]
+
+
+def test_a_channel_of_noise_alone_is_left_out_of_the_cut():
+    episodes = [controller_with_quiet_dims(seed, noise=0.8) for seed in range(8)]
+    cfg, choice = resolve(SegmentConfig(), [s for s, _ in episodes])
+    assert choice.quiet_dims == [3, 4, 5, 6] and cfg.quiet_dims == [3, 4, 5, 6]
+    assert choice.as_dict()["quiet_dims"] == [3, 4, 5, 6]  # what lineage records
+    # every event paid for the noise dims' parameters: a third of the switches went unseen
+    every_dim = cfg.model_copy(update={"quiet_dims": []})
+    assert f1(episodes, cfg) >= f1(episodes, every_dim) + 0.1
+    # a dim whose commands persist in one episode is kept for all (a rare task that uses it)
+    calm = [controller_with_quiet_dims(seed, noise=0.3)[0] for seed in range(8)]
+    assert quiet_dims(calm) == [3, 4, 5, 6]
+    t_len = len(calm[0].actions_TA)
+    turned = calm[0].actions_TA.copy()
+    turned[:, 5] += 0.5 * np.sin(np.linspace(0, 6, t_len))  # a slow turn under the noise
+    used_once = [dataclasses.replace(calm[0], actions_TA=turned), *calm[1:]]
+    assert quiet_dims(used_once) == [3, 4, 6]
+    # gripper commands are never quiet; nothing is left out where every motion dim would be
+    assert quiet_dims([dataclasses.replace(s, gripper_action_dims=[3]) for s in calm]) == [4, 5, 6]
+    noise_only = [dataclasses.replace(s, actions_TA=s.actions_TA[:, 3:]) for s in calm]
+    assert quiet_dims(noise_only) == []
+    # stated, the dims are the user's; a run recorded before the test left none out
+    stated = resolve(SegmentConfig(quiet_dims=[6]), [s for s, _ in episodes])[0]
+    assert stated.quiet_dims == [6]
+    from wallwm.pipeline.segmentation.stage import run_segment_config
+
+    recorded = cfg.model_dump(exclude={"quiet_dims"})
+    assert run_segment_config(recorded).quiet_dims == []

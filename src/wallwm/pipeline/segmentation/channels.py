@@ -239,7 +239,8 @@ def channel_groups(s: Signals, cfg: SegmentConfig) -> dict[str, Channel]:
     """
     actions = np.asarray(s.actions_TA, dtype=np.float64)
     grip_dims = [j for j in s.gripper_action_dims if j < actions.shape[1]]
-    motion_dims = [j for j in range(actions.shape[1]) if j not in set(grip_dims)]
+    skipped = set(grip_dims) | set(cfg.left_out())  # a quiet dim: noise alone, no event
+    motion_dims = [j for j in range(actions.shape[1]) if j not in skipped]
     regressors: dict[str, tuple[FloatArray, npt.NDArray[np.bool_]] | None] = {}
     if cfg.action_model in ("state_feedback", "smooth"):
         regressors["action_change"] = feedback_regressors(s, motion_dims, cfg.pairing())

@@ -51,6 +51,14 @@ class SegmentConfig(BaseModel):
         "auto: each action dim with the state that explains it best within events, chosen per "
         "dataset from the data (see wallwm.pipeline.segmentation.selection).",
     )
+    quiet_dims: Literal["auto"] | list[int] = Field(
+        "auto",
+        description="Action dims left out of the cut: commands that are noise alone over the "
+        "dataset (a channel no one commands, a sensor's jitter) carry no event but would make "
+        "every event pay for their parameters. auto: the dims whose commands show no "
+        "frame-to-frame persistence over the model choice's sample (see "
+        "wallwm.pipeline.segmentation.selection.quiet_dims).",
+    )
     noise_model: Literal["auto", "differences", "local_fit", "position_targets"] = Field(
         "auto",
         description="Each channel's noise: the spread of its first differences, floored at "
@@ -102,8 +110,13 @@ class SegmentConfig(BaseModel):
             self.action_model != "auto"
             and self.noise_model != "auto"
             and self.state_pairing != "auto"
+            and self.quiet_dims != "auto"
             and self.action_form != "auto"
         )
+
+    def left_out(self) -> list[int]:
+        """The action dims the cut leaves out (none while ``quiet_dims`` is still ``auto``)."""
+        return self.quiet_dims if isinstance(self.quiet_dims, list) else []
 
     def pairing(self) -> list[int] | None:
         """The chosen state index per action dim, or None for pairing by index."""

@@ -155,9 +155,10 @@ def recorded_model(store: TableStore, requested: SegmentConfig) -> SegmentConfig
 def run_segment_config(recorded: dict[str, Any]) -> SegmentConfig:
     """The segmenter config a run recorded in lineage (its ``segment`` entry).
 
-    Runs recorded before the action form was chosen cut the commands' values.
+    Runs recorded before the action form was chosen cut the commands' values; before quiet
+    dims were left out, every dim.
     """
-    return SegmentConfig(**{"action_form": "values", **recorded})
+    return SegmentConfig(**{"action_form": "values", "quiet_dims": [], **recorded})
 
 
 def _requested(asked: Any) -> dict[str, Any] | None:
@@ -187,7 +188,11 @@ def dataset_model(
     recorded = None if reselect else recorded_model(store, requested)
     if recorded is not None:
         choice = ModelChoice(
-            recorded.action_model, basis="recorded", action_form=recorded.action_form
+            recorded.action_model,
+            basis="recorded",
+            pairing=recorded.pairing(),
+            action_form=recorded.action_form,
+            quiet_dims=recorded.left_out(),
         )
         return recorded, {"requested": requested.model_dump(), "choice": choice.as_dict()}
     resolved, choice = resolve(requested, sample(), map_fn)
