@@ -35,7 +35,10 @@ falls within every move, and a decision re-plans the move without a jump, so wit
 ``SMOOTH_DEGREE``, :class:`~.changepoints.PolynomialCost`), plus feedback on its paired state
 where the dataset's choice finds it pays (the robot's controller tracking the person's
 reference, which a contact holds back), priced by its own parameter count.
-``auto`` (the default) chooses among the three per dataset (:mod:`.selection`).
+``auto`` (the default) chooses among the three per dataset (:mod:`.selection`), and leaves
+out of the cut the action dims whose commands are noise alone over the dataset (``quiet_dims``:
+no frame-to-frame persistence in any sampled episode), which carry no event but would make
+every event pay for their parameters.
 Position targets (the positions an arm reaches) bend at a decision without a jump; where their
 rates of change stand clear of their noise, the cut reads the rates, on which each bend is a
 step (``action_form``, :mod:`.forms`).
