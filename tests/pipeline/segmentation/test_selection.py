@@ -593,3 +593,15 @@ def test_a_channel_of_noise_alone_is_left_out_of_the_cut():
 
     recorded = cfg.model_dump(exclude={"quiet_dims"})
     assert run_segment_config(recorded).quiet_dims == []
+
+
+def test_the_choice_reads_the_middle_of_a_long_episode(monkeypatch):
+    s, _ = controller_episode(0, t_len=400)
+    assert selection_module.at_choice_length(s) is s  # shorter than the window: as is
+    monkeypatch.setattr(selection_module, "CHOICE_MAX_FRAMES", 100)
+    window = selection_module.at_choice_length(s)
+    assert np.array_equal(window.actions_TA, s.actions_TA[150:250])
+    assert np.array_equal(window.states_TS, s.states_TS[150:250])
+    # the choice's evidence is the window's: the same costs as a choice made on it alone
+    whole, middle = choose_model([s], SegmentConfig()), choose_model([window], SegmentConfig())
+    assert whole.costs == middle.costs and whole.action_model == middle.action_model

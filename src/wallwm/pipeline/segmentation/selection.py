@@ -462,12 +462,44 @@ def at_choice_rate(s: Signals) -> tuple[Signals, int]:
     return read, every
 
 
+#: The most frames the choice reads of one episode (after :func:`at_choice_rate`): a window
+#: from its middle. The choice compares totals over its whole sample (up to 24 episodes); a
+#: window this long holds dozens of events at any rate the choice reads, and it bounds the
+#: choice's cost on long sessions, where four candidates cut every sampled episode whole (a
+#: 30,000-frame session of Jaco's episodes: 11.3 s on one core, 1.7 s read this way, the same
+#: model; BENCHMARKS.md "The model choice on long episodes"). The suite's episodes (80-400
+#: frames) are read whole; the sessions of ``benchmarks/segmentation_length.py`` keep their
+#: choice and F1.
+CHOICE_MAX_FRAMES = 4096
+
+
+def at_choice_length(s: Signals) -> Signals:
+    """``s``, or its middle :data:`CHOICE_MAX_FRAMES` frames where it is longer."""
+    t_len = len(s.actions_TA)
+    if t_len <= CHOICE_MAX_FRAMES:
+        return s
+    first = (t_len - CHOICE_MAX_FRAMES) // 2
+    window = slice(first, first + CHOICE_MAX_FRAMES)
+
+    def kept(x: npt.NDArray[np.floating] | None) -> npt.NDArray[np.floating] | None:
+        return None if x is None else np.asarray(x)[window]
+
+    return dataclasses.replace(
+        s,
+        actions_TA=np.asarray(s.actions_TA)[window],
+        states_TS=kept(s.states_TS),
+        gripper_TG=kept(s.gripper_TG),
+        motion_T=kept(s.motion_T),
+    )
+
+
 def choose_model(
     signals: Iterable[Signals], cfg: SegmentConfig, map_fn: SampleMap | None = None
 ) -> ModelChoice:
     """The within-event model, pairing and action form for these episodes (module docstring).
 
-    Each episode is read at :data:`CHOICE_MAX_HZ` or below (:func:`at_choice_rate`).
+    Each episode is read at :data:`CHOICE_MAX_HZ` or below (:func:`at_choice_rate`), at most
+    :data:`CHOICE_MAX_FRAMES` of it (:func:`at_choice_length`).
     ``map_fn`` costs the episodes (:data:`SampleMap`; one after the other by default).
 
     Raises:
@@ -477,7 +509,7 @@ def choose_model(
     signals = list(signals)
     _one_embodiment(signals)
     read = [at_choice_rate(s) for s in signals]
-    signals = [s for s, _ in read]
+    signals = [at_choice_length(s) for s, _ in read]
     every = max((k for _, k in read), default=1)
     pairing = cfg.pairing()
     if cfg.state_pairing == "auto":
