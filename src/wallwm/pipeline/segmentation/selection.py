@@ -439,6 +439,21 @@ def episode_costs(
     return EpisodeCosts(out, float(y.size))
 
 
+def frames_of(s: Signals, frames: slice) -> Signals:
+    """``s`` at ``frames`` only: every per-frame signal sliced alike (the rate is the caller's)."""
+
+    def kept(x: npt.NDArray[np.floating] | None) -> npt.NDArray[np.floating] | None:
+        return None if x is None else np.asarray(x)[frames]
+
+    return dataclasses.replace(
+        s,
+        actions_TA=np.asarray(s.actions_TA)[frames],
+        states_TS=kept(s.states_TS),
+        gripper_TG=kept(s.gripper_TG),
+        motion_T=kept(s.motion_T),
+    )
+
+
 def at_choice_rate(s: Signals) -> tuple[Signals, int]:
     """``s`` read at every k-th frame, and k: the least that brings it to the choice's rate.
 
@@ -447,19 +462,7 @@ def at_choice_rate(s: Signals) -> tuple[Signals, int]:
     every = max(1, math.ceil(s.fps / CHOICE_MAX_HZ - 1e-9))
     if every == 1:
         return s, 1
-
-    def kept(x: npt.NDArray[np.floating] | None) -> npt.NDArray[np.floating] | None:
-        return None if x is None else np.asarray(x)[::every]
-
-    read = dataclasses.replace(
-        s,
-        actions_TA=np.asarray(s.actions_TA)[::every],
-        states_TS=kept(s.states_TS),
-        gripper_TG=kept(s.gripper_TG),
-        motion_T=kept(s.motion_T),
-        fps=s.fps / every,
-    )
-    return read, every
+    return dataclasses.replace(frames_of(s, slice(None, None, every)), fps=s.fps / every), every
 
 
 #: The most frames the choice reads of one episode (after :func:`at_choice_rate`): a window
@@ -479,18 +482,7 @@ def at_choice_length(s: Signals) -> Signals:
     if t_len <= CHOICE_MAX_FRAMES:
         return s
     first = (t_len - CHOICE_MAX_FRAMES) // 2
-    window = slice(first, first + CHOICE_MAX_FRAMES)
-
-    def kept(x: npt.NDArray[np.floating] | None) -> npt.NDArray[np.floating] | None:
-        return None if x is None else np.asarray(x)[window]
-
-    return dataclasses.replace(
-        s,
-        actions_TA=np.asarray(s.actions_TA)[window],
-        states_TS=kept(s.states_TS),
-        gripper_TG=kept(s.gripper_TG),
-        motion_T=kept(s.motion_T),
-    )
+    return frames_of(s, slice(first, first + CHOICE_MAX_FRAMES))
 
 
 def choose_model(
