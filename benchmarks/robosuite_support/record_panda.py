@@ -83,17 +83,15 @@ ENVS = {"lift": "Lift", "stack": "Stack"}
 def target_of(phase: Phase, obs: dict[str, np.ndarray], anchor: np.ndarray) -> np.ndarray:
     """The phase's target position for the gripper site."""
     kind, _, obj = phase.target.partition(":")
-    offsets = {"above": 0.10, "at": 0.0, "above_place": 0.10, "place": 0.045}
-    if kind in ("above", "at"):
-        base = np.asarray(obs[f"{obj}_pos"], dtype=np.float64)
-    elif kind in ("above_place", "place"):
-        base = np.asarray(obs["cubeB_pos"], dtype=np.float64)
-    elif kind == "lift":
-        base, offsets["lift"] = anchor, 0.15
-    else:
-        base, offsets[kind] = anchor, 0.0  # hold where the phase started
-    out: np.ndarray = base + np.array([0.0, 0.0, offsets[kind]])
-    return out
+    base, height = {
+        "above": (obs.get(f"{obj}_pos"), 0.10),
+        "at": (obs.get(f"{obj}_pos"), 0.0),
+        "lift": (anchor, 0.15),
+        "above_place": (obs.get("cubeB_pos"), 0.10),
+        "place": (obs.get("cubeB_pos"), 0.045),
+    }.get(kind, (anchor, 0.0))  # "hold": where the phase started
+    target: np.ndarray = np.asarray(base, dtype=np.float64) + np.array([0.0, 0.0, height])
+    return target
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,7 @@ def record_episode(task: str, seed: int, noise: float, hesitations: float) -> Ep
     """One episode's commands, states, phases and success step."""
     import robosuite as suite
     from robosuite.controllers import load_composite_controller_config
+    from robosuite.utils.transform_utils import quat2mat
 
     rng = np.random.default_rng(seed)
     config = load_composite_controller_config(controller="BASIC", robot="Panda")
@@ -156,8 +155,6 @@ def record_episode(task: str, seed: int, noise: float, hesitations: float) -> Ep
     obs = env.reset()
     phases = TASKS[task]
     actions, states, gripper, labels = [], [], [], []
-    from robosuite.utils.transform_utils import quat2mat
-
     k, since, anchor = 0, 0, obs["robot0_eef_pos"].copy()
     down = quat2mat(obs["robot0_eef_quat"])
     held_yaw = _yaw(down)
