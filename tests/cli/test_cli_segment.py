@@ -114,3 +114,29 @@ def test_caption_command_and_run_include_captions(folder_source, tmp_path):
     status = json.loads(invoke("status", "--dataset", ds, "--json").output)
     cap = next(s for s in status["stages"] if s["stage"] == "caption")
     assert cap["done"] == cap["total"] == len(events)
+
+
+def test_the_segment_command_says_when_a_tie_chose_the_model():
+    """A choice decided by the events two tied candidates cut says so, beside each
+    candidate's events per episode (what the run's lineage records)."""
+    from wallwm.cli.common import console
+    from wallwm.cli.segment import _print_model_choice
+
+    model = {
+        "action_model": "smooth",
+        "costs": {"state_feedback": 71929.1, "time": 65049.0, "smooth": 65081.2},
+        "events": {"state_feedback": 21.9, "time": 18.5, "smooth": 5.4},
+        "tied": ["time", "smooth"],
+        "noise_floor": 60300.0,
+        "episodes": 16,
+        "basis": "data",
+        "pairing": [-1, -1],
+    }
+    with console.capture() as captured:
+        _print_model_choice(model)
+    said = " ".join(captured.get().split())
+    assert "time 65,049 (18.5 events an episode)" in said
+    assert "time and smooth explain the sample alike (totals within 2 standard errors)" in said
+    with console.capture() as captured:
+        _print_model_choice({**model, "tied": []})
+    assert "explain the sample alike" not in captured.get()

@@ -125,7 +125,11 @@ def _segment_config(
 
 def _print_model_choice(model: dict[str, Any]) -> None:
     """The within-event model of the segment run, where it came from and what it weighed."""
-    costs = ", ".join(f"{k} {v:,.0f}" for k, v in model["costs"].items())
+    events = model.get("events") or {}
+    costs = ", ".join(
+        f"{k} {v:,.0f}" + (f" ({events[k]:.1f} events an episode)" if k in events else "")
+        for k, v in model["costs"].items()
+    )
     if costs and model.get("noise_floor"):
         costs += f"; noise floor {model['noise_floor']:,.0f}"
     basis = model["basis"]
@@ -144,7 +148,11 @@ def _print_model_choice(model: dict[str, Any]) -> None:
     else:
         how = "the dataset's recorded choice (--reselect chooses again)"
     from wallwm.pipeline.segmentation.channels import POSITION_TARGET_NOISE
-    from wallwm.pipeline.segmentation.selection import POSITION_TARGET_SHARE, pairing_text
+    from wallwm.pipeline.segmentation.selection import (
+        POSITION_TARGET_SHARE,
+        TIE_SE,
+        pairing_text,
+    )
 
     paired = pairing_text(model["action_model"], model.get("pairing"))
     console.print(f"within an event: {model['action_model']}{paired} -- {how}")
@@ -155,6 +163,12 @@ def _print_model_choice(model: dict[str, Any]) -> None:
             f"commands move with their states (position targets, share {share:.2f}): "
             "noise measured as the law's misfit over an event "
             f"(x{POSITION_TARGET_NOISE:g} its local variance)"
+        )
+    tied = model.get("tied") or []
+    if tied:
+        console.print(
+            f"{' and '.join(tied)} explain the sample alike (totals within "
+            f"{TIE_SE:g} standard errors): the one that cuts fewest events is chosen"
         )
     _print_action_form(model)
     quiet = model.get("quiet_dims") or []

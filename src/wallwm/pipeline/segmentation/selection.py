@@ -24,7 +24,9 @@ Each episode is weighed without a person's hesitations (:mod:`.hesitations`): a 
 reach costs every model alike and would hide what tells them apart (Jaco's smooth operator with
 pauses: the polynomial's cost 0.85 of state feedback's with them, 0.73 without).
 State feedback is the default another model must beat decisively (:data:`SWITCH_RATIO`); of
-those that do, the lowest total wins. Without states the line in time is the default. The
+those that do, the lowest total wins -- unless others tie with it (their totals within
+:data:`TIE_SE` standard errors of the per-episode differences): then the one that cuts fewest
+events wins (:func:`decisive_model`). Without states the line in time is the default. The
 totals are compared above their *noise floor*: in unit-noise channels a model that explains
 everything but the noise still costs one unit per observation (frames x moving dims), which every
 candidate pays alike; what a model leaves above that floor (misfit beyond the noise, and the
@@ -168,6 +170,11 @@ class ModelChoice:
     #: Action dims whose commands are noise alone over the sample (:func:`quiet_dims`): the
     #: cut leaves them out.
     quiet_dims: list[int] = field(default_factory=list)
+    #: Each candidate's mean events per sampled episode under its optimal cut.
+    events: dict[str, float] = field(default_factory=dict)
+    #: The candidates whose totals tied with the least (:func:`decisive_model`): the one that
+    #: cut fewest events was chosen. Empty where none tied.
+    tied: list[str] = field(default_factory=list)
 
     @property
     def position_targets(self) -> bool:
@@ -214,6 +221,8 @@ class ModelChoice:
             ),
             "read_every": self.read_every,
             "quiet_dims": self.quiet_dims,
+            "events": {k: round(v, 2) for k, v in self.events.items()},
+            "tied": self.tied,
         }
 
 
@@ -371,6 +380,8 @@ class EpisodeCosts:
     #: Observations compared (frames x moving action dims): in unit-noise channels, what any
     #: model's misfit costs when it explains everything but the noise.
     noise_floor: float
+    #: Events each candidate's optimal cut makes of the episode.
+    events: dict[str, int] = field(default_factory=dict)
 
 
 #: How the model choice costs its sample: ``map_fn(fn, episodes)`` is ``[fn(e) for e in
@@ -430,13 +441,14 @@ def episode_costs(
     # is weighed at the frames' own noise: otherwise whichever cuts most often to follow the
     # noisy stretches looks cheapest.
     variance = local_noise_variance(y, s.fps, SMOOTH_DEGREE)
-    out = {}
+    out, events = {}, {}
     for name, plain in costs.items():
         cost = plain if variance is None else LocalNoiseCost(plain, variance)
         penalty = event_penalty(cfg, y.shape[1], t_len, cost.params)
         ends = np.array([0, *pelt_between(cost, edges, penalty, min_len), t_len], dtype=np.int64)
         out[name] = float(cost(ends[:-1], ends[1:]).sum() + penalty * (len(ends) - 1))
-    return EpisodeCosts(out, float(y.size))
+        events[name] = len(ends) - 1
+    return EpisodeCosts(out, float(y.size), events)
 
 
 def frames_of(s: Signals, frames: slice) -> Signals:
@@ -572,26 +584,39 @@ def _choose_action_model(
     stated_smooth = cfg.action_model == "smooth" and cfg.state_pairing == "auto"
     if cfg.action_model != "auto" and not stated_smooth:
         return ModelChoice(cfg.action_model, basis="stated")
-    costs, episodes, floor = _sample_costs(signals, cfg, pairing, map_fn)
+    sample = _sample_costs(signals, cfg, pairing, map_fn)
+    costs, episodes, floor = sample.totals(), sample.episodes, sample.noise_floor
     # The smooth model's two forms are nested: the cheaper one stands for it -- also where the
     # user named the model, since whether the states pay is the data's to say.
     forms = {n: costs[n] for n in ("smooth", SMOOTH_FEEDBACK) if n in costs}
     form = min(forms, key=forms.__getitem__) if forms else "smooth"
     feedback = form == SMOOTH_FEEDBACK
+    events = sample.events_per_episode()
     if stated_smooth:
         return ModelChoice(
-            "smooth", costs, episodes, "stated", feedback=feedback, noise_floor=floor
+            "smooth", costs, episodes, "stated", feedback=feedback, noise_floor=floor, events=events
         )
     if not episodes or not costs:  # nothing moves: the default model, nothing to compare
         return ModelChoice("state_feedback", episodes=episodes)
-    compared = {n: v for n, v in costs.items() if n not in forms}
-    if forms:
-        compared["smooth"] = forms[form]
-    chosen = decisive_model(compared, floor)
-    return ModelChoice(chosen, costs, episodes, feedback=feedback, noise_floor=floor)
+    names = {n: n for n in costs if n not in forms} | ({"smooth": form} if forms else {})
+    compared = sample.renamed(names)
+    chosen, tied = decisive_model(compared.totals(), floor, compared)
+    return ModelChoice(
+        chosen, costs, episodes, feedback=feedback, noise_floor=floor, events=events, tied=tied
+    )
 
 
-def decisive_model(totals: dict[str, float], floor: float) -> str:
+#: Standard errors within which two candidates' totals tie: the standard error of the sum of
+#: their per-episode cost differences over the sample (a paired two-sided test at about 5 %).
+#: A test, not a tuned value; over the suite's 27 recordings one pair ties (ALOHA's reaching
+#: with speed-dependent noise: the line in time and the polynomial 0.04 standard errors apart);
+#: every other decisive pair stands 2.0-48 apart.
+TIE_SE = 2.0
+
+
+def decisive_model(
+    totals: dict[str, float], floor: float, sample: SampleCosts | None = None
+) -> tuple[str, list[str]]:
     """The default model, unless another explains the sample decisively better.
 
     The default is state feedback (without paired states, the line in time). Each total is
@@ -601,37 +626,104 @@ def decisive_model(totals: dict[str, float], floor: float) -> str:
     is at or below the floor, the common noise scale overstates the noise (the floor is no
     floor there: MetaWorld's noise-free closed loops, position targets a law follows closely)
     and the plain totals decide, as they did before the floor was read.
+
+    With the ``sample``'s per-episode costs, candidates that tie with the least -- their totals
+    within :data:`TIE_SE` standard errors of it -- are told apart by the events they cut: the
+    one that explains the sample with fewest events per episode wins. A smooth reach cut into
+    pieces of lines costs what the polynomial costs with a third of the events (the two spend
+    the same parameters); events are what the product is for, so the fewer stand for more.
+    Returns the model and the candidates that tied (empty where none did).
     """
     default = "state_feedback" if "state_feedback" in totals else "time"
     if totals[default] <= floor:
         floor = 0.0
     excess = {n: v - floor for n, v in totals.items()}
     better = {n: v for n, v in excess.items() if v <= SWITCH_RATIO * excess[default]}
-    return min(better, key=better.__getitem__, default=default)
+    best = min(better, key=better.__getitem__, default=default)
+    tied = [] if sample is None else sample.tied_with(best, list(better))
+    if len(tied) < 2:
+        return best, []
+    events = sample.events_per_episode() if sample is not None else {}
+    return min(tied, key=lambda n: (events[n], better[n])), tied
+
+
+@dataclass(frozen=True)
+class SampleCosts:
+    """Each candidate's penalised cost and events per sampled episode (those that move)."""
+
+    #: Per candidate, one cost per episode (the same episodes, in order, for every candidate).
+    costs: dict[str, FloatArray]
+    #: Per candidate, the events its cut makes of each episode.
+    events: dict[str, FloatArray]
+    noise_floor: float
+
+    @property
+    def episodes(self) -> int:
+        """Episodes costed."""
+        return len(next(iter(self.costs.values()), ()))
+
+    def totals(self) -> dict[str, float]:
+        """Each candidate's total cost over the sample."""
+        return {n: float(c.sum()) for n, c in self.costs.items()}
+
+    def events_per_episode(self) -> dict[str, float]:
+        """Each candidate's mean events per episode."""
+        return {n: float(e.mean()) for n, e in self.events.items() if e.size}
+
+    def renamed(self, names: dict[str, str]) -> SampleCosts:
+        """The candidates ``names`` maps to, under their new names (``{new: old}``)."""
+        return SampleCosts(
+            {new: self.costs[old] for new, old in names.items()},
+            {new: self.events[old] for new, old in names.items()},
+            self.noise_floor,
+        )
+
+    def tied_with(self, best: str, others: list[str]) -> list[str]:
+        """``best`` and those of ``others`` whose totals tie with it (:data:`TIE_SE`).
+
+        Empty under two episodes (no spread to read).
+        """
+        if self.episodes < 2:
+            return []
+        tied = [best]
+        for name in others:
+            if name == best:
+                continue
+            diff_E = self.costs[name] - self.costs[best]
+            se = float(np.std(diff_E, ddof=1) * math.sqrt(len(diff_E)))
+            if float(diff_E.sum()) <= TIE_SE * se:
+                tied.append(name)
+        return tied if len(tied) > 1 else []
 
 
 def _sample_costs(
     signals: list[Signals], cfg: SegmentConfig, pairing: list[int] | None, map_fn: SampleMap
-) -> tuple[dict[str, float], int, float]:
-    """Each candidate's total cost over the episodes that move, their count and noise floor.
+) -> SampleCosts:
+    """Each candidate's costs and events over the episodes that move, and their noise floor.
 
     A candidate that cannot model one episode cannot model the dataset: it is left out.
     """
     names = (*CANDIDATES, SMOOTH_FEEDBACK)
-    totals = dict.fromkeys(names, 0.0)
+    costs: dict[str, list[float]] = {n: [] for n in names}
+    events: dict[str, list[int]] = {n: [] for n in names}
     usable = dict.fromkeys(names, True)
-    episodes, floor = 0, 0.0
+    floor = 0.0
     for weighed in map_fn(functools.partial(episode_costs, cfg=cfg, pairing=pairing), signals):
         if weighed is None:
             continue
-        episodes += 1
         floor += weighed.noise_floor
         for name in names:
             if name in weighed.costs:
-                totals[name] += weighed.costs[name]
+                costs[name].append(weighed.costs[name])
+                events[name].append(weighed.events.get(name, 0))
             else:
                 usable[name] = False
-    return {n: totals[n] for n in names if usable[n]}, episodes, floor
+    kept = [n for n in names if usable[n] and costs[n]]
+    return SampleCosts(
+        {n: np.asarray(costs[n], dtype=np.float64) for n in kept},
+        {n: np.asarray(events[n], dtype=np.float64) for n in kept},
+        floor,
+    )
 
 
 def resolve(
