@@ -46,7 +46,10 @@ A boundary where the state-feedback line only *bends* -- the command stays conti
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or
 anywhere in the two events for one more parameter) explains the signals within the BIC price of
-the parameters a cut adds, the boundary is dropped (``merge_bends``).
+the parameters a cut adds, the boundary is dropped (``merge_bends``) -- unless the commands that
+change there earn it alone (each judged by itself, changing or continuing across it; a new
+sub-goal moves one or two commands while the others carry on), each one's evidence weighed at
+its residual's persistence.
 A run of short events within 0.6 s whose surroundings continue each other is a hesitation or
 a small correction, and a closed-loop arm's abrupt stop its law did not ask for is a pause: their
 cuts go (``merge_disturbances``, :mod:`.disturbances`). The smooth model cannot continue a line
