@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -101,8 +102,8 @@ def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]
         bend &= np.ptp(fit.z_TD[b:c], axis=0) >= BEND_MIN_MOTION
         if b in keep or not bend.any():
             return None
-        joint = _joint_margin(fit, (a, b, c), bend)
-        return max(joint, _column_margin(fit, reach, weight_D, (a, b, c), bend))
+        fits = _Fits.of(fit, (a, b, c))
+        return max(_joint_margin(fit, fits, bend), _column_margin(fit, fits, reach, weight_D))
 
     points = list(starts)
     while len(points) > 1:
@@ -121,38 +122,49 @@ def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]
     return points
 
 
-def _knees(fit: ChannelFit, abc: tuple[int, int, int], bend: npt.NDArray[np.bool_]) -> FloatArray:
-    """Each bent column's residual as one line bent at ``b``, or anywhere for one more parameter.
+@dataclasses.dataclass(frozen=True)
+class _Fits:
+    """What both tests read at one boundary ``b`` between ``[a, b)`` and ``[b, c)``."""
 
-    Anywhere that leaves two samples on each side: dims rarely leave their limits at the same
-    frame (a far goal on one axis, a near one on another).
-    """
-    a, b, c = abc
-    knots = np.array([b - a, *range(2, c - a - 1)], dtype=np.int64)
-    knees_KD = bent_line_costs(fit.y_TD[a:c, bend], fit.z_TD[a:c, bend], knots)
-    return np.asarray(np.minimum(knees_KD[0], knees_KD.min(axis=0) + fit.per_param))
+    #: Each column's residual over ``[a, c)``, ``[a, b)`` and ``[b, c)``: shape ``(3, D)``.
+    rss_3D: FloatArray
+    #: Each state-regressed column's residual as one line bent at ``b``, or anywhere for one
+    #: more parameter (inf for the others).
+    knees_D: FloatArray
+    abc: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, fit: ChannelFit, abc: tuple[int, int, int]) -> _Fits:
+        """The fits at ``abc``.
+
+        A knee anywhere leaves two samples on each side: dims rarely leave their limits at the
+        same frame (a far goal on one axis, a near one on another).
+        """
+        a, b, c = abc
+        rss = fit.cost.columns(np.array([a, a, b]), np.array([c, b, c]))
+        state = fit.on_state_D
+        knots = np.array([b - a, *range(2, c - a - 1)], dtype=np.int64)
+        knees_KD = bent_line_costs(fit.y_TD[a:c, state], fit.z_TD[a:c, state], knots)
+        knees = np.full(len(state), np.inf)
+        knees[state] = np.minimum(knees_KD[0], knees_KD.min(axis=0) + fit.per_param)
+        return cls(rss, knees, abc)
 
 
-def _joint_margin(fit: ChannelFit, abc: tuple[int, int, int], bend: npt.NDArray[np.bool_]) -> float:
+def _joint_margin(fit: ChannelFit, fits: _Fits, bend: npt.NDArray[np.bool_]) -> float:
     """The cut against one bent line per bent column (one line for the others), all together.
 
     The cut has ``2D + 1 - (K + 1)`` more parameters than the bent model (``K`` bent columns,
     both with the boundary's location); its margin is what it lowers the cost by less their BIC
     price ``per_param`` each.
     """
-    a, b, c = abc
-    rss = fit.cost.columns(np.array([a, a, b]), np.array([c, b, c]))  # [a, c), [a, b), [b, c)
-    bent = float(_knees(fit, abc, bend).sum() + rss[0, ~bend].sum())
+    rss = fits.rss_3D
+    bent = float(fits.knees_D[bend].sum() + rss[0, ~bend].sum())
     dims = fit.y_TD.shape[1]
     return float(bent - rss[1:].sum() - fit.per_param * (2 * dims - int(bend.sum())))
 
 
 def _column_margin(
-    fit: ChannelFit,
-    reach: PolynomialCost,
-    weight_D: FloatArray,
-    abc: tuple[int, int, int],
-    bend: npt.NDArray[np.bool_],
+    fit: ChannelFit, fits: _Fits, reach: PolynomialCost, weight_D: FloatArray
 ) -> float:
     """What the columns that change at ``b`` earn, each alone, less the boundary's location.
 
@@ -164,16 +176,13 @@ def _column_margin(
     weighed by ``weight_D`` (:func:`persistence_weights`): else one column's drifting noise
     could pay for a cut of its own, which the joint test's sum over columns never let it.
     """
-    a, b, c = abc
-    cost, per_param = fit.cost, fit.per_param
-    rss = cost.columns(np.array([a, a, b]), np.array([c, b, c]))
-    changes = rss[1] + rss[2] + 2 * cost.params * per_param
-    continues = rss[0] + cost.params * per_param
-    state = fit.on_state_D
-    bent = _knees(fit, abc, state) + (cost.params + 1) * per_param
-    continues[state] = np.minimum(continues[state], bent)
+    a, _, c = fits.abc
+    params, per_param = fit.cost.params, fit.per_param
+    changes = fits.rss_3D[1] + fits.rss_3D[2] + 2 * params * per_param
+    line = fits.rss_3D[0] + params * per_param
+    bent = fits.knees_D + (params + 1) * per_param
     moves = reach.columns(np.array([a]), np.array([c]))[0] + (CONTINUATION_DEGREE + 1) * per_param
-    saving_D = np.minimum(continues, moves) - changes
+    saving_D = np.minimum(np.minimum(line, bent), moves) - changes
     return float((np.maximum(saving_D, 0.0) * weight_D).sum() - per_param)
 
 
