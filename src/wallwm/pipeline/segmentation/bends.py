@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
@@ -92,9 +93,13 @@ def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]
     state columns are scaled to unit range (see :func:`feedback_regressors`).
     """
     t_len = len(fit.y_TD)
-    reach = PolynomialCost(fit.y_TD, CONTINUATION_DEGREE)
-    weight_D = persistence_weights(residual_persistence(fit.y_TD, fit.z_TD, [*starts, t_len]))
     known: dict[tuple[int, int, int], float | None] = {}
+
+    @functools.cache
+    def column_inputs() -> tuple[PolynomialCost, FloatArray]:
+        """The per-command test's continuation polynomial and weights (only once one is run)."""
+        weight_D = persistence_weights(residual_persistence(fit.y_TD, fit.z_TD, [*starts, t_len]))
+        return PolynomialCost(fit.y_TD, CONTINUATION_DEGREE), weight_D
 
     def margin(a: int, b: int, c: int) -> float | None:
         """How much the better test earns the cut by, net of its price (None: no bend to test)."""
@@ -103,7 +108,7 @@ def merge_bends(fit: ChannelFit, starts: list[int], keep: set[int]) -> list[int]
         if b in keep or not bend.any():
             return None
         fits = _Fits.of(fit, (a, b, c))
-        return max(_joint_margin(fit, fits, bend), _column_margin(fit, fits, reach, weight_D))
+        return max(_joint_margin(fit, fits, bend), _column_margin(fit, fits, *column_inputs()))
 
     points = list(starts)
     while len(points) > 1:

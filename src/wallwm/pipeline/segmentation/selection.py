@@ -642,9 +642,9 @@ def decisive_model(
     better = {n: v for n, v in excess.items() if v <= SWITCH_RATIO * excess[default]}
     best = min(better, key=better.__getitem__, default=default)
     tied = [] if sample is None else sample.tied_with(best, list(better))
-    if len(tied) < 2:
+    if sample is None or not tied:
         return best, []
-    events = sample.events_per_episode() if sample is not None else {}
+    events = sample.events_per_episode()
     return min(tied, key=lambda n: (events[n], better[n])), tied
 
 
