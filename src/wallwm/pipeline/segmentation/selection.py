@@ -381,7 +381,7 @@ class EpisodeCosts:
     #: model's misfit costs when it explains everything but the noise.
     noise_floor: float
     #: Events each candidate's optimal cut makes of the episode.
-    events: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int]
 
 
 #: How the model choice costs its sample: ``map_fn(fn, episodes)`` is ``[fn(e) for e in
@@ -716,7 +716,7 @@ def _sample_costs(
         for name in names:
             if name in weighed.costs:
                 costs[name].append(weighed.costs[name])
-                events[name].append(weighed.events.get(name, 0))
+                events[name].append(weighed.events[name])
             else:
                 usable[name] = False
     kept = [n for n in names if usable[n] and costs[n]]
