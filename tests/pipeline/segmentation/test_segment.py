@@ -103,6 +103,22 @@ def test_constant_signals_and_no_usable_channel():
     assert (seg.starts, seg.ends) == ([0], [50])
 
 
+def test_a_gripper_alone_is_still_cut_at_its_switches():
+    """No channel to weigh (the gripper is the only command, or the arm holds still) still
+    leaves the gripper's switches as events, certain ones; an over-long event is still split,
+    evenly where nothing tells its frames apart."""
+    gripper = np.repeat([0.0, 1.0, 0.0, 1.0, 1.0, 0.0], 30)[:, None]
+    alone = segment(Signals(gripper, fps=10.0, gripper_action_dims=[0]), SegmentConfig())
+    assert alone.starts == [0, 30, 60, 90, 150]
+    assert all(b.confidence == 1.0 and b.cues == ("gripper",) for b in alone.boundaries)
+    assert alone.cues_CT["gripper"][[30, 31]].tolist() == [1.0, 0.0]
+    held = np.hstack([np.ones((180, 2)), gripper])
+    arm_still = segment(Signals(held, fps=10.0, gripper_action_dims=[2]), SegmentConfig())
+    assert arm_still.starts == [0, 30, 60, 90, 150]
+    idle = segment(Signals(np.ones((500, 3)), fps=10.0), SegmentConfig(max_event_s=8.0))
+    assert idle.starts == [0, 62, 125, 187, 250, 312, 375, 437]  # eight even pieces <= 80
+
+
 def test_max_duration_splits_and_min_duration_holds():
     rng = np.random.default_rng(4)
     actions = rng.normal(0, 0.1, (300, 2)).astype(np.float32)

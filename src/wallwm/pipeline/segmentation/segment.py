@@ -42,7 +42,11 @@ def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int
     if b - a <= max_len:
         return []
     lo, hi = a + min_len, b - min_len
-    mid = lo + int(np.argmax(strength[lo:hi])) if hi > lo else (a + b) // 2
+    inner = strength[lo:hi]
+    # No interior point stronger than another (a flat stretch, or no channel to weigh): the
+    # middle, so the pieces come out even rather than one of min_len frames.
+    flat = hi <= lo or float(inner.max()) <= float(inner.min())
+    mid = (a + b) // 2 if flat else lo + int(np.argmax(inner))
     return [
         *_split_long(a, mid, strength, min_len, max_len),
         mid,
@@ -261,7 +265,8 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
     """Cut one episode into events.
 
     Always returns at least one event covering the episode: a single frame, constant signals
-    or no usable channel give exactly one event. A config with ``auto`` model choices is
+    or no usable channel give one event, split only at a binary gripper command's switches and
+    where it is longer than ``max_event_s``. A config with ``auto`` model choices is
     resolved on this episode alone; stages resolve it once per dataset (:mod:`.selection`).
     ``traces=False`` skips the per-group cue traces (``cues_CT`` is then empty): only the
     episode plot draws them, and ingest need not pay for them.
@@ -272,10 +277,10 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
     weighed = weigh_cuts(s, cfg)
-    if weighed is None:
-        return Segmentation([0], [t_len], [], np.zeros(t_len), {})
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))
+    if weighed is None:
+        return _without_channels(s, min_len, max_len, traces)
     w = max(2, min(round(cfg.window_s * s.fps), t_len))  # wider than the episode sees no more
     penalty, forced, points = weighed.penalty, weighed.forced, list(weighed.points)
     strength_TD = local_strength(weighed.cost, t_len, w)
@@ -299,6 +304,27 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
     return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
+
+
+def _without_channels(s: Signals, min_len: int, max_len: int, traces: bool) -> Segmentation:
+    """An episode with no channel to weigh: constant commands, or a gripper's alone.
+
+    A binary gripper command's switches are still events (a dataset whose only command is its
+    gripper, or whose arm holds still while the gripper works), and an event longer than
+    ``max_event_s`` is still split -- evenly, since nothing tells one frame from another.
+    """
+    t_len = len(s.actions_TA)
+    forced = gripper_flips(s, min_len)
+    flat = np.zeros(t_len)
+    points = list(forced)
+    for a, b in itertools.pairwise([0, *forced, t_len]):
+        points.extend(_split_long(a, b, flat, min_len, max_len))
+    starts = sorted({0, *points})
+    boundaries = [
+        Boundary(b, 1.0, ("gripper",)) if b in forced else Boundary(b, 0.0, ()) for b in starts[1:]
+    ]
+    cues_CT = {"gripper": np.isin(np.arange(t_len), forced).astype(np.float64)} if traces else {}
+    return Segmentation(starts, [*starts[1:], t_len], boundaries, flat, cues_CT if forced else {})
 
 
 def _boundaries(
