@@ -73,6 +73,8 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     assert in_time.exit_code == 0 and "4 episodes segmented" in in_time.output
     unmerged = invoke("segment", "--dataset", ds, "--no-merge-bends")
     assert unmerged.exit_code == 0 and "4 episodes segmented" in unmerged.output
+    as_recorded = invoke("segment", "--dataset", ds, "--no-continuous-rotations")
+    assert as_recorded.exit_code == 0 and "4 episodes segmented" in as_recorded.output
 
 
 def test_segment_option_defaults_are_the_segmenter_defaults():
@@ -84,7 +86,8 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
     want = SegmentConfig()
     for cmd in (segment_cmd, run_cmd):
         params = inspect.signature(cmd).parameters
-        for name in ("method", "penalty", "action_model", "merge_bends", "refit_noise"):
+        names = ("method", "penalty", "action_model", "merge_bends", "refit_noise")
+        for name in (*names, "continuous_rotations"):
             assert params[name].default == getattr(want, name), (cmd.__name__, name)
 
 

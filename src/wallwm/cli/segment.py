@@ -83,6 +83,13 @@ RefitNoiseOpt = Annotated[
         "its frame-to-frame jitter) and cut again."
     ),
 ]
+ContinuousRotationsOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Read angles that wrapped past +-pi (or +-180) and quaternions whose sign flipped "
+        "as the continuous rotations they are (a turn past the edge is no event)."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
@@ -99,6 +106,7 @@ def _segment_config(
     noise_model: str = "auto",
     merge_disturbances: bool = True,
     action_form: str = "auto",
+    continuous_rotations: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -115,6 +123,7 @@ def _segment_config(
             merge_bends=merge_bends,
             merge_disturbances=merge_disturbances,
             refit_noise=refit_noise,
+            continuous_rotations=continuous_rotations,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -267,6 +276,7 @@ def segment_cmd(
     merge_bends: MergeBendsOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
+    continuous_rotations: ContinuousRotationsOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -289,6 +299,7 @@ def segment_cmd(
         noise_model,
         merge_disturbances,
         action_form,
+        continuous_rotations,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
@@ -312,6 +323,7 @@ def run_cmd(
     merge_bends: MergeBendsOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
+    continuous_rotations: ContinuousRotationsOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -339,6 +351,7 @@ def run_cmd(
         noise_model,
         merge_disturbances,
         action_form,
+        continuous_rotations,
     )
     from pydantic import ValidationError
 

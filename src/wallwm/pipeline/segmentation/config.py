@@ -89,6 +89,13 @@ class SegmentConfig(BaseModel):
         "(state_feedback, time); a person's stops after which the move carries on are taken "
         "out of the signals before the smooth model cuts (and before the model choice).",
     )
+    continuous_rotations: bool = Field(
+        True,
+        description="Read angles that wrapped around (past +-pi or +-180) and unit "
+        "quaternions whose sign flipped as the continuous rotations they are, so a turn past "
+        "the edge is no event (see wallwm.pipeline.segmentation.rotations); the stored "
+        "commands stay as recorded.",
+    )
     refit_noise: bool = Field(
         True,
         description="Re-estimate each channel's noise from the residuals of a first cut (never "

@@ -35,6 +35,7 @@ from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_c
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
 from wallwm.pipeline.segmentation.forms import cut_signals
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
+from wallwm.pipeline.segmentation.rotations import continuous_rotations
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -246,6 +247,8 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     does. The cut reads the config's ``action_form`` of the commands (:mod:`.forms`); the smooth
     model cuts the episode without its hesitations (``merge_disturbances``).
     """
+    if cfg.continuous_rotations:  # a turn past an angle's edge, a quaternion's sign flip
+        s = continuous_rotations(s)
     if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
         from wallwm.pipeline.segmentation.selection import resolve
 
@@ -276,6 +279,8 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return Segmentation([], [], [], np.zeros(0), {})
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
+    if cfg.continuous_rotations:  # the pause and turn cues read the same continuous view
+        s = continuous_rotations(s)
     weighed = weigh_cuts(s, cfg)
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))
