@@ -73,7 +73,9 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     assert in_time.exit_code == 0 and "4 episodes segmented" in in_time.output
     unmerged = invoke("segment", "--dataset", ds, "--no-merge-bends")
     assert unmerged.exit_code == 0 and "4 episodes segmented" in unmerged.output
-    as_recorded = invoke("segment", "--dataset", ds, "--no-continuous-rotations")
+    as_recorded = invoke(
+        "segment", "--dataset", ds, "--no-continuous-rotations", "--no-read-held-samples"
+    )
     assert as_recorded.exit_code == 0 and "4 episodes segmented" in as_recorded.output
 
 
@@ -87,7 +89,7 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
     for cmd in (segment_cmd, run_cmd):
         params = inspect.signature(cmd).parameters
         names = ("method", "penalty", "action_model", "merge_bends", "refit_noise")
-        for name in (*names, "continuous_rotations"):
+        for name in (*names, "continuous_rotations", "read_held_samples"):
             assert params[name].default == getattr(want, name), (cmd.__name__, name)
 
 

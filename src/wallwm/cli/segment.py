@@ -90,6 +90,14 @@ ContinuousRotationsOpt = Annotated[
         "as the continuous rotations they are (a turn past the edge is no event)."
     ),
 ]
+ReadHeldSamplesOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Cut a command stream held over several frames (slower than the frames) on its "
+        "own samples, so its stairs are no events (a model in time; a law on the state reads "
+        "the frames)."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
@@ -107,6 +115,7 @@ def _segment_config(
     merge_disturbances: bool = True,
     action_form: str = "auto",
     continuous_rotations: bool = True,
+    read_held_samples: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -124,6 +133,7 @@ def _segment_config(
             merge_disturbances=merge_disturbances,
             refit_noise=refit_noise,
             continuous_rotations=continuous_rotations,
+            read_held_samples=read_held_samples,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -277,6 +287,7 @@ def segment_cmd(
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
+    read_held_samples: ReadHeldSamplesOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -300,6 +311,7 @@ def segment_cmd(
         merge_disturbances,
         action_form,
         continuous_rotations,
+        read_held_samples,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
@@ -324,6 +336,7 @@ def run_cmd(
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
+    read_held_samples: ReadHeldSamplesOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -352,6 +365,7 @@ def run_cmd(
         merge_disturbances,
         action_form,
         continuous_rotations,
+        read_held_samples,
     )
     from pydantic import ValidationError
 

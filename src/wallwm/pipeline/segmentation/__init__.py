@@ -3,8 +3,9 @@
 Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
 noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
 :mod:`.disturbances` and :mod:`.hesitations` (what is no event), :mod:`.selection` (the model
-choice), :mod:`.forms` (values or rates), :mod:`.rotations` (wrapped angles and quaternion
-signs made continuous), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one
+choice), :mod:`.forms` (values or rates; what the cut reads), :mod:`.rotations` (wrapped
+angles and quaternion signs made continuous), :mod:`.held` (a command stream slower than the
+frames), :mod:`.cues` (pause/turn cues), :mod:`.segment` (one
 episode), :mod:`.stage` (the Ray stage over a dataset), :mod:`.evaluate` (boundary metrics).
 
 The episode's signals are grouped into cue channels, each scaled to unit noise using noise
@@ -44,7 +45,9 @@ Position targets (the positions an arm reaches) bend at a decision without a jum
 rates of change stand clear of their noise, the cut reads the rates, on which each bend is a
 step (``action_form``, :mod:`.forms`). Angles that wrapped past a turn's edge and quaternions
 whose sign flipped are read continuous before anything else (``continuous_rotations``,
-:mod:`.rotations`): a turn past the edge is no event.
+:mod:`.rotations`): a turn past the edge is no event. A command stream held over several
+frames (slower than the frames) is cut on its own samples by the models in time
+(``read_held_samples``, :mod:`.held`): its stairs are no events.
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or

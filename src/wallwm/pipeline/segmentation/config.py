@@ -96,6 +96,12 @@ class SegmentConfig(BaseModel):
         "the edge is no event (see wallwm.pipeline.segmentation.rotations); the stored "
         "commands stay as recorded.",
     )
+    read_held_samples: bool = Field(
+        True,
+        description="Cut a command stream held over several frames (slower than the frames: "
+        "repeated exactly, then stepping to its next sample) on its own samples, so its "
+        "stairs are no events (see wallwm.pipeline.segmentation.held).",
+    )
     refit_noise: bool = Field(
         True,
         description="Re-estimate each channel's noise from the residuals of a first cut (never "

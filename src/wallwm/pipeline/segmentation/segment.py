@@ -33,9 +33,8 @@ from wallwm.pipeline.segmentation.config import (
 )
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
-from wallwm.pipeline.segmentation.forms import cut_signals
+from wallwm.pipeline.segmentation.forms import as_read, cut_signals
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
-from wallwm.pipeline.segmentation.rotations import continuous_rotations
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -211,7 +210,9 @@ def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int
     None but for the smooth model with ``merge_disturbances`` (the line models drop a pause's
     cuts instead, :mod:`.disturbances`).
     """
-    return _hesitations(cut_signals(s, cfg), cfg)
+    s, held = as_read(s, cfg)
+    runs = _hesitations(cut_signals(s, cfg), cfg)
+    return runs if held is None else held.runs(runs)
 
 
 def _hesitations(cut: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
@@ -243,12 +244,12 @@ def _cuts_without_hesitations(
 def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     """The optimal cuts of one episode and their cost (None: no usable channel).
 
-    A config with ``auto`` model choices is resolved on this episode alone, as :func:`segment`
-    does. The cut reads the config's ``action_form`` of the commands (:mod:`.forms`); the smooth
+    ``s`` is weighed as given: :func:`segment` passes the episode as the cut reads it
+    (:func:`.forms.as_read`: rotations continuous, a held stream at its samples). A config with
+    ``auto`` model choices is resolved on this episode alone, as :func:`segment` does. The
+    cut reads the config's ``action_form`` of the commands (:mod:`.forms`); the smooth
     model cuts the episode without its hesitations (``merge_disturbances``).
     """
-    if cfg.continuous_rotations:  # a turn past an angle's edge, a quaternion's sign flip
-        s = continuous_rotations(s)
     if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
         from wallwm.pipeline.segmentation.selection import resolve
 
@@ -279,8 +280,15 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return Segmentation([], [], [], np.zeros(0), {})
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
-    if cfg.continuous_rotations:  # the pause and turn cues read the same continuous view
-        s = continuous_rotations(s)
+    read, held = as_read(s, cfg)
+    if held is not None:  # cut on the command's own samples, mapped back to the frames
+        return held.segmentation(_segment_read(read, cfg, traces))
+    return _segment_read(read, cfg, traces)
+
+
+def _segment_read(s: Signals, cfg: SegmentConfig, traces: bool) -> Segmentation:
+    """:func:`segment` of an episode as the cut reads it (:func:`.forms.as_read`)."""
+    t_len = len(s.actions_TA)
     weighed = weigh_cuts(s, cfg)
     min_len = max(1, round(cfg.min_event_s * s.fps))
     max_len = max(min_len, round(cfg.max_event_s * s.fps))

@@ -98,9 +98,13 @@ from wallwm.pipeline.segmentation.channels import (
     moving_dims,
 )
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
-from wallwm.pipeline.segmentation.forms import RATES_CLEARANCE, command_rates, rates_clearance
+from wallwm.pipeline.segmentation.forms import (
+    RATES_CLEARANCE,
+    as_read,
+    command_rates,
+    rates_clearance,
+)
 from wallwm.pipeline.segmentation.hesitations import without_hesitations
-from wallwm.pipeline.segmentation.rotations import continuous_rotations
 
 CANDIDATES = ("state_feedback", "time", "smooth")
 #: The smooth model with feedback on the paired states, costed beside it: the two are nested,
@@ -744,7 +748,6 @@ def resolve(
             quiet_dims=cfg.left_out(),
         )
         return cfg, stated
-    if cfg.continuous_rotations:  # chosen on what the cut will read
-        signals = (continuous_rotations(s) for s in signals)
+    signals = (as_read(s, cfg)[0] for s in signals)  # chosen on what the cut will read
     choice = choose_model(signals, cfg, map_fn)
     return choice.apply(cfg), choice

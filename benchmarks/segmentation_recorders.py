@@ -1,9 +1,10 @@
-"""Rotations written as other recorders write them: does the cut still find the same events?
+"""The suite's recordings written as other recorders write them: are the same events found?
 
-A rotation has more than one set of numbers (an angle and the angle plus a turn; a quaternion
-and its negative), and recorders differ in which they store. The suite's recordings
-(``benchmarks/segmentation_robots.py``; record them with that script) are rewritten, without
-changing a single rotation, the ways real datasets hold them:
+The same rollouts (``benchmarks/segmentation_robots.py``; record them with that script), the
+same decisions, only written down differently -- the ways real datasets hold them.
+
+**Rotations.** A rotation has more than one set of numbers (an angle and the angle plus a
+turn; a quaternion and its negative), and recorders differ in which they store:
 
 - ALOHA's end-effector targets (a position and a ``wxyz`` quaternion per arm) with the gripper
   frame pointing down (each orientation composed with a half turn about x, as a product of the
@@ -13,17 +14,26 @@ changing a single rotation, the ways real datasets hold them:
     Cartesian actions; a gripper pointing down sits at a roll of +-pi);
   - ``Euler xyz, degrees``: the same in degrees;
 - Jaco's joint angles (its states, up to 6.4 rad here: its joints turn without end stops) as
-  a Kinova arm's encoders report them, wrapped into ``[0, 2 pi)``, and into ``(-pi, pi]``;
+  a Kinova arm's encoders report them, wrapped into ``[0, 2 pi)``, and into ``[-pi, pi)``;
 - the Panda's end-effector quaternion in its states, with the gripper frame pointing down,
   canonicalised to ``w >= 0``.
 
 Each rewrite is cut by the product path (the model chosen on the rewritten recording, as
 ``wallwm run`` would) with ``continuous_rotations`` on -- the default -- and off (the cut as it
-was before, same run). Boundary F1 within 3 frames against the experts' own decisions, as in
-the suite; "jumps an episode" counts the steps by more than half a turn or the sign flips the
-rewrite put in.
+was before, same run); "jumps an episode" counts the steps by more than half a turn or the sign
+flips the rewrite put in.
 
-    python benchmarks/segmentation_rotations.py [--root bench-data/robots] [--json out.json]
+**Held commands.** A command stream slower than the frames it is stored with (a leader arm
+polled at 10 Hz beside 30 Hz cameras; a ROS bag whose action topic is slower than its camera,
+each frame taking the latest command): every command held for ``k`` frames -- each frame takes
+the command of the last frame that is a multiple of ``k`` -- for ``k`` of 2, 3 and 5, cut with
+``read_held_samples`` on (the default) and off. A decision is then known only to within the
+hold: at ``k = 5`` a true boundary may show up to 4 frames late, beyond the 3 frames of F1@3.
+
+Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
+
+    python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
+        [--only rotations|holds]
 """
 
 from __future__ import annotations
@@ -132,6 +142,14 @@ REWRITES: dict[str, dict[str, Rewrite]] = {
     "panda": {"state quaternion w >= 0": panda_quaternion},
 }
 VARIANTS = ("noise0", "noise0.3", "hesitations")
+#: Recordings the holds are measured on: each robot's noise-free and noisy rollouts, and the
+#: smooth operators where recorded (a model in time each, or a law on the state).
+HELD_RECORDINGS = (
+    "aloha-noise0", "aloha-noise0.3", "aloha-hesitations", "aloha-smooth", "aloha-joint-noise0",
+    "jaco-noise0", "jaco-noise0.3", "jaco-smooth", "panda-noise0", "panda-noise0.3",
+    "metaworld-noise0", "metaworld-noise0.3",
+)  # fmt: skip
+HOLDS = (2, 3, 5)
 
 
 def f1_of(episodes: list[dict[str, Any]], **stated: Any) -> float:
@@ -140,22 +158,27 @@ def f1_of(episodes: list[dict[str, Any]], **stated: Any) -> float:
     return float(score(episodes, cfg)["overall"].f1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", default="bench-data/robots")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+def held(s: Any, hold: int) -> Any:
+    """``s`` with its commands held for ``hold`` frames (each frame takes the command of the
+    last frame that is a multiple of ``hold``)."""
+    actions = np.asarray(s.actions_TA)
+    latest = (np.arange(len(actions)) // hold) * hold
+    return dataclasses.replace(s, actions_TA=actions[latest])
+
+
+def rotations(root: Path) -> list[dict[str, Any]]:
+    """The rotation rewrites' table (printed) and rows."""
     rows: list[dict[str, Any]] = []
     print("| recording | rewritten as | jumps an episode | as recorded | rewritten, "
           "continuous_rotations off | rewritten (on: the default) |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|")
     for robot, rewrites in REWRITES.items():
         for variant in VARIANTS:
-            root = Path(args.root) / f"{robot}-{variant}"
-            if not (root / ".complete").exists():
-                print(f"{root}: not recorded (benchmarks/segmentation_robots.py); skipped")
+            folder = root / f"{robot}-{variant}"
+            if not (folder / ".complete").exists():
+                print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
                 continue
-            episodes = load(root)
+            episodes = load(folder)
             recorded = f1_of(episodes)
             for name, rewrite in rewrites.items():
                 rewritten, jumps = [], 0
@@ -165,14 +188,55 @@ def main() -> None:
                     jumps += n
                 off = f1_of(rewritten, continuous_rotations=False)
                 on = f1_of(rewritten)
-                row = {"recording": root.name, "rewrite": name, "recorded_f1": recorded,
+                row = {"recording": folder.name, "rewrite": name, "recorded_f1": recorded,
                        "jumps_per_episode": jumps / len(episodes),
                        "off_f1": off, "on_f1": on}  # fmt: skip
                 rows.append(row)
-                print(f"| {root.name} | {name} | {row['jumps_per_episode']:.1f} | "
+                print(f"| {folder.name} | {name} | {row['jumps_per_episode']:.1f} | "
                       f"{recorded:.3f} | {off:.3f} | **{on:.3f}** |", flush=True)  # fmt: skip
+    return rows
+
+
+def holds(root: Path) -> list[dict[str, Any]]:
+    """The held commands' table (printed) and rows."""
+    rows: list[dict[str, Any]] = []
+    print("| recording | as recorded | held 2 frames: off / on | held 3: off / on | "
+          "held 5: off / on |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    for name in HELD_RECORDINGS:
+        folder = root / name
+        if not (folder / ".complete").exists():
+            print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
+            continue
+        episodes = load(folder)
+        row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
+        cells = []
+        for hold in HOLDS:
+            stream = [{**ep, "signals": held(ep["signals"], hold)} for ep in episodes]
+            off = f1_of(stream, read_held_samples=False)
+            on = f1_of(stream)
+            row[f"held_{hold}"] = {"off_f1": off, "on_f1": on}
+            cells.append(f"{off:.3f} / **{on:.3f}**")
+        rows.append(row)
+        print(f"| {name} | {row['recorded_f1']:.3f} | " + " | ".join(cells) + " |", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="bench-data/robots")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--only", choices=("rotations", "holds"), default=None)
+    args = parser.parse_args()
+    root = Path(args.root)
+    results: dict[str, Any] = {}
+    if args.only in (None, "rotations"):
+        results["rotations"] = rotations(root)
+    if args.only in (None, "holds"):
+        print()
+        results["holds"] = holds(root)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

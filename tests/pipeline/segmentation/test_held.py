@@ -1,0 +1,100 @@
+"""Commands held over several frames (:mod:`wallwm.pipeline.segmentation.held`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segmentation.forms import reads_held_samples
+from wallwm.pipeline.segmentation.held import CommandSamples, command_samples
+from wallwm.pipeline.segmentation.selection import resolve
+
+
+def waypoint_plan(seed: int, dims: int = 4) -> tuple[np.ndarray, list[int]]:
+    """Commands moving linearly between random keyframes, with the knots' frames."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(24, 48, 6)
+    keys = rng.uniform(-1.0, 1.0, (len(lengths) + 1, dims))
+    parts = [np.linspace(keys[i], keys[i + 1], n, endpoint=False) for i, n in enumerate(lengths)]
+    return np.concatenate(parts), np.cumsum(lengths)[:-1].tolist()
+
+
+def held(x_TA: np.ndarray, hold: int) -> np.ndarray:
+    """Each frame takes the command of the last frame a multiple of ``hold`` (a slower stream
+    stored at the frames: the latest value)."""
+    return x_TA[(np.arange(len(x_TA)) // hold) * hold]
+
+
+def f1(pairs: list[tuple[Signals, list[int]]], cfg: SegmentConfig) -> float:
+    cfg, _ = resolve(cfg, [s for s, _ in pairs])
+    score = EMPTY
+    for s, knots in pairs:
+        score += match_boundaries(segment(s, cfg, traces=False).starts, knots, len(s.actions_TA), 3)
+    return score.f1
+
+
+def test_a_held_stream_is_found_with_its_samples():
+    plan, _ = waypoint_plan(0)
+    samples = command_samples(Signals(held(plan, 3), 30.0))
+    assert samples is not None and samples.hold == 3.0
+    assert samples.frames.tolist() == list(range(0, len(plan), 3))
+    assert command_samples(Signals(plan, 30.0)) is None  # it changes every frame
+
+
+def test_a_pause_keeps_its_duration_and_a_gripper_is_no_motion():
+    plan, _ = waypoint_plan(1)
+    paused = np.concatenate([plan[:60], np.repeat(plan[60:61], 30, axis=0), plan[60:]])
+    stream = held(paused, 2)
+    gripper = (np.arange(len(stream)) % 7 == 0).astype(float)[:, None]  # switches on its own
+    samples = command_samples(Signals(np.hstack([stream, gripper]), 30.0, gripper_action_dims=[4]))
+    assert samples is not None and samples.hold == 2.0
+    in_pause = [f for f in samples.frames if 60 <= f < 90]
+    assert len(in_pause) == 15  # 30 frames of pause, 2 frames a sample: 15 samples
+
+
+def test_commands_constant_by_design_are_no_held_stream():
+    """Each event one level, for events of irregular length: the levels are the events."""
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(15, 40, 14)
+    levels = np.repeat(rng.uniform(-1, 1, (len(lengths), 3)), lengths, axis=0)
+    assert command_samples(Signals(levels, 10.0)) is None
+    stream = held(waypoint_plan(3)[0], 3)
+    noisy = stream + rng.normal(0, 0.01, stream.shape)  # noise added after the hold
+    assert command_samples(Signals(noisy, 10.0)) is None
+
+
+def test_a_cut_of_the_samples_comes_back_in_frames():
+    samples = CommandSamples(np.array([0, 3, 6, 9, 12]), 15, 3.0)
+    cut = Segmentation(
+        [0, 2],
+        [2, 5],
+        [Boundary(2, 0.9, ("action_change",))],
+        np.array([0.0, 0.1, 0.9, 0.2, 0.0]),
+        {"action_change": np.array([0.0, 0.0, 1.0, 0.0, 0.0])},
+    )
+    frames = samples.segmentation(cut)
+    assert (frames.starts, frames.ends) == ([0, 6], [6, 15])
+    assert frames.boundaries == [Boundary(6, 0.9, ("action_change",))]
+    assert frames.score_T.tolist() == [0.0] * 3 + [0.1] * 3 + [0.9] * 3 + [0.2] * 3 + [0.0] * 3
+    assert frames.cues_CT["action_change"][6:9].tolist() == [1.0, 1.0, 1.0]
+    assert samples.runs([(1, 3)]) == [(3, 9)]
+
+
+def test_a_waypoint_plan_held_over_frames_is_cut_at_its_knots():
+    """The stairs of a held stream are changes to every model in time; read at its samples
+    the plan is lines again and its knots are found (within the hold, 3 frames)."""
+    pairs = []
+    for seed in range(6):
+        plan, knots = waypoint_plan(seed)
+        pairs.append((Signals(held(plan, 3), 30.0), knots))
+    assert f1(pairs, SegmentConfig()) >= 0.95
+    assert f1(pairs, SegmentConfig(read_held_samples=False)) < 0.6
+
+
+def test_a_law_on_the_state_reads_the_frames():
+    assert reads_held_samples(SegmentConfig())  # the choice reads the samples
+    assert reads_held_samples(SegmentConfig(action_model="time"))
+    assert not reads_held_samples(SegmentConfig(action_model="state_feedback"))
+    assert reads_held_samples(SegmentConfig(action_model="state_feedback", action_form="rates"))
+    assert not reads_held_samples(SegmentConfig(read_held_samples=False))
