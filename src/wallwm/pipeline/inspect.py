@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, segment
+from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, matched_truths
+from wallwm.pipeline.segmentation.forms import as_read
 from wallwm.pipeline.segmentation.segment import hesitations_taken_out
 from wallwm.pipeline.segmentation.selection import pairing_text
 from wallwm.pipeline.tables import schemas
@@ -169,6 +170,31 @@ def _dim_name(names: list[str] | None, j: int) -> str:
     return str(names[j]) if names and j < len(names) else str(j)
 
 
+def _plot_legend(
+    signals: Signals, cfg: SegmentConfig, basis: str, events: int, hesitations: bool
+) -> str:
+    """The episode plot's second title line: what the colours are and how the cut read it."""
+    model = {
+        "state_feedback": "actions affine in the state",
+        "time": "actions linear in time",
+        "smooth": "actions a polynomial in time plus state feedback",
+    }
+    paired = pairing_text(cfg.action_model, cfg.pairing())
+    form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
+    held = as_read(signals, cfg)[1]
+    if held is not None:  # a command slower than the frames: cut at its own samples
+        form += f", commands held {held.hold:.3g} frames: cut on their samples"
+    if cfg.left_out():
+        form += ", action dims " + " ".join(map(str, cfg.left_out())) + " left out (noise alone)"
+    return (
+        f"red: chosen boundaries ({events} event{'s' if events != 1 else ''}), "
+        f"green dashed: ground truth; within an event: "
+        f"{model.get(cfg.action_model, cfg.action_model)}{paired}{form}, noise by "
+        f"{cfg.noise_model} ({basis}); grey: idle margins trimmed"
+        + ("; orange: hesitations taken out" if hesitations else "")
+    )
+
+
 def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
     """PNG timeline of an episode: signals, cue traces, chosen boundaries and ground truth.
 
@@ -228,22 +254,7 @@ def plot_episode(store: TableStore, episode_id: str, out: str | Path) -> Path:
         for g in (gt["gt_events"] or [])[1:]:
             ax.axvline(g["start_frame"], color="tab:green", lw=1.2, ls="--")
         ax.legend(fontsize=6, loc="upper right", ncol=3)
-    model = {
-        "state_feedback": "actions affine in the state",
-        "time": "actions linear in time",
-        "smooth": "actions a polynomial in time plus state feedback",
-    }
-    paired = pairing_text(cfg.action_model, cfg.pairing())
-    form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
-    if cfg.left_out():
-        form += ", action dims " + " ".join(map(str, cfg.left_out())) + " left out (noise alone)"
-    legend = (
-        f"red: chosen boundaries ({len(events)} event{'s' if len(events) != 1 else ''}), "
-        f"green dashed: ground truth; within an event: "
-        f"{model.get(cfg.action_model, cfg.action_model)}{paired}{form}, noise by "
-        f"{cfg.noise_model} ({basis}); grey: idle margins trimmed"
-        + ("; orange: hesitations taken out" if hesitations else "")
-    )
+    legend = _plot_legend(signals, cfg, basis, len(events), bool(hesitations))
     # Wrapped to the figure's width: a 16-dim pairing alone is longer than one line.
     title = f"{row['episode_key']}: {gt['instruction']}"
     axes[0].set_title(textwrap.fill(title, 140) + "\n" + textwrap.fill(legend, 150), fontsize=9)

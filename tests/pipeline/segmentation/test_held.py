@@ -98,3 +98,13 @@ def test_a_law_on_the_state_reads_the_frames():
     assert not reads_held_samples(SegmentConfig(action_model="state_feedback"))
     assert reads_held_samples(SegmentConfig(action_model="state_feedback", action_form="rates"))
     assert not reads_held_samples(SegmentConfig(read_held_samples=False))
+
+
+def test_the_episode_plot_says_a_held_stream_was_cut_on_its_samples():
+    from wallwm.pipeline.inspect import _plot_legend
+
+    plan, _ = waypoint_plan(4)
+    cfg = SegmentConfig(action_model="time", state_pairing="index", quiet_dims=[])
+    legend = _plot_legend(Signals(held(plan, 3), 30.0), cfg, "data", 6, False)
+    assert "commands held 3 frames: cut on their samples" in legend
+    assert "held" not in _plot_legend(Signals(plan, 30.0), cfg, "data", 6, False)
