@@ -30,10 +30,15 @@ the command of the last frame that is a multiple of ``k`` -- for ``k`` of 2, 3 a
 ``read_held_samples`` on (the default) and off. A decision is then known only to within the
 hold: at ``k = 5`` a true boundary may show up to 4 frames late, beyond the 3 frames of F1@3.
 
+**Rows stored twice.** A recorder that is late for a sample stores the last one again: each
+frame, with probability 3 % or 10 %, repeats the frame before -- its commands and states
+alike (seeded) -- cut with ``read_held_samples`` on (the default: such rows are read as
+missed samples) and off.
+
 Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
 
     python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
-        [--only rotations|holds]
+        [--only rotations|holds|repeats]
 """
 
 from __future__ import annotations
@@ -150,6 +155,12 @@ HELD_RECORDINGS = (
     "metaworld-noise0", "metaworld-noise0.3",
 )  # fmt: skip
 HOLDS = (2, 3, 5)
+#: Recordings the repeated rows are measured on, and the shares of frames repeated.
+REPEAT_RECORDINGS = (
+    "aloha-noise0", "aloha-noise0.3", "aloha-smooth", "aloha-joint-noise0", "jaco-noise0",
+    "jaco-smooth", "panda-noise0", "metaworld-noise0",
+)  # fmt: skip
+REPEAT_SHARES = (0.03, 0.1)
 
 
 def f1_of(episodes: list[dict[str, Any]], **stated: Any) -> float:
@@ -222,11 +233,50 @@ def holds(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def repeated(s: Any, share: float, seed: int) -> Any:
+    """``s`` with each frame, with probability ``share``, storing the frame before again
+    (its commands and states alike)."""
+    rng = np.random.default_rng(seed)
+    index = np.arange(len(s.actions_TA))
+    for t in range(1, len(index)):
+        if rng.random() < share:
+            index[t] = index[t - 1]
+    states = None if s.states_TS is None else np.asarray(s.states_TS)[index]
+    return dataclasses.replace(s, actions_TA=np.asarray(s.actions_TA)[index], states_TS=states)
+
+
+def repeats(root: Path) -> list[dict[str, Any]]:
+    """The repeated rows' table (printed) and rows."""
+    rows: list[dict[str, Any]] = []
+    print("| recording | as recorded | 3 % of rows stored twice: off / on | 10 %: off / on |")
+    print("|---|---:|---:|---:|")
+    for name in REPEAT_RECORDINGS:
+        folder = root / name
+        if not (folder / ".complete").exists():
+            print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
+            continue
+        episodes = load(folder)
+        row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
+        cells = []
+        for share in REPEAT_SHARES:
+            stored = [
+                {**ep, "signals": repeated(ep["signals"], share, i)}
+                for i, ep in enumerate(episodes)
+            ]
+            off = f1_of(stored, read_held_samples=False)
+            on = f1_of(stored)
+            row[f"repeated_{share}"] = {"off_f1": off, "on_f1": on}
+            cells.append(f"{off:.3f} / **{on:.3f}**")
+        rows.append(row)
+        print(f"| {name} | {row['recorded_f1']:.3f} | " + " | ".join(cells) + " |", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--only", choices=("rotations", "holds"), default=None)
+    parser.add_argument("--only", choices=("rotations", "holds", "repeats"), default=None)
     args = parser.parse_args()
     root = Path(args.root)
     results: dict[str, Any] = {}
@@ -235,8 +285,13 @@ def main() -> None:
     if args.only in (None, "holds"):
         print()
         results["holds"] = holds(root)
+    if args.only in (None, "repeats"):
+        print()
+        results["repeats"] = repeats(root)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        path = Path(args.json)
+        kept = json.loads(path.read_text()) if args.only and path.exists() else {}
+        path.write_text(json.dumps(kept | results, indent=1))  # --only: the other parts kept
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ ReadHeldSamplesOpt = Annotated[
     typer.Option(
         help="Cut a command stream held over several frames (slower than the frames) on its "
         "own samples, so its stairs are no events (a model in time; a law on the state reads "
-        "the frames)."
+        "the frames), and read a row stored twice by a late recorder as a missed sample."
     ),
 ]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]

@@ -7,7 +7,12 @@ import numpy as np
 from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
 from wallwm.pipeline.segmentation.forms import reads_held_samples
-from wallwm.pipeline.segmentation.held import CommandSamples, command_samples
+from wallwm.pipeline.segmentation.held import (
+    CommandSamples,
+    command_samples,
+    repeated_rows,
+    with_missed_samples,
+)
 from wallwm.pipeline.segmentation.selection import resolve
 
 
@@ -108,3 +113,48 @@ def test_the_episode_plot_says_a_held_stream_was_cut_on_its_samples():
     legend = _plot_legend(Signals(held(plan, 3), 30.0), cfg, "data", 6, False)
     assert "commands held 3 frames: cut on their samples" in legend
     assert "held" not in _plot_legend(Signals(plan, 30.0), cfg, "data", 6, False)
+
+
+def with_repeats(x_TA: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Rows a late recorder stored again: each frame, with probability ``share``, repeats the
+    frame before (as stored)."""
+    rng = np.random.default_rng(seed)
+    index = np.arange(len(x_TA))
+    for t in range(1, len(x_TA)):
+        if rng.random() < share:
+            index[t] = index[t - 1]
+    return x_TA[index]
+
+
+def test_rows_a_recorder_stored_twice_are_missed_samples_and_a_stop_is_not():
+    line = np.linspace(0.0, 1.0, 40)[:, None] * np.ones((1, 2))
+    stored = line[[0, 1, 2, 2, 4, 5, 5, 5, *range(8, 40)]]  # 3 stored twice, 6 and 7 thrice
+    states = stored[:, :1] * 2.0
+    assert repeated_rows(Signals(stored, 10.0, states)).tolist() == [3, 6, 7]
+    filled = with_missed_samples(
+        Signals(stored, 10.0, states), repeated_rows(Signals(stored, 10.0))
+    )
+    assert np.allclose(filled.actions_TA, line) and np.allclose(filled.states_TS, line[:, :1] * 2)
+    stop = line[[*range(10), *([9] * 3), *range(10, 40)]]  # three frames still: a stop
+    assert repeated_rows(Signals(stop, 10.0)).tolist() == []
+    assert repeated_rows(Signals(line[[*range(39), 38]], 10.0)).tolist() == []  # at the end
+    moving_state = Signals(stored, 10.0, np.arange(40.0)[:, None])  # the state moved on
+    assert repeated_rows(moving_state).tolist() == []
+
+
+def test_a_two_level_command_keeps_its_level_at_a_missed_sample():
+    line = np.linspace(0.0, 1.0, 40)
+    gripper = (np.arange(40) >= 20).astype(float)
+    stored = np.column_stack([line, gripper])[[*range(20), 19, *range(21, 40)]]
+    s = Signals(stored, 10.0, gripper_action_dims=[1])
+    filled = with_missed_samples(s, repeated_rows(s))
+    assert filled.actions_TA[20, 1] == 0.0 and np.isclose(filled.actions_TA[20, 0], line[20])
+
+
+def test_a_waypoint_plan_with_missed_samples_is_cut_at_its_knots():
+    pairs = []
+    for seed in range(6):
+        plan, knots = waypoint_plan(seed)
+        pairs.append((Signals(with_repeats(plan, 0.05, seed), 30.0), knots))
+    assert f1(pairs, SegmentConfig()) >= 0.95
+    assert f1(pairs, SegmentConfig(read_held_samples=False)) < 0.85

@@ -100,7 +100,9 @@ class SegmentConfig(BaseModel):
         True,
         description="Cut a command stream held over several frames (slower than the frames: "
         "repeated exactly, then stepping to its next sample) on its own samples, so its "
-        "stairs are no events (see wallwm.pipeline.segmentation.held).",
+        "stairs are no events, and read a row a late recorder stored again (every signal as "
+        "in the frame before, for one or two frames) as a missed sample "
+        "(see wallwm.pipeline.segmentation.held).",
     )
     refit_noise: bool = Field(
         True,

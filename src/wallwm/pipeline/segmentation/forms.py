@@ -24,7 +24,12 @@ import numpy as np
 
 from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma, moving_dims
 from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
-from wallwm.pipeline.segmentation.held import CommandSamples, command_samples
+from wallwm.pipeline.segmentation.held import (
+    CommandSamples,
+    command_samples,
+    repeated_rows,
+    with_missed_samples,
+)
 from wallwm.pipeline.segmentation.rotations import continuous_rotations
 
 #: Position targets are cut on their rates where the rates' spread stands at least this many
@@ -74,7 +79,11 @@ def as_read(s: Signals, cfg: SegmentConfig) -> tuple[Signals, CommandSamples | N
     if cfg.continuous_rotations:
         s = continuous_rotations(s)
     held = command_samples(s) if reads_held_samples(cfg) else None
-    return (s, None) if held is None else (held.signals(s), held)
+    if held is not None:
+        return held.signals(s), held
+    if cfg.read_held_samples:  # a sample the recorder missed and stored the last one again
+        s = with_missed_samples(s, repeated_rows(s))
+    return s, None
 
 
 def reads_held_samples(cfg: SegmentConfig) -> bool:
