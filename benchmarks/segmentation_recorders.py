@@ -30,6 +30,11 @@ the command of the last frame that is a multiple of ``k`` -- for ``k`` of 2, 3 a
 ``read_held_samples`` on (the default) and off. A decision is then known only to within the
 hold: at ``k = 5`` a true boundary may show up to 4 frames late, beyond the 3 frames of F1@3.
 
+**States held.** The same with the state stream slower than the frames (a joint-state topic
+slower than the camera): every state held for ``k`` frames while the commands move on, on the
+robots whose law reads its states; ``read_held_samples`` on (the states read between their
+samples) and off.
+
 **Rows stored twice.** A recorder that is late for a sample stores the last one again: each
 frame, with probability 3 % or 10 %, repeats the frame before -- its commands and states
 alike (seeded) -- cut with ``read_held_samples`` on (the default: such rows are read as
@@ -38,7 +43,7 @@ missed samples) and off.
 Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
 
     python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
-        [--only rotations|holds|repeats]
+        [--only rotations|holds|states|repeats]
 """
 
 from __future__ import annotations
@@ -155,6 +160,9 @@ HELD_RECORDINGS = (
     "metaworld-noise0", "metaworld-noise0.3",
 )  # fmt: skip
 HOLDS = (2, 3, 5)
+#: Recordings the held states are measured on: the robots whose law reads its states.
+STATE_RECORDINGS = ("jaco-noise0", "jaco-noise0.3", "panda-noise0", "panda-noise0.3",
+                    "metaworld-noise0", "metaworld-noise0.3")  # fmt: skip
 #: Recordings the repeated rows are measured on, and the shares of frames repeated.
 REPEAT_RECORDINGS = (
     "aloha-noise0", "aloha-noise0.3", "aloha-smooth", "aloha-joint-noise0", "jaco-noise0",
@@ -208,13 +216,21 @@ def rotations(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def holds(root: Path) -> list[dict[str, Any]]:
-    """The held commands' table (printed) and rows."""
+def states_held(s: Any, hold: int) -> Any:
+    """``s`` with its states held for ``hold`` frames."""
+    states = np.asarray(s.states_TS)
+    latest = (np.arange(len(states)) // hold) * hold
+    return dataclasses.replace(s, states_TS=states[latest])
+
+
+def holds(root: Path, of: str = "commands") -> list[dict[str, Any]]:
+    """The held commands' (or states', ``of="states"``) table (printed) and rows."""
     rows: list[dict[str, Any]] = []
-    print("| recording | as recorded | held 2 frames: off / on | held 3: off / on | "
+    rewrite = held if of == "commands" else states_held
+    print(f"| recording | as recorded | {of} held 2 frames: off / on | held 3: off / on | "
           "held 5: off / on |")  # fmt: skip
     print("|---|---:|---:|---:|---:|")
-    for name in HELD_RECORDINGS:
+    for name in HELD_RECORDINGS if of == "commands" else STATE_RECORDINGS:
         folder = root / name
         if not (folder / ".complete").exists():
             print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
@@ -223,7 +239,7 @@ def holds(root: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
         cells = []
         for hold in HOLDS:
-            stream = [{**ep, "signals": held(ep["signals"], hold)} for ep in episodes]
+            stream = [{**ep, "signals": rewrite(ep["signals"], hold)} for ep in episodes]
             off = f1_of(stream, read_held_samples=False)
             on = f1_of(stream)
             row[f"held_{hold}"] = {"off_f1": off, "on_f1": on}
@@ -276,7 +292,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--only", choices=("rotations", "holds", "repeats"), default=None)
+    parts = ("rotations", "holds", "states", "repeats")
+    parser.add_argument("--only", choices=parts, default=None)
     args = parser.parse_args()
     root = Path(args.root)
     results: dict[str, Any] = {}
@@ -285,6 +302,9 @@ def main() -> None:
     if args.only in (None, "holds"):
         print()
         results["holds"] = holds(root)
+    if args.only in (None, "states"):
+        print()
+        results["states"] = holds(root, of="states")
     if args.only in (None, "repeats"):
         print()
         results["repeats"] = repeats(root)

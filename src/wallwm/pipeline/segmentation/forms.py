@@ -29,6 +29,7 @@ from wallwm.pipeline.segmentation.held import (
     command_samples,
     repeated_rows,
     with_missed_samples,
+    with_states_between_samples,
 )
 from wallwm.pipeline.segmentation.rotations import continuous_rotations
 
@@ -82,6 +83,7 @@ def as_read(s: Signals, cfg: SegmentConfig) -> tuple[Signals, CommandSamples | N
     if held is not None:
         return held.signals(s), held
     if cfg.read_held_samples:  # a sample the recorder missed and stored the last one again
+        s = with_states_between_samples(s)  # a state topic slower than the frames
         s = with_missed_samples(s, repeated_rows(s))
     return s, None
 
