@@ -84,11 +84,15 @@ def quaternion_groups(x_TD: FloatArray, skip: set[int]) -> list[int]:
     overlap (a position's last coordinate beside a quaternion's first three can make rows of
     near unit length too), the windows nearest unit length win.
     """
-    deviation: dict[int, float] = {}
-    for j in range(x_TD.shape[1] - 3):
-        if not skip.intersection(range(j, j + 4)):
-            norm = np.linalg.norm(x_TD[:, j : j + 4], axis=1)
-            deviation[j] = float(np.quantile(np.abs(norm - 1.0), UNIT_SHARE))
+    windows = [j for j in range(x_TD.shape[1] - 3) if not skip.intersection(range(j, j + 4))]
+    if not windows or len(x_TD) == 0:
+        return []
+    # every window's row lengths at once: sums of four consecutive squared columns
+    squared = np.concatenate([np.zeros((len(x_TD), 1)), np.cumsum(x_TD**2, axis=1)], axis=1)
+    first = np.asarray(windows)
+    off_TW = np.abs(np.sqrt(np.maximum(squared[:, first + 4] - squared[:, first], 0.0)) - 1.0)
+    spread = np.quantile(off_TW, UNIT_SHARE, axis=0)
+    deviation = {j: float(d) for j, d in zip(windows, spread, strict=True)}
     firsts: list[int] = []
     for j in sorted(
         (j for j, d in deviation.items() if d <= UNIT_TOLERANCE), key=deviation.__getitem__
