@@ -180,7 +180,8 @@ def repeated_rows(s: Signals) -> IntArray:
     motion = [j for j in range(actions.shape[1] if actions.ndim == 2 else 0) if j not in grip]
     if len(actions) < 3 or not motion:
         return np.zeros(0, dtype=np.int64)
-    commands_same = np.all(actions[1:, motion] == actions[:-1, motion], axis=1)
+    # every command, a gripper's too: all of the row repeats, and any may move around it
+    commands_same = np.all(actions[1:] == actions[:-1], axis=1)
     same = commands_same.copy()
     if s.states_TS is not None:
         states = np.asarray(s.states_TS)
