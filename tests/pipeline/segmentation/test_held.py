@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
@@ -196,3 +197,19 @@ def test_a_state_stream_slower_than_the_frames_is_read_between_its_samples():
     # than a model in time (Jaco's joints held 3 frames: the line in time, F1@3 0.33)
     as_stored = resolve(SegmentConfig(read_held_samples=False), signals)[1]
     assert as_stored.action_model != "state_feedback"
+
+
+def test_a_rate_the_frames_do_not_divide_is_held_too():
+    """Commands at 12 Hz beside 30 Hz frames hold for 2 or 3 frames in turn: one sample each,
+    read at 12 Hz, and the plan's knots are still found."""
+    pairs = []
+    for seed in range(6):
+        plan, knots = waypoint_plan(seed)
+        sample_at = np.floor(np.arange(len(plan)) * 12 / 30) * 30 / 12  # the latest, frames
+        frames = np.arange(len(plan))
+        stream = np.column_stack([np.interp(sample_at, frames, plan[:, j]) for j in range(4)])
+        pairs.append((Signals(stream, 30.0), knots))
+    samples = command_samples(pairs[0][0])
+    assert samples is not None and samples.hold == pytest.approx(2.5, abs=0.05)
+    assert samples.signals(pairs[0][0]).fps == pytest.approx(12.0, rel=0.02)
+    assert f1(pairs, SegmentConfig()) >= 0.95
