@@ -52,7 +52,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,14 +223,13 @@ def states_held(s: Any, hold: int) -> Any:
     return dataclasses.replace(s, states_TS=states[latest])
 
 
-def holds(root: Path, of: str = "commands") -> list[dict[str, Any]]:
-    """The held commands' (or states', ``of="states"``) table (printed) and rows."""
+def off_and_on(
+    root: Path, names: tuple[str, ...], rewrites: Mapping[str, Callable[[Any, int], Any]]
+) -> list[dict[str, Any]]:
+    """Per recording, each rewrite's F1 with ``read_held_samples`` off and on (a table row
+    printed per recording). A rewrite takes an episode's signals and its index."""
     rows: list[dict[str, Any]] = []
-    rewrite = held if of == "commands" else states_held
-    print(f"| recording | as recorded | {of} held 2 frames: off / on | held 3: off / on | "
-          "held 5: off / on |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
-    for name in HELD_RECORDINGS if of == "commands" else STATE_RECORDINGS:
+    for name in names:
         folder = root / name
         if not (folder / ".complete").exists():
             print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
@@ -238,15 +237,35 @@ def holds(root: Path, of: str = "commands") -> list[dict[str, Any]]:
         episodes = load(folder)
         row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
         cells = []
-        for hold in HOLDS:
-            stream = [{**ep, "signals": rewrite(ep["signals"], hold)} for ep in episodes]
-            off = f1_of(stream, read_held_samples=False)
-            on = f1_of(stream)
-            row[f"held_{hold}"] = {"off_f1": off, "on_f1": on}
+        for key, rewrite in rewrites.items():
+            stored = [{**ep, "signals": rewrite(ep["signals"], i)} for i, ep in enumerate(episodes)]
+            off = f1_of(stored, read_held_samples=False)
+            on = f1_of(stored)
+            row[key] = {"off_f1": off, "on_f1": on}
             cells.append(f"{off:.3f} / **{on:.3f}**")
         rows.append(row)
         print(f"| {name} | {row['recorded_f1']:.3f} | " + " | ".join(cells) + " |", flush=True)
     return rows
+
+
+def _with(hold_fn: Callable[[Any, int], Any], hold: int) -> Callable[[Any, int], Any]:
+    """A rewrite holding each episode's stream for ``hold`` frames."""
+    return lambda s, _index: hold_fn(s, hold)
+
+
+def _seeded(share: float) -> Callable[[Any, int], Any]:
+    """A rewrite repeating ``share`` of each episode's rows, seeded by the episode's index."""
+    return lambda s, index: repeated(s, share, index)
+
+
+def holds(root: Path, of: str = "commands") -> list[dict[str, Any]]:
+    """The held commands' (or states', ``of="states"``) table (printed) and rows."""
+    hold_fn = held if of == "commands" else states_held
+    print(f"| recording | as recorded | {of} held 2 frames: off / on | held 3: off / on | "
+          "held 5: off / on |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    rewrites = {f"held_{k}": _with(hold_fn, k) for k in HOLDS}
+    return off_and_on(root, HELD_RECORDINGS if of == "commands" else STATE_RECORDINGS, rewrites)
 
 
 def repeated(s: Any, share: float, seed: int) -> Any:
@@ -263,29 +282,10 @@ def repeated(s: Any, share: float, seed: int) -> Any:
 
 def repeats(root: Path) -> list[dict[str, Any]]:
     """The repeated rows' table (printed) and rows."""
-    rows: list[dict[str, Any]] = []
     print("| recording | as recorded | 3 % of rows stored twice: off / on | 10 %: off / on |")
     print("|---|---:|---:|---:|")
-    for name in REPEAT_RECORDINGS:
-        folder = root / name
-        if not (folder / ".complete").exists():
-            print(f"{folder}: not recorded (benchmarks/segmentation_robots.py); skipped")
-            continue
-        episodes = load(folder)
-        row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
-        cells = []
-        for share in REPEAT_SHARES:
-            stored = [
-                {**ep, "signals": repeated(ep["signals"], share, i)}
-                for i, ep in enumerate(episodes)
-            ]
-            off = f1_of(stored, read_held_samples=False)
-            on = f1_of(stored)
-            row[f"repeated_{share}"] = {"off_f1": off, "on_f1": on}
-            cells.append(f"{off:.3f} / **{on:.3f}**")
-        rows.append(row)
-        print(f"| {name} | {row['recorded_f1']:.3f} | " + " | ".join(cells) + " |", flush=True)
-    return rows
+    rewrites = {f"repeated_{share}": _seeded(share) for share in REPEAT_SHARES}
+    return off_and_on(root, REPEAT_RECORDINGS, rewrites)
 
 
 def main() -> None:

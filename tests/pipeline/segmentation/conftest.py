@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from wallwm.pipeline.segmentation import Signals
+from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
+from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segmentation.selection import resolve
 
 WriteSource = Callable[..., None]
 
@@ -86,3 +88,56 @@ def _reached_joints_episode(
 def reached_joints() -> Callable[..., tuple[Signals, list[int]]]:
     """Position targets of a two-link arm between waypoints: ``(seed, moves, lag)``."""
     return _reached_joints_episode
+
+
+def _waypoint_plan(
+    seed: int, dims: int = 4, lengths: tuple[int, int] = (24, 48)
+) -> tuple[np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(*lengths, 6)
+    keys = rng.uniform(-1.0, 1.0, (len(frames) + 1, dims))
+    parts = [np.linspace(keys[i], keys[i + 1], n, endpoint=False) for i, n in enumerate(frames)]
+    return np.concatenate(parts), np.cumsum(frames)[:-1].tolist()
+
+
+@pytest.fixture
+def waypoint_plan() -> Callable[..., tuple[np.ndarray, list[int]]]:
+    """Commands moving linearly between random keyframes (an open-loop waypoint plan) and the
+    knots' frames: ``(seed, dims=4, lengths=(24, 48))``, six moves of ``lengths`` frames."""
+    return _waypoint_plan
+
+
+def _dataset_f1(pairs: list[tuple[Signals, list[int]]], cfg: SegmentConfig) -> float:
+    cfg, _ = resolve(cfg, [s for s, _ in pairs])
+    score = EMPTY
+    for s, knots in pairs:
+        score += match_boundaries(segment(s, cfg, traces=False).starts, knots, len(s.actions_TA), 3)
+    return score.f1
+
+
+@pytest.fixture
+def dataset_f1() -> Callable[[list[tuple[Signals, list[int]]], SegmentConfig], float]:
+    """Boundary F1@3 of ``(signals, knots)`` episodes cut as a dataset (the model chosen on
+    them all)."""
+    return _dataset_f1
+
+
+def _closed_loop(seed: int) -> tuple[Signals, list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(25, 45, 5)
+    goals = rng.uniform(-0.6, 0.6, (len(lengths), 2))
+    q, a = np.zeros((int(lengths.sum()), 2)), np.zeros((int(lengths.sum()), 2))
+    state, t = rng.uniform(-0.3, 0.3, 2), 0
+    for goal, n in zip(goals, lengths, strict=True):
+        for _ in range(n):
+            q[t], a[t] = state, 3.0 * (goal - state)
+            state = state + a[t] / 25.0
+            t += 1
+    return Signals(a + rng.normal(0.0, 0.02, a.shape), 25.0, q), np.cumsum(lengths)[:-1].tolist()
+
+
+@pytest.fixture
+def closed_loop() -> Callable[[int], tuple[Signals, list[int]]]:
+    """A closed loop steering two joints to one goal an event (command = gain x (goal -
+    state), 25 Hz, 2 % command noise) and its knots: ``(seed)``."""
+    return _closed_loop

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals
 from wallwm.pipeline.segmentation.forms import reads_held_samples
 from wallwm.pipeline.segmentation.held import (
     CommandSamples,
@@ -18,30 +17,13 @@ from wallwm.pipeline.segmentation.held import (
 from wallwm.pipeline.segmentation.selection import resolve
 
 
-def waypoint_plan(seed: int, dims: int = 4) -> tuple[np.ndarray, list[int]]:
-    """Commands moving linearly between random keyframes, with the knots' frames."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(24, 48, 6)
-    keys = rng.uniform(-1.0, 1.0, (len(lengths) + 1, dims))
-    parts = [np.linspace(keys[i], keys[i + 1], n, endpoint=False) for i, n in enumerate(lengths)]
-    return np.concatenate(parts), np.cumsum(lengths)[:-1].tolist()
-
-
 def held(x_TA: np.ndarray, hold: int) -> np.ndarray:
     """Each frame takes the command of the last frame a multiple of ``hold`` (a slower stream
     stored at the frames: the latest value)."""
     return x_TA[(np.arange(len(x_TA)) // hold) * hold]
 
 
-def f1(pairs: list[tuple[Signals, list[int]]], cfg: SegmentConfig) -> float:
-    cfg, _ = resolve(cfg, [s for s, _ in pairs])
-    score = EMPTY
-    for s, knots in pairs:
-        score += match_boundaries(segment(s, cfg, traces=False).starts, knots, len(s.actions_TA), 3)
-    return score.f1
-
-
-def test_a_held_stream_is_found_with_its_samples():
+def test_a_held_stream_is_found_with_its_samples(waypoint_plan):
     plan, _ = waypoint_plan(0)
     samples = command_samples(Signals(held(plan, 3), 30.0))
     assert samples is not None and samples.hold == 3.0
@@ -49,7 +31,7 @@ def test_a_held_stream_is_found_with_its_samples():
     assert command_samples(Signals(plan, 30.0)) is None  # it changes every frame
 
 
-def test_a_pause_keeps_its_duration_and_a_gripper_is_no_motion():
+def test_a_pause_keeps_its_duration_and_a_gripper_is_no_motion(waypoint_plan):
     plan, _ = waypoint_plan(1)
     paused = np.concatenate([plan[:60], np.repeat(plan[60:61], 30, axis=0), plan[60:]])
     stream = held(paused, 2)
@@ -60,7 +42,7 @@ def test_a_pause_keeps_its_duration_and_a_gripper_is_no_motion():
     assert len(in_pause) == 15  # 30 frames of pause, 2 frames a sample: 15 samples
 
 
-def test_commands_constant_by_design_are_no_held_stream():
+def test_commands_constant_by_design_are_no_held_stream(waypoint_plan):
     """Each event one level, for events of irregular length: the levels are the events."""
     rng = np.random.default_rng(2)
     lengths = rng.integers(15, 40, 14)
@@ -88,15 +70,15 @@ def test_a_cut_of_the_samples_comes_back_in_frames():
     assert samples.runs([(1, 3)]) == [(3, 9)]
 
 
-def test_a_waypoint_plan_held_over_frames_is_cut_at_its_knots():
+def test_a_waypoint_plan_held_over_frames_is_cut_at_its_knots(waypoint_plan, dataset_f1):
     """The stairs of a held stream are changes to every model in time; read at its samples
     the plan is lines again and its knots are found (within the hold, 3 frames)."""
     pairs = []
     for seed in range(6):
         plan, knots = waypoint_plan(seed)
         pairs.append((Signals(held(plan, 3), 30.0), knots))
-    assert f1(pairs, SegmentConfig()) >= 0.95
-    assert f1(pairs, SegmentConfig(read_held_samples=False)) < 0.6
+    assert dataset_f1(pairs, SegmentConfig()) >= 0.95
+    assert dataset_f1(pairs, SegmentConfig(read_held_samples=False)) < 0.6
 
 
 def test_a_law_on_the_state_reads_the_frames():
@@ -107,7 +89,7 @@ def test_a_law_on_the_state_reads_the_frames():
     assert not reads_held_samples(SegmentConfig(read_held_samples=False))
 
 
-def test_the_episode_plot_says_a_held_stream_was_cut_on_its_samples():
+def test_the_episode_plot_says_a_held_stream_was_cut_on_its_samples(waypoint_plan):
     from wallwm.pipeline.inspect import _plot_legend
 
     plan, _ = waypoint_plan(4)
@@ -153,53 +135,38 @@ def test_a_two_level_command_keeps_its_level_at_a_missed_sample():
     assert filled.actions_TA[20, 1] == 0.0 and np.isclose(filled.actions_TA[20, 0], line[20])
 
 
-def test_a_waypoint_plan_with_missed_samples_is_cut_at_its_knots():
+def test_a_waypoint_plan_with_missed_samples_is_cut_at_its_knots(waypoint_plan, dataset_f1):
     pairs = []
     for seed in range(6):
         plan, knots = waypoint_plan(seed)
         pairs.append((Signals(with_repeats(plan, 0.05, seed), 30.0), knots))
-    assert f1(pairs, SegmentConfig()) >= 0.95
-    assert f1(pairs, SegmentConfig(read_held_samples=False)) < 0.85
+    assert dataset_f1(pairs, SegmentConfig()) >= 0.95
+    assert dataset_f1(pairs, SegmentConfig(read_held_samples=False)) < 0.85
 
 
-def controller(seed: int) -> tuple[Signals, list[int]]:
-    """A closed loop steering two joints to one goal an event: command = gain x (goal - state)."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(25, 45, 5)
-    goals = rng.uniform(-0.6, 0.6, (len(lengths), 2))
-    q, a = np.zeros((int(lengths.sum()), 2)), np.zeros((int(lengths.sum()), 2))
-    state, t = rng.uniform(-0.3, 0.3, 2), 0
-    for goal, n in zip(goals, lengths, strict=True):
-        for _ in range(n):
-            q[t], a[t] = state, 3.0 * (goal - state)
-            state = state + a[t] / 25.0
-            t += 1
-    return Signals(a + rng.normal(0.0, 0.02, a.shape), 25.0, q), np.cumsum(lengths)[:-1].tolist()
-
-
-def test_a_state_stream_slower_than_the_frames_is_read_between_its_samples():
+def test_a_state_stream_slower_than_the_frames_is_read_between_its_samples(closed_loop, dataset_f1):
     """Joint states held 3 frames while the commands move on: the law sees the state stand
     still; read between its samples it is a law again, and the choice keeps it."""
     pairs = []
     for seed in range(6):
-        s, knots = controller(seed)
+        s, knots = closed_loop(seed)
         pairs.append((Signals(s.actions_TA, s.fps, held(s.states_TS, 3)), knots))
     s = pairs[0][0]
     between = with_states_between_samples(s)
-    truth = controller(0)[0].states_TS
+    truth = closed_loop(0)[0].states_TS
     assert np.abs(between.states_TS - truth)[:-3].max() < np.abs(s.states_TS - truth).max() / 4
-    unheld = controller(0)[0]
+    unheld = closed_loop(0)[0]
     assert with_states_between_samples(unheld) is unheld  # nothing held: as it is
     signals = [s for s, _ in pairs]
     assert resolve(SegmentConfig(), signals)[1].action_model == "state_feedback"
-    assert f1(pairs, SegmentConfig()) >= 0.95
+    assert dataset_f1(pairs, SegmentConfig()) >= 0.95
     # read as stored, the state stands still while the command moves: the law looks worse
     # than a model in time (Jaco's joints held 3 frames: the line in time, F1@3 0.33)
     as_stored = resolve(SegmentConfig(read_held_samples=False), signals)[1]
     assert as_stored.action_model != "state_feedback"
 
 
-def test_a_rate_the_frames_do_not_divide_is_held_too():
+def test_a_rate_the_frames_do_not_divide_is_held_too(waypoint_plan, dataset_f1):
     """Commands at 12 Hz beside 30 Hz frames hold for 2 or 3 frames in turn: one sample each,
     read at 12 Hz, and the plan's knots are still found."""
     pairs = []
@@ -212,4 +179,4 @@ def test_a_rate_the_frames_do_not_divide_is_held_too():
     samples = command_samples(pairs[0][0])
     assert samples is not None and samples.hold == pytest.approx(2.5, abs=0.05)
     assert samples.signals(pairs[0][0]).fps == pytest.approx(12.0, rel=0.02)
-    assert f1(pairs, SegmentConfig()) >= 0.95
+    assert dataset_f1(pairs, SegmentConfig()) >= 0.95

@@ -5,32 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
+from wallwm.pipeline.segmentation import SegmentConfig, Signals
 from wallwm.pipeline.segmentation.rotations import (
     continuous_columns,
     continuous_rotations,
     quaternion_groups,
     wrapped_turn,
 )
-from wallwm.pipeline.segmentation.selection import resolve
 
 
-def waypoint_plan(seed: int, dims: int) -> tuple[np.ndarray, list[int]]:
-    """Commands moving linearly between random keyframes (an open-loop waypoint plan), with
-    the knots' frames."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(18, 40, 6)
-    keys = rng.uniform(-1.0, 1.0, (len(lengths) + 1, dims))
-    parts = [np.linspace(keys[i], keys[i + 1], n, endpoint=False) for i, n in enumerate(lengths)]
-    knots = np.cumsum(lengths)[:-1].tolist()
-    return np.concatenate(parts), knots
-
-
-def gripper_down_euler(seed: int) -> tuple[Signals, Signals, list[int]]:
+def gripper_down_euler(
+    plan_with_knots: tuple[np.ndarray, list[int]],
+) -> tuple[Signals, Signals, list[int]]:
     """A gripper pointing down: xyz and a roll near pi moving between waypoints, as recorded
     (roll wrapped into (-pi, pi]) and unwrapped; and the knots."""
-    plan, knots = waypoint_plan(seed, 5)
+    plan, knots = plan_with_knots
     xyz = plan[:, :3]
     roll = np.pi + 0.3 * plan[:, 3]  # swings either side of pi
     pitch = 0.2 * plan[:, 4]
@@ -39,14 +28,6 @@ def gripper_down_euler(seed: int) -> tuple[Signals, Signals, list[int]]:
     recorded = Signals(np.column_stack([xyz, wrapped, pitch, grip]), 50.0, gripper_action_dims=[5])
     truth = Signals(np.column_stack([xyz, roll, pitch, grip]), 50.0, gripper_action_dims=[5])
     return recorded, truth, knots
-
-
-def f1(pairs: list[tuple[Signals, list[int]]], cfg: SegmentConfig) -> float:
-    cfg, _ = resolve(cfg, [s for s, _ in pairs])
-    score = EMPTY
-    for s, knots in pairs:
-        score += match_boundaries(segment(s, cfg, traces=False).starts, knots, len(s.actions_TA), 3)
-    return score.f1
 
 
 def test_a_wrapped_angle_is_found_in_radians_and_degrees():
@@ -97,38 +78,27 @@ def test_a_gripper_command_is_left_as_it_is():
     assert unwrapped is not None and abs(np.diff(unwrapped[:, 1])).max() > 0.25  # a step stays
 
 
-def test_a_gripper_pointing_down_cuts_as_if_its_roll_never_wrapped():
+def test_a_gripper_pointing_down_cuts_as_if_its_roll_never_wrapped(waypoint_plan, dataset_f1):
     """The roll of a gripper pointing down swings either side of pi; wrapped into (-pi, pi]
     it jumps a whole turn at frames where nothing was decided. Read continuous, the cut is
     the one the unwrapped recording gets; read as recorded (off) it is not."""
-    episodes = [gripper_down_euler(seed) for seed in range(6)]
+    episodes = [gripper_down_euler(waypoint_plan(seed, 5, (18, 40))) for seed in range(6)]
     assert sum(np.abs(np.diff(r.actions_TA[:, 3])).max() > np.pi for r, _, _ in episodes) >= 4
     recorded = [(r, knots) for r, _, knots in episodes]
     unwrapped = [(u, knots) for _, u, knots in episodes]
-    assert f1(unwrapped, SegmentConfig()) == 1.0
-    assert f1(recorded, SegmentConfig()) == 1.0
-    assert f1(recorded, SegmentConfig(continuous_rotations=False)) < 0.8
+    assert dataset_f1(unwrapped, SegmentConfig()) == 1.0
+    assert dataset_f1(recorded, SegmentConfig()) == 1.0
+    assert dataset_f1(recorded, SegmentConfig(continuous_rotations=False)) < 0.8
 
 
-def test_wrapped_joint_states_are_fed_back_continuous():
+def test_wrapped_joint_states_are_fed_back_continuous(closed_loop, dataset_f1):
     """Joint angles an encoder reports in [0, 2 pi) wrap as a joint turns past zero; a
     controller's law on them is still one line per event once they are read continuous."""
-    rng = np.random.default_rng(3)
     pairs = []
-    for _ in range(6):
-        lengths = rng.integers(25, 45, 5)
-        goals = rng.uniform(-0.6, 0.6, (len(lengths), 2))
-        q = np.zeros((int(lengths.sum()), 2))
-        a = np.zeros_like(q)
-        state, t = rng.uniform(-0.3, 0.3, 2), 0
-        for goal, n in zip(goals, lengths, strict=True):
-            for _ in range(n):
-                q[t], a[t] = state, 3.0 * (goal - state)
-                state = state + a[t] / 25.0
-                t += 1
-        a += rng.normal(0.0, 0.02, a.shape)
-        wrapped = np.mod(q, 2 * np.pi)  # every joint crosses zero: wraps to ~2 pi
-        pairs.append((Signals(a, 25.0, wrapped), np.cumsum(lengths)[:-1].tolist()))
+    for seed in range(6):
+        s, knots = closed_loop(seed)
+        wrapped = np.mod(s.states_TS, 2 * np.pi)  # every joint crosses zero: wraps to ~2 pi
+        pairs.append((Signals(s.actions_TA, s.fps, wrapped), knots))
     cfg = SegmentConfig(action_model="state_feedback")
-    assert f1(pairs, cfg) >= 0.95
-    assert f1(pairs, cfg.model_copy(update={"continuous_rotations": False})) < 0.9
+    assert dataset_f1(pairs, cfg) >= 0.95
+    assert dataset_f1(pairs, cfg.model_copy(update={"continuous_rotations": False})) < 0.9
