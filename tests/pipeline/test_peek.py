@@ -62,3 +62,29 @@ def test_a_sample_of_two_embodiments_is_pointed_out(folder_source):
     out = CliRunner().invoke(app, ["inspect", str(src)])
     words = " ".join(out.output.split())
     assert out.exit_code == 0 and "mixes embodiments (actions/states 4/4 x2, 7/4 x1)" in words
+
+
+def test_inspect_says_what_the_cut_reads_differently(folder_source):
+    """A command stream slower than the frames and an angle that wraps, in the sample: what
+    the segmenter will read differently from what is stored is one line per episode."""
+    import numpy as np
+
+    src = folder_source(2, cameras=("top",))
+    first = sorted(p for p in src.iterdir() if p.is_dir())[0]
+    steps = pq.read_table(first / "steps.parquet").to_pylist()
+    t_len = len(steps)
+    roll = np.angle(np.exp(1j * (np.pi + np.linspace(-0.5, 0.5, t_len))))  # wraps at +-pi
+    held = [list(steps[(t // 3) * 3]["action"]) for t in range(t_len)]  # a third of the rate
+    for t, row in enumerate(steps):
+        row["action"] = held[t]
+        row["state"] = [*row["state"][:-1], float(roll[t])]
+    pq.write_table(pa.Table.from_pylist(steps), first / "steps.parquet")
+    found = peek_source(str(src), sample=2)
+    notes = {e.key: e.reading for e in found.sampled}
+    assert notes[first.name] == [
+        "state dim 3: an angle that wrapped, in radians (read unwrapped)",
+        "commands held 3 frames (6.67 Hz of 20): the models in time cut on their samples",
+    ]
+    text = CliRunner().invoke(app, ["inspect", str(src)])
+    words = " ".join(text.output.split())
+    assert f"read for the cut, {first.name}: state dim 3: an angle that wrapped" in words

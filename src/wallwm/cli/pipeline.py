@@ -115,6 +115,19 @@ def inspect_cmd(
     _show_peek(found)
 
 
+def _show_episode_notes(found: SourcePeek) -> None:
+    """Per sampled episode: the problem ingest would record, or its reading notes.
+
+    The notes say what the cut reads differently from what is stored (a wrapped angle, a held
+    stream, ...).
+    """
+    for ep in found.sampled:
+        if ep.problem:
+            console.print(f"[red]would fail[/] {ep.key}: {ep.problem}", soft_wrap=True)
+        elif ep.reading:
+            console.print(f"read for the cut, {ep.key}: " + "; ".join(ep.reading), soft_wrap=True)
+
+
 def _show_peek(found: SourcePeek) -> None:
     """``inspect``'s text: the listing, a table of the sample, its problems and columns."""
     from collections import Counter
@@ -144,9 +157,7 @@ def _show_peek(found: SourcePeek) -> None:
         )
     if table.row_count:
         console.print(table)
-    for ep in found.sampled:
-        if ep.problem:
-            console.print(f"[red]would fail[/] {ep.key}: {ep.problem}", soft_wrap=True)
+    _show_episode_notes(found)
     dims = Counter((ep.action_dim, ep.state_dim) for ep in found.sampled if not ep.problem)
     if len(dims) > 1:  # one dataset holds one embodiment: say so before ingest fails the rest
         mix = ", ".join(f"{a}/{st} x{n}" for (a, st), n in dims.most_common())

@@ -27,11 +27,16 @@ from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signa
 from wallwm.pipeline.segmentation.held import (
     CommandSamples,
     command_samples,
+    held_samples,
     repeated_rows,
     with_missed_samples,
     with_states_between_samples,
 )
-from wallwm.pipeline.segmentation.rotations import continuous_rotations
+from wallwm.pipeline.segmentation.rotations import (
+    continuous_rotations,
+    quaternion_groups,
+    wrapped_turn,
+)
 
 #: Position targets are cut on their rates where the rates' spread stands at least this many
 #: times above their noise (:func:`rates_clearance`). Measured on thirteen position-target
@@ -89,6 +94,49 @@ def as_read(s: Signals, cfg: SegmentConfig) -> tuple[Signals, CommandSamples | N
         return held.signals(s), held
     # a sample the recorder missed and stored the last one again: a stair to a model in time
     return with_missed_samples(s, repeated_rows(s)), None
+
+
+def reading_notes(s: Signals) -> list[str]:
+    """What the cut reads differently from the stored signals (:func:`as_read`), in words.
+
+    One line per finding: a wrapped angle, a quaternion whose sign flips, a held command or
+    state stream, rows stored twice -- what ``wallwm inspect`` shows of a source's sample.
+    """
+    notes: list[str] = []
+    arrays = [("action", np.asarray(s.actions_TA, dtype=np.float64), set(s.gripper_action_dims))]
+    if s.states_TS is not None:
+        arrays.append(("state", np.asarray(s.states_TS, dtype=np.float64), set()))
+    for what, x, skip in arrays:
+        if x.ndim != 2 or len(x) < 2:
+            continue
+        for first in quaternion_groups(x, skip):
+            q = x[:, first : first + 4]
+            flips = int(np.count_nonzero(np.einsum("td,td->t", q[1:], q[:-1]) < 0))
+            if flips:
+                notes.append(
+                    f"{what} dims {first}-{first + 3}: a quaternion whose sign flips {flips} "
+                    "times (read continuous)"
+                )
+        for j in (j for j in range(x.shape[1]) if j not in skip):
+            turn = wrapped_turn(x[:, j])
+            if turn is not None:
+                unit = "degrees" if turn == 360.0 else "radians"
+                notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
+    s = continuous_rotations(s)
+    states = None if s.states_TS is None else held_samples(np.asarray(s.states_TS))
+    if states is not None:
+        notes.append(f"states held {states.hold:.3g} frames: read between their samples")
+    commands = command_samples(s)
+    if commands is not None:
+        notes.append(
+            f"commands held {commands.hold:.3g} frames ({s.fps / commands.hold:.3g} Hz of "
+            f"{s.fps:g}): the models in time cut on their samples"
+        )
+    else:
+        repeated = len(repeated_rows(with_states_between_samples(s)))
+        if repeated:
+            notes.append(f"{repeated} rows stored twice: the models in time read missed samples")
+    return notes
 
 
 def reads_held_samples(cfg: SegmentConfig) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from wallwm.pipeline.segmentation.forms import reading_notes
+from wallwm.pipeline.segmentation.stage import record_signals
 from wallwm.pipeline.sources.base import EpisodeError, EpisodeRef, GripperOpen
 from wallwm.pipeline.sources.registry import open_source
 from wallwm.pipeline.validate import validate_signals
@@ -34,6 +36,10 @@ class EpisodePeek:
     #: The robot the source names (None: it names none -- ``--robot`` can).
     robot: str | None = None
     ground_truth_events: int | None = None
+    #: What the segmenter will read differently from the stored signals (wrapped angles,
+    #: quaternion sign flips, held streams, rows stored twice; see
+    #: ``wallwm.pipeline.segmentation.forms.reading_notes``).
+    reading: list[str] = field(default_factory=list)
     problem: str | None = None
 
 
@@ -83,6 +89,7 @@ def peek_episode(source: object, ref: EpisodeRef) -> EpisodePeek:
         instruction=record.instruction,
         robot=record.robot or None,
         ground_truth_events=None if record.gt_events is None else len(record.gt_events),
+        reading=reading_notes(record_signals(record)),
     )
 
 
