@@ -57,6 +57,11 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
     def noise(shape):
         return np.random.default_rng(4).normal(0, 0.8, shape)
 
+    def stored_twice(e, what):  # a late recorder: frames 10 and 21 repeat the one before
+        x = getattr(e, what).copy()
+        x[[10, 21]] = x[[9, 20]]
+        return x
+
     def chatter(e):
         g = e.gripper_TG.copy()
         g[5:15:2] = g.max()
@@ -77,6 +82,11 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
         "failed": planted(3, success=False),
         "jerky": planted(4, actions_TA=lambda e: e.actions_TA + noise(e.actions_TA.shape)),
         "gripper_chatter": planted(5, gripper_TG=chatter),
+        "repeated_rows": planted(
+            7,
+            actions_TA=lambda e: stored_twice(e, "actions_TA"),
+            states_TS=lambda e: stored_twice(e, "states_TS"),
+        ),
         "near_duplicate": planted(6, **{  # a recording saved twice
             k: getattr(episodes[2], k) for k in
             ("actions_TA", "states_TS", "gripper_TG", "timestamps_s", "camera_frames")}),
@@ -85,6 +95,7 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
     for flag, e in problems.items():
         assert results[e.episode_key].flags == [flag], (flag, results[e.episode_key])
     assert results["planted-6"].details["duplicate_of"] == "ep2"
+    assert results["planted-7"].details["repeated_rows"] == 2
     assert all(results[f"ep{i}"].flags == [] for i in range(12))
 
 

@@ -8,6 +8,10 @@ flagged episodes out of a training view, ``wallwm quality`` lists them.
 Per episode:
 
 - ``frame_drops``: timestamps with gaps of more than 1.5 frame periods (dropped frames);
+- ``repeated_rows``: rows that repeat the row before in every command and state, for one or two
+  frames while the commands move on either side -- samples a late recorder missed and stored
+  again (the timestamps may not show it; the cut reads them as missed samples,
+  ``wallwm.pipeline.segmentation.held``); a stream held by design is not flagged;
 - ``camera_desync``: a camera stream holds a different number of frames than the signals;
 - ``still``: nothing ever leaves its start pose (the idle-trim rule finds no motion at all);
 - ``failed``: the source marks the attempt unsuccessful.
@@ -39,6 +43,7 @@ FloatArray = npt.NDArray[np.floating]
 
 FLAGS = {
     "frame_drops": "timestamps with gaps over 1.5 frame periods",
+    "repeated_rows": "rows stored twice: samples a late recorder missed",
     "camera_desync": "a camera holds a different number of frames than the signals",
     "still": "nothing ever moves",
     "failed": "the source marks the attempt unsuccessful",
@@ -105,6 +110,15 @@ def _reversals(g_T: FloatArray, fps: float) -> tuple[float, float]:
     return len(turns) / (len(g_T) / fps), float(gaps.min())
 
 
+def _repeated_rows(e: EpisodeSignals) -> int:
+    """Rows a late recorder stored twice (none where the whole stream is held by design)."""
+    from wallwm.pipeline.segmentation.config import Signals
+    from wallwm.pipeline.segmentation.held import command_samples, repeated_rows
+
+    s = Signals(e.actions_TA, e.fps, e.states_TS)
+    return 0 if command_samples(s) is not None else len(repeated_rows(s))
+
+
 def _jerk(a_TA: FloatArray, scale_A: FloatArray) -> float:
     if len(a_TA) < 4:
         return 0.0
@@ -153,6 +167,10 @@ def _own_flags(e: EpisodeSignals, scale_A: FloatArray) -> tuple[EpisodeQuality, 
     if gaps:
         flags.append("frame_drops")
         details["timestamp_gaps"] = gaps
+    repeated = _repeated_rows(e)
+    if repeated:
+        flags.append("repeated_rows")
+        details["repeated_rows"] = repeated
     desync = {n: f for n, f in e.camera_frames.items() if f != t_len}
     if desync:
         flags.append("camera_desync")
