@@ -14,6 +14,7 @@ from wallwm.cli.main import app
 from wallwm.pipeline.ingest import IngestConfig, load_episode, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
 from wallwm.pipeline.sources.base import EpisodeError
+from wallwm.pipeline.sources.peek import peek_source
 from wallwm.pipeline.sources.registry import detect_format, open_source
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
@@ -34,10 +35,12 @@ def _cmd(t_s: float) -> float:
     return round(0.1 * np.floor(t_s / 0.3), 6)  # a velocity command changing every 0.3 s
 
 
-def write_bag(path: Path, kind: str = "mcap", *, seconds: float = 2.0, topics: tuple = ()) -> Path:
+def write_bag(
+    path: Path, kind: str = "mcap", *, seconds: float = 2.0, topics: tuple = (), every: int = 1
+) -> Path:
     """A demonstration: a 10 Hz rgb8 camera and a 10 Hz PNG wrist camera, 100 Hz joint states
-    (arm and gripper joints), 50 Hz twist commands, a 5 Hz gripper command, an instruction.
-    ``topics`` leaves out the named roles."""
+    (arm and gripper joints), 50 Hz twist commands (``every``: one in that many of them), a
+    5 Hz gripper command, an instruction. ``topics`` leaves out the named roles."""
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS1_NOETIC if kind == "ros1" else Stores.ROS2_HUMBLE)
@@ -92,7 +95,7 @@ def write_bag(path: Path, kind: str = "mcap", *, seconds: float = 2.0, topics: t
         messages.append((t_ns, "/joint_states", msg))
     for i in range(int(seconds * 50)):
         t_ns = T0_NS + 1_000_000 + i * 20_000_000
-        if "command" not in topics:
+        if "command" not in topics and i % every == 0:
             v = _cmd(i * 0.02)
             msg = t["geometry_msgs/msg/Twist"](linear=vec(x=v, y=0.0, z=-v),
                                                angular=vec(x=0.0, y=0.0, z=0.0))  # fmt: skip
@@ -225,6 +228,29 @@ def test_the_cli_passes_the_action_topic_to_ingest_and_run(bags, tmp_path):
         assert "1 written" in " ".join(result.output.split())
         (row,) = LanceStore(str(tmp_path / command)).read(schemas.EPISODES).to_pylist()
         assert row["action_dim"] == 6  # the twist alone, not the gripper command beside it
+
+
+def test_a_command_topic_slower_than_the_camera_is_read_at_its_own_rate(tmp_path):
+    """Each tick holds every topic's latest message: a twist published at 3.3 Hz beside a
+    10 Hz camera is a staircase on the camera's clock, which the cut reads at its own rate
+    (what ``wallwm inspect`` says)."""
+    bag = write_bag(tmp_path / "slow" / "demo_0", "mcap", seconds=9.0, every=15)
+    (episode,) = peek_source(str(bag)).sampled
+    assert "commands held 3 frames (3.33 Hz of 10): the models in time cut on their samples" in (
+        episode.reading
+    )
+    words = " ".join(CliRunner().invoke(app, ["inspect", str(bag)]).output.split())
+    assert f"read for the cut, {episode.key}: commands held 3 frames" in words
+    # the gripper command, a topic of its own, switches between two twists: its event starts
+    # at the switch (1.0 s), not at the next twist
+    from wallwm.pipeline.segmentation import SegmentConfig, segment
+    from wallwm.pipeline.segmentation.stage import record_signals
+
+    source = open_source(bag)
+    (ref,) = source.list_episodes()[0]
+    signals = record_signals(load_episode(source, ref, frame_tolerance=0))
+    cut = segment(signals, SegmentConfig())
+    assert [b.frame for b in cut.boundaries if "gripper" in b.cues] == [10]
 
 
 def test_inspect_names_the_columns_each_topic_gave(bags):

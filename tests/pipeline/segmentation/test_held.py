@@ -68,6 +68,10 @@ def test_a_cut_of_the_samples_comes_back_in_frames():
     assert frames.score_T.tolist() == [0.0] * 3 + [0.1] * 3 + [0.9] * 3 + [0.2] * 3 + [0.0] * 3
     assert frames.cues_CT["action_change"][6:9].tolist() == [1.0, 1.0, 1.0]
     assert samples.runs([(1, 3)]) == [(3, 9)]
+    gripper = Segmentation([0, 2], [2, 5], [Boundary(2, 1.0, ("gripper",))], np.zeros(5), {})
+    switched = samples.segmentation(gripper, flips=[5])  # between the samples at 3 and 6
+    assert switched.starts == [0, 5] and switched.boundaries[0].frame == 5
+    assert samples.segmentation(gripper, flips=[9]).starts == [0, 6]  # not in its span
 
 
 def test_a_waypoint_plan_held_over_frames_is_cut_at_its_knots(waypoint_plan, dataset_f1):

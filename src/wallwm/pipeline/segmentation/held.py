@@ -101,14 +101,30 @@ class CommandSamples:
         sample_T = np.searchsorted(self.frames, np.arange(self.t_len), side="right") - 1
         return np.asarray(trace_S, dtype=np.float64)[np.maximum(sample_T, 0)]
 
-    def segmentation(self, cut: Segmentation) -> Segmentation:
-        """A segmentation of the samples as one of the frames."""
-        starts = [self.frame(i) for i in cut.starts]
-        bounds = [Boundary(self.frame(b.frame), b.confidence, b.cues) for b in cut.boundaries]
+    def segmentation(self, cut: Segmentation, flips: list[int] | None = None) -> Segmentation:
+        """A segmentation of the samples as one of the frames.
+
+        ``flips``: the frames a gripper command switched at, read on the frames. A gripper
+        on a stream of its own switches between two of the commands' samples; its boundary
+        goes back to the switch (else it would come up to a hold late).
+        """
+        moved = {b.frame: self._switch(b.frame, flips or []) for b in cut.boundaries
+                 if "gripper" in b.cues}  # fmt: skip
+        starts = [moved.get(i) or self.frame(i) for i in cut.starts]
+        bounds = [
+            Boundary(moved.get(b.frame) or self.frame(b.frame), b.confidence, b.cues)
+            for b in cut.boundaries
+        ]
         cues = {name: self.trace(trace) for name, trace in cut.cues_CT.items()}
         return Segmentation(
             starts, [*starts[1:], self.t_len], bounds, self.trace(cut.score_T), cues
         )
+
+    def _switch(self, sample: int, flips: list[int]) -> int | None:
+        """The gripper switch in the frames a sample spans back to the one before, if any."""
+        after, upto = self.frame(sample - 1) if sample > 0 else -1, self.frame(sample)
+        inside = [f for f in flips if after < f <= upto]
+        return inside[-1] if inside else None
 
     def runs(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Frame ranges ``[start, end)`` of sample ranges."""

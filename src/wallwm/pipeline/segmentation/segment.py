@@ -282,7 +282,8 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return _fixed(t_len, cfg.chunk_len)
     read, held = as_read(s, cfg)
     if held is not None:  # cut on the command's own samples, mapped back to the frames
-        return held.segmentation(_segment_read(read, cfg, traces))
+        flips = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
+        return held.segmentation(_segment_read(read, cfg, traces), flips)
     return _segment_read(read, cfg, traces)
 
 
