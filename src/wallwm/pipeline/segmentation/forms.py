@@ -32,11 +32,7 @@ from wallwm.pipeline.segmentation.held import (
     with_missed_samples,
     with_states_between_samples,
 )
-from wallwm.pipeline.segmentation.rotations import (
-    continuous_rotations,
-    quaternion_groups,
-    wrapped_turn,
-)
+from wallwm.pipeline.segmentation.rotations import continuous_rotations, rotations_found
 
 #: Position targets are cut on their rates where the rates' spread stands at least this many
 #: times above their noise (:func:`rates_clearance`). Measured on thirteen position-target
@@ -107,21 +103,15 @@ def reading_notes(s: Signals) -> list[str]:
     if s.states_TS is not None:
         arrays.append(("state", np.asarray(s.states_TS, dtype=np.float64), set()))
     for what, x, skip in arrays:
-        if x.ndim != 2 or len(x) < 2:
-            continue
-        for first in quaternion_groups(x, skip):
-            q = x[:, first : first + 4]
-            flips = int(np.count_nonzero(np.einsum("td,td->t", q[1:], q[:-1]) < 0))
-            if flips:
-                notes.append(
-                    f"{what} dims {first}-{first + 3}: a quaternion whose sign flips {flips} "
-                    "times (read continuous)"
-                )
-        for j in (j for j in range(x.shape[1]) if j not in skip):
-            turn = wrapped_turn(x[:, j])
-            if turn is not None:
-                unit = "degrees" if turn == 360.0 else "radians"
-                notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
+        found = rotations_found(x, skip)
+        for first, flipped in found.flips.items():
+            notes.append(
+                f"{what} dims {first}-{first + 3}: a quaternion whose sign flips "
+                f"{int(flipped.sum())} times (read continuous)"
+            )
+        for j, turn in found.turns.items():
+            unit = "degrees" if turn == 360.0 else "radians"
+            notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
     s = continuous_rotations(s)
     states = None if s.states_TS is None else held_samples(np.asarray(s.states_TS))
     if states is not None:

@@ -103,30 +103,58 @@ def quaternion_groups(x_TD: FloatArray, skip: set[int]) -> list[int]:
     return sorted(firsts)
 
 
+@dataclasses.dataclass(frozen=True)
+class RotationsFound:
+    """What of a block of columns is read continuous.
+
+    Each quaternion's first dim with the frames its sign flipped at; each wrapped angle's dim
+    with its turn.
+    """
+
+    flips: dict[int, npt.NDArray[np.bool_]]
+    turns: dict[int, float]
+
+    def __bool__(self) -> bool:
+        return bool(self.flips or self.turns)
+
+
+def rotations_found(x_TD: FloatArray, skip: set[int] | None = None) -> RotationsFound:
+    """The quaternions whose sign flips and the angles that wrapped in ``x_TD``.
+
+    ``skip``: dims left as they are (a gripper's command).
+    """
+    if x_TD.ndim != 2 or len(x_TD) < 2:
+        return RotationsFound({}, {})
+    skip = skip or set()
+    flips = {}
+    for first in quaternion_groups(x_TD, skip):
+        q = x_TD[:, first : first + 4]
+        flipped = np.einsum("td,td->t", q[1:], q[:-1]) < 0  # each frame against the one before
+        if flipped.any():
+            flips[first] = np.concatenate([[False], flipped])
+    turns = {}
+    for j in (j for j in range(x_TD.shape[1]) if j not in skip):
+        turn = wrapped_turn(x_TD[:, j])
+        if turn is not None:
+            turns[j] = turn
+    return RotationsFound(flips, turns)
+
+
 def continuous_columns(x_TD: npt.ArrayLike, skip: set[int] | None = None) -> FloatArray | None:
     """``x_TD`` with its wrapped angles unwrapped and its quaternions' signs made continuous.
 
     None where nothing needs to change. ``skip``: dims left as they are (a gripper's command).
     """
     x = np.asarray(x_TD, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
+    found = rotations_found(x, skip)
+    if not found:
         return None
-    skip = skip or set()
-    out: FloatArray | None = None
-    for first in quaternion_groups(x, skip):
-        q = x[:, first : first + 4]
-        flips = np.einsum("td,td->t", q[1:], q[:-1]) < 0  # each frame against the one before
-        if flips.any():
-            sign = np.cumprod(np.where(np.concatenate([[False], flips]), -1.0, 1.0))
-            out = x.copy() if out is None else out
-            out[:, first : first + 4] = q * sign[:, None]
-    for j in range(x.shape[1]):
-        if j in skip:
-            continue
-        turn = wrapped_turn(x[:, j])
-        if turn is not None:
-            out = x.copy() if out is None else out
-            out[:, j] = np.unwrap(x[:, j], period=turn)
+    out = x.copy()
+    for first, flipped in found.flips.items():
+        sign = np.cumprod(np.where(flipped, -1.0, 1.0))
+        out[:, first : first + 4] = x[:, first : first + 4] * sign[:, None]
+    for j, turn in found.turns.items():
+        out[:, j] = np.unwrap(x[:, j], period=turn)
     return out
 
 
