@@ -248,6 +248,14 @@ def validation_message(exc: Any) -> str:
     return "; ".join(parts)
 
 
+def print_readings(counts: dict[str, int], episodes: int | None = None) -> None:
+    """What a run's cut read differently from the stored signals (a recorder's ways)."""
+    from wallwm.pipeline.segmentation.forms import reading_summary
+
+    for line in reading_summary(counts, episodes):
+        console.print(f"read for the cut: {line}", soft_wrap=True)
+
+
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (no rich markup, so it pipes cleanly into jq).
 

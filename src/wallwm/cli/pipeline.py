@@ -24,6 +24,7 @@ from wallwm.cli.common import (
     console,
     err_console,
     print_json,
+    print_readings,
     validation_message,
 )
 
@@ -335,6 +336,7 @@ def ingest_with_progress(cfg: IngestConfig) -> int:
         console.print(f"gripper open end: {summary.gripper}")
     if summary.events:
         console.print(f"[bold]segment[/] (fused with ingest): {summary.events} events")
+        print_readings(summary.readings)
     code = summary.exit_code(cfg.strict)
     if code:
         err_console.print(

@@ -24,6 +24,7 @@ from wallwm.cli.common import (
     err_console,
     eval_app,
     print_json,
+    print_readings,
     validation_message,
 )
 
@@ -272,6 +273,7 @@ def _run_segment_with_progress(
     )
     if summary.model:
         _print_model_choice(summary.model)
+    print_readings(summary.readings, summary.segmented)
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
 

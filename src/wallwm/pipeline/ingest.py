@@ -26,9 +26,11 @@ from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, s
 from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
 from wallwm.pipeline.segmentation.stage import (
     SegmentStageConfig,
+    count_readings,
     dataset_model,
     event_rows,
     keyframe_frames,
+    readings_text,
     record_signals,
     replace_events,
     spread_sample,
@@ -159,6 +161,9 @@ class IngestSummary:
     seconds: float = 0.0
     episodes_version: int | None = None
     events: int = 0
+    #: Fused: episodes whose signals the cut read differently from the stored ones, per kind
+    #: (``forms.READING_KINDS``).
+    readings: dict[str, int] = dataclasses.field(default_factory=dict)
     #: How the gripper's open end was decided, where the source had to (LeRobot commands).
     gripper: str = ""
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
@@ -337,6 +342,7 @@ def process_one(
     """
     out: dict[str, Any] = {
         "events_payload": b"",
+        "reading": (),
         "episode_key": ref.episode_key,
         "ok": False,
         "payload": b"",
@@ -357,6 +363,7 @@ def process_one(
             keys = ["episode_id", "fps", "num_frames", "timestamps_s", "content_hash"]
             row = row_table.select(keys).to_pylist()[0]
             out["events_payload"] = table_to_ipc(event_rows(row, cut, keyframes, fused.lineage))
+            out["reading"] = cut.reading
         out["ok"] = True
         out["num_frames"] = int(record.actions_TA.shape[0])
         out["video_frames"] = sum(c.num_frames for c in record.probed)
@@ -547,6 +554,7 @@ def _write_outcome(
         return EpisodeError(out["file"] or source_uri, mismatch.problem, mismatch.error_class)
     writer.summary.frames += int(out["num_frames"])
     writer.summary.video_frames += int(out["video_frames"])
+    count_readings(writer.summary.readings, out["reading"])
     return None
 
 
@@ -586,7 +594,8 @@ def _record_fused(
         schemas.EVENTS,
         WriteResult(schemas.EVENTS, summary.events, 0, 0, events_before, after),
         0,
-        f"fused with ingest {summary.run_id}: episodes={episodes} events={summary.events}",
+        f"fused with ingest {summary.run_id}: episodes={episodes} events={summary.events}"
+        + readings_text(summary.readings),
     )
 
 

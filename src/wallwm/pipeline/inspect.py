@@ -181,7 +181,7 @@ def _plot_legend(
     }
     paired = pairing_text(cfg.action_model, cfg.pairing())
     form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
-    held = as_read(signals, cfg)[1]
+    held = as_read(signals, cfg).held
     if held is not None:  # a command slower than the frames: cut at its own samples
         form += f", commands held {held.hold:.3g} frames: cut on their samples"
     if cfg.left_out():

@@ -184,3 +184,60 @@ def test_a_rate_the_frames_do_not_divide_is_held_too(waypoint_plan, dataset_f1):
     assert samples is not None and samples.hold == pytest.approx(2.5, abs=0.05)
     assert samples.signals(pairs[0][0]).fps == pytest.approx(12.0, rel=0.02)
     assert dataset_f1(pairs, SegmentConfig()) >= 0.95
+
+
+def test_the_reading_names_what_it_read_differently(waypoint_plan):
+    """Each reading that changed the episode is named (the run summaries count them); one
+    that found nothing is not."""
+    from wallwm.pipeline.segmentation import segment
+    from wallwm.pipeline.segmentation.forms import as_read, reading_summary
+
+    plan, _ = waypoint_plan(5)
+    cfg = SegmentConfig()
+    assert as_read(Signals(plan, 30.0), cfg).kinds == ()
+    assert segment(Signals(plan, 30.0), cfg, traces=False).reading == ()
+    stairs = Signals(held(plan, 3), 30.0)
+    assert as_read(stairs, cfg).kinds == ("commands_held",)
+    assert segment(stairs, cfg, traces=False).reading == ("commands_held",)
+    assert as_read(stairs, SegmentConfig(read_held_samples=False)).kinds == ()
+    twice = plan.copy()
+    twice[[40, 90]] = twice[[39, 89]]  # a late recorder stored two rows again
+    assert as_read(Signals(twice, 30.0), cfg).kinds == ("rows_repeated",)
+    turning = np.column_stack([plan, np.linspace(2.5, 4.0, len(plan))])  # an angle past pi
+    wrapped = np.column_stack([plan, np.angle(np.exp(1j * turning[:, -1]))])
+    assert as_read(Signals(wrapped, 30.0), cfg).kinds == ("rotations",)
+    lines = reading_summary({"commands_held": 2, "rotations": 1}, 4)
+    assert lines[0].startswith("1 of 4 episode: rotations read continuous")
+    assert lines[1].startswith("2 of 4 episodes: commands held")
+
+
+def test_wallwm_segment_and_run_say_how_many_episodes_they_read_held(
+    tmp_path, write_source, waypoint_plan
+):
+    from typer.testing import CliRunner
+
+    from wallwm.cli.main import app
+    from wallwm.pipeline.tables import schemas
+    from wallwm.pipeline.tables.store import LanceStore
+
+    episodes = []
+    for seed in range(4):
+        plan, knots = waypoint_plan(seed)
+        episodes.append((Signals(held(plan, 3) if seed < 2 else plan, 30.0), knots))
+    src, ds, fused = tmp_path / "src", tmp_path / "ds", tmp_path / "fused"
+    write_source(src, episodes, "plan")
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(src), "--dataset", str(ds)]).exit_code == 0
+    cut = runner.invoke(app, ["segment", "--dataset", str(ds)])
+    assert cut.exit_code == 0, cut.output
+    said = " ".join(cut.output.split())
+    assert "read for the cut: 2 of 4 episodes: commands held over several frames" in said
+    assert "rotations" not in said
+    ran = runner.invoke(app, ["run", str(src), "--dataset", str(fused), "--no-cluster"])
+    assert ran.exit_code == 0, ran.output
+    assert "read for the cut: 2 episodes: commands held" in " ".join(ran.output.split())
+    off = runner.invoke(app, ["segment", "--dataset", str(ds), "--no-read-held-samples"])
+    assert off.exit_code == 0 and "read for the cut" not in off.output
+    runs = LanceStore(str(ds)).read(schemas.RUNS, columns=["stage", "message"]).to_pylist()
+    notes = [r["message"] for r in runs if r["stage"] == "segment"]
+    assert any("commands_held=2" in n for n in notes), notes

@@ -184,3 +184,6 @@ class Segmentation:
     boundaries: list[Boundary]
     score_T: FloatArray
     cues_CT: dict[str, FloatArray]
+    #: What the cut read differently from the stored signals (``forms.READING_KINDS``'s keys:
+    #: a recorder's wrapped angles, held streams, rows stored twice).
+    reading: tuple[str, ...] = ()

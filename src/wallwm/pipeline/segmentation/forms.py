@@ -18,7 +18,7 @@ smooth ones gain (Jaco 0.521 -> 0.739, Jaco's smooth operator 0.486 -> 0.715, Me
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -71,25 +71,71 @@ def command_rates(s: Signals) -> Signals:
     return dataclasses.replace(s, actions_TA=actions)
 
 
-def as_read(s: Signals, cfg: SegmentConfig) -> tuple[Signals, CommandSamples | None]:
-    """``s`` as the cut and the model choice read it, and its samples' frames where held.
+#: What :func:`as_read` may read differently from the stored signals, each a kind of recorder
+#: (:attr:`Reading.kinds`), in the words a run's summary uses for it.
+READING_KINDS = {
+    "rotations": "rotations read continuous (angles that wrapped, quaternions that flip sign)",
+    "states_held": "states held between samples (read between them)",
+    "commands_held": "commands held over several frames (the models in time cut on their samples)",
+    "rows_repeated": "rows stored twice (the models in time read missed samples)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """An episode as the cut and the model choice read it (:func:`as_read`)."""
+
+    signals: Signals
+    #: A held command stream's samples, where the cut reads them (their frames map back).
+    held: CommandSamples | None
+    #: What was read differently from the stored signals (keys of :data:`READING_KINDS`).
+    kinds: tuple[str, ...]
+
+
+def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
+    """``s`` as the cut and the model choice read it, its held samples and what was read.
 
     Its rotations continuous (:mod:`.rotations`); a held state stream read between its
     samples; wherever a model in time reads it, or the choice between models, a held command
     stream at its own samples and a row stored twice as a missed sample (:mod:`.held`) -- a
-    law on the state reads the frames as stored (see :func:`reads_held_samples`).
+    law on the state reads the frames as stored (see :func:`reads_held_samples`). Each
+    reading returns the episode itself where it finds nothing, which is how ``kinds`` knows.
     """
+    kinds: list[str] = []
     if cfg.continuous_rotations:
-        s = continuous_rotations(s)
+        s = _noted(continuous_rotations, s, "rotations", kinds)
     if cfg.read_held_samples:  # a state topic slower than the frames
-        s = with_states_between_samples(s)
+        s = _noted(with_states_between_samples, s, "states_held", kinds)
     if not reads_held_samples(cfg):
-        return s, None
+        return Reading(s, None, tuple(kinds))
     held = command_samples(s)
     if held is not None:
-        return held.signals(s), held
+        return Reading(held.signals(s), held, (*kinds, "commands_held"))
     # a sample the recorder missed and stored the last one again: a stair to a model in time
-    return with_missed_samples(s, repeated_rows(s)), None
+    s = _noted(lambda x: with_missed_samples(x, repeated_rows(x)), s, "rows_repeated", kinds)
+    return Reading(s, None, tuple(kinds))
+
+
+def reading_summary(counts: dict[str, int], episodes: int | None = None) -> list[str]:
+    """What a run's cut read differently from the stored signals, one line per kind.
+
+    ``counts``: episodes per kind (:attr:`Reading.kinds`), of ``episodes`` segmented where
+    given.
+    """
+    of = "" if episodes is None else f" of {episodes}"
+    return [
+        f"{counts[kind]}{of} episode{'s' if counts[kind] != 1 else ''}: {text}"
+        for kind, text in READING_KINDS.items()
+        if counts.get(kind)
+    ]
+
+
+def _noted(read: Callable[[Signals], Signals], s: Signals, kind: str, kinds: list[str]) -> Signals:
+    """``read(s)``, adding ``kind`` to ``kinds`` where it changed the episode."""
+    out = read(s)
+    if out is not s:
+        kinds.append(kind)
+    return out
 
 
 def reading_notes(s: Signals) -> list[str]:

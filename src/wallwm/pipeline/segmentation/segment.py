@@ -210,9 +210,9 @@ def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int
     None but for the smooth model with ``merge_disturbances`` (the line models drop a pause's
     cuts instead, :mod:`.disturbances`).
     """
-    s, held = as_read(s, cfg)
-    runs = _hesitations(cut_signals(s, cfg), cfg)
-    return runs if held is None else held.runs(runs)
+    read = as_read(s, cfg)
+    runs = _hesitations(cut_signals(read.signals, cfg), cfg)
+    return runs if read.held is None else read.held.runs(runs)
 
 
 def _hesitations(cut: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
@@ -280,11 +280,12 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return Segmentation([], [], [], np.zeros(0), {})
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
-    read, held = as_read(s, cfg)
-    if held is not None:  # cut on the command's own samples, mapped back to the frames
+    read = as_read(s, cfg)
+    cut = _segment_read(read.signals, cfg, traces)
+    if read.held is not None:  # cut on the command's own samples, mapped back to the frames
         flips = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
-        return held.segmentation(_segment_read(read, cfg, traces), flips)
-    return _segment_read(read, cfg, traces)
+        cut = read.held.segmentation(cut, flips)
+    return dataclasses.replace(cut, reading=read.kinds) if read.kinds else cut
 
 
 def _segment_read(s: Signals, cfg: SegmentConfig, traces: bool) -> Segmentation:

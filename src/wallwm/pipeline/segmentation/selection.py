@@ -748,6 +748,6 @@ def resolve(
             quiet_dims=cfg.left_out(),
         )
         return cfg, stated
-    signals = (as_read(s, cfg)[0] for s in signals)  # chosen on what the cut will read
+    signals = (as_read(s, cfg).signals for s in signals)  # chosen on what the cut will read
     choice = choose_model(signals, cfg, map_fn)
     return choice.apply(cfg), choice

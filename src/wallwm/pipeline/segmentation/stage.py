@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -102,6 +102,9 @@ class SegmentSummary:
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
     #: The within-event model the run cut with and why (empty when the config named it).
     model: dict[str, Any] | None = None
+    #: Episodes whose signals the cut read differently from the stored ones, per kind
+    #: (``forms.READING_KINDS``: a recorder's wrapped angles, held streams, rows stored twice).
+    readings: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- pure core
@@ -340,6 +343,7 @@ def _result(ep: dict[str, Any]) -> dict[str, Any]:
         "payload": b"",
         "events": 0,
         "frames": 0,
+        "reading": [],
         "warning_file": "",
         "warning": "",
         "file": "",
@@ -389,7 +393,7 @@ def segment_one(
             except EpisodeError as exc:  # events stand on signals alone; record the gap
                 out.update(warning_file=exc.file, warning=f"no keyframes: {exc.problem}")
         out["payload"] = table_to_ipc(event_rows(row, seg, keyframes, lineage))
-        out.update(ok=True, events=len(seg.starts), frames=len(actions))
+        out.update(ok=True, events=len(seg.starts), frames=len(actions), reading=seg.reading)
     except EpisodeError as exc:
         out.update(file=exc.file, error_class=exc.error_class, message=exc.problem)
     except Exception as exc:  # noqa: BLE001 -- one bad episode must never kill the job
@@ -399,6 +403,17 @@ def segment_one(
             message=f"unexpected error: {exc}",
         )
     return out
+
+
+def count_readings(counts: dict[str, int], reading: Iterable[str]) -> None:
+    """Add one episode's reading kinds (``Segmentation.reading``) to a run's ``counts``."""
+    for kind in reading:
+        counts[kind] = counts.get(kind, 0) + 1
+
+
+def readings_text(counts: dict[str, int]) -> str:
+    """A run record's note of what its cut read differently (empty when nothing)."""
+    return "".join(f" {kind}={n}" for kind, n in sorted(counts.items()))
 
 
 # --------------------------------------------------------------------------- driver
@@ -512,6 +527,7 @@ def run_segment(
             summary.segmented += 1
             summary.events += int(res["events"])
             summary.frames += int(res["frames"])
+            count_readings(summary.readings, res["reading"])
         if on_episode:
             on_episode(res)
     writer.flush()
@@ -528,6 +544,7 @@ def run_segment(
         WriteResult(schemas.EVENTS, summary.events, 0, 0, before, summary.events_version),
         summary.failed,
         f"episodes={summary.episodes} up_to_date={summary.up_to_date} "
-        f"segmented={summary.segmented} events={summary.events} failed={summary.failed}",
+        f"segmented={summary.segmented} events={summary.events} failed={summary.failed}"
+        + readings_text(summary.readings),
     )
     return summary
