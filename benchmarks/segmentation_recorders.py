@@ -40,16 +40,23 @@ frame, with probability 3 % or 10 %, repeats the frame before -- its commands an
 alike (seeded) -- cut with ``read_held_samples`` on (the default: such rows are read as
 missed samples) and off.
 
+**Frames dropped.** A recorder that falls behind skips the frame: the row is missing and the
+timestamps leave a gap. Each episode with 3 % or 10 % of its frames dropped (seeded; never the
+first or last), the timestamps of the frames kept, a decision whose frame was dropped moved to
+the next frame stored -- cut with ``read_held_samples`` on (the default: the models in time
+read the time axis, ``segmentation/gaps.py``) and off.
+
 Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
 
     python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
-        [--only rotations|holds|states|repeats]
+        [--only rotations|holds|states|repeats|drops]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -169,6 +176,15 @@ REPEAT_RECORDINGS = (
     "jaco-smooth", "panda-noise0", "metaworld-noise0",
 )  # fmt: skip
 REPEAT_SHARES = (0.03, 0.1)
+#: Every robot, each model's recordings: the models in time read the time axis, a law on the
+#: state the rows as stored.
+DROP_RECORDINGS = (
+    "aloha-noise0", "aloha-noise0.3", "aloha-smooth", "aloha-joint-noise0", "jaco-noise0",
+    "jaco-smooth", "panda-noise0", "metaworld-noise0",
+)  # fmt: skip
+DROP_SHARES = (0.03, 0.1)
+#: A rewrite of one episode (signals, truth, frames) and its index.
+Rewritten = Callable[[dict[str, Any], int], dict[str, Any]]
 
 
 def f1_of(episodes: list[dict[str, Any]], **stated: Any) -> float:
@@ -224,10 +240,10 @@ def states_held(s: Any, hold: int) -> Any:
 
 
 def off_and_on(
-    root: Path, names: tuple[str, ...], rewrites: Mapping[str, Callable[[Any, int], Any]]
+    root: Path, names: tuple[str, ...], rewrites: Mapping[str, Rewritten]
 ) -> list[dict[str, Any]]:
     """Per recording, each rewrite's F1 with ``read_held_samples`` off and on (a table row
-    printed per recording). A rewrite takes an episode's signals and its index."""
+    printed per recording). A rewrite takes an episode (signals, truth, frames) and its index."""
     rows: list[dict[str, Any]] = []
     for name in names:
         folder = root / name
@@ -238,7 +254,7 @@ def off_and_on(
         row: dict[str, Any] = {"recording": name, "recorded_f1": f1_of(episodes)}
         cells = []
         for key, rewrite in rewrites.items():
-            stored = [{**ep, "signals": rewrite(ep["signals"], i)} for i, ep in enumerate(episodes)]
+            stored = [rewrite(ep, i) for i, ep in enumerate(episodes)]
             off = f1_of(stored, read_held_samples=False)
             on = f1_of(stored)
             row[key] = {"off_f1": off, "on_f1": on}
@@ -248,14 +264,14 @@ def off_and_on(
     return rows
 
 
-def _with(hold_fn: Callable[[Any, int], Any], hold: int) -> Callable[[Any, int], Any]:
+def _with(hold_fn: Callable[[Any, int], Any], hold: int) -> Rewritten:
     """A rewrite holding each episode's stream for ``hold`` frames."""
-    return lambda s, _index: hold_fn(s, hold)
+    return lambda ep, _index: {**ep, "signals": hold_fn(ep["signals"], hold)}
 
 
-def _seeded(share: float) -> Callable[[Any, int], Any]:
+def _seeded(share: float) -> Rewritten:
     """A rewrite repeating ``share`` of each episode's rows, seeded by the episode's index."""
-    return lambda s, index: repeated(s, share, index)
+    return lambda ep, index: {**ep, "signals": repeated(ep["signals"], share, index)}
 
 
 def holds(root: Path, of: str = "commands") -> list[dict[str, Any]]:
@@ -288,11 +304,50 @@ def repeats(root: Path) -> list[dict[str, Any]]:
     return off_and_on(root, REPEAT_RECORDINGS, rewrites)
 
 
+def dropped(ep: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
+    """``ep`` with ``share`` of its frames (never the first or last) dropped, as a recorder
+    that fell behind leaves them: the rows gone, each frame's timestamp kept (the gaps show),
+    and a decision whose frame was dropped at the next frame stored."""
+    s = ep["signals"]
+    t_len = len(s.actions_TA)
+    rng = np.random.default_rng(seed)
+    gone = rng.choice(np.arange(1, t_len - 1), round(share * t_len), replace=False)
+    kept = np.setdiff1d(np.arange(t_len), gone)
+
+    def rows(x: Any) -> Any:
+        return None if x is None else np.asarray(x)[kept]
+
+    stored = dataclasses.replace(
+        s,
+        actions_TA=rows(s.actions_TA),
+        states_TS=rows(s.states_TS),
+        gripper_TG=rows(s.gripper_TG),
+        timestamps_s=kept / s.fps,
+    )
+    truth = sorted({int(np.searchsorted(kept, t)) for t in ep["truth"]})
+    return {**ep, "signals": stored, "truth": truth, "frames": len(kept)}
+
+
+def _dropped_at(ep: dict[str, Any], index: int, share: float) -> dict[str, Any]:
+    """:func:`dropped`, seeded by the episode's index."""
+    return dropped(ep, share, index)
+
+
+def drops(root: Path) -> list[dict[str, Any]]:
+    """The dropped frames' table (printed) and rows."""
+    print("| recording | as recorded | 3 % of frames dropped: off / on | 10 %: off / on |")
+    print("|---|---:|---:|---:|")
+    rewrites: dict[str, Rewritten] = {
+        f"dropped_{share}": functools.partial(_dropped_at, share=share) for share in DROP_SHARES
+    }
+    return off_and_on(root, DROP_RECORDINGS, rewrites)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parts = ("rotations", "holds", "states", "repeats")
+    parts = ("rotations", "holds", "states", "repeats", "drops")
     parser.add_argument("--only", choices=parts, default=None)
     args = parser.parse_args()
     root = Path(args.root)
@@ -308,6 +363,9 @@ def main() -> None:
     if args.only in (None, "repeats"):
         print()
         results["repeats"] = repeats(root)
+    if args.only in (None, "drops"):
+        print()
+        results["drops"] = drops(root)
     if args.json:
         path = Path(args.json)
         kept = json.loads(path.read_text()) if args.only and path.exists() else {}

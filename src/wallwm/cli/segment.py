@@ -96,7 +96,8 @@ ReadHeldSamplesOpt = Annotated[
     typer.Option(
         help="Cut a command stream held over several frames (slower than the frames) on its "
         "own samples, so its stairs are no events (a model in time; a law on the state reads "
-        "the frames), and read a row stored twice by a late recorder as a missed sample."
+        "the frames), read a row stored twice by a late recorder as a missed sample, and "
+        "frames dropped (gaps in the timestamps) on the time axis."
     ),
 ]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]

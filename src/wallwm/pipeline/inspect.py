@@ -181,9 +181,11 @@ def _plot_legend(
     }
     paired = pairing_text(cfg.action_model, cfg.pairing())
     form = ", cut on the commands' rates" if cfg.action_form == "rates" else ""
-    held = as_read(signals, cfg).held
-    if held is not None:  # a command slower than the frames: cut at its own samples
-        form += f", commands held {held.hold:.3g} frames: cut on their samples"
+    read = as_read(signals, cfg)
+    if read.grid is not None:  # frames dropped: the models in time read the time axis
+        form += f", {read.grid.dropped} frames dropped: read on the time axis"
+    if read.held is not None:  # a command slower than the frames: cut at its own samples
+        form += f", commands held {read.held.hold:.3g} frames: cut on their samples"
     if cfg.left_out():
         form += ", action dims " + " ".join(map(str, cfg.left_out())) + " left out (noise alone)"
     return (

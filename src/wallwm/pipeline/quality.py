@@ -7,7 +7,8 @@ flagged episodes out of a training view, ``wallwm quality`` lists them.
 
 Per episode:
 
-- ``frame_drops``: timestamps with gaps of more than 1.5 frame periods (dropped frames);
+- ``frame_drops``: timestamps with gaps of more than 1.5 frame periods (dropped frames; the
+  models in time cut them on the time axis, ``wallwm.pipeline.segmentation.gaps``);
 - ``repeated_rows``: rows that repeat the row before in every command and state, for one or two
   frames while the commands move on either side -- samples a late recorder missed and stored
   again (the timestamps may not show it; the cut reads them as missed samples,
@@ -85,9 +86,11 @@ class EpisodeQuality:
 
 
 def _gaps(ts: FloatArray | None, fps: float) -> int:
+    from wallwm.pipeline.segmentation.gaps import GAP_PERIODS  # the cut reads the same gaps
+
     if ts is None or len(ts) < 2:
         return 0
-    return int((np.diff(ts) > 1.5 / fps).sum())
+    return int((np.diff(ts) > GAP_PERIODS / fps).sum())
 
 
 def _reversals(g_T: FloatArray, fps: float) -> tuple[float, float]:

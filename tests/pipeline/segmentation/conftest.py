@@ -37,6 +37,7 @@ def _write_source(
             robot=robot,
             events=[{"start_frame": t, "name": "decision"} for t in [0, *truth]],
             extra_meta=meta,
+            timestamps_s=s.timestamps_s,
         )
 
 

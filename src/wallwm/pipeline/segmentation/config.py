@@ -101,8 +101,9 @@ class SegmentConfig(BaseModel):
         description="Cut a command stream held over several frames (slower than the frames: "
         "repeated exactly, then stepping to its next sample) on its own samples, so its "
         "stairs are no events, and read a row a late recorder stored again (every signal as "
-        "in the frame before, for one or two frames) as a missed sample "
-        "(see wallwm.pipeline.segmentation.held).",
+        "in the frame before, for one or two frames) as a missed sample, and frames a "
+        "recorder dropped (gaps in the timestamps) on the time axis "
+        "(see wallwm.pipeline.segmentation.held and .gaps).",
     )
     refit_noise: bool = Field(
         True,
@@ -153,6 +154,9 @@ class Signals:
     motion_T: npt.NDArray[np.floating] | None = None
     #: Indices of action dims that are gripper commands (grouped with the gripper cue).
     gripper_action_dims: list[int] = field(default_factory=list)
+    #: Each frame's time (T,), where the source stores it: frames a recorder dropped leave
+    #: gaps, which the models in time read on the time axis (:mod:`.gaps`).
+    timestamps_s: npt.NDArray[np.floating] | None = None
 
     def __post_init__(self) -> None:
         # A source may store a state or gripper vector of no dims: the same as none.

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma, moving_dims
-from wallwm.pipeline.segmentation.config import FloatArray, SegmentConfig, Signals
+from wallwm.pipeline.segmentation.config import FloatArray, Segmentation, SegmentConfig, Signals
+from wallwm.pipeline.segmentation.gaps import FrameGrid, frame_grid
 from wallwm.pipeline.segmentation.held import (
     CommandSamples,
     command_samples,
@@ -76,6 +77,7 @@ def command_rates(s: Signals) -> Signals:
 READING_KINDS = {
     "rotations": "rotations read continuous (angles that wrapped, quaternions that flip sign)",
     "states_held": "states held between samples (read between them)",
+    "frames_dropped": "frames dropped (the models in time read them on the time axis)",
     "commands_held": "commands held over several frames (the models in time cut on their samples)",
     "rows_repeated": "rows stored twice (the models in time read missed samples)",
 }
@@ -90,30 +92,55 @@ class Reading:
     held: CommandSamples | None
     #: What was read differently from the stored signals (keys of :data:`READING_KINDS`).
     kinds: tuple[str, ...]
+    #: The stored frames' places on the time axis, where frames were dropped (:mod:`.gaps`).
+    grid: FrameGrid | None = None
+
+    def segmentation(self, cut: Segmentation, flips: list[int]) -> Segmentation:
+        """A cut of :attr:`signals` as one of the stored frames, naming what was read.
+
+        ``flips``: the gripper's switch frames in the signals the held samples were taken from.
+        """
+        if self.held is not None:  # cut on the command's own samples, mapped back
+            cut = self.held.segmentation(cut, flips)
+        if self.grid is not None:  # cut on the time axis, mapped back to the stored frames
+            cut = self.grid.segmentation(cut)
+        return dataclasses.replace(cut, reading=self.kinds) if self.kinds else cut
+
+    def runs(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Ranges ``[start, end)`` of :attr:`signals` as ranges of the stored frames."""
+        runs = runs if self.held is None else self.held.runs(runs)
+        return runs if self.grid is None else self.grid.runs(runs)
 
 
 def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
     """``s`` as the cut and the model choice read it, its held samples and what was read.
 
     Its rotations continuous (:mod:`.rotations`); a held state stream read between its
-    samples; wherever a model in time reads it, or the choice between models, a held command
-    stream at its own samples and a row stored twice as a missed sample (:mod:`.held`) -- a
-    law on the state reads the frames as stored (see :func:`reads_held_samples`). Each
-    reading returns the episode itself where it finds nothing, which is how ``kinds`` knows.
+    samples; wherever a model in time reads it, or the choice between models, frames dropped
+    read on the time axis (:mod:`.gaps`), a held command stream at its own samples and a row
+    stored twice as a missed sample (:mod:`.held`) -- a law on the state reads the frames as
+    stored (see :func:`reads_held_samples`). Each reading returns the episode itself where it
+    finds nothing, which is how ``kinds`` knows. The timestamps are read here: the signals
+    returned have none.
     """
     kinds: list[str] = []
+    stamps, s = s.timestamps_s, dataclasses.replace(s, timestamps_s=None)
     if cfg.continuous_rotations:
         s = _noted(continuous_rotations, s, "rotations", kinds)
     if cfg.read_held_samples:  # a state topic slower than the frames
         s = _noted(with_states_between_samples, s, "states_held", kinds)
     if not reads_held_samples(cfg):
         return Reading(s, None, tuple(kinds))
+    grid = frame_grid(stamps, len(s.actions_TA))
+    if grid is not None:
+        s = grid.signals(s)
+        kinds.append("frames_dropped")
     held = command_samples(s)
     if held is not None:
-        return Reading(held.signals(s), held, (*kinds, "commands_held"))
+        return Reading(held.signals(s), held, (*kinds, "commands_held"), grid)
     # a sample the recorder missed and stored the last one again: a stair to a model in time
     s = _noted(lambda x: with_missed_samples(x, repeated_rows(x)), s, "rows_repeated", kinds)
-    return Reading(s, None, tuple(kinds))
+    return Reading(s, None, tuple(kinds), grid)
 
 
 def reading_summary(counts: dict[str, int], episodes: int | None = None) -> list[str]:
@@ -159,6 +186,13 @@ def reading_notes(s: Signals) -> list[str]:
             unit = "degrees" if turn == 360.0 else "radians"
             notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
     s = continuous_rotations(s)
+    grid = frame_grid(s.timestamps_s, len(s.actions_TA))
+    if grid is not None:
+        notes.append(
+            f"{grid.dropped} frames dropped (gaps in the timestamps): the models in time read "
+            "the time axis"
+        )
+        s = grid.signals(s)
     states = None if s.states_TS is None else held_samples(np.asarray(s.states_TS))
     if states is not None:
         notes.append(f"states held {states.hold:.3g} frames: read between their samples")

@@ -211,8 +211,7 @@ def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int
     cuts instead, :mod:`.disturbances`).
     """
     read = as_read(s, cfg)
-    runs = _hesitations(cut_signals(read.signals, cfg), cfg)
-    return runs if read.held is None else read.held.runs(runs)
+    return read.runs(_hesitations(cut_signals(read.signals, cfg), cfg))
 
 
 def _hesitations(cut: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
@@ -281,11 +280,11 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
     if cfg.method == "fixed":
         return _fixed(t_len, cfg.chunk_len)
     read = as_read(s, cfg)
-    cut = _segment_read(read.signals, cfg, traces)
-    if read.held is not None:  # cut on the command's own samples, mapped back to the frames
-        flips = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
-        cut = read.held.segmentation(cut, flips)
-    return dataclasses.replace(cut, reading=read.kinds) if read.kinds else cut
+    flips = []
+    if read.held is not None:  # the gripper's switches where the held samples were taken
+        taken = s if read.grid is None else read.grid.signals(s)
+        flips = gripper_flips(taken, max(1, round(cfg.min_event_s * s.fps)))
+    return read.segmentation(_segment_read(read.signals, cfg, traces), flips)
 
 
 def _segment_read(s: Signals, cfg: SegmentConfig, traces: bool) -> Segmentation:

@@ -118,6 +118,7 @@ def episode_signals(
 ) -> Signals:
     """The segmenter's input for one stored episode."""
     gripper = row.get("gripper")
+    stamps = row.get("timestamps_s")
     return Signals(
         actions_TA=actions_TA,
         fps=float(row["fps"]),
@@ -125,6 +126,7 @@ def episode_signals(
         gripper_TG=None if not gripper else np.asarray(gripper, dtype=np.float32),
         motion_T=motion_T,
         gripper_action_dims=gripper_dims(row.get("action_names")),
+        timestamps_s=None if stamps is None else np.asarray(stamps, dtype=np.float64),
     )
 
 
@@ -136,6 +138,7 @@ def record_signals(record: EpisodeRecord) -> Signals:
         states_TS=record.states_TS,
         gripper_TG=record.gripper_TG,
         gripper_action_dims=gripper_dims(record.action_names),
+        timestamps_s=record.timestamps_s,
     )
 
 

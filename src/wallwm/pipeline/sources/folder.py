@@ -246,8 +246,12 @@ def write_folder_episode(
     events: list[dict[str, Any]] | None = None,
     extra_meta: dict[str, Any] | None = None,
     codec: str = "libx264",
+    timestamps_s: FloatArray | None = None,
 ) -> Path:
-    """Write one episode in the folder format (used by the simulators and test factories)."""
+    """Write one episode in the folder format (used by the simulators and test factories).
+
+    ``timestamps_s``: each frame's time (default: ``frame / fps``).
+    """
     from wallwm.pipeline.video import write_video
 
     d = Path(out_dir) / key
@@ -255,7 +259,11 @@ def write_folder_episode(
     num_frames = len(actions_TA)
     columns: dict[str, Any] = {
         "frame_index": np.arange(num_frames, dtype=np.int64),
-        "timestamp": np.arange(num_frames, dtype=np.float64) / fps,
+        "timestamp": (
+            np.arange(num_frames, dtype=np.float64) / fps
+            if timestamps_s is None
+            else np.asarray(timestamps_s, dtype=np.float64)
+        ),
         "action": [row.tolist() for row in np.asarray(actions_TA, dtype=np.float32)],
     }
     if states_TS is not None:
