@@ -40,6 +40,13 @@ frame, with probability 3 % or 10 %, repeats the frame before -- its commands an
 alike (seeded) -- cut with ``read_held_samples`` on (the default: such rows are read as
 missed samples) and off.
 
+**Two streams.** A bimanual robot whose arms publish their commands on topics of their own
+(a ROS bag with an action topic per arm), each slower than the frames: the first half of the
+motion commands (ALOHA's left arm) held 3 frames and the second half 3 frames a frame later,
+or held 2 and 3 frames, or 3 frames beside an arm sampled at every frame -- cut with
+``read_held_samples`` on (the default: each stream found on its own, the cut on the slowest
+one's samples) and off.
+
 **Frames dropped.** A recorder that falls behind skips the frame: the row is missing and the
 timestamps leave a gap. Each episode with 3 % or 10 % of its frames dropped (seeded; never the
 first or last), the timestamps of the frames kept, a decision whose frame was dropped moved to
@@ -49,7 +56,7 @@ read the time axis, ``segmentation/gaps.py``) and off.
 Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
 
     python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
-        [--only rotations|holds|states|repeats|drops]
+        [--only rotations|holds|states|repeats|drops|streams]
 """
 
 from __future__ import annotations
@@ -183,6 +190,14 @@ DROP_RECORDINGS = (
     "jaco-smooth", "panda-noise0", "metaworld-noise0",
 )  # fmt: skip
 DROP_SHARES = (0.03, 0.1)
+#: The robots with two arms, each model's recordings.
+STREAM_RECORDINGS = ("aloha-noise0", "aloha-noise0.3", "aloha-smooth", "aloha-joint-noise0")
+#: Each arm's (hold, phase): both at one rate a frame apart, at two rates, one arm not held.
+STREAMS = {
+    "held_3_apart": ((3, 3), (0, 1)),
+    "held_2_and_3": ((2, 3), (0, 0)),
+    "held_3_and_1": ((3, 1), (0, 0)),
+}
 #: A rewrite of one episode (signals, truth, frames) and its index.
 Rewritten = Callable[[dict[str, Any], int], dict[str, Any]]
 
@@ -304,6 +319,34 @@ def repeats(root: Path) -> list[dict[str, Any]]:
     return off_and_on(root, REPEAT_RECORDINGS, rewrites)
 
 
+def two_streams(s: Any, holds: tuple[int, int], phases: tuple[int, int]) -> Any:
+    """``s`` with its motion commands' first and second halves (an arm each on ALOHA) on
+    streams of their own: each half held for its ``holds`` frames from its ``phases``."""
+    actions = np.asarray(s.actions_TA).copy()
+    motion = [j for j in range(actions.shape[1]) if j not in set(s.gripper_action_dims)]
+    t = np.arange(len(actions))
+    for half, hold, phase in zip(
+        (motion[: len(motion) // 2], motion[len(motion) // 2 :]), holds, phases, strict=True
+    ):
+        latest = np.maximum((t - phase) // hold * hold + phase, 0)
+        actions[:, half] = np.asarray(s.actions_TA)[latest][:, half]
+    return dataclasses.replace(s, actions_TA=actions)
+
+
+def _streams(holds: tuple[int, int], phases: tuple[int, int]) -> Rewritten:
+    """A rewrite putting each episode's two halves of commands on streams of their own."""
+    return lambda ep, _index: {**ep, "signals": two_streams(ep["signals"], holds, phases)}
+
+
+def streams(root: Path) -> list[dict[str, Any]]:
+    """The two streams' table (printed) and rows."""
+    print("| recording | as recorded | both held 3, a frame apart: off / on | held 2 and 3: "
+          "off / on | held 3 and not held: off / on |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    rewrites = {name: _streams(holds, phases) for name, (holds, phases) in STREAMS.items()}
+    return off_and_on(root, STREAM_RECORDINGS, rewrites)
+
+
 def dropped(ep: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
     """``ep`` with ``share`` of its frames (never the first or last) dropped, as a recorder
     that fell behind leaves them: the rows gone, each frame's timestamp kept (the gaps show),
@@ -347,7 +390,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parts = ("rotations", "holds", "states", "repeats", "drops")
+    parts = ("rotations", "holds", "states", "repeats", "drops", "streams")
     parser.add_argument("--only", choices=parts, default=None)
     args = parser.parse_args()
     root = Path(args.root)
@@ -366,6 +409,9 @@ def main() -> None:
     if args.only in (None, "drops"):
         print()
         results["drops"] = drops(root)
+    if args.only in (None, "streams"):
+        print()
+        results["streams"] = streams(root)
     if args.json:
         path = Path(args.json)
         kept = json.loads(path.read_text()) if args.only and path.exists() else {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wallwm.pipeline.segmentation import Boundary, Segmentation, SegmentConfig, Signals
-from wallwm.pipeline.segmentation.forms import reads_held_samples
+from wallwm.pipeline.segmentation.forms import reading_notes, reads_held_samples
 from wallwm.pipeline.segmentation.held import (
     CommandSamples,
     command_samples,
@@ -241,3 +241,64 @@ def test_wallwm_segment_and_run_say_how_many_episodes_they_read_held(
     runs = LanceStore(str(ds)).read(schemas.RUNS, columns=["stage", "message"]).to_pylist()
     notes = [r["message"] for r in runs if r["stage"] == "segment"]
     assert any("commands_held=2" in n for n in notes), notes
+
+
+def two_arms(plan_left: np.ndarray, plan_right: np.ndarray, holds, phases) -> np.ndarray:
+    """Two arms' commands, each held for its hold from its phase (a topic per arm)."""
+    t = np.arange(len(plan_left))
+    arms = []
+    for plan, hold, phase in zip((plan_left, plan_right), holds, phases, strict=True):
+        arms.append(plan[np.maximum((t - phase) // hold * hold + phase, 0)])
+    return np.hstack(arms)
+
+
+def test_streams_are_told_apart_by_the_frames_they_change_at():
+    from wallwm.pipeline.segmentation.held import same_stream, stream_groups
+
+    frames = np.arange(0, 90, 3)
+    assert same_stream(frames, frames, 3.0)  # the same frames
+    assert not same_stream(frames + 1, frames, 3.0)  # a frame apart: another stream
+    assert same_stream(np.arange(120, 150, 3), frames, 3.0)  # never near: says nothing
+    assert not same_stream(np.arange(0, 90, 2), frames, 2.0)  # holds of 2 and 3
+    changed = np.zeros((90, 3), bool)
+    changed[frames, 0] = True
+    changed[frames[::2], 1] = True  # saturated or still at every other sample: no change
+    changed[frames[:-1] + 1, 2] = True
+    assert stream_groups(changed, [3.0, 6.0, 3.0]) == [[0, 1], [2]]
+
+
+def test_arms_on_streams_of_their_own_are_cut_on_the_slowest(waypoint_plan, dataset_f1):
+    """Two arms held a frame apart, at 2 and 3 frames, or one held beside one that is not:
+    the union of their changes is no regular stride and each staircase stayed; read on the
+    slowest stream's samples the plans are lines again. (Off, the plans a frame apart lost a
+    third of their F1; at other rates here the arm not held carried the shared knots.)"""
+    for holds, phases in (((3, 3), (0, 1)), ((2, 3), (0, 0)), ((3, 1), (0, 0))):
+        pairs = []
+        for seed in range(6):
+            left, knots = waypoint_plan(seed, dims=3)
+            right, _ = waypoint_plan(seed, dims=3)  # the same moves: one knot list
+            right = right[:, ::-1] * 0.5
+            pairs.append((Signals(two_arms(left, right, holds, phases), 30.0), knots))
+        samples = command_samples(pairs[0][0])
+        assert samples is not None and samples.hold == pytest.approx(max(holds), abs=0.1)
+        assert samples.columns  # the other arm read between its own samples
+        notes = " ".join(reading_notes(pairs[0][0]))
+        assert f"streams of their own rates, the slowest held {max(holds)} frames" in notes
+        assert dataset_f1(pairs, SegmentConfig()) >= 0.9, holds
+        if phases == (0, 1):
+            assert dataset_f1(pairs, SegmentConfig(read_held_samples=False)) < 0.7
+
+
+def test_one_stream_whose_arms_rest_in_turn_stays_one(waypoint_plan):
+    """A single stream where one arm rests while the other moves, and a command that changes
+    seldom (a level per phase): every column takes the stream's samples."""
+    left, _ = waypoint_plan(7, dims=3)
+    right, _ = waypoint_plan(8, dims=3)
+    left, right = left[: len(right)], right[: len(left)]
+    half = len(left) // 2
+    left[half:] = left[half]  # the left arm rests in the second half
+    right[:half] = right[0]  # the right arm in the first
+    level = np.where(np.arange(len(left)) < half // 2, 0.0, 1.0)[:, None] * 0.3
+    stream = held(np.hstack([left, right, level]), 3)
+    samples = command_samples(Signals(stream, 30.0))
+    assert samples is not None and samples.hold == 3.0 and not samples.columns

@@ -197,7 +197,13 @@ def reading_notes(s: Signals) -> list[str]:
     if states is not None:
         notes.append(f"states held {states.hold:.3g} frames: read between their samples")
     commands = command_samples(s)
-    if commands is not None:
+    if commands is not None and commands.columns:
+        notes.append(
+            f"commands on streams of their own rates, the slowest held {commands.hold:.3g} "
+            f"frames ({s.fps / commands.hold:.3g} Hz of {s.fps:g}): the models in time cut on "
+            f"its samples, {len(commands.columns)} commands read between their own"
+        )
+    elif commands is not None:
         notes.append(
             f"commands held {commands.hold:.3g} frames ({s.fps / commands.hold:.3g} Hz of "
             f"{s.fps:g}): the models in time cut on their samples"

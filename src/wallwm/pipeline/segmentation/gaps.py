@@ -23,6 +23,7 @@ not read.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -127,20 +128,12 @@ class FrameGrid:
         """``bounds`` (on the grid) without one cut of each event a third or more filled."""
         stored = np.zeros(g_len + 1, dtype=np.int64)
         stored[1:] = np.cumsum(np.isin(np.arange(g_len), self.places))
-        kept = sorted(bounds, key=lambda b: b.frame)
-        i = 0
-        while i <= len(kept):
-            a = kept[i - 1] if i > 0 else None
-            b = kept[i] if i < len(kept) else None
-            lo, hi = (a.frame if a else 0), (b.frame if b else g_len)
+
+        def filled(lo: int, hi: int) -> bool:
             real = int(stored[hi] - stored[lo])
-            droppable = [x for x in (a, b) if x is not None and "gripper" not in x.cues]
-            if hi - lo - real > 0 and real <= 2 * (hi - lo - real) and droppable:
-                kept.remove(min(droppable, key=lambda x: x.confidence))
-                i = max(i - 1, 0)
-                continue
-            i += 1
-        return kept
+            return hi - lo - real > 0 and real <= 2 * (hi - lo - real)
+
+        return without_slivers(bounds, g_len, filled)
 
     def runs(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Frame ranges ``[start, end)`` of grid ranges (those left empty dropped)."""
@@ -194,3 +187,26 @@ def rising_fit(y: FloatArray) -> FloatArray:
         means.append(mean)
         sizes.append(size)
     return np.repeat(np.asarray(means), sizes)
+
+
+def without_slivers(
+    bounds: list[Boundary], t_len: int, sliver: Callable[[int, int], bool]
+) -> list[Boundary]:
+    """``bounds`` without one cut of each event ``[lo, hi)`` the reading made, not the episode.
+
+    ``sliver(lo, hi)`` says which: the less confident of its cuts goes (a gripper's switch
+    stays), and the merged event is judged again.
+    """
+    kept = sorted(bounds, key=lambda b: b.frame)
+    i = 0
+    while i <= len(kept):
+        a = kept[i - 1] if i > 0 else None
+        b = kept[i] if i < len(kept) else None
+        lo, hi = (a.frame if a else 0), (b.frame if b else t_len)
+        droppable = [x for x in (a, b) if x is not None and "gripper" not in x.cues]
+        if droppable and sliver(lo, hi):
+            kept.remove(min(droppable, key=lambda x: x.confidence))
+            i = max(i - 1, 0)
+            continue
+        i += 1
+    return kept

@@ -29,6 +29,18 @@ is no held stream (the suite's recordings, and the floor's piecewise-constant si
 read as held); one whose every event lasts the same 2-12 frames would be, and would be cut at
 one sample per event -- state ``read_held_samples=False`` for such a dataset.
 
+Commands may arrive on streams of their own rates or phases -- a bimanual robot whose arms
+publish on a topic each, both slower than the camera: together they change at the union of
+both strides, which is no regular stride, and each arm's staircase stayed (ALOHA's plans with
+its arms held 3 frames a frame apart 1.000 -> 0.300 F1@3, held 2 and 3 frames 0.389, one held
+3 beside one sampled at every frame 0.402). So each command is tested alone, the held ones are
+grouped into streams by the frames they change at (:func:`stream_groups`: a stream's commands
+take each sample together; two streams change a frame or two apart), a command that changes
+too seldom to be tested alone joins the stream its changes fall on, and the cut reads the
+slowest stream's samples (:func:`stream_samples`): 0.973 / 0.993 / 1.000
+(``benchmarks/segmentation_recorders.py --only streams``). One stream whose arms rest in turn
+stays one stream.
+
 The same recorders, when late for one sample of a stream that is not held, store the last row
 again: every command and state exactly as in the frame before, for a frame or two
 (:func:`repeated_rows`). Such a row is a stair of one frame to a model in time; it is read as a
@@ -76,6 +88,11 @@ class CommandSamples:
     t_len: int
     #: Frames per sample (mean over the regular runs).
     hold: float
+    #: Commands on streams of their own (:func:`stream_samples`): each such column's own
+    #: sample frames, read on the line between them at :attr:`frames` ...
+    columns: dict[int, IntArray] = dataclasses.field(default_factory=dict)
+    #: ... or, for these columns (a stream at the same rate, another phase), at the nearest.
+    nearest: frozenset[int] = frozenset()
 
     def signals(self, s: Signals) -> Signals:
         """``s`` read at the samples' frames, at the command's own rate."""
@@ -83,9 +100,18 @@ class CommandSamples:
         def at(x: npt.NDArray[np.floating] | None) -> npt.NDArray[np.floating] | None:
             return None if x is None else np.asarray(x)[self.frames]
 
+        actions = np.asarray(s.actions_TA)[self.frames]
+        if self.columns:
+            actions = actions.astype(np.float64)
+            stored = np.asarray(s.actions_TA, dtype=np.float64)
+            for j, own in self.columns.items():
+                if j in self.nearest:
+                    actions[:, j] = stored[nearest_of(own, self.frames), j]
+                else:
+                    actions[:, j] = np.interp(self.frames, own, stored[own, j])
         return dataclasses.replace(
             s,
-            actions_TA=np.asarray(s.actions_TA)[self.frames],
+            actions_TA=actions,
             fps=s.fps / self.hold,
             states_TS=at(s.states_TS),
             gripper_TG=at(s.gripper_TG),
@@ -131,15 +157,160 @@ class CommandSamples:
         return [(self.frame(a), self.frame(b)) for a, b in runs]
 
 
+def nearest_of(frames: IntArray, at: IntArray) -> IntArray:
+    """The frame of ``frames`` (ascending) nearest each of ``at`` (the earlier on a tie)."""
+    if len(frames) == 1:
+        return np.repeat(frames, len(at))
+    after = np.clip(np.searchsorted(frames, at), 1, len(frames) - 1)
+    earlier = at - frames[after - 1] <= frames[after] - at
+    return np.where(earlier, frames[after - 1], frames[after])
+
+
 def command_samples(s: Signals) -> CommandSamples | None:
     """Where a held command stream took its samples (see the module).
 
-    None where the stream is not held.
+    None where no stream is held. Commands on streams of their own rates or phases (an arm
+    per topic) are read at the slowest held stream's samples (:func:`stream_samples`).
     """
     actions = np.asarray(s.actions_TA)
     grip = set(s.gripper_action_dims)
     motion = [j for j in range(actions.shape[1] if actions.ndim == 2 else 0) if j not in grip]
-    return held_samples(actions[:, motion]) if motion else None
+    if not motion or len(actions) < 2 * HOLD_MIN_RUNS:
+        return None
+    x = actions[:, motion]
+    streams, free = held_streams(x)
+    if not streams:  # no command held alone (too few changes each): all of them, together
+        return held_samples(x)
+    if len(streams) == 1 and not free:  # one stream: every moving command takes its samples
+        return streams[0][1]
+    return stream_samples(streams, free, motion, len(x))
+
+
+#: A column held over frames changes on at most about half of them (a hold of 2, a frame of
+#: jitter now and then); one that changes on more is sampled at every frame.
+_HELD_CHANGE_SHARE = 2 / 3
+
+
+def held_streams(
+    x_TD: npt.NDArray[np.floating],
+) -> tuple[list[tuple[list[int], CommandSamples]], list[int]]:
+    """The held streams among the columns of ``x_TD`` and the moving columns in none.
+
+    Each column is tested alone (:func:`held_samples`); the held ones are grouped into
+    streams (:func:`stream_groups`) and each stream's samples are those of its columns
+    together (a pause is a pause of the whole stream). A group whose columns do not change
+    together on a regular stride is no stream: its columns are free.
+    """
+    changed_TD = x_TD[1:] != x_TD[:-1]
+    counts_D = changed_TD.sum(axis=0)
+    share_D = counts_D / max(len(changed_TD), 1)
+    # A held command seldom changes at two frames in a row (a sample a frame late, then its
+    # successor on time); one sampled at every frame does wherever it moves.
+    twice_D = (changed_TD[1:] & changed_TD[:-1]).sum(axis=0) / np.maximum(counts_D, 1)
+    own: dict[int, CommandSamples] = {}
+    tested = (share_D > 0) & (share_D <= _HELD_CHANGE_SHARE) & (twice_D <= 1 - HOLD_REGULAR_SHARE)
+    for k in np.flatnonzero(tested).tolist():
+        found = held_samples(x_TD[:, [k]])
+        if found is not None:
+            own[k] = found
+    if not own:
+        return [], []
+    held = list(own)
+    groups = [
+        [held[i] for i in group]
+        for group in stream_groups(changed_TD[:, held], [own[k].hold for k in held])
+    ]
+    # A command that changes too seldom to be tested alone (a level held for a phase) belongs
+    # to the stream whose samples its changes fall on.
+    for k in np.flatnonzero(share_D > 0).tolist():
+        if k in own:
+            continue
+        changes = np.flatnonzero(changed_TD[:, k])
+        for group in groups:
+            theirs = np.flatnonzero(changed_TD[:, group].any(axis=1))
+            if same_stream(changes, theirs, min(own[j].hold for j in group if j in own)):
+                group.append(k)
+                break
+    streams: list[tuple[list[int], CommandSamples]] = []
+    for columns in groups:
+        samples = held_samples(x_TD[:, sorted(columns)])
+        if samples is not None:
+            streams.append((sorted(columns), samples))
+    grouped = {k for columns, _ in streams for k in columns}
+    free = [k for k in np.flatnonzero(share_D > 0).tolist() if k not in grouped]
+    return streams, free
+
+
+def stream_samples(
+    streams: list[tuple[list[int], CommandSamples]], free: list[int], motion: list[int], t_len: int
+) -> CommandSamples:
+    """The samples a cut reads of commands on streams of their own rates or phases.
+
+    Two arms on two topics (a ROS bag with an action topic per arm), each held over frames at
+    its own stride or phase, change together on no regular stride -- the union of both -- and
+    each arm's staircase would stay. The cut reads the slowest held stream's samples; a stream
+    at the same rate at its sample nearest each (a constant shift of under half a sample, which
+    no line misfits: on the line between its samples a decision's corner was cut for a sample,
+    and that sample was cut out -- ALOHA's plans with the arms a frame apart 0.943 that way,
+    0.973 this), every other command on the line between its own stream's samples, one not
+    held at its value there. ``streams`` and ``free`` index ``motion`` (:func:`held_streams`).
+    """
+    clock = max((samples for _, samples in streams), key=lambda c: (c.hold, -len(c.frames)))
+    every = np.arange(t_len, dtype=np.int64)
+    columns = {motion[k]: every for k in free}
+    nearest: set[int] = set()
+    for group, samples in streams:
+        if samples is not clock:
+            columns.update({motion[k]: samples.frames for k in group})
+            if abs(samples.hold - clock.hold) < 0.5:  # the same rate, another phase
+                nearest.update(motion[k] for k in group)
+    return dataclasses.replace(clock, columns=columns, nearest=frozenset(nearest))
+
+
+#: Of a command's changes that another stream's nearest change says something of -- at the same
+#: frame, or closer than a sample -- the share at the same frame, for the command to be of that
+#: stream: a stream's commands take each sample together (a command that did not change at a
+#: sample, saturated or still, says nothing); two streams at other phases change a frame or
+#: two apart, at holds of 2 and 3 apart at half their changes.
+SAME_STREAM_SHARE = 0.9
+
+
+def stream_groups(changed_TD: npt.NDArray[np.bool_], holds: list[float]) -> list[list[int]]:
+    """The held columns grouped into the streams they arrive on, busiest first.
+
+    ``changed_TD``: where each column changed (T-1, D); ``holds``: each column's frames per
+    sample. A column joins the first group whose changes nearest its own are at the same
+    frames (:data:`SAME_STREAM_SHARE`), or say nothing (a sample or more apart: one arm
+    resting while the other moves says nothing of their streams).
+    """
+    counts_D = changed_TD.sum(axis=0)
+    groups: list[tuple[list[int], npt.NDArray[np.bool_], float]] = []
+    for k in np.argsort(-counts_D, kind="stable").tolist():
+        changes = np.flatnonzero(changed_TD[:, k])
+        for members, seen, hold in groups:
+            if same_stream(changes, np.flatnonzero(seen), min(hold, holds[k])):
+                members.append(k)
+                seen[changes] = True
+                break
+        else:
+            groups.append(([k], changed_TD[:, k].copy(), holds[k]))
+    return [sorted(members) for members, _, _ in groups]
+
+
+def same_stream(changes: IntArray, theirs: IntArray, hold: float) -> bool:
+    """Whether a command changing at ``changes`` is of the stream changing at ``theirs``.
+
+    Each change's nearest of theirs tells where it is closer than a sample of ``hold``
+    frames; :data:`SAME_STREAM_SHARE` of those that tell must be at the same frame.
+    """
+    if not len(theirs) or not len(changes):
+        return True
+    at = np.searchsorted(theirs, changes)
+    after = theirs[np.minimum(at, len(theirs) - 1)]
+    before = theirs[np.maximum(at - 1, 0)]
+    nearest = np.minimum(np.abs(after - changes), np.abs(changes - before))
+    tells = nearest < hold - 0.5
+    return not tells.any() or float((nearest[tells] == 0).mean()) >= SAME_STREAM_SHARE
 
 
 def held_samples(x_TD: npt.NDArray[np.floating]) -> CommandSamples | None:
