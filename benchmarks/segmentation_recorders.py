@@ -47,6 +47,11 @@ or held 2 and 3 frames, or 3 frames beside an arm sampled at every frame -- cut 
 ``read_held_samples`` on (the default: each stream found on its own, the cut on the slowest
 one's samples) and off.
 
+**Glitches.** A device or packet glitch: one motion command off by 30 % of its range for
+one frame, on 1 % or 3 % of the frames (seeded) -- cut with ``mend_glitches`` on (the default:
+a command off its neighbours for one frame only is read as their mean, where a model in time
+reads the commands) and off.
+
 **Frames dropped.** A recorder that falls behind skips the frame: the row is missing and the
 timestamps leave a gap. Each episode with 3 % or 10 % of its frames dropped (seeded; never the
 first or last), the timestamps of the frames kept, a decision whose frame was dropped moved to
@@ -56,7 +61,7 @@ read the time axis, ``segmentation/gaps.py``) and off.
 Boundary F1 within 3 frames against the experts' own decisions, as in the suite.
 
     python benchmarks/segmentation_recorders.py [--root bench-data/robots] [--json out.json]
-        [--only rotations|holds|states|repeats|drops|streams]
+        [--only rotations|holds|states|repeats|drops|streams|glitches]
 """
 
 from __future__ import annotations
@@ -190,6 +195,7 @@ DROP_RECORDINGS = (
     "jaco-smooth", "panda-noise0", "metaworld-noise0",
 )  # fmt: skip
 DROP_SHARES = (0.03, 0.1)
+GLITCH_SHARES = (0.01, 0.03)
 #: The robots with two arms, each model's recordings.
 STREAM_RECORDINGS = ("aloha-noise0", "aloha-noise0.3", "aloha-smooth", "aloha-joint-noise0")
 #: Each arm's (hold, phase): both at one rate a frame apart, at two rates, one arm not held.
@@ -255,9 +261,12 @@ def states_held(s: Any, hold: int) -> Any:
 
 
 def off_and_on(
-    root: Path, names: tuple[str, ...], rewrites: Mapping[str, Rewritten]
+    root: Path,
+    names: tuple[str, ...],
+    rewrites: Mapping[str, Rewritten],
+    flag: str = "read_held_samples",
 ) -> list[dict[str, Any]]:
-    """Per recording, each rewrite's F1 with ``read_held_samples`` off and on (a table row
+    """Per recording, each rewrite's F1 with the reading's ``flag`` off and on (a table row
     printed per recording). A rewrite takes an episode (signals, truth, frames) and its index."""
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -270,7 +279,7 @@ def off_and_on(
         cells = []
         for key, rewrite in rewrites.items():
             stored = [rewrite(ep, i) for i, ep in enumerate(episodes)]
-            off = f1_of(stored, read_held_samples=False)
+            off = f1_of(stored, **{flag: False, "mend_glitches": False})  # nothing read
             on = f1_of(stored)
             row[key] = {"off_f1": off, "on_f1": on}
             cells.append(f"{off:.3f} / **{on:.3f}**")
@@ -347,6 +356,34 @@ def streams(root: Path) -> list[dict[str, Any]]:
     return off_and_on(root, STREAM_RECORDINGS, rewrites)
 
 
+def glitched(s: Any, share: float, seed: int) -> Any:
+    """``s`` with ``share`` of its frames carrying a one-frame glitch: one motion command off
+    by 30 % of its range (either way) for that frame (seeded; never the first or last two)."""
+    rng = np.random.default_rng(seed)
+    actions = np.array(s.actions_TA, dtype=np.float64)
+    motion = [j for j in range(actions.shape[1]) if j not in set(s.gripper_action_dims)]
+    frames = rng.choice(np.arange(2, len(actions) - 2), round(share * len(actions)), replace=False)
+    for frame in frames:
+        j = motion[rng.integers(len(motion))]
+        actions[frame, j] += rng.choice([-1.0, 1.0]) * 0.3 * np.ptp(actions[:, j])
+    return dataclasses.replace(s, actions_TA=actions)
+
+
+def glitches(root: Path) -> list[dict[str, Any]]:
+    """The glitches' table (printed) and rows: ``mend_glitches`` off and on."""
+    print("| recording | as recorded | 1 % of frames glitched: off / on | 3 %: off / on |")
+    print("|---|---:|---:|---:|")
+    rewrites: dict[str, Rewritten] = {
+        f"glitched_{share}": functools.partial(_glitched_at, share=share) for share in GLITCH_SHARES
+    }
+    return off_and_on(root, DROP_RECORDINGS, rewrites, flag="mend_glitches")
+
+
+def _glitched_at(ep: dict[str, Any], index: int, share: float) -> dict[str, Any]:
+    """:func:`glitched` of an episode, seeded by its index."""
+    return {**ep, "signals": glitched(ep["signals"], share, index)}
+
+
 def dropped(ep: dict[str, Any], share: float, seed: int) -> dict[str, Any]:
     """``ep`` with ``share`` of its frames (never the first or last) dropped, as a recorder
     that fell behind leaves them: the rows gone, each frame's timestamp kept (the gaps show),
@@ -390,7 +427,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parts = ("rotations", "holds", "states", "repeats", "drops", "streams")
+    parts = ("rotations", "holds", "states", "repeats", "drops", "streams", "glitches")
     parser.add_argument("--only", choices=parts, default=None)
     args = parser.parse_args()
     root = Path(args.root)
@@ -412,6 +449,9 @@ def main() -> None:
     if args.only in (None, "streams"):
         print()
         results["streams"] = streams(root)
+    if args.only in (None, "glitches"):
+        print()
+        results["glitches"] = glitches(root)
     if args.json:
         path = Path(args.json)
         kept = json.loads(path.read_text()) if args.only and path.exists() else {}

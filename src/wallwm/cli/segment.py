@@ -100,6 +100,13 @@ ReadHeldSamplesOpt = Annotated[
         "frames dropped (gaps in the timestamps) on the time axis."
     ),
 ]
+MendGlitchesOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Read a command off its neighbours for one frame only (a device or packet "
+        "glitch) as their mean, where a model in time reads the commands."
+    ),
+]
 MinEventOpt = Annotated[float, typer.Option(help="Shortest event, seconds.")]
 MaxEventOpt = Annotated[float, typer.Option(help="Longest event, seconds (longer are split).")]
 
@@ -118,6 +125,7 @@ def _segment_config(
     action_form: str = "auto",
     continuous_rotations: bool = True,
     read_held_samples: bool = True,
+    mend_glitches: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -136,6 +144,7 @@ def _segment_config(
             refit_noise=refit_noise,
             continuous_rotations=continuous_rotations,
             read_held_samples=read_held_samples,
+            mend_glitches=mend_glitches,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -291,6 +300,7 @@ def segment_cmd(
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
     read_held_samples: ReadHeldSamplesOpt = True,
+    mend_glitches: MendGlitchesOpt = True,
     min_event_s: MinEventOpt = 0.0,
     max_event_s: MaxEventOpt = 30.0,
     force: Annotated[bool, typer.Option(help="Re-segment episodes that are up to date.")] = False,
@@ -315,6 +325,7 @@ def segment_cmd(
         action_form,
         continuous_rotations,
         read_held_samples,
+        mend_glitches,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
@@ -340,6 +351,7 @@ def run_cmd(
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
     read_held_samples: ReadHeldSamplesOpt = True,
+    mend_glitches: MendGlitchesOpt = True,
     caption_backend: Annotated[str, typer.Option(help="signals | openai | vllm")] = "signals",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Caption model (openai/vllm).")] = None,
@@ -369,6 +381,7 @@ def run_cmd(
         action_form,
         continuous_rotations,
         read_held_samples,
+        mend_glitches,
     )
     from pydantic import ValidationError
 

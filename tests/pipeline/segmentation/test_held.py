@@ -145,7 +145,11 @@ def test_a_waypoint_plan_with_missed_samples_is_cut_at_its_knots(waypoint_plan, 
         plan, knots = waypoint_plan(seed)
         pairs.append((Signals(with_repeats(plan, 0.05, seed), 30.0), knots))
     assert dataset_f1(pairs, SegmentConfig()) >= 0.95
-    assert dataset_f1(pairs, SegmentConfig(read_held_samples=False)) < 0.85
+    # a row stored twice is off the line for a frame: the glitch reading mends it too, where
+    # the row is off by enough in each command -- off, both
+    off = SegmentConfig(read_held_samples=False, mend_glitches=False)
+    assert dataset_f1(pairs, off) < 0.85
+    assert dataset_f1(pairs, SegmentConfig(read_held_samples=False)) >= 0.85
 
 
 def test_a_state_stream_slower_than_the_frames_is_read_between_its_samples(closed_loop, dataset_f1):

@@ -105,6 +105,12 @@ class SegmentConfig(BaseModel):
         "recorder dropped (gaps in the timestamps) on the time axis "
         "(see wallwm.pipeline.segmentation.held and .gaps).",
     )
+    mend_glitches: bool = Field(
+        True,
+        description="Read a command that is off its neighbours for one frame only (a device "
+        "or packet glitch: far from the frames either side, which agree) as their mean, "
+        "where a model in time reads the commands (see wallwm.pipeline.segmentation.glitches).",
+    )
     refit_noise: bool = Field(
         True,
         description="Re-estimate each channel's noise from the residuals of a first cut (never "

@@ -25,6 +25,7 @@ import numpy as np
 from wallwm.pipeline.segmentation.channels import LOCAL_FIT_S, local_fit_sigma, moving_dims
 from wallwm.pipeline.segmentation.config import FloatArray, Segmentation, SegmentConfig, Signals
 from wallwm.pipeline.segmentation.gaps import FrameGrid, frame_grid
+from wallwm.pipeline.segmentation.glitches import glitch_count, without_glitches
 from wallwm.pipeline.segmentation.held import (
     CommandSamples,
     command_samples,
@@ -76,6 +77,7 @@ def command_rates(s: Signals) -> Signals:
 #: (:attr:`Reading.kinds`), in the words a run's summary uses for it.
 READING_KINDS = {
     "rotations": "rotations read continuous (angles that wrapped, quaternions that flip sign)",
+    "glitches": "commands off their neighbours for one frame read between them (glitches)",
     "states_held": "states held between samples (read between them)",
     "frames_dropped": "frames dropped (the models in time read them on the time axis)",
     "commands_held": "commands held over several frames (the models in time cut on their samples)",
@@ -118,10 +120,12 @@ def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
     Its rotations continuous (:mod:`.rotations`); a held state stream read between its
     samples; wherever a model in time reads it, or the choice between models, frames dropped
     read on the time axis (:mod:`.gaps`), a held command stream at its own samples and a row
-    stored twice as a missed sample (:mod:`.held`) -- a law on the state reads the frames as
-    stored (see :func:`reads_held_samples`). Each reading returns the episode itself where it
-    finds nothing, which is how ``kinds`` knows. The timestamps are read here: the signals
-    returned have none.
+    stored twice as a missed sample (:mod:`.held`), and then a command off its neighbours for
+    one frame between them (:mod:`.glitches`; last: a row stored twice is such a frame too,
+    and read as a missed sample in every command at once) -- a law on the state reads the
+    frames as stored (see :func:`reads_in_time`). Each reading returns the episode itself
+    where it finds nothing, which is how ``kinds`` knows. The timestamps are read here: the
+    signals returned have none.
     """
     kinds: list[str] = []
     stamps, s = s.timestamps_s, dataclasses.replace(s, timestamps_s=None)
@@ -129,18 +133,24 @@ def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
         s = _noted(continuous_rotations, s, "rotations", kinds)
     if cfg.read_held_samples:  # a state topic slower than the frames
         s = _noted(with_states_between_samples, s, "states_held", kinds)
-    if not reads_held_samples(cfg):
+    if not reads_in_time(cfg):
         return Reading(s, None, tuple(kinds))
-    grid = frame_grid(stamps, len(s.actions_TA))
-    if grid is not None:
-        s = grid.signals(s)
-        kinds.append("frames_dropped")
-    held = command_samples(s)
-    if held is not None:
-        return Reading(held.signals(s), held, (*kinds, "commands_held"), grid)
-    # a sample the recorder missed and stored the last one again: a stair to a model in time
-    s = _noted(lambda x: with_missed_samples(x, repeated_rows(x)), s, "rows_repeated", kinds)
-    return Reading(s, None, tuple(kinds), grid)
+    grid, held = None, None
+    if cfg.read_held_samples:
+        grid = frame_grid(stamps, len(s.actions_TA))
+        if grid is not None:
+            s = grid.signals(s)
+            kinds.append("frames_dropped")
+        held = command_samples(s)
+        if held is not None:
+            s = held.signals(s)
+            kinds.append("commands_held")
+        else:  # a sample the recorder missed and stored again: a stair to a model in time
+            missed = lambda x: with_missed_samples(x, repeated_rows(x))  # noqa: E731
+            s = _noted(missed, s, "rows_repeated", kinds)
+    if cfg.mend_glitches:  # a one-frame glitch: two changes to a model in time
+        s = _noted(without_glitches, s, "glitches", kinds)
+    return Reading(s, held, tuple(kinds), grid)
 
 
 def reading_summary(counts: dict[str, int], episodes: int | None = None) -> list[str]:
@@ -185,6 +195,7 @@ def reading_notes(s: Signals) -> list[str]:
         for j, turn in found.turns.items():
             unit = "degrees" if turn == 360.0 else "radians"
             notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
+    glitches = glitch_count(as_read(s, SegmentConfig(mend_glitches=False)).signals)
     s = continuous_rotations(s)
     grid = frame_grid(s.timestamps_s, len(s.actions_TA))
     if grid is not None:
@@ -212,6 +223,11 @@ def reading_notes(s: Signals) -> list[str]:
         repeated = len(repeated_rows(with_states_between_samples(s)))
         if repeated:
             notes.append(f"{repeated} rows stored twice: the models in time read missed samples")
+    if glitches:
+        notes.append(
+            f"{glitches} command value(s) off their neighbours for one frame: the models in "
+            "time read them between (glitches)"
+        )
     return notes
 
 
@@ -225,8 +241,15 @@ def reads_held_samples(cfg: SegmentConfig) -> bool:
     twice is no misfit to the law either (the same command at the same state); filled in,
     the Panda and MetaWorld lost 0.005-0.02.
     """
-    if not cfg.read_held_samples:
-        return False
+    return cfg.read_held_samples and reads_in_time(cfg)
+
+
+def reads_in_time(cfg: SegmentConfig) -> bool:
+    """Whether a model in time reads the commands under ``cfg``, or the choice between models.
+
+    Not the state-feedback law on the commands' values, which relates each command to the
+    state of its own row.
+    """
     return cfg.action_model != "state_feedback" or cfg.action_form == "rates"
 
 
