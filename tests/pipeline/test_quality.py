@@ -62,6 +62,11 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
         x[[10, 21]] = x[[9, 20]]
         return x
 
+    def glitched(e):  # a packet glitch: one command off for frames 12 and 25
+        x = e.actions_TA.copy()
+        x[[12, 25], 0] += 0.5 * np.ptp(x[:, 0])
+        return x
+
     def chatter(e):
         g = e.gripper_TG.copy()
         g[5:15:2] = g.max()
@@ -87,6 +92,7 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
             actions_TA=lambda e: stored_twice(e, "actions_TA"),
             states_TS=lambda e: stored_twice(e, "states_TS"),
         ),
+        "glitches": planted(8, actions_TA=glitched),
         "near_duplicate": planted(6, **{  # a recording saved twice
             k: getattr(episodes[2], k) for k in
             ("actions_TA", "states_TS", "gripper_TG", "timestamps_s", "camera_frames")}),
@@ -96,6 +102,7 @@ def test_each_planted_problem_gets_its_flag_and_clean_episodes_none():
         assert results[e.episode_key].flags == [flag], (flag, results[e.episode_key])
     assert results["planted-6"].details["duplicate_of"] == "ep2"
     assert results["planted-7"].details["repeated_rows"] == 2
+    assert results["planted-8"].details["glitches"] == 2
     assert all(results[f"ep{i}"].flags == [] for i in range(12))
 
 

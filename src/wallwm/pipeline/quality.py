@@ -13,6 +13,9 @@ Per episode:
   frames while the commands move on either side -- samples a late recorder missed and stored
   again (the timestamps may not show it; the cut reads them as missed samples,
   ``wallwm.pipeline.segmentation.held``); a stream held by design is not flagged;
+- ``glitches``: commands off their neighbours for one frame only -- a device or packet glitch
+  (the models in time read them between their neighbours,
+  ``wallwm.pipeline.segmentation.glitches``);
 - ``camera_desync``: a camera stream holds a different number of frames than the signals;
 - ``still``: nothing ever leaves its start pose (the idle-trim rule finds no motion at all);
 - ``failed``: the source marks the attempt unsuccessful.
@@ -45,6 +48,7 @@ FloatArray = npt.NDArray[np.floating]
 FLAGS = {
     "frame_drops": "timestamps with gaps over 1.5 frame periods",
     "repeated_rows": "rows stored twice: samples a late recorder missed",
+    "glitches": "commands off their neighbours for one frame: device or packet glitches",
     "camera_desync": "a camera holds a different number of frames than the signals",
     "still": "nothing ever moves",
     "failed": "the source marks the attempt unsuccessful",
@@ -122,6 +126,18 @@ def _repeated_rows(e: EpisodeSignals) -> int:
     return 0 if command_samples(s) is not None else len(repeated_rows(s))
 
 
+def _glitches(e: EpisodeSignals) -> int:
+    """Commands off their neighbours for one frame (rows stored twice are not counted)."""
+    from wallwm.pipeline.segmentation.config import Signals
+    from wallwm.pipeline.segmentation.glitches import glitch_count
+    from wallwm.pipeline.segmentation.held import command_samples, repeated_rows
+    from wallwm.pipeline.segmentation.held import with_missed_samples as missed
+
+    s = Signals(e.actions_TA, e.fps, e.states_TS)
+    held = command_samples(s)
+    return glitch_count(held.signals(s) if held is not None else missed(s, repeated_rows(s)))
+
+
 def _jerk(a_TA: FloatArray, scale_A: FloatArray) -> float:
     if len(a_TA) < 4:
         return 0.0
@@ -174,6 +190,10 @@ def _own_flags(e: EpisodeSignals, scale_A: FloatArray) -> tuple[EpisodeQuality, 
     if repeated:
         flags.append("repeated_rows")
         details["repeated_rows"] = repeated
+    glitches = _glitches(e)
+    if glitches:
+        flags.append("glitches")
+        details["glitches"] = glitches
     desync = {n: f for n, f in e.camera_frames.items() if f != t_len}
     if desync:
         flags.append("camera_desync")

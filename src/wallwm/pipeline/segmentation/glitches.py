@@ -62,8 +62,10 @@ def glitch_frames(x_T: npt.ArrayLike) -> npt.NDArray[np.int64]:
     # Far against the residuals around it, not the episode's: noise that grows with speed
     # makes a fast stretch's largest noise stand far above a slow episode's median.
     offsets = np.concatenate([np.arange(-_LOCAL_FRAMES, -1), np.arange(2, _LOCAL_FRAMES + 1)])
-    around = np.abs(r)[np.clip(candidates[:, None] + offsets, 0, len(r) - 1)]
-    spread = 1.4826 * np.median(around, axis=1)  # the residuals' robust spread there
+    at = candidates[:, None] + offsets
+    inside = (at >= 0) & (at < len(r))
+    around = np.where(inside, np.abs(r)[np.clip(at, 0, len(r) - 1)], np.nan)
+    spread = 1.4826 * np.nanmedian(around, axis=1)  # the residuals' robust spread there
     far = np.abs(r[candidates]) >= GLITCH_SIGMAS * spread
     return np.asarray(candidates[far] + 1, dtype=np.int64)
 
