@@ -14,11 +14,12 @@ A glitch at frame ``t`` leaves a signature in the residual about the neighbours'
 ``r[t] = x[t] - (x[t-1] + x[t+1]) / 2``: ``r[t] = m`` and ``r[t-1] = r[t+1] = -m/2``. A step
 (``r[t-1] = -r[t]``) and a bend (``r[t +- 1] = 0``) leave others, so neither is taken for one.
 A glitch counts where ``|r[t]|`` stands :data:`GLITCH_SIGMAS` robust standard deviations of
-the residuals around it (the 12 frames either side: noise that grows with speed is weighed
-where it is) above zero, and at least :data:`GLITCH_FLOOR` of the column's range (a noise-free
-line's residuals are rounding), and both neighbours' residuals are of the other sign, a quarter
-to three quarters of it. Two-level commands (a gripper) are left as they are: a switch and back is
-theirs to make.
+the residuals around it above zero (the 12 frames either side: noise that grows with speed is
+weighed where it is; never below the whole column's, so a command held at its limit does not
+turn each noise dip below it into a glitch), at least :data:`GLITCH_FLOOR` of the column's
+range (a noise-free line's residuals are rounding), and both neighbours' residuals are of the
+other sign, a quarter to three quarters of it. Two-level commands (a gripper) are left as they
+are: a switch and back is theirs to make.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def glitch_frames(x_T: npt.ArrayLike) -> npt.NDArray[np.int64]:
     at = candidates[:, None] + offsets
     inside = (at >= 0) & (at < len(r))
     around = np.where(inside, np.abs(r)[np.clip(at, 0, len(r) - 1)], np.nan)
-    spread = 1.4826 * np.nanmedian(around, axis=1)  # the residuals' robust spread there
-    far = np.abs(r[candidates]) >= GLITCH_SIGMAS * spread
+    local = 1.4826 * np.nanmedian(around, axis=1)  # the residuals' robust spread there
+    # ... and never below the whole column's: on a stretch held at a limit the residuals
+    # around are zero, and the noise's one-frame dips below the limit are no glitches.
+    whole = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    far = np.abs(r[candidates]) >= GLITCH_SIGMAS * np.maximum(local, whole)
     return np.asarray(candidates[far] + 1, dtype=np.int64)
 
 
