@@ -427,31 +427,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="bench-data/robots")
     parser.add_argument("--json", default=None)
-    parts = ("rotations", "holds", "states", "repeats", "drops", "streams", "glitches")
-    parser.add_argument("--only", choices=parts, default=None)
+    parts: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
+        "rotations": rotations,
+        "holds": holds,
+        "states": functools.partial(holds, of="states"),
+        "repeats": repeats,
+        "drops": drops,
+        "streams": streams,
+        "glitches": glitches,
+    }
+    parser.add_argument("--only", choices=tuple(parts), default=None)
     args = parser.parse_args()
     root = Path(args.root)
     results: dict[str, Any] = {}
-    if args.only in (None, "rotations"):
-        results["rotations"] = rotations(root)
-    if args.only in (None, "holds"):
-        print()
-        results["holds"] = holds(root)
-    if args.only in (None, "states"):
-        print()
-        results["states"] = holds(root, of="states")
-    if args.only in (None, "repeats"):
-        print()
-        results["repeats"] = repeats(root)
-    if args.only in (None, "drops"):
-        print()
-        results["drops"] = drops(root)
-    if args.only in (None, "streams"):
-        print()
-        results["streams"] = streams(root)
-    if args.only in (None, "glitches"):
-        print()
-        results["glitches"] = glitches(root)
+    for name, part in parts.items():
+        if args.only in (None, name):
+            results[name] = part(root)
+            print()
     if args.json:
         path = Path(args.json)
         kept = json.loads(path.read_text()) if args.only and path.exists() else {}
