@@ -127,15 +127,16 @@ def _repeated_rows(e: EpisodeSignals) -> int:
 
 
 def _glitches(e: EpisodeSignals) -> int:
-    """Commands off their neighbours for one frame (rows stored twice are not counted)."""
-    from wallwm.pipeline.segmentation.config import Signals
-    from wallwm.pipeline.segmentation.glitches import glitch_count
-    from wallwm.pipeline.segmentation.held import command_samples, repeated_rows
-    from wallwm.pipeline.segmentation.held import with_missed_samples as missed
+    """Commands off their neighbours for one frame, as the cut reads them before mending.
 
-    s = Signals(e.actions_TA, e.fps, e.states_TS)
-    held = command_samples(s)
-    return glitch_count(held.signals(s) if held is not None else missed(s, repeated_rows(s)))
+    Rows stored twice, wrapped angles and held streams are read as such first, not counted.
+    """
+    from wallwm.pipeline.segmentation.config import SegmentConfig, Signals
+    from wallwm.pipeline.segmentation.forms import as_read
+    from wallwm.pipeline.segmentation.glitches import glitch_count
+
+    s = Signals(e.actions_TA, e.fps, e.states_TS, timestamps_s=e.timestamps_s)
+    return glitch_count(as_read(s, SegmentConfig(mend_glitches=False)).signals)
 
 
 def _jerk(a_TA: FloatArray, scale_A: FloatArray) -> float:

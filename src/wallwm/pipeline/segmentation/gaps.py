@@ -23,7 +23,6 @@ not read.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -125,15 +124,28 @@ class FrameGrid:
         )
 
     def _without_fill_slivers(self, bounds: list[Boundary], g_len: int) -> list[Boundary]:
-        """``bounds`` (on the grid) without one cut of each event a third or more filled."""
+        """``bounds`` (on the grid) without one cut of each event a third or more filled.
+
+        The less confident of its cuts goes (a gripper's switch stays), and the merged event
+        is judged again.
+        """
         stored = np.zeros(g_len + 1, dtype=np.int64)
         stored[1:] = np.cumsum(np.isin(np.arange(g_len), self.places))
-
-        def filled(lo: int, hi: int) -> bool:
+        kept = sorted(bounds, key=lambda b: b.frame)
+        i = 0
+        while i <= len(kept):
+            a = kept[i - 1] if i > 0 else None
+            b = kept[i] if i < len(kept) else None
+            lo, hi = (a.frame if a else 0), (b.frame if b else g_len)
             real = int(stored[hi] - stored[lo])
-            return hi - lo - real > 0 and real <= 2 * (hi - lo - real)
-
-        return without_slivers(bounds, g_len, filled)
+            sliver = hi - lo - real > 0 and real <= 2 * (hi - lo - real)
+            droppable = [x for x in (a, b) if x is not None and "gripper" not in x.cues]
+            if sliver and droppable:
+                kept.remove(min(droppable, key=lambda x: x.confidence))
+                i = max(i - 1, 0)
+                continue
+            i += 1
+        return kept
 
     def runs(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Frame ranges ``[start, end)`` of grid ranges (those left empty dropped)."""
@@ -187,26 +199,3 @@ def rising_fit(y: FloatArray) -> FloatArray:
         means.append(mean)
         sizes.append(size)
     return np.repeat(np.asarray(means), sizes)
-
-
-def without_slivers(
-    bounds: list[Boundary], t_len: int, sliver: Callable[[int, int], bool]
-) -> list[Boundary]:
-    """``bounds`` without one cut of each event ``[lo, hi)`` the reading made, not the episode.
-
-    ``sliver(lo, hi)`` says which: the less confident of its cuts goes (a gripper's switch
-    stays), and the merged event is judged again.
-    """
-    kept = sorted(bounds, key=lambda b: b.frame)
-    i = 0
-    while i <= len(kept):
-        a = kept[i - 1] if i > 0 else None
-        b = kept[i] if i < len(kept) else None
-        lo, hi = (a.frame if a else 0), (b.frame if b else t_len)
-        droppable = [x for x in (a, b) if x is not None and "gripper" not in x.cues]
-        if droppable and sliver(lo, hi):
-            kept.remove(min(droppable, key=lambda x: x.confidence))
-            i = max(i - 1, 0)
-            continue
-        i += 1
-    return kept
