@@ -74,14 +74,14 @@ def command_rates(s: Signals) -> Signals:
 
 
 #: What :func:`as_read` may read differently from the stored signals, each a kind of recorder
-#: (:attr:`Reading.kinds`), in the words a run's summary uses for it.
+#: (:attr:`Reading.kinds`), in the words a run's summary uses for it, in the order it reads them.
 READING_KINDS = {
     "rotations": "rotations read continuous (angles that wrapped, quaternions that flip sign)",
-    "glitches": "commands off their neighbours for one frame read between them (glitches)",
     "states_held": "states held between samples (read between them)",
     "frames_dropped": "frames dropped (the models in time read them on the time axis)",
     "commands_held": "commands held over several frames (the models in time cut on their samples)",
     "rows_repeated": "rows stored twice (the models in time read missed samples)",
+    "glitches": "commands off their neighbours for one frame read between them (glitches)",
 }
 
 

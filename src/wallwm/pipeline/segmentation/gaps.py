@@ -11,13 +11,13 @@ stored (Jaco, the Panda, MetaWorld: within 0.03 of their recordings, the same on
 relates a command to the state of the same row, whenever that was.
 
 Where the timestamps show such gaps (:func:`frame_grid`), the models in time and the model
-choice read the episode on a regular grid at the recorder's own period (the median step of
-its timestamps): each stored frame at its place, a dropped frame's place filled on the line
-between the frames either side (a two-level command keeps its last level), and the cuts, traces
-and hesitations mapped back to the stored frames -- a cut inside a gap to the first frame after
-it. A gap counts from :data:`GAP_PERIODS` periods (``wallwm quality``'s ``frame_drops`` flag);
-timestamps that would more than double the episode (a clock jump, not a recorder's gaps) are
-not read.
+choice read the episode on a regular grid at the recorder's own period (the mean of its
+ordinary steps, those within half a period of the median): each stored frame at its place, a
+dropped frame's place filled on the line between the frames either side (a two-level command
+keeps its last level), and the cuts, traces and hesitations mapped back to the stored frames --
+a cut inside a gap to the first frame after it. A gap counts from :data:`GAP_PERIODS` periods
+(``wallwm quality``'s ``frame_drops`` flag); timestamps that would more than double the
+episode (a clock jump, not a recorder's gaps) are not read.
 """
 
 from __future__ import annotations
