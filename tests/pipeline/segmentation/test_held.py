@@ -145,6 +145,10 @@ def test_a_waypoint_plan_with_missed_samples_is_cut_at_its_knots(waypoint_plan, 
         plan, knots = waypoint_plan(seed)
         pairs.append((Signals(with_repeats(plan, 0.05, seed), 30.0), knots))
     assert dataset_f1(pairs, SegmentConfig()) >= 0.95
+    repeated = len(repeated_rows(pairs[0][0]))
+    assert repeated and f"{repeated} rows stored twice: the models in time read missed" in " ".join(
+        reading_notes(pairs[0][0])
+    )
     # a row stored twice is off the line for a frame: the glitch reading mends it too, where
     # the row is off by enough in each command -- off, both
     off = SegmentConfig(read_held_samples=False, mend_glitches=False)
@@ -165,6 +169,8 @@ def test_a_state_stream_slower_than_the_frames_is_read_between_its_samples(close
     assert np.abs(between.states_TS - truth)[:-3].max() < np.abs(s.states_TS - truth).max() / 4
     unheld = closed_loop(0)[0]
     assert with_states_between_samples(unheld) is unheld  # nothing held: as it is
+    assert "states held 3 frames: read between their samples" in reading_notes(s)
+    assert not any("held" in note for note in reading_notes(unheld))
     signals = [s for s, _ in pairs]
     assert resolve(SegmentConfig(), signals)[1].action_model == "state_feedback"
     assert dataset_f1(pairs, SegmentConfig()) >= 0.95

@@ -96,6 +96,9 @@ class Reading:
     kinds: tuple[str, ...]
     #: The stored frames' places on the time axis, where frames were dropped (:mod:`.gaps`).
     grid: FrameGrid | None = None
+    #: The signals :attr:`held` was taken from (on :attr:`grid` where there is one): where
+    #: the gripper's switch frames are read.
+    sampled_from: Signals | None = None
 
     def segmentation(self, cut: Segmentation, flips: list[int]) -> Segmentation:
         """A cut of :attr:`signals` as one of the stored frames, naming what was read.
@@ -135,7 +138,7 @@ def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
         s = _noted(with_states_between_samples, s, "states_held", kinds)
     if not reads_in_time(cfg):
         return Reading(s, None, tuple(kinds))
-    grid, held = None, None
+    grid, held, sampled_from = None, None, None
     if cfg.read_held_samples:
         grid = frame_grid(stamps, len(s.actions_TA))
         if grid is not None:
@@ -143,14 +146,14 @@ def as_read(s: Signals, cfg: SegmentConfig) -> Reading:
             kinds.append("frames_dropped")
         held = command_samples(s)
         if held is not None:
-            s = held.signals(s)
+            sampled_from, s = s, held.signals(s)
             kinds.append("commands_held")
         else:  # a sample the recorder missed and stored again: a stair to a model in time
             missed = lambda x: with_missed_samples(x, repeated_rows(x))  # noqa: E731
             s = _noted(missed, s, "rows_repeated", kinds)
     if cfg.mend_glitches:  # a one-frame glitch: two changes to a model in time
         s = _noted(without_glitches, s, "glitches", kinds)
-    return Reading(s, held, tuple(kinds), grid)
+    return Reading(s, held, tuple(kinds), grid, sampled_from)
 
 
 def reading_summary(counts: dict[str, int], episodes: int | None = None) -> list[str]:
@@ -178,9 +181,51 @@ def _noted(read: Callable[[Signals], Signals], s: Signals, kind: str, kinds: lis
 def reading_notes(s: Signals) -> list[str]:
     """What the cut reads differently from the stored signals (:func:`as_read`), in words.
 
-    One line per finding: a wrapped angle, a quaternion whose sign flips, a held command or
-    state stream, rows stored twice -- what ``wallwm inspect`` shows of a source's sample.
+    One line per finding: a wrapped angle, a quaternion whose sign flips, frames dropped, a
+    held command or state stream, rows stored twice, glitches -- what ``wallwm inspect``
+    shows of a source's sample. The episode is read once, as a model in time reads it with
+    its glitches left in to count them; only what the words need beyond what the reading
+    keeps (which dims, how long a state is held, how many rows) is looked up again.
     """
+    notes = _rotation_notes(s)
+    read = as_read(s, SegmentConfig(mend_glitches=False))
+    if read.grid is not None:
+        notes.append(
+            f"{read.grid.dropped} frames dropped (gaps in the timestamps): the models in time "
+            "read the time axis"
+        )
+    if "states_held" in read.kinds and s.states_TS is not None:
+        states = held_samples(np.asarray(s.states_TS))
+        if states is not None:
+            notes.append(f"states held {states.hold:.3g} frames: read between their samples")
+    commands = read.held
+    if commands is not None and commands.columns:
+        notes.append(
+            f"commands on streams of their own rates, the slowest held {commands.hold:.3g} "
+            f"frames ({s.fps / commands.hold:.3g} Hz of {s.fps:g}): the models in time cut on "
+            f"its samples, {len(commands.columns)} commands read between their own"
+        )
+    elif commands is not None:
+        notes.append(
+            f"commands held {commands.hold:.3g} frames ({s.fps / commands.hold:.3g} Hz of "
+            f"{s.fps:g}): the models in time cut on their samples"
+        )
+    elif "rows_repeated" in read.kinds:
+        x = with_states_between_samples(continuous_rotations(s))
+        x = x if read.grid is None else read.grid.signals(x)
+        repeated = len(repeated_rows(x))
+        notes.append(f"{repeated} rows stored twice: the models in time read missed samples")
+    glitches = glitch_count(read.signals)
+    if glitches:
+        notes.append(
+            f"{glitches} command value(s) off their neighbours for one frame: the models in "
+            "time read them between (glitches)"
+        )
+    return notes
+
+
+def _rotation_notes(s: Signals) -> list[str]:
+    """:func:`reading_notes`' lines for angles that wrapped and quaternions whose sign flips."""
     notes: list[str] = []
     arrays = [("action", np.asarray(s.actions_TA, dtype=np.float64), set(s.gripper_action_dims))]
     if s.states_TS is not None:
@@ -195,39 +240,6 @@ def reading_notes(s: Signals) -> list[str]:
         for j, turn in found.turns.items():
             unit = "degrees" if turn == 360.0 else "radians"
             notes.append(f"{what} dim {j}: an angle that wrapped, in {unit} (read unwrapped)")
-    glitches = glitch_count(as_read(s, SegmentConfig(mend_glitches=False)).signals)
-    s = continuous_rotations(s)
-    grid = frame_grid(s.timestamps_s, len(s.actions_TA))
-    if grid is not None:
-        notes.append(
-            f"{grid.dropped} frames dropped (gaps in the timestamps): the models in time read "
-            "the time axis"
-        )
-        s = grid.signals(s)
-    states = None if s.states_TS is None else held_samples(np.asarray(s.states_TS))
-    if states is not None:
-        notes.append(f"states held {states.hold:.3g} frames: read between their samples")
-    commands = command_samples(s)
-    if commands is not None and commands.columns:
-        notes.append(
-            f"commands on streams of their own rates, the slowest held {commands.hold:.3g} "
-            f"frames ({s.fps / commands.hold:.3g} Hz of {s.fps:g}): the models in time cut on "
-            f"its samples, {len(commands.columns)} commands read between their own"
-        )
-    elif commands is not None:
-        notes.append(
-            f"commands held {commands.hold:.3g} frames ({s.fps / commands.hold:.3g} Hz of "
-            f"{s.fps:g}): the models in time cut on their samples"
-        )
-    else:
-        repeated = len(repeated_rows(with_states_between_samples(s)))
-        if repeated:
-            notes.append(f"{repeated} rows stored twice: the models in time read missed samples")
-    if glitches:
-        notes.append(
-            f"{glitches} command value(s) off their neighbours for one frame: the models in "
-            "time read them between (glitches)"
-        )
     return notes
 
 

@@ -281,9 +281,8 @@ def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation
         return _fixed(t_len, cfg.chunk_len)
     read = as_read(s, cfg)
     flips = []
-    if read.held is not None:  # the gripper's switches where the held samples were taken
-        taken = s if read.grid is None else read.grid.signals(s)
-        flips = gripper_flips(taken, max(1, round(cfg.min_event_s * s.fps)))
+    if read.sampled_from is not None:  # the gripper's switches where the samples were taken
+        flips = gripper_flips(read.sampled_from, max(1, round(cfg.min_event_s * s.fps)))
     return read.segmentation(_segment_read(read.signals, cfg, traces), flips)
 
 
