@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
+from wallwm.pipeline.runtime import START_BANNER
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
@@ -124,6 +125,7 @@ def test_run_and_two_worker_training_on_a_three_node_cluster(cluster, tmp_path):
     record_synthetic(src, SynthConfig(episodes=8, size=32, seed=2))
     out = wallwm("run", str(src), "-d", str(ds), "--ray-address", cluster.address)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert START_BANNER not in out.stderr  # Ray's INFO line at start, whatever the log level
     store = LanceStore(str(ds))
     assert store.count(schemas.EPISODES) == 8 and store.count(schemas.EVENTS) > 8
     assert store.count(schemas.EVENTS, "embedding IS NULL OR cluster_id IS NULL") == 0

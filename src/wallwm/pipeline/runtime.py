@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -32,10 +36,42 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     }
     if address:
         check_ray_address(address)
-        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+        with without_start_banner():
+            ray.init(address=address, **kwargs)  # type: ignore[arg-type]
     else:
-        _start_local(num_cpus or os.cpu_count() or 1, kwargs)
+        with without_start_banner():
+            _start_local(num_cpus or os.cpu_count() or 1, kwargs)
     quiet_ray_data()
+
+
+#: What Ray's C++ core prints on the driver's stderr at start whenever RAY_BACKEND_LOG_LEVEL is
+#: set -- an INFO line, whatever the level it announces (Ray 2.60: "logging.cc:303: Set ray log
+#: level from environment variable RAY_BACKEND_LOG_LEVEL to 3").
+START_BANNER = "Set ray log level from environment variable"
+
+
+@contextlib.contextmanager
+def without_start_banner() -> Iterator[None]:
+    """Pass on everything written to stderr inside the block but Ray's start banner.
+
+    The process's stderr (file descriptor 2, which Ray's C++ core writes to) goes to a file
+    while Ray starts, and is written back afterwards without the :data:`START_BANNER` line:
+    every command that starts Ray printed it first, before its own output.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if START_BANNER not in line))
+            sys.stderr.flush()
 
 
 #: Seconds to wait for a cluster's head to accept a connection before saying none answers.
