@@ -54,7 +54,7 @@ def ingest(
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Ingest recorded episodes into the dataset's ``episodes`` table (idempotent, incremental)."""
+    """Ingest recorded episodes into the dataset's episodes table (idempotent, incremental)."""
     from pydantic import ValidationError
 
     from wallwm.pipeline.ingest import IngestConfig

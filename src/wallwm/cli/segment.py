@@ -310,7 +310,7 @@ def segment_cmd(
     local: Annotated[bool, typer.Option(help="Run without Ray (debugging).")] = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Cut every episode into events at its event joints and write the ``events`` table."""
+    """Cut every episode into events at its event joints and write the events table."""
     seg = _segment_config(
         method,
         chunk_len,

@@ -113,7 +113,7 @@ def record(
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
-    """Record MetaWorld scripted-expert episodes with ground-truth events (extra ``sim``)."""
+    """Record MetaWorld scripted-expert episodes with ground-truth events (extra "sim")."""
     try:
         from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
@@ -202,7 +202,7 @@ def aloha(
     workers: WorkersOpt = 1,
     seed: SeedOpt = 0,
 ) -> None:
-    """Record bimanual ALOHA end-effector waypoint episodes with ground-truth events (``sim``)."""
+    """Record bimanual ALOHA end-effector waypoint episodes with ground-truth events ("sim")."""
     try:
         from wallwm.pipeline.sim.aloha import TASKS, AlohaConfig, record_aloha
     except ImportError as exc:  # pragma: no cover - depends on the optional extra

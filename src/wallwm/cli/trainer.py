@@ -393,9 +393,9 @@ def eval_policy(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Closed-loop success rate (95 % interval) in MetaWorld (extra ``sim``).
+    """Closed-loop success rate (95 % interval) in MetaWorld (extra "sim").
 
-    The policy runs in this process (``--checkpoint``) or on a policy server (``--server``):
+    The policy runs in this process (--checkpoint) or on a policy server (--server):
     both follow the same plan logic, so the served path can be checked against the local one.
     """
     if sim != "metaworld":
