@@ -29,6 +29,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,9 @@ def record_episode(task: str, index: int, cfg: MetaWorldConfig, out: Path) -> di
     """Record one episode of ``task`` with the scripted expert; returns its summary."""
     from metaworld.policies import ENV_POLICY_MAP
 
+    # The experts' gains ask for more than the [-1, 1] the environment clips to, and MetaWorld
+    # warns so at every such step (a clipped command is what the recording stores).
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
     seed = cfg.seed * 100_003 + index
     rng = np.random.default_rng(seed)
     env = make_env(task, seed, index, cfg.cameras[0], cfg.size)
