@@ -22,7 +22,14 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     result = invoke("run", src, "--dataset", ds)
     assert result.exit_code == 0, result.output
     assert "4 written" in result.output and "(fused with ingest)" in result.output
-    assert "4 up to date" in result.output  # the catch-up pass finds nothing left to do
+    words = " ".join(result.output.split())
+    # the model chosen in this run, said with the fused cut; the catch-up pass found nothing
+    # left to do and says nothing (it used to print "0 ... segmented, 4 up to date" and call
+    # the choice just made "the dataset's recorded choice")
+    assert "within an event: " in words and "chosen on 4 episodes" in words
+    assert "segment (events)" not in words and "recorded choice" not in words
+    rerun = " ".join(invoke("run", src, "--dataset", ds, "--no-cluster").output.split())
+    assert "4 unchanged" in rerun and "4 up to date" in rerun and "recorded choice" in rerun
 
     events = json.loads(invoke("events", "list", "--dataset", ds, "--json").output)
     assert events and {"event_id", "start_frame", "cues", "confidence"} <= set(events[0])
@@ -125,7 +132,7 @@ def test_the_segment_command_says_when_a_tie_chose_the_model():
     """A choice decided by the events two tied candidates cut says so, beside each
     candidate's events per episode (what the run's lineage records)."""
     from wallwm.cli.common import console
-    from wallwm.cli.segment import _print_model_choice
+    from wallwm.cli.segment import print_model_choice
 
     model = {
         "action_model": "smooth",
@@ -138,10 +145,10 @@ def test_the_segment_command_says_when_a_tie_chose_the_model():
         "pairing": [-1, -1],
     }
     with console.capture() as captured:
-        _print_model_choice(model)
+        print_model_choice(model)
     said = " ".join(captured.get().split())
     assert "time 65,049 (18.5 events an episode)" in said
     assert "time and smooth explain the sample alike (totals within 2 standard errors)" in said
     with console.capture() as captured:
-        _print_model_choice({**model, "tied": []})
+        print_model_choice({**model, "tied": []})
     assert "explain the sample alike" not in captured.get()

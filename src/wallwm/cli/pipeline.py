@@ -29,7 +29,7 @@ from wallwm.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from wallwm.pipeline.ingest import IngestConfig
+    from wallwm.pipeline.ingest import IngestConfig, IngestSummary
     from wallwm.pipeline.sources.peek import SourcePeek
 
 
@@ -80,7 +80,7 @@ def ingest(
     except ValidationError as exc:
         err_console.print(f"[red]invalid options:[/] {validation_message(exc)}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    raise typer.Exit(ingest_with_progress(cfg))
+    raise typer.Exit(ingest_with_progress(cfg)[0])
 
 
 def inspect_cmd(
@@ -284,8 +284,11 @@ def quality(
     console.print(table)
 
 
-def ingest_with_progress(cfg: IngestConfig) -> int:
-    """Run ingest with a progress bar and one console line per failure; returns the exit code."""
+def ingest_with_progress(cfg: IngestConfig) -> tuple[int, IngestSummary]:
+    """Run ingest with a progress bar and one console line per failure.
+
+    Returns the exit code and the run's summary.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wallwm.pipeline.ingest import EpisodeOutcome, run_ingest
@@ -336,10 +339,14 @@ def ingest_with_progress(cfg: IngestConfig) -> int:
         console.print(f"gripper open end: {summary.gripper}")
     if summary.events:
         console.print(f"[bold]segment[/] (fused with ingest): {summary.events} events")
+        if summary.model:  # chosen in this run: what and why, as `wallwm segment` says it
+            from wallwm.cli.segment import print_model_choice
+
+            print_model_choice(summary.model)
         print_readings(summary.readings)
     code = summary.exit_code(cfg.strict)
     if code:
         err_console.print(
             "[red]--strict: failures[/]" if cfg.strict else "[red]nothing was ingested[/]"
         )
-    return code
+    return code, summary

@@ -153,7 +153,7 @@ def _segment_config(
         raise typer.Exit(2) from exc
 
 
-def _print_model_choice(model: dict[str, Any]) -> None:
+def print_model_choice(model: dict[str, Any]) -> None:
     """The within-event model of the segment run, where it came from and what it weighed."""
     events = model.get("events") or {}
     costs = ", ".join(
@@ -234,7 +234,13 @@ def _run_segment_with_progress(
     local: bool,
     ray_address: str | None,
     reselect: bool = False,
+    after_fused: bool = False,
 ) -> int:
+    """Run the segment stage with a progress bar; returns the exit code.
+
+    ``after_fused``: ingest has just cut the episodes it wrote (``wallwm run``) and said so;
+    a stage that then finds nothing to do says nothing more.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
@@ -274,6 +280,8 @@ def _run_segment_with_progress(
         summary = run_segment(
             cfg, on_start=lambda n: progress.update(task, total=n), on_episode=on_episode
         )
+    if after_fused and not summary.segmented and not summary.failed:
+        return 0
     console.print(
         f"[bold]segment[/] ({seg.method}): {summary.segmented} episodes segmented into "
         f"{summary.events} events, {summary.up_to_date} up to date, "
@@ -282,7 +290,7 @@ def _run_segment_with_progress(
         soft_wrap=True,
     )
     if summary.model:
-        _print_model_choice(summary.model)
+        print_model_choice(summary.model)
     print_readings(summary.readings, summary.segmented)
     return 1 if summary.failed and not summary.segmented and not summary.up_to_date else 0
 
@@ -406,8 +414,9 @@ def run_cmd(
     from wallwm.cli.caption import backend_config, caption_with_progress
 
     backend = backend_config(caption_backend, base_url, model, 64, 128)
-    code = ingest_with_progress(cfg) or _run_segment_with_progress(
-        dataset, seg, False, local, ray_address
+    code, ingested = ingest_with_progress(cfg)
+    code = code or _run_segment_with_progress(
+        dataset, seg, False, local, ray_address, after_fused=ingested.events > 0
     )
     if code:
         raise typer.Exit(code)

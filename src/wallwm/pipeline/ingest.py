@@ -164,6 +164,9 @@ class IngestSummary:
     #: Fused: episodes whose signals the cut read differently from the stored ones, per kind
     #: (``forms.READING_KINDS``).
     readings: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Fused: the within-event model the cut used and why (the segment run's lineage
+    #: ``choice``; None when the config named it).
+    model: dict[str, Any] | None = None
     #: How the gripper's open end was decided, where the source had to (LeRobot commands).
     gripper: str = ""
     failures: list[EpisodeError] = dataclasses.field(default_factory=list)
@@ -651,6 +654,7 @@ def run_ingest(
         on_start(len(todo))
     lineage = RowLineage(run.run_id, run.config_hash, code_version(), utcnow())
     seg_run, fused = _fused_segment(cfg, store, source, todo)
+    summary.model = seg_run.details.get("choice") if seg_run is not None else None
     events_before = store.version(schemas.EVENTS)
     outcomes = fan_out(
         [dataclasses.asdict(r) for r in todo],
