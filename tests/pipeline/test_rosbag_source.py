@@ -36,11 +36,19 @@ def _cmd(t_s: float) -> float:
 
 
 def write_bag(
-    path: Path, kind: str = "mcap", *, seconds: float = 2.0, topics: tuple = (), every: int = 1
+    path: Path,
+    kind: str = "mcap",
+    *,
+    seconds: float = 2.0,
+    topics: tuple = (),
+    every: int = 1,
+    marks: tuple = (),
 ) -> Path:
     """A demonstration: a 10 Hz rgb8 camera and a 10 Hz PNG wrist camera, 100 Hz joint states
     (arm and gripper joints), 50 Hz twist commands (``every``: one in that many of them), a
-    5 Hz gripper command, an instruction. ``topics`` leaves out the named roles."""
+    5 Hz gripper command, an instruction. ``topics`` leaves out the named roles. ``marks``:
+    ``(seconds, value)`` messages: a bool on ``/recording`` (a std_msgs/Bool switch), None on
+    ``/episode_reset`` (std_msgs/Empty), a text on ``/task_instruction``."""
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS1_NOETIC if kind == "ros1" else Stores.ROS2_HUMBLE)
@@ -105,6 +113,14 @@ def write_bag(
             # two nodes publish it (in a ROS 1 bag: two connections of one topic)
             messages.append((t_ns, "/gripper/command", grip, f"/teleop_{i // 10 % 2}"))
     messages.append((T0_NS, "/task_instruction", t["std_msgs/msg/String"](data="stack the cups")))
+    for t_s, value in marks:
+        t_ns = T0_NS + round(t_s * 1e9)
+        if isinstance(value, bool):
+            messages.append((t_ns, "/recording", t["std_msgs/msg/Bool"](data=value)))
+        elif value is None:
+            messages.append((t_ns, "/episode_reset", t["std_msgs/msg/Empty"]()))
+        else:
+            messages.append((t_ns, "/task_instruction", t["std_msgs/msg/String"](data=value)))
     with writer:
         conns = {}
         for t_ns, topic, msg, *node in sorted(messages, key=lambda m: m[0]):
@@ -215,6 +231,84 @@ def test_bag_problems_are_one_line(bags, tmp_path):
     result = runner.invoke(app, ["inspect", str(rlds), "--action-topic", "/cmd"])
     assert result.exit_code == 1
     assert "--action-topic is for ROS bags; this source is rlds" in " ".join(result.output.split())
+
+
+def test_a_session_bag_is_cut_into_the_episodes_its_switch_marks(tmp_path):
+    """One bag, a whole session: a std_msgs/Bool recording switch marks three episodes (the
+    last runs to the bag's end); what lies between a stop and the next start is in none. Each
+    episode is read on its own clock, with its own frames and instruction."""
+    marks = ((0.5, True), (2.0, False), (2.5, True), (2.6, "wipe the table"), (4.0, False),
+             (4.5, True))  # fmt: skip
+    bag = write_bag(tmp_path / "session", "mcap", seconds=6.0, marks=marks)
+    assert len(open_source(bag).list_episodes()[0]) == 1  # without the option: one episode
+    source = open_source(bag, episode_topic="/recording")
+    refs, errors = source.list_episodes()
+    assert errors == [] and [r.episode_key for r in refs] == [f"episode_000{k}" for k in range(3)]
+    recs = [load_episode(source, ref, frame_tolerance=0) for ref in refs]
+    # each episode read as its own bag would be: from when every topic has spoken inside it
+    # (the 5 Hz gripper command, 0.101 s in) until the first falls silent (its last, 0.3 s
+    # before the window ends), on the 10 Hz clock: 0.601-1.801 s, 2.601-3.801 s, 4.601-5.801 s
+    assert [len(r.actions_TA) for r in recs] == [13, 13, 13]
+    for rec, start_s in zip(recs, (0.6, 2.6, 4.6), strict=True):
+        # the joint moves 0.01 a 0.01 s step: the tick holds its message of 0.592 s
+        assert rec.states_TS[0, 0] == pytest.approx(start_s - 0.01, abs=1e-5)
+        assert rec.timestamps_s[0] == 0.0
+        frames = np.stack(list(read_frames(rec.probed[0])))
+        assert len(frames) == len(rec.actions_TA)
+        np.testing.assert_array_equal(frames[0], _frame(round(start_s * 10)))
+        np.testing.assert_array_equal(frames[-1], _frame(round(start_s * 10) + 12))
+    # the text published inside the episode, else the latest before it
+    assert [r.instruction for r in recs] == ["stack the cups", "wipe the table", "wipe the table"]
+
+
+def test_an_episode_topic_of_any_other_type_starts_one_at_each_message(tmp_path):
+    bag = write_bag(tmp_path / "resets", "mcap", seconds=4.0, marks=((1.0, None), (3.0, None)))
+    source = open_source(bag, episode_topic="/episode_reset")
+    refs, _ = source.list_episodes()
+    recs = [source.read(ref) for ref in refs]
+    # before the first reset is no episode; the last one lasts to the bag's end
+    assert [round(float(r.states_TS[0, 0]), 2) for r in recs] == [1.0, 3.0]
+    assert [len(r.actions_TA) for r in recs] == [18, 8]  # 1.002-2.801 s, 3.002-3.801 s
+
+
+def test_episode_topic_problems_are_one_line(bags, tmp_path):
+    never = write_bag(tmp_path / "never", "mcap", marks=((0.5, False),))
+    refs, errors = open_source(never, episode_topic="/recording").list_episodes()
+    assert refs == [] and "--episode-topic /recording: no episode starts on it" in errors[0].problem
+    # a folder of bags: the one without the topic is one line, the others list their episodes
+    write_bag(tmp_path / "some" / "a", "mcap", marks=((0.5, True),))
+    write_bag(tmp_path / "some" / "b", "mcap")
+    refs, errors = open_source(tmp_path / "some", episode_topic="/recording").list_episodes()
+    assert [r.episode_key for r in refs] == ["a/episode_0000"]
+    assert [e.file for e in errors] == [str(tmp_path / "some" / "b")]
+    assert "--episode-topic /recording: no messages on it in this bag (topics: " in (
+        errors[0].problem
+    )
+    rlds = Path(__file__).resolve().parents[1] / "data" / "rlds" / "oxe_template"
+    result = CliRunner().invoke(app, ["inspect", str(rlds), "--episode-topic", "/x"])
+    assert result.exit_code == 1
+    assert "--episode-topic is for ROS bags; this source is rlds" in " ".join(result.output.split())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_cli_passes_the_episode_topic_to_inspect_ingest_and_run(tmp_path):
+    bag = write_bag(tmp_path / "session", "mcap", seconds=4.0,
+                    marks=((0.5, True), (2.0, False), (2.5, True)))  # fmt: skip
+    runner = CliRunner()
+    peek = runner.invoke(app, ["inspect", str(bag), "--episode-topic", "/recording", "--json"])
+    assert peek.exit_code == 0, peek.output
+    import json
+
+    assert json.loads(peek.output)["listed"] == 2
+    for command in ("ingest", "run"):
+        ds = tmp_path / command
+        args = [command, str(bag), "-d", str(ds), "--episode-topic", "/recording"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "2 written" in " ".join(result.output.split())
+        rows = LanceStore(str(ds)).read(schemas.EPISODES).to_pylist()
+        assert sorted(r["episode_key"] for r in rows) == ["episode_0000", "episode_0001"]
+        assert [r["num_frames"] for r in rows] == [13, 13]
 
 
 @pytest.mark.usefixtures("ray_local")

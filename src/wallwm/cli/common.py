@@ -209,6 +209,15 @@ ActionTopicOpt = Annotated[
         "in order; default: every command topic).",
     ),
 ]
+EpisodeTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--episode-topic",
+        help="A ROS bag topic whose messages mark where its episodes begin: a std_msgs/Bool "
+        "(true begins one, false ends it) or any other type (each message begins the next); "
+        "default: one bag, one episode.",
+    ),
+]
 GripperOpenOpt = Annotated[
     str,
     typer.Option(

@@ -11,6 +11,7 @@ from wallwm.cli.common import (
     ActionTopicOpt,
     CameraMapOpt,
     DatasetOpt,
+    EpisodeTopicOpt,
     FormatOpt,
     FpsOpt,
     GripperOpenOpt,
@@ -41,6 +42,7 @@ def ingest(
     fps: FpsOpt = None,
     robot: RobotOpt = None,
     action_topic: ActionTopicOpt = None,
+    episode_topic: EpisodeTopicOpt = None,
     frame_tolerance: Annotated[
         int, typer.Option(help="Accepted |video frames - action rows| per camera.")
     ] = 1,
@@ -68,6 +70,7 @@ def ingest(
             fps=fps,
             robot=robot,
             action_topics=tuple(action_topic or ()),
+            episode_topic=episode_topic,
             frame_tolerance=frame_tolerance,
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),
@@ -89,6 +92,7 @@ def inspect_cmd(
     instruction: InstructionOpt = None,
     fps: FpsOpt = None,
     action_topic: ActionTopicOpt = None,
+    episode_topic: EpisodeTopicOpt = None,
     episodes: Annotated[
         int, typer.Option(help="Episodes to read, spread over the source.", min=1)
     ] = 5,
@@ -105,7 +109,7 @@ def inspect_cmd(
     try:
         found = peek_source(
             source, fmt, instruction=instruction, fps=fps, sample=episodes,
-            action_topics=tuple(action_topic or ()),
+            action_topics=tuple(action_topic or ()), episode_topic=episode_topic,
         )  # fmt: skip
     except EpisodeError as exc:
         err_console.print(f"[red]{exc.file}: {exc.problem}[/]")

@@ -10,6 +10,7 @@ from wallwm.cli.common import (
     ActionTopicOpt,
     CameraMapOpt,
     DatasetOpt,
+    EpisodeTopicOpt,
     FormatOpt,
     FpsOpt,
     GripperOpenOpt,
@@ -346,6 +347,7 @@ def run_cmd(
     fps: FpsOpt = None,
     robot: RobotOpt = None,
     action_topic: ActionTopicOpt = None,
+    episode_topic: EpisodeTopicOpt = None,
     gripper_open: GripperOpenOpt = "auto",
     camera_map_items: CameraMapOpt = None,
     method: MethodOpt = "events",
@@ -402,6 +404,7 @@ def run_cmd(
             fps=fps,
             robot=robot,
             action_topics=tuple(action_topic or ()),
+            episode_topic=episode_topic,
             gripper_open=gripper_open,  # type: ignore[arg-type]
             camera_map=camera_map(camera_map_items),
             executor="local" if local else "ray",

@@ -385,7 +385,7 @@ def stored_layout(uri: str) -> tuple[int, str]:
 
     topic = rosbag.split_rosbag_uri(uri)
     if topic is not None:
-        return rosbag.rosbag_layout(topic[0], topic[1])
+        return rosbag.rosbag_layout(*topic)
     record = split_tfrecord_uri(uri)
     images = split_parquet_uri(uri)
     if record is not None:

@@ -93,6 +93,10 @@ class IngestConfig(BaseModel):
         (), description="A ROS bag's topics whose messages are the actions (default: every "
         "command topic).",
     )  # fmt: skip
+    episode_topic: str | None = Field(
+        None, description="A ROS bag's topic whose messages mark where its episodes begin (a "
+        "std_msgs/Bool: true begins, false ends; default: one bag, one episode).",
+    )  # fmt: skip
     frame_tolerance: int = Field(1, ge=0, description="Accepted |video frames - action rows|.")
     batch_episodes: int = Field(32, ge=1, description="Episodes per merge_insert commit.")
     force: bool = Field(False, description="Re-read episodes whose files did not change.")
@@ -129,6 +133,8 @@ class IngestConfig(BaseModel):
             keys.add("camera_map")
         if self.action_topics:
             keys.add("action_topics")
+        if self.episode_topic:
+            keys.add("episode_topic")
         if self.robot:
             keys.add("robot")
         return self.model_dump(include=keys)
@@ -576,6 +582,7 @@ def _open_and_list(
         fps=cfg.fps,
         gripper_open=cfg.gripper_open,
         action_topics=cfg.action_topics,
+        episode_topic=cfg.episode_topic,
     )
     summary.source_format = source.format
     refs, listing_errors = source.list_episodes()

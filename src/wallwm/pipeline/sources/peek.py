@@ -102,6 +102,7 @@ def peek_source(
     gripper_open: GripperOpen = "auto",
     sample: int = 5,
     action_topics: tuple[str, ...] = (),
+    episode_topic: str | None = None,
 ) -> SourcePeek:
     """Open and list ``path``, and read ``sample`` spread episodes' signals.
 
@@ -110,7 +111,7 @@ def peek_source(
     """
     source = open_source(
         path, fmt, instruction=instruction, fps=fps, gripper_open=gripper_open,
-        action_topics=action_topics,
+        action_topics=action_topics, episode_topic=episode_topic,
     )  # fmt: skip
     refs, errors = source.list_episodes()
     return SourcePeek(

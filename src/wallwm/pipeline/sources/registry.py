@@ -110,12 +110,14 @@ def open_source(
     fps: float | None = None,
     gripper_open: GripperOpen = "auto",
     action_topics: tuple[str, ...] = (),
+    episode_topic: str | None = None,
 ) -> EpisodeSource:
     """Open a source, detecting its format when ``fmt`` is ``"auto"``.
 
     ``gripper_open`` says which end of the source's gripper values is open (readers return
     larger = more open); ``auto`` decides from the data where the format has no convention.
-    ``action_topics`` names a ROS bag's action topics (other formats have no topics: refused).
+    ``action_topics`` names a ROS bag's action topics, ``episode_topic`` the topic that marks
+    its episodes (other formats have no topics: refused).
 
     Raises:
         UnknownFormatError: Unknown format name or undetectable layout.
@@ -123,14 +125,15 @@ def open_source(
     """
     if fmt == "auto":
         fmt = detect_format(path)
-    if action_topics and fmt != rosbag.FORMAT:
+    topic_option = "--action-topic" if action_topics else "--episode-topic" if episode_topic else ""
+    if topic_option and fmt != rosbag.FORMAT:
         raise UnknownFormatError(
-            str(path), f"--action-topic is for ROS bags; this source is {fmt}", "BadOption"
+            str(path), f"{topic_option} is for ROS bags; this source is {fmt}", "BadOption"
         )
     if fmt == rosbag.FORMAT:
         return rosbag.RosbagSource(
             path, instruction=instruction, fps=fps, gripper_open=gripper_open,
-            action_topics=action_topics,
+            action_topics=action_topics, episode_topic=episode_topic,
         )  # fmt: skip
     if fmt == lerobot.FORMAT:
         return lerobot.LeRobotSource(path, gripper_open=gripper_open)

@@ -1,9 +1,12 @@
-"""ROS bags: one recorded demonstration per bag (via rosbags, pure Python: no ROS install).
+"""ROS bags: one recorded demonstration per bag, or many (via rosbags, pure Python: no ROS).
 
 A SOURCE is a ROS 2 bag (a directory with ``metadata.yaml`` and its ``.mcap`` or ``.db3``
 files), a ROS 2 ``.mcap`` file on its own, a ROS 1 ``.bag`` file, or a folder holding many bags
--- each bag one episode. Topics
-play roles by their message type:
+-- each bag one episode, or, with ``--episode-topic``, as many as that topic marks: a
+``std_msgs/Bool`` topic starts an episode at each ``true`` and ends it at the next ``false`` (a
+recorder's switch; what lies between a ``false`` and the next ``true`` is in no episode); on a
+topic of any other type each message starts an episode that lasts until the next one or the
+bag's end (a reset or "new episode" message). Topics play roles by their message type:
 
 - **cameras**: every ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, mono16) and
   ``sensor_msgs/CompressedImage`` (JPEG/PNG) topic not named ``*depth*``;
@@ -14,17 +17,21 @@ play roles by their message type:
   named ``*cmd*`` / ``*command*`` / ``*action*`` / ``*target*`` / ``*goal*`` (a ``JointState``
   or ``PoseStamped`` command, a ``Float64`` gripper command);
 - **instruction**: the first ``std_msgs/String`` on a topic named ``*instruction*`` / ``*task*``
-  / ``*language*`` / ``*prompt*``, else ``--instruction``.
+  / ``*language*`` / ``*prompt*`` within the episode (else the latest one before it), else
+  ``--instruction``.
 
 Topics arrive at their own rates; an episode is read on one clock: the recorder's (each
 message's log time, which every topic shares -- header stamps may come from other clocks), at
 ``--fps`` or else the first camera's median rate, from the moment every used topic has spoken
-until the first one falls silent. At each tick every signal and camera holds its latest message
+until the first one falls silent -- within the episode's own messages, where a bag holds
+several (as if each were a bag of its own: a slow topic's last message before the episode
+holds nothing over into it). At each tick every signal and camera holds its latest message
 (what a policy running at that rate saw).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,6 +198,8 @@ class Clock:
     start_ns: int
     step_ns: int
     count: int
+    #: Where the episode's messages begin (one of many in a bag): none before it is held.
+    since_ns: int = 0
 
     @property
     def ticks_ns(self) -> npt.NDArray[np.int64]:
@@ -204,10 +213,13 @@ class Clock:
 
 def rosbag_frames_uri(bag: str, topic: str, clock: Clock) -> str:
     """The URI of one camera's frames on an episode's clock."""
-    return f"{bag}#{topic}@{clock.start_ns}+{clock.step_ns}x{clock.count}"
+    since = f"~{clock.since_ns}" if clock.since_ns else ""
+    return f"{bag}#{topic}@{clock.start_ns}+{clock.step_ns}x{clock.count}{since}"
 
 
-_URI = re.compile(r"(?P<topic>/.*)@(?P<start>\d+)\+(?P<step>\d+)x(?P<count>\d+)")
+_URI = re.compile(
+    r"(?P<topic>/.*)@(?P<start>\d+)\+(?P<step>\d+)x(?P<count>\d+)(?:~(?P<since>\d+))?"
+)
 
 
 def split_rosbag_uri(uri: str) -> tuple[str, str, Clock] | None:
@@ -216,7 +228,8 @@ def split_rosbag_uri(uri: str) -> tuple[str, str, Clock] | None:
     match = _URI.fullmatch(rest) if sep else None
     if match is None or not (path.endswith(BAG_SUFFIXES) or Path(path, "metadata.yaml").is_file()):
         return None
-    clock = Clock(int(match["start"]), int(match["step"]), int(match["count"]))
+    clock = Clock(int(match["start"]), int(match["step"]), int(match["count"]),
+                  int(match["since"] or 0))  # fmt: skip
     return path, match["topic"], clock
 
 
@@ -239,7 +252,7 @@ def iter_rosbag_frames(bag: str, topic: str, clock: Clock) -> Iterator[npt.NDArr
             if not conns:
                 raise MissingFieldError(bag, f"camera topic {topic} is missing", "MissingCamera")
             held: tuple[bytes, str] | None = None  # the latest message so far, undecoded
-            for conn, t_ns, raw in reader.messages(connections=conns):
+            for conn, t_ns, raw in reader.messages(connections=conns, start=clock.since_ns or None):
                 if held is not None and k < clock.count and ticks[k] < t_ns:
                     frame = image_frame(reader.deserialize(*held), held[1], where)
                     while k < clock.count and ticks[k] < t_ns:  # ticks before this message
@@ -258,16 +271,25 @@ def iter_rosbag_frames(bag: str, topic: str, clock: Clock) -> Iterator[npt.NDArr
         raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
 
 
-def rosbag_layout(bag: str, topic: str) -> tuple[int, str]:
-    """(bytes of the camera's messages, codec) for its ``CameraInfo``."""
+def rosbag_layout(bag: str, topic: str, clock: Clock | None = None) -> tuple[int, str]:
+    """(bytes of the camera's messages, codec) for its ``CameraInfo``.
+
+    The episode's own messages, where ``clock`` says where it lies in the bag.
+    """
+    window = {} if clock is None else _window(clock)
     with _reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         size, codec = 0, "raw-rgb24"
-        for conn, _, raw in reader.messages(connections=conns):
+        for conn, _, raw in reader.messages(connections=conns, **window):
             size += len(raw)
             if conn.msgtype == COMPRESSED and codec == "raw-rgb24":
                 codec = str(reader.deserialize(raw, conn.msgtype).format).split(";")[0] or "jpeg"
         return size, codec
+
+
+def _window(clock: Clock) -> dict[str, int | None]:
+    """``reader.messages`` bounds of an episode's messages: from where it begins to its end."""
+    return {"start": clock.since_ns or None, "stop": clock.start_ns + clock.count * clock.step_ns}
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -308,8 +330,40 @@ class _Series:
     names: list[str]
 
 
+BOOL = "std_msgs/msg/Bool"
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where one episode lies in its bag: ``[from_ns, to_ns)``, ``to_ns`` None for its end."""
+
+    from_ns: int
+    to_ns: int | None
+
+
+def episode_windows(markers: list[tuple[int, Any]], msgtype: str) -> list[_Window]:
+    """The episodes an ``--episode-topic``'s messages mark, from ``(log time, message)`` pairs.
+
+    A ``std_msgs/Bool`` topic is a switch: ``true`` starts an episode (a second ``true`` while
+    one is running starts the next), ``false`` ends it. Any other message starts an episode
+    that the next one ends (the last lasts to the bag's end).
+    """
+    windows: list[_Window] = []
+    start: int | None = None
+    for t_ns, msg in markers:
+        on = bool(msg.data) if msgtype == BOOL else True
+        if start is not None and (on or msgtype == BOOL):
+            windows.append(_Window(start, t_ns))
+            start = None
+        if on:
+            start = t_ns
+    if start is not None:
+        windows.append(_Window(start, None))
+    return windows
+
+
 class RosbagSource(OptionedSource):
-    """Reader of ROS 1 / ROS 2 bags, one episode per bag."""
+    """Reader of ROS 1 / ROS 2 bags: one episode per bag, or those an episode topic marks."""
 
     format = FORMAT
 
@@ -320,6 +374,7 @@ class RosbagSource(OptionedSource):
         fps: float | None = None,
         gripper_open: GripperOpen = "auto",
         action_topics: tuple[str, ...] = (),
+        episode_topic: str | None = None,
     ) -> None:
         """Open the bag, or the folder of bags, at ``root``.
 
@@ -331,27 +386,74 @@ class RosbagSource(OptionedSource):
             gripper_open: ``low``: joint positions named ``*grip*`` shrink as it opens.
             action_topics: The topics whose messages are the actions (default: every
                 command topic, see the module docstring).
+            episode_topic: The topic whose messages mark where episodes begin (and, a
+                ``std_msgs/Bool``, end) within each bag (default: a bag is one episode).
         """
         super().__init__(root, instruction, fps, gripper_open)
         self.action_topics = tuple(action_topics)
+        self.episode_topic = episode_topic
 
     def list_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeError]]:
-        """One ref per bag (listing reads no message)."""
-        refs = []
+        """One ref per bag, or per episode its episode topic marks (reading that topic only)."""
+        refs: list[EpisodeRef] = []
+        errors: list[EpisodeError] = []
         for bag in bags_under(self.root):
             files = [bag] if bag.is_file() else sorted(p for p in bag.iterdir() if p.is_file())
             key = "." if bag == self.root else str(bag.relative_to(self.root))
-            refs.append(
-                EpisodeRef(self.uri, FORMAT, key, tuple(str(f) for f in files), {"bag": str(bag)})
-            )
-        return refs, []
+            paths = tuple(str(f) for f in files)
+            if self.episode_topic is None:
+                refs.append(EpisodeRef(self.uri, FORMAT, key, paths, {"bag": str(bag)}))
+                continue
+            try:
+                windows = self._windows(str(bag))
+            except EpisodeError as exc:
+                errors.append(exc)
+                continue
+            prefix = "" if key == "." else f"{key}/"
+            for k, w in enumerate(windows):
+                where = {"bag": str(bag), "from_ns": w.from_ns, "to_ns": w.to_ns}
+                refs.append(EpisodeRef(self.uri, FORMAT, f"{prefix}episode_{k:04d}", paths, where))
+        return refs, errors
 
-    def read(self, ref: EpisodeRef) -> EpisodeRecord:
-        """Read one bag's signals on its clock (frames lazily by camera URI)."""
-        bag = str(ref.locator["bag"])
+    def _windows(self, bag: str) -> list[_Window]:
+        """The episodes the episode topic marks in ``bag``."""
+        topic = str(self.episode_topic)
         try:
             with _reader(bag) as reader:
-                return self._read(reader, bag, ref)
+                topics = _topics(reader, bag)
+                marker = next((t for t in topics if t.topic == topic), None)
+                if marker is None:
+                    raise MissingFieldError(
+                        bag, f"--episode-topic {topic}: no messages on it in this bag (topics: "
+                        f"{_listing(topics)})", "MissingEpisodes",
+                    )  # fmt: skip
+                switch = marker.msgtype == BOOL  # only a switch's messages are read
+                markers = [
+                    (t_ns, reader.deserialize(raw, marker.msgtype) if switch else None)
+                    for _, t_ns, raw in reader.messages(connections=marker.conns)
+                ]
+        except EpisodeError:
+            raise
+        except Exception as exc:  # rosbags' reader errors share no base class
+            raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
+        windows = episode_windows(markers, marker.msgtype)
+        if not windows:
+            raise MissingFieldError(
+                bag, f"--episode-topic {topic}: no episode starts on it (no message true)",
+                "MissingEpisodes",
+            )  # fmt: skip
+        return windows
+
+    def read(self, ref: EpisodeRef) -> EpisodeRecord:
+        """Read one episode's signals on its clock (frames lazily by camera URI)."""
+        bag = str(ref.locator["bag"])
+        from_ns, to_ns = ref.locator.get("from_ns"), ref.locator.get("to_ns")
+        window = _Window(
+            from_ns if isinstance(from_ns, int) else 0, to_ns if isinstance(to_ns, int) else None
+        )
+        try:
+            with _reader(bag) as reader:
+                return self._read(reader, bag, ref, window)
         except EpisodeError:
             raise
         except Exception as exc:  # rosbags' reader errors share no base class
@@ -397,14 +499,16 @@ class RosbagSource(OptionedSource):
                   and not _COMMAND_NAME.search(t.topic)]  # fmt: skip
         return actions, states, cameras, texts
 
-    def _read(self, reader: Any, bag: str, ref: EpisodeRef) -> EpisodeRecord:
+    def _read(self, reader: Any, bag: str, ref: EpisodeRef, window: _Window) -> EpisodeRecord:
         actions, states, cameras, texts = self._roles(reader, bag)
-        series, camera_times = _scan(reader, [*actions, *states], cameras, bag)
-        clock = self._clock(bag, series, camera_times)
+        series, camera_times = _scan(reader, [*actions, *states], cameras, bag, window)
+        clock = dataclasses.replace(self._clock(bag, series, camera_times), since_ns=window.from_ns)
         if clock.count < 2:
+            within = "" if ref.locator.get("from_ns") is None else " in this episode"
             raise BadSignalError(
-                bag, "its topics overlap for less than two ticks of the clock", "EmptyEpisode"
-            )
+                bag, f"its topics overlap for less than two ticks of the clock{within}",
+                "EmptyEpisode",
+            )  # fmt: skip
         actions_TA, action_names = _held(series[: len(actions)], clock)
         states_TS, state_names = (
             _held(series[len(actions) :], clock) if states else (None, [])
@@ -413,7 +517,7 @@ class RosbagSource(OptionedSource):
         return EpisodeRecord(
             ref=ref,
             fps=1e9 / clock.step_ns,
-            instruction=_first_text(reader, texts) or self.instruction,
+            instruction=_first_text(reader, texts, window) or self.instruction,
             robot=None,
             actions_TA=actions_TA,
             cameras=[
@@ -464,17 +568,19 @@ def _camera_name(topic: str) -> str:
 
 
 def _scan(
-    reader: Any, signals: list[_Topic], cameras: list[_Topic], bag: str
+    reader: Any, signals: list[_Topic], cameras: list[_Topic], bag: str, window: _Window
 ) -> tuple[list[_Series], dict[str, npt.NDArray[np.int64]]]:
-    """Every signal topic's vectors and every camera's message times, in one pass over the bag.
+    """Every signal topic's vectors and every camera's message times, in one pass.
 
-    Camera images are not decoded here. A topic whose width changes is one line naming it.
+    Over the episode's ``window`` of the bag. Camera images are not decoded here. A topic
+    whose width changes is one line naming it.
     """
     times: dict[str, list[int]] = {t.topic: [] for t in (*signals, *cameras)}
     rows: dict[str, list[list[float]]] = {t.topic: [] for t in signals}
     names: dict[str, list[str]] = {}
     conns = [c for t in (*signals, *cameras) for c in t.conns]
-    for conn, t_ns, raw in reader.messages(connections=conns):
+    bounds = {"start": window.from_ns or None, "stop": window.to_ns}
+    for conn, t_ns, raw in reader.messages(connections=conns, **bounds):
         topic = conn.topic
         if topic not in rows:  # a camera: its times only
             times[topic].append(t_ns)
@@ -493,7 +599,10 @@ def _scan(
     series = []
     for t in signals:
         if not rows[t.topic]:
-            raise BadSignalError(bag, f"{t.topic}: no message carries values", "EmptyEpisode")
+            within = " in this episode" if window != _Window(0, None) else ""
+            raise BadSignalError(
+                bag, f"{t.topic}: no message carries values{within}", "EmptyEpisode"
+            )
         series.append(_Series(t.topic, np.asarray(times[t.topic], np.int64),
                               np.asarray(rows[t.topic], np.float32), names[t.topic]))  # fmt: skip
     return series, {t.topic: np.asarray(times[t.topic], np.int64) for t in cameras}
@@ -506,12 +615,17 @@ def _held(series: list[_Series], clock: Clock) -> tuple[FloatArray, list[str]]:
     return np.concatenate(columns, axis=1).astype(np.float32), names
 
 
-def _first_text(reader: Any, topics: list[_Topic]) -> str | None:
+def _first_text(reader: Any, topics: list[_Topic], window: _Window) -> str | None:
+    """The episode's instruction: the first text within ``window``, else the latest before."""
     for topic in topics:
-        for _, _, raw in reader.messages(connections=topic.conns):
+        before = None
+        for _, t_ns, raw in reader.messages(connections=topic.conns, stop=window.to_ns):
             text = str(reader.deserialize(raw, topic.msgtype).data).strip()
-            if text:
+            if text and t_ns >= window.from_ns:
                 return text
+            before = text or before
+        if before:
+            return before
     return None
 
 
@@ -520,6 +634,7 @@ __all__ = [
     "Clock",
     "RosbagSource",
     "bags_under",
+    "episode_windows",
     "image_frame",
     "iter_rosbag_frames",
     "looks_like",
