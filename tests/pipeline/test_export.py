@@ -76,9 +76,13 @@ def expected_spans(store: LanceStore) -> dict[str, list[Span]]:
 def test_export_round_trips_actions_states_and_event_bounds(curated, tmp_path, reencode):
     store = LanceStore(str(curated))
     out = tmp_path / "lerobot"
+    told: list[int] = []
     summary = export_lerobot(
-        ExportConfig(dataset=str(curated), tag="v1", out=str(out), reencode=reencode)
+        ExportConfig(dataset=str(curated), tag="v1", out=str(out), reencode=reencode),
+        on_start=told.append,
+        on_episode=lambda: told.append(-1),
     )
+    assert told == [summary.episodes_in] + [-1] * summary.episodes_in  # a progress bar's calls
     spans = expected_spans(store)
     assert summary.episodes_out == sum(len(s) for s in spans.values())
     assert summary.events_left_out > 0 and summary.episodes_out > summary.episodes_in  # a split

@@ -51,9 +51,23 @@ def export_lerobot_cmd(
         preset=preset,
         cameras=camera,
     )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     try:
-        with console.status("exporting"):
-            s = export_lerobot(cfg)
+        with Progress(
+            TextColumn("[bold]export"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("export", total=None)
+            s = export_lerobot(
+                cfg,
+                on_start=lambda n: progress.update(task, total=n),
+                on_episode=lambda: progress.advance(task),
+            )
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

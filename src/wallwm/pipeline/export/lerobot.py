@@ -481,8 +481,17 @@ def decode_span(
     return np.stack(frames).astype(np.uint8)
 
 
-def export_lerobot(cfg: ExportConfig, store: TableStore | None = None) -> ExportSummary:
-    """Write the tag's curated episodes to ``cfg.out`` as a LeRobot v3.0 dataset."""
+def export_lerobot(
+    cfg: ExportConfig,
+    store: TableStore | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_episode: Callable[[], None] | None = None,
+) -> ExportSummary:
+    """Write the tag's curated episodes to ``cfg.out`` as a LeRobot v3.0 dataset.
+
+    ``on_start`` is told how many episodes the tag holds, ``on_episode`` called as each is
+    done (a progress bar).
+    """
     t0 = time.perf_counter()
     store = store or LanceStore(cfg.dataset)
     _prepare_out(cfg)
@@ -491,8 +500,10 @@ def export_lerobot(cfg: ExportConfig, store: TableStore | None = None) -> Export
     by_episode = _events_by_episode(store, cfg.tag)
     episodes = _read_at(store, schemas.EPISODES, cfg.tag)
     writer = _Writer(cfg, _one_fps(cfg, episodes), summary)
+    if on_start:
+        on_start(episodes.num_rows)
     try:
-        _write_all(writer, episodes, by_episode, keep)
+        _write_all(writer, episodes, by_episode, keep, on_episode)
     except BaseException:
         writer.close(cancel=True)
         shutil.rmtree(writer.root, ignore_errors=True)  # no half-written export is left behind
@@ -520,35 +531,53 @@ def _write_all(
     episodes: pa.Table,
     by_episode: dict[str, list[dict[str, Any]]],
     keep: Callable[[dict[str, Any]], bool],
+    on_episode: Callable[[], None] | None = None,
 ) -> None:
     """Every kept span of every episode through ``writer``, then its metadata."""
-    summary = writer.summary
-    robot, names = None, (None, None)
+    robot: str | None = None
+    names: tuple[Any, Any] = (None, None)
     for i in range(episodes.num_rows):
-        row = {
-            c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS if c in episodes.schema.names
-        }
-        actions, stored = episode_arrays(episodes, i)
-        states = stored if stored is not None else np.zeros((len(actions), 0), np.float32)
-        summary.episodes_in += 1
-        has = [c["name"] for c in row["cameras"]]
-        if writer.camera_set is None:
-            writer.camera_set = list(writer.cfg.cameras or has)
-        if any(name not in has for name in writer.camera_set):
-            summary.episodes_skipped.append(row["episode_key"])
-            continue
-        mine = by_episode.get(row["episode_id"], [])
-        if writer.cfg.trim:  # the idle start and end go like left-out events
-            mine = clip_events(mine, *episode_trim(row, actions, states))
-        spans = kept_spans(mine, keep)
-        summary.events_left_out += len(mine) - sum(len(s.events) for s in spans)
-        robot, names = robot or row["robot"], (row["action_names"], row["state_names"])
-        for span in spans:
-            writer.add(row, actions, states, span)
+        written = _write_episode(writer, episodes, i, by_episode.get, keep)
+        if written is not None:
+            robot, names = robot or written[0], written[1]
+        if on_episode:
+            on_episode()
     if not writer.episodes:
         where = writer.cfg.tag or "the current version"
         raise ValueError(f"{writer.cfg.dataset}: nothing to export at {where} (no kept events)")
     writer.finish(robot, names)
+
+
+def _write_episode(
+    writer: _Writer,
+    episodes: pa.Table,
+    i: int,
+    events_of: Callable[[str], list[dict[str, Any]] | None],
+    keep: Callable[[dict[str, Any]], bool],
+) -> tuple[str | None, tuple[Any, Any]] | None:
+    """Episode ``i``'s kept spans through ``writer``.
+
+    Returns its robot and column names; None where it is left out for lacking a camera.
+    """
+    summary = writer.summary
+    row = {c: episodes.column(c)[i].as_py() for c in EPISODE_COLUMNS if c in episodes.schema.names}
+    actions, stored = episode_arrays(episodes, i)
+    states = stored if stored is not None else np.zeros((len(actions), 0), np.float32)
+    summary.episodes_in += 1
+    has = [c["name"] for c in row["cameras"]]
+    if writer.camera_set is None:
+        writer.camera_set = list(writer.cfg.cameras or has)
+    if any(name not in has for name in writer.camera_set):
+        summary.episodes_skipped.append(row["episode_key"])
+        return None
+    mine = events_of(row["episode_id"]) or []
+    if writer.cfg.trim:  # the idle start and end go like left-out events
+        mine = clip_events(mine, *episode_trim(row, actions, states))
+    spans = kept_spans(mine, keep)
+    summary.events_left_out += len(mine) - sum(len(s.events) for s in spans)
+    for span in spans:
+        writer.add(row, actions, states, span)
+    return row["robot"], (row["action_names"], row["state_names"])
 
 
 EPISODE_COLUMNS = (
