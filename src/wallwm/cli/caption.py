@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, console, err_console, require_events
+from wallwm.cli.common import DatasetOpt, console, err_console, progress_bar, require_events
 
 if TYPE_CHECKING:
     from wallwm.captioner.backends import BackendConfig
@@ -67,8 +67,6 @@ def caption_with_progress(
     grid: bool = False,
 ) -> int:
     """Run the caption stage with a progress bar; returns the exit code."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from wallwm.captioner.backends import CaptionResult
     from wallwm.captioner.stage import SERVER_DOWN, CaptionStageConfig, run_caption
 
@@ -80,15 +78,7 @@ def caption_with_progress(
         max_images=max_images,
         grid=grid,
     )
-    with Progress(
-        TextColumn("[bold]caption"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar("caption", "{task.fields[rate]}") as progress:
         task = progress.add_task("caption", total=None, rate="")
         tokens = 0
 

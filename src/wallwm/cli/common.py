@@ -10,10 +10,30 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(highlight=False)
 #: Errors are one line each: never wrapped at the terminal width (a log or grep sees one line).
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def progress_bar(name: str, *extra: str) -> Progress:
+    """The progress bar of a long command: its name, the bar, done of total, elapsed time.
+
+    ``extra``: templates of columns shown before the time (``"{task.fields[rate]}"``). The bar
+    is gone when the work is done (the command's summary line says the rest).
+    """
+    return Progress(
+        TextColumn(f"[bold]{name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(TextColumn(column) for column in extra),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 #: ``wallwm eval``: each part registers the evaluation of what it makes (segmentation beside the
 #: segmenter, policies beside the trainer).
 eval_app = typer.Typer(no_args_is_help=True, help="Measure the pipeline against ground truth.")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from wallwm.cli.common import DatasetOpt, console, err_console, out_folder
+from wallwm.cli.common import DatasetOpt, console, err_console, out_folder, progress_bar
 
 app = typer.Typer(no_args_is_help=True, help="Export curated snapshots to other tools' formats.")
 
@@ -51,17 +51,8 @@ def export_lerobot_cmd(
         preset=preset,
         cameras=camera,
     )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     try:
-        with Progress(
-            TextColumn("[bold]export"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
+        with progress_bar("export") as progress:
             task = progress.add_task("export", total=None)
             s = export_lerobot(
                 cfg,

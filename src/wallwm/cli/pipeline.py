@@ -26,6 +26,7 @@ from wallwm.cli.common import (
     err_console,
     print_json,
     print_readings,
+    progress_bar,
     validation_message,
 )
 
@@ -293,19 +294,9 @@ def ingest_with_progress(cfg: IngestConfig) -> tuple[int, IngestSummary]:
 
     Returns the exit code and the run's summary.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from wallwm.pipeline.ingest import EpisodeOutcome, run_ingest
 
-    with Progress(
-        TextColumn("[bold]ingest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:>8.0f} frames/s"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar("ingest", "{task.fields[fps]:>8.0f} frames/s") as progress:
         task = progress.add_task("ingest", total=None, fps=0.0)
         frames = 0
 

@@ -26,6 +26,7 @@ from wallwm.cli.common import (
     eval_app,
     print_json,
     print_readings,
+    progress_bar,
     validation_message,
 )
 
@@ -242,8 +243,6 @@ def _run_segment_with_progress(
     ``after_fused``: ingest has just cut the episodes it wrote (``wallwm run``) and said so;
     a stage that then finds nothing to do says nothing more.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from wallwm.pipeline.segmentation.stage import SegmentStageConfig, run_segment
 
     cfg = SegmentStageConfig(
@@ -254,14 +253,7 @@ def _run_segment_with_progress(
         executor="local" if local else "ray",
         ray_address=ray_address,
     )
-    with Progress(
-        TextColumn("[bold]segment"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar("segment") as progress:
         task = progress.add_task("segment", total=None)
 
         def on_episode(res: dict[str, object]) -> None:
