@@ -31,6 +31,7 @@ holds nothing over into it). At each tick every signal and camera holds its late
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Iterator
@@ -241,34 +242,58 @@ def _reader(bag: str) -> Any:
     return AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
 
 
+@contextlib.contextmanager
+def _reading(bag: str) -> Iterator[Any]:
+    """An open reader of ``bag``; what goes wrong reading it is one line naming the bag."""
+    try:
+        with _reader(bag) as reader:
+            yield reader
+    except EpisodeError:
+        raise
+    except Exception as exc:  # rosbags' reader errors share no base class
+        raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where one episode lies in its bag: ``[from_ns, to_ns)``, ``to_ns`` None for its end."""
+
+    from_ns: int = 0
+    to_ns: int | None = None
+
+    @classmethod
+    def of(cls, clock: Clock) -> _Window:
+        """From where an episode's messages begin to its clock's end."""
+        return cls(clock.since_ns, clock.start_ns + clock.count * clock.step_ns)
+
+    def bounds(self) -> dict[str, int | None]:
+        """``reader.messages``' ``start`` and ``stop``."""
+        return {"start": self.from_ns or None, "stop": self.to_ns}
+
+
 def iter_rosbag_frames(bag: str, topic: str, clock: Clock) -> Iterator[npt.NDArray[np.uint8]]:
     """Yield a camera's frames, one per tick: the latest image at or before it, decoded once."""
     where = f"{bag}#{topic}"
     ticks = clock.ticks_ns
     k = 0
-    try:
-        with _reader(bag) as reader:
-            conns = [c for c in reader.connections if c.topic == topic]
-            if not conns:
-                raise MissingFieldError(bag, f"camera topic {topic} is missing", "MissingCamera")
-            held: tuple[bytes, str] | None = None  # the latest message so far, undecoded
-            for conn, t_ns, raw in reader.messages(connections=conns, start=clock.since_ns or None):
-                if held is not None and k < clock.count and ticks[k] < t_ns:
-                    frame = image_frame(reader.deserialize(*held), held[1], where)
-                    while k < clock.count and ticks[k] < t_ns:  # ticks before this message
-                        yield frame
-                        k += 1
-                if k >= clock.count:
-                    return
-                held = (raw, conn.msgtype)
-            if held is not None and k < clock.count:
+    with _reading(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            raise MissingFieldError(bag, f"camera topic {topic} is missing", "MissingCamera")
+        held: tuple[bytes, str] | None = None  # the latest message so far, undecoded
+        for conn, t_ns, raw in reader.messages(connections=conns, start=clock.since_ns or None):
+            if held is not None and k < clock.count and ticks[k] < t_ns:
                 frame = image_frame(reader.deserialize(*held), held[1], where)
-                for _ in range(k, clock.count):
+                while k < clock.count and ticks[k] < t_ns:  # ticks before this message
                     yield frame
-    except EpisodeError:
-        raise
-    except Exception as exc:  # rosbags' reader errors share no base class
-        raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
+                    k += 1
+            if k >= clock.count:
+                return
+            held = (raw, conn.msgtype)
+        if held is not None and k < clock.count:
+            frame = image_frame(reader.deserialize(*held), held[1], where)
+            for _ in range(k, clock.count):
+                yield frame
 
 
 def rosbag_layout(bag: str, topic: str, clock: Clock | None = None) -> tuple[int, str]:
@@ -276,20 +301,15 @@ def rosbag_layout(bag: str, topic: str, clock: Clock | None = None) -> tuple[int
 
     The episode's own messages, where ``clock`` says where it lies in the bag.
     """
-    window = {} if clock is None else _window(clock)
-    with _reader(bag) as reader:
+    window = _Window() if clock is None else _Window.of(clock)
+    with _reading(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         size, codec = 0, "raw-rgb24"
-        for conn, _, raw in reader.messages(connections=conns, **window):
+        for conn, _, raw in reader.messages(connections=conns, **window.bounds()):
             size += len(raw)
             if conn.msgtype == COMPRESSED and codec == "raw-rgb24":
                 codec = str(reader.deserialize(raw, conn.msgtype).format).split(";")[0] or "jpeg"
         return size, codec
-
-
-def _window(clock: Clock) -> dict[str, int | None]:
-    """``reader.messages`` bounds of an episode's messages: from where it begins to its end."""
-    return {"start": clock.since_ns or None, "stop": clock.start_ns + clock.count * clock.step_ns}
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -331,14 +351,6 @@ class _Series:
 
 
 BOOL = "std_msgs/msg/Bool"
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Where one episode lies in its bag: ``[from_ns, to_ns)``, ``to_ns`` None for its end."""
-
-    from_ns: int
-    to_ns: int | None
 
 
 def episode_windows(markers: list[tuple[int, Any]], msgtype: str) -> list[_Window]:
@@ -418,24 +430,19 @@ class RosbagSource(OptionedSource):
     def _windows(self, bag: str) -> list[_Window]:
         """The episodes the episode topic marks in ``bag``."""
         topic = str(self.episode_topic)
-        try:
-            with _reader(bag) as reader:
-                topics = _topics(reader, bag)
-                marker = next((t for t in topics if t.topic == topic), None)
-                if marker is None:
-                    raise MissingFieldError(
-                        bag, f"--episode-topic {topic}: no messages on it in this bag (topics: "
-                        f"{_listing(topics)})", "MissingEpisodes",
-                    )  # fmt: skip
-                switch = marker.msgtype == BOOL  # only a switch's messages are read
-                markers = [
-                    (t_ns, reader.deserialize(raw, marker.msgtype) if switch else None)
-                    for _, t_ns, raw in reader.messages(connections=marker.conns)
-                ]
-        except EpisodeError:
-            raise
-        except Exception as exc:  # rosbags' reader errors share no base class
-            raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
+        with _reading(bag) as reader:
+            topics = _topics(reader, bag)
+            marker = next((t for t in topics if t.topic == topic), None)
+            if marker is None:
+                raise MissingFieldError(
+                    bag, f"--episode-topic {topic}: no messages on it in this bag (topics: "
+                    f"{_listing(topics)})", "MissingEpisodes",
+                )  # fmt: skip
+            switch = marker.msgtype == BOOL  # only a switch's messages are read
+            markers = [
+                (t_ns, reader.deserialize(raw, marker.msgtype) if switch else None)
+                for _, t_ns, raw in reader.messages(connections=marker.conns)
+            ]
         windows = episode_windows(markers, marker.msgtype)
         if not windows:
             raise MissingFieldError(
@@ -451,13 +458,8 @@ class RosbagSource(OptionedSource):
         window = _Window(
             from_ns if isinstance(from_ns, int) else 0, to_ns if isinstance(to_ns, int) else None
         )
-        try:
-            with _reader(bag) as reader:
-                return self._read(reader, bag, ref, window)
-        except EpisodeError:
-            raise
-        except Exception as exc:  # rosbags' reader errors share no base class
-            raise CorruptVideoError(bag, f"unreadable bag: {type(exc).__name__}: {exc}") from exc
+        with _reading(bag) as reader:
+            return self._read(reader, bag, ref, window)
 
     def _roles(
         self, reader: Any, bag: str
@@ -579,8 +581,7 @@ def _scan(
     rows: dict[str, list[list[float]]] = {t.topic: [] for t in signals}
     names: dict[str, list[str]] = {}
     conns = [c for t in (*signals, *cameras) for c in t.conns]
-    bounds = {"start": window.from_ns or None, "stop": window.to_ns}
-    for conn, t_ns, raw in reader.messages(connections=conns, **bounds):
+    for conn, t_ns, raw in reader.messages(connections=conns, **window.bounds()):
         topic = conn.topic
         if topic not in rows:  # a camera: its times only
             times[topic].append(t_ns)
@@ -599,7 +600,7 @@ def _scan(
     series = []
     for t in signals:
         if not rows[t.topic]:
-            within = " in this episode" if window != _Window(0, None) else ""
+            within = " in this episode" if window != _Window() else ""
             raise BadSignalError(
                 bag, f"{t.topic}: no message carries values{within}", "EmptyEpisode"
             )
