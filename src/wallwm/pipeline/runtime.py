@@ -36,10 +36,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     }
     if address:
         check_ray_address(address)
-        with without_start_banner():
+    with without_start_banner():
+        if address:
             ray.init(address=address, **kwargs)  # type: ignore[arg-type]
-    else:
-        with without_start_banner():
+        else:
             _start_local(num_cpus or os.cpu_count() or 1, kwargs)
     quiet_ray_data()
 
