@@ -149,3 +149,19 @@ def test_json_output_has_no_nan(capsys):
     print_json({"f1": 0.5, "offset": float("nan"), "rows": [float("inf"), 1.0, (2.0, None)]})
     out = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
     assert out == {"f1": 0.5, "offset": None, "rows": [None, 1.0, [2.0, None]]}
+
+
+def test_a_progress_bar_leaves_nothing_in_a_log():
+    """Where the output is no terminal (a batch job's log, a pipe), the bar is not drawn: it
+    left an empty line behind every long command's output."""
+    from wallwm.cli.common import console, progress_bar
+
+    with console.capture() as captured:
+        console.print("before")
+        with progress_bar("ingest", "{task.fields[fps]:>8.0f} frames/s") as progress:
+            task = progress.add_task("ingest", total=2, fps=0.0)
+            progress.advance(task)
+            progress.console.print("failed ep_1: a line said during the work")
+            progress.advance(task)
+        console.print("after")
+    assert captured.get() == "before\nfailed ep_1: a line said during the work\nafter\n"

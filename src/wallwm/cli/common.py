@@ -21,7 +21,8 @@ def progress_bar(name: str, *extra: str) -> Progress:
     """The progress bar of a long command: its name, the bar, done of total, elapsed time.
 
     ``extra``: templates of columns shown before the time (``"{task.fields[rate]}"``). The bar
-    is gone when the work is done (the command's summary line says the rest).
+    is gone when the work is done (the command's summary line says the rest), and is not drawn
+    where the output is no terminal (a log, a pipe): there it left an empty line behind.
     """
     return Progress(
         TextColumn(f"[bold]{name}"),
@@ -31,6 +32,7 @@ def progress_bar(name: str, *extra: str) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
 
 
