@@ -183,6 +183,7 @@ def test_every_topic_is_read_on_the_first_cameras_clock(bags, solo_mcap, name):
 
 
 def test_a_folder_of_bags_runs_through_the_pipeline(bags, tmp_path):
+    assert peek_source(str(bags)).hints == []  # no topic that looks like an episode marker
     ds = tmp_path / "ds"
     cfg = IngestConfig(source=str(bags), dataset=str(ds), executor="local")
     report = run_ingest(cfg.model_copy(update={"segment": SegmentConfig()}))
@@ -241,6 +242,14 @@ def test_a_session_bag_is_cut_into_the_episodes_its_switch_marks(tmp_path):
              (4.5, True))  # fmt: skip
     bag = write_bag(tmp_path / "session", "mcap", seconds=6.0, marks=marks)
     assert len(open_source(bag).list_episodes()[0]) == 1  # without the option: one episode
+    # ... and `wallwm inspect` points at the topic (its name and type say "marker")
+    assert peek_source(str(bag)).hints == [
+        "/recording (std_msgs/Bool, 5 messages) may mark episodes: --episode-topic /recording "
+        "reads each bag as the episodes it marks"
+    ]
+    assert peek_source(str(bag), episode_topic="/recording").hints == []
+    words = " ".join(CliRunner().invoke(app, ["inspect", str(bag)]).output.split())
+    assert "hint /recording (std_msgs/Bool, 5 messages) may mark episodes" in words
     source = open_source(bag, episode_topic="/recording")
     refs, errors = source.list_episodes()
     assert errors == [] and [r.episode_key for r in refs] == [f"episode_000{k}" for k in range(3)]

@@ -147,6 +147,8 @@ def _show_peek(found: SourcePeek) -> None:
     )
     for line in found.listing_failures[:10]:
         console.print(f"[red]refused[/] {line}", soft_wrap=True)
+    for line in found.hints:
+        console.print(f"[yellow]hint[/] {line}", soft_wrap=True)
     table = Table(title=f"{len(found.sampled)} episodes read (signals only)")
     for col in ("episode", "frames", "fps", "actions/states", "cameras", "truth events"):
         table.add_column(col, overflow="fold")

@@ -52,6 +52,8 @@ class SourcePeek:
     listed: int
     listing_failures: list[str]
     sampled: list[EpisodePeek]
+    #: What the source's layout suggests stating (a ROS bag's topic that may mark episodes).
+    hints: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready."""
@@ -120,4 +122,19 @@ def peek_source(
         listed=len(refs),
         listing_failures=[f"{e.file}: {e.problem}" for e in errors],
         sampled=[peek_episode(source, ref) for ref in spread(refs, sample)],
+        hints=_hints(source),
     )
+
+
+def _hints(source: object) -> list[str]:
+    """The source's own suggestions (a source that has none: none).
+
+    A failure to make them is no problem of the source's episodes, and says nothing.
+    """
+    hints = getattr(source, "hints", None)
+    if hints is None:
+        return []
+    try:
+        return list(hints())
+    except EpisodeError:
+        return []

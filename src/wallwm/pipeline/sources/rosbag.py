@@ -374,6 +374,13 @@ def episode_windows(markers: list[tuple[int, Any]], msgtype: str) -> list[_Windo
     return windows
 
 
+#: Topic names that say "episode marker": a recorder's switch, a reset, a trial counter.
+_MARKER_NAME = re.compile(r"episode|record|reset|demo|trial", re.IGNORECASE)
+#: Message types an episode marker is published as.
+MARKER_TYPES = {BOOL, "std_msgs/msg/Empty", "std_msgs/msg/Header", "std_msgs/msg/Int32",
+                "std_msgs/msg/UInt32", "std_msgs/msg/String"}  # fmt: skip
+
+
 class RosbagSource(OptionedSource):
     """Reader of ROS 1 / ROS 2 bags: one episode per bag, or those an episode topic marks."""
 
@@ -426,6 +433,24 @@ class RosbagSource(OptionedSource):
                 where = {"bag": str(bag), "from_ns": w.from_ns, "to_ns": w.to_ns}
                 refs.append(EpisodeRef(self.uri, FORMAT, f"{prefix}episode_{k:04d}", paths, where))
         return refs, errors
+
+    def hints(self) -> list[str]:
+        """What ``wallwm inspect`` suggests: the first bag's topics that may mark episodes.
+
+        Only where no ``--episode-topic`` is given; reads the bag's index, no message.
+        """
+        bags = bags_under(self.root)
+        if self.episode_topic is not None or not bags:
+            return []
+        with _reading(str(bags[0])) as reader:
+            topics = _topics(reader, str(bags[0]))
+        return [
+            f"{t.topic} ({t.msgtype.replace('/msg/', '/')}, {sum(c.msgcount for c in t.conns)} "
+            f"messages) may mark episodes: --episode-topic {t.topic} reads each bag as the "
+            "episodes it marks"
+            for t in topics
+            if t.msgtype in MARKER_TYPES and _MARKER_NAME.search(t.topic)
+        ]
 
     def _windows(self, bag: str) -> list[_Window]:
         """The episodes the episode topic marks in ``bag``."""
