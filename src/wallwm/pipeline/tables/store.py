@@ -292,14 +292,14 @@ class LanceStore:
             if rows.num_rows == 0:
                 return WriteResult(table, 0, 0, 0, None, None)
             with self._creating() as locked:
-                made = None
+                made = False
                 if self.version(table) is None:  # another writer may have made it meanwhile
                     # Unlocked, the table is made empty: a create another writer replaces at
                     # the same moment then loses no rows (all of them are merged below).
                     made = self._create(table, rows if locked else rows.slice(0, 0))
-                    if made is not None and locked:
-                        return made
-                before = None if made is not None else self.version(table)
+                    if made and locked:
+                        return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+                before = None if made else self.version(table)
         rows = _align(rows, self._open(table).schema, table)
         rows = _drop_unchanged(self, table, rows, key, volatile)
         if rows.num_rows == 0:
@@ -335,8 +335,8 @@ class LanceStore:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _create(self, table: str, rows: pa.Table) -> WriteResult | None:
-        """Make ``table`` with ``rows``; None where another writer made it first."""
+    def _create(self, table: str, rows: pa.Table) -> bool:
+        """Make ``table`` with ``rows``; False where another writer made it first."""
         import lance
 
         try:
@@ -347,8 +347,8 @@ class LanceStore:
             if not self.exists(table):
                 raise
             log.info("%s was created by another writer (%s): merging", table, exc)
-            return None
-        return WriteResult(table, rows.num_rows, 0, 0, None, self.version(table))
+            return False
+        return True
 
     def replace(
         self, table: str, rows: pa.Table, key: str, scope: str, volatile: tuple[str, ...] = ()
