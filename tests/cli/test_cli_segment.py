@@ -80,6 +80,9 @@ def test_run_events_episode_eval(folder_source, tmp_path):
     assert in_time.exit_code == 0 and "4 episodes segmented" in in_time.output
     unmerged = invoke("segment", "--dataset", ds, "--no-merge-bends")
     assert unmerged.exit_code == 0 and "4 episodes segmented" in unmerged.output
+    # another config (each event's own slopes): cut again, not "up to date"
+    own_slopes = invoke("segment", "--dataset", ds, "--no-merge-bends", "--no-shared-gain")
+    assert own_slopes.exit_code == 0 and "4 episodes segmented" in own_slopes.output
     as_recorded = invoke(
         "segment", "--dataset", ds, "--no-continuous-rotations", "--no-read-held-samples"
     )
@@ -96,7 +99,8 @@ def test_segment_option_defaults_are_the_segmenter_defaults():
     for cmd in (segment_cmd, run_cmd):
         params = inspect.signature(cmd).parameters
         names = ("method", "penalty", "action_model", "merge_bends", "refit_noise")
-        for name in (*names, "continuous_rotations", "read_held_samples"):
+        more = ("continuous_rotations", "read_held_samples", "mend_glitches", "shared_gain")
+        for name in (*names, *more):
             assert params[name].default == getattr(want, name), (cmd.__name__, name)
 
 

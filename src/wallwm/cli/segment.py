@@ -102,6 +102,14 @@ ReadHeldSamplesOpt = Annotated[
         "frames dropped (gaps in the timestamps) on the time axis."
     ),
 ]
+SharedGainOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Let a state-feedback event's commands keep the episode's gain (their line's "
+        "slope on the state) and pay for a slope of their own only where they need one: a new "
+        "sub-goal at the same gain costs one parameter a command, not two."
+    ),
+]
 MendGlitchesOpt = Annotated[
     bool,
     typer.Option(
@@ -128,6 +136,7 @@ def _segment_config(
     continuous_rotations: bool = True,
     read_held_samples: bool = True,
     mend_glitches: bool = True,
+    shared_gain: bool = True,
 ) -> SegmentConfig:
     from pydantic import ValidationError
 
@@ -147,6 +156,7 @@ def _segment_config(
             continuous_rotations=continuous_rotations,
             read_held_samples=read_held_samples,
             mend_glitches=mend_glitches,
+            shared_gain=shared_gain,
             min_event_s=min_event_s,
             max_event_s=max_event_s,
         )
@@ -297,6 +307,7 @@ def segment_cmd(
     noise_model: NoiseModelOpt = "auto",
     action_form: ActionFormOpt = "auto",
     merge_bends: MergeBendsOpt = True,
+    shared_gain: SharedGainOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
@@ -327,6 +338,7 @@ def segment_cmd(
         continuous_rotations,
         read_held_samples,
         mend_glitches,
+        shared_gain,
     )
     raise typer.Exit(_run_segment_with_progress(dataset, seg, force, local, ray_address, reselect))
 
@@ -349,6 +361,7 @@ def run_cmd(
     noise_model: NoiseModelOpt = "auto",
     action_form: ActionFormOpt = "auto",
     merge_bends: MergeBendsOpt = True,
+    shared_gain: SharedGainOpt = True,
     merge_disturbances: MergeDisturbancesOpt = True,
     refit_noise: RefitNoiseOpt = True,
     continuous_rotations: ContinuousRotationsOpt = True,
@@ -384,6 +397,7 @@ def run_cmd(
         continuous_rotations,
         read_held_samples,
         mend_glitches,
+        shared_gain,
     )
     from pydantic import ValidationError
 

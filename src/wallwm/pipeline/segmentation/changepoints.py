@@ -36,6 +36,9 @@ class SegmentCost(Protocol):
     dims: int
     #: Parameters each column's fit takes per segment (its BIC price).
     params: int
+    #: How much more two adjacent segments can cost than their union (0 where splitting never
+    #: adds cost): PELT prunes a start only once it is worse by more than this.
+    split_slack: float
 
     def scaled(self, scale_D: FloatArray) -> SegmentCost:
         """The cost of the columns multiplied by ``scale_D``."""
@@ -64,6 +67,7 @@ class LinearCost:
     """
 
     params = 2  # an intercept and a slope
+    split_slack = 0.0  # a split never fits worse
 
     def __init__(self, y_TD: FloatArray, z_TD: FloatArray | None = None) -> None:
         """Precompute prefix sums of ``y_TD`` and its regressor."""
@@ -99,21 +103,29 @@ class LinearCost:
     def columns(self, a: npt.NDArray[np.int64], b: int | npt.NDArray[np.int64]) -> FloatArray:
         """Like calling the cost, but one residual per column: shape ``(len(a), D)``."""
         sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
-        return _line_rss(*(s[b] - s[a] for s in sums))
+        return line_rss(*(s[b] - s[a] for s in sums))
 
     def matrix(self, first: int, last: int) -> FloatArray:
         """``M[i, j]`` = cost of ``[first + i, first + j)`` for all ``i < j`` (inf elsewhere)."""
+        m: FloatArray = self.unit_matrix(first, last) @ self.scale2_D
+        m[np.tril_indices(last - first + 1)] = np.inf
+        return m
+
+    def unit_matrix(self, first: int, last: int) -> FloatArray:
+        """Each column's residual of ``[first + i, first + j)`` at unit scale: ``(S, S, D)``.
+
+        Times ``scale2_D``, this cost's (every member of the family shares it); meaningless
+        where ``i >= j``.
+        """
         # Broadcast slices (rows: starts, columns: ends) instead of gathering by index arrays.
         unit = self._unit_matrices.get((first, last))
         if unit is None:
             window = slice(first, last + 1)
             sums = (self.n[:, None], self.sz, self.szz, self.sy, self.szy, self.syy)
-            unit = _line_rss(*(s[window][None] - s[window][:, None] for s in sums))
+            unit = line_rss(*(s[window][None] - s[window][:, None] for s in sums))
             unit /= self.scale2_D
             self._unit_matrices[(first, last)] = unit
-        m: FloatArray = unit @ self.scale2_D
-        m[np.tril_indices(last - first + 1)] = np.inf
-        return m
+        return unit
 
 
 #: Pseudo-inverses of the polynomial fit's Gram matrix by segment length, per degree (shared:
@@ -190,6 +202,8 @@ class PolynomialCost:
     off by 263 noise units with one table, by 0.013 from the windows; a 32-episode session of
     Jaco's smooth reaching (4,804 frames) was cut at F1 0.36, now 0.83.
     """
+
+    split_slack = 0.0  # a split never fits worse
 
     def __init__(self, y_TD: FloatArray, degree: int = 3, z_TD: FloatArray | None = None) -> None:
         """Precompute the table(s) of prefix sums (windows: as they are first queried)."""
@@ -294,6 +308,8 @@ class _PolynomialTable:
     Frisch-Waugh-Lovell: the polynomial's residual of ``y`` less its projection on the
     polynomial's residual of ``z`` -- no per-segment solve beyond the tabulated one.
     """
+
+    split_slack = 0.0  # a split never fits worse
 
     def __init__(self, y_TD: FloatArray, degree: int = 3, z_TD: FloatArray | None = None) -> None:
         """Precompute prefix sums of ``t^j * y_TD`` and the Gram pseudo-inverses."""
@@ -409,6 +425,7 @@ class LocalNoiseCost:
         """``variance_TD``: each frame's noise variance in the channels' unit (>= 1)."""
         self.inner = inner
         self.dims, self.params = inner.dims, inner.params
+        self.split_slack = inner.split_slack  # divided by variances >= 1: never more
         self.variance_TD = variance_TD
         self.prefix = _prefix(variance_TD)
 
@@ -476,7 +493,7 @@ class ChannelFit:
         return dataclasses.replace(self, cost=self.cost.scaled(scale_D), y_TD=self.y_TD * scale_D)
 
 
-def _line_rss(
+def line_rss(
     n: FloatArray, sz: FloatArray, szz: FloatArray, sy: FloatArray, szy: FloatArray, syy: FloatArray
 ) -> FloatArray:
     """Residual sum of squares of each column's line fit, from its segment sums.
@@ -508,7 +525,9 @@ def _line_rss(
 PELT_BLOCK = 64
 
 
-def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[int]:
+def pelt(
+    cost: CostFn, num_frames: int, penalty: float, min_len: int, slack: float = 0.0
+) -> list[int]:
     """Optimal change points under ``cost`` + ``penalty`` per segment (Killick et al. 2012).
 
     The ends are taken :data:`PELT_BLOCK` at a time: every (start, end) pair the block can use
@@ -517,6 +536,8 @@ def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[in
     the same optimum, ties and pruning as costing one end at a time, but a query's fixed
     overhead (tens of numpy calls for the polynomial cost's windowed tables) is paid once per
     block rather than once per frame -- what dominated the model choice on long episodes.
+    ``slack``: how much more two adjacent segments can cost than their union (the cost's
+    ``split_slack``); a start is pruned only once it is worse than the optimum by more.
     """
     best = np.full(num_frames + 1, np.inf)
     best[0] = -penalty
@@ -534,9 +555,9 @@ def pelt(cost: CostFn, num_frames: int, penalty: float, min_len: int) -> list[in
                 so_far = best[starts[usable]] + seg_SE[usable, k]
                 i = int(np.argmin(so_far + penalty))
                 best[b], prev[b] = so_far[i] + penalty, starts[usable[i]]
-                # Pruning: a start that is already worse than the optimum by more than the
-                # penalty can never become optimal later.
-                live[usable[~(so_far <= best[b])]] = False
+                # Pruning: a start that is already worse than the optimum (by more than the
+                # slack a split can add) can never become optimal later.
+                live[usable[~(so_far <= best[b] + slack)]] = False
             live[len(candidates) + k] = True
         candidates = starts[live]
     return _trace_back(prev)
@@ -603,7 +624,7 @@ def pelt_between(cost: SegmentCost, edges: list[int], penalty: float, min_len: i
         ) -> FloatArray:
             return cost(starts + a, end + a)
 
-        points += [a + p for p in pelt(shifted, b - a, penalty, min_len)]
+        points += [a + p for p in pelt(shifted, b - a, penalty, min_len, cost.split_slack)]
     return sorted({*points, *edges[1:-1]})
 
 

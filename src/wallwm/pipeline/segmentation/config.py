@@ -81,6 +81,14 @@ class SegmentConfig(BaseModel):
         description="Drop boundaries where the command only bends against the state "
         "(saturation knees) instead of jumping.",
     )
+    shared_gain: bool = Field(
+        True,
+        description="Let each command of a state-feedback event keep the episode's gain (its "
+        "line's slope on the paired state, pooled over the events) and pay for a slope of its "
+        "own only where it needs one: a controller that switches sub-goal keeps its gain, so "
+        "a new event costs one parameter per command, not two "
+        "(see wallwm.pipeline.segmentation.gains).",
+    )
     merge_disturbances: bool = Field(
         True,
         description="Drop the boundaries of hesitations and small corrections: short runs of "

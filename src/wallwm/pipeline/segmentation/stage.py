@@ -162,9 +162,10 @@ def run_segment_config(recorded: dict[str, Any]) -> SegmentConfig:
     """The segmenter config a run recorded in lineage (its ``segment`` entry).
 
     Runs recorded before the action form was chosen cut the commands' values; before quiet
-    dims were left out, every dim.
+    dims were left out, every dim; before the shared gain, each event's own slopes.
     """
-    return SegmentConfig(**{"action_form": "values", "quiet_dims": [], **recorded})
+    before = {"action_form": "values", "quiet_dims": [], "shared_gain": False}
+    return SegmentConfig(**{**before, **recorded})
 
 
 def _requested(asked: Any) -> dict[str, Any] | None:
