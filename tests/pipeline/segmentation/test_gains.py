@@ -10,7 +10,7 @@ import pytest
 from wallwm.pipeline.segmentation import SegmentConfig, Signals, segment
 from wallwm.pipeline.segmentation.changepoints import LinearCost, optimal_partition, pelt
 from wallwm.pipeline.segmentation.evaluate import EMPTY, match_boundaries
-from wallwm.pipeline.segmentation.gains import SharedGainCost, pooled_gains
+from wallwm.pipeline.segmentation.gains import SharedGainCost, shared_gains
 
 
 def goal_switches(seed: int, noise: float, step: float, t_len: int = 150, every: int = 30):
@@ -120,10 +120,10 @@ def test_the_gain_is_read_from_the_events_that_agree_with_it():
         z[a:b] += 40.0 * np.linspace(0, 1, b - a)[:, None] if held else 0.0
     y += rng.normal(0, 0.1, y.shape)
     line = LinearCost(y, z)
-    gain = pooled_gains(line, edges, np.array([True]), per_param=10.0)
+    gain = shared_gains(line, edges, np.array([True]), per_param=10.0)
     assert gain[0] == pytest.approx(-4.0, abs=0.05)
     # a column off the state has no shared gain
-    assert pooled_gains(line, edges, np.array([False]), per_param=10.0)[0] == 0.0
+    assert shared_gains(line, edges, np.array([False]), per_param=10.0)[0] == 0.0
 
 
 def test_a_run_recorded_before_the_shared_gain_is_read_with_its_own_slopes():

@@ -1,7 +1,8 @@
 """Event segmentation at the event joints: pure functions, no I/O, no Ray.
 
 Modules: :mod:`.config` (options, inputs, results), :mod:`.channels` (cue channels and their
-noise), :mod:`.changepoints` (costs, PELT), :mod:`.bends` (bends and residual noise),
+noise), :mod:`.changepoints` (costs, PELT), :mod:`.gains` (a controller's shared gain),
+:mod:`.bends` (bends and residual noise),
 :mod:`.disturbances` and :mod:`.hesitations` (what is no event), :mod:`.selection` (the model
 choice), :mod:`.forms` (values or rates; what the cut reads), :mod:`.rotations` (wrapped
 angles and quaternion signs made continuous), :mod:`.held` (a command stream slower than the
@@ -48,6 +49,10 @@ whose sign flipped are read continuous before anything else (``continuous_rotati
 :mod:`.rotations`): a turn past the edge is no event. A command stream held over several
 frames (slower than the frames) is cut on its own samples by the models in time
 (``read_held_samples``, :mod:`.held`): its stairs are no events.
+A closed-loop controller keeps its gain when it switches sub-goal: each command of each event
+takes the episode's gain (its slope on the state, read off a first cut) and fits only its
+intercept, or pays one more parameter's price for a slope of its own (``shared_gain``,
+:mod:`.gains`), so a new sub-goal costs one parameter per command, not two.
 A boundary where the state-feedback line only *bends* -- the command stays continuous in the
 state while its slope changes, as when an actuator leaves or enters saturation at its command
 limit -- is no event: where a continuous two-piece line per dim (its knee at the boundary, or

@@ -34,7 +34,7 @@ from wallwm.pipeline.segmentation.config import (
 from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_cue
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
 from wallwm.pipeline.segmentation.forms import as_read, cut_signals
-from wallwm.pipeline.segmentation.gains import SharedGainCost, pooled_gains
+from wallwm.pipeline.segmentation.gains import SharedGainCost, shared_gains
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
 
 
@@ -118,7 +118,7 @@ def _change_points(
     if cfg.shared_gain and isinstance(fit.cost, LinearCost) and fit.on_state_D.any():
         # The gains read off this first cut; the cut again, each event's commands at them
         # or at slopes of their own (priced). The merges below test the line model's events.
-        gain_D = pooled_gains(fit.cost, [0, *points, t_len], fit.on_state_D, fit.per_param)
+        gain_D = shared_gains(fit.cost, [0, *points, t_len], fit.on_state_D, fit.per_param)
         shared = SharedGainCost(fit.cost, gain_D, fit.on_state_D, fit.per_param)
         penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len, shared.params)
         points = pelt_between(shared, [0, *forced, t_len], penalty, min_len)
