@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wallwm.pipeline.chain import fan_out, map_items
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
 from wallwm.pipeline.segmentation.stage import (
     SegmentStageConfig,
     count_readings,
@@ -34,7 +33,8 @@ from wallwm.pipeline.segmentation.stage import (
     record_signals,
     replace_events,
     spread_sample,
-    table_sample,
+    stored_keys,
+    stored_signals,
 )
 from wallwm.pipeline.sources.base import (
     EpisodeError,
@@ -498,12 +498,20 @@ def _fused_segment(
     sampled: list[tuple[int, int]] = []  # the shape a source sample was cut down to
 
     def sample() -> list[Signals]:
-        stored = table_sample(store.root) if isinstance(store, LanceStore) else []
-        if len(stored) >= min(SAMPLE_EPISODES, len(refs)):
-            return stored
+        # Spread over every key the dataset will hold (stored and about to be), as the
+        # segment stage spreads over the stored ones: a run that was interrupted chooses on
+        # the same episodes as one that was not. Episodes to be (re)written are read from
+        # the source, the others from the table.
+        stored = stored_keys(store.root) if isinstance(store, LanceStore) else {}
         by_key = {r.episode_key: r for r in refs}
-        out = []
-        for key in spread_sample(list(by_key)):
+        picked = spread_sample(sorted({*stored, *by_key}))
+        from_table = [stored[k] for k in picked if k not in by_key]
+        table = stored_signals(store.root, from_table) if from_table else {}
+        out: list[Signals] = []
+        for key in picked:
+            if key not in by_key:
+                out += [table[stored[key]]] if stored[key] in table else []
+                continue
             try:
                 record = source.read(by_key[key])
                 validate_signals(record)  # nothing probed yet

@@ -156,6 +156,49 @@ def test_fused_run_equals_ingest_then_segment(folder_source, tmp_path):
     assert sorted(stages) == ["ingest", "segment", "segment"]
 
 
+def test_every_path_chooses_the_model_on_the_same_episodes(folder_source, tmp_path):
+    """More episodes than the choice samples: `wallwm run`, ingest then segment, and a run
+    after an interrupted ingest all choose on the same spread sample (by key), so they cut
+    alike. Sampled by id in the table and by key in the source, two paths chose different
+    pairings on one 40-episode source, and one episode was cut differently."""
+    from wallwm.pipeline.segmentation.selection import SAMPLE_EPISODES
+    from wallwm.pipeline.tables.lineage import recorded_configs
+
+    src = folder_source(SAMPLE_EPISODES + 12, seed=5, cameras=("top",))
+    later = tmp_path / "later"  # what an ingest killed part-way had not stored yet
+    later.mkdir()
+    local = {"executor": "local"}
+
+    def choice(ds):
+        config = recorded_configs(LanceStore(str(ds)), "segment")[-1]  # where it was chosen
+        return config["segment"], config["details"]["choice"]
+
+    fused = tmp_path / "fused"
+    run_ingest(IngestConfig(source=str(src), dataset=str(fused), segment=SegmentConfig(), **local))
+    two = tmp_path / "two"
+    run_ingest(IngestConfig(source=str(src), dataset=str(two), **local))
+    run_segment(SegmentStageConfig(dataset=str(two), **local))
+    resumed = tmp_path / "resumed"
+    for episode in [e for i, e in enumerate(sorted(src.iterdir())) if i % 3]:
+        episode.rename(later / episode.name)
+    run_ingest(IngestConfig(source=str(src), dataset=str(resumed), **local))
+    stored = len(list(src.iterdir()))
+    for episode in later.iterdir():
+        episode.rename(src / episode.name)
+    rest = IngestConfig(source=str(src), dataset=str(resumed), segment=SegmentConfig(), **local)
+    assert run_ingest(rest).unchanged == stored
+    run_segment(SegmentStageConfig(dataset=str(resumed), **local))
+    assert choice(two) == choice(fused) and choice(resumed) == choice(fused)
+    assert cuts(two) == cuts(fused) and cuts(resumed) == cuts(fused)
+
+
+def cuts(ds) -> list[tuple[str, int, int]]:
+    rows = LanceStore(str(ds)).read(
+        schemas.EVENTS, columns=["episode_id", "start_frame", "end_frame"]
+    )
+    return sorted(tuple(r.values()) for r in rows.to_pylist())
+
+
 def test_episode_signals_finds_gripper_by_the_sources_rule():
     """A dim named ``grip`` is a gripper for segmentation as it is for the reader's vote."""
     row = {"fps": 10.0, "action_names": ["x", "y", "grip"], "gripper": None}

@@ -207,13 +207,28 @@ def dataset_model(
 
 
 def table_sample(dataset: str) -> list[Signals]:
-    """Signals of a spread sample of the dataset's stored episodes."""
+    """Signals of a spread sample of the dataset's stored episodes (spread by their keys)."""
+    by_key = stored_keys(dataset)
+    return list(stored_signals(dataset, [by_key[k] for k in spread_sample(list(by_key))]).values())
+
+
+def stored_keys(dataset: str) -> dict[str, str]:
+    """Each stored episode's id by its key (none where the dataset has no episodes yet).
+
+    Samples are spread over keys, not ids: a source's episodes have their keys before they
+    are stored, so the same data is sampled alike read from its source or from the table.
+    """
     store = LanceStore(dataset)
     if not store.exists(schemas.EPISODES):
-        return []
-    ids = store.read(schemas.EPISODES, columns=["episode_id"]).column(0).to_pylist()
-    loaded = load_episodes(dataset, spread_sample(ids))
-    return [episode_signals(row, a, s, None) for row, a, s in loaded.values()]
+        return {}
+    rows = store.read(schemas.EPISODES, columns=["episode_key", "episode_id"]).to_pylist()
+    return {r["episode_key"]: r["episode_id"] for r in rows}
+
+
+def stored_signals(dataset: str, episode_ids: list[str]) -> dict[str, Signals]:
+    """The stored episodes' signals by id, in the order of ``episode_ids`` (one scan)."""
+    loaded = load_episodes(dataset, episode_ids) if episode_ids else {}
+    return {i: episode_signals(*loaded[i], None) for i in episode_ids if i in loaded}
 
 
 def _seconds(row: dict[str, Any], frame: int) -> float:
