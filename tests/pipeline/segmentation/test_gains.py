@@ -132,3 +132,31 @@ def test_a_run_recorded_before_the_shared_gain_is_read_with_its_own_slopes():
     recorded = SegmentConfig().model_dump(exclude={"shared_gain"})
     assert run_segment_config(recorded).shared_gain is False
     assert run_segment_config(SegmentConfig().model_dump()).shared_gain is True
+
+
+def test_position_targets_keep_each_events_own_slopes(monkeypatch):
+    """A target one step ahead is a line of slope one on the state whose intercept is a speed:
+    at a shared slope every change of speed would be a cheap event (ALOHA's joints lost 0.02)."""
+    import sys
+
+    from wallwm.pipeline.segmentation.segment import shares_gain
+
+    cfg = SegmentConfig(
+        action_model="state_feedback", state_pairing="index", noise_model="position_targets"
+    )
+    assert not shares_gain(cfg) and shares_gain(cfg.model_copy(update={"noise_model": "auto"}))
+    s, _ = goal_switches(0, noise=0.3, step=0.1)
+    targets = Signals(s.states_TS[1:], s.fps, s.states_TS[:-1])  # where the arm went next
+
+    class UsedError(Exception):
+        pass
+
+    def refuse(*args: object) -> None:
+        raise UsedError
+
+    monkeypatch.setattr(
+        sys.modules["wallwm.pipeline.segmentation.segment"], "SharedGainCost", refuse
+    )
+    segment(targets, cfg)  # cut on each event's own slopes: the shared cost is never built
+    with pytest.raises(UsedError):  # the same commands read as a controller's: it is
+        segment(targets, cfg.model_copy(update={"noise_model": "differences"}))

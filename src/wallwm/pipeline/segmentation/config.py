@@ -86,7 +86,7 @@ class SegmentConfig(BaseModel):
         description="Let each command of a state-feedback event keep the episode's gain (its "
         "line's slope on the paired state, pooled over the events) and pay for a slope of its "
         "own only where it needs one: a controller that switches sub-goal keeps its gain, so "
-        "a new event costs one parameter per command, not two "
+        "a new event costs one parameter per command, not two; not for position targets "
         "(see wallwm.pipeline.segmentation.gains).",
     )
     merge_disturbances: bool = Field(

@@ -108,6 +108,16 @@ def with_local_noise(cost: SegmentCost, y_TD: FloatArray, fps: float) -> Segment
     return cost if variance is None else LocalNoiseCost(cost, variance)
 
 
+def shares_gain(cfg: SegmentConfig) -> bool:
+    """Whether the cut lets a state-feedback event keep the episode's gain (:mod:`.gains`).
+
+    Not for position targets: a target one step ahead of the state is a line of slope one on
+    it whose intercept is the step -- a velocity, not a goal -- so at a shared slope every
+    change of speed would cost one parameter a command (ALOHA's joints lost 0.02 that way).
+    """
+    return cfg.shared_gain and cfg.noise_model != "position_targets"
+
+
 def _change_points(
     fit: ChannelFit, forced: list[int], cfg: SegmentConfig, min_len: int
 ) -> list[int]:
@@ -115,7 +125,7 @@ def _change_points(
     t_len = len(fit.y_TD)
     penalty = event_penalty(cfg, fit.y_TD.shape[1], t_len, fit.cost.params)
     points = pelt_between(fit.cost, [0, *forced, t_len], penalty, min_len)
-    if cfg.shared_gain and isinstance(fit.cost, LinearCost) and fit.on_state_D.any():
+    if shares_gain(cfg) and isinstance(fit.cost, LinearCost) and fit.on_state_D.any():
         # The gains read off this first cut; the cut again, each event's commands at them
         # or at slopes of their own (priced). The merges below test the line model's events.
         gain_D = shared_gains(fit.cost, [0, *points, t_len], fit.on_state_D, fit.per_param)
