@@ -17,8 +17,9 @@ events that follow it agree on (:func:`shared_gains`), blind to a command held a
 
 Measured on the suite (``benchmarks/segmentation_robots.py``, BENCHMARKS.md): F1 rises on
 every closed-loop robot at action noise 0.3 and with hesitations (MetaWorld 0.809 -> 0.847,
-the Panda 0.739 -> 0.797, Jaco 0.766 -> 0.774); Jaco noise-free and ALOHA's joints lose a
-little (0.02).
+the Panda 0.739 -> 0.797, Jaco 0.766 -> 0.774); Jaco noise-free loses 0.02 (one failed
+episode's limit cycle). Position targets keep each event's own slopes
+(:func:`~.segment.shares_gain`).
 """
 
 from __future__ import annotations
