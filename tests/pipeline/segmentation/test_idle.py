@@ -14,7 +14,7 @@ import pytest
 from wallwm.pipeline.export.lerobot import ExportConfig, export_lerobot
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.segmentation import SegmentConfig
-from wallwm.pipeline.segmentation.idle import clip_events, idle_trim
+from wallwm.pipeline.segmentation.idle import clip_events, final_hold_start, idle_trim
 from wallwm.pipeline.sim.synthetic import SynthConfig, record_synthetic, simulate_episode
 from wallwm.pipeline.tables import schemas
 from wallwm.pipeline.tables.store import LanceStore
@@ -143,3 +143,23 @@ def test_trims_are_stored_at_ingest_and_applied_by_materialize_and_export(tmp_pa
     assert mine[0]["wallwm/from_frame"] == padded["trim_start_frame"] and out.episodes_out >= 3
     untrimmed = export_lerobot(ExportConfig(dataset=str(ds), out=str(tmp_path / "lr2"), trim=False))
     assert untrimmed.frames == sum(r["num_frames"] for r in rows.values())
+
+
+def test_final_hold_starts_where_every_moving_command_freezes_for_good():
+    t = np.arange(60, dtype=np.float64)
+    arm = np.stack([np.sin(t / 9), np.cos(t / 7)], axis=1)
+    arm[44:] = 0.0  # frozen for the last 16 frames (0.8 s at 20 Hz)
+    gripper = np.where(t < 50, -1.0, 1.0)[:, None]  # switches inside the hold: its own cut
+    quiet = np.sin(t)[:, None]  # a dim the cut leaves out moves on
+    actions = np.concatenate([arm, gripper, quiet], axis=1)
+    assert final_hold_start(actions, [2], FPS, left_out=[3]) == 44
+    assert final_hold_start(actions, [2], FPS) is None  # the left-out dim still moves
+    assert final_hold_start(actions[:, :2], [], FPS) == 44
+    # held at any value, not only zero (a position target that stays)
+    assert final_hold_start(actions[:, :2] + 0.3, [], FPS) == 44
+    # too short to be an event of its own: 3 frames at 20 Hz (0.15 s < 0.2 s)
+    assert final_hold_start(actions[:47, :2], [], FPS) is None
+    # noise never holds exactly; nothing moving has no hold
+    noisy = actions[:, :2] + np.random.default_rng(0).normal(0, 1e-3, (60, 2))
+    assert final_hold_start(noisy, [], FPS) is None
+    assert final_hold_start(np.ones((60, 2)), [], FPS) is None

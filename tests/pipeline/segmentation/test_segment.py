@@ -412,6 +412,35 @@ def test_state_feedback_cuts_at_new_goals_not_at_deceleration_or_contact(seed):
     assert no_states.starts == in_time.starts
 
 
+def converge_then_hold(hold_frames: int, noise: float = 0.0, seed: int = 0):
+    """A noise-free P-controller reaching one goal, then a second it has nearly reached when
+    its commands freeze at zero for ``hold_frames`` (the state stays): Jaco's expert's end."""
+    actions, states = p_controller([[0.3, 0.2, 0.1], [0.5, -0.1, 0.2]], [40, 16], noise=0.0)
+    still = np.repeat(states[-1:] + 0.05 * actions[-1:], hold_frames, 0)
+    actions = np.concatenate([actions, np.zeros((hold_frames, 3), np.float32)])
+    states = np.concatenate([states, still])
+    rng = np.random.default_rng(seed)
+    return Signals(actions + rng.normal(0, noise, actions.shape), 20.0, states), 56
+
+
+def test_a_final_hold_is_an_event_however_small_the_change_into_it():
+    sig, freeze = converge_then_hold(12)
+    # The commands were within 3 % of their range of zero when they froze: far below the
+    # 10 % the noise-free cost resolves, so only the hold itself tells the expert stopped.
+    assert np.abs(sig.actions_TA[freeze - 1]).max() < 0.03 * np.ptp(sig.actions_TA, axis=0).max()
+    cut = segment(sig, SegmentConfig())
+    assert cut.starts == [0, 40, freeze]
+    last = cut.boundaries[-1]
+    assert (last.frame, last.cues[0], last.confidence) == (freeze, "hold", 1.0)
+    # The same motion without the hold (it goes on converging) has no cut there.
+    actions, states = p_controller([[0.3, 0.2, 0.1], [0.5, -0.1, 0.2]], [40, 28], noise=0.0)
+    assert segment(Signals(actions, 20.0, states), SegmentConfig()).starts == [0, 40]
+    # A hold shorter than 0.2 s is no event; noisy commands never hold exactly.
+    assert segment(converge_then_hold(3)[0], SegmentConfig()).starts == [0, 40]
+    noisy = segment(converge_then_hold(12, noise=0.01)[0], SegmentConfig())
+    assert all("hold" not in b.cues for b in noisy.boundaries)
+
+
 def test_bent_line_cost_fits_a_bend_but_not_a_jump():
     z = np.linspace(0.0, 1.0, 40)[:, None]
     knot, zk = 20, z[20, 0]

@@ -15,7 +15,7 @@ from wallwm.pipeline.sources.base import no_dims
 FloatArray = npt.NDArray[np.float64]
 #: A segment cost: ``cost(starts, end)`` for the segments ``[starts_i, end)``.
 CostFn = Callable[[npt.NDArray[np.int64], "int | npt.NDArray[np.int64]"], FloatArray]
-CUES = ("action_change", "gripper", "state_motion", "visual", "speed_min", "direction")
+CUES = ("action_change", "gripper", "hold", "state_motion", "visual", "speed_min", "direction")
 
 
 class SegmentConfig(BaseModel):

@@ -176,7 +176,11 @@ class _PauseTest:
       travel from the straight path between the states around it;
     - at least one channel the law says moves (> 6 standard errors) stopped, and it was still
       moving at more than half the law's pace in the frames right before the run: an
-      operator's pause is abrupt, where an expert's own arrival at a sub-goal slows first.
+      operator's pause is abrupt, where an expert's own arrival at a sub-goal slows first;
+      and it moves again in the frames right after the run. A pause is motion, a stop, then
+      motion: without this, a run tried right after a decision's cut could reach into a pause
+      whose still frames stood in for "the motion after", and the decision's cut went instead
+      of the pause's (MetaWorld with hesitations, and a test).
 
     The tests on means run first, for every candidate run of a cut at once (prefix sums): most
     candidates fail them, and only the rest pay for a fitted law.
@@ -204,7 +208,9 @@ class _PauseTest:
             np.abs(self._mean(c, d) - level_RD) <= tol_a + tol_b
         )
         moving_before = np.abs(self._mean(b - MIN_SIDE, b)) > tol
-        return np.asarray((stopped | held).all(axis=1) & (stopped & moving_before).any(axis=1))
+        moving_after = np.abs(self._mean(c, c + MIN_SIDE)) > tol
+        moved = stopped & moving_before & moving_after
+        return np.asarray((stopped | held).all(axis=1) & moved.any(axis=1))
 
     def _law_test(self, before: tuple[int, int], after: tuple[int, int]) -> bool:
         """The tests that need the law fitted on both sides (after :meth:`_screen` passed)."""
@@ -217,7 +223,7 @@ class _PauseTest:
             return False
         z = self.z_TD[:, self.on_state_D]
         travel = float(np.linalg.norm(z[d - 1] - z[a]))
-        if _chord_distance(z[b:c], z[b - 1], z[c]) > MAX_EXCURSION * travel:
+        if _chord_distance(z[b:c], z[b - 1], z[c]) > 2 * MAX_EXCURSION * travel:
             return False
         tol = 3.0 / np.sqrt(c - b)
         law_D = np.abs(y_mean_D + slope_KD[0] * (self.z_TD[b:c].mean(axis=0) - z_mean_KD[0]))

@@ -18,6 +18,9 @@ teach a policy to stand still. They are found per episode from the actions and s
 The result is a trim range ``[start, end)``, stored with the episode (non-destructive: the source
 and every table row stay whole) and applied by ``materialize`` and ``export`` unless ``--no-trim``.
 An episode in which nothing moves is not trimmed (it is a quality problem, not an idle margin).
+
+The segmenter also cuts where the commands stop changing for good (:func:`final_hold_start`):
+the robot holding still at the end is an event of its own, even where it is too short to trim.
 """
 
 from __future__ import annotations
@@ -61,6 +64,41 @@ def idle_trim(
     start = start if start >= least else 0
     end = end if t_len - end >= least else t_len
     return (start, end) if end - start > 1 else (0, t_len)
+
+
+#: Shortest final hold that is an event of its own, seconds (and never under three frames).
+#: Two recorders' experts end by holding their commands exactly: Jaco's scripted expert for 0.6 s
+#: of zero joint velocities, ALOHA's waypoint expert for 0.2-0.7 s at its last target; a
+#: command resampled from a slower stream holds for 0.1 s or less at each of its samples.
+MIN_FINAL_HOLD_S = 0.2
+
+
+def final_hold_start(
+    actions_TA: FloatArray, gripper_dims: list[int], fps: float, left_out: list[int] | None = None
+) -> int | None:
+    """The first frame of the episode's final hold: where every command stops changing for good.
+
+    A hold is exact -- no moving non-gripper command (``left_out`` ones aside) changes by more
+    than a millionth of its range from one frame to the next, up to the end -- and lasts at least
+    :data:`MIN_FINAL_HOLD_S`. Nothing comes after it, so it is no hesitation (the motion does not
+    resume); where the commands were converging when they froze (a controller that reached its
+    target, then a zero command), the change at the freeze is far below any noise scale the cost
+    resolves, yet the expert decided to stop there. A gripper command may still switch inside
+    the hold (its own cut). None: no such hold, or nothing ever moves. Noisy commands never hold
+    exactly, so this reads noise-free recordings only.
+    """
+    t_len = len(actions_TA)
+    skip = set(gripper_dims) | set(left_out or [])
+    x = np.asarray(actions_TA, np.float64)
+    cols = [j for j in range(x.shape[1]) if j not in skip and np.ptp(x[:, j]) > 0]
+    if not cols or t_len < 2:
+        return None
+    x = x[:, cols]
+    changed = np.flatnonzero((np.abs(np.diff(x, axis=0)) > 1e-6 * np.ptp(x, axis=0)).any(axis=1))
+    if not changed.size:
+        return None
+    start = int(changed[-1]) + 1  # the frame of the last change: the hold's first value
+    return start if t_len - start >= max(3, round(MIN_FINAL_HOLD_S * fps)) else None
 
 
 def is_still(

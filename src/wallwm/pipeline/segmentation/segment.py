@@ -36,6 +36,7 @@ from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_
 from wallwm.pipeline.segmentation.forms import as_read, cut_signals
 from wallwm.pipeline.segmentation.gains import SharedGainCost, shared_gains
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
+from wallwm.pipeline.segmentation.idle import final_hold_start
 
 
 def _split_long(a: int, b: int, strength: FloatArray, min_len: int, max_len: int) -> list[int]:
@@ -177,10 +178,12 @@ class WeighedCuts:
     cost: SegmentCost
     #: BIC price of one more event.
     penalty: float
-    #: Gripper command switches: always cuts.
+    #: Gripper command switches and the final hold's start: always cuts.
     forced: list[int]
     #: Each channel group's columns of the cost.
     columns: dict[str, slice]
+    #: Where the commands freeze for good (:func:`.idle.final_hold_start`; in ``forced``).
+    hold: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +193,7 @@ class _Channels:
     fit: ChannelFit
     forced: list[int]
     columns: dict[str, slice]
+    hold: int | None
 
 
 def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
@@ -213,13 +217,17 @@ def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
         cost = with_local_noise(cost, y, s.fps)  # weigh the misfit at the frames' own noise
     fit = ChannelFit(cost, y, z, on_state, per_param, s.fps)
     forced = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
+    # Where the commands freeze for good the expert stopped: a cut however small the change.
+    hold = final_hold_start(s.actions_TA, s.gripper_action_dims, s.fps, cfg.left_out())
+    if hold is not None and hold not in forced:
+        forced = sorted([*forced, hold])
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
     columns = {
         n: slice(int(lo), int(hi))
         for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
     }
-    return _Channels(fit, forced, columns)
+    return _Channels(fit, forced, columns, hold)
 
 
 def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
@@ -279,7 +287,7 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
     cost = whole.fit.cost.scaled(scale_D) if (scale_D != 1.0).any() else whole.fit.cost
     penalty = event_penalty(cfg, whole.fit.y_TD.shape[1], len(s.actions_TA), cost.params)
-    return WeighedCuts(points, cost, penalty, whole.forced, whole.columns)
+    return WeighedCuts(points, cost, penalty, whole.forced, whole.columns, whole.hold)
 
 
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
@@ -331,8 +339,9 @@ def _segment_read(s: Signals, cfg: SegmentConfig, traces: bool) -> Segmentation:
         if traces
         else {}
     )
-    if traces and forced and "gripper" not in cues_CT:  # a binary command: its switches
-        cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
+    flips = [f for f in forced if f != weighed.hold]
+    if traces and flips and "gripper" not in cues_CT:  # a binary command: its switches
+        cues_CT["gripper"] = np.isin(np.arange(t_len), flips).astype(np.float64)
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
     return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
 
@@ -375,6 +384,7 @@ def _boundaries(
         fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
         confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
         if b in weighed.forced:  # a gripper command switch is certain, however small its gain
-            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
+            cue = "hold" if b == weighed.hold else "gripper"  # ... and so is the final hold
+            fired, confidence = [cue, *(n for n in fired if n != cue)], 1.0
         boundaries.append(Boundary(b, confidence, tuple(fired)))
     return boundaries
