@@ -120,6 +120,9 @@ def wallwm(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]
     )
 
 
+# Two CLI runs of up to 400 s each: a hung one must fail this test on its own timeout, not end
+# the session at pytest's 600 s (a whole CI run was lost that way on a loaded machine).
+@pytest.mark.timeout(900)
 def test_run_and_two_worker_training_on_a_three_node_cluster(cluster, tmp_path):
     src, ds = tmp_path / "src", tmp_path / "ds"
     record_synthetic(src, SynthConfig(episodes=8, size=32, seed=2))

@@ -178,11 +178,11 @@ class WeighedCuts:
     cost: SegmentCost
     #: BIC price of one more event.
     penalty: float
-    #: Gripper command switches and the final hold's start: always cuts.
+    #: Gripper command switches: always cuts.
     forced: list[int]
     #: Each channel group's columns of the cost.
     columns: dict[str, slice]
-    #: Where the commands freeze for good (:func:`.idle.final_hold_start`; in ``forced``).
+    #: The final hold's cut (:func:`with_final_hold`; in ``points``), None without one.
     hold: int | None = None
 
 
@@ -217,10 +217,7 @@ def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
         cost = with_local_noise(cost, y, s.fps)  # weigh the misfit at the frames' own noise
     fit = ChannelFit(cost, y, z, on_state, per_param, s.fps)
     forced = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
-    # Where the commands freeze for good the expert stopped: a cut however small the change.
     hold = final_hold_start(s.actions_TA, s.gripper_action_dims, s.fps, cfg.left_out())
-    if hold is not None and hold not in forced:
-        forced = sorted([*forced, hold])
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
     columns = {
@@ -287,7 +284,36 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
     cost = whole.fit.cost.scaled(scale_D) if (scale_D != 1.0).any() else whole.fit.cost
     penalty = event_penalty(cfg, whole.fit.y_TD.shape[1], len(s.actions_TA), cost.params)
-    return WeighedCuts(points, cost, penalty, whole.forced, whole.columns, whole.hold)
+    points, hold = with_final_hold(points, whole.hold, s.fps, len(s.actions_TA), min_len)
+    return WeighedCuts(points, cost, penalty, whole.forced, whole.columns, hold)
+
+
+#: A cut the cost placed up to this long (and at least a frame) from the final hold's first
+#: frame is the hold's own. A command that is filtered, differentiated or smoothed on its way to
+#: the recording can stop changing a frame or two after the expert stopped it, and a cost can
+#: place its cut a frame off the freeze: with a second cut at the freeze, Jaco's smooth operator
+#: with noise that scales with speed got a false cut in 14 of 16 episodes (its freeze a frame
+#: late), ALOHA's noise-free waypoints in 2 (the line's cut a frame after the freeze).
+HOLD_SNAP_S = 0.05
+
+
+def with_final_hold(
+    points: list[int], hold: int | None, fps: float, t_len: int, min_len: int
+) -> tuple[list[int], int | None]:
+    """``points`` with the final hold's start (:func:`.idle.final_hold_start`) cut, and that cut.
+
+    Where the commands freeze for good the expert stopped: a cut however small the change into
+    the hold. The cost's own cut nearest to it within :data:`HOLD_SNAP_S` (or closer than
+    ``min_len`` frames) is taken as the hold's; else the hold's first frame is added. A hold
+    shorter than ``min_len`` is no event.
+    """
+    if hold is None or t_len - hold < min_len:
+        return points, None
+    snap = max(1, round(HOLD_SNAP_S * fps), min_len - 1)
+    near = [p for p in points if abs(p - hold) <= snap]
+    if near:
+        return points, min(near, key=lambda p: abs(p - hold))
+    return sorted([*points, hold]), hold
 
 
 def segment(s: Signals, cfg: SegmentConfig, traces: bool = True) -> Segmentation:
@@ -339,9 +365,8 @@ def _segment_read(s: Signals, cfg: SegmentConfig, traces: bool) -> Segmentation:
         if traces
         else {}
     )
-    flips = [f for f in forced if f != weighed.hold]
-    if traces and flips and "gripper" not in cues_CT:  # a binary command: its switches
-        cues_CT["gripper"] = np.isin(np.arange(t_len), flips).astype(np.float64)
+    if traces and forced and "gripper" not in cues_CT:  # a binary command: its switches
+        cues_CT["gripper"] = np.isin(np.arange(t_len), forced).astype(np.float64)
     score = 1.0 - np.exp(-np.maximum(strength, 0.0) / penalty)
     return Segmentation(starts, [*starts[1:], t_len], boundaries, score, cues_CT)
 
@@ -384,7 +409,8 @@ def _boundaries(
         fired += [n for n, trace in aux.items() if trace[near].max(initial=0.0) >= 0.5]
         confidence = float(1.0 - np.exp(-max(gain, 0.0) / penalty))
         if b in weighed.forced:  # a gripper command switch is certain, however small its gain
-            cue = "hold" if b == weighed.hold else "gripper"  # ... and so is the final hold
-            fired, confidence = [cue, *(n for n in fired if n != cue)], 1.0
+            fired, confidence = ["gripper", *(n for n in fired if n != "gripper")], 1.0
+        elif b == weighed.hold:  # ... and so is where the commands freeze for good
+            fired, confidence = ["hold", *(n for n in fired if n != "hold")], 1.0
         boundaries.append(Boundary(b, confidence, tuple(fired)))
     return boundaries
