@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import numpy as np
@@ -439,6 +440,20 @@ def test_a_final_hold_is_an_event_however_small_the_change_into_it():
     assert segment(converge_then_hold(3)[0], SegmentConfig()).starts == [0, 40]
     noisy = segment(converge_then_hold(12, noise=0.01)[0], SegmentConfig())
     assert all("hold" not in b.cues for b in noisy.boundaries)
+
+
+def test_the_final_hold_takes_the_cost_s_own_cut_next_to_it():
+    seg_module = importlib.import_module("wallwm.pipeline.segmentation.segment")
+    with_final_hold = seg_module.with_final_hold  # 20 Hz: 0.05 s is one frame
+    assert with_final_hold([40], 56, 20.0, 80, 1) == ([40, 56], 56)
+    # the cost cut a frame off the freeze (either side): that cut is the hold's, none added
+    assert with_final_hold([40, 57], 56, 20.0, 80, 1) == ([40, 57], 57)
+    assert with_final_hold([40, 55], 56, 20.0, 80, 1) == ([40, 55], 55)
+    assert with_final_hold([40, 53], 56, 20.0, 80, 1) == ([40, 53, 56], 56)
+    # no event shorter than min_event_s: a cut closer than that is the hold's; a short hold none
+    assert with_final_hold([40, 52], 56, 20.0, 80, 6) == ([40, 52], 52)
+    assert with_final_hold([40], 76, 20.0, 80, 6) == ([40], None)
+    assert with_final_hold([40], None, 20.0, 80, 1) == ([40], None)
 
 
 def test_bent_line_cost_fits_a_bend_but_not_a_jump():

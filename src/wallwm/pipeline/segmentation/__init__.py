@@ -67,7 +67,8 @@ cuts go (``merge_disturbances``, :mod:`.disturbances`). The smooth model cannot 
 over a stop: a person's hesitations -- abrupt stops after which the move carries on the way it was
 going -- are taken out of its signals before it cuts (:mod:`.hesitations`).
 Where every moving command freezes exactly for good (at least 0.2 s to the end) the robot holds:
-always a cut, cue ``hold`` (:func:`.idle.final_hold_start`), however small the change into it.
+always a cut, cue ``hold`` (:func:`.idle.final_hold_start`), however small the change into it
+(the cost's own cut within 0.05 s of the freeze stands for it).
 The noise each channel is scaled by is then re-estimated from the residuals the chosen events
 leave (never below the first-difference level) and the episode is cut again
 (``refit_noise``): slowly drifting noise -- a hand's tremor, lag no line follows -- is invisible
