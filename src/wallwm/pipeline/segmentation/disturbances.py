@@ -37,6 +37,9 @@ from wallwm.pipeline.segmentation.config import FloatArray
 MAX_DISTURBANCE_S = 0.6
 #: How far a disturbance may leave the continued line, as a fraction of the merged event's travel.
 MAX_EXCURSION = 0.1
+#: How far a pause's states may leave the straight path between the states around it, as a
+#: fraction of the merged event's state travel (see :class:`_PauseTest`).
+PAUSE_EXCURSION = 2 * MAX_EXCURSION
 #: Shortest pause a single cut is dropped for, seconds (and never under two frames).
 MIN_PAUSE_S = 0.05
 #: Shortest event between two cuts that may be a pause, seconds: an expert's own brief phases
@@ -172,18 +175,19 @@ class _PauseTest:
       finger command that stays);
     - one law over both sides costs no more than two plus the BIC price of the split (the
       motion after continues the one before);
-    - the states hold: the run stays within twice :data:`MAX_EXCURSION` of the merged event's
-      state travel from the straight path between the states around it (an arm coasts on for a
-      few frames after its commands stop: MetaWorld's hand at its pauses, up to 0.14 of the
-      travel; at once MAX_EXCURSION, Jaco's hesitations lost 0.009, and a stop right after a
-      decision, tested with a P-controller, was kept as a cut);
+    - the states hold: the run stays within :data:`PAUSE_EXCURSION` (twice
+      :data:`MAX_EXCURSION`) of the merged event's state travel from the straight path between
+      the states around it (an arm coasts on for a few frames after its commands stop:
+      MetaWorld's hand at its pauses, up to 0.14 of the travel; at once MAX_EXCURSION, Jaco's
+      hesitations lost 0.009, and a stop right after a decision, tested with a P-controller,
+      was kept as a cut);
     - at least one channel the law says moves (> 6 standard errors) stopped, and it was still
       moving at more than half the law's pace in the frames right before the run: an
       operator's pause is abrupt, where an expert's own arrival at a sub-goal slows first;
       and it moves again in the frames right after the run. A pause is motion, a stop, then
       motion: without this, a run tried right after a decision's cut could reach into a pause
       whose still frames stood in for "the motion after", and the decision's cut went instead
-      of the pause's (MetaWorld with hesitations, and a test).
+      of the pause's (MetaWorld with hesitations).
 
     The tests on means run first, for every candidate run of a cut at once (prefix sums): most
     candidates fail them, and only the rest pay for a fitted law.
@@ -226,7 +230,7 @@ class _PauseTest:
             return False
         z = self.z_TD[:, self.on_state_D]
         travel = float(np.linalg.norm(z[d - 1] - z[a]))
-        if _chord_distance(z[b:c], z[b - 1], z[c]) > 2 * MAX_EXCURSION * travel:
+        if _chord_distance(z[b:c], z[b - 1], z[c]) > PAUSE_EXCURSION * travel:
             return False
         tol = 3.0 / np.sqrt(c - b)
         law_D = np.abs(y_mean_D + slope_KD[0] * (self.z_TD[b:c].mean(axis=0) - z_mean_KD[0]))

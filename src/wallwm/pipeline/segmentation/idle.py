@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallwm.pipeline.segmentation.channels import local_fit_sigma
+from wallwm.pipeline.segmentation.channels import local_fit_sigma, moving_dims
 
 FloatArray = npt.NDArray[np.floating]
 
@@ -88,9 +88,8 @@ def final_hold_start(
     exactly, so this reads noise-free recordings only.
     """
     t_len = len(actions_TA)
-    skip = set(gripper_dims) | set(left_out or [])
     x = np.asarray(actions_TA, np.float64)
-    cols = [j for j in range(x.shape[1]) if j not in skip and np.ptp(x[:, j]) > 0]
+    cols = [j for j in moving_dims(x, gripper_dims) if j not in set(left_out or [])]
     if not cols or t_len < 2:
         return None
     x = x[:, cols]

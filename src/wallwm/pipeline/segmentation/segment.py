@@ -193,7 +193,6 @@ class _Channels:
     fit: ChannelFit
     forced: list[int]
     columns: dict[str, slice]
-    hold: int | None
 
 
 def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
@@ -217,14 +216,13 @@ def _channels(s: Signals, cfg: SegmentConfig) -> _Channels | None:
         cost = with_local_noise(cost, y, s.fps)  # weigh the misfit at the frames' own noise
     fit = ChannelFit(cost, y, z, on_state, per_param, s.fps)
     forced = gripper_flips(s, max(1, round(cfg.min_event_s * s.fps)))
-    hold = final_hold_start(s.actions_TA, s.gripper_action_dims, s.fps, cfg.left_out())
     # Each group's columns within y (the groups' channels are concatenated in order).
     bounds = np.cumsum([0, *(c.y_TD.shape[1] for c in channels)])
     columns = {
         n: slice(int(lo), int(hi))
         for n, lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True)
     }
-    return _Channels(fit, forced, columns, hold)
+    return _Channels(fit, forced, columns)
 
 
 def hesitations_taken_out(s: Signals, cfg: SegmentConfig) -> list[tuple[int, int]]:
@@ -284,7 +282,8 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     points, scale_D = _cuts_without_hesitations(s, whole, cfg, min_len)
     cost = whole.fit.cost.scaled(scale_D) if (scale_D != 1.0).any() else whole.fit.cost
     penalty = event_penalty(cfg, whole.fit.y_TD.shape[1], len(s.actions_TA), cost.params)
-    points, hold = with_final_hold(points, whole.hold, s.fps, len(s.actions_TA), min_len)
+    freeze = final_hold_start(s.actions_TA, s.gripper_action_dims, s.fps, cfg.left_out())
+    points, hold = with_final_hold(points, freeze, s.fps, len(s.actions_TA), min_len)
     return WeighedCuts(points, cost, penalty, whole.forced, whole.columns, hold)
 
 
