@@ -61,18 +61,25 @@ def load_episodes(store: LanceStore) -> list[dict[str, Any]]:
         )
         row["task"] = row["episode_key"].rsplit("-", 2)[0]
         row["truth"] = [e["start_frame"] for e in row["gt_events"] or []]
+        row.setdefault("success_frame", None)  # a dataset ingested before the column
         out.append(row)
     return out
 
 
 def score(
-    episodes: list[dict[str, Any]], cuts: dict[str, list[int]], tol: int
+    episodes: list[dict[str, Any]],
+    cuts: dict[str, list[int]],
+    tol: int,
+    until_success: bool = False,
 ) -> dict[str, BoundaryScore]:
+    """F1 inputs per task and overall; ``until_success``: each episode before its first
+    successful frame (the frames MetaWorld records after success are no part of the truth)."""
     per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
     for ep in episodes:
-        per[ep["task"]] += match_boundaries(
-            cuts[ep["episode_id"]], ep["truth"], ep["num_frames"], tol
-        )
+        end = ep["num_frames"]
+        if until_success and ep["success_frame"] is not None:
+            end = min(end, ep["success_frame"])
+        per[ep["task"]] += match_boundaries(cuts[ep["episode_id"]], ep["truth"], end, tol)
     per["overall"] = sum((v for k, v in per.items()), EMPTY)
     return per
 
@@ -233,6 +240,10 @@ def main() -> None:
         "overall precision@3", *(f"{scores3[m]['overall'].precision:.3f}" for m in methods)
     )
     table.add_row("overall recall@3", *(f"{scores3[m]['overall'].recall:.3f}" for m in methods))
+    until = {m: score(episodes, cuts, 3, until_success=True) for m, (cuts, _s) in methods.items()}
+    table.add_row(
+        "overall F1@3 before success", *(f"{until[m]['overall'].f1:.3f}" for m in methods)
+    )
     table.add_row("frames/s", *(f"{frames / s:,.0f}" for _c, s in methods.values()))
     console.print(table)
     wins = [

@@ -199,17 +199,25 @@ def load(root: Path) -> list[dict[str, Any]]:
                 "signals": record_signals(rec),
                 "frames": len(rec.actions_TA),
                 "truth": [t for t, _ in rec.gt_events or []],
+                "success_frame": rec.success_frame,
             }
         )
     return out
 
 
-def score(episodes: list[dict[str, Any]], cfg: SegmentConfig) -> dict[str, BoundaryScore]:
-    """F1 inputs per task and overall with ``cfg`` (resolved or not)."""
+def score(
+    episodes: list[dict[str, Any]], cfg: SegmentConfig, until_success: bool = False
+) -> dict[str, BoundaryScore]:
+    """F1 inputs per task and overall with ``cfg`` (resolved or not); ``until_success``: each
+    episode scored before its first successful frame where the recorder marks one (the
+    protocol of #25: decisions after the task is done are no part of the ground truth)."""
     per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
     for ep in episodes:
         cut = segment(ep["signals"], cfg, traces=False).starts
-        per[ep["task"]] += match_boundaries(cut, ep["truth"], ep["frames"], 3)
+        end = ep["frames"]
+        if until_success and ep.get("success_frame") is not None:
+            end = min(end, ep["success_frame"])
+        per[ep["task"]] += match_boundaries(cut, ep["truth"], end, 3)
     per["overall"] = sum((v for k, v in per.items() if k != "overall"), EMPTY)
     return per
 
@@ -465,6 +473,7 @@ def main() -> None:
     for (robot, variant), eps in data.items():
         cfg, choice = product_config(eps)
         ours = score(eps, cfg)
+        until = score(eps, cfg, until_success=True)["overall"]
         time_f1 = score(eps, SegmentConfig(action_model="time"))["overall"].f1
         sf_f1 = score(eps, SegmentConfig(action_model="state_feedback"))["overall"].f1
         h, fixed = fixed_best(eps)
@@ -482,6 +491,10 @@ def main() -> None:
             target_fixed = fixed_best(targets)[1].f1
         rows.append({"robot": robot, "variant": variant, "choice": choice,
                      "f1": o.f1, "precision": o.precision, "recall": o.recall,
+                     "until_success": {"f1": until.f1, "precision": until.precision,
+                                       "recall": until.recall,
+                                       "episodes": sum(e.get("success_frame") is not None
+                                                       for e in eps)},
                      "per_task": {k: v.f1 for k, v in ours.items()},
                      "time_f1": time_f1, "state_feedback_f1": sf_f1,
                      "fixed": {"chunk": h, "f1": fixed.f1},
@@ -494,6 +507,15 @@ def main() -> None:
               f"{rolled_index_f1:.3f} | "
               + ("-" if target_f1 is None else f"{target_f1:.3f} / {target_fixed:.3f}")
               + " |", flush=True)  # fmt: skip
+    print("\nbefore the first success (each episode up to the frame its recorder marks the "
+          "task done, where it marks one):")  # fmt: skip
+    print("| robot | recording | episodes with a success frame | whole episodes | "
+          "before the first success (P / R) |")  # fmt: skip
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        u = r["until_success"]
+        print(f"| {r['robot']} | {r['variant']} | {u['episodes']} | {r['f1']:.3f} | "
+              f"**{u['f1']:.3f}** ({u['precision']:.2f} / {u['recall']:.2f}) |")  # fmt: skip
     print("\nper task (chosen model):")
     for r in rows:
         tasks = ", ".join(f"{k} {v:.2f}" for k, v in r["per_task"].items() if k != "overall")

@@ -68,3 +68,18 @@ def test_speed_noise_grows_with_the_commands_speed_and_keeps_its_share(robots):
     assert np.all(noise[:, 1] == 0.0)
     (even,) = robots.with_command_noise([episode], 0.02)
     assert np.all(even["signals"].actions_TA[:199, 0] != 0.0)  # even noise everywhere
+
+
+def test_before_the_first_success_ends_the_score_at_the_success_frame(robots, monkeypatch):
+    """The #25 protocol: a cut or a decision from the success frame on is not scored; an
+    episode without a success frame is scored whole."""
+    cuts = [0, 10, 30, 45]
+    monkeypatch.setattr(robots, "segment", lambda s, cfg, traces: SimpleNamespace(starts=cuts))
+    episodes = [
+        {"task": "t", "signals": None, "frames": 60, "truth": [10, 30], "success_frame": 40},
+        {"task": "t", "signals": None, "frames": 60, "truth": [10, 30], "success_frame": None},
+    ]
+    whole = robots.score(episodes, None)["overall"]
+    until = robots.score(episodes, None, until_success=True)["overall"]
+    assert (whole.true_positives, whole.predicted, whole.actual) == (4, 6, 4)
+    assert (until.true_positives, until.predicted, until.actual) == (4, 5, 4)  # 45 left out

@@ -91,6 +91,52 @@ def test_folder_meta_fields_of_the_wrong_type_name_meta_json(folder_source, key,
     assert err.value.file == str(meta_path)
 
 
+@pytest.mark.parametrize(
+    "fields,says",
+    [
+        ({"success_step": "5"}, "'success_step' must be a frame of the episode"),
+        ({"success_step": True}, "'success_step' must be a frame of the episode"),
+        ({"success_step": -1}, "'success_step' must be a frame of the episode"),
+        ({"success_step": 10_000}, "'success_step' must be a frame of the episode"),
+        ({"success": False, "success_step": 5}, "'success_step' 5 contradicts 'success': false"),
+    ],
+)
+def test_a_folder_success_step_is_the_first_successful_frame(folder_source, fields, says):
+    root = folder_source(1, cameras=("top",))
+    source = open_source(root)
+    ref = source.list_episodes()[0][0]
+    meta_path = root / ref.episode_key / "meta.json"
+    meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "success"}
+    meta_path.write_text(json.dumps({**meta, "success_step": 5}))
+    rec = source.read(ref)
+    assert (rec.success, rec.success_frame) == (True, 5)  # a success step says it succeeded
+    meta_path.write_text(json.dumps({**meta, "success_step": None, "success": False}))
+    assert (source.read(ref).success, source.read(ref).success_frame) == (False, None)
+    meta_path.write_text(json.dumps({**meta, **fields}))
+    with pytest.raises(BadSignalError, match=re.escape(says)) as err:
+        source.read(ref)
+    assert err.value.file == str(meta_path)
+
+
+def test_lerobot_next_success_gives_the_first_successful_frame(lerobot_v21):
+    """``next.success`` per frame: the outcome is its last frame, the success frame its first
+    true one (a task done, then undone, still succeeded there)."""
+    root, _eps = lerobot_v21(3)
+    data = root / "data" / "chunk-000"
+    for i, flags in enumerate(
+        [lambda t: t >= 7, lambda t: False, lambda t: 4 <= t < 9]  # the last: undone again
+    ):
+        path = data / f"episode_{i:06d}.parquet"
+        table = pq.read_table(path)
+        column = pa.array([bool(flags(t)) for t in range(table.num_rows)])
+        pq.write_table(table.append_column("next.success", column), path)
+    source = open_source(root, "lerobot")
+    refs, errors = source.list_episodes()
+    assert errors == []
+    outcomes = [(r.success, r.success_frame) for r in map(source.read, refs)]
+    assert outcomes == [(True, 7), (False, None), (False, 4)]
+
+
 def test_a_folder_state_column_null_on_every_row_is_no_states(folder_source):
     root = folder_source(1, cameras=("top",))
     source = open_source(root)

@@ -541,6 +541,14 @@ def episode_plot(
 def eval_segmentation(
     dataset: DatasetOpt,
     tolerance_frames: Annotated[int, typer.Option(help="Match window, frames.")] = 3,
+    until_success: Annotated[
+        bool,
+        typer.Option(
+            "--until-success",
+            help="Score each episode only before the first frame its source marks successful "
+            "(episodes without one whole): ground truth that stops at the task's success.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Boundary precision, recall, F1 and mean offset against the ground truth.
@@ -553,7 +561,7 @@ def eval_segmentation(
     from wallwm.pipeline.inspect import evaluate_segmentation
     from wallwm.pipeline.tables.store import LanceStore
 
-    result = evaluate_segmentation(LanceStore(dataset), tolerance_frames)
+    result = evaluate_segmentation(LanceStore(dataset), tolerance_frames, until_success)
     if as_json:
         print_json(result)
         return
@@ -565,9 +573,14 @@ def eval_segmentation(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+    until = (
+        f"; {result['episodes_until_success']} scored until their success frame"
+        if until_success
+        else ""
+    )
     table = Table(
         title=f"segmentation vs ground truth (tolerance {tolerance_frames} frames, "
-        f"{result['episodes']} episodes)"
+        f"{result['episodes']} episodes{until})"
     )
     for col in ("robot / task", "episodes", "precision", "recall", "F1", "mean offset"):
         table.add_column(col, overflow="fold")

@@ -319,6 +319,7 @@ def episode_row(record: EpisodeRecord, lineage: RowLineage) -> pa.Table:
         "trim_start_frame": [trim[0]],
         "trim_end_frame": [trim[1]],
         "success": [record.success],
+        "success_frame": [record.success_frame],
     }
     arrays = [
         col if isinstance(col, pa.Array) else pa.array(col, type=schema.field(name).type)

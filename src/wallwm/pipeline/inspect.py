@@ -30,17 +30,24 @@ def save_figure(fig: Any, out: str | Path, dpi: int = 100, **kwargs: Any) -> Pat
     return path
 
 
-def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[str, Any]:
+def evaluate_segmentation(
+    store: TableStore, tolerance_frames: int = 3, until_success: bool = False
+) -> dict[str, Any]:
     """Boundary precision/recall/F1 and mean offset of the stored events.
 
     Per task (an episode's instruction), per robot (its recorded robot, else its source) and
     overall; and the recall per ground-truth event name (the event a boundary starts): which
     kinds of boundary the cut misses. Only episodes with ground-truth events count; episode
-    start and end are not boundaries.
+    start and end are not boundaries. ``until_success``: an episode whose source marks the
+    frame it succeeded at (``success_frame``) is scored before that frame only -- its end for
+    the score -- as benchmarks whose ground truth stops at the task's success score it; the
+    others whole.
     """
+    columns = ["episode_id", "instruction", "num_frames", "gt_events", "robot", "source_uri"]
+    schema = store.schema(schemas.EPISODES)  # a table older than the column lacks it
+    has_success = schema is not None and "success_frame" in schema.names
     episodes = store.read(
-        schemas.EPISODES,
-        columns=["episode_id", "instruction", "num_frames", "gt_events", "robot", "source_uri"],
+        schemas.EPISODES, columns=[*columns, *(["success_frame"] if has_success else [])]
     ).to_pylist()
     starts: dict[str, list[int]] = defaultdict(list)
     if store.exists(schemas.EVENTS):
@@ -49,17 +56,18 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
     groups: dict[str, dict[str, BoundaryScore]] = {"task": {}, "robot": {}}
     counted: dict[str, dict[str, int]] = {"task": defaultdict(int), "robot": defaultdict(int)}
     by_event: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # name: [found, boundaries]
-    skipped = 0
+    skipped = shortened = 0
     for ep in episodes:
         if ep["gt_events"] is None or ep["episode_id"] not in starts:
             skipped += 1
             continue
+        end = ep["num_frames"]
+        if until_success and ep.get("success_frame") is not None:
+            end, shortened = min(end, ep["success_frame"]), shortened + 1
         truth = [e["start_frame"] for e in ep["gt_events"]]
-        score, found = matched_truths(
-            starts[ep["episode_id"]], truth, ep["num_frames"], tolerance_frames
-        )
+        score, found = matched_truths(starts[ep["episode_id"]], truth, end, tolerance_frames)
         for e in ep["gt_events"]:
-            if 0 < e["start_frame"] < ep["num_frames"]:  # a boundary, as the score counts them
+            if 0 < e["start_frame"] < end:  # a boundary, as the score counts them
                 counts = by_event[e["name"] or "-"]
                 counts[0] += e["start_frame"] in found
                 counts[1] += 1
@@ -76,6 +84,9 @@ def evaluate_segmentation(store: TableStore, tolerance_frames: int = 3) -> dict[
 
     return {
         "tolerance_frames": tolerance_frames,
+        "until_success": until_success,
+        # the episodes scored before their success frame (``until_success``)
+        "episodes_until_success": shortened,
         "episodes": sum(counted["task"].values()),
         "episodes_without_ground_truth_or_events": skipped,
         # nothing scored is no score: null, not the perfect score of an empty sum

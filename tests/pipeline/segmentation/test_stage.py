@@ -6,6 +6,7 @@ import itertools
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
@@ -97,6 +98,81 @@ def test_eval_segmentation_against_ground_truth(ingested):
     )
     worse = evaluate_segmentation(store, 3)
     assert worse["overall"]["f1"] < result["overall"]["f1"]
+
+
+def test_eval_until_success_scores_each_episode_before_its_success_frame(folder_source, tmp_path):
+    """The benchmarks' protocol where the ground truth stops at the task's success: a source's
+    success step (meta.json ``success_step``) ends the episode for ``--until-success`` -- cuts
+    and boundaries from it on do not count -- and the episodes without one are scored whole."""
+    src, ds = folder_source(6), tmp_path / "ds"
+    success = {}
+    for i, d in enumerate(sorted(src.iterdir())):
+        meta = json.loads((d / "meta.json").read_text())
+        if i < 4:  # two episodes without a success step: scored whole either way
+            frames = len(pq.read_table(d / "steps.parquet"))
+            success[d.name] = 10 * (frames // 20) + 5  # between two of the chunks' cuts
+            meta = {**meta, "success": True, "success_step": success[d.name]}
+        (d / "meta.json").write_text(json.dumps(meta))
+    assert run_ingest(IngestConfig(source=str(src), dataset=str(ds))).written == 6
+    store = LanceStore(str(ds))
+    run_segment(
+        SegmentStageConfig(dataset=str(ds), segment=SegmentConfig(method="fixed", chunk_len=10))
+    )
+    rows = store.read(
+        schemas.EPISODES, columns=["episode_key", "num_frames", "gt_events", "success_frame"]
+    ).to_pylist()
+    assert {r["episode_key"]: r["success_frame"] for r in rows if r["success_frame"]} == success
+
+    def expected(until: bool) -> tuple[int, int]:
+        cuts = truths = 0
+        for r in rows:
+            end = success.get(r["episode_key"], r["num_frames"]) if until else r["num_frames"]
+            cuts += len(range(10, end, 10))
+            truths += sum(0 < e["start_frame"] < end for e in r["gt_events"])
+        return cuts, truths
+
+    whole = evaluate_segmentation(store, 3)
+    until = evaluate_segmentation(store, 3, until_success=True)
+    assert (whole["overall"]["predicted"], whole["overall"]["actual"]) == expected(False)
+    assert (until["overall"]["predicted"], until["overall"]["actual"]) == expected(True)
+    assert expected(True) < expected(False)  # the window did shrink
+    assert until["episodes_until_success"] == 4 and whole["episodes_until_success"] == 0
+    from typer.testing import CliRunner
+
+    from wallwm.cli.main import app
+
+    shown = CliRunner().invoke(app, ["eval", "segmentation", "-d", str(ds), "--until-success"])
+    assert shown.exit_code == 0 and "4 scored until their success frame" in " ".join(
+        shown.output.split()
+    )
+
+
+def test_a_dataset_from_before_the_success_frame_is_scored_whole_until_read_again(
+    folder_source, tmp_path
+):
+    """A table written before the ``success_frame`` column: ``--until-success`` scores it whole
+    (no error), and a forced re-read of its source adds the column and fills it."""
+    src = folder_source(2)
+    for d in src.iterdir():
+        meta = json.loads((d / "meta.json").read_text())
+        (d / "meta.json").write_text(json.dumps({**meta, "success": True, "success_step": 25}))
+    run_ingest(IngestConfig(source=str(src), dataset=str(tmp_path / "new")))
+    rows = LanceStore(str(tmp_path / "new")).read(schemas.EPISODES).drop_columns(["success_frame"])
+    old = LanceStore(str(tmp_path / "old"))
+    old.upsert(schemas.EPISODES, rows, key="episode_id")  # the layout of an older release
+    run_segment(
+        SegmentStageConfig(
+            dataset=str(tmp_path / "old"), segment=SegmentConfig(method="fixed", chunk_len=10)
+        )
+    )
+    before = evaluate_segmentation(old, 3, until_success=True)
+    assert before["episodes"] == 2 and before["episodes_until_success"] == 0
+    assert before["overall"] == evaluate_segmentation(old, 3)["overall"]
+    read = run_ingest(IngestConfig(source=str(src), dataset=str(tmp_path / "old"), force=True))
+    assert read.written == 2
+    after = evaluate_segmentation(old, 3, until_success=True)
+    assert after["episodes_until_success"] == 2
+    assert after["overall"]["predicted"] == 2 * 2  # the chunks' cuts at 10 and 20
 
 
 def test_missing_video_still_gets_events_and_a_recorded_warning(ingested):

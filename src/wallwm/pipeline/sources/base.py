@@ -178,6 +178,10 @@ class EpisodeRecord:
     gt_events_source: str | None = None
     #: Whether the recorded attempt succeeded, where the source says (None: it does not).
     success: bool | None = None
+    #: The first frame at which the source marks the attempt successful (None: it does not
+    #: say). A benchmark's ground truth often stops there (decisions after the task is done
+    #: are no part of it): ``wallwm eval segmentation --until-success`` scores up to it.
+    success_frame: int | None = None
     probed: list[CameraInfo] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,9 @@
 Layout::
 
     SOURCE/<episode>/meta.json      {"instruction": str, "fps": number, "robot"?: str,
-                                     "events"?: [{"start_frame": int, "name": str}]}
+                                     "events"?: [{"start_frame": int, "name": str}],
+                                     "success"?: bool, "success_step"?: int (the first
+                                     frame the attempt counts as successful)}
     SOURCE/<episode>/steps.parquet  one row per frame: action list<float> (required);
                                     state list<float>, gripper float|list<float>, timestamp float
                                     (gripper: the opening per gripper, larger = more open)
@@ -160,7 +162,7 @@ class FolderSource:
             state_names=_names(meta, "state_names", d / META),
             gt_events=_gt_events(meta, d / META),
             gt_events_source="meta.json events" if meta.get("events") else None,
-            success=meta["success"] if isinstance(meta.get("success"), bool) else None,
+            **_outcome(meta, d / META, len(actions)),
         )
 
 
@@ -215,6 +217,32 @@ def _names(meta: dict[str, Any], key: str, path: Path) -> list[str] | None:
             str(path), f"{key!r} must be a list of strings, got {value!r}"[:200], "BadMetadata"
         )
     return value
+
+
+def _outcome(meta: dict[str, Any], path: Path, num_frames: int) -> dict[str, Any]:
+    """The record's ``success`` and ``success_frame`` from meta.json.
+
+    ``success_step`` is what the simulators write: the first frame the attempt counts as done.
+    A success step says the attempt succeeded where ``success`` is absent; one that is no frame
+    of the episode, or that ``"success": false`` contradicts, is named as meta.json's error.
+    """
+    success = meta["success"] if isinstance(meta.get("success"), bool) else None
+    step = meta.get("success_step")
+    if step is None:
+        return {"success": success, "success_frame": None}
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_frames:
+        raise BadSignalError(
+            str(path),
+            f"'success_step' must be a frame of the episode (0 to {num_frames - 1}), got {step!r}"[
+                :200
+            ],
+            "BadMetadata",
+        )
+    if success is False:
+        raise BadSignalError(
+            str(path), f"'success_step' {step} contradicts 'success': false", "BadMetadata"
+        )
+    return {"success": True, "success_frame": step}
 
 
 def _gt_events(meta: dict[str, Any], path: Path) -> list[tuple[int, str | None]] | None:

@@ -374,7 +374,7 @@ class LeRobotSource:
             state_names=self.state_names,
             gt_events=gt,
             gt_events_source=gt_source,
-            success=_success(table),
+            **_outcome(table),
         )
 
     def _ground_truth(
@@ -406,10 +406,16 @@ class LeRobotSource:
         return [(i, labels[i]) for i in starts], source
 
 
-def _success(table: pa.Table) -> bool | None:
-    """The episode's outcome from a ``next.success``/``success`` column (its last frame)."""
+def _outcome(table: pa.Table) -> dict[str, Any]:
+    """The record's ``success`` and ``success_frame`` from a ``next.success``/``success`` column.
+
+    ``success`` is its last frame's value (the attempt's outcome); ``success_frame`` the first
+    frame where it is true (the task done, whether or not it stays done).
+    """
     for name in ("next.success", "success"):
         if name in table.column_names and table.num_rows:
-            last = table.column(name)[table.num_rows - 1].as_py()
-            return bool(last) if last is not None else None
-    return None
+            values = table.column(name).to_pylist()
+            first = next((i for i, v in enumerate(values) if v), None)
+            last = values[-1]
+            return {"success": bool(last) if last is not None else None, "success_frame": first}
+    return {"success": None, "success_frame": None}

@@ -70,6 +70,9 @@ APPENDED_FIELDS = (
     *TRIM_FIELDS,
     # whether the recorded attempt succeeded, where the source says
     pa.field("success", pa.bool_(), nullable=True),
+    # the first frame the source marks successful (what `eval segmentation --until-success`
+    # scores up to), where it says
+    pa.field("success_frame", pa.int64(), nullable=True),
 )
 
 
