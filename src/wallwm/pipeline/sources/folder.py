@@ -148,6 +148,7 @@ class FolderSource:
                 )
             cameras.append(CameraSpec(cam, str(found[0])))
         fps = metadata_fps(meta.get("fps"), str(d / META))
+        success, success_frame = _outcome(meta, d / META, len(actions))
         return EpisodeRecord(
             ref=ref,
             fps=fps,
@@ -162,7 +163,8 @@ class FolderSource:
             state_names=_names(meta, "state_names", d / META),
             gt_events=_gt_events(meta, d / META),
             gt_events_source="meta.json events" if meta.get("events") else None,
-            **_outcome(meta, d / META, len(actions)),
+            success=success,
+            success_frame=success_frame,
         )
 
 
@@ -219,7 +221,7 @@ def _names(meta: dict[str, Any], key: str, path: Path) -> list[str] | None:
     return value
 
 
-def _outcome(meta: dict[str, Any], path: Path, num_frames: int) -> dict[str, Any]:
+def _outcome(meta: dict[str, Any], path: Path, num_frames: int) -> tuple[bool | None, int | None]:
     """The record's ``success`` and ``success_frame`` from meta.json.
 
     ``success_step`` is what the simulators write: the first frame the attempt counts as done.
@@ -229,20 +231,15 @@ def _outcome(meta: dict[str, Any], path: Path, num_frames: int) -> dict[str, Any
     success = meta["success"] if isinstance(meta.get("success"), bool) else None
     step = meta.get("success_step")
     if step is None:
-        return {"success": success, "success_frame": None}
+        return success, None
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_frames:
-        raise BadSignalError(
-            str(path),
-            f"'success_step' must be a frame of the episode (0 to {num_frames - 1}), got {step!r}"[
-                :200
-            ],
-            "BadMetadata",
-        )
+        problem = f"'success_step' must be a frame of the episode (0 to {num_frames - 1})"
+        raise BadSignalError(str(path), f"{problem}, got {step!r}"[:200], "BadMetadata")
     if success is False:
         raise BadSignalError(
             str(path), f"'success_step' {step} contradicts 'success': false", "BadMetadata"
         )
-    return {"success": True, "success_frame": step}
+    return True, step
 
 
 def _gt_events(meta: dict[str, Any], path: Path) -> list[tuple[int, str | None]] | None:

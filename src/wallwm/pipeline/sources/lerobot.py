@@ -356,6 +356,7 @@ class LeRobotSource:
             tasks[0] if tasks else (self.tasks.get(int(task_ids[0])) if task_ids else None)
         )
         gt, gt_source = self._ground_truth(table, task_ids)
+        success, success_frame = _outcome(table)
         return EpisodeRecord(
             ref=ref,
             fps=self.fps,
@@ -374,7 +375,8 @@ class LeRobotSource:
             state_names=self.state_names,
             gt_events=gt,
             gt_events_source=gt_source,
-            **_outcome(table),
+            success=success,
+            success_frame=success_frame,
         )
 
     def _ground_truth(
@@ -406,7 +408,7 @@ class LeRobotSource:
         return [(i, labels[i]) for i in starts], source
 
 
-def _outcome(table: pa.Table) -> dict[str, Any]:
+def _outcome(table: pa.Table) -> tuple[bool | None, int | None]:
     """The record's ``success`` and ``success_frame`` from a ``next.success``/``success`` column.
 
     ``success`` is its last frame's value (the attempt's outcome); ``success_frame`` the first
@@ -417,5 +419,5 @@ def _outcome(table: pa.Table) -> dict[str, Any]:
             values = table.column(name).to_pylist()
             first = next((i for i, v in enumerate(values) if v), None)
             last = values[-1]
-            return {"success": bool(last) if last is not None else None, "success_frame": first}
-    return {"success": None, "success_frame": None}
+            return (bool(last) if last is not None else None), first
+    return None, None
