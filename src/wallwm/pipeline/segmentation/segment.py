@@ -35,6 +35,7 @@ from wallwm.pipeline.segmentation.cues import _speed, direction_cue, speed_min_c
 from wallwm.pipeline.segmentation.disturbances import merge_disturbances, merge_pauses
 from wallwm.pipeline.segmentation.forms import as_read, cut_signals
 from wallwm.pipeline.segmentation.gains import SharedGainCost, shared_gains
+from wallwm.pipeline.segmentation.held import command_samples
 from wallwm.pipeline.segmentation.hesitations import Excision, hesitation_runs
 from wallwm.pipeline.segmentation.idle import final_hold_start
 
@@ -275,6 +276,11 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
 
         cfg = resolve(cfg, [s])[0]
     s = cut_signals(s, cfg)  # a position target's rates, where the config reads them
+    if shares_gain(cfg) and command_samples(s) is not None:
+        # A held command stream is a staircase: each stair steps every command's intercept
+        # while the state moves on, which a shared gain prices at one parameter a command --
+        # the cut then follows the stairs. Its events keep their own slopes (:mod:`.gains`).
+        cfg = cfg.model_copy(update={"shared_gain": False})
     whole = _channels(s, cfg)
     if whole is None:
         return None
