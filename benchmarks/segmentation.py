@@ -41,7 +41,12 @@ from rich.table import Table
 from wallwm.pipeline.ingest import IngestConfig, run_ingest
 from wallwm.pipeline.runtime import ensure_ray
 from wallwm.pipeline.segmentation import SegmentConfig, segment
-from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.evaluate import (
+    EMPTY,
+    BoundaryScore,
+    match_boundaries,
+    scored_frames,
+)
 from wallwm.pipeline.segmentation.stage import SegmentStageConfig, episode_signals, run_segment
 from wallwm.pipeline.sim.metaworld import MT10, MetaWorldConfig, record_metaworld
 from wallwm.pipeline.tables import schemas
@@ -76,9 +81,7 @@ def score(
     successful frame (the frames MetaWorld records after success are no part of the truth)."""
     per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
     for ep in episodes:
-        end = ep["num_frames"]
-        if until_success and ep["success_frame"] is not None:
-            end = min(end, ep["success_frame"])
+        end = scored_frames(ep["num_frames"], ep["success_frame"], until_success)
         per[ep["task"]] += match_boundaries(cuts[ep["episode_id"]], ep["truth"], end, tol)
     per["overall"] = sum((v for k, v in per.items()), EMPTY)
     return per

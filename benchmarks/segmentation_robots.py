@@ -75,7 +75,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from wallwm.pipeline.segmentation import SegmentConfig, segment
 from wallwm.pipeline.segmentation import channels as channels_module
 from wallwm.pipeline.segmentation import selection as selection_module
-from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, match_boundaries
+from wallwm.pipeline.segmentation.evaluate import (
+    EMPTY,
+    BoundaryScore,
+    match_boundaries,
+    scored_frames,
+)
 from wallwm.pipeline.segmentation.selection import resolve
 from wallwm.pipeline.segmentation.stage import record_signals, spread_sample
 from wallwm.pipeline.sources.folder import FolderSource
@@ -214,9 +219,7 @@ def score(
     per: dict[str, BoundaryScore] = defaultdict(lambda: EMPTY)
     for ep in episodes:
         cut = segment(ep["signals"], cfg, traces=False).starts
-        end = ep["frames"]
-        if until_success and ep.get("success_frame") is not None:
-            end = min(end, ep["success_frame"])
+        end = scored_frames(ep["frames"], ep.get("success_frame"), until_success)
         per[ep["task"]] += match_boundaries(cut, ep["truth"], end, 3)
     per["overall"] = sum((v for k, v in per.items() if k != "overall"), EMPTY)
     return per

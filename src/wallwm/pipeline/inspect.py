@@ -11,7 +11,12 @@ from typing import Any
 import numpy as np
 
 from wallwm.pipeline.segmentation import Segmentation, SegmentConfig, Signals, segment
-from wallwm.pipeline.segmentation.evaluate import EMPTY, BoundaryScore, matched_truths
+from wallwm.pipeline.segmentation.evaluate import (
+    EMPTY,
+    BoundaryScore,
+    matched_truths,
+    scored_frames,
+)
 from wallwm.pipeline.segmentation.forms import as_read
 from wallwm.pipeline.segmentation.segment import hesitations_taken_out
 from wallwm.pipeline.segmentation.selection import pairing_text
@@ -61,9 +66,8 @@ def evaluate_segmentation(
         if ep["gt_events"] is None or ep["episode_id"] not in starts:
             skipped += 1
             continue
-        end = ep["num_frames"]
-        if until_success and ep.get("success_frame") is not None:
-            end, shortened = min(end, ep["success_frame"]), shortened + 1
+        end = scored_frames(ep["num_frames"], ep.get("success_frame"), until_success)
+        shortened += until_success and ep.get("success_frame") is not None
         truth = [e["start_frame"] for e in ep["gt_events"]]
         score, found = matched_truths(starts[ep["episode_id"]], truth, end, tolerance_frames)
         for e in ep["gt_events"]:

@@ -60,6 +60,17 @@ class BoundaryScore:
 EMPTY = BoundaryScore(0, 0, 0, 0.0)
 
 
+def scored_frames(num_frames: int, success_frame: int | None, until_success: bool) -> int:
+    """Where an episode's score ends (cuts and boundaries from there on are not counted).
+
+    Its end; with ``until_success``, the first frame its source marks successful where it
+    marks one -- ground truth that stops at the task's success.
+    """
+    if until_success and success_frame is not None:
+        return min(num_frames, success_frame)
+    return num_frames
+
+
 def match_boundaries(
     predicted: Iterable[int], actual: Iterable[int], num_frames: int, tolerance: int
 ) -> BoundaryScore:
