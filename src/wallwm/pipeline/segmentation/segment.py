@@ -269,7 +269,8 @@ def weigh_cuts(s: Signals, cfg: SegmentConfig) -> WeighedCuts | None:
     (:func:`.forms.as_read`: rotations continuous, a held stream at its samples). A config with
     ``auto`` model choices is resolved on this episode alone, as :func:`segment` does. The
     cut reads the config's ``action_form`` of the commands (:mod:`.forms`); the smooth
-    model cuts the episode without its hesitations (``merge_disturbances``).
+    model cuts the episode without its hesitations (``merge_disturbances``); a held command
+    stream keeps each event's own slopes (no ``shared_gain``).
     """
     if not cfg.resolved():  # no dataset-level choice given: choose on this episode alone
         from wallwm.pipeline.segmentation.selection import resolve
